@@ -1,0 +1,34 @@
+//! The command-line tool (`ros2-cni <subcommand>`).
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "ros2-cni",
+    version,
+    about = "ROS 2 on the robot LAN for Kubernetes pods: a chained CNI plugin (when CNI_COMMAND is set) and a node agent"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Print the version and the CNI spec versions supported.
+    Version,
+}
+
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Version => {
+            println!(
+                "ros2-cni {} (CNI {})",
+                env!("CARGO_PKG_VERSION"),
+                ros2_cni::cni::version::SUPPORTED.join(", ")
+            );
+            0
+        }
+    }
+}

@@ -1,0 +1,704 @@
+//! The one configuration format shared by the plugin (its conflist entry),
+//! the agent (`--config FILE`) and the installer.
+//!
+//! Two shapes are accepted:
+//! - node form: `{"subnet": "192.168.1.0/24", "podRange": "192.168.1.160/28", ...}`
+//! - cluster form: `{"subnet": ..., "nodes": {"robot-1": "192.168.1.160/28", ...}}`,
+//!   where the node name picks the pool (and optionally mode/uplink per node).
+//!
+//! Every key is documented in docs/config.md. Errors name the key and value.
+
+use crate::cni::env::validate_ifname;
+use crate::cni::{CniError, Code};
+use ipnet::Ipv4Net;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+pub const DEFAULT_IFNAME: &str = "ros0";
+pub const DEFAULT_BRIDGE: &str = "ros2br0";
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/ros2-cni";
+pub const DEFAULT_GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 0, 1);
+pub const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:9741";
+/// The pod annotation that opts a pod in.
+pub const OPT_IN_ANNOTATION: &str = "ros2-cni.io/enabled";
+/// runtimeConfig key containerd fills with the pod's annotations.
+pub const ANNOTATIONS_CAPABILITY: &str = "io.kubernetes.cri.pod-annotations";
+
+/// Keys the CNI runtime adds to a plugin's config; never ours to reject.
+const CNI_KEYS: &[&str] = &[
+    "cniVersion",
+    "name",
+    "type",
+    "capabilities",
+    "runtimeConfig",
+    "prevResult",
+    "args",
+    "cni.dev/valid-attachments",
+    "cni.dev/attachments",
+];
+
+/// Every key of our own, plugin and agent alike.
+const OUR_KEYS: &[&str] = &[
+    "mode",
+    "uplink",
+    "subnet",
+    "podRange",
+    "nodes",
+    "nodeName",
+    "ifName",
+    "bridge",
+    "dataDir",
+    "namespaces",
+    "primaryMulticast",
+    "logFile",
+    "logLevel",
+    "logFormat",
+    "force",
+    "groups",
+    "metricsAddress",
+    "mfcIdleSeconds",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    #[default]
+    Routed,
+    Macvlan,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Routed => "routed",
+            Mode::Macvlan => "macvlan",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+/// A node's address pool: an inclusive range of IPv4 addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pool {
+    pub start: Ipv4Addr,
+    pub end: Ipv4Addr,
+}
+
+impl Pool {
+    /// Parses `a.b.c.d/n` or `a.b.c.d-e.f.g.h`.
+    pub fn parse(s: &str) -> Result<Pool, String> {
+        if let Some((a, b)) = s.split_once('-') {
+            let start: Ipv4Addr = a
+                .trim()
+                .parse()
+                .map_err(|_| format!("\"{a}\" is not an IPv4 address"))?;
+            let end: Ipv4Addr = b
+                .trim()
+                .parse()
+                .map_err(|_| format!("\"{b}\" is not an IPv4 address"))?;
+            if u32::from(start) > u32::from(end) {
+                return Err(format!("range \"{s}\" ends before it starts"));
+            }
+            return Ok(Pool { start, end });
+        }
+        let net: Ipv4Net = s
+            .parse()
+            .map_err(|_| format!("\"{s}\" is neither a CIDR nor a start-end range"))?;
+        if net.network() != net.addr() {
+            return Err(format!(
+                "\"{s}\" has host bits set (did you mean {}?)",
+                net.trunc()
+            ));
+        }
+        Ok(Pool {
+            start: net.network(),
+            end: net.broadcast(),
+        })
+    }
+
+    pub fn len(&self) -> u32 {
+        u32::from(self.end) - u32::from(self.start) + 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    pub fn contains(&self, a: Ipv4Addr) -> bool {
+        (u32::from(self.start)..=u32::from(self.end)).contains(&u32::from(a))
+    }
+
+    pub fn overlaps(&self, o: &Pool) -> bool {
+        u32::from(self.start) <= u32::from(o.end) && u32::from(o.start) <= u32::from(self.end)
+    }
+
+    /// The addresses of the pool a pod may get in `subnet` (never the subnet's
+    /// network or broadcast address), in order.
+    pub fn usable(&self, subnet: &Ipv4Net) -> impl Iterator<Item = Ipv4Addr> + Clone {
+        let (net, bcast) = (u32::from(subnet.network()), u32::from(subnet.broadcast()));
+        let small = subnet.prefix_len() >= 31;
+        (u32::from(self.start)..=u32::from(self.end))
+            .filter(move |a| small || (*a != net && *a != bcast))
+            .map(Ipv4Addr::from)
+    }
+}
+
+impl fmt::Display for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.start, self.end)
+    }
+}
+
+/// One node's entry in the cluster form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeEntry {
+    pub pool: Pool,
+    pub mode: Option<Mode>,
+    pub uplink: Option<String>,
+}
+
+/// The parsed, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `cniVersion` (plugin config only).
+    pub cni_version: Option<String>,
+    /// `name` (plugin config only).
+    pub name: Option<String>,
+    pub mode: Mode,
+    pub uplink: Option<String>,
+    pub subnet: Ipv4Net,
+    /// This node's pool, resolved from `podRange` or from `nodes` + node name.
+    /// `None` when the cluster form has no entry for this node: every ADD and
+    /// STATUS then fails with `pool_error`.
+    pub pool: Option<Pool>,
+    pub pool_error: Option<String>,
+    pub nodes: BTreeMap<String, NodeEntry>,
+    pub node_name: Option<String>,
+    pub if_name: String,
+    pub bridge: String,
+    pub data_dir: PathBuf,
+    pub namespaces: Vec<String>,
+    pub primary_multicast: bool,
+    pub log_file: Option<PathBuf>,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub force: bool,
+    pub groups: Vec<Ipv4Addr>,
+    pub metrics_address: String,
+    pub mfc_idle_seconds: u64,
+}
+
+fn invalid(key: &str, msg: impl fmt::Display) -> CniError {
+    CniError::new(Code::InvalidConfig, format!("{key}: {msg}"))
+}
+
+fn get_str<'a>(m: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, CniError> {
+    match m.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(v) => Err(invalid(key, format!("expected a string, got {v}"))),
+    }
+}
+
+fn get_bool(m: &Map<String, Value>, key: &str) -> Result<Option<bool>, CniError> {
+    match m.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(v) => Err(invalid(key, format!("expected true or false, got {v}"))),
+    }
+}
+
+fn get_str_list(m: &Map<String, Value>, key: &str) -> Result<Option<Vec<String>>, CniError> {
+    match m.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(a)) => a
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                v.as_str().map(str::to_owned).ok_or_else(|| {
+                    invalid(
+                        &format!("{key}[{i}]"),
+                        format!("expected a string, got {v}"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        Some(v) => Err(invalid(key, format!("expected a list of strings, got {v}"))),
+    }
+}
+
+fn parse_mode(key: &str, s: &str) -> Result<Mode, CniError> {
+    match s {
+        "routed" => Ok(Mode::Routed),
+        "macvlan" => Ok(Mode::Macvlan),
+        other => Err(invalid(
+            key,
+            format!("unknown mode \"{other}\" (expected \"routed\" or \"macvlan\")"),
+        )),
+    }
+}
+
+/// Where the node name comes from when the config does not say.
+pub fn default_node_name() -> Option<String> {
+    std::env::var("NODE_NAME")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+        })
+}
+
+impl Config {
+    /// Parses a config object. `plugin` accepts the keys the CNI runtime adds
+    /// (cniVersion, prevResult, ...); `node_name` overrides `nodeName`.
+    pub fn from_value(
+        v: &Value,
+        plugin: bool,
+        node_name: Option<&str>,
+    ) -> Result<Config, CniError> {
+        let m = v
+            .as_object()
+            .ok_or_else(|| CniError::new(Code::Decode, "config: expected a JSON object"))?;
+        for key in m.keys() {
+            let known =
+                OUR_KEYS.contains(&key.as_str()) || (plugin && CNI_KEYS.contains(&key.as_str()));
+            if !known {
+                let mut e = CniError::new(
+                    Code::UnsupportedField,
+                    format!("unknown key \"{key}\" in the ros2-cni config"),
+                );
+                if let Some(near) = OUR_KEYS.iter().find(|k| k.eq_ignore_ascii_case(key)) {
+                    e = e.with_details(format!("did you mean \"{near}\"?"));
+                }
+                return Err(e);
+            }
+        }
+
+        let subnet_s = get_str(m, "subnet")?.ok_or_else(|| {
+            invalid(
+                "subnet",
+                "is required (the robot LAN, e.g. \"192.168.1.0/24\")",
+            )
+        })?;
+        let subnet: Ipv4Net = subnet_s
+            .parse()
+            .map_err(|_| invalid("subnet", format!("\"{subnet_s}\" is not an IPv4 CIDR")))?;
+        if subnet.network() != subnet.addr() {
+            return Err(invalid(
+                "subnet",
+                format!(
+                    "\"{subnet_s}\" has host bits set (did you mean {}?)",
+                    subnet.trunc()
+                ),
+            ));
+        }
+        if subnet.prefix_len() > 30 || subnet.prefix_len() < 8 {
+            return Err(invalid(
+                "subnet",
+                format!("\"{subnet_s}\": prefix length must be between /8 and /30"),
+            ));
+        }
+
+        let mode = match get_str(m, "mode")? {
+            Some(s) => parse_mode("mode", s)?,
+            None => Mode::default(),
+        };
+
+        let uplink = get_str(m, "uplink")?.map(str::to_owned);
+        if let Some(u) = &uplink {
+            validate_ifname("uplink", u).map_err(|e| CniError::new(Code::InvalidConfig, e))?;
+        }
+
+        let check_pool = |key: &str, s: &str| -> Result<Pool, CniError> {
+            let pool = Pool::parse(s).map_err(|e| invalid(key, e))?;
+            if !subnet.contains(&pool.start) || !subnet.contains(&pool.end) {
+                return Err(invalid(
+                    key,
+                    format!("pool \"{s}\" is not inside subnet {subnet}"),
+                ));
+            }
+            if pool.usable(&subnet).next().is_none() {
+                return Err(invalid(key, format!("pool \"{s}\" has no usable address")));
+            }
+            Ok(pool)
+        };
+
+        let mut nodes = BTreeMap::new();
+        match m.get("nodes") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(nm)) => {
+                for (name, entry) in nm {
+                    let key = format!("nodes.{name}");
+                    let e = match entry {
+                        Value::String(s) => NodeEntry {
+                            pool: check_pool(&key, s)?,
+                            mode: None,
+                            uplink: None,
+                        },
+                        Value::Object(o) => {
+                            for k in o.keys() {
+                                if !["podRange", "mode", "uplink"].contains(&k.as_str()) {
+                                    return Err(CniError::new(
+                                        Code::UnsupportedField,
+                                        format!("unknown key \"{key}.{k}\" (expected podRange, mode, uplink)"),
+                                    ));
+                                }
+                            }
+                            let pr_key = format!("{key}.podRange");
+                            let pr = get_str(o, "podRange")
+                                .map_err(|e| invalid(&pr_key, e.msg))?
+                                .ok_or_else(|| invalid(&pr_key, "is required"))?;
+                            let mode = match get_str(o, "mode").map_err(|e| invalid(&key, e.msg))? {
+                                Some(s) => Some(parse_mode(&format!("{key}.mode"), s)?),
+                                None => None,
+                            };
+                            let uplink = get_str(o, "uplink")
+                                .map_err(|e| invalid(&key, e.msg))?
+                                .map(str::to_owned);
+                            if let Some(u) = &uplink {
+                                validate_ifname(&format!("{key}.uplink"), u)
+                                    .map_err(|e| CniError::new(Code::InvalidConfig, e))?;
+                            }
+                            NodeEntry {
+                                pool: check_pool(&pr_key, pr)?,
+                                mode,
+                                uplink,
+                            }
+                        }
+                        v => {
+                            return Err(invalid(
+                                &key,
+                                format!(
+                                    "expected a pool string or an object with podRange, got {v}"
+                                ),
+                            ))
+                        }
+                    };
+                    nodes.insert(name.clone(), e);
+                }
+                let list: Vec<_> = nodes.iter().collect();
+                for (i, (a, ea)) in list.iter().enumerate() {
+                    for (b, eb) in &list[i + 1..] {
+                        if ea.pool.overlaps(&eb.pool) {
+                            return Err(invalid(
+                                "nodes",
+                                format!(
+                                    "the pools of \"{a}\" ({}) and \"{b}\" ({}) overlap",
+                                    ea.pool, eb.pool
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
+            Some(v) => {
+                return Err(invalid(
+                    "nodes",
+                    format!("expected an object of node name to pool, got {v}"),
+                ))
+            }
+        }
+
+        let node_name = node_name
+            .map(str::to_owned)
+            .or(get_str(m, "nodeName")?.map(str::to_owned));
+
+        let mut mode = mode;
+        let mut uplink = uplink;
+        let (pool, pool_error) = match get_str(m, "podRange")? {
+            Some(s) => (Some(check_pool("podRange", s)?), None),
+            None if nodes.is_empty() => {
+                return Err(invalid(
+                    "podRange",
+                    "is required (this node's pool inside subnet, a CIDR or start-end), or give \"nodes\"",
+                ))
+            }
+            None => {
+                let name = node_name.clone().or_else(default_node_name);
+                match name.as_deref().and_then(|n| nodes.get(n)) {
+                    Some(e) => {
+                        if let Some(md) = e.mode {
+                            mode = md;
+                        }
+                        if e.uplink.is_some() {
+                            uplink = e.uplink.clone();
+                        }
+                        (Some(e.pool), None)
+                    }
+                    None => (
+                        None,
+                        Some(format!(
+                            "node \"{}\" has no pool in \"nodes\" (known nodes: {}); add it to the cluster config",
+                            name.as_deref().unwrap_or("<unknown>"),
+                            nodes.keys().cloned().collect::<Vec<_>>().join(", ")
+                        )),
+                    ),
+                }
+            }
+        };
+
+        let if_name = get_str(m, "ifName")?.unwrap_or(DEFAULT_IFNAME).to_owned();
+        validate_ifname("ifName", &if_name).map_err(|e| CniError::new(Code::InvalidConfig, e))?;
+        let bridge = get_str(m, "bridge")?.unwrap_or(DEFAULT_BRIDGE).to_owned();
+        validate_ifname("bridge", &bridge).map_err(|e| CniError::new(Code::InvalidConfig, e))?;
+        if Some(&bridge) == uplink.as_ref() {
+            return Err(invalid(
+                "bridge",
+                format!("\"{bridge}\" is also the uplink"),
+            ));
+        }
+
+        let data_dir = PathBuf::from(get_str(m, "dataDir")?.unwrap_or(DEFAULT_DATA_DIR));
+        if !data_dir.is_absolute() {
+            return Err(invalid(
+                "dataDir",
+                format!("\"{}\" is not an absolute path", data_dir.display()),
+            ));
+        }
+        let log_file = get_str(m, "logFile")?.map(PathBuf::from);
+        if let Some(p) = &log_file {
+            if !p.is_absolute() {
+                return Err(invalid(
+                    "logFile",
+                    format!("\"{}\" is not an absolute path", p.display()),
+                ));
+            }
+        }
+        let log_level = get_str(m, "logLevel")?.unwrap_or("info").to_owned();
+        if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
+            return Err(invalid(
+                "logLevel",
+                format!("\"{log_level}\" (expected error, warn, info, debug or trace)"),
+            ));
+        }
+        let log_format = match get_str(m, "logFormat")? {
+            None | Some("human") => LogFormat::Human,
+            Some("json") => LogFormat::Json,
+            Some(o) => {
+                return Err(invalid(
+                    "logFormat",
+                    format!("\"{o}\" (expected \"human\" or \"json\")"),
+                ))
+            }
+        };
+
+        let namespaces = get_str_list(m, "namespaces")?.unwrap_or_default();
+        let groups = match get_str_list(m, "groups")? {
+            None => vec![DEFAULT_GROUP],
+            Some(list) => {
+                let mut out = Vec::new();
+                for (i, g) in list.iter().enumerate() {
+                    let a: Ipv4Addr = g.parse().map_err(|_| {
+                        invalid(
+                            &format!("groups[{i}]"),
+                            format!("\"{g}\" is not an IPv4 address"),
+                        )
+                    })?;
+                    if !a.is_multicast()
+                        || a.octets()[0] == 224 && a.octets()[1] == 0 && a.octets()[2] == 0
+                    {
+                        return Err(invalid(
+                            &format!("groups[{i}]"),
+                            format!("\"{g}\" is not a routable multicast group (224.0.0.0/24 is link-local)"),
+                        ));
+                    }
+                    out.push(a);
+                }
+                if out.is_empty() {
+                    return Err(invalid("groups", "must list at least one group"));
+                }
+                out
+            }
+        };
+        let metrics_address = get_str(m, "metricsAddress")?
+            .unwrap_or(DEFAULT_METRICS_ADDRESS)
+            .to_owned();
+        if !metrics_address.is_empty() && metrics_address.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "metricsAddress",
+                format!("\"{metrics_address}\" is not host:port (use \"\" to disable)"),
+            ));
+        }
+        let mfc_idle_seconds = match m.get("mfcIdleSeconds") {
+            None | Some(Value::Null) => 300,
+            Some(v) => v.as_u64().filter(|n| *n >= 10).ok_or_else(|| {
+                invalid(
+                    "mfcIdleSeconds",
+                    format!("expected a number >= 10, got {v}"),
+                )
+            })?,
+        };
+
+        Ok(Config {
+            cni_version: get_str(m, "cniVersion")?.map(str::to_owned),
+            name: get_str(m, "name")?.map(str::to_owned),
+            mode,
+            uplink,
+            subnet,
+            pool,
+            pool_error,
+            nodes,
+            node_name,
+            if_name,
+            bridge,
+            data_dir,
+            namespaces,
+            primary_multicast: get_bool(m, "primaryMulticast")?.unwrap_or(false),
+            log_file,
+            log_level,
+            log_format,
+            force: get_bool(m, "force")?.unwrap_or(false),
+            groups,
+            metrics_address,
+            mfc_idle_seconds,
+        })
+    }
+
+    /// Reads a config file (agent, installer, doctor).
+    pub fn from_file(path: &std::path::Path, node_name: Option<&str>) -> Result<Config, CniError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            CniError::new(
+                Code::Io,
+                format!("cannot read config {}: {e}", path.display()),
+            )
+        })?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| {
+            CniError::new(
+                Code::Decode,
+                format!("config {} is not valid JSON: {e}", path.display()),
+            )
+        })?;
+        Config::from_value(&v, false, node_name)
+    }
+
+    /// This node's pool, or the reason there is none.
+    pub fn pool(&self) -> Result<Pool, CniError> {
+        self.pool.ok_or_else(|| {
+            CniError::invalid_config(self.pool_error.clone().unwrap_or_else(|| "no pool".into()))
+        })
+    }
+
+    /// The prefix pods get on their LAN interface (the subnet's).
+    pub fn prefix_len(&self) -> u8 {
+        self.subnet.prefix_len()
+    }
+
+    pub fn lock_path(&self) -> PathBuf {
+        self.data_dir.join("lock")
+    }
+
+    pub fn agent_socket(&self) -> PathBuf {
+        self.data_dir.join("agent.sock")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn base() -> Value {
+        json!({"cniVersion": "0.3.1", "name": "k8s-pod-network", "type": "ros2-cni",
+               "subnet": "192.168.1.0/24", "podRange": "192.168.1.160/28"})
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::from_value(&base(), true, None).unwrap();
+        assert_eq!(c.mode, Mode::Routed);
+        assert_eq!(c.if_name, "ros0");
+        assert_eq!(c.bridge, "ros2br0");
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/ros2-cni"));
+        assert!(!c.primary_multicast);
+        assert_eq!(c.groups, vec![DEFAULT_GROUP]);
+        let p = c.pool().unwrap();
+        assert_eq!(p.len(), 16);
+        assert_eq!(p.start, Ipv4Addr::new(192, 168, 1, 160));
+    }
+
+    #[test]
+    fn range_pool_and_usable_skips_network_and_broadcast() {
+        let p = Pool::parse("192.168.1.0-192.168.1.255").unwrap();
+        let net: Ipv4Net = "192.168.1.0/24".parse().unwrap();
+        let u: Vec<_> = p.usable(&net).collect();
+        assert_eq!(u.len(), 254);
+        assert_eq!(u[0], Ipv4Addr::new(192, 168, 1, 1));
+        assert_eq!(*u.last().unwrap(), Ipv4Addr::new(192, 168, 1, 254));
+    }
+
+    #[test]
+    fn plugin_keys_rejected_in_agent_file() {
+        let e = Config::from_value(&base(), false, None).unwrap_err();
+        assert_eq!(e.code, Code::UnsupportedField);
+        assert!(e.msg.contains("cniVersion"));
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let cases: Vec<(&str, Value, Code)> = vec![
+            ("subnet", json!("nope"), Code::InvalidConfig),
+            ("subnet", json!("192.168.1.5/24"), Code::InvalidConfig),
+            ("subnet", json!(24), Code::InvalidConfig),
+            ("podRange", json!("10.0.0.0/28"), Code::InvalidConfig),
+            (
+                "podRange",
+                json!("192.168.1.20-192.168.1.10"),
+                Code::InvalidConfig,
+            ),
+            (
+                "ifName",
+                json!("this-name-is-too-long"),
+                Code::InvalidConfig,
+            ),
+            ("mode", json!("ipvlan"), Code::InvalidConfig),
+            ("dataDir", json!("relative/dir"), Code::InvalidConfig),
+            ("namespaces", json!("robots"), Code::InvalidConfig),
+            ("primaryMulticast", json!("yes"), Code::InvalidConfig),
+            ("groups", json!(["10.0.0.1"]), Code::InvalidConfig),
+            ("metricsAddress", json!("localhost"), Code::InvalidConfig),
+            ("podrange", json!("192.168.1.0/28"), Code::UnsupportedField),
+        ];
+        for (key, val, code) in cases {
+            let mut v = base();
+            v[key] = val.clone();
+            let e = Config::from_value(&v, true, None).unwrap_err();
+            assert_eq!(e.code, code, "{key}={val}: {}", e.msg);
+            assert!(e.msg.contains(key), "{key}={val}: {}", e.msg);
+        }
+    }
+
+    #[test]
+    fn cluster_form_resolves_node() {
+        let v = json!({"subnet": "192.168.1.0/24", "uplink": "eth0",
+            "nodes": {"a": "192.168.1.160/28", "b": {"podRange": "192.168.1.176-192.168.1.190", "mode": "macvlan"}}});
+        let c = Config::from_value(&v, false, Some("b")).unwrap();
+        assert_eq!(c.mode, Mode::Macvlan);
+        assert_eq!(c.pool().unwrap().len(), 15);
+        let c = Config::from_value(&v, false, Some("zz")).unwrap();
+        let e = c.pool().unwrap_err();
+        assert!(
+            e.msg.contains("\"zz\"") && e.msg.contains("a, b"),
+            "{}",
+            e.msg
+        );
+    }
+
+    #[test]
+    fn overlapping_node_pools_rejected() {
+        let v = json!({"subnet": "192.168.1.0/24",
+            "nodes": {"a": "192.168.1.160/28", "b": "192.168.1.170-192.168.1.180"}});
+        let e = Config::from_value(&v, false, Some("a")).unwrap_err();
+        assert!(e.msg.contains("overlap"), "{}", e.msg);
+    }
+}

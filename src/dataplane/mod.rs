@@ -1,0 +1,205 @@
+//! What a pod gets, per mode, behind one trait.
+//!
+//! Each mode sets up an attachment as a list of [`Step`]s. ADD records every
+//! step it completes; if a later step fails, the completed ones are undone in
+//! reverse. DEL and GC undo all steps of a recorded attachment, tolerating
+//! whatever is already gone. One teardown function per step serves both.
+
+pub mod routed;
+
+use crate::cni::{CniError, Result};
+use crate::config::{Config, Mode};
+use crate::firewall::nfnl::Nfnl;
+use crate::ipam::Attachment;
+use crate::netlink::{Handle, Netns};
+
+/// One piece of per-pod state, in the order ADD creates it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The pod's LAN interface (veth pair, or macvlan child) exists.
+    Link,
+    /// Its address, up state and multicast route in the pod (go with the link).
+    PodConfig,
+    /// The pod's primary interface lost its MULTICAST flag.
+    PrimaryMulticastOff,
+    /// Node: host route to the pod's address.
+    HostRoute,
+    /// Node: permanent neighbour entry for the pod.
+    HostNeigh,
+    /// Node: proxy ARP entry on the uplink.
+    ProxyNeigh,
+    /// Node: anti-spoofing set element.
+    Guard,
+}
+
+/// Kernel handles for one invocation, opened on first use.
+pub struct Kernel {
+    node: Option<Handle>,
+    nf: Option<Nfnl>,
+}
+
+impl Kernel {
+    pub fn new() -> Kernel {
+        Kernel {
+            node: None,
+            nf: None,
+        }
+    }
+
+    /// rtnetlink in the node's (the plugin's own) namespace.
+    pub fn node(&mut self) -> Result<&mut Handle> {
+        if self.node.is_none() {
+            self.node = Some(Handle::new()?);
+        }
+        Ok(self.node.as_mut().expect("just set"))
+    }
+
+    pub fn nf(&mut self) -> Result<&mut Nfnl> {
+        if self.nf.is_none() {
+            self.nf = Some(Nfnl::new()?);
+        }
+        Ok(self.nf.as_mut().expect("just set"))
+    }
+}
+
+impl Default for Kernel {
+    fn default() -> Self {
+        Kernel::new()
+    }
+}
+
+/// A pod being attached.
+pub struct AddRequest<'a> {
+    pub cfg: &'a Config,
+    pub netns: &'a Netns,
+    /// The chain's CNI_IFNAME (the pod's primary interface).
+    pub primary_if: &'a str,
+}
+
+pub trait Dataplane {
+    /// Checks everything this mode needs on the node before anything changes;
+    /// returns the uplink to use. Also STATUS's check.
+    fn preflight(&self, k: &mut Kernel, cfg: &Config) -> Result<String>;
+
+    /// Creates node-wide state if missing (idempotent, never undone).
+    fn ensure_node(&self, k: &mut Kernel, cfg: &Config, uplink: &str) -> Result<()>;
+
+    /// Performs `step` for `att` in `pod` (a handle in the pod's namespace).
+    fn apply(
+        &self,
+        k: &mut Kernel,
+        pod: &mut Handle,
+        req: &AddRequest,
+        att: &mut Attachment,
+        step: Step,
+    ) -> Result<()>;
+
+    /// Undoes `step`; state that is already gone is fine. `pod` is None when
+    /// the pod's namespace no longer exists.
+    fn undo(
+        &self,
+        k: &mut Kernel,
+        pod: Option<&mut Handle>,
+        att: &Attachment,
+        step: Step,
+    ) -> Result<()>;
+
+    /// Differences between the kernel and what ADD made, each naming the item.
+    fn check(
+        &self,
+        k: &mut Kernel,
+        pod: &mut Handle,
+        cfg: &Config,
+        att: &Attachment,
+    ) -> Result<Vec<String>>;
+
+    /// The steps of this mode, in ADD order.
+    fn steps(&self) -> &'static [Step];
+}
+
+pub fn for_mode(mode: Mode) -> &'static dyn Dataplane {
+    match mode {
+        Mode::Routed => &routed::Routed,
+        Mode::Macvlan => &routed::Routed,
+    }
+}
+
+pub fn for_attachment(att: &Attachment) -> &'static dyn Dataplane {
+    for_mode(if att.mode == Mode::Macvlan.as_str() {
+        Mode::Macvlan
+    } else {
+        Mode::Routed
+    })
+}
+
+/// FNV-1a, 64 bit: stable across releases, unlike std's hasher.
+pub fn fnv1a(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in data {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Deterministic host-side veth name for an attachment: "r2c" + 11 hex digits.
+pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
+    let h = fnv1a(format!("{container_id}/{ifname}").as_bytes());
+    format!("{}{:011x}", crate::firewall::HOST_VETH_PREFIX, h >> 20)
+}
+
+/// The MAC a pod's LAN interface gets: locally administered, unicast,
+/// derived from its address (so it is unique wherever the address is).
+pub fn pod_mac(ip: std::net::Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [0x0e, 0x2c, o[0], o[1], o[2], o[3]]
+}
+
+/// Undoes `done` steps in reverse, collecting (not stopping at) failures.
+pub fn undo_all(
+    dp: &dyn Dataplane,
+    k: &mut Kernel,
+    mut pod: Option<&mut Handle>,
+    att: &Attachment,
+    done: &[Step],
+) -> Result<()> {
+    let mut errors = vec![];
+    for step in done.iter().rev() {
+        if let Err(e) = dp.undo(k, pod.as_deref_mut(), att, *step) {
+            errors.push(format!("{step:?}: {}", e.msg));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::kernel(format!(
+            "teardown incomplete: {}",
+            errors.join("; ")
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_stable_and_fit() {
+        let a = host_veth_name("0123456789abcdef", "eth0");
+        assert_eq!(a.len(), 14);
+        assert!(a.starts_with("r2c"));
+        assert_eq!(a, host_veth_name("0123456789abcdef", "eth0"));
+        assert_ne!(a, host_veth_name("0123456789abcdef", "eth1"));
+        // pinned: a change here renames every host veth on upgrade
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn pod_mac_is_local_unicast() {
+        let m = pod_mac("192.168.1.160".parse().unwrap());
+        assert_eq!(m[0] & 0x01, 0, "unicast");
+        assert_eq!(m[0] & 0x02, 0x02, "locally administered");
+        assert_eq!(&m[2..], &[192, 168, 1, 160]);
+    }
+}

@@ -1,0 +1,394 @@
+//! nftables state owned by ros2-cni, applied read-compare-write over netlink.
+//!
+//! Two tables:
+//! - `bridge ros2_cni` (pod-facing, kept across agent restarts): frames entering
+//!   the node bridge from a pod's port (host veth names start with
+//!   [`HOST_VETH_PREFIX`]) pass only if (port, source MAC, source IPv4) — and for
+//!   ARP also the sender hardware address — is in the set `pods`. One element
+//!   per attached pod; everything else from pod ports (IPv6, spoofed frames) is
+//!   counted and dropped.
+//! - `ip ros2_cni` (agent-owned): for packets entering from `uplink` or the
+//!   bridge addressed to an RTPS group, TTL 1 becomes 2, so the multicast router
+//!   forwards Fast DDS / Connext discovery (sent with TTL 1) one hop.
+
+pub mod nfnl;
+
+use nfnl::{
+    concat_type, ChainSpec, Expr, MetaKey, Nfnl, PayloadBase, RuleSpec, SetSpec, TableSpec,
+    NFPROTO_BRIDGE, NFPROTO_IPV4, NFT_JUMP, NF_ACCEPT, NF_DROP, NF_INET_PRE_ROUTING, REG32_00,
+    TYPE_ETHERADDR, TYPE_IFNAME, TYPE_IPADDR,
+};
+use std::net::Ipv4Addr;
+
+pub use nfnl::Error;
+
+pub const TABLE: &str = "ros2_cni";
+pub const PODS_SET: &str = "pods";
+pub const GROUPS_SET: &str = "groups";
+pub const IFACES_SET: &str = "ifaces";
+/// Host-side veth names start with this (see `dataplane::host_veth_name`).
+pub const HOST_VETH_PREFIX: &str = "r2c";
+/// Bumped whenever the rules change, so old rules get replaced.
+const RULES_VERSION: &str = "v1";
+
+type Result<T> = std::result::Result<T, Error>;
+
+const R0: u32 = REG32_00;
+/// ifname takes 4 registers, a MAC 2 (padded), then the IPv4 address.
+const R_MAC: u32 = REG32_00 + 4;
+const R_IP: u32 = REG32_00 + 6;
+
+fn comment(name: &str) -> String {
+    format!("ros2-cni {RULES_VERSION} {name}")
+}
+
+/// The anti-spoofing table for pod ports on the node bridge.
+pub fn pod_guard_spec() -> TableSpec {
+    let ether_type = |t: [u8; 2]| {
+        [
+            Expr::Payload {
+                base: PayloadBase::Link,
+                offset: 12,
+                len: 2,
+                dreg: R0,
+            },
+            Expr::CmpEq {
+                sreg: R0,
+                data: t.to_vec(),
+            },
+        ]
+    };
+    let mut ip = ether_type([0x08, 0x00]).to_vec();
+    ip.extend([
+        Expr::Meta {
+            key: MetaKey::IifName,
+            dreg: R0,
+        },
+        Expr::Payload {
+            base: PayloadBase::Link,
+            offset: 6,
+            len: 6,
+            dreg: R_MAC,
+        },
+        Expr::Payload {
+            base: PayloadBase::Network,
+            offset: 12,
+            len: 4,
+            dreg: R_IP,
+        },
+        Expr::Lookup {
+            sreg: R0,
+            set: PODS_SET.into(),
+        },
+        Expr::Verdict {
+            code: NF_ACCEPT,
+            chain: None,
+        },
+    ]);
+    let mut arp = ether_type([0x08, 0x06]).to_vec();
+    arp.extend([
+        Expr::Meta {
+            key: MetaKey::IifName,
+            dreg: R0,
+        },
+        Expr::Payload {
+            base: PayloadBase::Link,
+            offset: 6,
+            len: 6,
+            dreg: R_MAC,
+        },
+        Expr::Payload {
+            base: PayloadBase::Network,
+            offset: 14,
+            len: 4,
+            dreg: R_IP,
+        },
+        Expr::Lookup {
+            sreg: R0,
+            set: PODS_SET.into(),
+        },
+        // the sender hardware address inside the ARP body must match too
+        Expr::Payload {
+            base: PayloadBase::Network,
+            offset: 8,
+            len: 6,
+            dreg: R_MAC,
+        },
+        Expr::Lookup {
+            sreg: R0,
+            set: PODS_SET.into(),
+        },
+        Expr::Verdict {
+            code: NF_ACCEPT,
+            chain: None,
+        },
+    ]);
+    TableSpec {
+        family: NFPROTO_BRIDGE,
+        name: TABLE.into(),
+        sets: vec![SetSpec {
+            name: PODS_SET.into(),
+            key_type: concat_type(&[TYPE_IFNAME, TYPE_ETHERADDR, TYPE_IPADDR]),
+            key_len: 28,
+        }],
+        chains: vec![
+            ChainSpec {
+                name: "pod_in".into(),
+                hook: None,
+                rules: vec![
+                    RuleSpec {
+                        comment: comment("pod-ip"),
+                        exprs: ip,
+                    },
+                    RuleSpec {
+                        comment: comment("pod-arp"),
+                        exprs: arp,
+                    },
+                    RuleSpec {
+                        comment: comment("pod-drop"),
+                        exprs: vec![
+                            Expr::Counter,
+                            Expr::Verdict {
+                                code: NF_DROP,
+                                chain: None,
+                            },
+                        ],
+                    },
+                ],
+            },
+            ChainSpec {
+                name: "prerouting".into(),
+                hook: Some((NF_INET_PRE_ROUTING, -200)),
+                rules: vec![RuleSpec {
+                    comment: comment("pod-ports"),
+                    exprs: vec![
+                        Expr::Meta {
+                            key: MetaKey::IifName,
+                            dreg: R0,
+                        },
+                        Expr::CmpEq {
+                            sreg: R0,
+                            data: HOST_VETH_PREFIX.as_bytes().to_vec(),
+                        },
+                        Expr::Verdict {
+                            code: NFT_JUMP,
+                            chain: Some("pod_in".into()),
+                        },
+                    ],
+                }],
+            },
+        ],
+    }
+}
+
+/// The TTL 1 → 2 rule for RTPS groups entering from the given interfaces.
+pub fn ttl_spec() -> TableSpec {
+    TableSpec {
+        family: NFPROTO_IPV4,
+        name: TABLE.into(),
+        sets: vec![
+            SetSpec {
+                name: GROUPS_SET.into(),
+                key_type: TYPE_IPADDR,
+                key_len: 4,
+            },
+            SetSpec {
+                name: IFACES_SET.into(),
+                key_type: TYPE_IFNAME,
+                key_len: 16,
+            },
+        ],
+        chains: vec![ChainSpec {
+            name: "prerouting".into(),
+            hook: Some((NF_INET_PRE_ROUTING, -300)),
+            rules: vec![RuleSpec {
+                comment: comment("rtps-ttl"),
+                exprs: vec![
+                    Expr::Meta {
+                        key: MetaKey::IifName,
+                        dreg: R0,
+                    },
+                    Expr::Lookup {
+                        sreg: R0,
+                        set: IFACES_SET.into(),
+                    },
+                    Expr::Payload {
+                        base: PayloadBase::Network,
+                        offset: 16,
+                        len: 4,
+                        dreg: R0,
+                    },
+                    Expr::Lookup {
+                        sreg: R0,
+                        set: GROUPS_SET.into(),
+                    },
+                    Expr::Payload {
+                        base: PayloadBase::Network,
+                        offset: 8,
+                        len: 1,
+                        dreg: R0,
+                    },
+                    Expr::CmpEq {
+                        sreg: R0,
+                        data: vec![1],
+                    },
+                    Expr::Counter,
+                    Expr::Immediate {
+                        dreg: R0,
+                        data: vec![2],
+                    },
+                    Expr::PayloadWrite {
+                        base: PayloadBase::Network,
+                        offset: 8,
+                        len: 1,
+                        sreg: R0,
+                        csum_offset: 10,
+                    },
+                ],
+            }],
+        }],
+    }
+}
+
+/// Applies `spec` unless the kernel already holds exactly its rules and sets.
+/// Returns whether anything was written.
+pub fn ensure_table(nl: &mut Nfnl, spec: &TableSpec) -> Result<bool> {
+    let have = nl.rules(spec.family, &spec.name)?;
+    let mut want = vec![];
+    for c in &spec.chains {
+        for r in &c.rules {
+            want.push((c.name.clone(), Some(r.comment.clone())));
+        }
+    }
+    let mut have: Vec<_> = have.into_iter().map(|r| (r.chain, r.comment)).collect();
+    have.sort();
+    want.sort();
+    let sets_ok = spec
+        .sets
+        .iter()
+        .map(|s| nl.set_exists(spec.family, &spec.name, &s.name))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .all(|b| b);
+    if have == want && sets_ok {
+        return Ok(false);
+    }
+    nl.apply_table(spec)?;
+    Ok(true)
+}
+
+/// The `pods` set key: port name (16 bytes), MAC (6 + 2 padding), IPv4.
+pub fn pod_key(port: &str, mac: [u8; 6], ip: Ipv4Addr) -> Vec<u8> {
+    let mut k = vec![0u8; 28];
+    let n = port.len().min(15);
+    k[..n].copy_from_slice(&port.as_bytes()[..n]);
+    k[16..22].copy_from_slice(&mac);
+    k[24..28].copy_from_slice(&ip.octets());
+    k
+}
+
+/// Decodes a `pods` key back into (port, MAC, IPv4).
+pub fn parse_pod_key(k: &[u8]) -> Option<(String, [u8; 6], Ipv4Addr)> {
+    if k.len() != 28 {
+        return None;
+    }
+    let end = k[..16].iter().position(|c| *c == 0).unwrap_or(16);
+    let name = String::from_utf8_lossy(&k[..end]).into_owned();
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&k[16..22]);
+    Some((name, mac, Ipv4Addr::new(k[24], k[25], k[26], k[27])))
+}
+
+/// Lets a pod's port send from its own MAC and address. Creates the table
+/// first if it is missing (first pod on the node, or the agent never ran).
+pub fn allow_pod(nl: &mut Nfnl, port: &str, mac: [u8; 6], ip: Ipv4Addr) -> Result<()> {
+    let key = pod_key(port, mac, ip);
+    match nl.add_elements(NFPROTO_BRIDGE, TABLE, PODS_SET, std::slice::from_ref(&key)) {
+        Ok(()) => Ok(()),
+        Err(e) if e.errno() == Some(libc::ENOENT) => {
+            ensure_table(nl, &pod_guard_spec())?;
+            nl.add_elements(NFPROTO_BRIDGE, TABLE, PODS_SET, &[key])
+        }
+        Err(e) => Err(e),
+    }
+}
+
+pub fn forget_pod(nl: &mut Nfnl, port: &str, mac: [u8; 6], ip: Ipv4Addr) -> Result<bool> {
+    nl.delete_element(NFPROTO_BRIDGE, TABLE, PODS_SET, &pod_key(port, mac, ip))
+}
+
+pub fn allowed_pods(nl: &mut Nfnl) -> Result<Vec<(String, [u8; 6], Ipv4Addr)>> {
+    Ok(nl
+        .elements(NFPROTO_BRIDGE, TABLE, PODS_SET)?
+        .iter()
+        .filter_map(|k| parse_pod_key(k))
+        .collect())
+}
+
+/// Interface name as an `ifname` set key.
+pub fn ifname_key(name: &str) -> Vec<u8> {
+    let mut k = vec![0u8; 16];
+    let n = name.len().min(15);
+    k[..n].copy_from_slice(&name.as_bytes()[..n]);
+    k
+}
+
+/// Makes the TTL rule's sets hold exactly `ifaces` and `groups`.
+pub fn ensure_ttl_rule(nl: &mut Nfnl, ifaces: &[&str], groups: &[Ipv4Addr]) -> Result<bool> {
+    let mut changed = ensure_table(nl, &ttl_spec())?;
+    let want_if: Vec<Vec<u8>> = ifaces.iter().map(|i| ifname_key(i)).collect();
+    let want_g: Vec<Vec<u8>> = groups.iter().map(|g| g.octets().to_vec()).collect();
+    for (set, want) in [(IFACES_SET, want_if), (GROUPS_SET, want_g)] {
+        let have = nl.elements(NFPROTO_IPV4, TABLE, set)?;
+        for k in have.iter().filter(|k| !want.contains(k)) {
+            nl.delete_element(NFPROTO_IPV4, TABLE, set, k)?;
+            changed = true;
+        }
+        let missing: Vec<_> = want.into_iter().filter(|k| !have.contains(k)).collect();
+        if !missing.is_empty() {
+            nl.add_elements(NFPROTO_IPV4, TABLE, set, &missing)?;
+            changed = true;
+        }
+    }
+    Ok(changed)
+}
+
+/// Removes the agent-only table.
+pub fn remove_ttl_rule(nl: &mut Nfnl) -> Result<bool> {
+    nl.delete_table(NFPROTO_IPV4, TABLE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_key_layout() {
+        let k = pod_key(
+            "r2c0123456789a",
+            [0x0e, 0x2c, 1, 2, 3, 4],
+            Ipv4Addr::new(192, 168, 1, 160),
+        );
+        assert_eq!(k.len(), 28);
+        assert_eq!(&k[..14], b"r2c0123456789a");
+        assert_eq!(&k[14..16], &[0, 0]);
+        assert_eq!(&k[22..24], &[0, 0]);
+        let (p, m, ip) = parse_pod_key(&k).unwrap();
+        assert_eq!(
+            (p.as_str(), m[0], ip.octets()[3]),
+            ("r2c0123456789a", 0x0e, 160)
+        );
+    }
+
+    #[test]
+    fn specs_have_unique_comments() {
+        for spec in [pod_guard_spec(), ttl_spec()] {
+            let mut seen = std::collections::HashSet::new();
+            for c in &spec.chains {
+                for r in &c.rules {
+                    assert!(seen.insert(r.comment.clone()), "{}", r.comment);
+                }
+            }
+        }
+    }
+}

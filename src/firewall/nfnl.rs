@@ -1,0 +1,764 @@
+//! A minimal nf_tables netlink encoder/decoder.
+//!
+//! Enough of the nf_tables wire format (linux/netfilter/nf_tables.h) to create
+//! a table, sets, base chains and rules made of the expressions we use (meta,
+//! payload, cmp, lookup, immediate, counter), to add and delete set elements,
+//! and to dump rules and set elements back. It needs no `nft` binary, so the
+//! plugin on the host and the agent in a `FROM scratch` image both work, and a
+//! per-pod element costs one netlink round trip instead of a process spawn.
+
+use std::io;
+use std::time::Duration;
+
+use netlink_sys::{Socket, SocketAddr};
+
+const NETLINK_NETFILTER: isize = 12;
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFNL_MSG_BATCH_BEGIN: u16 = 16;
+const NFNL_MSG_BATCH_END: u16 = 17;
+
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_MULTI: u16 = 0x2;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_CREATE: u16 = 0x400;
+const NLM_F_DUMP: u16 = 0x300;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLA_F_NESTED: u16 = 0x8000;
+
+pub const NFPROTO_IPV4: u8 = 2;
+pub const NFPROTO_BRIDGE: u8 = 7;
+
+#[allow(dead_code)]
+mod msg {
+    pub const NEWTABLE: u16 = 0;
+    pub const GETTABLE: u16 = 1;
+    pub const DELTABLE: u16 = 2;
+    pub const NEWCHAIN: u16 = 3;
+    pub const DELCHAIN: u16 = 5;
+    pub const NEWRULE: u16 = 6;
+    pub const GETRULE: u16 = 7;
+    pub const NEWSET: u16 = 9;
+    pub const GETSET: u16 = 10;
+    pub const NEWSETELEM: u16 = 12;
+    pub const GETSETELEM: u16 = 13;
+    pub const DELSETELEM: u16 = 14;
+}
+
+/// Netfilter hooks (same numbers for ip and bridge families).
+pub const NF_INET_PRE_ROUTING: u32 = 0;
+pub const NF_INET_FORWARD: u32 = 2;
+
+pub const NF_DROP: i32 = 0;
+pub const NF_ACCEPT: i32 = 1;
+pub const NFT_JUMP: i32 = -3;
+pub const NFT_RETURN: i32 = -5;
+
+/// nft datatype ids (nftables' datatype.h), only for how `nft list` prints keys.
+pub const TYPE_IPADDR: u32 = 7;
+pub const TYPE_ETHERADDR: u32 = 9;
+pub const TYPE_IFNAME: u32 = 41;
+
+/// Concatenated key type as nft computes it.
+pub fn concat_type(types: &[u32]) -> u32 {
+    types.iter().fold(0, |acc, t| (acc << 6) | t)
+}
+
+/// 32-bit registers (NFT_REG32_00 = 8).
+pub const REG32_00: u32 = 8;
+pub const REG_VERDICT: u32 = 0;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadBase {
+    Link = 0,
+    Network = 1,
+    Transport = 2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetaKey {
+    Protocol = 1,
+    IifName = 6,
+    OifName = 7,
+}
+
+/// One rule expression.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expr {
+    Meta {
+        key: MetaKey,
+        dreg: u32,
+    },
+    Payload {
+        base: PayloadBase,
+        offset: u32,
+        len: u32,
+        dreg: u32,
+    },
+    /// Write `len` bytes from `sreg` into the packet, fixing the inet checksum at `csum_offset`.
+    PayloadWrite {
+        base: PayloadBase,
+        offset: u32,
+        len: u32,
+        sreg: u32,
+        csum_offset: u32,
+    },
+    CmpEq {
+        sreg: u32,
+        data: Vec<u8>,
+    },
+    Lookup {
+        sreg: u32,
+        set: String,
+    },
+    Immediate {
+        dreg: u32,
+        data: Vec<u8>,
+    },
+    Verdict {
+        code: i32,
+        chain: Option<String>,
+    },
+    Counter,
+}
+
+/// Builds netlink attributes into a byte buffer.
+#[derive(Default)]
+struct Attrs {
+    b: Vec<u8>,
+    open: Vec<usize>,
+}
+
+impl Attrs {
+    fn pad(&mut self) {
+        while self.b.len() % 4 != 0 {
+            self.b.push(0);
+        }
+    }
+
+    fn put(&mut self, ty: u16, data: &[u8]) -> &mut Self {
+        let len = 4 + data.len();
+        self.b.extend_from_slice(&(len as u16).to_ne_bytes());
+        self.b.extend_from_slice(&ty.to_ne_bytes());
+        self.b.extend_from_slice(data);
+        self.pad();
+        self
+    }
+
+    fn str(&mut self, ty: u16, s: &str) -> &mut Self {
+        let mut v = s.as_bytes().to_vec();
+        v.push(0);
+        self.put(ty, &v)
+    }
+
+    fn be32(&mut self, ty: u16, v: u32) -> &mut Self {
+        self.put(ty, &v.to_be_bytes())
+    }
+
+    fn begin(&mut self, ty: u16) -> &mut Self {
+        self.open.push(self.b.len());
+        self.b.extend_from_slice(&[0, 0]);
+        self.b.extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
+        self
+    }
+
+    fn end(&mut self) -> &mut Self {
+        let start = self.open.pop().expect("balanced nesting");
+        let len = (self.b.len() - start) as u16;
+        self.b[start..start + 2].copy_from_slice(&len.to_ne_bytes());
+        self
+    }
+
+    /// NFTA_DATA_VALUE inside a nest of type `ty`.
+    fn data_value(&mut self, ty: u16, v: &[u8]) -> &mut Self {
+        self.begin(ty).put(1, v).end()
+    }
+}
+
+fn encode_expr(a: &mut Attrs, e: &Expr) {
+    a.begin(1); // NFTA_LIST_ELEM
+    let name = match e {
+        Expr::Meta { .. } => "meta",
+        Expr::Payload { .. } | Expr::PayloadWrite { .. } => "payload",
+        Expr::CmpEq { .. } => "cmp",
+        Expr::Lookup { .. } => "lookup",
+        Expr::Immediate { .. } | Expr::Verdict { .. } => "immediate",
+        Expr::Counter => "counter",
+    };
+    a.str(1, name); // NFTA_EXPR_NAME
+    a.begin(2); // NFTA_EXPR_DATA
+    match e {
+        Expr::Meta { key, dreg } => {
+            a.be32(1, *dreg).be32(2, *key as u32);
+        }
+        Expr::Payload {
+            base,
+            offset,
+            len,
+            dreg,
+        } => {
+            a.be32(1, *dreg)
+                .be32(2, *base as u32)
+                .be32(3, *offset)
+                .be32(4, *len);
+        }
+        Expr::PayloadWrite {
+            base,
+            offset,
+            len,
+            sreg,
+            csum_offset,
+        } => {
+            a.be32(2, *base as u32)
+                .be32(3, *offset)
+                .be32(4, *len)
+                .be32(5, *sreg)
+                .be32(6, 1) // NFT_PAYLOAD_CSUM_INET
+                .be32(7, *csum_offset);
+        }
+        Expr::CmpEq { sreg, data } => {
+            a.be32(1, *sreg).be32(2, 0).data_value(3, data);
+        }
+        Expr::Lookup { sreg, set } => {
+            a.str(1, set).be32(2, *sreg);
+        }
+        Expr::Immediate { dreg, data } => {
+            a.be32(1, *dreg).data_value(2, data);
+        }
+        Expr::Verdict { code, chain } => {
+            a.be32(1, REG_VERDICT);
+            a.begin(2).begin(2); // NFTA_IMMEDIATE_DATA { NFTA_DATA_VERDICT {
+            a.be32(1, *code as u32);
+            if let Some(c) = chain {
+                a.str(2, c);
+            }
+            a.end().end();
+        }
+        Expr::Counter => {
+            a.put(1, &0u64.to_be_bytes()).put(2, &0u64.to_be_bytes());
+        }
+    }
+    a.end(); // EXPR_DATA
+    a.end(); // LIST_ELEM
+}
+
+/// A table, its sets, chains and rules, applied in one transaction.
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    pub family: u8,
+    pub name: String,
+    pub sets: Vec<SetSpec>,
+    pub chains: Vec<ChainSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SetSpec {
+    pub name: String,
+    pub key_type: u32,
+    pub key_len: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct ChainSpec {
+    pub name: String,
+    /// (hook, priority) for a base chain of type filter with policy accept.
+    pub hook: Option<(u32, i32)>,
+    pub rules: Vec<RuleSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RuleSpec {
+    /// Shown by `nft list` as the rule's comment; also how we recognise our rules.
+    pub comment: String,
+    pub exprs: Vec<Expr>,
+}
+
+/// A rule as dumped back: its chain and comment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DumpedRule {
+    pub chain: String,
+    pub comment: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("nftables netlink socket: {0}")]
+    Socket(io::Error),
+    #[error("nftables {op}: {source}")]
+    Kernel { op: String, source: io::Error },
+    #[error("nftables {op}: malformed answer from the kernel")]
+    Malformed { op: String },
+}
+
+impl Error {
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Error::Kernel { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, Error>;
+
+/// A NETLINK_NETFILTER socket in the calling thread's namespace.
+pub struct Nfnl {
+    sock: Socket,
+    seq: u32,
+}
+
+struct Message {
+    ty: u16,
+    flags: u16,
+    family: u8,
+    res_id: u16,
+    attrs: Attrs,
+}
+
+impl Message {
+    fn new(m: u16, flags: u16, family: u8) -> Message {
+        Message {
+            ty: (NFNL_SUBSYS_NFTABLES << 8) | m,
+            flags,
+            family,
+            res_id: 0,
+            attrs: Attrs::default(),
+        }
+    }
+
+    fn encode(&self, seq: u32, out: &mut Vec<u8>) {
+        let len = 16 + 4 + self.attrs.b.len();
+        out.extend_from_slice(&(len as u32).to_ne_bytes());
+        out.extend_from_slice(&self.ty.to_ne_bytes());
+        out.extend_from_slice(&(self.flags | NLM_F_REQUEST).to_ne_bytes());
+        out.extend_from_slice(&seq.to_ne_bytes());
+        out.extend_from_slice(&0u32.to_ne_bytes());
+        out.push(self.family);
+        out.push(0); // NFNETLINK_V0
+        out.extend_from_slice(&self.res_id.to_be_bytes());
+        out.extend_from_slice(&self.attrs.b);
+    }
+}
+
+/// Iterates the attributes in `b` as (type without flags, payload).
+fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if b.len() < 4 {
+            return None;
+        }
+        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
+        let ty = u16::from_ne_bytes([b[2], b[3]]) & 0x3fff;
+        if len < 4 || len > b.len() {
+            return None;
+        }
+        let payload = &b[4..len];
+        let adv = ((len + 3) & !3).min(b.len());
+        b = &b[adv..];
+        Some((ty, payload))
+    })
+}
+
+fn cstr(b: &[u8]) -> String {
+    let end = b.iter().position(|c| *c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+/// nftnl user data: TLVs of (type u8, len u8, value); type 0 is the comment.
+fn comment_udata(c: &str) -> Vec<u8> {
+    let mut v = c.as_bytes().to_vec();
+    v.push(0);
+    v.truncate(255);
+    let mut out = vec![0u8, v.len() as u8];
+    out.extend_from_slice(&v);
+    out
+}
+
+fn parse_comment(udata: &[u8]) -> Option<String> {
+    let mut b = udata;
+    while b.len() >= 2 {
+        let (ty, len) = (b[0], b[1] as usize);
+        if b.len() < 2 + len {
+            return None;
+        }
+        if ty == 0 {
+            return Some(cstr(&b[2..2 + len]));
+        }
+        b = &b[2 + len..];
+    }
+    None
+}
+
+impl Nfnl {
+    pub fn new() -> Result<Nfnl> {
+        let mut sock = Socket::new(NETLINK_NETFILTER).map_err(Error::Socket)?;
+        sock.bind_auto().map_err(Error::Socket)?;
+        sock.connect(&SocketAddr::new(0, 0))
+            .map_err(Error::Socket)?;
+        // never hang on a kernel that does not answer
+        let tv = libc::timeval {
+            tv_sec: Duration::from_secs(5).as_secs() as _,
+            tv_usec: 0,
+        };
+        // SAFETY: setsockopt with a valid fd and a properly sized timeval.
+        unsafe {
+            use std::os::fd::AsRawFd;
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as u32,
+            );
+        }
+        Ok(Nfnl { sock, seq: 0 })
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        self.seq
+    }
+
+    /// Receives until every sequence number in `pending` is acked; collects
+    /// data messages (for dumps) into `out`. Returns the first error.
+    fn recv_until(
+        &mut self,
+        op: &str,
+        mut pending: Vec<u32>,
+        dump: bool,
+        out: &mut Vec<(u16, Vec<u8>)>,
+    ) -> Result<()> {
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut first_err: Option<Error> = None;
+        while !pending.is_empty() {
+            let n = self
+                .sock
+                .recv(&mut &mut buf[..], 0)
+                .map_err(Error::Socket)?;
+            let mut off = 0;
+            while off + 16 <= n {
+                let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap()) as usize;
+                let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+                let flags = u16::from_ne_bytes([buf[off + 6], buf[off + 7]]);
+                let seq = u32::from_ne_bytes(buf[off + 8..off + 12].try_into().unwrap());
+                if len < 16 || off + len > n {
+                    return Err(Error::Malformed { op: op.into() });
+                }
+                let body = &buf[off + 16..off + len];
+                off += (len + 3) & !3;
+                if !pending.contains(&seq) {
+                    continue;
+                }
+                match ty {
+                    NLMSG_ERROR => {
+                        let code = i32::from_ne_bytes(
+                            body[..4]
+                                .try_into()
+                                .map_err(|_| Error::Malformed { op: op.into() })?,
+                        );
+                        pending.retain(|s| *s != seq);
+                        if code != 0 && first_err.is_none() {
+                            first_err = Some(Error::Kernel {
+                                op: op.into(),
+                                source: io::Error::from_raw_os_error(-code),
+                            });
+                        }
+                    }
+                    NLMSG_DONE => pending.retain(|s| *s != seq),
+                    _ => {
+                        if body.len() >= 4 {
+                            out.push((ty & 0xff, body[4..].to_vec()));
+                        }
+                        if !dump && flags & NLM_F_MULTI == 0 {
+                            // single answer to a GET; its ACK follows
+                        }
+                    }
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends `msgs` as one transaction; all or nothing.
+    fn batch(&mut self, op: &str, msgs: Vec<Message>) -> Result<()> {
+        let mut out = Vec::with_capacity(1024);
+        let mut begin = Message::new(0, 0, 0);
+        begin.ty = NFNL_MSG_BATCH_BEGIN;
+        begin.res_id = NFNL_SUBSYS_NFTABLES;
+        let s = self.next_seq();
+        begin.encode(s, &mut out);
+        let mut pending = vec![];
+        for mut m in msgs {
+            m.flags |= NLM_F_ACK;
+            let s = self.next_seq();
+            pending.push(s);
+            m.encode(s, &mut out);
+        }
+        let mut end = Message::new(0, 0, 0);
+        end.ty = NFNL_MSG_BATCH_END;
+        end.res_id = NFNL_SUBSYS_NFTABLES;
+        let s = self.next_seq();
+        end.encode(s, &mut out);
+        self.sock.send(&out, 0).map_err(Error::Socket)?;
+        self.recv_until(op, pending, false, &mut vec![])
+    }
+
+    fn get(&mut self, op: &str, m: Message, dump: bool) -> Result<Vec<(u16, Vec<u8>)>> {
+        let mut out = Vec::new();
+        let s = self.next_seq();
+        let mut m = m;
+        m.flags |= if dump { NLM_F_DUMP } else { NLM_F_ACK };
+        let mut bytes = Vec::new();
+        m.encode(s, &mut bytes);
+        self.sock.send(&bytes, 0).map_err(Error::Socket)?;
+        self.recv_until(op, vec![s], dump, &mut out)?;
+        Ok(out)
+    }
+
+    /// Whether set `set` exists in `table`.
+    pub fn set_exists(&mut self, family: u8, table: &str, set: &str) -> Result<bool> {
+        let mut m = Message::new(msg::GETSET, 0, family);
+        m.attrs.str(1, table).str(2, set);
+        match self.get(&format!("get set {table} {set}"), m, false) {
+            Ok(_) => Ok(true),
+            Err(e) if matches!(e.errno(), Some(libc::ENOENT)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates the table, its sets and chains if missing, and replaces the
+    /// rules of its chains with `spec`'s, in one transaction. Set elements
+    /// are kept.
+    pub fn apply_table(&mut self, spec: &TableSpec) -> Result<()> {
+        let mut msgs = vec![];
+        let mut t = Message::new(msg::NEWTABLE, NLM_F_CREATE, spec.family);
+        t.attrs.str(1, &spec.name);
+        msgs.push(t);
+        for (i, s) in spec.sets.iter().enumerate() {
+            let mut m = Message::new(msg::NEWSET, NLM_F_CREATE, spec.family);
+            m.attrs
+                .str(1, &spec.name)
+                .str(2, &s.name)
+                .be32(3, 0)
+                .be32(4, s.key_type)
+                .be32(5, s.key_len)
+                .be32(10, i as u32 + 1);
+            msgs.push(m);
+        }
+        // regular chains first, so base chains can jump to them
+        let mut chains: Vec<&ChainSpec> = spec.chains.iter().filter(|c| c.hook.is_none()).collect();
+        chains.extend(spec.chains.iter().filter(|c| c.hook.is_some()));
+        for c in &chains {
+            let mut m = Message::new(msg::NEWCHAIN, NLM_F_CREATE, spec.family);
+            m.attrs.str(1, &spec.name).str(3, &c.name);
+            if let Some((hook, prio)) = c.hook {
+                m.attrs.begin(4).be32(1, hook).be32(2, prio as u32).end();
+                m.attrs.be32(5, NF_ACCEPT as u32).str(7, "filter");
+            }
+            msgs.push(m);
+        }
+        for c in &chains {
+            // flush: DELRULE with table + chain only
+            let mut m = Message::new(8, 0, spec.family);
+            m.attrs.str(1, &spec.name).str(2, &c.name);
+            msgs.push(m);
+        }
+        for c in &chains {
+            for r in &c.rules {
+                let mut m = Message::new(
+                    msg::NEWRULE,
+                    NLM_F_CREATE | 0x800, /* APPEND */
+                    spec.family,
+                );
+                m.attrs.str(1, &spec.name).str(2, &c.name);
+                m.attrs.begin(4);
+                for e in &r.exprs {
+                    encode_expr(&mut m.attrs, e);
+                }
+                m.attrs.end();
+                m.attrs.put(7, &comment_udata(&r.comment));
+                msgs.push(m);
+            }
+        }
+        self.batch(&format!("apply table {}", spec.name), msgs)
+    }
+
+    /// Deletes a table; Ok(false) if it did not exist.
+    pub fn delete_table(&mut self, family: u8, table: &str) -> Result<bool> {
+        let mut m = Message::new(msg::DELTABLE, 0, family);
+        m.attrs.str(1, table);
+        match self.batch(&format!("delete table {table}"), vec![m]) {
+            Ok(()) => Ok(true),
+            Err(e) if matches!(e.errno(), Some(libc::ENOENT)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The rules of `table` with their chains and comments, in order.
+    pub fn rules(&mut self, family: u8, table: &str) -> Result<Vec<DumpedRule>> {
+        let mut m = Message::new(msg::GETRULE, 0, family);
+        m.attrs.str(1, table);
+        let answers = match self.get(&format!("list rules of {table}"), m, true) {
+            Ok(a) => a,
+            Err(e) if matches!(e.errno(), Some(libc::ENOENT)) => return Ok(vec![]),
+            Err(e) => return Err(e),
+        };
+        let mut out = vec![];
+        for (ty, body) in answers {
+            if ty != msg::NEWRULE {
+                continue;
+            }
+            let mut r = DumpedRule {
+                chain: String::new(),
+                comment: None,
+            };
+            let mut tbl = String::new();
+            for (at, p) in attrs(&body) {
+                match at {
+                    1 => tbl = cstr(p),
+                    2 => r.chain = cstr(p),
+                    7 => r.comment = parse_comment(p),
+                    _ => {}
+                }
+            }
+            if tbl == table {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    fn elem_msg(m: u16, family: u8, table: &str, set: &str, keys: &[Vec<u8>]) -> Message {
+        let mut msg = Message::new(
+            m,
+            if m == msg::NEWSETELEM {
+                NLM_F_CREATE
+            } else {
+                0
+            },
+            family,
+        );
+        msg.attrs.str(1, table).str(2, set).begin(3);
+        for k in keys {
+            msg.attrs.begin(1).data_value(1, k).end();
+        }
+        msg.attrs.end();
+        msg
+    }
+
+    /// Adds elements (an existing element is not an error).
+    pub fn add_elements(
+        &mut self,
+        family: u8,
+        table: &str,
+        set: &str,
+        keys: &[Vec<u8>],
+    ) -> Result<()> {
+        let m = Self::elem_msg(msg::NEWSETELEM, family, table, set, keys);
+        self.batch(&format!("add element to {table} {set}"), vec![m])
+    }
+
+    /// Deletes one element; Ok(false) if it (or the set) did not exist.
+    pub fn delete_element(
+        &mut self,
+        family: u8,
+        table: &str,
+        set: &str,
+        key: &[u8],
+    ) -> Result<bool> {
+        let m = Self::elem_msg(msg::DELSETELEM, family, table, set, &[key.to_vec()]);
+        match self.batch(&format!("delete element from {table} {set}"), vec![m]) {
+            Ok(()) => Ok(true),
+            Err(e) if matches!(e.errno(), Some(libc::ENOENT)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The keys of a set's elements; empty if the set does not exist.
+    pub fn elements(&mut self, family: u8, table: &str, set: &str) -> Result<Vec<Vec<u8>>> {
+        let mut m = Message::new(msg::GETSETELEM, 0, family);
+        m.attrs.str(1, table).str(2, set);
+        let answers = match self.get(&format!("list elements of {table} {set}"), m, true) {
+            Ok(a) => a,
+            Err(e) if matches!(e.errno(), Some(libc::ENOENT)) => return Ok(vec![]),
+            Err(e) => return Err(e),
+        };
+        let mut out = vec![];
+        for (ty, body) in answers {
+            if ty != msg::NEWSETELEM {
+                continue;
+            }
+            for (at, list) in attrs(&body) {
+                if at != 3 {
+                    continue;
+                }
+                for (_, elem) in attrs(list) {
+                    for (et, key) in attrs(elem) {
+                        if et == 1 {
+                            for (dt, v) in attrs(key) {
+                                if dt == 1 {
+                                    out.push(v.to_vec());
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concat_type_matches_nft() {
+        // ifname . ether_addr . ipv4_addr as nft encodes it
+        assert_eq!(
+            concat_type(&[TYPE_IFNAME, TYPE_ETHERADDR, TYPE_IPADDR]),
+            (41 << 12) | (9 << 6) | 7
+        );
+    }
+
+    #[test]
+    fn attrs_roundtrip_and_nesting() {
+        let mut a = Attrs::default();
+        a.str(1, "ros2_cni")
+            .begin(3)
+            .begin(1)
+            .data_value(1, &[1, 2, 3, 4, 5])
+            .end()
+            .end();
+        let top: Vec<_> = attrs(&a.b).collect();
+        assert_eq!(top.len(), 2);
+        assert_eq!(cstr(top[0].1), "ros2_cni");
+        let elem = attrs(top[1].1).next().unwrap().1;
+        let key = attrs(elem).next().unwrap().1;
+        let val = attrs(key).next().unwrap().1;
+        assert_eq!(val, &[1, 2, 3, 4, 5]);
+        assert_eq!(a.b.len() % 4, 0);
+    }
+
+    #[test]
+    fn comments_roundtrip() {
+        assert_eq!(
+            parse_comment(&comment_udata("ros2-cni v1 x")).as_deref(),
+            Some("ros2-cni v1 x")
+        );
+        assert_eq!(parse_comment(&[0, 200, 1]), None);
+    }
+
+    #[test]
+    fn truncated_attributes_do_not_panic() {
+        for cut in 0..12 {
+            let mut a = Attrs::default();
+            a.str(1, "abc").be32(2, 7);
+            let b = &a.b[..cut.min(a.b.len())];
+            let _ = attrs(b).count();
+        }
+    }
+}

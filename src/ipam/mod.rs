@@ -1,0 +1,423 @@
+//! The per-node address pool.
+//!
+//! State lives in `dataDir`:
+//! - `lock`: an flock held only while leases change (never during netlink work);
+//! - `leases/<ip>`: one file per handed-out address, created with O_EXCL, holding
+//!   the attachment key; its existence is the reservation;
+//! - `attachments/<key>.json`: what ADD made for one attachment, so that DEL, CHECK
+//!   and GC can find it without the netns;
+//! - `last`: the last address handed out, so allocation walks the pool round-robin
+//!   and a released address is not reused at once.
+
+use crate::config::Pool;
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("could not lock the address pool ({path}) within {waited_ms} ms; another ADD or DEL holds it, try again")]
+    LockTimeout { path: PathBuf, waited_ms: u64 },
+    #[error("address pool {pool} is exhausted ({used} addresses in use)")]
+    Exhausted { pool: String, used: usize },
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, Error>;
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    move |source| Error::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// What ADD made for one attachment; stored as `attachments/<key>.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attachment {
+    pub container_id: String,
+    /// CNI_IFNAME of the chain (the pod's primary interface).
+    pub ifname: String,
+    /// Our interface in the pod (`ifName`, e.g. ros0).
+    pub pod_if: String,
+    pub netns: String,
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
+    pub mac: String,
+    /// Host side of the veth (routed mode); empty in macvlan mode.
+    #[serde(default)]
+    pub host_if: String,
+    /// The node bridge (routed mode) the host veth joined.
+    #[serde(default)]
+    pub bridge: String,
+    /// The node's LAN interface at ADD time (proxy ARP entry, macvlan parent).
+    #[serde(default)]
+    pub uplink: String,
+    pub mode: String,
+    /// Whether ADD cleared MULTICAST on the pod's primary interface.
+    #[serde(default)]
+    pub cleared_multicast: bool,
+    #[serde(default)]
+    pub pod_namespace: String,
+    #[serde(default)]
+    pub pod_name: String,
+}
+
+/// The key of an attachment: container id and the chain's CNI_IFNAME.
+pub fn attachment_key(container_id: &str, ifname: &str) -> String {
+    format!("{container_id}_{ifname}")
+}
+
+/// A held pool lock; released on drop.
+pub struct Lock {
+    _file: File,
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+pub fn lock_timeout() -> Duration {
+    let ms = std::env::var("ROS2_CNI_LOCK_TIMEOUT_MS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
+    Duration::from_millis(ms)
+}
+
+impl Store {
+    pub fn new(data_dir: &Path) -> Store {
+        Store {
+            dir: data_dir.to_owned(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn leases(&self) -> PathBuf {
+        self.dir.join("leases")
+    }
+
+    fn attachments(&self) -> PathBuf {
+        self.dir.join("attachments")
+    }
+
+    fn attachment_path(&self, key: &str) -> PathBuf {
+        self.attachments().join(format!("{key}.json"))
+    }
+
+    /// Creates the directories if needed.
+    pub fn init(&self) -> Result<()> {
+        for d in [self.dir.clone(), self.leases(), self.attachments()] {
+            fs::create_dir_all(&d).map_err(io("create directory", &d))?;
+        }
+        Ok(())
+    }
+
+    /// Takes the pool lock, waiting up to `timeout`.
+    pub fn lock(&self, timeout: Duration) -> Result<Lock> {
+        let path = self.dir.join("lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io("open", &path))?;
+        let start = Instant::now();
+        let mut pause = Duration::from_micros(200);
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(Lock { _file: file }),
+                Err(std::fs::TryLockError::WouldBlock) => {}
+                Err(std::fs::TryLockError::Error(e)) => return Err(io("lock", &path)(e)),
+            }
+            if start.elapsed() >= timeout {
+                return Err(Error::LockTimeout {
+                    path,
+                    waited_ms: start.elapsed().as_millis() as u64,
+                });
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+    }
+
+    /// The attachment for `key`, if ADD recorded one.
+    pub fn get(&self, key: &str) -> Result<Option<Attachment>> {
+        let p = self.attachment_path(key);
+        match fs::read(&p) {
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(a) => Ok(Some(a)),
+                Err(e) => Err(Error::Io {
+                    op: "parse",
+                    path: p,
+                    source: std::io::Error::new(ErrorKind::InvalidData, e),
+                }),
+            },
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io("read", &p)(e)),
+        }
+    }
+
+    /// All recorded attachments (GC, doctor, agent).
+    pub fn list(&self) -> Result<Vec<(String, Attachment)>> {
+        let dir = self.attachments();
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(io("read directory", &dir)(e)),
+        };
+        let mut out = vec![];
+        for ent in rd {
+            let ent = ent.map_err(io("read directory", &dir))?;
+            let name = ent.file_name().to_string_lossy().into_owned();
+            if let Some(key) = name.strip_suffix(".json") {
+                if let Some(a) = self.get(key)? {
+                    out.push((key.to_owned(), a));
+                }
+            }
+        }
+        out.sort_by_key(|(_, a)| a.ip);
+        Ok(out)
+    }
+
+    /// Number of leased addresses.
+    pub fn leased(&self) -> Result<usize> {
+        let dir = self.leases();
+        match fs::read_dir(&dir) {
+            Ok(rd) => Ok(rd.filter_map(|e| e.ok()).count()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(io("read directory", &dir)(e)),
+        }
+    }
+
+    /// Reserves the next free address of `pool` for `key` and records the
+    /// attachment built by `make(ip)`. Call with the lock held.
+    pub fn allocate(
+        &self,
+        _lock: &Lock,
+        pool: &Pool,
+        subnet: &Ipv4Net,
+        key: &str,
+        make: impl FnOnce(Ipv4Addr) -> Attachment,
+    ) -> Result<Attachment> {
+        let last_path = self.dir.join("last");
+        let last: Option<Ipv4Addr> = fs::read_to_string(&last_path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        let usable = pool.usable(subnet);
+        // walk from the address after `last`, wrapping around once
+        let start_after = last.filter(|a| pool.contains(*a));
+        let (after, before): (Vec<_>, Vec<_>) = match start_after {
+            Some(l) => usable.partition(|a| u32::from(*a) > u32::from(l)),
+            None => (usable.collect(), vec![]),
+        };
+        let leases = self.leases();
+        for ip in after.into_iter().chain(before) {
+            let p = leases.join(ip.to_string());
+            match OpenOptions::new().write(true).create_new(true).open(&p) {
+                Ok(mut f) => {
+                    f.write_all(key.as_bytes()).map_err(io("write", &p))?;
+                    let att = make(ip);
+                    if let Err(e) = self.write_attachment(key, &att) {
+                        let _ = fs::remove_file(&p);
+                        return Err(e);
+                    }
+                    let _ = fs::write(&last_path, ip.to_string());
+                    return Ok(att);
+                }
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(io("create", &p)(e)),
+            }
+        }
+        Err(Error::Exhausted {
+            pool: pool.to_string(),
+            used: self.leased()?,
+        })
+    }
+
+    /// Rewrites an attachment's record (atomically: temp file + rename).
+    pub fn write_attachment(&self, key: &str, att: &Attachment) -> Result<()> {
+        let p = self.attachment_path(key);
+        let tmp = self.attachments().join(format!(".{key}.tmp"));
+        let body = serde_json::to_vec_pretty(att).expect("attachment serializes");
+        fs::write(&tmp, body).map_err(io("write", &tmp))?;
+        fs::rename(&tmp, &p).map_err(io("rename", &p))
+    }
+
+    /// Releases `key`'s address and record. Missing files are fine (DEL twice).
+    /// Call with the lock held.
+    pub fn release(&self, _lock: &Lock, key: &str, ip: Option<Ipv4Addr>) -> Result<()> {
+        if let Some(ip) = ip {
+            let p = self.leases().join(ip.to_string());
+            // only remove the lease if it is still ours
+            match fs::read_to_string(&p) {
+                Ok(owner) if owner.trim() == key => fs::remove_file(&p)
+                    .or_else(ignore_missing)
+                    .map_err(io("remove", &p))?,
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(io("read", &p)(e)),
+            }
+        }
+        let p = self.attachment_path(key);
+        fs::remove_file(&p)
+            .or_else(ignore_missing)
+            .map_err(io("remove", &p))
+    }
+
+    /// Checks that the data dir can be written (STATUS).
+    pub fn check_writable(&self) -> Result<()> {
+        self.init()?;
+        let p = self
+            .dir
+            .join(format!(".status-probe-{}", std::process::id()));
+        fs::write(&p, b"ok").map_err(io("write", &p))?;
+        fs::remove_file(&p).map_err(io("remove", &p))
+    }
+}
+
+fn ignore_missing(e: std::io::Error) -> std::io::Result<()> {
+    if e.kind() == ErrorKind::NotFound {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp() -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "r2c-ipam-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn att(key: &str, ip: Ipv4Addr) -> Attachment {
+        Attachment {
+            container_id: key.into(),
+            ifname: "eth0".into(),
+            pod_if: "ros0".into(),
+            netns: "/x".into(),
+            ip,
+            prefix_len: 24,
+            mac: String::new(),
+            host_if: String::new(),
+            bridge: String::new(),
+            uplink: String::new(),
+            mode: "routed".into(),
+            cleared_multicast: false,
+            pod_namespace: String::new(),
+            pod_name: String::new(),
+        }
+    }
+
+    #[test]
+    fn allocate_release_roundrobin_and_exhaust() {
+        let dir = tmp();
+        let s = Store::new(&dir);
+        s.init().unwrap();
+        let pool = Pool::parse("192.168.1.254-192.168.1.255").unwrap();
+        let subnet: Ipv4Net = "192.168.1.0/24".parse().unwrap();
+        let l = s.lock(Duration::from_secs(1)).unwrap();
+        let a = s
+            .allocate(&l, &pool, &subnet, "a", |ip| att("a", ip))
+            .unwrap();
+        assert_eq!(a.ip, Ipv4Addr::new(192, 168, 1, 254));
+        // .255 is the broadcast address: never handed out
+        let e = s
+            .allocate(&l, &pool, &subnet, "b", |ip| att("b", ip))
+            .unwrap_err();
+        assert!(matches!(e, Error::Exhausted { used: 1, .. }), "{e}");
+        assert_eq!(s.get("a").unwrap().unwrap(), a);
+        s.release(&l, "a", Some(a.ip)).unwrap();
+        s.release(&l, "a", Some(a.ip)).unwrap();
+        assert!(s.get("a").unwrap().is_none());
+        assert_eq!(s.leased().unwrap(), 0);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn next_address_after_last() {
+        let dir = tmp();
+        let s = Store::new(&dir);
+        s.init().unwrap();
+        let pool = Pool::parse("192.168.1.10-192.168.1.12").unwrap();
+        let subnet: Ipv4Net = "192.168.1.0/24".parse().unwrap();
+        let l = s.lock(Duration::from_secs(1)).unwrap();
+        let a = s
+            .allocate(&l, &pool, &subnet, "a", |ip| att("a", ip))
+            .unwrap();
+        s.release(&l, "a", Some(a.ip)).unwrap();
+        let b = s
+            .allocate(&l, &pool, &subnet, "b", |ip| att("b", ip))
+            .unwrap();
+        assert_eq!(
+            b.ip,
+            Ipv4Addr::new(192, 168, 1, 11),
+            "released address is not reused at once"
+        );
+        let c = s
+            .allocate(&l, &pool, &subnet, "c", |ip| att("c", ip))
+            .unwrap();
+        let d = s
+            .allocate(&l, &pool, &subnet, "d", |ip| att("d", ip))
+            .unwrap();
+        assert_eq!((c.ip.octets()[3], d.ip.octets()[3]), (12, 10));
+        assert_eq!(s.list().unwrap().len(), 3);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn release_leaves_foreign_lease() {
+        let dir = tmp();
+        let s = Store::new(&dir);
+        s.init().unwrap();
+        let pool = Pool::parse("192.168.1.10-192.168.1.10").unwrap();
+        let subnet: Ipv4Net = "192.168.1.0/24".parse().unwrap();
+        let l = s.lock(Duration::from_secs(1)).unwrap();
+        let a = s
+            .allocate(&l, &pool, &subnet, "a", |ip| att("a", ip))
+            .unwrap();
+        s.release(&l, "other", Some(a.ip)).unwrap();
+        assert_eq!(s.leased().unwrap(), 1);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn lock_times_out() {
+        let dir = tmp();
+        let s = Store::new(&dir);
+        s.init().unwrap();
+        let _held = s.lock(Duration::from_secs(1)).unwrap();
+        let e = match s.lock(Duration::from_millis(50)) {
+            Err(e) => e,
+            Ok(_) => panic!("second lock must not be granted"),
+        };
+        assert!(matches!(e, Error::LockTimeout { .. }));
+        fs::remove_dir_all(dir).unwrap();
+    }
+}

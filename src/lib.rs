@@ -1,0 +1,11 @@
+//! ros2-cni: a chained CNI plugin that gives opted-in pods a NAT-free
+//! interface on the robot LAN, and a node agent that routes RTPS multicast.
+
+pub mod cni;
+pub mod config;
+pub mod dataplane;
+pub mod firewall;
+pub mod ipam;
+pub mod logging;
+pub mod netlink;
+pub mod plugin;

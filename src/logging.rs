@@ -1,0 +1,50 @@
+//! Logging through `tracing`: never to stdout.
+
+use crate::config::LogFormat;
+use std::path::Path;
+use std::sync::Mutex;
+use tracing_subscriber::EnvFilter;
+
+fn filter(level: &str) -> EnvFilter {
+    EnvFilter::try_from_env("ROS2_CNI_LOG").unwrap_or_else(|_| EnvFilter::new(level))
+}
+
+/// The plugin logs to `log_file` (appended) or, without one, warnings and
+/// errors to stderr, where the runtime shows them.
+pub fn init_plugin(log_file: Option<&Path>, level: &str) {
+    let file = log_file.and_then(|p| {
+        if let Some(dir) = p.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .ok()
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_target(false);
+    let _ = match file {
+        Some(f) => builder
+            .with_env_filter(filter(level))
+            .with_writer(Mutex::new(f))
+            .try_init(),
+        None => builder
+            .with_env_filter(filter("warn"))
+            .with_writer(std::io::stderr)
+            .try_init(),
+    };
+}
+
+/// The agent and the CLI log to stderr, human-readable or JSON.
+pub fn init_stderr(format: LogFormat, level: &str) {
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter(level))
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Human => b.try_init(),
+        LogFormat::Json => b.json().try_init(),
+    };
+}

@@ -1,0 +1,747 @@
+//! The only place that talks rtnetlink.
+//!
+//! A [`Handle`] is a synchronous NETLINK_ROUTE socket bound to one network
+//! namespace. The plugin path needs a handful of requests per pod, so a
+//! blocking socket and the message types of `netlink-packet-route` (the crate
+//! under `rtnetlink`) are all it takes: no async runtime on the pod's start path.
+//!
+//! Namespaces: `setns` changes the calling *thread*. [`Handle::open_in`] enters
+//! the target namespace on a short-lived thread of its own, opens the socket
+//! there and hands it back; the socket stays bound to that namespace wherever
+//! it is used afterwards. No other thread ever changes namespace.
+
+pub mod netns;
+pub mod sysctl;
+
+pub use netns::Netns;
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REPLACE, NLM_F_REQUEST,
+};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoBridge, InfoData, InfoKind, InfoMacVlan,
+    InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMode,
+};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("netlink socket: {0}")]
+    Socket(#[source] std::io::Error),
+    #[error("{op}: {source}")]
+    Kernel {
+        op: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{op}: cannot decode the kernel's answer: {msg}")]
+    Decode { op: String, msg: String },
+    #[error("network namespace {path}: {source}")]
+    Netns {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Error {
+    /// The errno the kernel returned, if this is a kernel error.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Error::Kernel { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self.errno(),
+            Some(libc::ENOENT) | Some(libc::ENODEV) | Some(libc::ESRCH) | Some(libc::EADDRNOTAVAIL)
+        )
+    }
+
+    pub fn is_exists(&self) -> bool {
+        self.errno() == Some(libc::EEXIST)
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// What we need to know about a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub flags: LinkFlags,
+    pub mac: Option<[u8; 6]>,
+    pub controller: Option<u32>,
+    pub kind: Option<String>,
+    pub mtu: Option<u32>,
+}
+
+impl Link {
+    pub fn is_up(&self) -> bool {
+        self.flags.contains(LinkFlags::Up)
+    }
+
+    pub fn has_multicast(&self) -> bool {
+        self.flags.contains(LinkFlags::Multicast)
+    }
+
+    fn from_message(m: LinkMessage) -> Link {
+        let mut l = Link {
+            index: m.header.index,
+            name: String::new(),
+            flags: m.header.flags,
+            mac: None,
+            controller: None,
+            kind: None,
+            mtu: None,
+        };
+        for a in m.attributes {
+            match a {
+                LinkAttribute::IfName(n) => l.name = n,
+                LinkAttribute::Address(a) if a.len() == 6 => {
+                    let mut mac = [0u8; 6];
+                    mac.copy_from_slice(&a);
+                    l.mac = Some(mac);
+                }
+                LinkAttribute::Controller(c) => l.controller = Some(c),
+                LinkAttribute::Mtu(v) => l.mtu = Some(v),
+                LinkAttribute::LinkInfo(infos) => {
+                    for i in infos {
+                        if let LinkInfo::Kind(k) = i {
+                            l.kind = Some(k.to_string());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        l
+    }
+}
+
+/// An IPv4 route as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route4 {
+    pub dst: Ipv4Addr,
+    pub prefix_len: u8,
+    pub oif: Option<u32>,
+    pub gateway: Option<Ipv4Addr>,
+    pub table: u32,
+    pub kind: RouteType,
+}
+
+/// An IPv4 neighbour (or proxy) entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Neigh4 {
+    pub ip: Ipv4Addr,
+    pub ifindex: u32,
+    pub mac: Option<[u8; 6]>,
+    pub proxy: bool,
+    pub state: NeighbourState,
+}
+
+pub fn format_mac(m: &[u8; 6]) -> String {
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
+}
+
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in out.iter_mut() {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+/// A blocking rtnetlink socket in one network namespace.
+pub struct Handle {
+    sock: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+impl Handle {
+    /// A socket in the calling thread's network namespace.
+    pub fn new() -> Result<Handle> {
+        let mut sock = Socket::new(NETLINK_ROUTE).map_err(Error::Socket)?;
+        sock.bind_auto().map_err(Error::Socket)?;
+        sock.connect(&SocketAddr::new(0, 0))
+            .map_err(Error::Socket)?;
+        // ask for extended error messages and strict dump filtering; both optional
+        let _ = sock.set_ext_ack(true);
+        let _ = sock.set_netlink_get_strict_chk(true);
+        Ok(Handle {
+            sock,
+            seq: 1,
+            buf: vec![0; 64 * 1024],
+        })
+    }
+
+    /// A socket in `ns`, opened on a dedicated thread that entered `ns`.
+    pub fn open_in(ns: &Netns) -> Result<Handle> {
+        ns.run(Handle::new)?
+    }
+
+    fn send(&mut self, msg: RouteNetlinkMessage, flags: u16) -> Result<u32> {
+        let mut hdr = NetlinkHeader::default();
+        hdr.flags = NLM_F_REQUEST | flags;
+        self.seq = self.seq.wrapping_add(1);
+        hdr.sequence_number = self.seq;
+        let mut req = NetlinkMessage::new(hdr, NetlinkPayload::from(msg));
+        req.finalize();
+        let mut out = vec![0; req.header.length as usize];
+        req.serialize(&mut out);
+        self.sock.send(&out, 0).map_err(Error::Socket)?;
+        Ok(self.seq)
+    }
+
+    /// Sends a request and collects its answers until ACK or DONE.
+    fn exchange(
+        &mut self,
+        op: &str,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<Vec<RouteNetlinkMessage>> {
+        let seq = self.send(msg, flags)?;
+        let mut out = Vec::new();
+        loop {
+            let n = self
+                .sock
+                .recv(&mut &mut self.buf[..], 0)
+                .map_err(Error::Socket)?;
+            let mut off = 0;
+            while off < n {
+                let msg: NetlinkMessage<RouteNetlinkMessage> =
+                    NetlinkMessage::deserialize(&self.buf[off..n]).map_err(|e| Error::Decode {
+                        op: op.to_owned(),
+                        msg: e.to_string(),
+                    })?;
+                let len = msg.header.length as usize;
+                if len == 0 {
+                    break;
+                }
+                off += (len + 3) & !3;
+                if msg.header.sequence_number != seq {
+                    continue;
+                }
+                match msg.payload {
+                    NetlinkPayload::Done(_) => return Ok(out),
+                    NetlinkPayload::Error(e) => {
+                        return match e.code {
+                            None => Ok(out),
+                            Some(code) => Err(Error::Kernel {
+                                op: op.to_owned(),
+                                source: std::io::Error::from_raw_os_error(-code.get()),
+                            }),
+                        }
+                    }
+                    NetlinkPayload::InnerMessage(m) => {
+                        out.push(m);
+                        if msg.header.flags & netlink_packet_core::NLM_F_MULTIPART == 0
+                            && flags & NLM_F_DUMP == 0
+                        {
+                            // a single answer to a GET; the kernel sends no ACK after it unless asked
+                            if flags & NLM_F_ACK == 0 {
+                                return Ok(out);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn request(&mut self, op: &str, msg: RouteNetlinkMessage, flags: u16) -> Result<()> {
+        self.exchange(op, msg, flags | NLM_F_ACK).map(|_| ())
+    }
+
+    fn dump(&mut self, op: &str, msg: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>> {
+        self.exchange(op, msg, NLM_F_DUMP)
+    }
+
+    // ---- links ----
+
+    pub fn link_by_name(&mut self, name: &str) -> Result<Option<Link>> {
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        match self.exchange(
+            &format!("get link {name}"),
+            RouteNetlinkMessage::GetLink(m),
+            0,
+        ) {
+            Ok(v) => Ok(v.into_iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
+                _ => None,
+            })),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn link_by_index(&mut self, index: u32) -> Result<Option<Link>> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        match self.exchange(
+            &format!("get link #{index}"),
+            RouteNetlinkMessage::GetLink(m),
+            0,
+        ) {
+            Ok(v) => Ok(v.into_iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
+                _ => None,
+            })),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn links(&mut self) -> Result<Vec<Link>> {
+        Ok(self
+            .dump(
+                "dump links",
+                RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            )?
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Creates a bridge with a fixed MAC (so its address never follows its
+    /// ports) and IGMP snooping off (multicast reaches every pod and the host).
+    pub fn create_bridge(&mut self, name: &str, mac: [u8; 6]) -> Result<()> {
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        m.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        m.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Bridge),
+            LinkInfo::Data(InfoData::Bridge(vec![InfoBridge::MulticastSnooping(false)])),
+        ]));
+        self.request(
+            &format!("create bridge {name}"),
+            RouteNetlinkMessage::NewLink(m),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// Creates a veth pair: `host` here, enslaved to `controller` and up;
+    /// `peer` created directly in `peer_ns` with `peer_mac`, IPv6 address
+    /// generation off (the pod's LAN interface carries IPv4 only).
+    pub fn create_veth(
+        &mut self,
+        host: &str,
+        controller: u32,
+        peer: &str,
+        peer_mac: [u8; 6],
+        peer_ns: &Netns,
+        mtu: Option<u32>,
+    ) -> Result<()> {
+        let mut p = LinkMessage::default();
+        p.attributes.push(LinkAttribute::IfName(peer.to_owned()));
+        p.attributes.push(LinkAttribute::Address(peer_mac.to_vec()));
+        p.attributes
+            .push(LinkAttribute::NetNsFd(peer_ns.fd().as_raw_fd()));
+        p.attributes.push(no_ipv6_addresses());
+        if let Some(mtu) = mtu {
+            p.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        let mut m = LinkMessage::default();
+        m.header.flags = LinkFlags::Up;
+        m.header.change_mask = LinkFlags::Up;
+        m.attributes.push(LinkAttribute::IfName(host.to_owned()));
+        m.attributes.push(LinkAttribute::Controller(controller));
+        m.attributes.push(no_ipv6_addresses());
+        if let Some(mtu) = mtu {
+            m.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        m.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))),
+        ]));
+        self.request(
+            &format!("create veth {host} (peer {peer})"),
+            RouteNetlinkMessage::NewLink(m),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// Creates a macvlan child of `parent` (an index in this namespace) named
+    /// `name`, directly in `ns`, in bridge mode, with `mac`.
+    pub fn create_macvlan(
+        &mut self,
+        name: &str,
+        parent: u32,
+        mac: [u8; 6],
+        ns: &Netns,
+    ) -> Result<()> {
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        m.attributes.push(LinkAttribute::Link(parent));
+        m.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        m.attributes
+            .push(LinkAttribute::NetNsFd(ns.fd().as_raw_fd()));
+        m.attributes.push(no_ipv6_addresses());
+        m.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::MacVlan),
+            LinkInfo::Data(InfoData::MacVlan(vec![InfoMacVlan::Mode(
+                MacVlanMode::Bridge,
+            )])),
+        ]));
+        self.request(
+            &format!("create macvlan {name}"),
+            RouteNetlinkMessage::NewLink(m),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// Creates a macvlan child of `parent` in this namespace (the host shim).
+    pub fn create_macvlan_here(&mut self, name: &str, parent: u32, mac: [u8; 6]) -> Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.flags = LinkFlags::Up;
+        m.header.change_mask = LinkFlags::Up;
+        m.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        m.attributes.push(LinkAttribute::Link(parent));
+        m.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        m.attributes.push(no_ipv6_addresses());
+        m.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::MacVlan),
+            LinkInfo::Data(InfoData::MacVlan(vec![InfoMacVlan::Mode(
+                MacVlanMode::Bridge,
+            )])),
+        ]));
+        self.request(
+            &format!("create macvlan {name}"),
+            RouteNetlinkMessage::NewLink(m),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// Sets the flags in `mask` to their values in `flags`.
+    pub fn set_flags(&mut self, index: u32, flags: LinkFlags, mask: LinkFlags) -> Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.header.flags = flags;
+        m.header.change_mask = mask;
+        self.request(
+            &format!("set flags of link #{index}"),
+            RouteNetlinkMessage::SetLink(m),
+            0,
+        )
+    }
+
+    pub fn set_up(&mut self, index: u32) -> Result<()> {
+        self.set_flags(index, LinkFlags::Up, LinkFlags::Up)
+    }
+
+    pub fn set_multicast(&mut self, index: u32, on: bool) -> Result<()> {
+        let flags = if on {
+            LinkFlags::Multicast
+        } else {
+            LinkFlags::empty()
+        };
+        self.set_flags(index, flags, LinkFlags::Multicast)
+    }
+
+    pub fn delete_link(&mut self, index: u32) -> Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        self.request(
+            &format!("delete link #{index}"),
+            RouteNetlinkMessage::DelLink(m),
+            0,
+        )
+    }
+
+    /// Deletes link `name`; Ok(false) if it did not exist.
+    pub fn delete_link_by_name(&mut self, name: &str) -> Result<bool> {
+        match self.link_by_name(name)? {
+            Some(l) => match self.delete_link(l.index) {
+                Ok(()) => Ok(true),
+                Err(e) if e.is_not_found() => Ok(false),
+                Err(e) => Err(e),
+            },
+            None => Ok(false),
+        }
+    }
+
+    // ---- addresses ----
+
+    pub fn add_address(&mut self, index: u32, ip: Ipv4Addr, prefix_len: u8) -> Result<()> {
+        let mut m = AddressMessage::default();
+        m.header.family = AddressFamily::Inet;
+        m.header.prefix_len = prefix_len;
+        m.header.index = index;
+        m.attributes.push(AddressAttribute::Local(IpAddr::V4(ip)));
+        m.attributes.push(AddressAttribute::Address(IpAddr::V4(ip)));
+        if prefix_len < 31 {
+            let bcast = u32::from(ip) | (u32::MAX >> prefix_len);
+            m.attributes
+                .push(AddressAttribute::Broadcast(Ipv4Addr::from(bcast)));
+        }
+        self.request(
+            &format!("add address {ip}/{prefix_len} to link #{index}"),
+            RouteNetlinkMessage::NewAddress(m),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// IPv4 addresses of link `index` as (address, prefix length).
+    pub fn addresses4(&mut self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>> {
+        let mut m = AddressMessage::default();
+        m.header.family = AddressFamily::Inet;
+        m.header.index = index;
+        Ok(self
+            .dump("dump addresses", RouteNetlinkMessage::GetAddress(m))?
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewAddress(a) if a.header.index == index => {
+                    a.attributes.iter().find_map(|at| match at {
+                        AddressAttribute::Local(IpAddr::V4(ip)) => Some((*ip, a.header.prefix_len)),
+                        _ => None,
+                    })
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    // ---- routes ----
+
+    fn route_message(dst: Ipv4Addr, prefix_len: u8, oif: u32) -> RouteMessage {
+        let mut m = RouteMessage::default();
+        m.header.address_family = AddressFamily::Inet;
+        m.header.destination_prefix_length = prefix_len;
+        m.header.table = libc::RT_TABLE_MAIN;
+        m.header.protocol = RouteProtocol::Static;
+        m.header.scope = RouteScope::Link;
+        // `ip route add 224.0.0.0/4 dev ros0` is a unicast-type route too
+        m.header.kind = RouteType::Unicast;
+        m.attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+        m.attributes.push(RouteAttribute::Oif(oif));
+        m
+    }
+
+    /// Adds (or replaces) a link-scope route `dst/prefix_len dev oif`.
+    pub fn replace_route(&mut self, dst: Ipv4Addr, prefix_len: u8, oif: u32) -> Result<()> {
+        let m = Self::route_message(dst, prefix_len, oif);
+        self.request(
+            &format!("add route {dst}/{prefix_len} dev #{oif}"),
+            RouteNetlinkMessage::NewRoute(m),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+    }
+
+    /// Deletes `dst/prefix_len dev oif`; Ok(false) if it did not exist.
+    pub fn delete_route(&mut self, dst: Ipv4Addr, prefix_len: u8, oif: u32) -> Result<bool> {
+        let mut m = Self::route_message(dst, prefix_len, oif);
+        m.header.protocol = RouteProtocol::Unspec;
+        m.header.scope = RouteScope::NoWhere;
+        match self.request(
+            &format!("delete route {dst}/{prefix_len} dev #{oif}"),
+            RouteNetlinkMessage::DelRoute(m),
+            0,
+        ) {
+            Ok(()) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// IPv4 routes of the main table.
+    pub fn routes4(&mut self) -> Result<Vec<Route4>> {
+        let mut m = RouteMessage::default();
+        m.header.address_family = AddressFamily::Inet;
+        Ok(self
+            .dump("dump routes", RouteNetlinkMessage::GetRoute(m))?
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewRoute(r) => {
+                    let mut out = Route4 {
+                        dst: Ipv4Addr::UNSPECIFIED,
+                        prefix_len: r.header.destination_prefix_length,
+                        oif: None,
+                        gateway: None,
+                        table: r.header.table as u32,
+                        kind: r.header.kind,
+                    };
+                    for a in &r.attributes {
+                        match a {
+                            RouteAttribute::Destination(RouteAddress::Inet(d)) => out.dst = *d,
+                            RouteAttribute::Oif(o) => out.oif = Some(*o),
+                            RouteAttribute::Gateway(RouteAddress::Inet(g)) => {
+                                out.gateway = Some(*g)
+                            }
+                            RouteAttribute::Table(t) => out.table = *t,
+                            _ => {}
+                        }
+                    }
+                    (out.table == libc::RT_TABLE_MAIN as u32).then_some(out)
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The interface of the IPv4 default route, if there is one.
+    pub fn default_route_link(&mut self) -> Result<Option<Link>> {
+        let oif = self
+            .routes4()?
+            .into_iter()
+            .filter(|r| r.prefix_len == 0 && r.kind == RouteType::Unicast)
+            .find_map(|r| r.oif);
+        match oif {
+            Some(i) => self.link_by_index(i),
+            None => Ok(None),
+        }
+    }
+
+    // ---- neighbours ----
+
+    fn neigh_message(ip: Ipv4Addr, ifindex: u32) -> NeighbourMessage {
+        let mut m = NeighbourMessage::default();
+        m.header.family = AddressFamily::Inet;
+        m.header.ifindex = ifindex;
+        m.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        m
+    }
+
+    /// `ip neigh replace proxy IP dev IFINDEX`: answer ARP for `ip` on that link.
+    pub fn add_proxy_neigh(&mut self, ip: Ipv4Addr, ifindex: u32) -> Result<()> {
+        let mut m = Self::neigh_message(ip, ifindex);
+        m.header.flags = NeighbourFlags::Proxy;
+        m.header.state = NeighbourState::Permanent;
+        self.request(
+            &format!("add proxy neighbour {ip} on link #{ifindex}"),
+            RouteNetlinkMessage::NewNeighbour(m),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+    }
+
+    pub fn delete_proxy_neigh(&mut self, ip: Ipv4Addr, ifindex: u32) -> Result<bool> {
+        let mut m = Self::neigh_message(ip, ifindex);
+        m.header.flags = NeighbourFlags::Proxy;
+        match self.request(
+            &format!("delete proxy neighbour {ip} on link #{ifindex}"),
+            RouteNetlinkMessage::DelNeighbour(m),
+            0,
+        ) {
+            Ok(()) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A permanent ARP entry: `ip` is at `mac` on `ifindex`.
+    pub fn add_permanent_neigh(&mut self, ip: Ipv4Addr, mac: [u8; 6], ifindex: u32) -> Result<()> {
+        let mut m = Self::neigh_message(ip, ifindex);
+        m.header.state = NeighbourState::Permanent;
+        m.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        self.request(
+            &format!(
+                "add neighbour {ip} lladdr {} on link #{ifindex}",
+                format_mac(&mac)
+            ),
+            RouteNetlinkMessage::NewNeighbour(m),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+    }
+
+    pub fn delete_neigh(&mut self, ip: Ipv4Addr, ifindex: u32) -> Result<bool> {
+        let m = Self::neigh_message(ip, ifindex);
+        match self.request(
+            &format!("delete neighbour {ip} on link #{ifindex}"),
+            RouteNetlinkMessage::DelNeighbour(m),
+            0,
+        ) {
+            Ok(()) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// IPv4 neighbour entries; with `proxy`, the proxy table instead.
+    pub fn neighbours4(&mut self, proxy: bool) -> Result<Vec<Neigh4>> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = AddressFamily::Inet;
+        if proxy {
+            m.header.flags = NeighbourFlags::Proxy;
+        }
+        Ok(self
+            .dump("dump neighbours", RouteNetlinkMessage::GetNeighbour(m))?
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewNeighbour(n) if n.header.family == AddressFamily::Inet => {
+                    let mut out = Neigh4 {
+                        ip: Ipv4Addr::UNSPECIFIED,
+                        ifindex: n.header.ifindex,
+                        mac: None,
+                        proxy: n.header.flags.contains(NeighbourFlags::Proxy),
+                        state: n.header.state,
+                    };
+                    for a in &n.attributes {
+                        match a {
+                            NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => {
+                                out.ip = *ip
+                            }
+                            NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
+                                let mut mac = [0u8; 6];
+                                mac.copy_from_slice(l);
+                                out.mac = Some(mac);
+                            }
+                            _ => {}
+                        }
+                    }
+                    (out.proxy == proxy).then_some(out)
+                }
+                _ => None,
+            })
+            .collect())
+    }
+}
+
+/// IFLA_AF_SPEC asking the kernel not to generate IPv6 addresses on a link.
+fn no_ipv6_addresses() -> LinkAttribute {
+    LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(
+        In6AddrGenMode::None,
+    )])])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_roundtrip() {
+        let m = [0x0e, 0x2c, 0xc0, 0xa8, 0x01, 0xa0];
+        assert_eq!(format_mac(&m), "0e:2c:c0:a8:01:a0");
+        assert_eq!(parse_mac("0e:2c:c0:a8:01:a0"), Some(m));
+        assert_eq!(parse_mac("0e:2c:c0:a8:01"), None);
+        assert_eq!(parse_mac("0e:2c:c0:a8:01:a0:ff"), None);
+        assert_eq!(parse_mac("zz:2c:c0:a8:01:a0"), None);
+    }
+}

@@ -1,0 +1,575 @@
+//! The CNI plugin: parse → validate everything → apply with undo → print.
+//!
+//! Stdout carries only protocol JSON (a result, VERSION's answer, or an
+//! error); logs go to `logFile` or stderr.
+
+use crate::cni::{env::Command, CniError, Code, Env, Interface, PrevResult, Result, Version};
+use crate::config::{Config, ANNOTATIONS_CAPABILITY, OPT_IN_ANNOTATION};
+use crate::dataplane::{self, host_veth_name, pod_mac, undo_all, AddRequest, Kernel, Step};
+use crate::ipam::{attachment_key, lock_timeout, Attachment, Store};
+use crate::netlink::{format_mac, Handle, Netns};
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::path::Path;
+
+/// What one invocation prints on success.
+pub enum Output {
+    Json(Value),
+    Nothing,
+}
+
+/// Entry point when CNI_COMMAND is set. Returns the exit code.
+pub fn main() -> i32 {
+    let mut stdin = Vec::new();
+    let read = std::io::stdin().read_to_end(&mut stdin);
+    // errors are reported in the request's version when we can tell it
+    let req_version = serde_json::from_slice::<Value>(&stdin)
+        .ok()
+        .and_then(|v| {
+            v.get("cniVersion")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .filter(|v| Version::parse(v).is_ok())
+        .unwrap_or_else(|| Version::LATEST.as_str().to_owned());
+
+    // a panic must still produce an error JSON: silence the default hook's
+    // stdout-free message only after logging it
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("ros2-cni: internal error: {info}");
+    }));
+    let read = read.map_err(|e| e.to_string());
+    let outcome = std::panic::catch_unwind(|| {
+        if let Err(e) = read {
+            return Err(CniError::new(Code::Io, format!("reading stdin: {e}")));
+        }
+        let cmd = std::env::var("CNI_COMMAND").unwrap_or_default();
+        run(&cmd, &stdin, |k| std::env::var(k).ok())
+    });
+    let result = match outcome {
+        Ok(r) => r,
+        Err(p) => {
+            let what = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".into());
+            Err(CniError::new(
+                Code::Internal,
+                format!("internal error (please report): {what}"),
+            ))
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    match result {
+        Ok(Output::Json(v)) => {
+            let _ = writeln!(out, "{v}");
+            0
+        }
+        Ok(Output::Nothing) => 0,
+        Err(e) => {
+            tracing::error!(code = e.code as u32, "{e}");
+            let _ = writeln!(out, "{}", e.to_json(&req_version));
+            1
+        }
+    }
+}
+
+/// Runs one command on `stdin` with the environment given by `getenv`.
+pub fn run(cmd: &str, stdin: &[u8], getenv: impl Fn(&str) -> Option<String>) -> Result<Output> {
+    let cmd = Command::parse(cmd)?;
+    if cmd == Command::Version {
+        return Ok(Output::Json(json!({
+            "cniVersion": Version::LATEST.as_str(),
+            "supportedVersions": crate::cni::version::SUPPORTED,
+        })));
+    }
+    let env = Env::from_lookup(cmd, &getenv)?;
+    let raw: Value = serde_json::from_slice(stdin).map_err(|e| {
+        CniError::new(
+            Code::Decode,
+            format!("config on stdin is not valid JSON: {e}"),
+        )
+    })?;
+    let version_s = raw
+        .get("cniVersion")
+        .and_then(Value::as_str)
+        .ok_or_else(|| CniError::invalid_config("cniVersion: missing or not a string"))?;
+    let version = Version::parse(version_s)?;
+    let cfg = Config::from_value(&raw, true, None)?;
+    match cmd {
+        Command::Add => add(&cfg, &env, &raw, version),
+        Command::Del => del(&cfg, &env).map(|_| Output::Nothing),
+        Command::Check => {
+            if !version.allows_check() {
+                return Err(CniError::new(
+                    Code::IncompatibleVersion,
+                    format!("config version {version} does not allow CHECK (needs 0.4.0 or later)"),
+                ));
+            }
+            check(&cfg, &env, &raw).map(|_| Output::Nothing)
+        }
+        Command::Gc | Command::Status => {
+            if !version.allows_gc_and_status() {
+                return Err(CniError::new(
+                    Code::IncompatibleVersion,
+                    format!(
+                        "config version {version} does not allow {} (needs 1.1.0)",
+                        cmd.as_str()
+                    ),
+                ));
+            }
+            if cmd == Command::Gc {
+                gc(&cfg, &raw).map(|_| Output::Nothing)
+            } else {
+                status(&cfg).map(|_| Output::Nothing)
+            }
+        }
+        Command::Version => unreachable!("handled above"),
+    }
+}
+
+/// Whether the pod asked for a ros0: annotation "true", or its namespace is
+/// listed in `namespaces` (an annotation "false" still opts it out).
+pub fn opted_in(cfg: &Config, env: &Env, raw: &Value) -> bool {
+    let ann = raw
+        .get("runtimeConfig")
+        .and_then(|r| r.get(ANNOTATIONS_CAPABILITY))
+        .and_then(|a| a.get(OPT_IN_ANNOTATION))
+        .and_then(Value::as_str);
+    match ann {
+        Some("true") => true,
+        Some("false") => false,
+        _ => env
+            .pod_namespace()
+            .is_some_and(|ns| cfg.namespaces.iter().any(|n| n == ns)),
+    }
+}
+
+fn init_logging(cfg: &Config) {
+    crate::logging::init_plugin(cfg.log_file.as_deref(), &cfg.log_level);
+}
+
+fn open_netns(path: &str) -> Result<Netns> {
+    Netns::open(path).map_err(|e| CniError::env(format!("CNI_NETNS: {e}")))
+}
+
+fn add(cfg: &Config, env: &Env, raw: &Value, version: Version) -> Result<Output> {
+    let prev_v = raw.get("prevResult").filter(|v| !v.is_null()).ok_or_else(|| {
+        CniError::invalid_config(
+            "prevResult: missing; ros2-cni is a chained plugin and must follow the primary plugin (e.g. calico) in a conflist",
+        )
+    })?;
+    let mut prev = PrevResult::parse(prev_v)?;
+    if !opted_in(cfg, env, raw) {
+        // not ours: hand the chain's result on untouched
+        return Ok(Output::Json(prev_v.clone()));
+    }
+    init_logging(cfg);
+
+    // ---- validate everything before changing anything ----
+    if cfg.if_name == env.ifname {
+        return Err(CniError::invalid_config(format!(
+            "ifName: \"{}\" is the chain's CNI_IFNAME (the primary interface); choose another name",
+            cfg.if_name
+        )));
+    }
+    let pool = cfg.pool()?;
+    let netns = open_netns(&env.netns)?;
+    let dp = dataplane::for_mode(cfg.mode);
+    let mut k = Kernel::new();
+    let uplink = dp.preflight(&mut k, cfg)?;
+    let mut pod = Handle::open_in(&netns)?;
+    if pod.link_by_name(&cfg.if_name)?.is_some() {
+        return Err(CniError::new(
+            Code::AlreadyAttached,
+            format!(
+                "the pod already has an interface named \"{}\" (ifName)",
+                cfg.if_name
+            ),
+        ));
+    }
+    if !cfg.primary_multicast && pod.link_by_name(&env.ifname)?.is_none() {
+        return Err(CniError::env(format!(
+            "CNI_IFNAME: the pod has no interface \"{}\"; the primary plugin must run first",
+            env.ifname
+        )));
+    }
+    let store = Store::new(&cfg.data_dir);
+    store.init()?;
+    let key = attachment_key(&env.container_id, &env.ifname);
+    if store.get(&key)?.is_some() {
+        return Err(CniError::new(
+            Code::AlreadyAttached,
+            format!(
+                "container {} ({}) is already attached; DEL it first",
+                env.container_id, env.ifname
+            ),
+        ));
+    }
+
+    // ---- change things ----
+    dp.ensure_node(&mut k, cfg, &uplink)?;
+    let mut att = {
+        let lock = store.lock(lock_timeout())?;
+        store.allocate(&lock, &pool, &cfg.subnet, &key, |ip| Attachment {
+            container_id: env.container_id.clone(),
+            ifname: env.ifname.clone(),
+            pod_if: cfg.if_name.clone(),
+            netns: env.netns.clone(),
+            ip,
+            prefix_len: cfg.prefix_len(),
+            mac: format_mac(&pod_mac(ip)),
+            host_if: host_veth_name(&env.container_id, &env.ifname),
+            bridge: cfg.bridge.clone(),
+            uplink: uplink.clone(),
+            mode: cfg.mode.as_str().into(),
+            cleared_multicast: false,
+            pod_namespace: env.pod_namespace().unwrap_or_default().into(),
+            pod_name: env.pod_name().unwrap_or_default().into(),
+        })?
+    };
+    let req = AddRequest {
+        cfg,
+        netns: &netns,
+        primary_if: &env.ifname,
+    };
+    let mut done: Vec<Step> = vec![];
+    let mut failure = None;
+    for step in dp.steps() {
+        match dp.apply(&mut k, &mut pod, &req, &mut att, *step) {
+            Ok(()) => done.push(*step),
+            Err(e) => {
+                failure = Some((*step, e));
+                break;
+            }
+        }
+    }
+    if failure.is_none() {
+        if let Err(e) = store.write_attachment(&key, &att) {
+            failure = Some((Step::Guard, e.into()));
+        }
+    }
+    if let Some((step, err)) = failure {
+        tracing::warn!(?step, "ADD failed, undoing {} step(s): {err}", done.len());
+        if let Err(u) = undo_all(dp, &mut k, Some(&mut pod), &att, &done) {
+            tracing::error!("rollback incomplete: {u}");
+        }
+        if let Ok(lock) = store.lock(lock_timeout()) {
+            let _ = store.release(&lock, &key, Some(att.ip));
+        }
+        return Err(err);
+    }
+    tracing::info!(
+        container = %env.container_id,
+        pod = %format!("{}/{}", att.pod_namespace, att.pod_name),
+        ip = %att.ip,
+        "attached {} via {}",
+        att.pod_if,
+        att.host_if
+    );
+    let net = ipnet::IpNet::V4(ipnet::Ipv4Net::new(att.ip, att.prefix_len).expect("valid prefix"));
+    prev.push_attachment(
+        &Interface {
+            name: att.pod_if.clone(),
+            mac: att.mac.clone(),
+            sandbox: env.netns.clone(),
+        },
+        net,
+    );
+    Ok(Output::Json(prev.to_version(version)))
+}
+
+/// Tears down a recorded attachment and releases its address.
+pub fn teardown(store: &Store, key: &str, att: &Attachment, netns_hint: &str) -> Result<()> {
+    let dp = dataplane::for_attachment(att);
+    let mut k = Kernel::new();
+    // the pod's namespace may be gone; then only node-side state remains
+    let ns_path = if !netns_hint.is_empty() {
+        netns_hint
+    } else {
+        att.netns.as_str()
+    };
+    let mut pod = if !ns_path.is_empty() && Path::new(ns_path).exists() {
+        Netns::open(ns_path)
+            .ok()
+            .and_then(|ns| Handle::open_in(&ns).ok())
+    } else {
+        None
+    };
+    undo_all(dp, &mut k, pod.as_mut(), att, dp.steps())?;
+    let lock = store.lock(lock_timeout())?;
+    store.release(&lock, key, Some(att.ip))?;
+    Ok(())
+}
+
+fn del(cfg: &Config, env: &Env) -> Result<()> {
+    let store = Store::new(&cfg.data_dir);
+    let key = attachment_key(&env.container_id, &env.ifname);
+    let Some(att) = store.get(&key)? else {
+        return Ok(()); // never attached, or already deleted
+    };
+    init_logging(cfg);
+    teardown(&store, &key, &att, &env.netns)?;
+    tracing::info!(container = %env.container_id, ip = %att.ip, "detached {}", att.pod_if);
+    Ok(())
+}
+
+fn check(cfg: &Config, env: &Env, raw: &Value) -> Result<()> {
+    let store = Store::new(&cfg.data_dir);
+    let key = attachment_key(&env.container_id, &env.ifname);
+    let att = match store.get(&key)? {
+        Some(a) => a,
+        None if !opted_in(cfg, env, raw) => return Ok(()),
+        None => {
+            return Err(CniError::new(
+                Code::CheckMismatch,
+                format!(
+                    "no ros2-cni attachment is recorded for container {} ({}) although the pod opted in",
+                    env.container_id, env.ifname
+                ),
+            ))
+        }
+    };
+    let mut diffs = vec![];
+    match raw.get("prevResult").filter(|v| !v.is_null()) {
+        None => diffs.push("prevResult is missing".to_owned()),
+        Some(p) => {
+            let prev = PrevResult::parse(p)?;
+            match prev.find_interface(&att.pod_if, &env.netns) {
+                None => diffs.push(format!(
+                    "prevResult.interfaces lacks {} in sandbox {}",
+                    att.pod_if, env.netns
+                )),
+                Some(i) => {
+                    let want = format!("{}/{}", att.ip, att.prefix_len);
+                    if !prev.ips_of(i).contains(&want) {
+                        diffs.push(format!(
+                            "prevResult.ips lacks {want} on interface {i} ({})",
+                            att.pod_if
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    if att.pod_if != cfg.if_name {
+        diffs.push(format!(
+            "ifName is \"{}\" but the pod got \"{}\"",
+            cfg.if_name, att.pod_if
+        ));
+    }
+    let netns = open_netns(&env.netns)?;
+    let mut pod = Handle::open_in(&netns)?;
+    let dp = dataplane::for_attachment(&att);
+    let mut k = Kernel::new();
+    diffs.extend(dp.check(&mut k, &mut pod, cfg, &att)?);
+    if diffs.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::new(
+            Code::CheckMismatch,
+            format!("CHECK failed: {}", diffs.join("; ")),
+        ))
+    }
+}
+
+/// `(containerID, ifname)` pairs from GC's valid-attachments list.
+fn valid_attachments(raw: &Value) -> Result<Vec<(String, String)>> {
+    let list = raw
+        .get("cni.dev/valid-attachments")
+        .or_else(|| raw.get("cni.dev/attachments"));
+    let Some(list) = list else {
+        return Err(CniError::invalid_config(
+            "cni.dev/valid-attachments: missing; GC needs the list of attachments to keep",
+        ));
+    };
+    let arr = list
+        .as_array()
+        .ok_or_else(|| CniError::invalid_config("cni.dev/valid-attachments: must be an array"))?;
+    arr.iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let id = a.get("containerID").and_then(Value::as_str);
+            let ifn = a.get("ifname").and_then(Value::as_str);
+            match (id, ifn) {
+                (Some(id), Some(ifn)) => Ok((id.to_owned(), ifn.to_owned())),
+                _ => Err(CniError::invalid_config(format!(
+                    "cni.dev/valid-attachments[{i}]: needs string containerID and ifname"
+                ))),
+            }
+        })
+        .collect()
+}
+
+fn gc(cfg: &Config, raw: &Value) -> Result<()> {
+    let keep = valid_attachments(raw)?;
+    let store = Store::new(&cfg.data_dir);
+    let mut errors = vec![];
+    for (key, att) in store.list()? {
+        if keep
+            .iter()
+            .any(|(id, ifn)| *id == att.container_id && *ifn == att.ifname)
+        {
+            continue;
+        }
+        init_logging(cfg);
+        match teardown(&store, &key, &att, "") {
+            Ok(()) => tracing::info!(container = %att.container_id, ip = %att.ip, "GC released"),
+            Err(e) => errors.push(format!("{}: {}", att.container_id, e.msg)),
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::kernel(format!(
+            "GC incomplete: {}",
+            errors.join("; ")
+        )))
+    }
+}
+
+fn status(cfg: &Config) -> Result<()> {
+    let unavailable = |msg: String| CniError::new(Code::NotAvailable, msg);
+    let pool = cfg.pool().map_err(|e| unavailable(e.msg))?;
+    let dp = dataplane::for_mode(cfg.mode);
+    let mut k = Kernel::new();
+    dp.preflight(&mut k, cfg).map_err(|e| unavailable(e.msg))?;
+    let store = Store::new(&cfg.data_dir);
+    store
+        .check_writable()
+        .map_err(|e| unavailable(format!("dataDir is not writable: {e}")))?;
+    let used = store.leased().map_err(|e| unavailable(e.to_string()))?;
+    let size = pool.usable(&cfg.subnet).count();
+    if used >= size {
+        return Err(unavailable(format!(
+            "address pool {pool} is exhausted ({used} of {size} addresses in use)"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env_fn(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    fn base_env() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_NETNS", "/nonexistent/netns"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/opt/cni/bin"),
+            ("CNI_ARGS", "K8S_POD_NAMESPACE=default;K8S_POD_NAME=p"),
+        ]
+    }
+
+    fn conf(extra: Value) -> Vec<u8> {
+        let mut v = json!({"cniVersion": "0.3.1", "name": "net", "type": "ros2-cni",
+            "subnet": "192.168.1.0/24", "podRange": "192.168.1.160/28", "dataDir": "/nonexistent/r2c",
+            "prevResult": {"cniVersion": "0.3.1", "interfaces": [{"name": "eth0", "sandbox": "/x"}],
+                "ips": [{"version": "4", "interface": 0, "address": "10.1.1.5/32"}]}});
+        for (k, val) in extra.as_object().unwrap() {
+            v[k] = val.clone();
+        }
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    #[test]
+    fn version_needs_nothing() {
+        let Output::Json(v) = run("VERSION", b"", env_fn(&[])).unwrap() else {
+            panic!()
+        };
+        assert_eq!(v["supportedVersions"].as_array().unwrap().len(), 5);
+    }
+
+    #[test]
+    fn opted_out_add_passes_prev_result_through_untouched() {
+        let stdin = conf(json!({}));
+        let Output::Json(out) = run("ADD", &stdin, env_fn(&base_env())).unwrap() else {
+            panic!()
+        };
+        let sent: Value = serde_json::from_slice(&stdin).unwrap();
+        assert_eq!(out, sent["prevResult"]);
+    }
+
+    #[test]
+    fn opt_in_rules() {
+        let cfg_v: Value =
+            serde_json::from_slice(&conf(json!({"namespaces": ["robots"]}))).unwrap();
+        let cfg = Config::from_value(&cfg_v, true, None).unwrap();
+        let mut env = Env::default();
+        assert!(!opted_in(&cfg, &env, &cfg_v));
+        env.args.insert("K8S_POD_NAMESPACE".into(), "robots".into());
+        assert!(opted_in(&cfg, &env, &cfg_v));
+        let mut raw = cfg_v.clone();
+        raw["runtimeConfig"] = json!({ANNOTATIONS_CAPABILITY: {OPT_IN_ANNOTATION: "false"}});
+        assert!(!opted_in(&cfg, &env, &raw));
+        env.args.clear();
+        raw["runtimeConfig"] = json!({ANNOTATIONS_CAPABILITY: {OPT_IN_ANNOTATION: "true"}});
+        assert!(opted_in(&cfg, &env, &raw));
+    }
+
+    #[test]
+    fn add_without_prev_result_fails() {
+        let mut v: Value = serde_json::from_slice(&conf(json!({}))).unwrap();
+        v.as_object_mut().unwrap().remove("prevResult");
+        let e = run("ADD", &serde_json::to_vec(&v).unwrap(), env_fn(&base_env()))
+            .err()
+            .unwrap();
+        assert_eq!(e.code, Code::InvalidConfig);
+        assert!(e.msg.contains("prevResult"));
+    }
+
+    #[test]
+    fn del_without_record_succeeds() {
+        assert!(run("DEL", &conf(json!({})), env_fn(&base_env())).is_ok());
+    }
+
+    #[test]
+    fn version_gates() {
+        let e = run("CHECK", &conf(json!({})), env_fn(&base_env()))
+            .err()
+            .unwrap();
+        assert_eq!(e.code, Code::IncompatibleVersion);
+        let e = run(
+            "STATUS",
+            &conf(json!({"cniVersion": "1.0.0"})),
+            env_fn(&base_env()),
+        )
+        .err()
+        .unwrap();
+        assert_eq!(e.code, Code::IncompatibleVersion);
+        let e = run(
+            "ADD",
+            &conf(json!({"cniVersion": "0.2.0"})),
+            env_fn(&base_env()),
+        )
+        .err()
+        .unwrap();
+        assert_eq!(e.code, Code::IncompatibleVersion);
+    }
+
+    #[test]
+    fn gc_requires_list() {
+        let e = run("GC", &conf(json!({"cniVersion": "1.1.0"})), env_fn(&[]))
+            .err()
+            .unwrap();
+        assert!(e.msg.contains("cni.dev/valid-attachments"));
+        // with an empty list and no data dir, nothing to do
+        assert!(run(
+            "GC",
+            &conf(json!({"cniVersion": "1.1.0", "cni.dev/attachments": []})),
+            env_fn(&[])
+        )
+        .is_ok());
+    }
+}
