@@ -1,1 +1,6 @@
-// integration tests: see harness
+//! Tests on real network namespaces: robot computers, a LAN switch, pods and a
+//! laptop, with the real `ros2-cni` binary run as a container runtime runs it.
+//! They need root (CI runs as root).
+
+mod common;
+mod plugin;

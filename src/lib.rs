@@ -6,6 +6,7 @@ pub mod config;
 pub mod dataplane;
 pub mod firewall;
 pub mod ipam;
+pub mod lab;
 pub mod logging;
 pub mod netlink;
 pub mod plugin;

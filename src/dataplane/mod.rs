@@ -18,6 +18,8 @@ use crate::netlink::{Handle, Netns};
 pub enum Step {
     /// The pod's LAN interface (veth pair, or macvlan child) exists.
     Link,
+    /// The host end: no IPv6 addresses, up (goes with the link).
+    HostPort,
     /// Its address, up state and multicast route in the pod (go with the link).
     PodConfig,
     /// The pod's primary interface lost its MULTICAST flag.

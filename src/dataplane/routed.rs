@@ -89,14 +89,18 @@ pub fn ensure_bridge(node: &mut Handle, bridge: &str, uplink: &str) -> Result<Li
     let link = match node.link_by_name(bridge)? {
         Some(l) => l,
         None => {
-            match node.create_bridge(bridge, bridge_mac(bridge)) {
-                Ok(()) => {}
-                Err(e) if e.is_exists() => {} // a concurrent ADD made it
+            let created = match node.create_bridge(bridge, bridge_mac(bridge)) {
+                Ok(()) => true,
+                Err(e) if e.is_exists() => false, // a concurrent ADD made it
                 Err(e) => return Err(e.into()),
-            }
-            node.link_by_name(bridge)?.ok_or_else(|| {
+            };
+            let l = node.link_by_name(bridge)?.ok_or_else(|| {
                 CniError::kernel(format!("bridge {bridge} vanished after creation"))
-            })?
+            })?;
+            if created {
+                node.set_no_ipv6_addresses(l.index)?;
+            }
+            l
         }
     };
     if link.kind.as_deref().is_some_and(|k| k != "bridge") {
@@ -127,6 +131,7 @@ impl Dataplane for Routed {
     fn steps(&self) -> &'static [Step] {
         &[
             Step::Link,
+            Step::HostPort,
             Step::PodConfig,
             Step::PrimaryMulticastOff,
             Step::HostRoute,
@@ -172,11 +177,21 @@ impl Dataplane for Routed {
                             e.into()
                         }
                     })?;
+                // from here on the link is ours to undo, even if bringing it up fails
+            }
+            Step::HostPort => {
+                let node = k.node()?;
+                let h = node
+                    .link_by_name(&att.host_if)?
+                    .ok_or_else(|| CniError::kernel(format!("{} vanished after creation", att.host_if)))?;
+                node.set_no_ipv6_addresses(h.index)?;
+                node.set_up(h.index)?;
             }
             Step::PodConfig => {
                 let l = pod.link_by_name(&att.pod_if)?.ok_or_else(|| {
                     CniError::kernel(format!("{} did not appear in the pod", att.pod_if))
                 })?;
+                pod.set_no_ipv6_addresses(l.index)?;
                 pod.add_address(l.index, att.ip, att.prefix_len)?;
                 pod.set_up(l.index)?;
                 pod.replace_route(MULTICAST_NET, 4, l.index)?;
@@ -235,7 +250,7 @@ impl Dataplane for Routed {
             Step::Link => {
                 k.node()?.delete_link_by_name(&att.host_if)?;
             }
-            Step::PodConfig => {} // goes with the link
+            Step::PodConfig | Step::HostPort => {} // go with the link
             Step::PrimaryMulticastOff => {
                 if let (true, Some(pod)) = (att.cleared_multicast, pod) {
                     if let Some(l) = pod.link_by_name(&att.ifname)? {

@@ -131,7 +131,7 @@ struct Attrs {
 
 impl Attrs {
     fn pad(&mut self) {
-        while self.b.len() % 4 != 0 {
+        while !self.b.len().is_multiple_of(4) {
             self.b.push(0);
         }
     }
@@ -740,7 +740,7 @@ mod tests {
         let key = attrs(elem).next().unwrap().1;
         let val = attrs(key).next().unwrap().1;
         assert_eq!(val, &[1, 2, 3, 4, 5]);
-        assert_eq!(a.b.len() % 4, 0);
+        assert!(a.b.len().is_multiple_of(4));
     }
 
     #[test]

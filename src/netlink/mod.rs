@@ -346,9 +346,8 @@ impl Handle {
         )
     }
 
-    /// Creates a veth pair: `host` here, enslaved to `controller` and up;
-    /// `peer` created directly in `peer_ns` with `peer_mac`, IPv6 address
-    /// generation off (the pod's LAN interface carries IPv4 only).
+    /// Creates a veth pair, both ends down: `host` here, enslaved to
+    /// `controller`; `peer` created directly in `peer_ns` with `peer_mac`.
     pub fn create_veth(
         &mut self,
         host: &str,
@@ -363,16 +362,12 @@ impl Handle {
         p.attributes.push(LinkAttribute::Address(peer_mac.to_vec()));
         p.attributes
             .push(LinkAttribute::NetNsFd(peer_ns.fd().as_raw_fd()));
-        p.attributes.push(no_ipv6_addresses());
         if let Some(mtu) = mtu {
             p.attributes.push(LinkAttribute::Mtu(mtu));
         }
         let mut m = LinkMessage::default();
-        m.header.flags = LinkFlags::Up;
-        m.header.change_mask = LinkFlags::Up;
         m.attributes.push(LinkAttribute::IfName(host.to_owned()));
         m.attributes.push(LinkAttribute::Controller(controller));
-        m.attributes.push(no_ipv6_addresses());
         if let Some(mtu) = mtu {
             m.attributes.push(LinkAttribute::Mtu(mtu));
         }
@@ -402,7 +397,6 @@ impl Handle {
         m.attributes.push(LinkAttribute::Address(mac.to_vec()));
         m.attributes
             .push(LinkAttribute::NetNsFd(ns.fd().as_raw_fd()));
-        m.attributes.push(no_ipv6_addresses());
         m.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::Kind(InfoKind::MacVlan),
             LinkInfo::Data(InfoData::MacVlan(vec![InfoMacVlan::Mode(
@@ -416,15 +410,12 @@ impl Handle {
         )
     }
 
-    /// Creates a macvlan child of `parent` in this namespace (the host shim).
+    /// Creates a macvlan child of `parent` in this namespace (the host shim), down.
     pub fn create_macvlan_here(&mut self, name: &str, parent: u32, mac: [u8; 6]) -> Result<()> {
         let mut m = LinkMessage::default();
-        m.header.flags = LinkFlags::Up;
-        m.header.change_mask = LinkFlags::Up;
         m.attributes.push(LinkAttribute::IfName(name.to_owned()));
         m.attributes.push(LinkAttribute::Link(parent));
         m.attributes.push(LinkAttribute::Address(mac.to_vec()));
-        m.attributes.push(no_ipv6_addresses());
         m.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::Kind(InfoKind::MacVlan),
             LinkInfo::Data(InfoData::MacVlan(vec![InfoMacVlan::Mode(
@@ -449,6 +440,19 @@ impl Handle {
             RouteNetlinkMessage::SetLink(m),
             0,
         )
+    }
+
+    /// Stops the kernel from generating IPv6 addresses on a (down) link, so
+    /// it never sends IPv6 (DAD, MLD with a link-local source).
+    pub fn set_no_ipv6_addresses(&mut self, index: u32) -> Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes.push(no_ipv6_addresses());
+        match self.request(&format!("set addrgenmode none on link #{index}"), RouteNetlinkMessage::SetLink(m), 0) {
+            // IPv6 disabled in this namespace: nothing to turn off
+            Err(e) if e.errno() == Some(libc::EAFNOSUPPORT) => Ok(()),
+            r => r,
+        }
     }
 
     pub fn set_up(&mut self, index: u32) -> Result<()> {

@@ -78,6 +78,10 @@ pub fn main() -> i32 {
 /// Runs one command on `stdin` with the environment given by `getenv`.
 pub fn run(cmd: &str, stdin: &[u8], getenv: impl Fn(&str) -> Option<String>) -> Result<Output> {
     let cmd = Command::parse(cmd)?;
+    if getenv("ROS2_CNI_TEST_PANIC").is_some_and(|v| v == "1") {
+        // lets the tests prove that a panic still yields an error JSON
+        panic!("panic requested through ROS2_CNI_TEST_PANIC");
+    }
     if cmd == Command::Version {
         return Ok(Output::Json(json!({
             "cniVersion": Version::LATEST.as_str(),

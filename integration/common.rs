@@ -1,0 +1,168 @@
+//! Shared helpers for the namespace tests. Assertions read kernel state with
+//! `ip -j` / `nft -j` and files on disk, never through ros2-cni's own code.
+
+#![allow(dead_code)]
+
+use ros2_cni::lab::testbed::{ip_json, nft_json, sweep_stale, unique_prefix, Options, Pod, PodSpec, Testbed};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::sync::Once;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ros2-cni");
+
+pub fn require_root() {
+    if !nix::unistd::Uid::effective().is_root() {
+        panic!("the integration tests build network namespaces and need root (CI runs them as root)");
+    }
+}
+
+static SWEEP: Once = Once::new();
+
+/// A test bed with `nodes` robot computers and a laptop.
+pub fn bed(nodes: usize) -> Testbed {
+    bed_with(nodes, |_| {})
+}
+
+pub fn bed_with(nodes: usize, f: impl FnOnce(&mut Options)) -> Testbed {
+    require_root();
+    SWEEP.call_once(|| sweep_stale("r2t"));
+    let mut o = Options::new(&unique_prefix("r2t"), nodes, BIN);
+    f(&mut o);
+    Testbed::new(o).expect("build test bed")
+}
+
+/// Everything ros2-cni could leave behind on a node, read from the kernel and disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeState {
+    pub links: BTreeSet<String>,
+    pub routes: BTreeSet<String>,
+    pub neighbours: BTreeSet<String>,
+    pub proxies: BTreeSet<String>,
+    pub guard_elements: BTreeSet<String>,
+    pub leases: BTreeSet<String>,
+    pub attachments: BTreeSet<String>,
+}
+
+fn set_of(v: &Value, f: impl Fn(&Value) -> Option<String>) -> BTreeSet<String> {
+    v.as_array().into_iter().flatten().filter_map(f).collect()
+}
+
+fn dir_entries(p: &std::path::Path) -> BTreeSet<String> {
+    std::fs::read_dir(p)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The elements of `bridge ros2_cni pods` as "port mac ip" strings.
+pub fn guard_elements(ns: &str) -> BTreeSet<String> {
+    let Ok(j) = nft_json(ns, &["set", "bridge", "ros2_cni", "pods"]) else {
+        return BTreeSet::new();
+    };
+    let mut out = BTreeSet::new();
+    for item in j["nftables"].as_array().into_iter().flatten() {
+        for e in item["set"]["elem"].as_array().into_iter().flatten() {
+            let parts: Vec<String> = e["concat"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| p.as_str().map(str::to_owned).unwrap_or_else(|| p.to_string()))
+                .collect();
+            out.insert(parts.join(" "));
+        }
+    }
+    out
+}
+
+/// The node's state once node-wide ros2-cni state (bridge, nft table,
+/// sysctls) exists: one pod attached and detached. Per-pod residue is
+/// measured against this.
+pub fn baseline(tb: &Testbed, node: usize) -> NodeState {
+    let s = PodSpec::new(&format!("warm{node}"), node);
+    let pod = tb.add_pod(&s).expect("warm-up pod");
+    tb.del_pod(&pod, &s).expect("warm-up pod DEL");
+    let st = node_state(tb, node);
+    assert!(st.links.contains("ros2br0"), "the node bridge stays: the agent routes through it");
+    st
+}
+
+pub fn node_state(tb: &Testbed, node: usize) -> NodeState {
+    let n = tb.node(node);
+    let links = ip_json(&n.ns, &["link", "show"]).unwrap();
+    let routes = ip_json(&n.ns, &["route", "show"]).unwrap();
+    let neigh = ip_json(&n.ns, &["neigh", "show", "nud", "permanent"]).unwrap();
+    let proxy = ip_json(&n.ns, &["neigh", "show", "proxy"]).unwrap();
+    let data = n.data_dir.join("ros2-cni");
+    NodeState {
+        links: set_of(&links, |l| l["ifname"].as_str().map(str::to_owned)),
+        routes: set_of(&routes, |r| Some(format!("{} {}", r["dst"].as_str()?, r["dev"].as_str()?))),
+        neighbours: set_of(&neigh, |r| Some(format!("{} {}", r["dst"].as_str()?, r["dev"].as_str()?))),
+        proxies: set_of(&proxy, |r| Some(format!("{} {}", r["dst"].as_str()?, r["dev"].as_str()?))),
+        guard_elements: guard_elements(&n.ns),
+        leases: dir_entries(&data.join("leases")),
+        attachments: dir_entries(&data.join("attachments")),
+    }
+}
+
+/// Links in a pod, by name, with their flags.
+pub fn pod_links(pod_ns: &str) -> Vec<(String, Vec<String>)> {
+    let j = ip_json(pod_ns, &["link", "show"]).unwrap();
+    j.as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| {
+            (
+                l["ifname"].as_str().unwrap_or("").to_owned(),
+                l["flags"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|f| f.as_str().map(str::to_owned))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+pub fn pod_has_link(pod_ns: &str, name: &str) -> bool {
+    pod_links(pod_ns).iter().any(|(n, _)| n == name)
+}
+
+pub fn link_flags(pod_ns: &str, name: &str) -> Vec<String> {
+    pod_links(pod_ns)
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, f)| f)
+        .unwrap_or_default()
+}
+
+/// IPv4 addresses with prefix on a link in `ns`.
+pub fn addrs(ns: &str, dev: &str) -> Vec<String> {
+    let j = ip_json(ns, &["-4", "addr", "show", "dev", dev]).unwrap_or(Value::Null);
+    let mut out = vec![];
+    for l in j.as_array().into_iter().flatten() {
+        for a in l["addr_info"].as_array().into_iter().flatten() {
+            out.push(format!("{}/{}", a["local"].as_str().unwrap_or(""), a["prefixlen"]));
+        }
+    }
+    out
+}
+
+pub fn routes(ns: &str) -> Vec<String> {
+    let j = ip_json(ns, &["route", "show"]).unwrap();
+    set_of(&j, |r| Some(format!("{} {}", r["dst"].as_str()?, r["dev"].as_str().unwrap_or("-"))))
+        .into_iter()
+        .collect()
+}
+
+pub fn ip_of(pod: &Pod) -> Ipv4Addr {
+    pod.ros_ip.unwrap_or_else(|| panic!("pod {} has no ros0 address", pod.name))
+}
+
+pub fn spec(name: &str, node: usize) -> PodSpec {
+    PodSpec::new(name, node)
+}

@@ -1,0 +1,3 @@
+//! The embedded lab: robot computers from network namespaces.
+
+pub mod testbed;

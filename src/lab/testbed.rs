@@ -1,0 +1,711 @@
+//! Robot computers on one machine, built from network namespaces.
+//!
+//! - a LAN switch: a netns holding a bridge;
+//! - nodes: a netns each with `eth0` on the switch, IP forwarding, their own
+//!   data dir, and a Calico stand-in for the primary network (the reference
+//!   `ptp` + `host-local` plugins with ipMasq, 10.1.N.0/24 per node, node
+//!   routes between the pod ranges and no masquerade inside 10.1.0.0/16);
+//! - pods: a netns each, networked by running the CNI plugins the way a
+//!   container runtime does (CNI_* environment, JSON on stdin, chained results);
+//! - an off-cluster laptop on the LAN;
+//! - optionally a Wi-Fi-like switch: it drops frames entering from a node's
+//!   port unless their source MAC is that node's own (what an access point in
+//!   3-address mode does).
+//!
+//! Every address lives inside namespaces this module created. Everything is
+//! removed on drop, including processes started inside the namespaces.
+//! Used by the integration tests and by `ros2-cni lab`.
+
+use crate::netlink::Netns;
+use serde_json::{json, Value};
+use std::io::Write;
+use std::net::{Ipv4Addr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LabError(pub String);
+
+pub type Result<T> = std::result::Result<T, LabError>;
+
+fn err(s: impl Into<String>) -> LabError {
+    LabError(s.into())
+}
+
+/// How to build a test bed.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Namespace names start with this; must be unique per test bed.
+    pub prefix: String,
+    pub nodes: usize,
+    pub laptop: bool,
+    pub wifi: bool,
+    /// The `ros2-cni` binary to run as the plugin.
+    pub plugin: PathBuf,
+    /// Where the reference CNI plugins live.
+    pub cni_bin_dir: PathBuf,
+}
+
+impl Options {
+    pub fn new(prefix: &str, nodes: usize, plugin: impl Into<PathBuf>) -> Options {
+        Options {
+            prefix: prefix.into(),
+            nodes,
+            laptop: true,
+            wifi: false,
+            plugin: plugin.into(),
+            cni_bin_dir: PathBuf::from("/usr/lib/cni"),
+        }
+    }
+}
+
+/// The robot LAN of every test bed.
+pub const SUBNET: &str = "192.168.0.0/20";
+pub const LAPTOP_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 200);
+
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// 1-based.
+    pub idx: usize,
+    pub ns: String,
+    pub ip: Ipv4Addr,
+    pub mac: String,
+    pub data_dir: PathBuf,
+    /// This node's ros2-cni pool.
+    pub pool: String,
+    /// This node's primary (Calico stand-in) pod range.
+    pub pod_cidr: String,
+    /// The switch port it hangs off.
+    pub port: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Pod {
+    pub name: String,
+    pub ns: String,
+    pub node: usize,
+    pub container_id: String,
+    /// The chain's final result.
+    pub result: Value,
+    /// The address on ros0, if attached.
+    pub ros_ip: Option<Ipv4Addr>,
+}
+
+impl Pod {
+    pub fn netns_path(&self) -> String {
+        format!("/var/run/netns/{}", self.ns)
+    }
+}
+
+/// What a plugin printed and how it exited.
+#[derive(Debug, Clone)]
+pub struct PluginRun {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl PluginRun {
+    pub fn json(&self) -> Option<Value> {
+        serde_json::from_str(self.stdout.trim()).ok()
+    }
+
+    /// The CNI error code, if the plugin failed with an error JSON.
+    pub fn code(&self) -> Option<u64> {
+        self.json().and_then(|v| v.get("code").and_then(Value::as_u64))
+    }
+}
+
+/// How a pod is attached.
+#[derive(Debug, Clone)]
+pub struct PodSpec {
+    pub name: String,
+    pub node: usize,
+    /// Pod annotations (the runtime passes them when the conf declares the capability).
+    pub annotations: Vec<(String, String)>,
+    pub k8s_namespace: String,
+    /// cniVersion of the conflist.
+    pub version: String,
+    /// Extra keys for the ros2-cni entry (override defaults; null removes).
+    pub extra: Value,
+    /// Chain ros2-cni after the primary (false: the primary alone).
+    pub chain_ros2cni: bool,
+}
+
+impl PodSpec {
+    pub fn new(name: &str, node: usize) -> PodSpec {
+        PodSpec {
+            name: name.into(),
+            node,
+            annotations: vec![("ros2-cni.io/enabled".into(), "true".into())],
+            k8s_namespace: "robots".into(),
+            version: "0.3.1".into(),
+            extra: json!({}),
+            chain_ros2cni: true,
+        }
+    }
+
+    pub fn version(mut self, v: &str) -> Self {
+        self.version = v.into();
+        self
+    }
+
+    pub fn opted_out(mut self) -> Self {
+        self.annotations.clear();
+        self
+    }
+
+    pub fn extra(mut self, v: Value) -> Self {
+        self.extra = v;
+        self
+    }
+}
+
+/// Runs `args` and returns stdout; fails with stderr on a non-zero exit.
+pub fn sh(args: &[&str]) -> Result<String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| err(format!("{}: {e}", args.join(" "))))?;
+    if !out.status.success() {
+        return Err(err(format!(
+            "`{}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs a command inside `ns`.
+pub fn ns_sh(ns: &str, args: &[&str]) -> Result<String> {
+    let mut v = vec!["ip", "netns", "exec", ns];
+    v.extend_from_slice(args);
+    sh(&v)
+}
+
+/// `ip -j ...` inside `ns`, parsed.
+pub fn ip_json(ns: &str, args: &[&str]) -> Result<Value> {
+    let mut v = vec!["ip", "-n", ns, "-j"];
+    v.extend_from_slice(args);
+    let out = sh(&v)?;
+    if out.trim().is_empty() {
+        return Ok(json!([]));
+    }
+    serde_json::from_str(&out).map_err(|e| err(format!("ip -j {}: {e}", args.join(" "))))
+}
+
+/// `nft -j list ...` inside `ns`, parsed.
+pub fn nft_json(ns: &str, args: &[&str]) -> Result<Value> {
+    let mut v = vec!["ip", "netns", "exec", ns, "nft", "-j", "list"];
+    v.extend_from_slice(args);
+    let out = sh(&v)?;
+    serde_json::from_str(&out).map_err(|e| err(format!("nft -j list {}: {e}", args.join(" "))))
+}
+
+/// Whether a process with this pid exists.
+fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Removes namespaces left by test beds whose process died (crash, SIGKILL).
+/// Names look like `<family>-<pid>-...`.
+pub fn sweep_stale(family: &str) {
+    let Ok(list) = sh(&["ip", "netns", "list"]) else { return };
+    for line in list.lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let Some(rest) = name.strip_prefix(&format!("{family}-")) else { continue };
+        let pid: Option<u32> = rest.split('-').next().and_then(|p| p.parse().ok());
+        if let Some(pid) = pid {
+            if !pid_alive(pid) {
+                let _ = sh(&["ip", "netns", "del", name]);
+            }
+        }
+    }
+}
+
+static UNIQUE: AtomicUsize = AtomicUsize::new(0);
+
+/// A unique prefix for namespaces of this process: `<family>-<pid>-<n>-`.
+pub fn unique_prefix(family: &str) -> String {
+    format!(
+        "{family}-{}-{}-",
+        std::process::id(),
+        UNIQUE.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub struct Testbed {
+    pub opts: Options,
+    pub dir: PathBuf,
+    pub switch: String,
+    pub nodes: Vec<Node>,
+    pub laptop: Option<String>,
+    namespaces: Mutex<Vec<String>>,
+    children: Mutex<Vec<Child>>,
+    keep: bool,
+}
+
+impl Testbed {
+    /// Builds the switch, the nodes and the laptop.
+    pub fn new(opts: Options) -> Result<Testbed> {
+        let dir = std::env::temp_dir().join(opts.prefix.trim_end_matches('-'));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
+        let mut tb = Testbed {
+            switch: format!("{}sw", opts.prefix),
+            opts,
+            dir,
+            nodes: vec![],
+            laptop: None,
+            namespaces: Mutex::new(vec![]),
+            children: Mutex::new(vec![]),
+            keep: false,
+        };
+        tb.build()?;
+        Ok(tb)
+    }
+
+    /// Leave everything in place on drop (`lab --keep`).
+    pub fn keep(&mut self) {
+        self.keep = true;
+    }
+
+    /// Creates a namespace (lo up) that is removed when the test bed drops.
+    pub fn add_ns(&self, name: &str) -> Result<()> {
+        sh(&["ip", "netns", "add", name])?;
+        self.namespaces.lock().unwrap().push(name.to_owned());
+        sh(&["ip", "-n", name, "link", "set", "lo", "up"])?;
+        Ok(())
+    }
+
+    /// Plugs a new host `ns` into the switch as `eth0` with `ip`; returns its MAC.
+    fn plug(&self, ns: &str, port: &str, ip: Ipv4Addr) -> Result<String> {
+        sh(&["ip", "-n", &self.switch, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns])?;
+        sh(&["ip", "-n", &self.switch, "link", "set", port, "master", "br0", "up"])?;
+        sh(&["ip", "-n", ns, "addr", "add", &format!("{ip}/20"), "dev", "eth0"])?;
+        sh(&["ip", "-n", ns, "link", "set", "eth0", "up"])?;
+        let j = ip_json(ns, &["link", "show", "eth0"])?;
+        j[0]["address"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| err("no MAC on eth0"))
+    }
+
+    fn build(&mut self) -> Result<()> {
+        let p = self.opts.prefix.clone();
+        self.add_ns(&self.switch)?;
+        sh(&["ip", "-n", &self.switch, "link", "add", "br0", "type", "bridge"])?;
+        // the switch forwards at once and floods multicast like a dumb switch
+        sh(&["ip", "-n", &self.switch, "link", "set", "br0", "type", "bridge", "forward_delay", "0", "mcast_snooping", "0"])?;
+        sh(&["ip", "-n", &self.switch, "link", "set", "br0", "up"])?;
+        for i in 1..=self.opts.nodes {
+            let ns = format!("{p}n{i}");
+            self.add_ns(&ns)?;
+            let ip = Ipv4Addr::new(192, 168, 0, 10 + i as u8);
+            let port = format!("n{i}");
+            let mac = self.plug(&ns, &port, ip)?;
+            ns_sh(&ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+            // a default route, so "uplink" can default to it; it leads nowhere
+            sh(&["ip", "-n", &ns, "route", "add", "default", "via", "192.168.0.1", "dev", "eth0", "onlink"])?;
+            let data_dir = self.dir.join(format!("n{i}"));
+            std::fs::create_dir_all(&data_dir).map_err(|e| err(e.to_string()))?;
+            self.nodes.push(Node {
+                idx: i,
+                ns,
+                ip,
+                mac,
+                data_dir,
+                pool: format!("192.168.{i}.0/24"),
+                pod_cidr: format!("10.1.{i}.0/24"),
+                port,
+            });
+        }
+        // Calico stand-in: routes between the nodes' pod ranges, no NAT inside 10.1.0.0/16
+        for n in &self.nodes {
+            for m in self.nodes.iter().filter(|m| m.idx != n.idx) {
+                sh(&["ip", "-n", &n.ns, "route", "add", &m.pod_cidr, "via", &m.ip.to_string()])?;
+            }
+            ns_sh(&n.ns, &["iptables", "-t", "nat", "-I", "POSTROUTING", "-s", "10.1.0.0/16", "-d", "10.1.0.0/16", "-j", "RETURN"])?;
+        }
+        if self.opts.laptop {
+            let ns = format!("{p}lap");
+            self.add_ns(&ns)?;
+            self.plug(&ns, "lap", LAPTOP_IP)?;
+            self.laptop = Some(ns);
+        }
+        if self.opts.wifi {
+            self.set_wifi(true)?;
+        }
+        Ok(())
+    }
+
+    /// Turns the Wi-Fi-like rule on the switch on or off.
+    pub fn set_wifi(&self, on: bool) -> Result<()> {
+        let _ = ns_sh(&self.switch, &["nft", "delete", "table", "bridge", "wifi"]);
+        if !on {
+            return Ok(());
+        }
+        let mut rules = String::from(
+            "table bridge wifi {\n chain ap {\n  type filter hook prerouting priority 0; policy accept;\n",
+        );
+        for n in &self.nodes {
+            rules.push_str(&format!(
+                "  iifname \"{}\" ether saddr != {} counter drop\n",
+                n.port, n.mac
+            ));
+        }
+        rules.push_str(" }\n}\n");
+        let path = self.dir.join("wifi.nft");
+        std::fs::write(&path, rules).map_err(|e| err(e.to_string()))?;
+        ns_sh(&self.switch, &["nft", "-f", path.to_str().unwrap()])?;
+        Ok(())
+    }
+
+    /// Frames the Wi-Fi rule dropped so far.
+    pub fn wifi_drops(&self) -> Result<u64> {
+        let j = nft_json(&self.switch, &["table", "bridge", "wifi"])?;
+        let mut n = 0;
+        for item in j["nftables"].as_array().into_iter().flatten() {
+            for e in item["rule"]["expr"].as_array().into_iter().flatten() {
+                n += e["counter"]["packets"].as_u64().unwrap_or(0);
+            }
+        }
+        Ok(n)
+    }
+
+    pub fn node(&self, idx: usize) -> &Node {
+        &self.nodes[idx - 1]
+    }
+
+    /// The primary (Calico stand-in) conflist entry for `node`.
+    pub fn primary_conf(&self, node: &Node, version: &str) -> Value {
+        json!({
+            "cniVersion": version,
+            "name": "k8s-pod-network",
+            "type": "ptp",
+            "ipMasq": true,
+            "ipam": {
+                "type": "host-local",
+                "subnet": node.pod_cidr,
+                "dataDir": node.data_dir.join("host-local"),
+                "routes": [{"dst": "0.0.0.0/0"}]
+            }
+        })
+    }
+
+    /// The ros2-cni conflist entry for `node`.
+    pub fn ros2cni_conf(&self, node: &Node, version: &str, extra: &Value) -> Value {
+        let mut c = json!({
+            "cniVersion": version,
+            "name": "k8s-pod-network",
+            "type": "ros2-cni",
+            "capabilities": {"io.kubernetes.cri.pod-annotations": true},
+            "subnet": SUBNET,
+            "podRange": node.pool,
+            "uplink": "eth0",
+            "dataDir": node.data_dir.join("ros2-cni"),
+            "logFile": node.data_dir.join("ros2-cni.log"),
+            "logLevel": "debug",
+        });
+        if let Some(m) = extra.as_object() {
+            for (k, v) in m {
+                if v.is_null() {
+                    c.as_object_mut().unwrap().remove(k);
+                } else {
+                    c[k] = v.clone();
+                }
+            }
+        }
+        c
+    }
+
+    /// Runs `plugin` inside `node`'s namespace as a runtime would.
+    pub fn run_plugin(&self, node: &Node, plugin: &Path, env: &[(&str, &str)], conf: &Value) -> Result<PluginRun> {
+        self.run_plugin_bytes(node, plugin, env, conf.to_string().as_bytes())
+    }
+
+    /// Like `run_plugin`, with raw bytes on stdin.
+    pub fn run_plugin_bytes(&self, node: &Node, plugin: &Path, env: &[(&str, &str)], stdin: &[u8]) -> Result<PluginRun> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &node.ns]).arg(plugin);
+        cmd.env_clear();
+        cmd.env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| err(format!("{}: {e}", plugin.display())))?;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin)
+            .map_err(|e| err(e.to_string()))?;
+        let out = child.wait_with_output().map_err(|e| err(e.to_string()))?;
+        Ok(PluginRun {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    fn cni_env<'a>(cmd: &'a str, cid: &'a str, netns: &'a str, args: &'a str) -> Vec<(&'a str, &'a str)> {
+        vec![
+            ("CNI_COMMAND", cmd),
+            ("CNI_CONTAINERID", cid),
+            ("CNI_NETNS", netns),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/usr/lib/cni"),
+            ("CNI_ARGS", args),
+        ]
+    }
+
+    fn cni_args(spec: &PodSpec) -> String {
+        format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={}",
+            spec.k8s_namespace, spec.name
+        )
+    }
+
+    /// The ros2-cni config a pod's chain uses, with runtimeConfig and prevResult.
+    pub fn pod_ros2cni_conf(&self, spec: &PodSpec, prev: &Value) -> Value {
+        let node = self.node(spec.node);
+        let mut conf = self.ros2cni_conf(node, &spec.version, &spec.extra);
+        if !spec.annotations.is_empty() {
+            let ann: serde_json::Map<String, Value> = spec
+                .annotations
+                .iter()
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect();
+            conf["runtimeConfig"] = json!({"io.kubernetes.cri.pod-annotations": ann});
+        }
+        conf["prevResult"] = prev.clone();
+        conf
+    }
+
+    /// The primary plugin's cniVersion for a chain at `version` (the Debian
+    /// reference plugins stop at 1.0.0; 1.1.0 results have the same layout).
+    fn primary_version(version: &str) -> &str {
+        if version == "1.1.0" {
+            "1.0.0"
+        } else {
+            version
+        }
+    }
+
+    /// Creates the pod's namespace and runs ADD through the chain.
+    pub fn add_pod(&self, spec: &PodSpec) -> Result<Pod> {
+        let ns = format!("{}p-{}", self.opts.prefix, spec.name);
+        self.add_ns(&ns)?;
+        let netns = format!("/var/run/netns/{ns}");
+        let cid = format!("{}{}", self.opts.prefix.replace('-', ""), spec.name);
+        let args = Self::cni_args(spec);
+        let node = self.node(spec.node);
+        let env = Self::cni_env("ADD", &cid, &netns, &args);
+        let primary = self.run_plugin(
+            node,
+            &self.opts.cni_bin_dir.join("ptp"),
+            &env,
+            &self.primary_conf(node, Self::primary_version(&spec.version)),
+        )?;
+        let mut result = primary
+            .json()
+            .filter(|_| primary.success)
+            .ok_or_else(|| err(format!("ptp ADD for {} failed: {}", spec.name, primary.stdout)))?;
+        result["cniVersion"] = json!(spec.version);
+        if spec.chain_ros2cni {
+            let conf = self.pod_ros2cni_conf(spec, &result);
+            let r = self.run_plugin(node, &self.opts.plugin, &env, &conf)?;
+            result = r
+                .json()
+                .filter(|_| r.success)
+                .ok_or_else(|| err(format!("ros2-cni ADD for {} failed: {} {}", spec.name, r.stdout, r.stderr)))?;
+        }
+        let ros_ip = ros_ip_of(&result, &netns);
+        Ok(Pod {
+            name: spec.name.clone(),
+            ns,
+            node: spec.node,
+            container_id: cid,
+            result,
+            ros_ip,
+        })
+    }
+
+    /// Runs one ros2-cni command for a pod (DEL, CHECK, ...), with the pod's
+    /// cached result as prevResult unless `prev` says otherwise.
+    pub fn ros2cni_cmd(&self, cmd: &str, pod: &Pod, spec: &PodSpec, prev: Option<&Value>, netns: Option<&str>) -> Result<PluginRun> {
+        let node = self.node(pod.node);
+        let args = Self::cni_args(spec);
+        let netns_path = netns.map(str::to_owned).unwrap_or_else(|| pod.netns_path());
+        let env = Self::cni_env(cmd, &pod.container_id, &netns_path, &args);
+        let mut conf = self.pod_ros2cni_conf(spec, prev.unwrap_or(&pod.result));
+        if prev.is_some_and(Value::is_null) {
+            conf.as_object_mut().unwrap().remove("prevResult");
+        }
+        self.run_plugin(node, &self.opts.plugin, &env, &conf)
+    }
+
+    /// DEL through the chain (ros2-cni, then the primary), then removes the namespace.
+    pub fn del_pod(&self, pod: &Pod, spec: &PodSpec) -> Result<()> {
+        if spec.chain_ros2cni {
+            let r = self.ros2cni_cmd("DEL", pod, spec, None, None)?;
+            if !r.success {
+                return Err(err(format!("ros2-cni DEL for {} failed: {}", pod.name, r.stdout)));
+            }
+        }
+        let node = self.node(pod.node);
+        let args = Self::cni_args(spec);
+        let netns = pod.netns_path();
+        let env = Self::cni_env("DEL", &pod.container_id, &netns, &args);
+        let mut conf = self.primary_conf(node, Self::primary_version(&spec.version));
+        conf["prevResult"] = pod.result.clone();
+        conf["prevResult"]["cniVersion"] = conf["cniVersion"].clone();
+        let r = self.run_plugin(node, &self.opts.cni_bin_dir.join("ptp"), &env, &conf)?;
+        if !r.success {
+            return Err(err(format!("ptp DEL for {} failed: {}", pod.name, r.stdout)));
+        }
+        self.remove_ns(&pod.ns)
+    }
+
+    pub fn remove_ns(&self, ns: &str) -> Result<()> {
+        sh(&["ip", "netns", "del", ns])?;
+        self.namespaces.lock().unwrap().retain(|n| n != ns);
+        Ok(())
+    }
+
+    /// Starts a long-running process inside `ns`; killed when the test bed drops.
+    /// Output goes to `<dir>/<log>.out` / `.err`.
+    pub fn spawn(&self, ns: &str, args: &[&str], log: &str) -> Result<u32> {
+        let out = std::fs::File::create(self.dir.join(format!("{log}.out"))).map_err(|e| err(e.to_string()))?;
+        let errf = std::fs::File::create(self.dir.join(format!("{log}.err"))).map_err(|e| err(e.to_string()))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(errf)
+            .spawn()
+            .map_err(|e| err(format!("{}: {e}", args.join(" "))))?;
+        let pid = child.id();
+        self.children.lock().unwrap().push(child);
+        Ok(pid)
+    }
+
+    /// Kills a process started with `spawn` (SIGKILL) and reaps it.
+    pub fn kill(&self, pid: u32) {
+        let mut kids = self.children.lock().unwrap();
+        if let Some(pos) = kids.iter().position(|c| c.id() == pid) {
+            let mut c = kids.remove(pos);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends a signal to a process started with `spawn`.
+    pub fn signal(&self, pid: u32, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+    }
+
+    /// Waits for a spawned process to exit on its own, up to `timeout`.
+    pub fn wait_exit(&self, pid: u32, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let mut kids = self.children.lock().unwrap();
+                if let Some(pos) = kids.iter().position(|c| c.id() == pid) {
+                    if let Ok(Some(st)) = kids[pos].try_wait() {
+                        // already reaped by try_wait
+                        let _ = kids.remove(pos).wait();
+                        return Some(st);
+                    }
+                } else {
+                    return None;
+                }
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self, log: &str) -> String {
+        let out = std::fs::read_to_string(self.dir.join(format!("{log}.out"))).unwrap_or_default();
+        let e = std::fs::read_to_string(self.dir.join(format!("{log}.err"))).unwrap_or_default();
+        format!("{out}{e}")
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        for mut c in self.children.lock().unwrap().drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let mut names = self.namespaces.lock().unwrap().clone();
+        // pods first, the switch last
+        names.reverse();
+        for n in names {
+            let _ = sh(&["ip", "netns", "del", &n]);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The ros0 address in a chain result (the interface in `sandbox` that is not eth0).
+pub fn ros_ip_of(result: &Value, sandbox: &str) -> Option<Ipv4Addr> {
+    let ifaces = result["interfaces"].as_array()?;
+    let idx = ifaces.iter().position(|i| {
+        i["sandbox"].as_str() == Some(sandbox) && i["name"].as_str() != Some("eth0")
+    })?;
+    result["ips"].as_array()?.iter().find_map(|ip| {
+        (ip["interface"].as_u64() == Some(idx as u64))
+            .then(|| ip["address"].as_str()?.split('/').next()?.parse().ok())
+            .flatten()
+    })
+}
+
+/// One ping from `ns` to `ip` (up to 2 s).
+pub fn ping(ns: &str, ip: Ipv4Addr) -> bool {
+    Command::new("ip")
+        .args(["netns", "exec", ns, "ping", "-c1", "-W2", "-n", "-q", &ip.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A UDP socket bound inside `ns`.
+pub fn udp_in(ns: &str, bind: &str) -> Result<UdpSocket> {
+    let n = Netns::open(format!("/var/run/netns/{ns}")).map_err(|e| err(e.to_string()))?;
+    n.run(|| UdpSocket::bind(bind))
+        .map_err(|e| err(e.to_string()))?
+        .map_err(|e| err(format!("bind {bind} in {ns}: {e}")))
+}
+
+/// Sends one datagram from `from` to `to_ip`, received in `to`: returns the
+/// source address the receiver saw, or None if nothing arrived.
+pub fn udp_seen_source(from: &str, to: &str, to_ip: Ipv4Addr, port: u16) -> Result<Option<Ipv4Addr>> {
+    let rx = udp_in(to, &format!("0.0.0.0:{port}"))?;
+    rx.set_read_timeout(Some(Duration::from_secs(2))).ok();
+    let tx = udp_in(from, "0.0.0.0:0")?;
+    let mut buf = [0u8; 64];
+    for _ in 0..3 {
+        tx.send_to(b"ros2-cni probe", (to_ip, port))
+            .map_err(|e| err(format!("send from {from}: {e}")))?;
+        if let Ok((_, std::net::SocketAddr::V4(a))) = rx.recv_from(&mut buf) {
+            return Ok(Some(*a.ip()));
+        }
+    }
+    Ok(None)
+}
