@@ -1,4 +1,5 @@
-//! The command-line tool (`ros2-cni <subcommand>`).
+//! The command-line tool (`ros2-cni <subcommand>`). Each subcommand lives in
+//! its own module; this file only parses and dispatches.
 
 use clap::{Parser, Subcommand};
 
@@ -21,14 +22,21 @@ enum Cmd {
 
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    match cli.command {
+    let r: anyhow::Result<i32> = match cli.command {
         Cmd::Version => {
             println!(
                 "ros2-cni {} (CNI {})",
                 env!("CARGO_PKG_VERSION"),
                 ros2_cni::cni::version::SUPPORTED.join(", ")
             );
-            0
+            Ok(0)
+        }
+    };
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ros2-cni: {e:#}");
+            1
         }
     }
 }
