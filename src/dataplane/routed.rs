@@ -112,18 +112,29 @@ pub fn ensure_bridge(node: &mut Handle, bridge: &str, uplink: &str) -> Result<Li
     if !link.is_up() {
         node.set_up(link.index)?;
     }
-    let set = |key: String, v: &str| -> Result<()> {
-        sysctl::ensure(&key, v)
-            .map(|_| ())
-            .map_err(|e| CniError::kernel(e.to_string()))
-    };
-    // answer pods' ARP for the LAN with the bridge's MAC; no random delay
-    set(format!("net/ipv4/conf/{bridge}/proxy_arp"), "1")?;
-    set(format!("net/ipv4/neigh/{bridge}/proxy_delay"), "0")?;
-    set(format!("net/ipv4/conf/{bridge}/forwarding"), "1")?;
-    // answer the LAN's ARP for our pods (proxy entries) at once
-    set(format!("net/ipv4/neigh/{uplink}/proxy_delay"), "0")?;
-    set(format!("net/ipv4/conf/{uplink}/forwarding"), "1")?;
+    let up = node.link_by_name(uplink)?.ok_or_else(|| {
+        CniError::invalid_config(format!(
+            "uplink: interface \"{uplink}\" does not exist on this node"
+        ))
+    })?;
+    // read /proc/sys (readable everywhere), write through netlink only what differs
+    let is = |key: String, want: &str| sysctl::read(&key).map(|v| v == want).unwrap_or(false);
+    // bridge: answer pods' ARP for the LAN with the bridge's MAC, forward, no random delay
+    if !is(format!("net/ipv4/conf/{bridge}/forwarding"), "1")
+        || !is(format!("net/ipv4/conf/{bridge}/proxy_arp"), "1")
+    {
+        node.enable_ipv4_conf(link.index, true, true)?;
+    }
+    if !is(format!("net/ipv4/neigh/{bridge}/proxy_delay"), "0") {
+        node.set_proxy_delay(link.index, 0)?;
+    }
+    // uplink: forward, and answer the LAN's ARP for our pods (proxy entries) at once
+    if !is(format!("net/ipv4/conf/{uplink}/forwarding"), "1") {
+        node.enable_ipv4_conf(up.index, true, false)?;
+    }
+    if !is(format!("net/ipv4/neigh/{uplink}/proxy_delay"), "0") {
+        node.set_proxy_delay(up.index, 0)?;
+    }
     Ok(link)
 }
 
@@ -181,9 +192,9 @@ impl Dataplane for Routed {
             }
             Step::HostPort => {
                 let node = k.node()?;
-                let h = node
-                    .link_by_name(&att.host_if)?
-                    .ok_or_else(|| CniError::kernel(format!("{} vanished after creation", att.host_if)))?;
+                let h = node.link_by_name(&att.host_if)?.ok_or_else(|| {
+                    CniError::kernel(format!("{} vanished after creation", att.host_if))
+                })?;
                 node.set_no_ipv6_addresses(h.index)?;
                 node.set_up(h.index)?;
             }

@@ -21,11 +21,14 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoBridge, InfoData, InfoKind, InfoMacVlan,
-    InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMode,
+    AfSpecInet, AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InetDevConf, InfoBridge, InfoData,
+    InfoKind, InfoMacVlan, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMode,
 };
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::neighbour_table::{
+    NeighbourTableAttribute, NeighbourTableMessage, NeighbourTableParameter,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -448,11 +451,57 @@ impl Handle {
         let mut m = LinkMessage::default();
         m.header.index = index;
         m.attributes.push(no_ipv6_addresses());
-        match self.request(&format!("set addrgenmode none on link #{index}"), RouteNetlinkMessage::SetLink(m), 0) {
+        match self.request(
+            &format!("set addrgenmode none on link #{index}"),
+            RouteNetlinkMessage::SetLink(m),
+            0,
+        ) {
             // IPv6 disabled in this namespace: nothing to turn off
             Err(e) if e.errno() == Some(libc::EAFNOSUPPORT) => Ok(()),
             r => r,
         }
+    }
+
+    /// Turns on IPv4 `forwarding` and/or `proxy_arp` for one link (never off):
+    /// netlink instead of /proc/sys, so it works where /proc/sys is read-only
+    /// (an unprivileged container with CAP_NET_ADMIN).
+    pub fn enable_ipv4_conf(
+        &mut self,
+        index: u32,
+        forwarding: bool,
+        proxy_arp: bool,
+    ) -> Result<()> {
+        let mut conf = InetDevConf::default();
+        conf.forwarding = forwarding as i32;
+        conf.proxy_arp = proxy_arp as i32;
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes
+            .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![
+                AfSpecInet::DevConfRequest(conf),
+            ])]));
+        self.request(
+            &format!("set IPv4 devconf of link #{index}"),
+            RouteNetlinkMessage::SetLink(m),
+            0,
+        )
+    }
+
+    /// Sets the ARP proxy_delay (milliseconds) of one link.
+    pub fn set_proxy_delay(&mut self, index: u32, ms: u64) -> Result<()> {
+        let mut m = NeighbourTableMessage::default();
+        m.header.family = AddressFamily::Inet;
+        m.attributes
+            .push(NeighbourTableAttribute::Name("arp_cache".into()));
+        m.attributes.push(NeighbourTableAttribute::Parms(vec![
+            NeighbourTableParameter::Ifindex(index),
+            NeighbourTableParameter::ProxyDelay(ms),
+        ]));
+        self.request(
+            &format!("set proxy_delay of link #{index}"),
+            RouteNetlinkMessage::SetNeighbourTable(m),
+            0,
+        )
     }
 
     pub fn set_up(&mut self, index: u32) -> Result<()> {
