@@ -2,5 +2,6 @@
 //! laptop, with the real `ros2-cni` binary run as a container runtime runs it.
 //! They need root (CI runs as root).
 
+mod agent;
 mod common;
 mod plugin;

@@ -224,6 +224,7 @@ fn routed_connectivity_cni_1_0_0() {
 #[test]
 fn lifecycle_in_every_cni_version() {
     let tb = bed(1);
+    tb.start_agent(tb.node(1), &json!({})).unwrap();
     let before = baseline(&tb, 1);
     for v in VERSIONS {
         let s = spec(&format!("v{}", v.replace('.', "")), 1).version(v);
@@ -649,6 +650,15 @@ fn gc_and_status() {
         )
         .unwrap()
     };
+    let r = status(json!({}));
+    assert_eq!(
+        r.code(),
+        Some(51),
+        "no agent: limited connectivity: {}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("agent is not running"), "{}", r.stdout);
+    let agent = tb.start_agent(n, &json!({})).unwrap();
     assert!(status(json!({})).success);
     let r = status(json!({"uplink": "eth9"}));
     assert_eq!(r.code(), Some(50));
@@ -664,6 +674,8 @@ fn gc_and_status() {
     assert_eq!(r.code(), Some(50));
     assert!(r.stdout.contains("exhausted"), "{}", r.stdout);
     tb.del_pod(&p3, &s3).unwrap();
+    tb.kill(agent);
+    assert_eq!(status(json!({})).code(), Some(51), "agent killed");
 }
 
 /// One bad input: how to run it and the code it must produce.

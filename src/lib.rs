@@ -1,6 +1,7 @@
 //! ros2-cni: a chained CNI plugin that gives opted-in pods a NAT-free
 //! interface on the robot LAN, and a node agent that routes RTPS multicast.
 
+pub mod agent;
 pub mod cni;
 pub mod config;
 pub mod dataplane;
@@ -8,5 +9,6 @@ pub mod firewall;
 pub mod ipam;
 pub mod lab;
 pub mod logging;
+pub mod mroute;
 pub mod netlink;
 pub mod plugin;

@@ -1,6 +1,8 @@
 //! The command-line tool (`ros2-cni <subcommand>`). Each subcommand lives in
 //! its own module; this file only parses and dispatches.
 
+mod agent;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -18,6 +20,8 @@ struct Cli {
 enum Cmd {
     /// Print the version and the CNI spec versions supported.
     Version,
+    /// Run the node agent: route RTPS multicast between pods, robot computers and the LAN.
+    Agent(agent::Args),
 }
 
 pub fn main() -> i32 {
@@ -31,6 +35,7 @@ pub fn main() -> i32 {
             );
             Ok(0)
         }
+        Cmd::Agent(a) => agent::run(a),
     };
     match r {
         Ok(code) => code,

@@ -353,6 +353,27 @@ pub fn ensure_ttl_rule(nl: &mut Nfnl, ifaces: &[&str], groups: &[Ipv4Addr]) -> R
     Ok(changed)
 }
 
+/// Packets counted by the rule whose comment ends with `name` (e.g. "pod-drop").
+pub fn rule_packets(nl: &mut Nfnl, family: u8, name: &str) -> Result<u64> {
+    let want = comment(name);
+    Ok(nl
+        .rules(family, TABLE)?
+        .into_iter()
+        .filter(|r| r.comment.as_deref() == Some(want.as_str()))
+        .filter_map(|r| r.counter.map(|c| c.0))
+        .sum())
+}
+
+/// Frames from pod ports dropped by the anti-spoofing rules.
+pub fn spoofed_drops(nl: &mut Nfnl) -> Result<u64> {
+    rule_packets(nl, NFPROTO_BRIDGE, "pod-drop")
+}
+
+/// RTPS packets whose TTL was raised from 1 to 2.
+pub fn ttl_raised(nl: &mut Nfnl) -> Result<u64> {
+    rule_packets(nl, NFPROTO_IPV4, "rtps-ttl")
+}
+
 /// Removes the agent-only table.
 pub fn remove_ttl_rule(nl: &mut Nfnl) -> Result<bool> {
     nl.delete_table(NFPROTO_IPV4, TABLE)

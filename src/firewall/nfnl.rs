@@ -273,11 +273,42 @@ pub struct RuleSpec {
     pub exprs: Vec<Expr>,
 }
 
-/// A rule as dumped back: its chain and comment.
+/// A rule as dumped back: its chain, comment and counter (packets, bytes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DumpedRule {
     pub chain: String,
     pub comment: Option<String>,
+    pub counter: Option<(u64, u64)>,
+}
+
+/// The (packets, bytes) of the first counter expression in a rule's expression list.
+fn parse_counter(exprs: &[u8]) -> Option<(u64, u64)> {
+    for (_, elem) in attrs(exprs) {
+        let mut name = String::new();
+        let mut data: &[u8] = &[];
+        for (t, p) in attrs(elem) {
+            match t {
+                1 => name = cstr(p),
+                2 => data = p,
+                _ => {}
+            }
+        }
+        if name == "counter" {
+            let (mut bytes, mut packets) = (0, 0);
+            for (t, p) in attrs(data) {
+                let v = p
+                    .get(..8)
+                    .map(|b| u64::from_be_bytes(b.try_into().unwrap()));
+                match (t, v) {
+                    (1, Some(v)) => bytes = v,
+                    (2, Some(v)) => packets = v,
+                    _ => {}
+                }
+            }
+            return Some((packets, bytes));
+        }
+    }
+    None
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -613,12 +644,14 @@ impl Nfnl {
             let mut r = DumpedRule {
                 chain: String::new(),
                 comment: None,
+                counter: None,
             };
             let mut tbl = String::new();
             for (at, p) in attrs(&body) {
                 match at {
                     1 => tbl = cstr(p),
                     2 => r.chain = cstr(p),
+                    4 => r.counter = parse_counter(p),
                     7 => r.comment = parse_comment(p),
                     _ => {}
                 }

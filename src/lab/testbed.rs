@@ -772,6 +772,57 @@ impl Testbed {
         }
     }
 
+    /// The agent's config file for `node` (node form, same keys the plugin gets).
+    pub fn agent_config(&self, node: &Node, extra: &Value) -> Result<PathBuf> {
+        let mut c = self.ros2cni_conf(node, "1.1.0", extra);
+        let m = c.as_object_mut().unwrap();
+        // the agent logs to stderr (kept in <dir>/agent-nN.err)
+        for k in ["cniVersion", "name", "type", "capabilities", "logFile"] {
+            m.remove(k);
+        }
+        let path = node.data_dir.join("agent.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(&c).unwrap())
+            .map_err(|e| err(e.to_string()))?;
+        Ok(path)
+    }
+
+    /// Starts `ros2-cni agent` in `node` and waits until its status socket answers.
+    pub fn start_agent(&self, node: &Node, extra: &Value) -> Result<u32> {
+        let cfg = self.agent_config(node, extra)?;
+        let log = format!("agent-n{}", node.idx);
+        let bin = self.opts.plugin.to_str().unwrap().to_owned();
+        let pid = self.spawn(
+            &node.ns,
+            &[&bin, "agent", "--config", cfg.to_str().unwrap()],
+            &log,
+        )?;
+        let sock = node.data_dir.join("ros2-cni").join("agent.sock");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if crate::agent::status::query(&sock, "status").is_ok_and(|v| v["pid"].is_number()) {
+                return Ok(pid);
+            }
+            if self.wait_exit(pid, Duration::from_millis(50)).is_some() {
+                return Err(err(format!(
+                    "agent on node {} exited: {}",
+                    node.idx,
+                    self.log(&log)
+                )));
+            }
+        }
+        Err(err(format!(
+            "agent on node {} did not come up: {}",
+            node.idx,
+            self.log(&log)
+        )))
+    }
+
+    /// The agent's status document for `node`.
+    pub fn agent_status(&self, node: &Node) -> Result<Value> {
+        let sock = node.data_dir.join("ros2-cni").join("agent.sock");
+        crate::agent::status::query(&sock, "status").map_err(|e| err(e.to_string()))
+    }
+
     pub fn log(&self, log: &str) -> String {
         let out = std::fs::read_to_string(self.dir.join(format!("{log}.out"))).unwrap_or_default();
         let e = std::fs::read_to_string(self.dir.join(format!("{log}.err"))).unwrap_or_default();
@@ -837,6 +888,123 @@ pub fn udp_in(ns: &str, bind: &str) -> Result<UdpSocket> {
     n.run(|| UdpSocket::bind(bind))
         .map_err(|e| err(e.to_string()))?
         .map_err(|e| err(format!("bind {bind} in {ns}: {e}")))
+}
+
+/// A TCP GET of `path` from inside `ns`; returns the body.
+pub fn http_get(ns: &str, addr: &str, path: &str) -> Result<String> {
+    use std::io::Read;
+    let n = Netns::open(format!("/var/run/netns/{ns}")).map_err(|e| err(e.to_string()))?;
+    let mut s = n
+        .run(|| std::net::TcpStream::connect(addr))
+        .map_err(|e| err(e.to_string()))?
+        .map_err(|e| err(format!("connect {addr} in {ns}: {e}")))?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .map_err(|e| err(e.to_string()))?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| err(e.to_string()))?;
+    Ok(out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default())
+}
+
+/// A multicast receiver inside `ns`: bound to `port`, joined to `group` on
+/// the interface holding `local` (the pod's ros0 address, or the laptop's).
+pub fn mcast_receiver(ns: &str, group: Ipv4Addr, port: u16, local: Ipv4Addr) -> Result<UdpSocket> {
+    let n = Netns::open(format!("/var/run/netns/{ns}")).map_err(|e| err(e.to_string()))?;
+    n.run(|| -> std::io::Result<UdpSocket> {
+        let s = socket_reuse(port)?;
+        s.join_multicast_v4(&group, &local)?;
+        s.set_nonblocking(true)?;
+        Ok(s)
+    })
+    .map_err(|e| err(e.to_string()))?
+    .map_err(|e| err(format!("multicast receiver in {ns}: {e}")))
+}
+
+/// A UDP socket on 0.0.0.0:port with SO_REUSEADDR (several receivers per port).
+fn socket_reuse(port: u16) -> std::io::Result<UdpSocket> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket/setsockopt/bind calls on a descriptor we own.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let s = UdpSocket::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            &one as *const _ as *const libc::c_void,
+            4,
+        );
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr { s_addr: 0 },
+            sin_zero: [0; 8],
+        };
+        if libc::bind(
+            fd,
+            &addr as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        ) < 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(s)
+    }
+}
+
+/// A multicast sender inside `ns`, leaving through the interface holding `local`, with `ttl`.
+pub fn mcast_sender(ns: &str, local: Ipv4Addr, ttl: u32) -> Result<UdpSocket> {
+    let n = Netns::open(format!("/var/run/netns/{ns}")).map_err(|e| err(e.to_string()))?;
+    n.run(|| -> std::io::Result<UdpSocket> {
+        let s = UdpSocket::bind((local, 0))?;
+        s.set_multicast_ttl_v4(ttl)?;
+        s.set_multicast_loop_v4(false)?;
+        set_multicast_if(&s, local)?;
+        Ok(s)
+    })
+    .map_err(|e| err(e.to_string()))?
+    .map_err(|e| err(format!("multicast sender in {ns}: {e}")))
+}
+
+fn set_multicast_if(s: &UdpSocket, local: Ipv4Addr) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let a = libc::in_addr {
+        s_addr: u32::from_ne_bytes(local.octets()),
+    };
+    // SAFETY: setsockopt with a valid fd and an in_addr.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MULTICAST_IF,
+            &a as *const _ as *const libc::c_void,
+            4,
+        )
+    };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Drains a non-blocking receiver: the payloads that arrived.
+pub fn drain(s: &UdpSocket) -> Vec<Vec<u8>> {
+    let mut out = vec![];
+    let mut buf = [0u8; 2048];
+    while let Ok((n, _)) = s.recv_from(&mut buf) {
+        out.push(buf[..n].to_vec());
+    }
+    out
 }
 
 /// Sends one datagram from `from` to `to_ip`, received in `to`: returns the

@@ -450,6 +450,16 @@ fn status(cfg: &Config) -> Result<()> {
             "address pool {pool} is exhausted ({used} of {size} addresses in use)"
         )));
     }
+    // ADD works without the agent, but discovery across computers does not
+    if let Err(e) = crate::agent::status::query(&cfg.agent_socket(), "status") {
+        return Err(CniError::new(
+            Code::LimitedConnectivity,
+            format!(
+                "the ros2-cni agent is not running on this node ({e}); pods still get {} but RTPS multicast is not routed to or from other computers",
+                cfg.if_name
+            ),
+        ));
+    }
     Ok(())
 }
 

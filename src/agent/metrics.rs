@@ -1,0 +1,170 @@
+//! Prometheus metrics over plain HTTP (GET /metrics), default on loopback.
+//!
+//! Values are read from the agent's state at scrape time; the kernel keeps the
+//! packet counts (per multicast route and per nft rule), so nothing is counted
+//! twice in user space.
+
+use super::State;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Collector(Arc<Mutex<State>>);
+
+impl std::fmt::Debug for Collector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ros2-cni agent collector")
+    }
+}
+
+type Labels = Vec<(String, String)>;
+
+fn counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &[(Labels, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
+    for (labels, v) in series {
+        ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: i64,
+) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(v);
+    let m = enc.encode_descriptor(name, help, None, g.metric_type())?;
+    g.encode(m)
+}
+
+fn l(pairs: &[(&str, String)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
+}
+
+impl prometheus_client::collector::Collector for Collector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let st = self.0.lock().unwrap();
+        let fwd = st.router.forwarded();
+        let mut pkts = vec![];
+        let mut bytes = vec![];
+        for ((g, d), (p, b)) in &fwd {
+            let labels = l(&[
+                ("group", g.to_string()),
+                ("direction", d.as_str().to_string()),
+            ]);
+            pkts.push((labels.clone(), *p));
+            bytes.push((labels, *b));
+        }
+        counter(
+            &mut enc,
+            "ros2cni_forwarded_packets",
+            "RTPS multicast packets forwarded, per group and direction",
+            &pkts,
+        )?;
+        counter(
+            &mut enc,
+            "ros2cni_forwarded_bytes",
+            "RTPS multicast bytes forwarded, per group and direction",
+            &bytes,
+        )?;
+        let (not_rtps, wrong_if) = st.router.dropped();
+        counter(
+            &mut enc,
+            "ros2cni_dropped_packets",
+            "Packets dropped: multicast to groups that are not routed, arriving on the wrong interface, or spoofed by a pod",
+            &[
+                (l(&[("reason", "not_rtps".into())]), not_rtps),
+                (l(&[("reason", "wrong_interface".into())]), wrong_if),
+                (l(&[("reason", "spoofed".into())]), st.spoofed_drops),
+            ],
+        )?;
+        counter(
+            &mut enc,
+            "ros2cni_ttl_raised_packets",
+            "RTPS packets whose TTL was raised from 1 to 2",
+            &[(vec![], st.ttl_raised)],
+        )?;
+        counter(
+            &mut enc,
+            "ros2cni_agent_restarts",
+            "Times the agent was started before this run",
+            &[(vec![], st.restarts)],
+        )?;
+        gauge(
+            &mut enc,
+            "ros2cni_multicast_routes",
+            "Multicast routes installed in the kernel",
+            st.router.len() as i64,
+        )?;
+        gauge(
+            &mut enc,
+            "ros2cni_pods_attached",
+            "Pods with a ros2-cni interface on this node",
+            st.pods as i64,
+        )?;
+        gauge(
+            &mut enc,
+            "ros2cni_healthy",
+            "1 when the agent has no open problems",
+            st.problems.is_empty() as i64,
+        )?;
+        Ok(())
+    }
+}
+
+/// The metrics page as Prometheus text.
+pub fn render(state: &Arc<Mutex<State>>) -> String {
+    let mut reg = Registry::default();
+    reg.register_collector(Box::new(Collector(state.clone())));
+    let mut out = String::new();
+    let _ = prometheus_client::encoding::text::encode(&mut out, &reg);
+    out
+}
+
+pub async fn serve(listener: tokio::net::TcpListener, state: Arc<Mutex<State>>) {
+    loop {
+        let Ok((mut s, _)) = listener.accept().await else {
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            let read = async {
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(2), read).await;
+            let line = String::from_utf8_lossy(&req);
+            let path = line.split_whitespace().nth(1).unwrap_or("/");
+            let (status, body) = if path == "/metrics" || path == "/" {
+                ("200 OK", render(&state))
+            } else {
+                ("404 Not Found", "try /metrics\n".to_string())
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(resp.as_bytes()).await;
+            let _ = s.shutdown().await;
+        });
+    }
+}

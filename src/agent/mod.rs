@@ -1,0 +1,475 @@
+//! The node agent: `ros2-cni agent --config FILE [--node NAME]`.
+//!
+//! One per robot computer. It owns the namespace's IPv4 multicast routing for
+//! the RTPS groups (VIFs: uplink and node bridge), the TTL 1 → 2 rule for those
+//! groups, group membership on the uplink (for IGMP-snooping switches), and it
+//! re-creates whatever node-wide state the plugin relies on if it goes missing.
+//!
+//! Restart-safe: everything is derived from the config, the kernel and the
+//! data dir. Killed with -9, the kernel drops its multicast routes (the routing
+//! socket closes) but leaves pods, the bridge, proxy entries and the
+//! anti-spoofing table alone, so unicast never stops; on restart multicast
+//! routes come back with the first packet of each source.
+//!
+//! SIGHUP reloads the config; SIGTERM/SIGINT remove only what the agent alone
+//! needs (TTL rule, multicast routes, its socket) and keep pod-facing state.
+
+pub mod metrics;
+pub mod status;
+
+use crate::config::{Config, Mode};
+use crate::dataplane::routed::{ensure_bridge, resolve_uplink};
+use crate::firewall::{self, nfnl::Nfnl};
+use crate::mroute::socket::{Incoming, MrouteSocket};
+use crate::mroute::{Decision, Role, Router, Vif};
+use crate::netlink::{Handle, Link};
+use serde_json::{json, Value};
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Setup(String),
+    #[error("multicast routing: {0} (is another multicast router such as smcroute or pimd running in this network namespace?)")]
+    Mroute(std::io::Error),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<crate::cni::CniError> for AgentError {
+    fn from(e: crate::cni::CniError) -> Self {
+        AgentError::Setup(e.to_string())
+    }
+}
+
+/// Command-line options of `ros2-cni agent`.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub config: PathBuf,
+    pub node: Option<String>,
+    /// Reconcile period (default 2 s).
+    pub period: Option<Duration>,
+}
+
+/// Everything the agent knows, behind one lock.
+pub struct State {
+    pub cfg: Config,
+    pub config_path: PathBuf,
+    pub node: Option<String>,
+    pub router: Router<MrouteSocket>,
+    pub uplink: Link,
+    pub bridge: Link,
+    pub started: SystemTime,
+    pub restarts: u64,
+    pub pods: usize,
+    pub spoofed_drops: u64,
+    pub ttl_raised: u64,
+    pub problems: Vec<String>,
+    pub reloads: u64,
+    last_expire: Instant,
+    last_report: Option<Instant>,
+    reports_sent: u64,
+}
+
+impl State {
+    pub fn mroute_fd(&self) -> RawFd {
+        self.router.kernel().raw_fd()
+    }
+}
+
+fn setup_err(e: impl std::fmt::Display) -> AgentError {
+    AgentError::Setup(e.to_string())
+}
+
+/// Loads the config the agent runs with.
+pub fn load_config(path: &Path, node: Option<&str>) -> Result<Config, AgentError> {
+    let cfg = Config::from_file(path, node).map_err(|e| AgentError::Config(e.to_string()))?;
+    if cfg.mode == Mode::Macvlan {
+        return Err(AgentError::Config(
+            "mode \"macvlan\" is not supported by this agent version".into(),
+        ));
+    }
+    Ok(cfg)
+}
+
+/// Node-wide state the plugin relies on, created if missing; returns (uplink, bridge).
+fn ensure_node(cfg: &Config) -> Result<(Link, Link), AgentError> {
+    let mut nl = Handle::new().map_err(setup_err)?;
+    let uplink = resolve_uplink(&mut nl, cfg)?;
+    let bridge = ensure_bridge(&mut nl, &cfg.bridge, &uplink.name)?;
+    let mut nf = Nfnl::new().map_err(setup_err)?;
+    if firewall::ensure_table(&mut nf, &firewall::pod_guard_spec()).map_err(setup_err)? {
+        tracing::info!("created the anti-spoofing table bridge {}", firewall::TABLE);
+    }
+    if firewall::ensure_ttl_rule(&mut nf, &[&uplink.name, &cfg.bridge], &cfg.groups)
+        .map_err(setup_err)?
+    {
+        tracing::info!(groups = ?cfg.groups, "applied the RTPS TTL rule (ip {})", firewall::TABLE);
+    }
+    Ok((uplink, bridge))
+}
+
+fn vifs_for(uplink: &Link, bridge: &Link) -> Vec<Vif> {
+    vec![
+        Vif {
+            name: uplink.name.clone(),
+            ifindex: uplink.index,
+            role: Role::Uplink,
+        },
+        Vif {
+            name: bridge.name.clone(),
+            ifindex: bridge.index,
+            role: Role::Pods,
+        },
+    ]
+}
+
+/// Counts agent starts in `dataDir/agent.starts`; returns previous starts.
+fn count_start(data_dir: &Path) -> u64 {
+    let p = data_dir.join("agent.starts");
+    let prev: u64 = std::fs::read_to_string(&p)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    let _ = std::fs::create_dir_all(data_dir);
+    let _ = std::fs::write(&p, (prev + 1).to_string());
+    prev
+}
+
+fn pods_attached(data_dir: &Path) -> usize {
+    std::fs::read_dir(data_dir.join("attachments"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Builds the state: node-wide setup, multicast routing, group membership.
+pub fn start(opts: &Options) -> Result<State, AgentError> {
+    let cfg = load_config(&opts.config, opts.node.as_deref())?;
+    cfg.pool().map_err(|e| AgentError::Config(e.msg))?;
+    let (uplink, bridge) = ensure_node(&cfg)?;
+    let sock = MrouteSocket::open().map_err(AgentError::Mroute)?;
+    let mut router = Router::new(sock, cfg.groups.clone());
+    router
+        .set_vifs(vifs_for(&uplink, &bridge))
+        .map_err(AgentError::Mroute)?;
+    let restarts = count_start(&cfg.data_dir);
+    tracing::info!(
+        uplink = %uplink.name,
+        bridge = %bridge.name,
+        groups = ?cfg.groups,
+        restarts,
+        "routing RTPS multicast between {} and {}",
+        uplink.name,
+        bridge.name
+    );
+    Ok(State {
+        pods: pods_attached(&cfg.data_dir),
+        cfg,
+        config_path: opts.config.clone(),
+        node: opts.node.clone(),
+        router,
+        uplink,
+        bridge,
+        started: SystemTime::now(),
+        restarts,
+        spoofed_drops: 0,
+        ttl_raised: 0,
+        problems: vec![],
+        reloads: 0,
+        last_expire: Instant::now(),
+        last_report: None,
+        reports_sent: 0,
+    })
+}
+
+/// How often the agent repeats its IGMP membership reports on the uplink
+/// (switches forget a membership after about 260 s without one).
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Announces membership of the RTPS groups on the uplink so IGMP-snooping
+/// switches deliver them to this node.
+pub fn report_groups(st: &mut State) {
+    for g in st.cfg.groups.clone() {
+        match st.router.kernel().send_report(st.uplink.index, g) {
+            Ok(()) => st.reports_sent += 1,
+            Err(e) => tracing::warn!(group = %g, "IGMP report on {}: {e}", st.uplink.name),
+        }
+    }
+    st.last_report = Some(Instant::now());
+}
+
+/// Reads and applies every pending upcall.
+pub fn handle_upcalls(st: &mut State) {
+    loop {
+        match st.router.kernel().read() {
+            Ok(Some(Incoming::Query { ifindex, group })) => {
+                let answer = ifindex == st.uplink.index
+                    && (group.is_unspecified() || st.cfg.groups.contains(&group));
+                if answer {
+                    tracing::debug!(%group, "IGMP query on the uplink: reporting");
+                    report_groups(st);
+                }
+            }
+            Ok(Some(Incoming::Upcall(up))) => match st.router.handle(up, Instant::now()) {
+                Ok(Decision::Forward { parent, oifs }) => tracing::debug!(
+                    src = %up.src, group = %up.group, parent, ?oifs, "multicast route added"
+                ),
+                Ok(Decision::Drop) => {
+                    tracing::debug!(src = %up.src, group = %up.group, "not an RTPS group: dropping")
+                }
+                Ok(Decision::Ignore(why)) => {
+                    tracing::trace!(src = %up.src, group = %up.group, "upcall ignored: {why}")
+                }
+                Err(e) => {
+                    tracing::warn!(src = %up.src, group = %up.group, "adding a multicast route failed: {e}")
+                }
+            },
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!("reading multicast upcalls: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// One reconcile pass: re-create what is missing, follow interface changes,
+/// expire idle routes, refresh counters. Problems are recorded, not fatal.
+pub fn reconcile(st: &mut State) {
+    let mut problems = vec![];
+    match ensure_node(&st.cfg) {
+        Ok((uplink, bridge)) => {
+            let want = vifs_for(&uplink, &bridge);
+            match st.router.set_vifs(want) {
+                Ok(true) => {
+                    tracing::info!(uplink = %uplink.name, bridge = %bridge.name, "interfaces changed: multicast routes rebuilt");
+                    st.last_report = None;
+                }
+                Ok(false) => {}
+                Err(e) => problems.push(format!("multicast VIFs: {e}")),
+            }
+            st.uplink = uplink;
+            st.bridge = bridge;
+        }
+        Err(e) => problems.push(e.to_string()),
+    }
+    let now = Instant::now();
+    // twice at start (a report can be lost), then every REPORT_INTERVAL
+    let due = match st.last_report {
+        None => true,
+        Some(t) => {
+            now.duration_since(t) >= REPORT_INTERVAL
+                || (st.reports_sent <= st.cfg.groups.len() as u64)
+        }
+    };
+    if due {
+        report_groups(st);
+    }
+    if now.duration_since(st.last_expire) >= Duration::from_secs(10) {
+        let n = st
+            .router
+            .expire(now, Duration::from_secs(st.cfg.mfc_idle_seconds));
+        if n > 0 {
+            tracing::debug!("expired {n} idle multicast route(s)");
+        }
+        st.last_expire = now;
+    }
+    st.pods = pods_attached(&st.cfg.data_dir);
+    if let Ok(mut nf) = Nfnl::new() {
+        st.spoofed_drops = firewall::spoofed_drops(&mut nf).unwrap_or(st.spoofed_drops);
+        st.ttl_raised = firewall::ttl_raised(&mut nf).unwrap_or(st.ttl_raised);
+    }
+    if problems != st.problems {
+        for p in &problems {
+            tracing::warn!("{p}");
+        }
+        if problems.is_empty() && !st.problems.is_empty() {
+            tracing::info!("all problems resolved");
+        }
+    }
+    st.problems = problems;
+}
+
+/// SIGHUP: re-read the config and apply it; on error keep the running one.
+pub fn reload(st: &mut State) {
+    match load_config(&st.config_path, st.node.as_deref()) {
+        Ok(cfg) => {
+            st.router.set_groups(cfg.groups.clone());
+            st.cfg = cfg;
+            st.reloads += 1;
+            st.last_report = None; // report the (new) groups at once
+            reconcile(st);
+            tracing::info!(groups = ?st.cfg.groups, "configuration reloaded");
+        }
+        Err(e) => tracing::error!("reload failed, keeping the running configuration: {e}"),
+    }
+}
+
+/// SIGTERM: remove what only the agent needs; keep pod-facing state.
+pub fn shutdown(st: &mut State) {
+    st.router.flush();
+    if let Ok(mut nf) = Nfnl::new() {
+        if let Err(e) = firewall::remove_ttl_rule(&mut nf) {
+            tracing::warn!("removing the TTL rule: {e}");
+        }
+    }
+    for g in st.cfg.groups.clone() {
+        let _ = st.router.kernel().send_leave(st.uplink.index, g);
+    }
+    let _ = std::fs::remove_file(st.cfg.agent_socket());
+    tracing::info!("stopped; pods keep their interfaces and unicast connectivity");
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The status document served on the agent socket.
+pub fn status_json(st: &State) -> Value {
+    let vifs: Vec<Value> = st
+        .router
+        .vifs()
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let c = st.router.kernel().vif_count_or_default(i as u16);
+            json!({"vif": i, "name": v.name, "ifindex": v.ifindex,
+                   "role": match v.role { Role::Uplink => "uplink", Role::Pods => "pods" },
+                   "inPackets": c.in_packets, "outPackets": c.out_packets})
+        })
+        .collect();
+    let forwarded: Vec<Value> = st
+        .router
+        .forwarded()
+        .into_iter()
+        .map(|((g, d), (p, b))| json!({"group": g, "direction": d.as_str(), "packets": p, "bytes": b}))
+        .collect();
+    let (not_rtps, wrong_if) = st.router.dropped();
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "node": st.cfg.node_name.clone().or_else(|| st.node.clone()),
+        "mode": st.cfg.mode.as_str(),
+        "uplink": st.uplink.name,
+        "bridge": st.bridge.name,
+        "subnet": st.cfg.subnet.to_string(),
+        "pool": st.cfg.pool.map(|p| p.to_string()),
+        "groups": st.cfg.groups,
+        "startedAt": unix_secs(st.started),
+        "restarts": st.restarts,
+        "reloads": st.reloads,
+        "pods": st.pods,
+        "vifs": vifs,
+        "routes": st.router.routes(),
+        "forwarded": forwarded,
+        "dropped": {"notRtps": not_rtps, "wrongInterface": wrong_if, "spoofed": st.spoofed_drops},
+        "ttlRaised": st.ttl_raised,
+        "igmpReportsSent": st.reports_sent,
+        "healthy": st.problems.is_empty(),
+        "problems": st.problems,
+    })
+}
+
+impl MrouteSocket {
+    fn vif_count_or_default(&self, vif: u16) -> crate::mroute::VifCount {
+        use crate::mroute::Mroute;
+        self.vif_count(vif).unwrap_or_default()
+    }
+}
+
+/// Runs the agent until SIGTERM/SIGINT.
+pub fn run(opts: Options) -> Result<(), AgentError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| AgentError::Io {
+            what: "tokio runtime".into(),
+            source: e,
+        })?;
+    let state = start(&opts)?;
+    rt.block_on(serve(state, opts.period.unwrap_or(Duration::from_secs(2))))
+}
+
+struct Fd(RawFd);
+impl AsRawFd for Fd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+async fn serve(state: State, period: Duration) -> Result<(), AgentError> {
+    use tokio::io::unix::AsyncFd;
+    use tokio::signal::unix::{signal, SignalKind};
+
+    let sock_path = state.cfg.agent_socket();
+    let metrics_addr = state.cfg.metrics_address.clone();
+    let fd = state.mroute_fd();
+    let state = Arc::new(Mutex::new(state));
+    let io_err = |what: &str| {
+        let what = what.to_owned();
+        move |source| AgentError::Io { what, source }
+    };
+
+    let status_task = tokio::spawn(status::serve(sock_path.clone(), state.clone()));
+    let metrics_task = if metrics_addr.is_empty() {
+        None
+    } else {
+        let listener = tokio::net::TcpListener::bind(&metrics_addr)
+            .await
+            .map_err(io_err(&format!("metrics address {metrics_addr}")))?;
+        tracing::info!("metrics on http://{metrics_addr}/metrics");
+        Some(tokio::spawn(metrics::serve(listener, state.clone())))
+    };
+
+    // SAFETY: the fd belongs to the router's MrouteSocket, which lives in
+    // `state` until after `upcalls` is dropped below; it is never replaced.
+    let upcalls = unsafe { AsyncFd::register_with_interest(Fd(fd), tokio::io::Interest::READABLE) }
+        .map_err(|e| io_err("multicast routing socket")(e.into_parts().1))?;
+    let mut hup = signal(SignalKind::hangup()).map_err(io_err("SIGHUP handler"))?;
+    let mut term = signal(SignalKind::terminate()).map_err(io_err("SIGTERM handler"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(io_err("SIGINT handler"))?;
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    loop {
+        tokio::select! {
+            r = upcalls.readable() => {
+                let mut guard = r.map_err(io_err("multicast routing socket"))?;
+                handle_upcalls(&mut state.lock().unwrap());
+                guard.clear_ready();
+            }
+            _ = tick.tick() => {
+                let st = state.clone();
+                let _ = tokio::task::spawn_blocking(move || reconcile(&mut st.lock().unwrap())).await;
+            }
+            _ = hup.recv() => {
+                let st = state.clone();
+                let _ = tokio::task::spawn_blocking(move || reload(&mut st.lock().unwrap())).await;
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    status_task.abort();
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
+    drop(upcalls);
+    shutdown(&mut state.lock().unwrap());
+    Ok(())
+}
