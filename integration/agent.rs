@@ -29,12 +29,13 @@ fn receivers(
 }
 
 /// Sends `n` numbered datagrams and returns, per receiver, how often each number arrived.
-fn send_and_count(
-    from_ns: &str,
-    local: Ipv4Addr,
-    ttl: u32,
-    group: Ipv4Addr,
-    port: u16,
+/// Where numbered datagrams come from: a namespace, the local address to
+/// send from, and the TTL.
+pub struct Sender<'a>(pub &'a str, pub Ipv4Addr, pub u32);
+
+pub fn send_and_count(
+    Sender(from_ns, local, ttl): Sender,
+    (group, port): (Ipv4Addr, u16),
     n: u32,
     rx: &BTreeMap<String, UdpSocket>,
     tag: &str,
@@ -97,7 +98,13 @@ fn ttl1_rtps_arrives_exactly_once_everywhere_and_other_groups_stay_local() {
         SPDP,
         port,
     );
-    let got = send_and_count(&a1.ns, ip_of(a1), 1, SPDP, port, 5, &rx, "from-a1");
+    let got = send_and_count(
+        Sender(&a1.ns, ip_of(a1), 1),
+        (SPDP, port),
+        5,
+        &rx,
+        "from-a1",
+    );
     for (name, seen) in &got {
         assert_eq!(
             seen,
@@ -116,7 +123,13 @@ fn ttl1_rtps_arrives_exactly_once_everywhere_and_other_groups_stay_local() {
         SPDP,
         port,
     );
-    let got = send_and_count(&lap, LAPTOP_IP, 1, SPDP, port, 5, &rx, "from-laptop");
+    let got = send_and_count(
+        Sender(&lap, LAPTOP_IP, 1),
+        (SPDP, port),
+        5,
+        &rx,
+        "from-laptop",
+    );
     for (name, seen) in &got {
         assert_eq!(seen, &exactly_once(5), "laptop -> {name}: exactly once");
     }
@@ -134,11 +147,8 @@ fn ttl1_rtps_arrives_exactly_once_everywhere_and_other_groups_stay_local() {
             port,
         );
         let got = send_and_count(
-            &a1.ns,
-            ip_of(a1),
-            ttl,
-            OTHER,
-            port,
+            Sender(&a1.ns, ip_of(a1), ttl),
+            (OTHER, port),
             3,
             &rx,
             &format!("other-{ttl}"),

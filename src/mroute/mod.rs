@@ -390,10 +390,13 @@ pub mod fake {
     use std::cell::RefCell;
     use std::collections::HashMap;
 
+    /// (source, group) -> (parent VIF, [(out VIF, TTL threshold)])
+    pub type MfcTable = BTreeMap<(Ipv4Addr, Ipv4Addr), (u16, Vec<(u16, u8)>)>;
+
     #[derive(Default)]
     pub struct FakeMroute {
         pub vifs: BTreeMap<u16, u32>,
-        pub mfc: BTreeMap<(Ipv4Addr, Ipv4Addr), (u16, Vec<(u16, u8)>)>,
+        pub mfc: MfcTable,
         pub counts: RefCell<HashMap<(Ipv4Addr, Ipv4Addr), SgCount>>,
         pub fail_add_mfc: bool,
     }
@@ -648,9 +651,10 @@ mod tests {
     #[test]
     fn kernel_errors_are_reported_not_recorded() {
         let mut r = router();
-        let mut k = FakeMroute::default();
-        k.fail_add_mfc = true;
-        r.kernel = k;
+        r.kernel = FakeMroute {
+            fail_add_mfc: true,
+            ..Default::default()
+        };
         r.vifs = vec![
             Vif {
                 name: "eth0".into(),
