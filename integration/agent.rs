@@ -345,3 +345,284 @@ fn agent_reports_membership_on_the_uplink_and_answers_queries() {
         ros2_cni::lab::testbed::ns_sh(&node.ns, &["ip", "maddr", "show", "dev", "eth0"]).unwrap();
     assert!(!members.contains("239.255.0.1"), "{members}");
 }
+
+/// Seconds until the first TTL-1 SPDP datagram sent every 100 ms from `from`
+/// reaches `to`, or None within `limit`.
+fn first_arrival(from: &Pod, to: &Pod, limit: Duration) -> Option<f64> {
+    let rx = mcast_receiver(&to.ns, SPDP, 7400, ip_of(to)).unwrap();
+    let tx = mcast_sender(&from.ns, ip_of(from), 1).unwrap();
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        tx.send_to(b"probe", (SPDP, 7400)).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        if !drain(&rx).is_empty() {
+            return Some(start.elapsed().as_secs_f64());
+        }
+    }
+    None
+}
+
+fn plugin_status(tb: &Testbed, node: usize) -> ros2_cni::lab::testbed::PluginRun {
+    let n = tb.node(node);
+    let conf = tb.ros2cni_conf(n, "1.1.0", &json!({}));
+    tb.run_plugin(
+        n,
+        &tb.opts.plugin,
+        &[("CNI_COMMAND", "STATUS"), ("CNI_PATH", "/usr/lib/cni")],
+        &conf,
+    )
+    .unwrap()
+}
+
+#[test]
+fn kill_9_and_restart_keeps_unicast_and_restores_multicast_within_2s() {
+    let tb = bed(2);
+    let agent1 = tb.start_agent(tb.node(1), &json!({})).unwrap();
+    tb.start_agent(tb.node(2), &json!({})).unwrap();
+    let a1 = tb.add_pod(&spec("a1", 1)).unwrap();
+    let b1 = tb.add_pod(&spec("b1", 2)).unwrap();
+    assert!(
+        first_arrival(&a1, &b1, Duration::from_secs(2)).is_some(),
+        "multicast works before the kill"
+    );
+    assert!(plugin_status(&tb, 1).success);
+
+    // unicast a1 -> b1, 20 pings a second, across the kill and the restart
+    let pinger = tb
+        .spawn(
+            &a1.ns,
+            &[
+                "ping",
+                "-n",
+                "-q",
+                "-i",
+                "0.05",
+                "-c",
+                "80",
+                "-W",
+                "1",
+                &ip_of(&b1).to_string(),
+            ],
+            "unicast",
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    tb.kill(agent1);
+    let st = plugin_status(&tb, 1);
+    assert_eq!(
+        st.code(),
+        Some(51),
+        "STATUS reports the dead agent: {}",
+        st.stdout
+    );
+    let mroutes = ros2_cni::lab::testbed::ns_sh(&tb.node(1).ns, &["ip", "mroute", "show"]).unwrap();
+    assert!(
+        mroutes.trim().is_empty(),
+        "the kernel flushed the dead agent's routes: {mroutes}"
+    );
+    assert!(
+        first_arrival(&a1, &b1, Duration::from_millis(800)).is_none(),
+        "no multicast routing while the agent is down"
+    );
+
+    let t0 = std::time::Instant::now();
+    tb.start_agent(tb.node(1), &json!({})).unwrap();
+    let up = t0.elapsed().as_secs_f64();
+    first_arrival(&a1, &b1, Duration::from_secs(5)).expect("multicast comes back");
+    let total = t0.elapsed().as_secs_f64();
+    eprintln!("agent answering {up:.2} s after restart; first forwarded datagram {total:.2} s after restart");
+    assert!(
+        total <= 2.0,
+        "multicast must be back within 2 s of the restart (took {total:.2} s)"
+    );
+    assert!(plugin_status(&tb, 1).success, "STATUS healthy again");
+    assert_eq!(tb.agent_status(tb.node(1)).unwrap()["restarts"], 1);
+
+    let _ = tb.wait_exit(pinger, Duration::from_secs(10));
+    let out = tb.log("unicast");
+    assert!(
+        out.contains("80 packets transmitted, 80 received"),
+        "unicast never broke:\n{out}"
+    );
+}
+
+#[test]
+fn sighup_reloads_and_sigterm_keeps_pods_connected() {
+    let tb = bed(2);
+    let agent1 = tb.start_agent(tb.node(1), &json!({})).unwrap();
+    tb.start_agent(tb.node(2), &json!({})).unwrap();
+    let a1 = tb.add_pod(&spec("a1", 1)).unwrap();
+    let b1 = tb.add_pod(&spec("b1", 2)).unwrap();
+    let n1 = tb.node(1);
+    let groups = |ns: &str| -> Vec<String> {
+        let j = ros2_cni::lab::testbed::nft_json(ns, &["set", "ip", "ros2_cni", "groups"]).unwrap();
+        let mut out = vec![];
+        for item in j["nftables"].as_array().unwrap() {
+            for e in item["set"]["elem"].as_array().into_iter().flatten() {
+                out.push(e.as_str().unwrap_or_default().to_owned());
+            }
+        }
+        out
+    };
+    assert_eq!(groups(&n1.ns), vec!["239.255.0.1"]);
+    // add a group and reload
+    tb.agent_config(n1, &json!({"groups": ["239.255.0.1", "239.255.0.2"]}))
+        .unwrap();
+    tb.signal(agent1, nix::sys::signal::Signal::SIGHUP);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut g = groups(&n1.ns);
+    g.sort();
+    assert_eq!(
+        g,
+        vec!["239.255.0.1", "239.255.0.2"],
+        "reload applied the new group to the TTL rule"
+    );
+    let st = tb.agent_status(n1).unwrap();
+    assert_eq!(st["reloads"], 1);
+    assert_eq!(st["groups"], json!(["239.255.0.1", "239.255.0.2"]));
+    // a broken config file is refused and the agent keeps running
+    std::fs::write(n1.data_dir.join("agent.json"), b"{not json").unwrap();
+    tb.signal(agent1, nix::sys::signal::Signal::SIGHUP);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        tb.agent_status(n1).unwrap()["reloads"],
+        1,
+        "bad reload ignored"
+    );
+
+    tb.signal(agent1, nix::sys::signal::Signal::SIGTERM);
+    let exit = tb
+        .wait_exit(agent1, Duration::from_secs(3))
+        .expect("the agent exits on SIGTERM");
+    assert!(
+        exit.success(),
+        "clean exit: {exit:?}\n{}",
+        tb.log("agent-n1")
+    );
+    let tables = ros2_cni::lab::testbed::ns_sh(&n1.ns, &["nft", "list", "tables"]).unwrap();
+    assert!(
+        !tables.contains("table ip ros2_cni"),
+        "the agent-only TTL table is gone: {tables}"
+    );
+    assert!(
+        tables.contains("table bridge ros2_cni"),
+        "pod-facing anti-spoofing stays: {tables}"
+    );
+    assert!(
+        !n1.data_dir.join("ros2-cni/agent.sock").exists(),
+        "socket removed"
+    );
+    let st = node_state(&tb, 1);
+    assert!(
+        st.proxies.contains(&format!("{} eth0", ip_of(&a1))),
+        "proxy ARP entry stays"
+    );
+    assert!(
+        ros2_cni::lab::testbed::ping(&b1.ns, ip_of(&a1)),
+        "unicast to the pod still works without the agent"
+    );
+}
+
+#[test]
+fn start_order_does_not_matter_and_lost_state_comes_back() {
+    let tb = bed(2);
+    // node 1: the agent first, on a node that has never seen a pod
+    let n1 = tb.node(1);
+    tb.start_agent(n1, &json!({})).unwrap();
+    let tables = ros2_cni::lab::testbed::ns_sh(&n1.ns, &["nft", "list", "tables"]).unwrap();
+    assert!(
+        tables.contains("table bridge ros2_cni") && tables.contains("table ip ros2_cni"),
+        "{tables}"
+    );
+    assert!(
+        node_state(&tb, 1).links.contains("ros2br0"),
+        "the agent made the bridge"
+    );
+    // node 2: the plugin first, the agent later
+    let b1 = tb.add_pod(&spec("b1", 2)).unwrap();
+    tb.start_agent(tb.node(2), &json!({})).unwrap();
+    let a1 = tb.add_pod(&spec("a1", 1)).unwrap();
+    assert!(
+        first_arrival(&a1, &b1, Duration::from_secs(2)).is_some(),
+        "a1 -> b1"
+    );
+    assert!(
+        first_arrival(&b1, &a1, Duration::from_secs(2)).is_some(),
+        "b1 -> a1"
+    );
+    // someone flushes our tables: the agent puts them back within a reconcile period
+    ros2_cni::lab::testbed::ns_sh(&n1.ns, &["nft", "delete", "table", "ip", "ros2_cni"]).unwrap();
+    ros2_cni::lab::testbed::ns_sh(
+        &n1.ns,
+        &["nft", "flush", "chain", "bridge", "ros2_cni", "pod_in"],
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    let rules = ros2_cni::lab::testbed::ns_sh(&n1.ns, &["nft", "list", "ruleset"]).unwrap();
+    assert!(
+        rules.contains("ros2-cni v1 rtps-ttl") && rules.contains("ros2-cni v1 pod-drop"),
+        "{rules}"
+    );
+    assert!(
+        guard_elements(&n1.ns)
+            .iter()
+            .any(|e| e.ends_with(&ip_of(&a1).to_string())),
+        "pod elements survive a rule repair"
+    );
+    assert!(
+        first_arrival(&a1, &b1, Duration::from_secs(2)).is_some(),
+        "TTL-1 forwarding works again"
+    );
+}
+
+#[test]
+fn two_hundred_fifty_pods_on_one_node_all_receive_discovery() {
+    let tb = bed(1);
+    tb.start_agent(tb.node(1), &json!({})).unwrap();
+    let specs: Vec<_> = (0..250).map(|i| spec(&format!("m{i}"), 1)).collect();
+    let pods: Vec<Pod> = std::thread::scope(|s| {
+        let chunks: Vec<_> = specs
+            .chunks(32)
+            .map(|c| {
+                s.spawn(|| {
+                    c.iter()
+                        .map(|sp| tb.add_pod(sp).unwrap())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        chunks.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(pods.len(), 250);
+    let rx: Vec<UdpSocket> = pods
+        .iter()
+        .map(|p| mcast_receiver(&p.ns, SPDP, 7400, ip_of(p)).unwrap())
+        .collect();
+    let lap = tb.laptop.clone().unwrap();
+    let tx = mcast_sender(&lap, LAPTOP_IP, 1).unwrap();
+    for i in 0..3 {
+        tx.send_to(format!("spdp-{i}").as_bytes(), (SPDP, 7400))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let missing: Vec<&str> = pods
+        .iter()
+        .zip(&rx)
+        .filter(|(_, s)| drain(s).len() != 3)
+        .map(|(p, _)| p.name.as_str())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of 250 pods missed discovery traffic: {missing:?}",
+        missing.len()
+    );
+    assert_eq!(
+        tb.agent_status(tb.node(1)).unwrap()["vifs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2,
+        "one bridge VIF serves them all"
+    );
+}

@@ -4,4 +4,5 @@
 
 mod agent;
 mod common;
+mod dds;
 mod plugin;

@@ -228,6 +228,18 @@ pub fn sweep_stale(family: &str) {
         let pid: Option<u32> = rest.split('-').next().and_then(|p| p.parse().ok());
         if let Some(pid) = pid {
             if !pid_alive(pid) {
+                // processes left inside (agents, DDS) would keep it alive
+                if let Ok(pids) = sh(&["ip", "netns", "pids", name]) {
+                    for p in pids
+                        .split_whitespace()
+                        .filter_map(|p| p.parse::<i32>().ok())
+                    {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(p),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                }
                 let _ = sh(&["ip", "netns", "del", name]);
             }
         }
