@@ -57,7 +57,11 @@ fn l(pairs: &[(&str, String)]) -> Labels {
 impl prometheus_client::collector::Collector for Collector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let st = self.0.lock().unwrap();
-        let fwd = st.router.forwarded();
+        let fwd = st
+            .router
+            .as_ref()
+            .map(|r| r.forwarded())
+            .unwrap_or_default();
         let mut pkts = vec![];
         let mut bytes = vec![];
         for ((g, d), (p, b)) in &fwd {
@@ -80,7 +84,7 @@ impl prometheus_client::collector::Collector for Collector {
             "RTPS multicast bytes forwarded, per group and direction",
             &bytes,
         )?;
-        let (not_rtps, wrong_if) = st.router.dropped();
+        let (not_rtps, wrong_if) = st.router.as_ref().map_or((0, 0), |r| r.dropped());
         counter(
             &mut enc,
             "ros2cni_dropped_packets",
@@ -107,7 +111,7 @@ impl prometheus_client::collector::Collector for Collector {
             &mut enc,
             "ros2cni_multicast_routes",
             "Multicast routes installed in the kernel",
-            st.router.len() as i64,
+            st.router.as_ref().map_or(0, |r| r.len()) as i64,
         )?;
         gauge(
             &mut enc,

@@ -1,9 +1,13 @@
 //! The node agent: `ros2-cni agent --config FILE [--node NAME]`.
 //!
-//! One per robot computer. It owns the namespace's IPv4 multicast routing for
-//! the RTPS groups (VIFs: uplink and node bridge), the TTL 1 → 2 rule for those
-//! groups, group membership on the uplink (for IGMP-snooping switches), and it
-//! re-creates whatever node-wide state the plugin relies on if it goes missing.
+//! One per robot computer. On a routed-mode node it owns the namespace's IPv4
+//! multicast routing for the RTPS groups (VIFs: uplink and node bridge), the
+//! TTL 1 → 2 rule for those groups and group membership on the uplink (for
+//! IGMP-snooping switches). On a macvlan-mode node pods are on the wire and L2
+//! already carries their multicast, so it routes nothing (forwarding as well
+//! would duplicate every packet) and serves health, status and metrics. Either
+//! way it re-creates whatever node-wide state the plugin relies on if it goes
+//! missing.
 //!
 //! Restart-safe: everything is derived from the config, the kernel and the
 //! data dir. Killed with -9, the kernel drops its multicast routes (the routing
@@ -18,6 +22,7 @@ pub mod metrics;
 pub mod status;
 
 use crate::config::{Config, Mode};
+use crate::dataplane::macvlan::{ensure_shim, refuse_wireless};
 use crate::dataplane::routed::{ensure_bridge, resolve_uplink};
 use crate::firewall::{self, nfnl::Nfnl};
 use crate::mroute::socket::{Incoming, MrouteSocket};
@@ -65,9 +70,11 @@ pub struct State {
     pub cfg: Config,
     pub config_path: PathBuf,
     pub node: Option<String>,
-    pub router: Router<MrouteSocket>,
+    /// The multicast router (routed mode only).
+    pub router: Option<Router<MrouteSocket>>,
     pub uplink: Link,
-    pub bridge: Link,
+    /// The node device pods are reached through: bridge or macvlan shim.
+    pub node_dev: Link,
     pub started: SystemTime,
     pub restarts: u64,
     pub pods: usize,
@@ -81,8 +88,8 @@ pub struct State {
 }
 
 impl State {
-    pub fn mroute_fd(&self) -> RawFd {
-        self.router.kernel().raw_fd()
+    pub fn mroute_fd(&self) -> Option<RawFd> {
+        self.router.as_ref().map(|r| r.kernel().raw_fd())
     }
 }
 
@@ -92,21 +99,25 @@ fn setup_err(e: impl std::fmt::Display) -> AgentError {
 
 /// Loads the config the agent runs with.
 pub fn load_config(path: &Path, node: Option<&str>) -> Result<Config, AgentError> {
-    let cfg = Config::from_file(path, node).map_err(|e| AgentError::Config(e.to_string()))?;
-    if cfg.mode == Mode::Macvlan {
-        return Err(AgentError::Config(
-            "mode \"macvlan\" is not supported by this agent version".into(),
-        ));
-    }
-    Ok(cfg)
+    Config::from_file(path, node).map_err(|e| AgentError::Config(e.to_string()))
 }
 
-/// Node-wide state the plugin relies on, created if missing; returns (uplink, bridge).
+/// Node-wide state the plugin relies on, created if missing; returns
+/// (uplink, node device).
 fn ensure_node(cfg: &Config) -> Result<(Link, Link), AgentError> {
     let mut nl = Handle::new().map_err(setup_err)?;
     let uplink = resolve_uplink(&mut nl, cfg)?;
-    let bridge = ensure_bridge(&mut nl, &cfg.bridge, &uplink.name)?;
     let mut nf = Nfnl::new().map_err(setup_err)?;
+    if cfg.mode == Mode::Macvlan {
+        let shim = ensure_shim(&mut nl, &uplink)?;
+        // a node switched from routed mode must not keep raising TTLs
+        if firewall::remove_ttl_rule(&mut nf).map_err(setup_err)? {
+            tracing::info!("macvlan mode: removed the RTPS TTL rule");
+        }
+        refuse_wireless(cfg, &uplink.name)?;
+        return Ok((uplink, shim));
+    }
+    let bridge = ensure_bridge(&mut nl, &cfg.bridge, &uplink.name)?;
     if firewall::ensure_table(&mut nf, &firewall::pod_guard_spec()).map_err(setup_err)? {
         tracing::info!("created the anti-spoofing table bridge {}", firewall::TABLE);
     }
@@ -159,22 +170,24 @@ fn pods_attached(data_dir: &Path) -> usize {
 pub fn start(opts: &Options) -> Result<State, AgentError> {
     let cfg = load_config(&opts.config, opts.node.as_deref())?;
     cfg.pool().map_err(|e| AgentError::Config(e.msg))?;
-    let (uplink, bridge) = ensure_node(&cfg)?;
-    let sock = MrouteSocket::open().map_err(AgentError::Mroute)?;
-    let mut router = Router::new(sock, cfg.groups.clone());
-    router
-        .set_vifs(vifs_for(&uplink, &bridge))
-        .map_err(AgentError::Mroute)?;
+    let (uplink, node_dev) = ensure_node(&cfg)?;
+    let router = match cfg.mode {
+        Mode::Routed => {
+            let sock = MrouteSocket::open().map_err(AgentError::Mroute)?;
+            let mut router = Router::new(sock, cfg.groups.clone());
+            router
+                .set_vifs(vifs_for(&uplink, &node_dev))
+                .map_err(AgentError::Mroute)?;
+            tracing::info!(groups = ?cfg.groups, "routing RTPS multicast between {} and {}", uplink.name, node_dev.name);
+            Some(router)
+        }
+        Mode::Macvlan => {
+            tracing::info!("macvlan mode: pods are on the wire, multicast needs no routing here");
+            None
+        }
+    };
     let restarts = count_start(&cfg.data_dir);
-    tracing::info!(
-        uplink = %uplink.name,
-        bridge = %bridge.name,
-        groups = ?cfg.groups,
-        restarts,
-        "routing RTPS multicast between {} and {}",
-        uplink.name,
-        bridge.name
-    );
+    tracing::info!(uplink = %uplink.name, node_dev = %node_dev.name, restarts, "agent started");
     Ok(State {
         pods: pods_attached(&cfg.data_dir),
         cfg,
@@ -182,7 +195,7 @@ pub fn start(opts: &Options) -> Result<State, AgentError> {
         node: opts.node.clone(),
         router,
         uplink,
-        bridge,
+        node_dev,
         started: SystemTime::now(),
         restarts,
         spoofed_drops: 0,
@@ -202,8 +215,9 @@ pub const REPORT_INTERVAL: Duration = Duration::from_secs(60);
 /// Announces membership of the RTPS groups on the uplink so IGMP-snooping
 /// switches deliver them to this node.
 pub fn report_groups(st: &mut State) {
+    let Some(router) = &st.router else { return };
     for g in st.cfg.groups.clone() {
-        match st.router.kernel().send_report(st.uplink.index, g) {
+        match router.kernel().send_report(st.uplink.index, g) {
             Ok(()) => st.reports_sent += 1,
             Err(e) => tracing::warn!(group = %g, "IGMP report on {}: {e}", st.uplink.name),
         }
@@ -214,7 +228,10 @@ pub fn report_groups(st: &mut State) {
 /// Reads and applies every pending upcall.
 pub fn handle_upcalls(st: &mut State) {
     loop {
-        match st.router.kernel().read() {
+        let Some(router) = st.router.as_mut() else {
+            return;
+        };
+        match router.kernel().read() {
             Ok(Some(Incoming::Query { ifindex, group })) => {
                 let answer = ifindex == st.uplink.index
                     && (group.is_unspecified() || st.cfg.groups.contains(&group));
@@ -223,7 +240,7 @@ pub fn handle_upcalls(st: &mut State) {
                     report_groups(st);
                 }
             }
-            Ok(Some(Incoming::Upcall(up))) => match st.router.handle(up, Instant::now()) {
+            Ok(Some(Incoming::Upcall(up))) => match router.handle(up, Instant::now()) {
                 Ok(Decision::Forward { parent, oifs }) => tracing::debug!(
                     src = %up.src, group = %up.group, parent, ?oifs, "multicast route added"
                 ),
@@ -251,18 +268,19 @@ pub fn handle_upcalls(st: &mut State) {
 pub fn reconcile(st: &mut State) {
     let mut problems = vec![];
     match ensure_node(&st.cfg) {
-        Ok((uplink, bridge)) => {
-            let want = vifs_for(&uplink, &bridge);
-            match st.router.set_vifs(want) {
-                Ok(true) => {
-                    tracing::info!(uplink = %uplink.name, bridge = %bridge.name, "interfaces changed: multicast routes rebuilt");
-                    st.last_report = None;
+        Ok((uplink, node_dev)) => {
+            if let Some(router) = st.router.as_mut() {
+                match router.set_vifs(vifs_for(&uplink, &node_dev)) {
+                    Ok(true) => {
+                        tracing::info!(uplink = %uplink.name, bridge = %node_dev.name, "interfaces changed: multicast routes rebuilt");
+                        st.last_report = None;
+                    }
+                    Ok(false) => {}
+                    Err(e) => problems.push(format!("multicast VIFs: {e}")),
                 }
-                Ok(false) => {}
-                Err(e) => problems.push(format!("multicast VIFs: {e}")),
             }
             st.uplink = uplink;
-            st.bridge = bridge;
+            st.node_dev = node_dev;
         }
         Err(e) => problems.push(e.to_string()),
     }
@@ -279,9 +297,8 @@ pub fn reconcile(st: &mut State) {
         report_groups(st);
     }
     if now.duration_since(st.last_expire) >= Duration::from_secs(10) {
-        let n = st
-            .router
-            .expire(now, Duration::from_secs(st.cfg.mfc_idle_seconds));
+        let idle = Duration::from_secs(st.cfg.mfc_idle_seconds);
+        let n = st.router.as_mut().map_or(0, |r| r.expire(now, idle));
         if n > 0 {
             tracing::debug!("expired {n} idle multicast route(s)");
         }
@@ -306,8 +323,15 @@ pub fn reconcile(st: &mut State) {
 /// SIGHUP: re-read the config and apply it; on error keep the running one.
 pub fn reload(st: &mut State) {
     match load_config(&st.config_path, st.node.as_deref()) {
+        Ok(cfg) if cfg.mode != st.cfg.mode => tracing::error!(
+            "reload refused: the mode changed from {} to {}; restart the agent to switch modes",
+            st.cfg.mode.as_str(),
+            cfg.mode.as_str()
+        ),
         Ok(cfg) => {
-            st.router.set_groups(cfg.groups.clone());
+            if let Some(r) = st.router.as_mut() {
+                r.set_groups(cfg.groups.clone());
+            }
             st.cfg = cfg;
             st.reloads += 1;
             st.last_report = None; // report the (new) groups at once
@@ -320,14 +344,16 @@ pub fn reload(st: &mut State) {
 
 /// SIGTERM: remove what only the agent needs; keep pod-facing state.
 pub fn shutdown(st: &mut State) {
-    st.router.flush();
-    if let Ok(mut nf) = Nfnl::new() {
-        if let Err(e) = firewall::remove_ttl_rule(&mut nf) {
-            tracing::warn!("removing the TTL rule: {e}");
+    if let Some(router) = st.router.as_mut() {
+        router.flush();
+        if let Ok(mut nf) = Nfnl::new() {
+            if let Err(e) = firewall::remove_ttl_rule(&mut nf) {
+                tracing::warn!("removing the TTL rule: {e}");
+            }
         }
-    }
-    for g in st.cfg.groups.clone() {
-        let _ = st.router.kernel().send_leave(st.uplink.index, g);
+        for g in st.cfg.groups.clone() {
+            let _ = router.kernel().send_leave(st.uplink.index, g);
+        }
     }
     let _ = std::fs::remove_file(st.cfg.agent_socket());
     tracing::info!("stopped; pods keep their interfaces and unicast connectivity");
@@ -341,32 +367,35 @@ fn unix_secs(t: SystemTime) -> u64 {
 
 /// The status document served on the agent socket.
 pub fn status_json(st: &State) -> Value {
-    let vifs: Vec<Value> = st
-        .router
-        .vifs()
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            let c = st.router.kernel().vif_count_or_default(i as u16);
-            json!({"vif": i, "name": v.name, "ifindex": v.ifindex,
-                   "role": match v.role { Role::Uplink => "uplink", Role::Pods => "pods" },
-                   "inPackets": c.in_packets, "outPackets": c.out_packets})
-        })
-        .collect();
-    let forwarded: Vec<Value> = st
-        .router
-        .forwarded()
-        .into_iter()
-        .map(|((g, d), (p, b))| json!({"group": g, "direction": d.as_str(), "packets": p, "bytes": b}))
-        .collect();
-    let (not_rtps, wrong_if) = st.router.dropped();
+    let (vifs, routes, forwarded, (not_rtps, wrong_if)) = match &st.router {
+        None => (vec![], vec![], vec![], (0, 0)),
+        Some(r) => (
+            r.vifs()
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let c = r.kernel().vif_count_or_default(i as u16);
+                    json!({"vif": i, "name": v.name, "ifindex": v.ifindex,
+                           "role": match v.role { Role::Uplink => "uplink", Role::Pods => "pods" },
+                           "inPackets": c.in_packets, "outPackets": c.out_packets})
+                })
+                .collect::<Vec<_>>(),
+            r.routes(),
+            r.forwarded()
+                .into_iter()
+                .map(|((g, d), (p, b))| json!({"group": g, "direction": d.as_str(), "packets": p, "bytes": b}))
+                .collect::<Vec<_>>(),
+            r.dropped(),
+        ),
+    };
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "pid": std::process::id(),
         "node": st.cfg.node_name.clone().or_else(|| st.node.clone()),
         "mode": st.cfg.mode.as_str(),
         "uplink": st.uplink.name,
-        "bridge": st.bridge.name,
+        "nodeDevice": st.node_dev.name,
+        "routing": st.router.is_some(),
         "subnet": st.cfg.subnet.to_string(),
         "pool": st.cfg.pool.map(|p| p.to_string()),
         "groups": st.cfg.groups,
@@ -375,7 +404,7 @@ pub fn status_json(st: &State) -> Value {
         "reloads": st.reloads,
         "pods": st.pods,
         "vifs": vifs,
-        "routes": st.router.routes(),
+        "routes": routes,
         "forwarded": forwarded,
         "dropped": {"notRtps": not_rtps, "wrongInterface": wrong_if, "spoofed": st.spoofed_drops},
         "ttlRaised": st.ttl_raised,
@@ -438,8 +467,13 @@ async fn serve(state: State, period: Duration) -> Result<(), AgentError> {
 
     // SAFETY: the fd belongs to the router's MrouteSocket, which lives in
     // `state` until after `upcalls` is dropped below; it is never replaced.
-    let upcalls = unsafe { AsyncFd::register_with_interest(Fd(fd), tokio::io::Interest::READABLE) }
-        .map_err(|e| io_err("multicast routing socket")(e.into_parts().1))?;
+    let upcalls = match fd {
+        Some(fd) => Some(
+            unsafe { AsyncFd::register_with_interest(Fd(fd), tokio::io::Interest::READABLE) }
+                .map_err(|e| io_err("multicast routing socket")(e.into_parts().1))?,
+        ),
+        None => None,
+    };
     let mut hup = signal(SignalKind::hangup()).map_err(io_err("SIGHUP handler"))?;
     let mut term = signal(SignalKind::terminate()).map_err(io_err("SIGTERM handler"))?;
     let mut int = signal(SignalKind::interrupt()).map_err(io_err("SIGINT handler"))?;
@@ -448,7 +482,7 @@ async fn serve(state: State, period: Duration) -> Result<(), AgentError> {
 
     loop {
         tokio::select! {
-            r = upcalls.readable() => {
+            r = async { upcalls.as_ref().expect("guarded").readable().await }, if upcalls.is_some() => {
                 let mut guard = r.map_err(io_err("multicast routing socket"))?;
                 handle_upcalls(&mut state.lock().unwrap());
                 guard.clear_ready();

@@ -5,13 +5,18 @@
 //! reverse. DEL and GC undo all steps of a recorded attachment, tolerating
 //! whatever is already gone. One teardown function per step serves both.
 
+pub mod macvlan;
 pub mod routed;
 
-use crate::cni::{CniError, Result};
+use crate::cni::{CniError, Code, Result};
 use crate::config::{Config, Mode};
 use crate::firewall::nfnl::Nfnl;
 use crate::ipam::Attachment;
-use crate::netlink::{Handle, Netns};
+use crate::netlink::{format_mac, parse_mac, Handle, Link, Netns};
+use std::net::Ipv4Addr;
+
+/// The route every attached pod gets for multicast.
+pub const MULTICAST_NET: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 0);
 
 /// One piece of per-pod state, in the order ADD creates it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,13 +122,200 @@ pub trait Dataplane {
 
     /// The steps of this mode, in ADD order.
     fn steps(&self) -> &'static [Step];
+
+    /// The node device pods are reached through (bridge or shim).
+    fn node_dev<'a>(&self, cfg: &'a Config) -> &'a str;
 }
 
 pub fn for_mode(mode: Mode) -> &'static dyn Dataplane {
     match mode {
         Mode::Routed => &routed::Routed,
-        Mode::Macvlan => &routed::Routed,
+        Mode::Macvlan => &macvlan::Macvlan,
     }
+}
+
+// ---- steps every mode shares ----
+
+fn node_link(node: &mut Handle, name: &str, what: &str) -> Result<Link> {
+    if name.is_empty() {
+        return Err(CniError::kernel(format!("{what} is not recorded")));
+    }
+    node.link_by_name(name)?
+        .ok_or_else(|| CniError::kernel(format!("{what} {name} is missing")))
+}
+
+/// Applies one of the steps all modes share; Ok(false) if `step` is not one.
+pub(crate) fn apply_common(
+    k: &mut Kernel,
+    pod: &mut Handle,
+    req: &AddRequest,
+    att: &mut Attachment,
+    step: Step,
+) -> Result<bool> {
+    let mac = parse_mac(&att.mac).expect("attachment MAC is ours");
+    match step {
+        Step::PodConfig => {
+            let l = pod.link_by_name(&att.pod_if)?.ok_or_else(|| {
+                CniError::kernel(format!("{} did not appear in the pod", att.pod_if))
+            })?;
+            pod.set_no_ipv6_addresses(l.index)?;
+            pod.add_address(l.index, att.ip, att.prefix_len)?;
+            pod.set_up(l.index)?;
+            pod.replace_route(MULTICAST_NET, 4, l.index)?;
+        }
+        Step::PrimaryMulticastOff => {
+            if !req.cfg.primary_multicast {
+                let l = pod.link_by_name(req.primary_if)?.ok_or_else(|| {
+                    CniError::new(
+                        Code::InvalidEnv,
+                        format!(
+                            "CNI_IFNAME: the pod has no interface \"{}\"",
+                            req.primary_if
+                        ),
+                    )
+                })?;
+                if l.has_multicast() {
+                    pod.set_multicast(l.index, false)?;
+                    att.cleared_multicast = true;
+                }
+            }
+        }
+        Step::HostRoute => {
+            let node = k.node()?;
+            let dev = node_link(node, &att.node_dev, "node device")?;
+            node.replace_route(att.ip, 32, dev.index)?;
+        }
+        Step::HostNeigh => {
+            let node = k.node()?;
+            let dev = node_link(node, &att.node_dev, "node device")?;
+            node.add_permanent_neigh(att.ip, mac, dev.index)?;
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// Undoes one of the shared steps; Ok(false) if `step` is not one.
+pub(crate) fn undo_common(
+    k: &mut Kernel,
+    pod: Option<&mut Handle>,
+    att: &Attachment,
+    step: Step,
+) -> Result<bool> {
+    match step {
+        Step::PodConfig => {} // goes with the link
+        Step::PrimaryMulticastOff => {
+            if let (true, Some(pod)) = (att.cleared_multicast, pod) {
+                if let Some(l) = pod.link_by_name(&att.ifname)? {
+                    pod.set_multicast(l.index, true)?;
+                }
+            }
+        }
+        Step::HostRoute => {
+            let node = k.node()?;
+            if let Some(dev) = node.link_by_name(&att.node_dev)? {
+                node.delete_route(att.ip, 32, dev.index)?;
+            }
+        }
+        Step::HostNeigh => {
+            let node = k.node()?;
+            if let Some(dev) = node.link_by_name(&att.node_dev)? {
+                node.delete_neigh(att.ip, dev.index)?;
+            }
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// What CHECK verifies for every mode: the pod's interface, address, routes
+/// and primary MULTICAST flag; the node's route and neighbour entry.
+pub(crate) fn check_common(
+    k: &mut Kernel,
+    pod: &mut Handle,
+    cfg: &Config,
+    att: &Attachment,
+) -> Result<Vec<String>> {
+    let mut diffs = vec![];
+    let mac = parse_mac(&att.mac).unwrap_or_default();
+    match pod.link_by_name(&att.pod_if)? {
+        None => diffs.push(format!("pod interface {} is missing", att.pod_if)),
+        Some(l) => {
+            if !l.is_up() {
+                diffs.push(format!("pod interface {} is down", att.pod_if));
+            }
+            if l.mac != Some(mac) {
+                diffs.push(format!(
+                    "pod interface {} has MAC {}, expected {}",
+                    att.pod_if,
+                    l.mac.map(|m| format_mac(&m)).unwrap_or_default(),
+                    att.mac
+                ));
+            }
+            let addrs = pod.addresses4(l.index)?;
+            if !addrs.contains(&(att.ip, att.prefix_len)) {
+                diffs.push(format!(
+                    "pod interface {} lacks address {}/{} (has {:?})",
+                    att.pod_if, att.ip, att.prefix_len, addrs
+                ));
+            }
+            let routes = pod.routes4()?;
+            let has = |dst: Ipv4Addr, len: u8| {
+                routes
+                    .iter()
+                    .any(|r| r.dst == dst && r.prefix_len == len && r.oif == Some(l.index))
+            };
+            if !has(MULTICAST_NET, 4) {
+                diffs.push(format!(
+                    "pod route 224.0.0.0/4 dev {} is missing",
+                    att.pod_if
+                ));
+            }
+            if !has(cfg.subnet.network(), cfg.subnet.prefix_len()) {
+                diffs.push(format!(
+                    "pod route {} dev {} is missing",
+                    cfg.subnet, att.pod_if
+                ));
+            }
+        }
+    }
+    if !cfg.primary_multicast {
+        if let Some(l) = pod.link_by_name(&att.ifname)? {
+            if l.has_multicast() {
+                diffs.push(format!(
+                    "pod interface {} has the MULTICAST flag (primaryMulticast is false)",
+                    att.ifname
+                ));
+            }
+        }
+    }
+    let node = k.node()?;
+    match node.link_by_name(&att.node_dev)? {
+        None => diffs.push(format!("node device {} is missing", att.node_dev)),
+        Some(dev) => {
+            let routes = node.routes4()?;
+            if !routes
+                .iter()
+                .any(|r| r.dst == att.ip && r.prefix_len == 32 && r.oif == Some(dev.index))
+            {
+                diffs.push(format!(
+                    "node route {}/32 dev {} is missing",
+                    att.ip, att.node_dev
+                ));
+            }
+            let neighs = node.neighbours4(false)?;
+            if !neighs
+                .iter()
+                .any(|n| n.ip == att.ip && n.ifindex == dev.index && n.mac == Some(mac))
+            {
+                diffs.push(format!(
+                    "node neighbour {} lladdr {} dev {} is missing",
+                    att.ip, att.mac, att.node_dev
+                ));
+            }
+        }
+    }
+    Ok(diffs)
 }
 
 pub fn for_attachment(att: &Attachment) -> &'static dyn Dataplane {

@@ -12,17 +12,15 @@
 //! - the `bridge ros2_cni` table drops frames from a pod port unless they carry
 //!   that pod's MAC and address.
 
-use super::{AddRequest, Dataplane, Kernel, Step};
+use super::{apply_common, check_common, undo_common, AddRequest, Dataplane, Kernel, Step};
 use crate::cni::{CniError, Code, Result};
 use crate::config::Config;
 use crate::firewall;
 use crate::ipam::Attachment;
-use crate::netlink::{format_mac, parse_mac, sysctl, Handle, Link};
+use crate::netlink::{parse_mac, sysctl, Handle, Link};
 use std::net::Ipv4Addr;
 
 pub struct Routed;
-
-pub const MULTICAST_NET: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 0);
 
 /// Resolves and checks the uplink: configured or the default-route interface,
 /// present, with an address in `subnet` that is outside every pool.
@@ -123,14 +121,17 @@ pub fn ensure_bridge(node: &mut Handle, bridge: &str, uplink: &str) -> Result<Li
     if !is(format!("net/ipv4/conf/{bridge}/forwarding"), "1")
         || !is(format!("net/ipv4/conf/{bridge}/proxy_arp"), "1")
     {
-        node.enable_ipv4_conf(link.index, true, true)?;
+        node.set_ipv4_conf(link.index, |c| {
+            c.forwarding = 1;
+            c.proxy_arp = 1;
+        })?;
     }
     if !is(format!("net/ipv4/neigh/{bridge}/proxy_delay"), "0") {
         node.set_proxy_delay(link.index, 0)?;
     }
     // uplink: forward, and answer the LAN's ARP for our pods (proxy entries) at once
     if !is(format!("net/ipv4/conf/{uplink}/forwarding"), "1") {
-        node.enable_ipv4_conf(up.index, true, false)?;
+        node.set_ipv4_conf(up.index, |c| c.forwarding = 1)?;
     }
     if !is(format!("net/ipv4/neigh/{uplink}/proxy_delay"), "0") {
         node.set_proxy_delay(up.index, 0)?;
@@ -152,6 +153,10 @@ impl Dataplane for Routed {
         ]
     }
 
+    fn node_dev<'a>(&self, cfg: &'a Config) -> &'a str {
+        &cfg.bridge
+    }
+
     fn preflight(&self, k: &mut Kernel, cfg: &Config) -> Result<String> {
         Ok(resolve_uplink(k.node()?, cfg)?.name)
     }
@@ -168,14 +173,16 @@ impl Dataplane for Routed {
         att: &mut Attachment,
         step: Step,
     ) -> Result<()> {
-        let cfg = req.cfg;
+        if apply_common(k, pod, req, att, step)? {
+            return Ok(());
+        }
         let mac = parse_mac(&att.mac).expect("attachment MAC is ours");
         match step {
             Step::Link => {
                 let node = k.node()?;
-                let br = node
-                    .link_by_name(&att.bridge)?
-                    .ok_or_else(|| CniError::kernel(format!("bridge {} is missing", att.bridge)))?;
+                let br = link_of(node, &att.node_dev)?.ok_or_else(|| {
+                    CniError::kernel(format!("bridge {} is missing", att.node_dev))
+                })?;
                 let mtu = node.link_by_name(&att.uplink)?.and_then(|l| l.mtu);
                 node.create_veth(&att.host_if, br.index, &att.pod_if, mac, req.netns, mtu)
                     .map_err(|e| {
@@ -198,44 +205,6 @@ impl Dataplane for Routed {
                 node.set_no_ipv6_addresses(h.index)?;
                 node.set_up(h.index)?;
             }
-            Step::PodConfig => {
-                let l = pod.link_by_name(&att.pod_if)?.ok_or_else(|| {
-                    CniError::kernel(format!("{} did not appear in the pod", att.pod_if))
-                })?;
-                pod.set_no_ipv6_addresses(l.index)?;
-                pod.add_address(l.index, att.ip, att.prefix_len)?;
-                pod.set_up(l.index)?;
-                pod.replace_route(MULTICAST_NET, 4, l.index)?;
-            }
-            Step::PrimaryMulticastOff => {
-                if !cfg.primary_multicast {
-                    let l = pod.link_by_name(req.primary_if)?.ok_or_else(|| {
-                        CniError::new(
-                            Code::InvalidEnv,
-                            format!(
-                                "CNI_IFNAME: the pod has no interface \"{}\"",
-                                req.primary_if
-                            ),
-                        )
-                    })?;
-                    if l.has_multicast() {
-                        pod.set_multicast(l.index, false)?;
-                        att.cleared_multicast = true;
-                    }
-                }
-            }
-            Step::HostRoute => {
-                let node = k.node()?;
-                let br = link_of(node, &att.bridge)?
-                    .ok_or_else(|| CniError::kernel(format!("bridge {} is missing", att.bridge)))?;
-                node.replace_route(att.ip, 32, br.index)?;
-            }
-            Step::HostNeigh => {
-                let node = k.node()?;
-                let br = link_of(node, &att.bridge)?
-                    .ok_or_else(|| CniError::kernel(format!("bridge {} is missing", att.bridge)))?;
-                node.add_permanent_neigh(att.ip, mac, br.index)?;
-            }
             Step::ProxyNeigh => {
                 let node = k.node()?;
                 let up = link_of(node, &att.uplink)?
@@ -245,6 +214,7 @@ impl Dataplane for Routed {
             Step::Guard => {
                 firewall::allow_pod(k.nf()?, &att.host_if, mac, att.ip)?;
             }
+            other => unreachable!("routed mode has no step {other:?}"),
         }
         Ok(())
     }
@@ -256,31 +226,14 @@ impl Dataplane for Routed {
         att: &Attachment,
         step: Step,
     ) -> Result<()> {
-        let mac = parse_mac(&att.mac);
+        if undo_common(k, pod, att, step)? {
+            return Ok(());
+        }
         match step {
             Step::Link => {
                 k.node()?.delete_link_by_name(&att.host_if)?;
             }
-            Step::PodConfig | Step::HostPort => {} // go with the link
-            Step::PrimaryMulticastOff => {
-                if let (true, Some(pod)) = (att.cleared_multicast, pod) {
-                    if let Some(l) = pod.link_by_name(&att.ifname)? {
-                        pod.set_multicast(l.index, true)?;
-                    }
-                }
-            }
-            Step::HostRoute => {
-                let node = k.node()?;
-                if let Some(br) = link_of(node, &att.bridge)? {
-                    node.delete_route(att.ip, 32, br.index)?;
-                }
-            }
-            Step::HostNeigh => {
-                let node = k.node()?;
-                if let Some(br) = link_of(node, &att.bridge)? {
-                    node.delete_neigh(att.ip, br.index)?;
-                }
-            }
+            Step::HostPort => {} // goes with the link
             Step::ProxyNeigh => {
                 let node = k.node()?;
                 if let Some(up) = link_of(node, &att.uplink)? {
@@ -288,10 +241,11 @@ impl Dataplane for Routed {
                 }
             }
             Step::Guard => {
-                if let Some(mac) = mac {
+                if let Some(mac) = parse_mac(&att.mac) {
                     firewall::forget_pod(k.nf()?, &att.host_if, mac, att.ip)?;
                 }
             }
+            other => unreachable!("routed mode has no step {other:?}"),
         }
         Ok(())
     }
@@ -303,99 +257,24 @@ impl Dataplane for Routed {
         cfg: &Config,
         att: &Attachment,
     ) -> Result<Vec<String>> {
-        let mut diffs = vec![];
+        let mut diffs = check_common(k, pod, cfg, att)?;
         let mac = parse_mac(&att.mac).unwrap_or_default();
-        // the pod
-        match pod.link_by_name(&att.pod_if)? {
-            None => diffs.push(format!("pod interface {} is missing", att.pod_if)),
-            Some(l) => {
-                if !l.is_up() {
-                    diffs.push(format!("pod interface {} is down", att.pod_if));
-                }
-                if l.mac != Some(mac) {
-                    diffs.push(format!(
-                        "pod interface {} has MAC {}, expected {}",
-                        att.pod_if,
-                        l.mac.map(|m| format_mac(&m)).unwrap_or_default(),
-                        att.mac
-                    ));
-                }
-                let addrs = pod.addresses4(l.index)?;
-                if !addrs.contains(&(att.ip, att.prefix_len)) {
-                    diffs.push(format!(
-                        "pod interface {} lacks address {}/{} (has {:?})",
-                        att.pod_if, att.ip, att.prefix_len, addrs
-                    ));
-                }
-                let routes = pod.routes4()?;
-                let has = |dst: Ipv4Addr, len: u8| {
-                    routes
-                        .iter()
-                        .any(|r| r.dst == dst && r.prefix_len == len && r.oif == Some(l.index))
-                };
-                if !has(MULTICAST_NET, 4) {
-                    diffs.push(format!(
-                        "pod route 224.0.0.0/4 dev {} is missing",
-                        att.pod_if
-                    ));
-                }
-                if !has(cfg.subnet.network(), cfg.subnet.prefix_len()) {
-                    diffs.push(format!(
-                        "pod route {} dev {} is missing",
-                        cfg.subnet, att.pod_if
-                    ));
-                }
-            }
-        }
-        if !cfg.primary_multicast {
-            if let Some(l) = pod.link_by_name(&att.ifname)? {
-                if l.has_multicast() {
-                    diffs.push(format!(
-                        "pod interface {} has the MULTICAST flag (primaryMulticast is false)",
-                        att.ifname
-                    ));
-                }
-            }
-        }
-        // the node
         let node = k.node()?;
-        let br = node.link_by_name(&att.bridge)?;
-        match (&br, node.link_by_name(&att.host_if)?) {
-            (_, None) => diffs.push(format!("host interface {} is missing", att.host_if)),
-            (None, _) => diffs.push(format!("bridge {} is missing", att.bridge)),
-            (Some(br), Some(h)) => {
-                if h.controller != Some(br.index) {
-                    diffs.push(format!(
-                        "host interface {} is not a port of {}",
-                        att.host_if, att.bridge
-                    ));
-                }
-                if !h.is_up() {
-                    diffs.push(format!("host interface {} is down", att.host_if));
-                }
-            }
-        }
-        if let Some(br) = &br {
-            let routes = node.routes4()?;
-            if !routes
-                .iter()
-                .any(|r| r.dst == att.ip && r.prefix_len == 32 && r.oif == Some(br.index))
-            {
+        if let (Some(br), Some(h)) = (
+            node.link_by_name(&att.node_dev)?,
+            node.link_by_name(&att.host_if)?,
+        ) {
+            if h.controller != Some(br.index) {
                 diffs.push(format!(
-                    "node route {}/32 dev {} is missing",
-                    att.ip, att.bridge
+                    "host interface {} is not a port of {}",
+                    att.host_if, att.node_dev
                 ));
             }
-            let neighs = node.neighbours4(false)?;
-            if !neighs
-                .iter()
-                .any(|n| n.ip == att.ip && n.ifindex == br.index && n.mac == Some(mac))
-            {
-                diffs.push(format!(
-                    "node neighbour {} lladdr {} dev {} is missing",
-                    att.ip, att.mac, att.bridge
-                ));
+            if !h.is_up() {
+                diffs.push(format!("host interface {} is down", att.host_if));
             }
+        } else if node.link_by_name(&att.host_if)?.is_none() {
+            diffs.push(format!("host interface {} is missing", att.host_if));
         }
         match node.link_by_name(&att.uplink)? {
             None => diffs.push(format!("uplink {} is missing", att.uplink)),

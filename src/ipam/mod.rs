@@ -58,9 +58,10 @@ pub struct Attachment {
     /// Host side of the veth (routed mode); empty in macvlan mode.
     #[serde(default)]
     pub host_if: String,
-    /// The node bridge (routed mode) the host veth joined.
+    /// The node device the pod is reached through: the bridge (routed
+    /// mode) or the macvlan shim (macvlan mode).
     #[serde(default)]
-    pub bridge: String,
+    pub node_dev: String,
     /// The node's LAN interface at ADD time (proxy ARP entry, macvlan parent).
     #[serde(default)]
     pub uplink: String,
@@ -326,7 +327,7 @@ mod tests {
             prefix_len: 24,
             mac: String::new(),
             host_if: String::new(),
-            bridge: String::new(),
+            node_dev: String::new(),
             uplink: String::new(),
             mode: "routed".into(),
             cleared_multicast: false,

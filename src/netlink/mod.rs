@@ -91,6 +91,8 @@ pub struct Link {
     pub flags: LinkFlags,
     pub mac: Option<[u8; 6]>,
     pub controller: Option<u32>,
+    /// IFLA_LINK: the parent of a macvlan or the peer index of a veth.
+    pub parent: Option<u32>,
     pub kind: Option<String>,
     pub mtu: Option<u32>,
 }
@@ -111,6 +113,7 @@ impl Link {
             flags: m.header.flags,
             mac: None,
             controller: None,
+            parent: None,
             kind: None,
             mtu: None,
         };
@@ -123,6 +126,7 @@ impl Link {
                     l.mac = Some(mac);
                 }
                 LinkAttribute::Controller(c) => l.controller = Some(c),
+                LinkAttribute::Link(p) => l.parent = Some(p),
                 LinkAttribute::Mtu(v) => l.mtu = Some(v),
                 LinkAttribute::LinkInfo(infos) => {
                     for i in infos {
@@ -462,18 +466,13 @@ impl Handle {
         }
     }
 
-    /// Turns on IPv4 `forwarding` and/or `proxy_arp` for one link (never off):
-    /// netlink instead of /proc/sys, so it works where /proc/sys is read-only
-    /// (an unprivileged container with CAP_NET_ADMIN).
-    pub fn enable_ipv4_conf(
-        &mut self,
-        index: u32,
-        forwarding: bool,
-        proxy_arp: bool,
-    ) -> Result<()> {
+    /// Sets IPv4 devconf values of one link; `set` fills in the non-zero
+    /// ones (zero means "leave alone": the kernel API cannot tell them apart).
+    /// Netlink instead of /proc/sys, so it works where /proc/sys is
+    /// read-only (an unprivileged container with CAP_NET_ADMIN).
+    pub fn set_ipv4_conf(&mut self, index: u32, set: impl FnOnce(&mut InetDevConf)) -> Result<()> {
         let mut conf = InetDevConf::default();
-        conf.forwarding = forwarding as i32;
-        conf.proxy_arp = proxy_arp as i32;
+        set(&mut conf);
         let mut m = LinkMessage::default();
         m.header.index = index;
         m.attributes

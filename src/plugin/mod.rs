@@ -224,8 +224,11 @@ fn add(cfg: &Config, env: &Env, raw: &Value, version: Version) -> Result<Output>
             ip,
             prefix_len: cfg.prefix_len(),
             mac: format_mac(&pod_mac(ip)),
-            host_if: host_veth_name(&env.container_id, &env.ifname),
-            bridge: cfg.bridge.clone(),
+            host_if: match cfg.mode {
+                crate::config::Mode::Routed => host_veth_name(&env.container_id, &env.ifname),
+                crate::config::Mode::Macvlan => String::new(),
+            },
+            node_dev: dp.node_dev(cfg).to_owned(),
             uplink: uplink.clone(),
             mode: cfg.mode.as_str().into(),
             cleared_multicast: false,
