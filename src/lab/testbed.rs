@@ -265,6 +265,9 @@ pub struct Testbed {
     pub laptop: Option<String>,
     namespaces: Mutex<Vec<String>>,
     children: Mutex<Vec<Child>>,
+    /// Per-node ros2-cni settings (e.g. `{"mode": "macvlan"}`), merged into
+    /// every conflist entry and agent config of that node.
+    node_config: Mutex<std::collections::HashMap<usize, Value>>,
     keep: bool,
 }
 
@@ -282,6 +285,7 @@ impl Testbed {
             laptop: None,
             namespaces: Mutex::new(vec![]),
             children: Mutex::new(vec![]),
+            node_config: Mutex::new(Default::default()),
             keep: false,
         };
         tb.build()?;
@@ -507,6 +511,11 @@ impl Testbed {
         })
     }
 
+    /// Settings for every ros2-cni entry and agent of node `idx` from now on.
+    pub fn set_node_config(&self, idx: usize, cfg: Value) {
+        self.node_config.lock().unwrap().insert(idx, cfg);
+    }
+
     /// The ros2-cni conflist entry for `node`.
     pub fn ros2cni_conf(&self, node: &Node, version: &str, extra: &Value) -> Value {
         let mut c = json!({
@@ -521,8 +530,9 @@ impl Testbed {
             "logFile": node.data_dir.join("ros2-cni.log"),
             "logLevel": "debug",
         });
-        if let Some(m) = extra.as_object() {
-            for (k, v) in m {
+        let node_cfg = self.node_config.lock().unwrap().get(&node.idx).cloned();
+        for layer in [node_cfg.as_ref(), Some(extra)].into_iter().flatten() {
+            for (k, v) in layer.as_object().into_iter().flatten() {
                 if v.is_null() {
                     c.as_object_mut().unwrap().remove(k);
                 } else {
@@ -552,8 +562,23 @@ impl Testbed {
         env: &[(&str, &str)],
         stdin: &[u8],
     ) -> Result<PluginRun> {
+        self.run_plugin_wrapped(node, &[], plugin, env, stdin)
+    }
+
+    /// Like `run_plugin_bytes`, with `wrapper` (a command and its arguments
+    /// that end by running the plugin given as the last argument) in between.
+    pub fn run_plugin_wrapped(
+        &self,
+        node: &Node,
+        wrapper: &[&str],
+        plugin: &Path,
+        env: &[(&str, &str)],
+        stdin: &[u8],
+    ) -> Result<PluginRun> {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &node.ns]).arg(plugin);
+        cmd.args(["netns", "exec", &node.ns])
+            .args(wrapper)
+            .arg(plugin);
         cmd.env_clear();
         cmd.env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
         for (k, v) in env {
