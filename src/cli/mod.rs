@@ -1,6 +1,8 @@
 //! The command-line tool (`ros2-cni <subcommand>`). Each subcommand lives in
 //! its own module; this file only parses and dispatches.
 
+mod install;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -18,11 +20,21 @@ struct Cli {
 enum Cmd {
     /// Print the version and the CNI spec versions supported.
     Version,
+    /// Copy the binary into the CNI bin dir and chain a ros2-cni entry into the
+    /// conflist the runtime loads (idempotent; refuses layouts it does not understand).
+    Install(install::InstallArgs),
+    /// Remove the conflist entry (restoring the owner's bytes) and the binary.
+    Uninstall(install::UninstallArgs),
 }
 
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    if matches!(cli.command, Cmd::Install(_) | Cmd::Uninstall(_)) {
+        ros2_cni::logging::init_stderr(ros2_cni::config::LogFormat::Human, "info");
+    }
     let r: anyhow::Result<i32> = match cli.command {
+        Cmd::Install(a) => install::install(a),
+        Cmd::Uninstall(a) => install::uninstall(a),
         Cmd::Version => {
             println!(
                 "ros2-cni {} (CNI {})",
