@@ -295,12 +295,13 @@ mod tests {
                 .contains("ros2-cni")
         };
         wait_for("first apply", Duration::from_secs(2), has);
-        assert_eq!(w.applied(), 1);
+        wait_for("counter 1", Duration::from_secs(2), || w.applied() == 1);
         // calico-style: temp + rename
         let tmp = conf.join("calico.tmp");
         std::fs::write(&tmp, CALICO).unwrap();
         std::fs::rename(&tmp, &f).unwrap();
         wait_for("re-apply after rename", Duration::from_secs(2), has);
+        wait_for("counter 2", Duration::from_secs(2), || w.applied() == 2);
         // in place
         std::fs::write(&f, CALICO).unwrap();
         wait_for("re-apply after write", Duration::from_secs(2), has);
