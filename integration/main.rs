@@ -3,4 +3,5 @@
 //! They need root (CI runs as root).
 
 mod common;
+mod install;
 mod plugin;
