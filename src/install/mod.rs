@@ -22,7 +22,8 @@
 //! use ros2_cni::install::{Entry, Target, Watcher, WatchOptions};
 //! # fn main() -> Result<(), ros2_cni::install::InstallError> {
 //! let entry = Entry::from_config_file("/etc/ros2-cni/config.json".as_ref(), Some("robot-1"))?;
-//! let target = Target::new("/var/snap/microk8s/current/args/cni-network", entry);
+//! let target = Target::new("/var/snap/microk8s/current/args/cni-network", entry)
+//!     .with_binary("/var/snap/microk8s/current/opt/cni/bin", std::env::current_exe().unwrap());
 //! let watcher = Watcher::spawn(target, WatchOptions::default())?;
 //! // ... on SIGTERM:
 //! watcher.stop();
@@ -204,6 +205,10 @@ pub struct Target {
     pub entry: Entry,
     /// Backup and state directory (default `<dataDir>/install`).
     pub state_dir: PathBuf,
+    /// The binary to keep in a bin dir: `(bin_dir, source)`. Only the
+    /// [`Watcher`] uses it (an entry without its binary makes every pod
+    /// creation on the node fail, not just the opted-in ones).
+    pub binary: Option<(PathBuf, PathBuf)>,
 }
 
 impl Target {
@@ -214,7 +219,19 @@ impl Target {
             conf_file: None,
             entry,
             state_dir,
+            binary: None,
         }
+    }
+
+    /// Also keep `source` (normally `std::env::current_exe()`) installed as
+    /// `<bin_dir>/ros2-cni`.
+    pub fn with_binary(
+        mut self,
+        bin_dir: impl Into<PathBuf>,
+        source: impl Into<PathBuf>,
+    ) -> Target {
+        self.binary = Some((bin_dir.into(), source.into()));
+        self
     }
 }
 

@@ -10,7 +10,7 @@
 //! directory). Our own writes come back as events too; they find the entry in
 //! place and change nothing, so there is no loop.
 
-use super::{apply, Change, InstallError, Target};
+use super::{apply, install_binary, Change, InstallError, Target, BINARY_NAME};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use std::os::fd::AsFd;
@@ -71,10 +71,18 @@ const MASK: AddWatchFlags = AddWatchFlags::IN_CREATE
     .union(AddWatchFlags::IN_MOVE_SELF)
     .union(AddWatchFlags::IN_ONLYDIR);
 
+/// The bin dir: only our own name matters there.
+const BIN_MASK: AddWatchFlags = AddWatchFlags::IN_DELETE
+    .union(AddWatchFlags::IN_MOVED_FROM)
+    .union(AddWatchFlags::IN_MOVED_TO)
+    .union(AddWatchFlags::IN_CLOSE_WRITE)
+    .union(AddWatchFlags::IN_ONLYDIR);
+
 impl Watcher {
-    /// Starts watching `target.conf_dir`, applies the entry once right away,
-    /// then again within `debounce` of every change. Fails only if inotify
-    /// cannot be set up on the conf dir.
+    /// Starts watching `target.conf_dir` (and the bin dir of
+    /// `target.binary`), applies the entry once right away, then again within
+    /// `debounce` of every change. Fails only if inotify cannot be set up on
+    /// those directories.
     pub fn spawn(target: Target, opts: WatchOptions) -> Result<Watcher, InstallError> {
         let inotify =
             Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(|e| {
@@ -87,12 +95,20 @@ impl Watcher {
         let wd = inotify
             .add_watch(&target.conf_dir, MASK)
             .map_err(|e| InstallError::io("cannot watch", &target.conf_dir, e.into()))?;
+        let bin_wd = match &target.binary {
+            Some((bin_dir, _)) => Some(
+                inotify
+                    .add_watch(bin_dir, BIN_MASK)
+                    .map_err(|e| InstallError::io("cannot watch", bin_dir, e.into()))?,
+            ),
+            None => None,
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(WatchStats::default());
         let (s, st) = (stop.clone(), stats.clone());
         let thread = std::thread::Builder::new()
             .name("ros2-cni-install-watch".into())
-            .spawn(move || run(inotify, Some(wd), target, opts, s, st))
+            .spawn(move || run(inotify, Some(wd), bin_wd, target, opts, s, st))
             .map_err(|e| {
                 InstallError::io("cannot start the watcher thread for", Path::new(""), e)
             })?;
@@ -148,6 +164,7 @@ fn is_conf_name(name: &std::ffi::OsStr) -> bool {
 fn run(
     inotify: Inotify,
     mut wd: Option<WatchDescriptor>,
+    bin_wd: Option<WatchDescriptor>,
     target: Target,
     opts: WatchOptions,
     stop: Arc<AtomicBool>,
@@ -185,9 +202,13 @@ fn run(
                     {
                         lost = true;
                     }
-                    if ev.mask.contains(AddWatchFlags::IN_Q_OVERFLOW)
-                        || ev.name.as_deref().is_some_and(is_conf_name)
-                    {
+                    let name = ev.name.as_deref();
+                    let ours = if bin_wd.is_some() && Some(ev.wd) == bin_wd {
+                        name.is_some_and(|n| n == BINARY_NAME)
+                    } else {
+                        name.is_some_and(is_conf_name)
+                    };
+                    if ev.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) || ours {
                         relevant = true;
                     }
                 }
@@ -219,6 +240,24 @@ fn run(
         }
         due = None;
         next_resync = now + opts.resync;
+        if let Some((bin_dir, source)) = &target.binary {
+            match install_binary(bin_dir, source) {
+                Ok(true) => {
+                    stats.applied.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(
+                        dest = %bin_dir.join(BINARY_NAME).display(),
+                        "{} the ros2-cni binary",
+                        if first { "installed" } else { "re-installed" }
+                    );
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!("cannot keep the ros2-cni binary in place: {e}");
+                    due = Some(Instant::now() + opts.retry);
+                }
+            }
+        }
         match apply(&target) {
             Ok(a) if a.change == Change::Unchanged => {
                 stats.unchanged.fetch_add(1, Ordering::Relaxed);
@@ -320,6 +359,40 @@ mod tests {
         std::fs::write(&f, CALICO).unwrap();
         std::thread::sleep(Duration::from_millis(400));
         assert!(!has(), "a stopped watcher must not write");
+    }
+
+    #[test]
+    fn keeps_the_binary_in_place() {
+        let t = TempDir::new("watch-bin");
+        let conf = t.path().join("conf");
+        let bin = t.path().join("bin");
+        std::fs::create_dir(&conf).unwrap();
+        std::fs::create_dir(&bin).unwrap();
+        std::fs::write(conf.join("10-calico.conflist"), CALICO).unwrap();
+        std::os::unix::fs::symlink("/usr/lib/cni/ptp", bin.join("ptp")).unwrap();
+        let src = t.path().join("ros2-cni-src");
+        std::fs::write(&src, b"binary v1").unwrap();
+        let target =
+            Target::new(&conf, entry(&t.path().join("data"), "robot-base")).with_binary(&bin, &src);
+        let w = Watcher::spawn(target, WatchOptions::default()).unwrap();
+        let dest = bin.join("ros2-cni");
+        let present = || std::fs::read(&dest).is_ok_and(|b| b == b"binary v1");
+        wait_for("first install", Duration::from_secs(2), present);
+        std::fs::remove_file(&dest).unwrap();
+        let el = wait_for("re-install after delete", Duration::from_secs(2), present);
+        assert!(el < Duration::from_secs(2));
+        assert_eq!(
+            std::fs::read_link(bin.join("ptp")).unwrap(),
+            Path::new("/usr/lib/cni/ptp")
+        );
+        // an unrelated name in the bin dir does not trigger anything (after
+        // the echo of our own write has settled)
+        std::thread::sleep(Duration::from_millis(400));
+        let before = w.stats().unchanged.load(Ordering::Relaxed);
+        std::fs::write(bin.join("other"), b"x").unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+        assert_eq!(w.stats().unchanged.load(Ordering::Relaxed), before);
+        w.stop();
     }
 
     #[test]
