@@ -65,7 +65,7 @@ case "$mode" in
     target_stage=prebuilt
     ;;
   vendor)
-    cargo vendor --locked --versioned-dirs "$ctx/vendor" >/dev/null
+    cargo vendor --quiet --locked --versioned-dirs "$ctx/vendor" >/dev/null
     ;;
 esac
 
