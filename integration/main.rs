@@ -5,5 +5,6 @@
 mod agent;
 mod common;
 mod dds;
+mod install;
 mod macvlan;
 mod plugin;

@@ -200,6 +200,9 @@ fn connectivity(version: &str) {
         "the rule counted the macvlan frames it dropped"
     );
     for ns in [mv1, mv2] {
+        // delete the macvlan first: that is synchronous, while a namespace
+        // is torn down in the background and its links may still send
+        sh(&["ip", "-n", &ns, "link", "del", "net1"]).unwrap();
         tb.remove_ns(&ns).unwrap();
     }
     tb.set_wifi(true).unwrap(); // reset the counters, with only ros2-cni pods left

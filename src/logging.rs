@@ -39,9 +39,11 @@ pub fn init_plugin(log_file: Option<&Path>, level: &str) {
 
 /// The agent and the CLI log to stderr, human-readable or JSON.
 pub fn init_stderr(format: LogFormat, level: &str) {
+    use std::io::IsTerminal;
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter(level))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     let _ = match format {
         LogFormat::Human => b.try_init(),

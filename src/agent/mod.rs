@@ -63,6 +63,57 @@ pub struct Options {
     pub node: Option<String>,
     /// Reconcile period (default 2 s).
     pub period: Option<Duration>,
+    /// Keep the conflist entry (and the binary) installed while running.
+    pub install: Option<InstallHook>,
+}
+
+/// `--cni-conf-dir`, `--cni-bin-dir`, `--uninstall-on-exit`.
+#[derive(Debug, Clone, Default)]
+pub struct InstallHook {
+    pub conf_dir: PathBuf,
+    pub bin_dir: Option<PathBuf>,
+    pub uninstall_on_exit: bool,
+}
+
+impl InstallHook {
+    /// Starts the watcher that re-applies the entry whenever the conflist's
+    /// owner (calico-node's install-cni) rewrites it.
+    fn watch(&self, opts: &Options) -> Result<crate::install::Watcher, AgentError> {
+        use crate::install::{Entry, Target, WatchOptions, Watcher};
+        let entry = Entry::from_config_file(&opts.config, opts.node.as_deref())
+            .map_err(|e| AgentError::Config(e.to_string()))?;
+        let mut target = Target::new(&self.conf_dir, entry);
+        if let Some(bin) = &self.bin_dir {
+            let exe = std::env::current_exe().map_err(|e| AgentError::Io {
+                what: "locating the running binary".into(),
+                source: e,
+            })?;
+            target = target.with_binary(bin, exe);
+        }
+        Watcher::spawn(target, WatchOptions::default())
+            .map_err(|e| AgentError::Setup(e.to_string()))
+    }
+
+    fn uninstall(&self, data_dir: &Path) {
+        let u = crate::install::Uninstall {
+            conf_dir: self.conf_dir.clone(),
+            bin_dir: self.bin_dir.clone(),
+            data_dir: Some(data_dir.to_owned()),
+        };
+        match crate::install::uninstall(&u) {
+            Ok(done) => {
+                for w in &done.warnings {
+                    tracing::warn!("uninstall: {w}");
+                }
+                tracing::info!(
+                    files = done.files.len(),
+                    binary = done.binary_removed,
+                    "uninstalled the CNI entry"
+                );
+            }
+            Err(e) => tracing::error!("uninstall on exit failed: {e}"),
+        }
+    }
 }
 
 /// Everything the agent knows, behind one lock.
@@ -85,6 +136,8 @@ pub struct State {
     last_expire: Instant,
     last_report: Option<Instant>,
     reports_sent: u64,
+    /// Counters of the conflist watcher, when the agent keeps the entry installed.
+    pub install: Option<Arc<crate::install::WatchStats>>,
 }
 
 impl State {
@@ -205,6 +258,7 @@ pub fn start(opts: &Options) -> Result<State, AgentError> {
         last_expire: Instant::now(),
         last_report: None,
         reports_sent: 0,
+        install: None,
     })
 }
 
@@ -409,6 +463,10 @@ pub fn status_json(st: &State) -> Value {
         "dropped": {"notRtps": not_rtps, "wrongInterface": wrong_if, "spoofed": st.spoofed_drops},
         "ttlRaised": st.ttl_raised,
         "igmpReportsSent": st.reports_sent,
+        "install": st.install.as_ref().map(|w| {
+            use std::sync::atomic::Ordering::Relaxed;
+            json!({"applied": w.applied.load(Relaxed), "unchanged": w.unchanged.load(Relaxed), "errors": w.errors.load(Relaxed)})
+        }),
         "healthy": st.problems.is_empty(),
         "problems": st.problems,
     })
@@ -430,8 +488,21 @@ pub fn run(opts: Options) -> Result<(), AgentError> {
             what: "tokio runtime".into(),
             source: e,
         })?;
-    let state = start(&opts)?;
-    rt.block_on(serve(state, opts.period.unwrap_or(Duration::from_secs(2))))
+    let mut state = start(&opts)?;
+    let data_dir = state.cfg.data_dir.clone();
+    let watcher = match &opts.install {
+        Some(hook) => Some(hook.watch(&opts)?),
+        None => None,
+    };
+    state.install = watcher.as_ref().map(|w| w.stats_handle());
+    let r = rt.block_on(serve(state, opts.period.unwrap_or(Duration::from_secs(2))));
+    if let Some(w) = watcher {
+        w.stop();
+    }
+    if let Some(hook) = opts.install.as_ref().filter(|h| h.uninstall_on_exit) {
+        hook.uninstall(&data_dir);
+    }
+    r
 }
 
 struct Fd(RawFd);

@@ -2,6 +2,7 @@
 //! its own module; this file only parses and dispatches.
 
 mod agent;
+mod install;
 
 use clap::{Parser, Subcommand};
 
@@ -22,11 +23,21 @@ enum Cmd {
     Version,
     /// Run the node agent: route RTPS multicast between pods, robot computers and the LAN.
     Agent(agent::Args),
+    /// Copy the binary into the CNI bin dir and chain a ros2-cni entry into the
+    /// conflist the runtime loads (idempotent; refuses layouts it does not understand).
+    Install(install::InstallArgs),
+    /// Remove the conflist entry (restoring the owner's bytes) and the binary.
+    Uninstall(install::UninstallArgs),
 }
 
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    if matches!(cli.command, Cmd::Install(_) | Cmd::Uninstall(_)) {
+        ros2_cni::logging::init_stderr(ros2_cni::config::LogFormat::Human, "info");
+    }
     let r: anyhow::Result<i32> = match cli.command {
+        Cmd::Install(a) => install::install(a),
+        Cmd::Uninstall(a) => install::uninstall(a),
         Cmd::Version => {
             println!(
                 "ros2-cni {} (CNI {})",
