@@ -10,3 +10,4 @@ pub mod lab;
 pub mod logging;
 pub mod netlink;
 pub mod plugin;
+pub mod rtps;
