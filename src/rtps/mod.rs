@@ -15,6 +15,8 @@
 //! small multiple of the input's own size; errors ([`ParseError`]) name what is
 //! wrong and the byte offset (from the start of the message) where it is.
 
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod message;
 mod params;
 pub mod pcap;

@@ -62,8 +62,12 @@ pub fn user_unicast_port(domain: u32, participant: u32) -> Option<u16> {
     port(u32::from(spdp_unicast_port(domain, participant)?) + 1)
 }
 
-/// What a UDP port is for under the default mapping; `None` for ports that
-/// are not RTPS ports (below 7400, or offsets 2..=9 within a domain).
+/// What a UDP port would be for under the default mapping; `None` for ports
+/// that cannot be RTPS ports (below 7400, or offsets 2..=9 within a domain).
+///
+/// Only a guess for unicast ports: Cyclone DDS listens on ephemeral ports by
+/// default, and e.g. 44864 reads as "SPDP unicast, domain 149" (seen in the
+/// mixed-d3 fixture; Wireshark makes the same guess).
 pub fn classify_port(p: u16) -> Option<PortRole> {
     let p = u32::from(p).checked_sub(PORT_BASE)?;
     let domain = p / DOMAIN_GAIN;
@@ -83,11 +87,22 @@ pub fn classify_port(p: u16) -> Option<PortRole> {
     })
 }
 
-/// The domain of an SPDP port (multicast 7400+250d or unicast 7410+250d+2p);
-/// `None` for any other port.
+/// The domain whose SPDP multicast port is `p` (7400 + 250d); `None` for any
+/// other port. Unicast ports are left out on purpose: see [`classify_port`].
 pub fn domain_from_spdp_port(p: u16) -> Option<u32> {
     match classify_port(p)? {
-        PortRole::SpdpMulticast { domain } | PortRole::SpdpUnicast { domain, .. } => Some(domain),
+        PortRole::SpdpMulticast { domain } => Some(domain),
         _ => None,
+    }
+}
+
+/// The domain of an SPDP announcement from where it was sent: a multicast
+/// group and the port 7400 + 250d. `None` for unicast destinations, whose
+/// ports do not reliably tell the domain.
+pub fn domain_from_destination(dst: std::net::SocketAddr) -> Option<u32> {
+    if dst.ip().is_multicast() {
+        domain_from_spdp_port(dst.port())
+    } else {
+        None
     }
 }

@@ -64,7 +64,7 @@ pub struct ParticipantData {
     pub vendor_id: VendorId,
     /// From PID_PROTOCOL_VERSION, else the message header.
     pub protocol_version: ProtocolVersion,
-    /// PID_DOMAIN_ID; Cyclone DDS may omit it (see [`ParticipantData::domain`]).
+    /// PID_DOMAIN_ID; Fast DDS 2.9 omits it (see [`ParticipantData::domain`]).
     pub domain_id: Option<u32>,
     /// PID_DOMAIN_TAG.
     pub domain_tag: Option<String>,
@@ -109,12 +109,13 @@ impl ParticipantData {
         }
     }
 
-    /// The domain: PID_DOMAIN_ID if present, else derived from the UDP
-    /// destination port the announcement arrived on (7400+250d multicast,
-    /// 7410+250d+2p unicast).
-    pub fn domain(&self, udp_dst_port: u16) -> Option<u32> {
+    /// The domain: PID_DOMAIN_ID if present (Cyclone DDS sends it, Fast DDS
+    /// 2.9 does not), else derived from where the announcement was sent when
+    /// that is a multicast group on port 7400+250d
+    /// ([`ports::domain_from_destination`]); `None` otherwise.
+    pub fn domain(&self, dst: std::net::SocketAddr) -> Option<u32> {
         self.domain_id
-            .or_else(|| ports::domain_from_spdp_port(udp_dst_port))
+            .or_else(|| ports::domain_from_destination(dst))
     }
 
     /// Every locator, with the list it came from.

@@ -572,9 +572,15 @@ fn spdp_fallbacks_from_header() {
     assert_eq!(p.vendor_id, VendorId::CYCLONE);
     assert_eq!(p.protocol_version, ProtocolVersion { major: 2, minor: 3 });
     assert_eq!(p.domain_id, None);
-    assert_eq!(p.domain(7400 + 250 * 3), Some(3));
-    assert_eq!(p.domain(7410 + 250 * 3 + 4), Some(3));
-    assert_eq!(p.domain(7411), None);
+    let mc = |port: u16| std::net::SocketAddr::from(([239, 255, 0, 1], port));
+    let uc = |port: u16| std::net::SocketAddr::from(([10, 99, 0, 1], port));
+    assert_eq!(p.domain(mc(7400 + 250 * 3)), Some(3));
+    assert_eq!(p.domain(uc(7400 + 250 * 3)), None);
+    assert_eq!(p.domain(uc(7410 + 250 * 3 + 4)), None);
+    assert_eq!(p.domain(mc(7411)), None);
+    let mut with_pid = p.clone();
+    with_pid.domain_id = Some(8);
+    assert_eq!(with_pid.domain(uc(44864)), Some(8));
     assert_eq!(p.lease_duration, None);
 }
 
@@ -785,7 +791,21 @@ fn ports() {
     assert_eq!(spdp_unicast_port(0, 120), None);
     assert_eq!(domain_from_spdp_port(7400), Some(0));
     assert_eq!(domain_from_spdp_port(7650), Some(1));
-    assert_eq!(domain_from_spdp_port(7400 + 250 * 42 + 12), Some(42));
+    assert_eq!(domain_from_spdp_port(7400 + 250 * 42), Some(42));
+    // Unicast SPDP ports are not used to derive the domain.
+    assert_eq!(domain_from_spdp_port(7400 + 250 * 42 + 12), None);
+    assert_eq!(
+        domain_from_destination("239.255.0.1:7650".parse().unwrap()),
+        Some(1)
+    );
+    assert_eq!(
+        domain_from_destination("[ff02::ffff:efff:1]:7650".parse().unwrap()),
+        Some(1)
+    );
+    assert_eq!(
+        domain_from_destination("10.0.0.1:7650".parse().unwrap()),
+        None
+    );
     assert_eq!(domain_from_spdp_port(7401), None);
     assert_eq!(domain_from_spdp_port(7411), None);
     assert_eq!(domain_from_spdp_port(7405), None);
@@ -900,6 +920,7 @@ mod props {
 
     /// Everything the parser offers, exercised on one input.
     fn exercise(bytes: &[u8]) {
+        super::super::fuzzing::check(bytes);
         if let Ok(msg) = parse_message(bytes) {
             for sm in msg.submessages() {
                 assert!(sm.offset + 4 + sm.body.len() <= bytes.len());
@@ -914,7 +935,7 @@ mod props {
                 }
             }
             for p in spdp::participants(&msg).flatten() {
-                let _ = p.domain(7400);
+                let _ = p.domain(([239, 255, 0, 1], 7400).into());
                 for (_, l) in p.locators() {
                     let _ = l.to_string();
                 }
