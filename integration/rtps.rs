@@ -90,10 +90,22 @@ fn fixtures_parse_completely() {
         let mut participants = BTreeMap::new();
         let mut domains = BTreeSet::new();
         let mut kinds = BTreeSet::new();
+        let mut multicast_ttls = BTreeSet::new();
         for p in &packets {
             let msg = parse_message(p.payload)
                 .unwrap_or_else(|e| panic!("{} frame {}: {e}", f.name, p.frame));
             kinds.extend(msg.submessages().iter().map(|s| s.id));
+            // Default multicast TTLs: Fast DDS 1 (dies at the first routed
+            // hop), Cyclone DDS 32.
+            if p.dst.ip().is_multicast() {
+                let want = match msg.header.vendor_id {
+                    VendorId::FAST_DDS => 1,
+                    VendorId::CYCLONE => 32,
+                    v => panic!("{}: unexpected vendor {v}", f.name),
+                };
+                assert_eq!(p.ttl, want, "{} frame {}: multicast TTL", f.name, p.frame);
+                multicast_ttls.insert(p.ttl);
+            }
             for pd in spdp::participants(&msg) {
                 let pd = pd.unwrap_or_else(|e| panic!("{} frame {}: {e}", f.name, p.frame));
                 // Unicast announcements without PID_DOMAIN_ID tell no domain.
@@ -126,6 +138,7 @@ fn fixtures_parse_completely() {
             "{}: vendors",
             f.name
         );
+        assert!(!multicast_ttls.is_empty(), "{}: no multicast", f.name);
         // Discovery in progress: SPDP + SEDP data, heartbeats, acknacks.
         for k in [0x09u8, 0x15, 0x07, 0x06] {
             assert!(
@@ -694,4 +707,235 @@ fn fuzz_target_body_over_committed_corpus() {
         rtps::fuzzing::check(&read_pcap(name));
     }
     assert!(n >= 50, "only {n} corpus files");
+}
+
+// --- real DDS accepts our announcements -------------------------------------
+
+/// Two namespaces joined by a veth pair: `a` 10.99.0.1/24, `b` 10.99.0.2/24,
+/// with a multicast route each. Removed on drop, with whatever runs inside.
+struct Pair {
+    a: String,
+    b: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Pair {
+    fn new() -> Pair {
+        crate::common::require_root();
+        ros2_cni::lab::testbed::sweep_stale("r2h-rtps");
+        let prefix = ros2_cni::lab::testbed::unique_prefix("r2h-rtps");
+        let pair = Pair {
+            a: format!("{prefix}a"),
+            b: format!("{prefix}b"),
+        };
+        ip(&["netns", "add", &pair.a]);
+        ip(&["netns", "add", &pair.b]);
+        ip(&[
+            "-n",
+            &pair.a,
+            "link",
+            "add",
+            "r2h-rtps-va",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "r2h-rtps-vb",
+            "netns",
+            &pair.b,
+        ]);
+        for (ns, dev, addr) in [
+            (&pair.a, "r2h-rtps-va", "10.99.0.1/24"),
+            (&pair.b, "r2h-rtps-vb", "10.99.0.2/24"),
+        ] {
+            ip(&["-n", ns, "addr", "add", addr, "dev", dev]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+            ip(&["-n", ns, "route", "add", "224.0.0.0/4", "dev", dev]);
+        }
+        pair
+    }
+
+    /// Starts `cmd` inside `b`, stdout captured.
+    fn spawn_b(&self, cmd: &[&str]) -> std::process::Child {
+        Command::new("ip")
+            .args(["netns", "exec", &self.b])
+            .args(cmd)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {cmd:?}: {e}"))
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            if let Ok(o) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-KILL", pid]).status();
+                }
+            }
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+const INTEROP_DOMAIN: u32 = 9;
+
+fn require_tool(path: &str, package: &str) {
+    let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .any(|d| d.join(path).is_file());
+    assert!(
+        found,
+        "`{path}` is not installed: this test needs the Debian package {package}"
+    );
+}
+
+/// Announces `p` from namespace `a` to the SPDP group of INTEROP_DOMAIN, as
+/// `endian`, until something sends RTPS to the metatraffic unicast locator
+/// that only this announcement advertised. Returns that message's header.
+fn announce_until_answered(
+    pair: &Pair,
+    p: &spdp::ParticipantData,
+    endian: Endian,
+) -> Option<rtps::Header> {
+    let ns = ros2_cni::netlink::Netns::open(format!("/var/run/netns/{}", pair.a)).unwrap();
+    let p = p.clone();
+    ns.run(move || {
+        let listen_at = p.metatraffic_unicast_locators[0].socket_addr().unwrap();
+        let rx = std::net::UdpSocket::bind(listen_at).unwrap();
+        rx.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+            .unwrap();
+        let tx = std::net::UdpSocket::bind("10.99.0.1:0").unwrap();
+        tx.set_multicast_ttl_v4(1).unwrap();
+        let group = (
+            ports::SPDP_MULTICAST_GROUP,
+            ports::spdp_multicast_port(INTEROP_DOMAIN).unwrap(),
+        );
+        let mut buf = vec![0u8; 65_536];
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(8);
+        let mut sn = 1;
+        while std::time::Instant::now() < deadline {
+            tx.send_to(&spdp::announce_with(&p, endian, Time::now(), sn), group)
+                .unwrap();
+            sn += 1;
+            let until = std::time::Instant::now() + std::time::Duration::from_millis(400);
+            while std::time::Instant::now() < until {
+                let Ok((n, _from)) = rx.recv_from(&mut buf) else {
+                    continue;
+                };
+                if let Ok(msg) = parse_message(&buf[..n]) {
+                    if msg.header.guid_prefix != p.guid_prefix {
+                        return Some(msg.header);
+                    }
+                }
+            }
+        }
+        None
+    })
+    .unwrap()
+}
+
+/// Our participant, advertising unicast ports outside the RTPS port pattern
+/// (41230 + ...), so that only this announcement can lead a peer there.
+fn our_participant(tag: u8, port: u16) -> spdp::ParticipantData {
+    assert!(ports::classify_port(port).is_none_or(|r| !matches!(
+        r,
+        ports::PortRole::SpdpUnicast {
+            domain: INTEROP_DOMAIN,
+            ..
+        }
+    )));
+    let mut prefix = *b"\x01\xffr2cni-????";
+    prefix[8..].copy_from_slice(&(std::process::id() as u16).to_be_bytes().repeat(2));
+    prefix[11] = tag;
+    let mut p = spdp::ParticipantData::new(GuidPrefix(prefix), VendorId(0x01ff));
+    p.domain_id = Some(INTEROP_DOMAIN);
+    p.entity_name = Some(format!("ros2-cni interop {tag}"));
+    p.metatraffic_unicast_locators = vec![Locator::udp_v4(Ipv4Addr::new(10, 99, 0, 1), port)];
+    p.default_unicast_locators = vec![Locator::udp_v4(Ipv4Addr::new(10, 99, 0, 1), port + 1)];
+    p
+}
+
+#[test]
+fn fast_dds_discovers_our_announcements() {
+    crate::common::require_root();
+    require_tool("g++", "g++");
+    assert!(
+        Path::new("/usr/include/fastdds/dds/domain/DomainParticipant.hpp").exists(),
+        "Fast DDS headers are missing: this test needs the Debian package libfastrtps-dev"
+    );
+    let build = Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/fastdds/build.sh");
+    let out = Command::new(&build).output().expect("run build.sh");
+    assert!(
+        out.status.success(),
+        "build.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bin = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let pair = Pair::new();
+    let d = INTEROP_DOMAIN.to_string();
+    let mut child = pair.spawn_b(&[
+        "timeout",
+        "-s",
+        "KILL",
+        "20",
+        &bin,
+        "--domain",
+        &d,
+        "--duration",
+        "12",
+        "--rate",
+        "0",
+        "--min-matched",
+        "0",
+        "--min-received",
+        "0",
+    ]);
+    let mut answered = Vec::new();
+    for (i, endian) in [Endian::Little, Endian::Big].into_iter().enumerate() {
+        let p = our_participant(b'f' + i as u8, 41_230 + 2 * i as u16);
+        let h = announce_until_answered(&pair, &p, endian)
+            .unwrap_or_else(|| panic!("Fast DDS never answered our {endian:?} announcement"));
+        assert_eq!(h.vendor_id, VendorId::FAST_DDS);
+        answered.push(p.guid_prefix);
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for g in answered {
+        assert!(
+            stdout.lines().any(|l| l == format!("discovered {g}")),
+            "Fast DDS did not report discovering {g}:\n{stdout}"
+        );
+    }
+}
+
+#[test]
+fn cyclone_dds_discovers_our_announcements() {
+    crate::common::require_root();
+    require_tool("ddsperf", "cyclonedds-tools");
+    let pair = Pair::new();
+    let d = INTEROP_DOMAIN.to_string();
+    let mut child = pair.spawn_b(&[
+        "timeout", "-s", "KILL", "20", "ddsperf", "-i", &d, "-D", "12", "pong",
+    ]);
+    for (i, endian) in [Endian::Little, Endian::Big].into_iter().enumerate() {
+        let p = our_participant(b'c' + i as u8, 41_240 + 2 * i as u16);
+        let h = announce_until_answered(&pair, &p, endian)
+            .unwrap_or_else(|| panic!("Cyclone DDS never answered our {endian:?} announcement"));
+        assert_eq!(h.vendor_id, VendorId::CYCLONE);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
