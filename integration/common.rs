@@ -3,9 +3,7 @@
 
 #![allow(dead_code)]
 
-use ros2_cni::lab::testbed::{
-    ip_json, nft_json, sweep_stale, unique_prefix, Options, Pod, PodSpec, Testbed,
-};
+use ros2_cni::lab::testbed::{ip_json, nft_json, sweep_stale, unique_prefix, Options, Pod, PodSpec, Testbed};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -15,9 +13,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_ros2-cni");
 
 pub fn require_root() {
     if !nix::unistd::Uid::effective().is_root() {
-        panic!(
-            "the integration tests build network namespaces and need root (CI runs them as root)"
-        );
+        panic!("the integration tests build network namespaces and need root (CI runs them as root)");
     }
 }
 
@@ -74,11 +70,7 @@ pub fn guard_elements(ns: &str) -> BTreeSet<String> {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .map(|p| {
-                    p.as_str()
-                        .map(str::to_owned)
-                        .unwrap_or_else(|| p.to_string())
-                })
+                .map(|p| p.as_str().map(str::to_owned).unwrap_or_else(|| p.to_string()))
                 .collect();
             out.insert(parts.join(" "));
         }
@@ -94,10 +86,7 @@ pub fn baseline(tb: &Testbed, node: usize) -> NodeState {
     let pod = tb.add_pod(&s).expect("warm-up pod");
     tb.del_pod(&pod, &s).expect("warm-up pod DEL");
     let st = node_state(tb, node);
-    assert!(
-        st.links.contains("ros2br0"),
-        "the node bridge stays: the agent routes through it"
-    );
+    assert!(st.links.contains("ros2br0"), "the node bridge stays: the agent routes through it");
     st
 }
 
@@ -110,15 +99,9 @@ pub fn node_state(tb: &Testbed, node: usize) -> NodeState {
     let data = n.data_dir.join("ros2-cni");
     NodeState {
         links: set_of(&links, |l| l["ifname"].as_str().map(str::to_owned)),
-        routes: set_of(&routes, |r| {
-            Some(format!("{} {}", r["dst"].as_str()?, r["dev"].as_str()?))
-        }),
-        neighbours: set_of(&neigh, |r| {
-            Some(format!("{} {}", r["dst"].as_str()?, r["dev"].as_str()?))
-        }),
-        proxies: set_of(&proxy, |r| {
-            Some(format!("{} {}", r["dst"].as_str()?, r["dev"].as_str()?))
-        }),
+        routes: set_of(&routes, |r| Some(format!("{} {}", r["dst"].as_str()?, r["dev"].as_str()?))),
+        neighbours: set_of(&neigh, |r| Some(format!("{} {}", r["dst"].as_str()?, r["dev"].as_str()?))),
+        proxies: set_of(&proxy, |r| Some(format!("{} {}", r["dst"].as_str()?, r["dev"].as_str()?))),
         guard_elements: guard_elements(&n.ns),
         leases: dir_entries(&data.join("leases")),
         attachments: dir_entries(&data.join("attachments")),
@@ -163,11 +146,7 @@ pub fn addrs(ns: &str, dev: &str) -> Vec<String> {
     let mut out = vec![];
     for l in j.as_array().into_iter().flatten() {
         for a in l["addr_info"].as_array().into_iter().flatten() {
-            out.push(format!(
-                "{}/{}",
-                a["local"].as_str().unwrap_or(""),
-                a["prefixlen"]
-            ));
+            out.push(format!("{}/{}", a["local"].as_str().unwrap_or(""), a["prefixlen"]));
         }
     }
     out
@@ -175,20 +154,13 @@ pub fn addrs(ns: &str, dev: &str) -> Vec<String> {
 
 pub fn routes(ns: &str) -> Vec<String> {
     let j = ip_json(ns, &["route", "show"]).unwrap();
-    set_of(&j, |r| {
-        Some(format!(
-            "{} {}",
-            r["dst"].as_str()?,
-            r["dev"].as_str().unwrap_or("-")
-        ))
-    })
-    .into_iter()
-    .collect()
+    set_of(&j, |r| Some(format!("{} {}", r["dst"].as_str()?, r["dev"].as_str().unwrap_or("-"))))
+        .into_iter()
+        .collect()
 }
 
 pub fn ip_of(pod: &Pod) -> Ipv4Addr {
-    pod.ros_ip
-        .unwrap_or_else(|| panic!("pod {} has no ros0 address", pod.name))
+    pod.ros_ip.unwrap_or_else(|| panic!("pod {} has no ros0 address", pod.name))
 }
 
 pub fn spec(name: &str, node: usize) -> PodSpec {

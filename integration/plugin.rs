@@ -13,16 +13,9 @@ const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 fn assert_attached(tb: &Testbed, pod: &ros2_cni::lab::testbed::Pod) {
     let ip = ip_of(pod);
     let n = tb.node(pod.node);
-    assert_eq!(
-        addrs(&pod.ns, "ros0"),
-        vec![format!("{ip}/20")],
-        "ros0 address"
-    );
+    assert_eq!(addrs(&pod.ns, "ros0"), vec![format!("{ip}/20")], "ros0 address");
     let flags = link_flags(&pod.ns, "ros0");
-    assert!(
-        flags.contains(&"UP".to_string()) && flags.contains(&"MULTICAST".to_string()),
-        "{flags:?}"
-    );
+    assert!(flags.contains(&"UP".to_string()) && flags.contains(&"MULTICAST".to_string()), "{flags:?}");
     assert!(
         !link_flags(&pod.ns, "eth0").contains(&"MULTICAST".to_string()),
         "primary interface keeps MULTICAST"
@@ -30,42 +23,21 @@ fn assert_attached(tb: &Testbed, pod: &ros2_cni::lab::testbed::Pod) {
     let r = routes(&pod.ns);
     assert!(r.contains(&"224.0.0.0/4 ros0".to_string()), "{r:?}");
     assert!(r.contains(&"192.168.0.0/20 ros0".to_string()), "{r:?}");
-    assert!(
-        r.contains(&"default eth0".to_string()),
-        "default route untouched: {r:?}"
-    );
+    assert!(r.contains(&"default eth0".to_string()), "default route untouched: {r:?}");
     let o = ip.octets();
     let mac = format!("0e:2c:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]);
     let st = node_state(tb, pod.node);
+    assert!(st.routes.contains(&format!("{ip} ros2br0")), "node route: {:?}", st.routes);
+    assert!(st.proxies.contains(&format!("{ip} eth0")), "proxy ARP: {:?}", st.proxies);
+    assert!(st.neighbours.contains(&format!("{ip} ros2br0")), "neighbour: {:?}", st.neighbours);
     assert!(
-        st.routes.contains(&format!("{ip} ros2br0")),
-        "node route: {:?}",
-        st.routes
-    );
-    assert!(
-        st.proxies.contains(&format!("{ip} eth0")),
-        "proxy ARP: {:?}",
-        st.proxies
-    );
-    assert!(
-        st.neighbours.contains(&format!("{ip} ros2br0")),
-        "neighbour: {:?}",
-        st.neighbours
-    );
-    assert!(
-        st.guard_elements
-            .iter()
-            .any(|e| e.ends_with(&format!("{mac} {ip}"))),
+        st.guard_elements.iter().any(|e| e.ends_with(&format!("{mac} {ip}"))),
         "anti-spoofing element: {:?}",
         st.guard_elements
     );
     // the host end is a port of the node bridge
     let br = ip_json(&n.ns, &["link", "show", "master", "ros2br0"]).unwrap();
-    assert!(br
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|l| l["ifname"].as_str().unwrap_or("").starts_with("r2c")));
+    assert!(br.as_array().unwrap().iter().any(|l| l["ifname"].as_str().unwrap_or("").starts_with("r2c")));
     // the result names ros0 with its sandbox and its address with the interface index
     let res = &pod.result;
     let idx = res["interfaces"]
@@ -74,22 +46,12 @@ fn assert_attached(tb: &Testbed, pod: &ros2_cni::lab::testbed::Pod) {
         .iter()
         .position(|i| i["name"] == "ros0" && i["sandbox"] == pod.netns_path())
         .expect("ros0 in result");
-    assert!(res["ips"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|i| i["interface"] == idx && i["address"] == format!("{ip}/20")));
+    assert!(res["ips"].as_array().unwrap().iter().any(|i| i["interface"] == idx && i["address"] == format!("{ip}/20")));
     assert_eq!(res["interfaces"][idx]["mac"], mac);
 }
 
 /// The traffic a robot needs, checked with real packets.
-fn assert_connectivity(
-    tb: &Testbed,
-    a1: &ros2_cni::lab::testbed::Pod,
-    a2: &ros2_cni::lab::testbed::Pod,
-    b1: &ros2_cni::lab::testbed::Pod,
-    what: &str,
-) {
+fn assert_connectivity(tb: &Testbed, a1: &ros2_cni::lab::testbed::Pod, a2: &ros2_cni::lab::testbed::Pod, b1: &ros2_cni::lab::testbed::Pod, what: &str) {
     let lap = tb.laptop.as_ref().unwrap();
     let (n1, n2) = (tb.node(1), tb.node(2));
     let checks: Vec<(&str, &str, Ipv4Addr)> = vec![
@@ -109,21 +71,9 @@ fn assert_connectivity(
     }
     // no NAT either way: each side sees the other's own address
     let port = 17_400;
-    assert_eq!(
-        udp_seen_source(&a1.ns, lap, LAPTOP_IP, port).unwrap(),
-        Some(ip_of(a1)),
-        "{what}: laptop sees pod a1"
-    );
-    assert_eq!(
-        udp_seen_source(lap, &a1.ns, ip_of(a1), port + 1).unwrap(),
-        Some(LAPTOP_IP),
-        "{what}: pod sees laptop"
-    );
-    assert_eq!(
-        udp_seen_source(&b1.ns, &a1.ns, ip_of(a1), port + 2).unwrap(),
-        Some(ip_of(b1)),
-        "{what}: pod sees pod"
-    );
+    assert_eq!(udp_seen_source(&a1.ns, lap, LAPTOP_IP, port).unwrap(), Some(ip_of(a1)), "{what}: laptop sees pod a1");
+    assert_eq!(udp_seen_source(lap, &a1.ns, ip_of(a1), port + 1).unwrap(), Some(LAPTOP_IP), "{what}: pod sees laptop");
+    assert_eq!(udp_seen_source(&b1.ns, &a1.ns, ip_of(a1), port + 2).unwrap(), Some(ip_of(b1)), "{what}: pod sees pod");
 }
 
 /// Reference macvlan + host-local pods (what Multus + macvlan does), one per node.
@@ -138,16 +88,9 @@ fn macvlan_pair(tb: &Testbed) -> (String, String, Ipv4Addr) {
                 "rangeStart": format!("192.168.15.{}", 10 * i), "rangeEnd": format!("192.168.15.{}", 10 * i + 9)}]],
                 "dataDir": n.data_dir.join("macvlan-ipam")}});
         let netns = format!("/var/run/netns/{ns}");
-        let env = [
-            ("CNI_COMMAND", "ADD"),
-            ("CNI_CONTAINERID", ns.as_str()),
-            ("CNI_NETNS", netns.as_str()),
-            ("CNI_IFNAME", "net1"),
-            ("CNI_PATH", "/usr/lib/cni"),
-        ];
-        let r = tb
-            .run_plugin(n, &tb.opts.cni_bin_dir.join("macvlan"), &env, &conf)
-            .unwrap();
+        let env = [("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", ns.as_str()), ("CNI_NETNS", netns.as_str()),
+            ("CNI_IFNAME", "net1"), ("CNI_PATH", "/usr/lib/cni")];
+        let r = tb.run_plugin(n, &tb.opts.cni_bin_dir.join("macvlan"), &env, &conf).unwrap();
         assert!(r.success, "macvlan ADD: {}", r.stdout);
         out.push(ns);
     }
@@ -167,29 +110,16 @@ fn connectivity(version: &str) {
 
     // The Wi-Fi-like switch: only each node's own MAC may come from its port.
     let (mv1, mv2, mv2_ip) = macvlan_pair(&tb);
-    assert!(
-        ping(&mv1, mv2_ip),
-        "reference macvlan pods talk on a wired switch"
-    );
+    assert!(ping(&mv1, mv2_ip), "reference macvlan pods talk on a wired switch");
     tb.set_wifi(true).unwrap();
-    assert!(
-        !ping(&mv1, mv2_ip),
-        "the Wi-Fi rule must cut reference macvlan pods off"
-    );
-    assert!(
-        tb.wifi_drops().unwrap() > 0,
-        "the rule counted the macvlan frames it dropped"
-    );
+    assert!(!ping(&mv1, mv2_ip), "the Wi-Fi rule must cut reference macvlan pods off");
+    assert!(tb.wifi_drops().unwrap() > 0, "the rule counted the macvlan frames it dropped");
     for ns in [mv1, mv2] {
         tb.remove_ns(&ns).unwrap();
     }
     tb.set_wifi(true).unwrap(); // reset the counters, with only ros2-cni pods left
     assert_connectivity(&tb, &a1, &a2, &b1, "wi-fi");
-    assert_eq!(
-        tb.wifi_drops().unwrap(),
-        0,
-        "ros2-cni traffic never leaves a node with a foreign MAC"
-    );
+    assert_eq!(tb.wifi_drops().unwrap(), 0, "ros2-cni traffic never leaves a node with a foreign MAC");
 }
 
 #[test]
@@ -212,11 +142,7 @@ fn lifecycle_in_every_cni_version() {
         assert_attached(&tb, &pod);
         assert_eq!(pod.result["cniVersion"], v);
         for ip in pod.result["ips"].as_array().unwrap() {
-            assert_eq!(
-                ip.get("version").is_some(),
-                v < "1.0.0",
-                "{v}: ips[].version"
-            );
+            assert_eq!(ip.get("version").is_some(), v < "1.0.0", "{v}: ips[].version");
         }
         let check = tb.ros2cni_cmd("CHECK", &pod, &s, None, None).unwrap();
         if v >= "0.4.0" {
@@ -226,12 +152,7 @@ fn lifecycle_in_every_cni_version() {
             assert_eq!(check.code(), Some(1), "{v}: CHECK is not in this version");
         }
         let status = tb.ros2cni_cmd("STATUS", &pod, &s, None, None).unwrap();
-        assert_eq!(
-            status.success,
-            v == "1.1.0",
-            "{v} STATUS: {}",
-            status.stdout
-        );
+        assert_eq!(status.success, v == "1.1.0", "{v} STATUS: {}", status.stdout);
         let ver = tb.ros2cni_cmd("VERSION", &pod, &s, None, None).unwrap();
         assert_eq!(ver.json().unwrap()["supportedVersions"], json!(VERSIONS));
         tb.del_pod(&pod, &s).unwrap();
@@ -256,14 +177,8 @@ fn del_succeeds_in_every_edge_case() {
         result: json!({"cniVersion": "0.3.1"}),
         ros_ip: None,
     };
-    let r = tb
-        .ros2cni_cmd("DEL", &ghost, &s, Some(&Value::Null), Some(""))
-        .unwrap();
-    assert!(
-        r.success && r.stdout.trim().is_empty(),
-        "DEL without ADD: {}",
-        r.stdout
-    );
+    let r = tb.ros2cni_cmd("DEL", &ghost, &s, Some(&Value::Null), Some("")).unwrap();
+    assert!(r.success && r.stdout.trim().is_empty(), "DEL without ADD: {}", r.stdout);
 
     // DEL when the netns is already gone
     let s = spec("gone", 1);
@@ -279,21 +194,11 @@ fn del_succeeds_in_every_edge_case() {
     // DEL with CNI_NETNS empty and without prevResult (containerd after a failed ADD)
     let s = spec("empty", 1);
     let pod = tb.add_pod(&s).unwrap();
-    let r = tb
-        .ros2cni_cmd("DEL", &pod, &s, Some(&Value::Null), Some(""))
-        .unwrap();
+    let r = tb.ros2cni_cmd("DEL", &pod, &s, Some(&Value::Null), Some("")).unwrap();
     assert!(r.success, "DEL with empty CNI_NETNS: {}", r.stdout);
-    assert!(
-        !pod_has_link(&pod.ns, "ros0"),
-        "the pod's ros0 went with its veth"
-    );
-    assert!(
-        link_flags(&pod.ns, "eth0").contains(&"MULTICAST".to_string()),
-        "MULTICAST restored on eth0"
-    );
-    let r = tb
-        .ros2cni_cmd("DEL", &pod, &s, Some(&Value::Null), Some(""))
-        .unwrap();
+    assert!(!pod_has_link(&pod.ns, "ros0"), "the pod's ros0 went with its veth");
+    assert!(link_flags(&pod.ns, "eth0").contains(&"MULTICAST".to_string()), "MULTICAST restored on eth0");
+    let r = tb.ros2cni_cmd("DEL", &pod, &s, Some(&Value::Null), Some("")).unwrap();
     assert!(r.success);
     // the primary's own state is not ours to check; ros2-cni's is gone
     let st = node_state(&tb, 1);
@@ -301,11 +206,7 @@ fn del_succeeds_in_every_edge_case() {
     assert_eq!(st.attachments, before.attachments);
     assert_eq!(st.guard_elements, before.guard_elements);
     assert_eq!(st.proxies, before.proxies);
-    assert!(
-        !st.links.iter().any(|l| l.starts_with("r2c")),
-        "{:?}",
-        st.links
-    );
+    assert!(!st.links.iter().any(|l| l.starts_with("r2c")), "{:?}", st.links);
 }
 
 #[test]
@@ -319,157 +220,41 @@ fn check_names_what_differs() {
         let r = tb.ros2cni_cmd("CHECK", &pod, &s, None, None).unwrap();
         assert!(!r.success, "CHECK must fail after breaking {want}");
         assert_eq!(r.code(), Some(102));
-        assert!(
-            r.stdout.contains(want),
-            "CHECK should name {want:?}: {}",
-            r.stdout
-        );
+        assert!(r.stdout.contains(want), "CHECK should name {want:?}: {}", r.stdout);
     };
-    assert!(
-        tb.ros2cni_cmd("CHECK", &pod, &s, None, None)
-            .unwrap()
-            .success
-    );
+    assert!(tb.ros2cni_cmd("CHECK", &pod, &s, None, None).unwrap().success);
 
-    sh(&[
-        "ip",
-        "-n",
-        &n.ns,
-        "neigh",
-        "del",
-        "proxy",
-        &ip.to_string(),
-        "dev",
-        "eth0",
-    ])
-    .unwrap();
+    sh(&["ip", "-n", &n.ns, "neigh", "del", "proxy", &ip.to_string(), "dev", "eth0"]).unwrap();
     check("proxy neighbour");
-    sh(&[
-        "ip",
-        "-n",
-        &n.ns,
-        "neigh",
-        "add",
-        "proxy",
-        &ip.to_string(),
-        "dev",
-        "eth0",
-    ])
-    .unwrap();
+    sh(&["ip", "-n", &n.ns, "neigh", "add", "proxy", &ip.to_string(), "dev", "eth0"]).unwrap();
 
-    sh(&[
-        "ip",
-        "-n",
-        &pod.ns,
-        "link",
-        "set",
-        "eth0",
-        "multicast",
-        "on",
-    ])
-    .unwrap();
+    sh(&["ip", "-n", &pod.ns, "link", "set", "eth0", "multicast", "on"]).unwrap();
     check("MULTICAST");
-    sh(&[
-        "ip",
-        "-n",
-        &pod.ns,
-        "link",
-        "set",
-        "eth0",
-        "multicast",
-        "off",
-    ])
-    .unwrap();
+    sh(&["ip", "-n", &pod.ns, "link", "set", "eth0", "multicast", "off"]).unwrap();
 
-    sh(&[
-        "ip",
-        "-n",
-        &pod.ns,
-        "route",
-        "del",
-        "224.0.0.0/4",
-        "dev",
-        "ros0",
-    ])
-    .unwrap();
+    sh(&["ip", "-n", &pod.ns, "route", "del", "224.0.0.0/4", "dev", "ros0"]).unwrap();
     check("224.0.0.0/4");
-    sh(&[
-        "ip",
-        "-n",
-        &pod.ns,
-        "route",
-        "add",
-        "224.0.0.0/4",
-        "dev",
-        "ros0",
-    ])
-    .unwrap();
+    sh(&["ip", "-n", &pod.ns, "route", "add", "224.0.0.0/4", "dev", "ros0"]).unwrap();
 
-    sh(&[
-        "ip",
-        "-n",
-        &n.ns,
-        "route",
-        "del",
-        &format!("{ip}/32"),
-        "dev",
-        "ros2br0",
-    ])
-    .unwrap();
+    sh(&["ip", "-n", &n.ns, "route", "del", &format!("{ip}/32"), "dev", "ros2br0"]).unwrap();
     check(&format!("node route {ip}/32"));
-    sh(&[
-        "ip",
-        "-n",
-        &n.ns,
-        "route",
-        "add",
-        &format!("{ip}/32"),
-        "dev",
-        "ros2br0",
-    ])
-    .unwrap();
+    sh(&["ip", "-n", &n.ns, "route", "add", &format!("{ip}/32"), "dev", "ros2br0"]).unwrap();
 
     let el = guard_elements(&n.ns).into_iter().next().unwrap();
     let parts: Vec<&str> = el.split(' ').collect();
     let nft_el = format!("{{ \"{}\" . {} . {} }}", parts[0], parts[1], parts[2]);
-    ns_sh(
-        &n.ns,
-        &[
-            "nft", "delete", "element", "bridge", "ros2_cni", "pods", &nft_el,
-        ],
-    )
-    .unwrap();
+    ns_sh(&n.ns, &["nft", "delete", "element", "bridge", "ros2_cni", "pods", &nft_el]).unwrap();
     check("nft element");
-    ns_sh(
-        &n.ns,
-        &[
-            "nft", "add", "element", "bridge", "ros2_cni", "pods", &nft_el,
-        ],
-    )
-    .unwrap();
+    ns_sh(&n.ns, &["nft", "add", "element", "bridge", "ros2_cni", "pods", &nft_el]).unwrap();
 
     let mut prev = pod.result.clone();
-    prev["interfaces"]
-        .as_array_mut()
-        .unwrap()
-        .retain(|i| i["name"] != "ros0");
+    prev["interfaces"].as_array_mut().unwrap().retain(|i| i["name"] != "ros0");
     prev["ips"].as_array_mut().unwrap().truncate(1);
-    let r = tb
-        .ros2cni_cmd("CHECK", &pod, &s, Some(&prev), None)
-        .unwrap();
+    let r = tb.ros2cni_cmd("CHECK", &pod, &s, Some(&prev), None).unwrap();
     assert_eq!(r.code(), Some(102));
-    assert!(
-        r.stdout.contains("prevResult.interfaces lacks ros0"),
-        "{}",
-        r.stdout
-    );
+    assert!(r.stdout.contains("prevResult.interfaces lacks ros0"), "{}", r.stdout);
 
-    assert!(
-        tb.ros2cni_cmd("CHECK", &pod, &s, None, None)
-            .unwrap()
-            .success,
-        "all repaired"
-    );
+    assert!(tb.ros2cni_cmd("CHECK", &pod, &s, None, None).unwrap().success, "all repaired");
     tb.del_pod(&pod, &s).unwrap();
 }
 
@@ -490,18 +275,11 @@ fn sixty_four_concurrent_adds_then_dels() {
     assert_eq!(st.proxies.len(), 64);
     assert_eq!(st.links.iter().filter(|l| l.starts_with("r2c")).count(), 64);
     for ip in &ips {
-        assert!(
-            st.routes.contains(&format!("{ip} ros2br0")),
-            "route to {ip}"
-        );
+        assert!(st.routes.contains(&format!("{ip} ros2br0")), "route to {ip}");
         assert!(st.leases.contains(&ip.to_string()));
     }
     std::thread::scope(|s| {
-        let hs: Vec<_> = pods
-            .iter()
-            .zip(&specs)
-            .map(|(p, sp)| s.spawn(|| tb.del_pod(p, sp)))
-            .collect();
+        let hs: Vec<_> = pods.iter().zip(&specs).map(|(p, sp)| s.spawn(|| tb.del_pod(p, sp))).collect();
         for h in hs {
             h.join().unwrap().unwrap();
         }
@@ -509,19 +287,10 @@ fn sixty_four_concurrent_adds_then_dels() {
     let after = node_state(&tb, 1);
     assert_eq!(after.links, before.links, "no link left");
     assert_eq!(after.routes, before.routes, "no route left");
-    assert_eq!(
-        after.neighbours, before.neighbours,
-        "no neighbour entry left"
-    );
+    assert_eq!(after.neighbours, before.neighbours, "no neighbour entry left");
     assert_eq!(after.proxies, before.proxies, "no proxy entry left");
-    assert_eq!(
-        after.guard_elements, before.guard_elements,
-        "no nft element left"
-    );
-    assert!(
-        after.leases.is_empty() && after.attachments.is_empty(),
-        "no lease left"
-    );
+    assert_eq!(after.guard_elements, before.guard_elements, "no nft element left");
+    assert!(after.leases.is_empty() && after.attachments.is_empty(), "no lease left");
 }
 
 #[test]
@@ -536,23 +305,14 @@ fn opted_out_pods_are_untouched() {
     s2.chain_ros2cni = true;
     let r = tb.ros2cni_cmd("ADD", &pod, &s2, None, None).unwrap();
     assert!(r.success, "{}", r.stdout);
-    assert_eq!(
-        r.json().unwrap(),
-        pod.result,
-        "prevResult printed unchanged"
-    );
+    assert_eq!(r.json().unwrap(), pod.result, "prevResult printed unchanged");
     assert!(!pod_has_link(&pod.ns, "ros0"));
     assert!(link_flags(&pod.ns, "eth0").contains(&"MULTICAST".to_string()));
     let after = node_state(&tb, 1);
     assert_eq!(after.leases, before.leases);
-    assert!(
-        !after.links.contains("ros2br0"),
-        "no node-wide state for opted-out pods"
-    );
+    assert!(!after.links.contains("ros2br0"), "no node-wide state for opted-out pods");
     // an annotation "false" wins over a listed namespace
-    let mut s3 = spec("nsin", 1)
-        .opted_out()
-        .extra(json!({"namespaces": ["robots"]}));
+    let mut s3 = spec("nsin", 1).opted_out().extra(json!({"namespaces": ["robots"]}));
     let p3 = tb.add_pod(&s3).unwrap();
     assert!(p3.ros_ip.is_some(), "namespace opt-in");
     tb.del_pod(&p3, &s3).unwrap();
@@ -567,18 +327,10 @@ fn primary_multicast_and_default_uplink() {
     let tb = bed(1);
     let s = spec("pm", 1).extra(json!({"primaryMulticast": true, "uplink": null}));
     let pod = tb.add_pod(&s).unwrap();
-    assert!(
-        link_flags(&pod.ns, "eth0").contains(&"MULTICAST".to_string()),
-        "primaryMulticast keeps the flag"
-    );
+    assert!(link_flags(&pod.ns, "eth0").contains(&"MULTICAST".to_string()), "primaryMulticast keeps the flag");
     let st = node_state(&tb, 1);
-    assert!(
-        st.proxies.contains(&format!("{} eth0", ip_of(&pod))),
-        "uplink defaults to the default-route interface"
-    );
-    assert!(tb
-        .ros2cni_cmd("CHECK", &pod, &s.clone().version("1.0.0"), None, None)
-        .is_ok());
+    assert!(st.proxies.contains(&format!("{} eth0", ip_of(&pod))), "uplink defaults to the default-route interface");
+    assert!(tb.ros2cni_cmd("CHECK", &pod, &s.clone().version("1.0.0"), None, None).is_ok());
     tb.del_pod(&pod, &s).unwrap();
 }
 
@@ -593,25 +345,13 @@ fn gc_and_status() {
     let gc = |key: &str, keep: Value| {
         let mut conf = tb.ros2cni_conf(n, "1.1.0", &json!({}));
         conf[key] = keep;
-        tb.run_plugin(
-            n,
-            &tb.opts.plugin,
-            &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/usr/lib/cni")],
-            &conf,
-        )
-        .unwrap()
+        tb.run_plugin(n, &tb.opts.plugin, &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/usr/lib/cni")], &conf).unwrap()
     };
-    let r = gc(
-        "cni.dev/valid-attachments",
-        json!([{"containerID": p1.container_id, "ifname": "eth0"}]),
-    );
+    let r = gc("cni.dev/valid-attachments", json!([{"containerID": p1.container_id, "ifname": "eth0"}]));
     assert!(r.success, "GC: {}", r.stdout);
     let st = node_state(&tb, 1);
     assert!(st.leases.contains(&ip_of(&p1).to_string()));
-    assert!(
-        !st.leases.contains(&ip_of(&p2).to_string()),
-        "GC released the unlisted attachment"
-    );
+    assert!(!st.leases.contains(&ip_of(&p2).to_string()), "GC released the unlisted attachment");
     assert!(!st.proxies.contains(&format!("{} eth0", ip_of(&p2))));
     assert!(!pod_has_link(&p2.ns, "ros0"));
     assert!(pod_has_link(&p1.ns, "ros0"));
@@ -622,13 +362,7 @@ fn gc_and_status() {
 
     let status = |extra: Value| {
         let conf = tb.ros2cni_conf(n, "1.1.0", &extra);
-        tb.run_plugin(
-            n,
-            &tb.opts.plugin,
-            &[("CNI_COMMAND", "STATUS"), ("CNI_PATH", "/usr/lib/cni")],
-            &conf,
-        )
-        .unwrap()
+        tb.run_plugin(n, &tb.opts.plugin, &[("CNI_COMMAND", "STATUS"), ("CNI_PATH", "/usr/lib/cni")], &conf).unwrap()
     };
     assert!(status(json!({})).success);
     let r = status(json!({"uplink": "eth9"}));
@@ -656,19 +390,8 @@ struct Bad {
     raw_stdin: Option<&'static str>,
 }
 
-fn bad(
-    name: &'static str,
-    code: u64,
-    env: Vec<(&'static str, Option<String>)>,
-    conf: impl Fn(&mut Value) + 'static,
-) -> Bad {
-    Bad {
-        name,
-        code,
-        env,
-        conf: Box::new(conf),
-        raw_stdin: None,
-    }
+fn bad(name: &'static str, code: u64, env: Vec<(&'static str, Option<String>)>, conf: impl Fn(&mut Value) + 'static) -> Bad {
+    Bad { name, code, env, conf: Box::new(conf), raw_stdin: None }
 }
 
 #[test]
@@ -679,159 +402,44 @@ fn bad_inputs_fail_cleanly_and_leave_nothing_behind() {
     let taken = spec("taken", 1).extra(json!({"podRange": "192.168.1.9-192.168.1.9"}));
     tb.add_pod(&taken).unwrap();
     let set = |k: &'static str, v: Value| move |c: &mut Value| c[k] = v.clone();
-    let del = |k: &'static str| {
-        move |c: &mut Value| {
-            c.as_object_mut().unwrap().remove(k);
-        }
+    let del = |k: &'static str| move |c: &mut Value| {
+        c.as_object_mut().unwrap().remove(k);
     };
     let none = |_: &mut Value| {};
     let cases = vec![
-        bad(
-            "unknown command",
-            4,
-            vec![("CNI_COMMAND", Some("FROB".into()))],
-            none,
-        ),
-        bad(
-            "no CNI_CONTAINERID",
-            4,
-            vec![("CNI_CONTAINERID", None)],
-            none,
-        ),
+        bad("unknown command", 4, vec![("CNI_COMMAND", Some("FROB".into()))], none),
+        bad("no CNI_CONTAINERID", 4, vec![("CNI_CONTAINERID", None)], none),
         bad("no CNI_NETNS", 4, vec![("CNI_NETNS", None)], none),
         bad("no CNI_IFNAME", 4, vec![("CNI_IFNAME", None)], none),
         bad("no CNI_PATH", 4, vec![("CNI_PATH", None)], none),
-        bad(
-            "netns path missing",
-            4,
-            vec![("CNI_NETNS", Some("/var/run/netns/r2t-nope".into()))],
-            none,
-        ),
-        bad(
-            "netns not a namespace",
-            4,
-            vec![("CNI_NETNS", Some("/etc/hostname".into()))],
-            none,
-        ),
-        bad(
-            "container id with a slash",
-            4,
-            vec![("CNI_CONTAINERID", Some("../x".into()))],
-            none,
-        ),
-        bad(
-            "CNI_ARGS without =",
-            4,
-            vec![("CNI_ARGS", Some("IgnoreUnknown=1;oops".into()))],
-            none,
-        ),
-        bad(
-            "CNI_IFNAME not in pod",
-            4,
-            vec![("CNI_IFNAME", Some("eth7".into()))],
-            none,
-        ),
-        bad(
-            "cniVersion 0.2.0",
-            1,
-            vec![],
-            set("cniVersion", json!("0.2.0")),
-        ),
+        bad("netns path missing", 4, vec![("CNI_NETNS", Some("/var/run/netns/r2t-nope".into()))], none),
+        bad("netns not a namespace", 4, vec![("CNI_NETNS", Some("/etc/hostname".into()))], none),
+        bad("container id with a slash", 4, vec![("CNI_CONTAINERID", Some("../x".into()))], none),
+        bad("CNI_ARGS without =", 4, vec![("CNI_ARGS", Some("IgnoreUnknown=1;oops".into()))], none),
+        bad("CNI_IFNAME not in pod", 4, vec![("CNI_IFNAME", Some("eth7".into()))], none),
+        bad("cniVersion 0.2.0", 1, vec![], set("cniVersion", json!("0.2.0"))),
         bad("cniVersion missing", 7, vec![], del("cniVersion")),
         bad("subnet missing", 7, vec![], del("subnet")),
-        bad(
-            "subnet /33",
-            7,
-            vec![],
-            set("subnet", json!("192.168.0.0/33")),
-        ),
+        bad("subnet /33", 7, vec![], set("subnet", json!("192.168.0.0/33"))),
         bad("subnet not a string", 7, vec![], set("subnet", json!(20))),
-        bad(
-            "podRange outside subnet",
-            7,
-            vec![],
-            set("podRange", json!("10.9.0.0/24")),
-        ),
-        bad(
-            "podRange reversed",
-            7,
-            vec![],
-            set("podRange", json!("192.168.1.20-192.168.1.10")),
-        ),
-        bad(
-            "podRange holds the node address",
-            7,
-            vec![],
-            set("podRange", json!("192.168.0.0/24")),
-        ),
-        bad(
-            "unknown key",
-            2,
-            vec![],
-            set("podrange", json!("192.168.1.0/24")),
-        ),
-        bad(
-            "ifName too long",
-            7,
-            vec![],
-            set("ifName", json!("ros0-much-too-long")),
-        ),
-        bad(
-            "ifName equals CNI_IFNAME",
-            7,
-            vec![],
-            set("ifName", json!("eth0")),
-        ),
+        bad("podRange outside subnet", 7, vec![], set("podRange", json!("10.9.0.0/24"))),
+        bad("podRange reversed", 7, vec![], set("podRange", json!("192.168.1.20-192.168.1.10"))),
+        bad("podRange holds the node address", 7, vec![], set("podRange", json!("192.168.0.0/24"))),
+        bad("unknown key", 2, vec![], set("podrange", json!("192.168.1.0/24"))),
+        bad("ifName too long", 7, vec![], set("ifName", json!("ros0-much-too-long"))),
+        bad("ifName equals CNI_IFNAME", 7, vec![], set("ifName", json!("eth0"))),
         bad("mode unknown", 7, vec![], set("mode", json!("ipvlan"))),
         bad("uplink missing", 7, vec![], set("uplink", json!("wlan9"))),
-        bad(
-            "uplink without LAN address",
-            7,
-            vec![],
-            set("uplink", json!("lo")),
-        ),
-        bad(
-            "dataDir relative",
-            7,
-            vec![],
-            set("dataDir", json!("var/lib/x")),
-        ),
-        bad(
-            "namespaces not a list",
-            7,
-            vec![],
-            set("namespaces", json!("robots")),
-        ),
-        bad(
-            "primaryMulticast not a bool",
-            7,
-            vec![],
-            set("primaryMulticast", json!("yes")),
-        ),
+        bad("uplink without LAN address", 7, vec![], set("uplink", json!("lo"))),
+        bad("dataDir relative", 7, vec![], set("dataDir", json!("var/lib/x"))),
+        bad("namespaces not a list", 7, vec![], set("namespaces", json!("robots"))),
+        bad("primaryMulticast not a bool", 7, vec![], set("primaryMulticast", json!("yes"))),
         bad("prevResult missing", 7, vec![], del("prevResult")),
-        bad("prevResult malformed", 7, vec![], |c: &mut Value| {
-            c["prevResult"]["ips"][0]["address"] = json!("nope")
-        }),
-        bad(
-            "pool exhausted",
-            101,
-            vec![],
-            set("podRange", json!("192.168.1.9-192.168.1.9")),
-        ),
-        bad(
-            "panic",
-            199,
-            vec![("ROS2_CNI_TEST_PANIC", Some("1".into()))],
-            none,
-        ),
-        Bad {
-            raw_stdin: Some("{\"cniVersion\": \"0.3.1\", "),
-            ..bad("stdin not JSON", 6, vec![], none)
-        },
-        Bad {
-            raw_stdin: Some(""),
-            ..bad("stdin empty", 6, vec![], none)
-        },
+        bad("prevResult malformed", 7, vec![], |c: &mut Value| c["prevResult"]["ips"][0]["address"] = json!("nope")),
+        bad("pool exhausted", 101, vec![], set("podRange", json!("192.168.1.9-192.168.1.9"))),
+        bad("panic", 199, vec![("ROS2_CNI_TEST_PANIC", Some("1".into()))], none),
+        Bad { raw_stdin: Some("{\"cniVersion\": \"0.3.1\", "), ..bad("stdin not JSON", 6, vec![], none) },
+        Bad { raw_stdin: Some(""), ..bad("stdin empty", 6, vec![], none) },
     ];
     assert!(cases.len() >= 20);
     for (i, case) in cases.iter().enumerate() {
@@ -848,10 +456,7 @@ fn bad_inputs_fail_cleanly_and_leave_nothing_behind() {
             ("CNI_NETNS", netns),
             ("CNI_IFNAME", "eth0".into()),
             ("CNI_PATH", "/usr/lib/cni".into()),
-            (
-                "CNI_ARGS",
-                "IgnoreUnknown=1;K8S_POD_NAMESPACE=robots;K8S_POD_NAME=x".into(),
-            ),
+            ("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=robots;K8S_POD_NAME=x".into()),
         ];
         for (k, v) in &case.env {
             env.retain(|(ek, _)| ek != k);
@@ -860,55 +465,17 @@ fn bad_inputs_fail_cleanly_and_leave_nothing_behind() {
             }
         }
         let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let stdin = case
-            .raw_stdin
-            .map(|s| s.as_bytes().to_vec())
-            .unwrap_or_else(|| conf.to_string().into_bytes());
-        let r = tb
-            .run_plugin_bytes(&n, &tb.opts.plugin, &env_ref, &stdin)
-            .unwrap();
+        let stdin = case.raw_stdin.map(|s| s.as_bytes().to_vec()).unwrap_or_else(|| conf.to_string().into_bytes());
+        let r = tb.run_plugin_bytes(&n, &tb.opts.plugin, &env_ref, &stdin).unwrap();
         assert!(!r.success, "{}: must fail", case.name);
-        let j = r.json().unwrap_or_else(|| {
-            panic!(
-                "{}: stdout is not a CNI error JSON: {:?}",
-                case.name, r.stdout
-            )
-        });
-        assert_eq!(
-            j["code"].as_u64(),
-            Some(case.code),
-            "{}: {}",
-            case.name,
-            r.stdout
-        );
-        assert!(
-            j["msg"].as_str().is_some_and(|m| !m.is_empty()),
-            "{}",
-            case.name
-        );
+        let j = r.json().unwrap_or_else(|| panic!("{}: stdout is not a CNI error JSON: {:?}", case.name, r.stdout));
+        assert_eq!(j["code"].as_u64(), Some(case.code), "{}: {}", case.name, r.stdout);
+        assert!(j["msg"].as_str().is_some_and(|m| !m.is_empty()), "{}", case.name);
         assert!(j["cniVersion"].is_string());
-        assert_eq!(
-            r.stdout.trim().lines().count(),
-            1,
-            "{}: stdout holds only the error JSON",
-            case.name
-        );
-        assert_eq!(
-            node_state(&tb, 1),
-            before,
-            "{}: residue on the node",
-            case.name
-        );
-        assert!(
-            !pod_has_link(&pod.ns, "ros0"),
-            "{}: ros0 left in the pod",
-            case.name
-        );
-        assert!(
-            link_flags(&pod.ns, "eth0").contains(&"MULTICAST".to_string()),
-            "{}: eth0 changed",
-            case.name
-        );
+        assert_eq!(r.stdout.trim().lines().count(), 1, "{}: stdout holds only the error JSON", case.name);
+        assert_eq!(node_state(&tb, 1), before, "{}: residue on the node", case.name);
+        assert!(!pod_has_link(&pod.ns, "ros0"), "{}: ros0 left in the pod", case.name);
+        assert!(link_flags(&pod.ns, "eth0").contains(&"MULTICAST".to_string()), "{}: eth0 changed", case.name);
     }
 }
 
@@ -923,13 +490,7 @@ fn errors_name_the_field_or_variable() {
         let mut conf = tb.pod_ros2cni_conf(&spec("names", 1), &pod.result);
         edit(&mut conf);
         let netns = pod.netns_path();
-        let mut e = vec![
-            ("CNI_COMMAND", "ADD"),
-            ("CNI_CONTAINERID", pod.container_id.as_str()),
-            ("CNI_NETNS", netns.as_str()),
-            ("CNI_IFNAME", "eth0"),
-            ("CNI_PATH", "/usr/lib/cni"),
-        ];
+        let mut e = vec![("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", pod.container_id.as_str()), ("CNI_NETNS", netns.as_str()), ("CNI_IFNAME", "eth0"), ("CNI_PATH", "/usr/lib/cni")];
         for (k, v) in env {
             e.retain(|(ek, _)| ek != k);
             if !v.is_empty() {
@@ -975,14 +536,8 @@ fn lock_held_too_long_gives_try_again_later() {
     let before = node_state(&tb, 1);
     let conf = tb.pod_ros2cni_conf(&spec("locked", 1), &pod.result);
     let netns = pod.netns_path();
-    let env = [
-        ("CNI_COMMAND", "ADD"),
-        ("CNI_CONTAINERID", pod.container_id.as_str()),
-        ("CNI_NETNS", netns.as_str()),
-        ("CNI_IFNAME", "eth0"),
-        ("CNI_PATH", "/usr/lib/cni"),
-        ("ROS2_CNI_LOCK_TIMEOUT_MS", "300"),
-    ];
+    let env = [("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", pod.container_id.as_str()), ("CNI_NETNS", netns.as_str()),
+        ("CNI_IFNAME", "eth0"), ("CNI_PATH", "/usr/lib/cni"), ("ROS2_CNI_LOCK_TIMEOUT_MS", "300")];
     let r = tb.run_plugin(n, &tb.opts.plugin, &env, &conf).unwrap();
     assert_eq!(r.code(), Some(11), "{}", r.stdout);
     let after = node_state(&tb, 1);
@@ -997,21 +552,12 @@ fn failure_midway_rolls_back_every_step() {
     let tb = bed(1);
     let n = tb.node(1);
     // a `pods` set of the wrong shape makes the last step (anti-spoofing) fail
-    ns_sh(
-        &n.ns,
-        &[
-            "nft",
-            "add table bridge ros2_cni; add set bridge ros2_cni pods { type ipv4_addr; }",
-        ],
-    )
-    .unwrap();
+    ns_sh(&n.ns, &["nft", "add table bridge ros2_cni; add set bridge ros2_cni pods { type ipv4_addr; }"]).unwrap();
     let mut s = spec("rb", 1);
     s.chain_ros2cni = false;
     let pod = tb.add_pod(&s).unwrap();
     let before = node_state(&tb, 1);
-    let r = tb
-        .ros2cni_cmd("ADD", &pod, &spec("rb", 1), None, None)
-        .unwrap();
+    let r = tb.ros2cni_cmd("ADD", &pod, &spec("rb", 1), None, None).unwrap();
     assert!(!r.success, "ADD must fail: {}", r.stdout);
     assert_eq!(r.code(), Some(100), "{}", r.stdout);
     let after = node_state(&tb, 1);
@@ -1019,16 +565,9 @@ fn failure_midway_rolls_back_every_step() {
     assert_eq!(after.proxies, before.proxies, "proxy entry rolled back");
     assert_eq!(after.neighbours, before.neighbours, "neighbour rolled back");
     assert_eq!(after.leases, before.leases, "lease released");
-    assert!(
-        !after.links.iter().any(|l| l.starts_with("r2c")),
-        "veth removed: {:?}",
-        after.links
-    );
+    assert!(!after.links.iter().any(|l| l.starts_with("r2c")), "veth removed: {:?}", after.links);
     assert!(!pod_has_link(&pod.ns, "ros0"));
-    assert!(
-        link_flags(&pod.ns, "eth0").contains(&"MULTICAST".to_string()),
-        "MULTICAST restored"
-    );
+    assert!(link_flags(&pod.ns, "eth0").contains(&"MULTICAST".to_string()), "MULTICAST restored");
     let log = std::fs::read_to_string(n.data_dir.join("ros2-cni.log")).unwrap_or_default();
     assert!(log.contains("undoing"), "the rollback is logged: {log}");
 }

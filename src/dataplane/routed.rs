@@ -181,9 +181,9 @@ impl Dataplane for Routed {
             }
             Step::HostPort => {
                 let node = k.node()?;
-                let h = node.link_by_name(&att.host_if)?.ok_or_else(|| {
-                    CniError::kernel(format!("{} vanished after creation", att.host_if))
-                })?;
+                let h = node
+                    .link_by_name(&att.host_if)?
+                    .ok_or_else(|| CniError::kernel(format!("{} vanished after creation", att.host_if)))?;
                 node.set_no_ipv6_addresses(h.index)?;
                 node.set_up(h.index)?;
             }

@@ -116,8 +116,7 @@ impl PluginRun {
 
     /// The CNI error code, if the plugin failed with an error JSON.
     pub fn code(&self) -> Option<u64> {
-        self.json()
-            .and_then(|v| v.get("code").and_then(Value::as_u64))
+        self.json().and_then(|v| v.get("code").and_then(Value::as_u64))
     }
 }
 
@@ -217,14 +216,10 @@ fn pid_alive(pid: u32) -> bool {
 /// Removes namespaces left by test beds whose process died (crash, SIGKILL).
 /// Names look like `<family>-<pid>-...`.
 pub fn sweep_stale(family: &str) {
-    let Ok(list) = sh(&["ip", "netns", "list"]) else {
-        return;
-    };
+    let Ok(list) = sh(&["ip", "netns", "list"]) else { return };
     for line in list.lines() {
         let name = line.split_whitespace().next().unwrap_or("");
-        let Some(rest) = name.strip_prefix(&format!("{family}-")) else {
-            continue;
-        };
+        let Some(rest) = name.strip_prefix(&format!("{family}-")) else { continue };
         let pid: Option<u32> = rest.split('-').next().and_then(|p| p.parse().ok());
         if let Some(pid) = pid {
             if !pid_alive(pid) {
@@ -291,42 +286,9 @@ impl Testbed {
 
     /// Plugs a new host `ns` into the switch as `eth0` with `ip`; returns its MAC.
     fn plug(&self, ns: &str, port: &str, ip: Ipv4Addr) -> Result<String> {
-        sh(&[
-            "ip",
-            "-n",
-            &self.switch,
-            "link",
-            "add",
-            port,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            ns,
-        ])?;
-        sh(&[
-            "ip",
-            "-n",
-            &self.switch,
-            "link",
-            "set",
-            port,
-            "master",
-            "br0",
-            "up",
-        ])?;
-        sh(&[
-            "ip",
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{ip}/20"),
-            "dev",
-            "eth0",
-        ])?;
+        sh(&["ip", "-n", &self.switch, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns])?;
+        sh(&["ip", "-n", &self.switch, "link", "set", port, "master", "br0", "up"])?;
+        sh(&["ip", "-n", ns, "addr", "add", &format!("{ip}/20"), "dev", "eth0"])?;
         sh(&["ip", "-n", ns, "link", "set", "eth0", "up"])?;
         let j = ip_json(ns, &["link", "show", "eth0"])?;
         j[0]["address"]
@@ -338,31 +300,9 @@ impl Testbed {
     fn build(&mut self) -> Result<()> {
         let p = self.opts.prefix.clone();
         self.add_ns(&self.switch)?;
-        sh(&[
-            "ip",
-            "-n",
-            &self.switch,
-            "link",
-            "add",
-            "br0",
-            "type",
-            "bridge",
-        ])?;
+        sh(&["ip", "-n", &self.switch, "link", "add", "br0", "type", "bridge"])?;
         // the switch forwards at once and floods multicast like a dumb switch
-        sh(&[
-            "ip",
-            "-n",
-            &self.switch,
-            "link",
-            "set",
-            "br0",
-            "type",
-            "bridge",
-            "forward_delay",
-            "0",
-            "mcast_snooping",
-            "0",
-        ])?;
+        sh(&["ip", "-n", &self.switch, "link", "set", "br0", "type", "bridge", "forward_delay", "0", "mcast_snooping", "0"])?;
         sh(&["ip", "-n", &self.switch, "link", "set", "br0", "up"])?;
         for i in 1..=self.opts.nodes {
             let ns = format!("{p}n{i}");
@@ -372,19 +312,7 @@ impl Testbed {
             let mac = self.plug(&ns, &port, ip)?;
             ns_sh(&ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
             // a default route, so "uplink" can default to it; it leads nowhere
-            sh(&[
-                "ip",
-                "-n",
-                &ns,
-                "route",
-                "add",
-                "default",
-                "via",
-                "192.168.0.1",
-                "dev",
-                "eth0",
-                "onlink",
-            ])?;
+            sh(&["ip", "-n", &ns, "route", "add", "default", "via", "192.168.0.1", "dev", "eth0", "onlink"])?;
             let data_dir = self.dir.join(format!("n{i}"));
             std::fs::create_dir_all(&data_dir).map_err(|e| err(e.to_string()))?;
             self.nodes.push(Node {
@@ -401,33 +329,9 @@ impl Testbed {
         // Calico stand-in: routes between the nodes' pod ranges, no NAT inside 10.1.0.0/16
         for n in &self.nodes {
             for m in self.nodes.iter().filter(|m| m.idx != n.idx) {
-                sh(&[
-                    "ip",
-                    "-n",
-                    &n.ns,
-                    "route",
-                    "add",
-                    &m.pod_cidr,
-                    "via",
-                    &m.ip.to_string(),
-                ])?;
+                sh(&["ip", "-n", &n.ns, "route", "add", &m.pod_cidr, "via", &m.ip.to_string()])?;
             }
-            ns_sh(
-                &n.ns,
-                &[
-                    "iptables",
-                    "-t",
-                    "nat",
-                    "-I",
-                    "POSTROUTING",
-                    "-s",
-                    "10.1.0.0/16",
-                    "-d",
-                    "10.1.0.0/16",
-                    "-j",
-                    "RETURN",
-                ],
-            )?;
+            ns_sh(&n.ns, &["iptables", "-t", "nat", "-I", "POSTROUTING", "-s", "10.1.0.0/16", "-d", "10.1.0.0/16", "-j", "RETURN"])?;
         }
         if self.opts.laptop {
             let ns = format!("{p}lap");
@@ -522,24 +426,12 @@ impl Testbed {
     }
 
     /// Runs `plugin` inside `node`'s namespace as a runtime would.
-    pub fn run_plugin(
-        &self,
-        node: &Node,
-        plugin: &Path,
-        env: &[(&str, &str)],
-        conf: &Value,
-    ) -> Result<PluginRun> {
+    pub fn run_plugin(&self, node: &Node, plugin: &Path, env: &[(&str, &str)], conf: &Value) -> Result<PluginRun> {
         self.run_plugin_bytes(node, plugin, env, conf.to_string().as_bytes())
     }
 
     /// Like `run_plugin`, with raw bytes on stdin.
-    pub fn run_plugin_bytes(
-        &self,
-        node: &Node,
-        plugin: &Path,
-        env: &[(&str, &str)],
-        stdin: &[u8],
-    ) -> Result<PluginRun> {
+    pub fn run_plugin_bytes(&self, node: &Node, plugin: &Path, env: &[(&str, &str)], stdin: &[u8]) -> Result<PluginRun> {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &node.ns]).arg(plugin);
         cmd.env_clear();
@@ -547,12 +439,8 @@ impl Testbed {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| err(format!("{}: {e}", plugin.display())))?;
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| err(format!("{}: {e}", plugin.display())))?;
         child
             .stdin
             .take()
@@ -567,12 +455,7 @@ impl Testbed {
         })
     }
 
-    fn cni_env<'a>(
-        cmd: &'a str,
-        cid: &'a str,
-        netns: &'a str,
-        args: &'a str,
-    ) -> Vec<(&'a str, &'a str)> {
+    fn cni_env<'a>(cmd: &'a str, cid: &'a str, netns: &'a str, args: &'a str) -> Vec<(&'a str, &'a str)> {
         vec![
             ("CNI_COMMAND", cmd),
             ("CNI_CONTAINERID", cid),
@@ -631,22 +514,18 @@ impl Testbed {
             &env,
             &self.primary_conf(node, Self::primary_version(&spec.version)),
         )?;
-        let mut result = primary.json().filter(|_| primary.success).ok_or_else(|| {
-            err(format!(
-                "ptp ADD for {} failed: {}",
-                spec.name, primary.stdout
-            ))
-        })?;
+        let mut result = primary
+            .json()
+            .filter(|_| primary.success)
+            .ok_or_else(|| err(format!("ptp ADD for {} failed: {}", spec.name, primary.stdout)))?;
         result["cniVersion"] = json!(spec.version);
         if spec.chain_ros2cni {
             let conf = self.pod_ros2cni_conf(spec, &result);
             let r = self.run_plugin(node, &self.opts.plugin, &env, &conf)?;
-            result = r.json().filter(|_| r.success).ok_or_else(|| {
-                err(format!(
-                    "ros2-cni ADD for {} failed: {} {}",
-                    spec.name, r.stdout, r.stderr
-                ))
-            })?;
+            result = r
+                .json()
+                .filter(|_| r.success)
+                .ok_or_else(|| err(format!("ros2-cni ADD for {} failed: {} {}", spec.name, r.stdout, r.stderr)))?;
         }
         let ros_ip = ros_ip_of(&result, &netns);
         Ok(Pod {
@@ -661,14 +540,7 @@ impl Testbed {
 
     /// Runs one ros2-cni command for a pod (DEL, CHECK, ...), with the pod's
     /// cached result as prevResult unless `prev` says otherwise.
-    pub fn ros2cni_cmd(
-        &self,
-        cmd: &str,
-        pod: &Pod,
-        spec: &PodSpec,
-        prev: Option<&Value>,
-        netns: Option<&str>,
-    ) -> Result<PluginRun> {
+    pub fn ros2cni_cmd(&self, cmd: &str, pod: &Pod, spec: &PodSpec, prev: Option<&Value>, netns: Option<&str>) -> Result<PluginRun> {
         let node = self.node(pod.node);
         let args = Self::cni_args(spec);
         let netns_path = netns.map(str::to_owned).unwrap_or_else(|| pod.netns_path());
@@ -685,10 +557,7 @@ impl Testbed {
         if spec.chain_ros2cni {
             let r = self.ros2cni_cmd("DEL", pod, spec, None, None)?;
             if !r.success {
-                return Err(err(format!(
-                    "ros2-cni DEL for {} failed: {}",
-                    pod.name, r.stdout
-                )));
+                return Err(err(format!("ros2-cni DEL for {} failed: {}", pod.name, r.stdout)));
             }
         }
         let node = self.node(pod.node);
@@ -700,10 +569,7 @@ impl Testbed {
         conf["prevResult"]["cniVersion"] = conf["cniVersion"].clone();
         let r = self.run_plugin(node, &self.opts.cni_bin_dir.join("ptp"), &env, &conf)?;
         if !r.success {
-            return Err(err(format!(
-                "ptp DEL for {} failed: {}",
-                pod.name, r.stdout
-            )));
+            return Err(err(format!("ptp DEL for {} failed: {}", pod.name, r.stdout)));
         }
         self.remove_ns(&pod.ns)
     }
@@ -717,10 +583,8 @@ impl Testbed {
     /// Starts a long-running process inside `ns`; killed when the test bed drops.
     /// Output goes to `<dir>/<log>.out` / `.err`.
     pub fn spawn(&self, ns: &str, args: &[&str], log: &str) -> Result<u32> {
-        let out = std::fs::File::create(self.dir.join(format!("{log}.out")))
-            .map_err(|e| err(e.to_string()))?;
-        let errf = std::fs::File::create(self.dir.join(format!("{log}.err")))
-            .map_err(|e| err(e.to_string()))?;
+        let out = std::fs::File::create(self.dir.join(format!("{log}.out"))).map_err(|e| err(e.to_string()))?;
+        let errf = std::fs::File::create(self.dir.join(format!("{log}.err"))).map_err(|e| err(e.to_string()))?;
         let child = Command::new("ip")
             .args(["netns", "exec", ns])
             .args(args)
@@ -814,17 +678,7 @@ pub fn ros_ip_of(result: &Value, sandbox: &str) -> Option<Ipv4Addr> {
 /// One ping from `ns` to `ip` (up to 2 s).
 pub fn ping(ns: &str, ip: Ipv4Addr) -> bool {
     Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns,
-            "ping",
-            "-c1",
-            "-W2",
-            "-n",
-            "-q",
-            &ip.to_string(),
-        ])
+        .args(["netns", "exec", ns, "ping", "-c1", "-W2", "-n", "-q", &ip.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -841,12 +695,7 @@ pub fn udp_in(ns: &str, bind: &str) -> Result<UdpSocket> {
 
 /// Sends one datagram from `from` to `to_ip`, received in `to`: returns the
 /// source address the receiver saw, or None if nothing arrived.
-pub fn udp_seen_source(
-    from: &str,
-    to: &str,
-    to_ip: Ipv4Addr,
-    port: u16,
-) -> Result<Option<Ipv4Addr>> {
+pub fn udp_seen_source(from: &str, to: &str, to_ip: Ipv4Addr, port: u16) -> Result<Option<Ipv4Addr>> {
     let rx = udp_in(to, &format!("0.0.0.0:{port}"))?;
     rx.set_read_timeout(Some(Duration::from_secs(2))).ok();
     let tx = udp_in(from, "0.0.0.0:0")?;

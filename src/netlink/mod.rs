@@ -448,11 +448,7 @@ impl Handle {
         let mut m = LinkMessage::default();
         m.header.index = index;
         m.attributes.push(no_ipv6_addresses());
-        match self.request(
-            &format!("set addrgenmode none on link #{index}"),
-            RouteNetlinkMessage::SetLink(m),
-            0,
-        ) {
+        match self.request(&format!("set addrgenmode none on link #{index}"), RouteNetlinkMessage::SetLink(m), 0) {
             // IPv6 disabled in this namespace: nothing to turn off
             Err(e) if e.errno() == Some(libc::EAFNOSUPPORT) => Ok(()),
             r => r,

@@ -110,3 +110,5 @@ capture mixed-d3 \
   "ddsperf -i 3 -D $secs pong" \
   "$participant --domain 3 --duration $secs --rate 1 --name fixture_mixed --min-matched 0 --min-received 0"
 ls -l "$here"/*.pcap >&2
+echo "capture.sh: fixtures rewritten; now refresh tshark's golden files and the fuzz seeds:" >&2
+echo "  UPDATE_GOLDEN=1 cargo test --test integration rtps::parser_matches_live_tshark" >&2
