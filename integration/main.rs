@@ -8,3 +8,4 @@ mod dds;
 mod install;
 mod macvlan;
 mod plugin;
+mod rtps;

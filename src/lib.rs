@@ -13,3 +13,4 @@ pub mod logging;
 pub mod mroute;
 pub mod netlink;
 pub mod plugin;
+pub mod rtps;
