@@ -60,6 +60,7 @@ const OUR_KEYS: &[&str] = &[
     "groups",
     "metricsAddress",
     "mfcIdleSeconds",
+    "raiseTtl",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -194,6 +195,9 @@ pub struct Config {
     pub groups: Vec<Ipv4Addr>,
     pub metrics_address: String,
     pub mfc_idle_seconds: u64,
+    /// Agent: raise TTL 1 to 2 for RTPS groups so TTL-1 discovery (Fast DDS,
+    /// Connext) crosses the node; false leaves TTLs alone.
+    pub raise_ttl: bool,
 }
 
 fn invalid(key: &str, msg: impl fmt::Display) -> CniError {
@@ -562,6 +566,7 @@ impl Config {
             groups,
             metrics_address,
             mfc_idle_seconds,
+            raise_ttl: get_bool(m, "raiseTtl")?.unwrap_or(true),
         })
     }
 

@@ -13,6 +13,7 @@ if [ -x "$out" ] && [ "$out" -nt "$src" ]; then
   exit 0
 fi
 mkdir -p "$(dirname "$out")"
-g++ -std=c++17 -O2 -Wall -Wextra -o "$out.tmp" "$src" -lfastrtps -lfastcdr
-mv "$out.tmp" "$out"
+# a private temp name: parallel tests may build at the same time
+g++ -std=c++17 -O2 -Wall -Wextra -o "$out.tmp.$$" "$src" -lfastrtps -lfastcdr
+mv "$out.tmp.$$" "$out"
 echo "$out"

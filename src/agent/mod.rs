@@ -174,7 +174,11 @@ fn ensure_node(cfg: &Config) -> Result<(Link, Link), AgentError> {
     if firewall::ensure_table(&mut nf, &firewall::pod_guard_spec()).map_err(setup_err)? {
         tracing::info!("created the anti-spoofing table bridge {}", firewall::TABLE);
     }
-    if firewall::ensure_ttl_rule(&mut nf, &[&uplink.name, &cfg.bridge], &cfg.groups)
+    if !cfg.raise_ttl {
+        if firewall::remove_ttl_rule(&mut nf).map_err(setup_err)? {
+            tracing::info!("raiseTtl is false: removed the RTPS TTL rule");
+        }
+    } else if firewall::ensure_ttl_rule(&mut nf, &[&uplink.name, &cfg.bridge], &cfg.groups)
         .map_err(setup_err)?
     {
         tracing::info!(groups = ?cfg.groups, "applied the RTPS TTL rule (ip {})", firewall::TABLE);
