@@ -5,6 +5,7 @@
 mod agent;
 mod common;
 mod dds;
+mod doctor;
 mod install;
 mod macvlan;
 mod plugin;

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod cni;
 pub mod config;
 pub mod dataplane;
+pub mod doctor;
 pub mod firewall;
 pub mod install;
 pub mod ipam;

@@ -109,6 +109,12 @@ impl prometheus_client::collector::Collector for Collector {
         )?;
         gauge(
             &mut enc,
+            "ros2cni_participants",
+            "DDS participants seen announcing on this node",
+            st.table.len() as i64,
+        )?;
+        gauge(
+            &mut enc,
             "ros2cni_multicast_routes",
             "Multicast routes installed in the kernel",
             st.router.as_ref().map_or(0, |r| r.len()) as i64,

@@ -19,6 +19,7 @@
 //! needs (TTL rule, multicast routes, its socket) and keep pod-facing state.
 
 pub mod metrics;
+pub mod observe;
 pub mod status;
 
 use crate::config::{Config, Mode};
@@ -138,6 +139,11 @@ pub struct State {
     reports_sent: u64,
     /// Counters of the conflist watcher, when the agent keeps the entry installed.
     pub install: Option<Arc<crate::install::WatchStats>>,
+    /// SPDP capture on every interface, and what it saw.
+    pub capture: Option<observe::Capture>,
+    pub table: observe::Table,
+    ifnames: std::collections::HashMap<u32, String>,
+    attachments_mtime: Option<SystemTime>,
 }
 
 impl State {
@@ -263,7 +269,68 @@ pub fn start(opts: &Options) -> Result<State, AgentError> {
         last_report: None,
         reports_sent: 0,
         install: None,
+        capture: None,
+        table: observe::Table::default(),
+        ifnames: Default::default(),
+        attachments_mtime: None,
     })
+    .map(|mut st| {
+        match observe::Capture::open(&st.cfg.groups) {
+            Ok(c) => st.capture = Some(c),
+            Err(e) => st
+                .problems
+                .push(format!("cannot watch discovery traffic (AF_PACKET): {e}")),
+        }
+        st
+    })
+}
+
+/// Reads captured discovery traffic into the participant table.
+pub fn handle_capture(st: &mut State) {
+    let Some(cap) = st.capture.take() else { return };
+    let names = &mut st.ifnames;
+    let mut lookup = |i: u32| -> Option<String> {
+        if let Some(n) = names.get(&i) {
+            return Some(n.clone());
+        }
+        let n = Handle::new().ok()?.link_by_index(i).ok()??.name;
+        names.insert(i, n.clone());
+        Some(n)
+    };
+    cap.drain(&mut st.table, &mut lookup);
+    st.capture = Some(cap);
+}
+
+/// Which pod an address or host port belongs to, from the attachment records
+/// (re-read only when the directory changes).
+fn refresh_pod_names(st: &mut State) {
+    let dir = st.cfg.data_dir.join("attachments");
+    let mtime = std::fs::metadata(&dir).and_then(|m| m.modified()).ok();
+    if mtime.is_some() && mtime == st.attachments_mtime {
+        return;
+    }
+    st.attachments_mtime = mtime;
+    let Ok(list) = crate::ipam::Store::new(&st.cfg.data_dir).list() else {
+        return;
+    };
+    st.table.pods_by_ip.clear();
+    st.table.pods_by_port.clear();
+    for (_, a) in list {
+        let name = if a.pod_name.is_empty() {
+            a.container_id.chars().take(12).collect()
+        } else {
+            format!("{}/{}", a.pod_namespace, a.pod_name)
+        };
+        st.table.pods_by_ip.insert(a.ip, name.clone());
+        for ip in &a.primary_ips {
+            if let Some(ip) = ip.split('/').next().and_then(|s| s.parse().ok()) {
+                st.table.pods_by_ip.insert(ip, name.clone());
+            }
+        }
+        if !a.host_if.is_empty() {
+            st.table.pods_by_port.insert(a.host_if.clone(), name);
+        }
+    }
 }
 
 /// How often the agent repeats its IGMP membership reports on the uplink
@@ -363,6 +430,9 @@ pub fn reconcile(st: &mut State) {
         st.last_expire = now;
     }
     st.pods = pods_attached(&st.cfg.data_dir);
+    refresh_pod_names(st);
+    st.table.expire(now);
+    st.ifnames.clear();
     if let Ok(mut nf) = Nfnl::new() {
         st.spoofed_drops = firewall::spoofed_drops(&mut nf).unwrap_or(st.spoofed_drops);
         st.ttl_raised = firewall::ttl_raised(&mut nf).unwrap_or(st.ttl_raised);
@@ -389,6 +459,11 @@ pub fn reload(st: &mut State) {
         Ok(cfg) => {
             if let Some(r) = st.router.as_mut() {
                 r.set_groups(cfg.groups.clone());
+            }
+            if let Some(c) = &st.capture {
+                if let Err(e) = c.set_filter(&cfg.groups) {
+                    tracing::warn!("capture filter for the new groups: {e}");
+                }
             }
             st.cfg = cfg;
             st.reloads += 1;
@@ -467,6 +542,7 @@ pub fn status_json(st: &State) -> Value {
         "dropped": {"notRtps": not_rtps, "wrongInterface": wrong_if, "spoofed": st.spoofed_drops},
         "ttlRaised": st.ttl_raised,
         "igmpReportsSent": st.reports_sent,
+        "participants": st.table.len(),
         "install": st.install.as_ref().map(|w| {
             use std::sync::atomic::Ordering::Relaxed;
             json!({"applied": w.applied.load(Relaxed), "unchanged": w.unchanged.load(Relaxed), "errors": w.errors.load(Relaxed)})
@@ -481,6 +557,17 @@ impl MrouteSocket {
         use crate::mroute::Mroute;
         self.vif_count(vif).unwrap_or_default()
     }
+}
+
+/// The participant table document (`participants` on the status socket).
+pub fn participants_json(st: &State) -> Value {
+    json!({
+        "node": st.cfg.node_name.clone().or_else(|| st.node.clone()),
+        "subnet": st.cfg.subnet.to_string(),
+        "participants": st.table.participants(),
+        "sources": st.table.sources(),
+        "malformed": st.table.malformed,
+    })
 }
 
 /// Runs the agent until SIGTERM/SIGINT.
@@ -523,6 +610,7 @@ async fn serve(state: State, period: Duration) -> Result<(), AgentError> {
     let sock_path = state.cfg.agent_socket();
     let metrics_addr = state.cfg.metrics_address.clone();
     let fd = state.mroute_fd();
+    let cap_fd = state.capture.as_ref().map(|c| c.raw_fd());
     let state = Arc::new(Mutex::new(state));
     let io_err = |what: &str| {
         let what = what.to_owned();
@@ -549,6 +637,15 @@ async fn serve(state: State, period: Duration) -> Result<(), AgentError> {
         ),
         None => None,
     };
+    // SAFETY: the fd belongs to the Capture in `state`, which is only taken
+    // out for a drain under the lock and always put back; dropped after us.
+    let captured = match cap_fd {
+        Some(fd) => Some(
+            unsafe { AsyncFd::register_with_interest(Fd(fd), tokio::io::Interest::READABLE) }
+                .map_err(|e| io_err("capture socket")(e.into_parts().1))?,
+        ),
+        None => None,
+    };
     let mut hup = signal(SignalKind::hangup()).map_err(io_err("SIGHUP handler"))?;
     let mut term = signal(SignalKind::terminate()).map_err(io_err("SIGTERM handler"))?;
     let mut int = signal(SignalKind::interrupt()).map_err(io_err("SIGINT handler"))?;
@@ -560,6 +657,11 @@ async fn serve(state: State, period: Duration) -> Result<(), AgentError> {
             r = async { upcalls.as_ref().expect("guarded").readable().await }, if upcalls.is_some() => {
                 let mut guard = r.map_err(io_err("multicast routing socket"))?;
                 handle_upcalls(&mut state.lock().unwrap());
+                guard.clear_ready();
+            }
+            r = async { captured.as_ref().expect("guarded").readable().await }, if captured.is_some() => {
+                let mut guard = r.map_err(io_err("capture socket"))?;
+                handle_capture(&mut state.lock().unwrap());
                 guard.clear_ready();
             }
             _ = tick.tick() => {
@@ -579,6 +681,7 @@ async fn serve(state: State, period: Duration) -> Result<(), AgentError> {
         t.abort();
     }
     drop(upcalls);
+    drop(captured);
     shutdown(&mut state.lock().unwrap());
     Ok(())
 }

@@ -40,9 +40,10 @@ pub async fn serve(path: PathBuf, state: Arc<Mutex<State>>) {
             let _ = tokio::time::timeout(Duration::from_secs(1), rd.read_line(&mut line)).await;
             let doc = match line.trim() {
                 "" | "status" => super::status_json(&state.lock().unwrap()),
-                other => {
-                    serde_json::json!({"error": format!("unknown command \"{other}\" (try \"status\")")})
-                }
+                "participants" => super::participants_json(&state.lock().unwrap()),
+                other => serde_json::json!({
+                    "error": format!("unknown command \"{other}\" (try \"status\" or \"participants\")")
+                }),
             };
             let _ = wr.write_all(format!("{doc}\n").as_bytes()).await;
             let _ = wr.shutdown().await;

@@ -2,6 +2,7 @@
 //! its own module; this file only parses and dispatches.
 
 mod agent;
+mod doctor;
 mod install;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +24,8 @@ enum Cmd {
     Version,
     /// Run the node agent: route RTPS multicast between pods, robot computers and the LAN.
     Agent(agent::Args),
+    /// Diagnose discovery on this node: agent, conflist entry, pods, routes, participants, findings.
+    Doctor(doctor::Args),
     /// Copy the binary into the CNI bin dir and chain a ros2-cni entry into the
     /// conflist the runtime loads (idempotent; refuses layouts it does not understand).
     Install(install::InstallArgs),
@@ -47,6 +50,7 @@ pub fn main() -> i32 {
             Ok(0)
         }
         Cmd::Agent(a) => agent::run(a),
+        Cmd::Doctor(a) => doctor::run(a).map_err(|e| e.context("doctor")),
     };
     match r {
         Ok(code) => code,

@@ -69,6 +69,10 @@ pub struct Attachment {
     /// Whether ADD cleared MULTICAST on the pod's primary interface.
     #[serde(default)]
     pub cleared_multicast: bool,
+    /// The primary interface's addresses (from prevResult), so that what is
+    /// seen from them (e.g. DDS bound to eth0) can be traced to this pod.
+    #[serde(default)]
+    pub primary_ips: Vec<String>,
     #[serde(default)]
     pub pod_namespace: String,
     #[serde(default)]
@@ -331,6 +335,7 @@ mod tests {
             uplink: String::new(),
             mode: "routed".into(),
             cleared_multicast: false,
+            primary_ips: vec![],
             pod_namespace: String::new(),
             pod_name: String::new(),
         }

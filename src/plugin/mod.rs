@@ -232,6 +232,10 @@ fn add(cfg: &Config, env: &Env, raw: &Value, version: Version) -> Result<Output>
             uplink: uplink.clone(),
             mode: cfg.mode.as_str().into(),
             cleared_multicast: false,
+            primary_ips: prev
+                .find_interface(&env.ifname, &env.netns)
+                .map(|i| prev.ips_of(i))
+                .unwrap_or_default(),
             pod_namespace: env.pod_namespace().unwrap_or_default().into(),
             pod_name: env.pod_name().unwrap_or_default().into(),
         })?

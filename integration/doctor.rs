@@ -1,0 +1,219 @@
+//! Seeing discovery: the agent's participant table and `ros2-cni doctor`.
+
+use crate::common::*;
+use ros2_cni::lab::testbed::{ns_sh, Testbed};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+/// Runs `ros2-cni doctor --json` inside a node; returns (exit code, report).
+fn doctor(tb: &Testbed, node: usize) -> (i32, Value) {
+    let n = tb.node(node);
+    let cfg = n.data_dir.join("agent.json");
+    if !cfg.exists() {
+        tb.agent_config(n, &json!({})).unwrap();
+    }
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &n.ns,
+            BIN,
+            "doctor",
+            "--json",
+            "--config",
+            cfg.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "doctor --json printed no JSON ({e}): {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), v)
+}
+
+fn participants(tb: &Testbed, node: usize) -> Vec<Value> {
+    let sock = tb.node(node).data_dir.join("ros2-cni/agent.sock");
+    ros2_cni::agent::status::query(&sock, "participants").unwrap()["participants"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[test]
+fn agent_tables_participants_and_doctor_names_one_bound_to_eth0() {
+    let tb = bed(2);
+    for i in 1..=2 {
+        tb.start_agent(tb.node(i), &json!({})).unwrap();
+    }
+    let good = tb.add_pod(&spec("good", 1)).unwrap();
+    // a pod whose DDS is pinned to the primary interface (which keeps MULTICAST)
+    let bad = tb
+        .add_pod(&spec("bad", 1).extra(json!({"primaryMulticast": true})))
+        .unwrap();
+    let remote = tb.add_pod(&spec("remote", 2)).unwrap();
+    let pinned = "<CycloneDDS><Domain><General><NetworkInterfaceAddress>eth0</NetworkInterfaceAddress></General></Domain></CycloneDDS>";
+    let uri = format!("CYCLONEDDS_URI={pinned}");
+    for (ns, log, env) in [
+        (&good.ns, "dds-good", None),
+        (&bad.ns, "dds-bad", Some(uri.as_str())),
+        (&remote.ns, "dds-remote", None),
+    ] {
+        let mut args = vec!["env"];
+        if let Some(e) = env {
+            args.push(e);
+        }
+        args.extend(["timeout", "-s", "KILL", "30", "ddsperf", "-D", "25", "pong"]);
+        tb.spawn(ns, &args, log).unwrap();
+    }
+    let bad_primary = bad.result["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(bad_primary.starts_with("10.1.1."), "{bad_primary}");
+    // all three announce within a few seconds
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let ps = loop {
+        let ps = participants(&tb, 1);
+        let pods: Vec<&str> = ps.iter().filter_map(|p| p["pod"].as_str()).collect();
+        if pods.contains(&"robots/good") && pods.contains(&"robots/bad") && ps.len() >= 3 {
+            break ps;
+        }
+        assert!(Instant::now() < deadline, "participants on node 1: {ps:#?}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let by_pod = |pod: &str| ps.iter().find(|p| p["pod"] == pod).unwrap().clone();
+    let g = by_pod("robots/good");
+    assert_eq!(g["vendor"], "Eclipse Cyclone DDS", "{g}");
+    assert_eq!(g["domain"], 0);
+    assert_eq!(g["seenOn"], "ros2br0", "seen on the node bridge: {g}");
+    let good_ip = ip_of(&good).to_string();
+    assert!(
+        g["locators"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["address"] == good_ip.as_str()),
+        "advertises its ros0 address: {g}"
+    );
+    let b = by_pod("robots/bad");
+    assert!(b["locators"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|l| l["address"].as_str() != Some(good_ip.as_str())));
+    assert!(
+        b["locators"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["address"] == bad_primary.as_str()),
+        "{b}"
+    );
+    // the remote pod, seen through the uplink
+    let remote_ip = ip_of(&remote).to_string();
+    assert!(
+        ps.iter().any(|p| p["seenOn"] == "eth0"
+            && p["source"]
+                .as_str()
+                .is_some_and(|s| s.starts_with(&format!("{remote_ip}:")))),
+        "node 1 sees node 2's pod on the uplink: {ps:#?}"
+    );
+    let st = tb.agent_status(tb.node(1)).unwrap();
+    assert!(st["participants"].as_u64() >= Some(3));
+
+    let (code, report) = doctor(&tb, 1);
+    assert_eq!(code, 1, "error findings make doctor exit 1: {report:#}");
+    let findings = report["findings"].as_array().unwrap();
+    let unreachable: Vec<&Value> = findings
+        .iter()
+        .filter(|f| f["code"] == "UNREACHABLE_LOCATORS")
+        .collect();
+    assert_eq!(
+        unreachable.len(),
+        1,
+        "exactly the pinned participant: {findings:#?}"
+    );
+    let msg = unreachable[0]["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&bad_primary) && msg.contains("robots/bad"),
+        "names the address and the pod: {msg}"
+    );
+    assert_eq!(unreachable[0]["severity"], "error");
+    for key in ["participants", "findings", "pods", "routes", "agent"] {
+        assert!(report.get(key).is_some(), "report has {key}");
+    }
+    // the text form says the same for people
+    let n = tb.node(1);
+    let text = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &n.ns,
+            BIN,
+            "doctor",
+            "--config",
+            n.data_dir.join("agent.json").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    eprintln!("{text}");
+    assert!(
+        text.contains("UNREACHABLE_LOCATORS")
+            && text.contains("robots/bad")
+            && text.contains("agent: running"),
+        "{text}"
+    );
+    let p0 = &report["participants"][0];
+    for key in [
+        "guidPrefix",
+        "vendor",
+        "domain",
+        "name",
+        "locators",
+        "seenOn",
+    ] {
+        assert!(p0.get(key).is_some(), "participant has {key}: {p0}");
+    }
+}
+
+#[test]
+fn doctor_reports_a_dead_agent_and_a_pod_that_lost_its_interface() {
+    let tb = bed(1);
+    let pod = tb.add_pod(&spec("lost", 1)).unwrap();
+    ns_sh(&pod.ns, &["ip", "link", "del", "ros0"]).unwrap();
+    let (code, report) = doctor(&tb, 1);
+    assert_eq!(code, 1);
+    let codes: Vec<&str> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["code"].as_str())
+        .collect();
+    assert!(
+        codes.contains(&"AGENT_DOWN") && codes.contains(&"POD_WITHOUT_INTERFACE"),
+        "{codes:?}"
+    );
+    assert_eq!(report["agent"]["running"], false);
+    // a healthy quiet node: the agent up, the interface back (a fresh pod)
+    let s = spec("fresh", 1);
+    tb.del_pod(&pod, &spec("lost", 1)).unwrap();
+    tb.add_pod(&s).unwrap();
+    tb.start_agent(tb.node(1), &json!({})).unwrap();
+    let (code, report) = doctor(&tb, 1);
+    let codes: Vec<&str> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["code"].as_str())
+        .collect();
+    assert_eq!(code, 0, "no error findings: {codes:?}");
+    assert_eq!(codes, vec!["NO_PARTICIPANTS"]);
+}

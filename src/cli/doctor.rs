@@ -1,0 +1,85 @@
+//! `ros2-cni doctor`: agent health, conflist entry, pods, routes, participants, findings.
+
+use anyhow::{bail, Context};
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Config file (node or cluster form). Default: the ros2-cni entry of the conflist in the CNI conf dir.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// This node's name in the cluster form (default: $NODE_NAME, then the hostname).
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
+    /// The CNI conf dir to check for the entry (default: MicroK8s', else /etc/cni/net.d).
+    #[arg(long, value_name = "DIR")]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+const CONF_DIRS: &[&str] = &[
+    "/var/snap/microk8s/current/args/cni-network",
+    "/etc/cni/net.d",
+];
+
+fn entry_from_conf_dir(dir: &Path) -> anyhow::Result<serde_json::Value> {
+    let file = ros2_cni::install::choose_conf(dir, None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
+    let mut entry = v["plugins"]
+        .as_array()
+        .and_then(|ps| {
+            ps.iter()
+                .find(|p| p["type"] == ros2_cni::install::PLUGIN_TYPE)
+        })
+        .cloned()
+        .with_context(|| {
+            format!(
+                "{} has no ros2-cni entry; pass --config FILE",
+                file.display()
+            )
+        })?;
+    entry["cniVersion"] = v["cniVersion"].clone();
+    entry["name"] = v["name"].clone();
+    Ok(entry)
+}
+
+/// Exit codes: 0 no error findings, 1 error findings, 2 doctor could not run.
+pub fn run(a: Args) -> anyhow::Result<i32> {
+    let conf_dir = a
+        .cni_conf_dir
+        .clone()
+        .or_else(|| CONF_DIRS.iter().map(PathBuf::from).find(|d| d.is_dir()));
+    let cfg = match &a.config {
+        Some(path) => ros2_cni::config::Config::from_file(path, a.node.as_deref())
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        None => {
+            let Some(dir) = &conf_dir else {
+                bail!(
+                    "no --config given and no CNI conf dir found (looked in {})",
+                    CONF_DIRS.join(", ")
+                );
+            };
+            let entry = entry_from_conf_dir(dir)?;
+            ros2_cni::config::Config::from_value(&entry, true, a.node.as_deref())
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+        }
+    };
+    let inputs = ros2_cni::doctor::gather(&cfg, conf_dir.as_deref());
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&ros2_cni::doctor::report(&inputs))?
+        );
+    } else {
+        print!("{}", ros2_cni::doctor::render(&inputs));
+    }
+    let errors = ros2_cni::doctor::findings(&inputs)
+        .iter()
+        .any(|f| f.severity == ros2_cni::doctor::Severity::Error);
+    Ok(i32::from(errors))
+}
