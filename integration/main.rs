@@ -5,4 +5,5 @@
 mod agent;
 mod common;
 mod dds;
+mod lab;
 mod plugin;

@@ -2,6 +2,7 @@
 //! its own module; this file only parses and dispatches.
 
 mod agent;
+mod lab;
 
 use clap::{Parser, Subcommand};
 
@@ -22,6 +23,8 @@ enum Cmd {
     Version,
     /// Run the node agent: route RTPS multicast between pods, robot computers and the LAN.
     Agent(agent::Args),
+    /// Build a lab of robot computers in network namespaces and show who discovers whom.
+    Lab(lab::Args),
 }
 
 pub fn main() -> i32 {
@@ -36,6 +39,7 @@ pub fn main() -> i32 {
             Ok(0)
         }
         Cmd::Agent(a) => agent::run(a),
+        Cmd::Lab(a) => lab::run(a),
     };
     match r {
         Ok(code) => code,
