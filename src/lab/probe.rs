@@ -79,16 +79,45 @@ pub trait Prober: Send + Sync {
     fn probe(&self, req: &ProbeRequest) -> Result<Outcome>;
 }
 
-/// The prober the lab uses, or what to install to get one.
-pub fn select_prober() -> std::result::Result<Box<dyn Prober>, String> {
-    if have_ddsperf() {
+/// Why no prober can run here, and the Debian packages that would fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unavailable {
+    pub reason: String,
+    pub packages: Vec<&'static str>,
+}
+
+/// Whether `tool` is an executable file in a directory of PATH.
+pub fn in_path(tool: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p).any(|d| {
+                std::fs::metadata(d.join(tool))
+                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// The prober the lab uses: the first one whose tools are here, or what to
+/// install. A new prober goes into this list (the built-in one last, as the
+/// fallback that needs nothing).
+pub fn select_prober() -> std::result::Result<Box<dyn Prober>, Unavailable> {
+    if in_path("ddsperf") && in_path("timeout") && have_ddsperf() {
         return Ok(Box::new(Ddsperf::for_lab()));
     }
-    Err(
-        "no discovery prober: `ddsperf` (Cyclone DDS) is not installed; \
-         install it with `apt-get install cyclonedds-tools` and run again"
+    let mut packages = vec![];
+    if !in_path("ddsperf") || !have_ddsperf() {
+        packages.push("cyclonedds-tools");
+    }
+    if !in_path("timeout") {
+        packages.push("coreutils");
+    }
+    Err(Unavailable {
+        reason: "no discovery prober: the lab runs Cyclone DDS's `ddsperf` (wrapped in `timeout`)"
             .into(),
-    )
+        packages,
+    })
 }
 
 /// Real Cyclone DDS: `ddsperf pong` in the target, `ddsperf ping` in the source.

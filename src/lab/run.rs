@@ -8,7 +8,7 @@
 
 use super::interrupt::{exit_code, Interrupt};
 use super::matrix::{MacvlanRun, Matrix, Pair, Report};
-use super::probe::{select_prober, Cancel, Endpoint, ProbeRequest, Prober};
+use super::probe::{in_path, select_prober, Cancel, Endpoint, ProbeRequest, Prober, Unavailable};
 use super::testbed::{
     self, dir_for_prefix, namespaces_of, pid_alive, remove_ns_and_processes, sh, unique_prefix,
     LabError, Options, PodSpec, Primary, Result, Testbed, KEPT_MARKER, LAPTOP_IP,
@@ -125,43 +125,58 @@ impl LabOptions {
         let h = self.hosts();
         h * (h - 1)
     }
+
+    /// "about 12 s" for all pairs at `per_probe` seconds each, `parallel` at a time.
+    pub fn estimate(&self, per_probe: f64) -> String {
+        let waves = self.pairs().div_ceil(self.parallel.max(1));
+        let secs = (waves as f64 * per_probe).ceil() as u64;
+        if secs < 120 {
+            format!("about {secs} s")
+        } else {
+            format!("about {} min", secs.div_ceil(60))
+        }
+    }
 }
 
-/// A tool the lab runs, and the Debian package that has it.
-const TOOLS: &[(&str, &str)] = &[
-    ("ip", "iproute2"),
-    ("nft", "nftables"),
-    ("iptables", "iptables"),
-    ("timeout", "coreutils"),
-    ("ddsperf", "cyclonedds-tools"),
-];
-
-fn in_path(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| is_executable(&d.join(tool))))
-        .unwrap_or(false)
-}
-
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+/// The tools the test bed runs (the prober's own are checked by
+/// `select_prober`), with the Debian package that has each.
+pub fn required_tools(wifi: bool) -> Vec<(&'static str, &'static str)> {
+    let mut t = vec![("ip", "iproute2"), ("iptables", "iptables")];
+    if wifi {
+        t.push(("nft", "nftables"));
+    }
+    t
 }
 
 /// Tools missing from PATH, with their packages.
-pub fn missing_tools() -> Vec<(&'static str, &'static str)> {
-    TOOLS.iter().copied().filter(|(t, _)| !in_path(t)).collect()
+pub fn missing_tools(wifi: bool) -> Vec<(&'static str, &'static str)> {
+    required_tools(wifi)
+        .into_iter()
+        .filter(|(t, _)| !in_path(t))
+        .collect()
 }
 
-/// The message for missing tools: which, and the one command that installs them.
-pub fn missing_tools_message(missing: &[(&str, &str)]) -> String {
-    let tools: Vec<&str> = missing.iter().map(|(t, _)| *t).collect();
+/// One message for everything missing: what, and the one command that installs it.
+pub fn missing_message(missing: &[(&str, &str)], prober: Option<&Unavailable>) -> String {
+    let mut parts = vec![];
     let mut pkgs: Vec<&str> = missing.iter().map(|(_, p)| *p).collect();
+    if !missing.is_empty() {
+        let tools: Vec<&str> = missing.iter().map(|(t, _)| *t).collect();
+        parts.push(format!("{} not found in PATH", tools.join(", ")));
+    }
+    if let Some(u) = prober {
+        parts.push(u.reason.clone());
+        pkgs.extend(u.packages.iter().copied());
+    }
     pkgs.dedup();
-    format!(
-        "the lab needs {} (not found in PATH); install with: apt-get install {}",
-        tools.join(", "),
-        pkgs.join(" ")
-    )
+    let mut msg = parts.join("; ");
+    if !pkgs.is_empty() {
+        msg.push_str(&format!(
+            "; install with: apt-get install {}",
+            pkgs.join(" ")
+        ));
+    }
+    msg
 }
 
 fn progress(msg: &str) {
@@ -415,11 +430,12 @@ fn ros2cni_run(
     }
     hosts.push(laptop(&tb)?);
     progress(&format!(
-        "ros2-cni: probing {} ordered pairs with {}, {} at a time (up to {} s each)",
+        "ros2-cni: probing {} ordered pairs with {}, {} at a time (up to {} s each; {})",
         opts.pairs(),
         prober.name(),
-        opts.parallel,
-        opts.timeout
+        opts.parallel.min(opts.pairs()),
+        opts.timeout,
+        opts.estimate(1.5)
     ));
     let m = probe_matrix(
         prober,
@@ -538,11 +554,12 @@ fn macvlan_run(
     }
     hosts.push(laptop(&tb)?);
     progress(&format!(
-        "macvlan: probing {} ordered pairs with {}, {} at a time (up to {} s each; failures are expected)",
+        "macvlan: probing {} ordered pairs with {}, {} at a time (up to {} s each; {}; failures are expected)",
         opts.pairs(),
         prober.name(),
-        opts.parallel,
-        opts.timeout
+        opts.parallel.min(opts.pairs()),
+        opts.timeout,
+        opts.estimate(opts.timeout as f64 + 1.0)
     ));
     let matrix = probe_matrix(
         prober,
@@ -752,7 +769,7 @@ pub fn cleanup_main() -> i32 {
     if !in_path("ip") {
         eprintln!(
             "ros2-cni lab --cleanup: {}",
-            missing_tools_message(&[("ip", "iproute2")])
+            missing_message(&[("ip", "iproute2")], None)
         );
         return 1;
     }
@@ -794,15 +811,14 @@ pub fn main(opts: LabOptions) -> i32 {
         );
         return 1;
     }
-    let missing = missing_tools();
-    if !missing.is_empty() {
-        eprintln!("ros2-cni lab: {}", missing_tools_message(&missing));
-        return 1;
-    }
-    let prober = match select_prober() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("ros2-cni lab: {e}");
+    let missing = missing_tools(opts.wifi);
+    let prober = match (select_prober(), missing.is_empty()) {
+        (Ok(p), true) => p,
+        (r, _) => {
+            eprintln!(
+                "ros2-cni lab: {}",
+                missing_message(&missing, r.as_ref().err())
+            );
             return 1;
         }
     };
@@ -938,12 +954,21 @@ mod tests {
 
     #[test]
     fn missing_tools_say_what_to_install() {
-        let m = missing_tools_message(&[("ddsperf", "cyclonedds-tools"), ("nft", "nftables")]);
+        let u = Unavailable {
+            reason: "no discovery prober".into(),
+            packages: vec!["cyclonedds-tools"],
+        };
+        let m = missing_message(&[("ip", "iproute2"), ("nft", "nftables")], Some(&u));
+        assert!(m.contains("ip, nft not found in PATH"), "{m}");
+        assert!(m.contains("no discovery prober"), "{m}");
         assert!(
-            m.contains("apt-get install cyclonedds-tools nftables"),
+            m.ends_with("install with: apt-get install iproute2 nftables cyclonedds-tools"),
             "{m}"
         );
-        assert!(m.contains("ddsperf, nft"), "{m}");
+        let only = missing_message(&[], Some(&u));
+        assert!(only.ends_with("apt-get install cyclonedds-tools"), "{only}");
+        assert!(required_tools(true).contains(&("nft", "nftables")));
+        assert!(!required_tools(false).iter().any(|(t, _)| *t == "nft"));
     }
 
     /// A prober that answers from a table, to test the matrix runner alone.

@@ -277,6 +277,7 @@ pub fn remove_ns_and_processes(ns: &str) -> bool {
         for p in pids
             .split_whitespace()
             .filter_map(|p| p.parse::<i32>().ok())
+            .filter(|p| *p as u32 != std::process::id())
         {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(p),
