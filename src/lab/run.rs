@@ -215,6 +215,15 @@ pub fn pair_order(hosts: usize) -> Vec<(usize, usize)> {
     out
 }
 
+/// How progress lines number finished pairs: `[before + k/of] <tag>a -> b`,
+/// so that several matrices count through one total.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Numbering<'a> {
+    pub tag: &'a str,
+    pub before: usize,
+    pub of: usize,
+}
+
 /// Runs one probe per ordered pair of `hosts`, `parallel` at a time, each in
 /// its own DDS domain, and reports each finished pair.
 pub fn probe_matrix(
@@ -223,7 +232,7 @@ pub fn probe_matrix(
     timeout: Duration,
     parallel: usize,
     cancel: &Cancel,
-    tag: &str,
+    num: &Numbering,
     report: &(dyn Fn(&str) + Sync),
 ) -> Result<Matrix> {
     let order = pair_order(hosts.len());
@@ -282,7 +291,12 @@ pub fn probe_matrix(
                                 ))
                             ),
                         };
-                        report(&format!("[{done}/{total}] {tag}{from} -> {to}: {what}"));
+                        report(&format!(
+                            "[{}/{}] {}{from} -> {to}: {what}",
+                            num.before + done,
+                            num.of.max(num.before + total),
+                            num.tag
+                        ));
                     }
                     results[job] = Some(Pair {
                         from: from.clone(),
@@ -443,7 +457,16 @@ fn ros2cni_run(
         Duration::from_secs(opts.timeout),
         opts.parallel,
         cancel,
-        "",
+        &Numbering {
+            tag: "",
+            before: 0,
+            of: opts.pairs()
+                * if macvlan_unavailable(opts).is_none() {
+                    2
+                } else {
+                    1
+                },
+        },
         &progress,
     )?;
     let drops = if opts.wifi {
@@ -567,7 +590,11 @@ fn macvlan_run(
         Duration::from_secs(opts.timeout),
         opts.parallel,
         cancel,
-        "macvlan ",
+        &Numbering {
+            tag: "macvlan ",
+            before: opts.pairs(),
+            of: 2 * opts.pairs(),
+        },
         &progress,
     )?;
     let wifi_drops = if opts.wifi {
@@ -874,11 +901,16 @@ pub fn main(opts: LabOptions) -> i32 {
     }
     match r {
         Ok(report) => {
-            if opts.json {
-                println!("{}", serde_json::to_string_pretty(&report.json()).unwrap());
+            // a closed stdout (`| head`) is not worth a panic
+            let out = if opts.json {
+                format!(
+                    "{}\n",
+                    serde_json::to_string_pretty(&report.json()).unwrap()
+                )
             } else {
-                print!("{}", report.text());
-            }
+                report.text()
+            };
+            let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes());
             print_kept(&kept);
             if report.ros2cni.all_discovered() {
                 0
@@ -1004,7 +1036,7 @@ mod tests {
             Duration::from_secs(1),
             2,
             &Cancel::default(),
-            "",
+            &Numbering::default(),
             &|l: &str| lines.lock().unwrap().push(l.to_owned()),
         )
         .unwrap();
@@ -1036,7 +1068,7 @@ mod tests {
             Duration::from_secs(1),
             2,
             &cancelled,
-            "",
+            &Numbering::default(),
             &|_| {}
         )
         .is_err());
