@@ -4,7 +4,7 @@
 use crate::common::{require_root, BIN};
 use ros2_cni::lab::testbed::{namespaces_of, ping, PodSpec, Primary, LAPTOP_IP};
 use serde_json::Value;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
 use std::process::{Child, Command, Stdio};
@@ -12,25 +12,71 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Records, while a lab runs, the network namespaces it creates (their
-/// inodes, so processes inside can be found after the names are gone).
+/// A process: pid and start time (clock ticks since boot), so a reused pid
+/// is not taken for the same process.
+type Proc = (u32, u64);
+
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // fields after "(comm)": state is field 3, starttime field 22
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+fn all_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
+        .collect()
+}
+
+/// Records, while a lab runs, every process found inside one of its network
+/// namespaces. Namespace inodes are compared only while the namespace
+/// exists: once it is gone the kernel may give its inode to another test's.
 struct Watcher {
-    inodes: Arc<Mutex<BTreeSet<u64>>>,
+    procs: Arc<Mutex<BTreeMap<Proc, String>>>,
+    saw_namespaces: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Watcher {
     fn start(pid: u32) -> Watcher {
-        let inodes = Arc::new(Mutex::new(BTreeSet::new()));
+        let procs = Arc::new(Mutex::new(BTreeMap::new()));
+        let saw = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
-        let (i, s) = (inodes.clone(), stop.clone());
+        let (p, w, s) = (procs.clone(), saw.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::SeqCst) {
-                for (ns, owner) in namespaces_of("r2lab") {
-                    if owner == pid {
-                        if let Ok(m) = std::fs::metadata(format!("/var/run/netns/{ns}")) {
-                            i.lock().unwrap().insert(m.ino());
+                let inodes: BTreeSet<u64> = namespaces_of("r2lab")
+                    .into_iter()
+                    .filter(|(_, owner)| *owner == pid)
+                    .filter_map(|(ns, _)| std::fs::metadata(format!("/var/run/netns/{ns}")).ok())
+                    .map(|m| m.ino())
+                    .collect();
+                if !inodes.is_empty() {
+                    w.store(true, Ordering::SeqCst);
+                    for q in all_pids() {
+                        let inside = std::fs::metadata(format!("/proc/{q}/ns/net"))
+                            .is_ok_and(|m| inodes.contains(&m.ino()));
+                        if inside {
+                            if let Some(t) = start_time(q) {
+                                p.lock()
+                                    .unwrap()
+                                    .entry((q, t))
+                                    .or_insert_with(|| cmdline(q));
+                            }
                         }
                     }
                 }
@@ -38,55 +84,61 @@ impl Watcher {
             }
         });
         Watcher {
-            inodes,
+            procs,
+            saw_namespaces: saw,
             stop,
             thread: Some(thread),
         }
     }
 
-    fn finish(mut self) -> BTreeSet<u64> {
+    /// Command lines of the processes seen so far.
+    fn seen(&self) -> Vec<String> {
+        self.procs.lock().unwrap().values().cloned().collect()
+    }
+
+    fn finish(mut self) -> (bool, BTreeMap<Proc, String>) {
         self.stop.store(true, Ordering::SeqCst);
         let _ = self.thread.take().unwrap().join();
-        self.inodes.lock().unwrap().clone()
+        let procs = self.procs.lock().unwrap().clone();
+        (self.saw_namespaces.load(Ordering::SeqCst), procs)
     }
 }
 
-/// Processes still inside one of `inodes`' namespaces, or whose command line
-/// names the lab's files: "pid cmdline" each.
-fn strays(pid: u32, inodes: &BTreeSet<u64>) -> Vec<String> {
+/// Processes seen in the lab that still run, and any process whose command
+/// line names the lab's files: "pid cmdline" each.
+fn strays(pid: u32, seen: &BTreeMap<Proc, String>) -> Vec<String> {
+    let mut out: Vec<String> = seen
+        .iter()
+        .filter(|((q, t), _)| start_time(*q) == Some(*t))
+        .map(|((q, _), cmd)| format!("{q} {cmd}"))
+        .collect();
     let mark = format!("/r2lab-{pid}-");
-    let mut out = vec![];
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.parse::<u32>().is_err() {
-            continue;
-        }
-        let cmd = std::fs::read(e.path().join("cmdline"))
-            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
-            .unwrap_or_default();
-        if cmd.is_empty() {
-            continue; // zombie or kernel thread
-        }
-        let in_lab = std::fs::metadata(e.path().join("ns/net"))
-            .map(|m| inodes.contains(&m.ino()))
-            .unwrap_or(false);
-        if in_lab || cmd.contains(&mark) {
-            out.push(format!("{name} {cmd}"));
+    for q in all_pids() {
+        let cmd = cmdline(q);
+        if cmd.contains(&mark) && q != std::process::id() {
+            out.push(format!("{q} {cmd}"));
         }
     }
     out
 }
 
-fn assert_nothing_left(pid: u32, inodes: &BTreeSet<u64>) {
-    assert!(!inodes.is_empty(), "the watcher saw the lab's namespaces");
+fn assert_nothing_left(pid: u32, watched: (bool, BTreeMap<Proc, String>)) {
+    let (saw, seen) = watched;
+    assert!(saw, "the watcher saw the lab's namespaces");
     let left: Vec<String> = namespaces_of("r2lab")
         .into_iter()
         .filter(|(_, owner)| *owner == pid)
         .map(|(ns, _)| ns)
         .collect();
     assert!(left.is_empty(), "namespaces left behind: {left:?}");
-    let strays = strays(pid, inodes);
-    assert!(strays.is_empty(), "processes left behind: {strays:?}");
+    // SIGKILL takes effect asynchronously: give the dying a moment
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut left = strays(pid, &seen);
+    while !left.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        left = strays(pid, &seen);
+    }
+    assert!(left.is_empty(), "processes left behind: {left:?}");
     let dirs: Vec<String> = std::fs::read_dir(std::env::temp_dir())
         .unwrap()
         .flatten()
@@ -172,7 +224,7 @@ fn lab_json_on_two_nodes_with_wifi_discovers_every_pair_and_leaves_nothing() {
     let mut stdout = String::new();
     std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
     let status = wait_exit(&mut child, Duration::from_secs(120));
-    let inodes = watcher.finish();
+    let watched = watcher.finish();
     eprintln!("lab --nodes 2 --wifi --json took {:?}", started.elapsed());
     assert!(
         status.success(),
@@ -227,7 +279,7 @@ fn lab_json_on_two_nodes_with_wifi_discovers_every_pair_and_leaves_nothing() {
         .map(|a| a["address"].as_str().unwrap())
         .collect();
     assert_eq!(addrs, ["192.168.1.160", "192.168.1.160"]);
-    assert_nothing_left(pid, &inodes);
+    assert_nothing_left(pid, watched);
 }
 
 #[test]
@@ -245,7 +297,7 @@ fn lab_interrupted_while_probing_cleans_up_and_fails() {
     );
     // agents and ddsperf pairs are running now
     std::thread::sleep(Duration::from_millis(300));
-    let busy = strays(pid, &watcher.inodes.lock().unwrap().clone());
+    let busy = watcher.seen();
     assert!(
         busy.iter().any(|p| p.contains("ddsperf")) && busy.iter().any(|p| p.contains(" agent ")),
         "probes and agents were running when interrupted: {busy:?}"
@@ -256,7 +308,7 @@ fn lab_interrupted_while_probing_cleans_up_and_fails() {
     )
     .unwrap();
     let status = wait_exit(&mut child, Duration::from_secs(40));
-    let inodes = watcher.finish();
+    let watched = watcher.finish();
     eprintln!("interrupted lab took {:?}", started.elapsed());
     assert_eq!(status.code(), Some(130), "stderr:\n{}", stderr.text());
     let mut stdout = String::new();
@@ -267,7 +319,7 @@ fn lab_interrupted_while_probing_cleans_up_and_fails() {
         "{}",
         stderr.text()
     );
-    assert_nothing_left(pid, &inodes);
+    assert_nothing_left(pid, watched);
 }
 
 #[test]
@@ -288,9 +340,9 @@ fn lab_terminated_while_building_cleans_up_and_fails() {
     )
     .unwrap();
     let status = wait_exit(&mut child, Duration::from_secs(40));
-    let inodes = watcher.finish();
+    let watched = watcher.finish();
     assert_eq!(status.code(), Some(143), "stderr:\n{}", stderr.text());
-    assert_nothing_left(pid, &inodes);
+    assert_nothing_left(pid, watched);
 }
 
 #[test]
