@@ -7,6 +7,7 @@ mod common;
 mod dds;
 mod doctor;
 mod install;
+mod lab;
 mod macvlan;
 mod plugin;
 mod rtps;

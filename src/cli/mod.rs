@@ -4,6 +4,7 @@
 mod agent;
 mod doctor;
 mod install;
+mod lab;
 
 use clap::{Parser, Subcommand};
 
@@ -31,6 +32,8 @@ enum Cmd {
     Install(install::InstallArgs),
     /// Remove the conflist entry (restoring the owner's bytes) and the binary.
     Uninstall(install::UninstallArgs),
+    /// Build a lab of robot computers in network namespaces and show who discovers whom.
+    Lab(lab::Args),
 }
 
 pub fn main() -> i32 {
@@ -51,6 +54,7 @@ pub fn main() -> i32 {
         }
         Cmd::Agent(a) => agent::run(a),
         Cmd::Doctor(a) => doctor::run(a).map_err(|e| e.context("doctor")),
+        Cmd::Lab(a) => lab::run(a),
     };
     match r {
         Ok(code) => code,

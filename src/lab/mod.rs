@@ -1,4 +1,7 @@
 //! The embedded lab: robot computers from network namespaces.
 
+pub mod interrupt;
+pub mod matrix;
 pub mod probe;
+pub mod run;
 pub mod testbed;

@@ -4,7 +4,10 @@
 //! - nodes: a netns each with `eth0` on the switch, IP forwarding, their own
 //!   data dir, and a Calico stand-in for the primary network (the reference
 //!   `ptp` + `host-local` plugins with ipMasq, 10.1.N.0/24 per node, node
-//!   routes between the pod ranges and no masquerade inside 10.1.0.0/16);
+//!   routes between the pod ranges and no masquerade inside 10.1.0.0/16; or,
+//!   where the reference plugins are not installed, a built-in stand-in that
+//!   wires pods the way Calico does: a /32 on `eth0`, a default route via
+//!   169.254.1.1 answered by proxy ARP on the node's `cali...` veth);
 //! - pods: a netns each, networked by running the CNI plugins the way a
 //!   container runtime does (CNI_* environment, JSON on stdin, chained results);
 //! - an off-cluster laptop on the LAN;
@@ -48,6 +51,36 @@ pub struct Options {
     pub plugin: PathBuf,
     /// Where the reference CNI plugins live.
     pub cni_bin_dir: PathBuf,
+    /// How pods get their primary interface (the Calico stand-in).
+    pub primary: Primary,
+}
+
+/// The Calico stand-in that gives pods their primary `eth0`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Primary {
+    /// The reference `ptp` + `host-local` plugins with ipMasq.
+    Ptp,
+    /// Built in, no plugin binary: a veth with a /32 and a default route via
+    /// 169.254.1.1 (proxy ARP on the node side), as Calico does.
+    Builtin,
+}
+
+impl Primary {
+    /// `Ptp` when `<cni_bin_dir>/ptp` and `host-local` exist, `Builtin` otherwise.
+    pub fn detect(cni_bin_dir: &Path) -> Primary {
+        if cni_bin_dir.join("ptp").exists() && cni_bin_dir.join("host-local").exists() {
+            Primary::Ptp
+        } else {
+            Primary::Builtin
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Primary::Ptp => "ptp",
+            Primary::Builtin => "builtin",
+        }
+    }
 }
 
 impl Options {
@@ -59,6 +92,7 @@ impl Options {
             wifi: false,
             plugin: plugin.into(),
             cni_bin_dir: PathBuf::from("/usr/lib/cni"),
+            primary: Primary::detect(Path::new("/usr/lib/cni")),
         }
     }
 }
@@ -210,40 +244,66 @@ pub fn nft_json(ns: &str, args: &[&str]) -> Result<Value> {
 }
 
 /// Whether a process with this pid exists.
-fn pid_alive(pid: u32) -> bool {
+pub fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The pid in a namespace name `<family>-<pid>-...`.
+pub fn owner_pid(family: &str, ns: &str) -> Option<u32> {
+    ns.strip_prefix(&format!("{family}-"))?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Namespaces named `<family>-<pid>-...`, each with its owner pid.
+pub fn namespaces_of(family: &str) -> Vec<(String, u32)> {
+    let Ok(list) = sh(&["ip", "netns", "list"]) else {
+        return vec![];
+    };
+    list.lines()
+        .filter_map(|line| {
+            let name = line.split_whitespace().next()?;
+            Some((name.to_owned(), owner_pid(family, name)?))
+        })
+        .collect()
+}
+
+/// Kills (SIGKILL) every process inside `ns`, then removes it.
+pub fn remove_ns_and_processes(ns: &str) -> bool {
+    // processes left inside (agents, DDS) would keep it alive
+    if let Ok(pids) = sh(&["ip", "netns", "pids", ns]) {
+        for p in pids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+            .filter(|p| *p as u32 != std::process::id())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    sh(&["ip", "netns", "del", ns]).is_ok()
 }
 
 /// Removes namespaces left by test beds whose process died (crash, SIGKILL).
 /// Names look like `<family>-<pid>-...`.
 pub fn sweep_stale(family: &str) {
-    let Ok(list) = sh(&["ip", "netns", "list"]) else {
-        return;
-    };
-    for line in list.lines() {
-        let name = line.split_whitespace().next().unwrap_or("");
-        let Some(rest) = name.strip_prefix(&format!("{family}-")) else {
-            continue;
-        };
-        let pid: Option<u32> = rest.split('-').next().and_then(|p| p.parse().ok());
-        if let Some(pid) = pid {
-            if !pid_alive(pid) {
-                // processes left inside (agents, DDS) would keep it alive
-                if let Ok(pids) = sh(&["ip", "netns", "pids", name]) {
-                    for p in pids
-                        .split_whitespace()
-                        .filter_map(|p| p.parse::<i32>().ok())
-                    {
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(p),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
-                    }
-                }
-                let _ = sh(&["ip", "netns", "del", name]);
-            }
+    for (name, pid) in namespaces_of(family) {
+        if !pid_alive(pid) {
+            remove_ns_and_processes(&name);
         }
     }
+}
+
+/// The file `Testbed::keep` leaves in the test bed's directory.
+pub const KEPT_MARKER: &str = "kept";
+
+/// The directory of the test bed whose namespace prefix is `prefix`.
+pub fn dir_for_prefix(prefix: &str) -> PathBuf {
+    std::env::temp_dir().join(prefix.trim_end_matches('-'))
 }
 
 static UNIQUE: AtomicUsize = AtomicUsize::new(0);
@@ -268,13 +328,15 @@ pub struct Testbed {
     /// Per-node ros2-cni settings (e.g. `{"mode": "macvlan"}`), merged into
     /// every conflist entry and agent config of that node.
     node_config: Mutex<std::collections::HashMap<usize, Value>>,
+    /// Next host number per node for the built-in primary (index = node - 1).
+    builtin_next: Mutex<Vec<u8>>,
     keep: bool,
 }
 
 impl Testbed {
     /// Builds the switch, the nodes and the laptop.
     pub fn new(opts: Options) -> Result<Testbed> {
-        let dir = std::env::temp_dir().join(opts.prefix.trim_end_matches('-'));
+        let dir = dir_for_prefix(&opts.prefix);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
         let mut tb = Testbed {
@@ -286,15 +348,33 @@ impl Testbed {
             namespaces: Mutex::new(vec![]),
             children: Mutex::new(vec![]),
             node_config: Mutex::new(Default::default()),
+            builtin_next: Mutex::new(vec![]),
             keep: false,
         };
         tb.build()?;
         Ok(tb)
     }
 
-    /// Leave everything in place on drop (`lab --keep`).
+    /// Leave everything in place on drop (`lab --keep`). Marks the test
+    /// bed's directory with a `kept` file, so sweeps can tell it from a crash.
     pub fn keep(&mut self) {
         self.keep = true;
+        let _ = std::fs::write(self.dir.join(KEPT_MARKER), b"");
+    }
+
+    /// The namespaces this test bed created and still has.
+    pub fn namespaces(&self) -> Vec<String> {
+        self.namespaces.lock().unwrap().clone()
+    }
+
+    /// The pids of processes started with `spawn` that are still tracked.
+    pub fn child_pids(&self) -> Vec<u32> {
+        self.children
+            .lock()
+            .unwrap()
+            .iter()
+            .map(Child::id)
+            .collect()
     }
 
     /// Creates a namespace (lo up) that is removed when the test bed drops.
@@ -444,7 +524,25 @@ impl Testbed {
                     "RETURN",
                 ],
             )?;
+            if self.opts.primary == Primary::Builtin {
+                // what ptp's ipMasq does per pod, once per node
+                ns_sh(
+                    &n.ns,
+                    &[
+                        "iptables",
+                        "-t",
+                        "nat",
+                        "-A",
+                        "POSTROUTING",
+                        "-s",
+                        &n.pod_cidr,
+                        "-j",
+                        "MASQUERADE",
+                    ],
+                )?;
+            }
         }
+        *self.builtin_next.lock().unwrap() = vec![2; self.nodes.len()];
         if self.opts.laptop {
             let ns = format!("{p}lap");
             self.add_ns(&ns)?;
@@ -653,6 +751,169 @@ impl Testbed {
         }
     }
 
+    /// The primary (Calico stand-in) ADD for a new pod: its result, in the
+    /// primary's cniVersion.
+    fn primary_add(
+        &self,
+        node: &Node,
+        spec: &PodSpec,
+        ns: &str,
+        netns: &str,
+        cid: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Value> {
+        let version = Self::primary_version(&spec.version);
+        match self.opts.primary {
+            Primary::Ptp => {
+                let primary = self.run_plugin(
+                    node,
+                    &self.opts.cni_bin_dir.join("ptp"),
+                    env,
+                    &self.primary_conf(node, version),
+                )?;
+                primary.json().filter(|_| primary.success).ok_or_else(|| {
+                    err(format!(
+                        "ptp ADD for {} failed: {}",
+                        spec.name, primary.stdout
+                    ))
+                })
+            }
+            Primary::Builtin => self.builtin_primary_add(node, ns, netns, cid, version),
+        }
+    }
+
+    /// The built-in Calico stand-in: `cali<hash>` on the node, `eth0` with
+    /// 10.1.N.x/32 in the pod, default route via 169.254.1.1 (proxy ARP).
+    fn builtin_primary_add(
+        &self,
+        node: &Node,
+        ns: &str,
+        netns: &str,
+        cid: &str,
+        version: &str,
+    ) -> Result<Value> {
+        let host = {
+            let mut next = self.builtin_next.lock().unwrap();
+            let h = next[node.idx - 1];
+            if h == 255 {
+                return Err(err(format!("node {}: pod range exhausted", node.idx)));
+            }
+            next[node.idx - 1] = h + 1;
+            h
+        };
+        let ip = Ipv4Addr::new(10, 1, node.idx as u8, host);
+        let veth = calico_veth_name(cid);
+        sh(&[
+            "ip", "-n", &node.ns, "link", "add", &veth, "type", "veth", "peer", "name", "eth0",
+            "netns", ns,
+        ])?;
+        ns_sh(
+            &node.ns,
+            &[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv4.conf.{veth}.proxy_arp=1"),
+                // answer at once, as Calico does (the default holds replies up to 0.8 s)
+                &format!("net.ipv4.neigh.{veth}.proxy_delay=0"),
+            ],
+        )?;
+        sh(&["ip", "-n", &node.ns, "link", "set", &veth, "up"])?;
+        sh(&[
+            "ip",
+            "-n",
+            &node.ns,
+            "route",
+            "add",
+            &format!("{ip}/32"),
+            "dev",
+            &veth,
+        ])?;
+        sh(&[
+            "ip",
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{ip}/32"),
+            "dev",
+            "eth0",
+        ])?;
+        sh(&["ip", "-n", ns, "link", "set", "eth0", "up"])?;
+        sh(&[
+            "ip",
+            "-n",
+            ns,
+            "route",
+            "add",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+            "scope",
+            "link",
+        ])?;
+        sh(&[
+            "ip",
+            "-n",
+            ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+        ])?;
+        let mac_of = |ns: &str, dev: &str| -> Result<String> {
+            ip_json(ns, &["link", "show", dev])?[0]["address"]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| err(format!("no MAC on {dev} in {ns}")))
+        };
+        let mut ipc = json!({"address": format!("{ip}/32"), "interface": 1});
+        if version < "1.0.0" {
+            ipc["version"] = json!("4");
+        }
+        Ok(json!({
+            "cniVersion": version,
+            "interfaces": [
+                {"name": veth, "mac": mac_of(&node.ns, &veth)?},
+                {"name": "eth0", "mac": mac_of(ns, "eth0")?, "sandbox": netns},
+            ],
+            "ips": [ipc],
+            "routes": [{"dst": "0.0.0.0/0"}],
+            "dns": {},
+        }))
+    }
+
+    /// Runs another plugin for an existing pod, as Multus runs a pod's
+    /// extra networks (e.g. the reference `macvlan` with `ifname` "net1").
+    pub fn attach_extra(
+        &self,
+        pod: &Pod,
+        plugin: &str,
+        ifname: &str,
+        conf: &Value,
+    ) -> Result<PluginRun> {
+        let netns = pod.netns_path();
+        let cid = format!("{}-{ifname}", pod.container_id);
+        let env = [
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", cid.as_str()),
+            ("CNI_NETNS", netns.as_str()),
+            ("CNI_IFNAME", ifname),
+            (
+                "CNI_PATH",
+                self.opts.cni_bin_dir.to_str().unwrap_or("/usr/lib/cni"),
+            ),
+        ];
+        self.run_plugin(
+            self.node(pod.node),
+            &self.opts.cni_bin_dir.join(plugin),
+            &env,
+            conf,
+        )
+    }
+
     /// Creates the pod's namespace and runs ADD through the chain.
     pub fn add_pod(&self, spec: &PodSpec) -> Result<Pod> {
         let ns = format!("{}p-{}", self.opts.prefix, spec.name);
@@ -662,18 +923,7 @@ impl Testbed {
         let args = Self::cni_args(spec);
         let node = self.node(spec.node);
         let env = Self::cni_env("ADD", &cid, &netns, &args);
-        let primary = self.run_plugin(
-            node,
-            &self.opts.cni_bin_dir.join("ptp"),
-            &env,
-            &self.primary_conf(node, Self::primary_version(&spec.version)),
-        )?;
-        let mut result = primary.json().filter(|_| primary.success).ok_or_else(|| {
-            err(format!(
-                "ptp ADD for {} failed: {}",
-                spec.name, primary.stdout
-            ))
-        })?;
+        let mut result = self.primary_add(node, spec, &ns, &netns, &cid, &env)?;
         result["cniVersion"] = json!(spec.version);
         if spec.chain_ros2cni {
             let conf = self.pod_ros2cni_conf(spec, &result);
@@ -728,19 +978,35 @@ impl Testbed {
                 )));
             }
         }
-        let node = self.node(pod.node);
-        let args = Self::cni_args(spec);
-        let netns = pod.netns_path();
-        let env = Self::cni_env("DEL", &pod.container_id, &netns, &args);
-        let mut conf = self.primary_conf(node, Self::primary_version(&spec.version));
-        conf["prevResult"] = pod.result.clone();
-        conf["prevResult"]["cniVersion"] = conf["cniVersion"].clone();
-        let r = self.run_plugin(node, &self.opts.cni_bin_dir.join("ptp"), &env, &conf)?;
-        if !r.success {
-            return Err(err(format!(
-                "ptp DEL for {} failed: {}",
-                pod.name, r.stdout
-            )));
+        if self.opts.primary == Primary::Ptp {
+            let node = self.node(pod.node);
+            let args = Self::cni_args(spec);
+            let netns = pod.netns_path();
+            let env = Self::cni_env("DEL", &pod.container_id, &netns, &args);
+            let mut conf = self.primary_conf(node, Self::primary_version(&spec.version));
+            conf["prevResult"] = pod.result.clone();
+            conf["prevResult"]["cniVersion"] = conf["cniVersion"].clone();
+            let r = self.run_plugin(node, &self.opts.cni_bin_dir.join("ptp"), &env, &conf)?;
+            if !r.success {
+                return Err(err(format!(
+                    "ptp DEL for {} failed: {}",
+                    pod.name, r.stdout
+                )));
+            }
+        }
+        if self.opts.primary == Primary::Builtin {
+            // as Calico's DEL: the host-side veth (and the /32 route with it);
+            // already gone is fine
+            let node = self.node(pod.node);
+            let veth = calico_veth_name(&pod.container_id);
+            if ip_json(&node.ns, &["link", "show"])?
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|l| l["ifname"] == veth.as_str())
+            {
+                sh(&["ip", "-n", &node.ns, "link", "del", &veth])?;
+            }
         }
         self.remove_ns(&pod.ns)
     }
@@ -884,6 +1150,17 @@ impl Drop for Testbed {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A Calico-like host-side veth name for a container: `cali` + 11 hex digits.
+pub fn calico_veth_name(cid: &str) -> String {
+    // FNV-1a, 64 bits: stable across runs and builds
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in cid.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("cali{:011x}", h & 0xfff_ffff_ffff)
 }
 
 /// The ros0 address in a chain result (the interface in `sandbox` that is not eth0).

@@ -1,0 +1,390 @@
+//! `ros2-cni lab` as a user runs it: the real binary, its JSON, and what it
+//! leaves behind (nothing), also when interrupted.
+
+use crate::common::{require_root, BIN};
+use ros2_cni::lab::testbed::{namespaces_of, ping, PodSpec, Primary, LAPTOP_IP};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::MetadataExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A process: pid and start time (clock ticks since boot), so a reused pid
+/// is not taken for the same process.
+type Proc = (u32, u64);
+
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // fields after "(comm)": state is field 3, starttime field 22
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+fn all_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
+        .collect()
+}
+
+/// Records, while a lab runs, every process found inside one of its network
+/// namespaces. Namespace inodes are compared only while the namespace
+/// exists: once it is gone the kernel may give its inode to another test's.
+struct Watcher {
+    procs: Arc<Mutex<BTreeMap<Proc, String>>>,
+    saw_namespaces: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watcher {
+    fn start(pid: u32) -> Watcher {
+        let procs = Arc::new(Mutex::new(BTreeMap::new()));
+        let saw = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, w, s) = (procs.clone(), saw.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                let inodes: BTreeSet<u64> = namespaces_of("r2lab")
+                    .into_iter()
+                    .filter(|(_, owner)| *owner == pid)
+                    .filter_map(|(ns, _)| std::fs::metadata(format!("/var/run/netns/{ns}")).ok())
+                    .map(|m| m.ino())
+                    .collect();
+                if !inodes.is_empty() {
+                    w.store(true, Ordering::SeqCst);
+                    for q in all_pids() {
+                        let inside = std::fs::metadata(format!("/proc/{q}/ns/net"))
+                            .is_ok_and(|m| inodes.contains(&m.ino()));
+                        if inside {
+                            if let Some(t) = start_time(q) {
+                                p.lock()
+                                    .unwrap()
+                                    .entry((q, t))
+                                    .or_insert_with(|| cmdline(q));
+                            }
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(30));
+            }
+        });
+        Watcher {
+            procs,
+            saw_namespaces: saw,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Command lines of the processes seen so far.
+    fn seen(&self) -> Vec<String> {
+        self.procs.lock().unwrap().values().cloned().collect()
+    }
+
+    fn finish(mut self) -> (bool, BTreeMap<Proc, String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.thread.take().unwrap().join();
+        let procs = self.procs.lock().unwrap().clone();
+        (self.saw_namespaces.load(Ordering::SeqCst), procs)
+    }
+}
+
+/// Processes seen in the lab that still run, and any process whose command
+/// line names the lab's files: "pid cmdline" each.
+fn strays(pid: u32, seen: &BTreeMap<Proc, String>) -> Vec<String> {
+    let mut out: Vec<String> = seen
+        .iter()
+        .filter(|((q, t), _)| start_time(*q) == Some(*t))
+        .map(|((q, _), cmd)| format!("{q} {cmd}"))
+        .collect();
+    let mark = format!("/r2lab-{pid}-");
+    for q in all_pids() {
+        let cmd = cmdline(q);
+        if cmd.contains(&mark) && q != std::process::id() {
+            out.push(format!("{q} {cmd}"));
+        }
+    }
+    out
+}
+
+fn assert_nothing_left(pid: u32, watched: (bool, BTreeMap<Proc, String>)) {
+    let (saw, seen) = watched;
+    assert!(saw, "the watcher saw the lab's namespaces");
+    let left: Vec<String> = namespaces_of("r2lab")
+        .into_iter()
+        .filter(|(_, owner)| *owner == pid)
+        .map(|(ns, _)| ns)
+        .collect();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+    // SIGKILL takes effect asynchronously: give the dying a moment
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut left = strays(pid, &seen);
+    while !left.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        left = strays(pid, &seen);
+    }
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+    let dirs: Vec<String> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!("r2lab-{pid}-")))
+        .collect();
+    assert!(dirs.is_empty(), "directories left behind: {dirs:?}");
+}
+
+fn lab(args: &[&str]) -> Child {
+    Command::new(BIN)
+        .arg("lab")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ros2-cni lab")
+}
+
+/// Collects stderr lines in the background; `wait_for` blocks until one matches.
+struct Stderr {
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Stderr {
+    fn collect(child: &mut Child) -> Stderr {
+        let lines = Arc::new(Mutex::new(vec![]));
+        let l = lines.clone();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(|x| x.ok()) {
+                l.lock().unwrap().push(line);
+            }
+        });
+        Stderr { lines }
+    }
+
+    fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains(needle))
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    fn text(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("ros2-cni lab did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn lab_json_on_two_nodes_with_wifi_discovers_every_pair_and_leaves_nothing() {
+    require_root();
+    let started = Instant::now();
+    let mut child = lab(&["--nodes", "2", "--wifi", "--json"]);
+    let pid = child.id();
+    let watcher = Watcher::start(pid);
+    let stderr = Stderr::collect(&mut child);
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(120));
+    let watched = watcher.finish();
+    eprintln!("lab --nodes 2 --wifi --json took {:?}", started.elapsed());
+    assert!(
+        status.success(),
+        "exit {status}; stderr:\n{}\nstdout:\n{stdout}",
+        stderr.text()
+    );
+    let v: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("stdout is only JSON ({e}):\n{stdout}"));
+    assert_eq!(v["nodes"], 2);
+    assert_eq!(v["podsPerNode"], 1);
+    assert_eq!(v["wifi"], true);
+    assert_eq!(v["prober"], "ddsperf");
+    // two pods and the laptop: 3 * 2 ordered pairs, each once
+    let pairs = v["pairs"].as_array().expect("pairs");
+    assert_eq!(pairs.len(), 6, "{v:#}");
+    let mut seen = BTreeSet::new();
+    for p in pairs {
+        let keys: BTreeSet<&str> = p.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            BTreeSet::from(["from", "to", "discovered", "seconds"])
+        );
+        let (from, to) = (p["from"].as_str().unwrap(), p["to"].as_str().unwrap());
+        assert_ne!(from, to);
+        assert!(
+            seen.insert((from.to_owned(), to.to_owned())),
+            "{from} -> {to} twice"
+        );
+        assert_eq!(p["discovered"], true, "ros2-cni pair {from} -> {to}: {v:#}");
+        let s = p["seconds"].as_f64().expect("seconds is a number");
+        assert!(s > 0.0 && s < 5.0, "{from} -> {to}: {s} s");
+    }
+    let hosts: BTreeSet<&str> = seen.iter().map(|(f, _)| f.as_str()).collect();
+    assert_eq!(hosts, BTreeSet::from(["laptop", "n1-pod1", "n2-pod1"]));
+    assert_eq!(
+        v["wifiDroppedFrames"], 0,
+        "ros2-cni never sends a foreign MAC"
+    );
+    // the comparison ran and has the same shape; its failures are the point
+    let mv = v["macvlan"]["pairs"].as_array().expect("macvlan pairs");
+    assert_eq!(mv.len(), 6);
+    for p in mv {
+        assert!(p["discovered"].is_boolean());
+        assert!(p["seconds"].is_null() || p["seconds"].is_number());
+        assert_eq!(p["seconds"].is_number(), p["discovered"] == true);
+    }
+    // the same range on every node: host-local hands out the same address twice
+    let addrs: Vec<&str> = v["macvlan"]["addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["address"].as_str().unwrap())
+        .collect();
+    assert_eq!(addrs, ["192.168.1.160", "192.168.1.160"]);
+    assert_nothing_left(pid, watched);
+}
+
+#[test]
+fn lab_interrupted_while_probing_cleans_up_and_fails() {
+    require_root();
+    let started = Instant::now();
+    let mut child = lab(&["--nodes", "2", "--no-macvlan"]);
+    let pid = child.id();
+    let watcher = Watcher::start(pid);
+    let stderr = Stderr::collect(&mut child);
+    assert!(
+        stderr.wait_for("ros2-cni: probing", Duration::from_secs(60)),
+        "the lab reached the probes:\n{}",
+        stderr.text()
+    );
+    // agents and ddsperf pairs are running now
+    std::thread::sleep(Duration::from_millis(300));
+    let busy = watcher.seen();
+    assert!(
+        busy.iter().any(|p| p.contains("ddsperf")) && busy.iter().any(|p| p.contains(" agent ")),
+        "probes and agents were running when interrupted: {busy:?}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(40));
+    let watched = watcher.finish();
+    eprintln!("interrupted lab took {:?}", started.elapsed());
+    assert_eq!(status.code(), Some(130), "stderr:\n{}", stderr.text());
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    assert!(stdout.is_empty(), "no matrix after an interrupt: {stdout}");
+    assert!(
+        stderr.text().contains("removed everything it made"),
+        "{}",
+        stderr.text()
+    );
+    assert_nothing_left(pid, watched);
+}
+
+#[test]
+fn lab_terminated_while_building_cleans_up_and_fails() {
+    require_root();
+    let mut child = lab(&["--nodes", "3", "--pods-per-node", "2", "--no-macvlan"]);
+    let pid = child.id();
+    let watcher = Watcher::start(pid);
+    let stderr = Stderr::collect(&mut child);
+    assert!(
+        stderr.wait_for("attaching", Duration::from_secs(60)),
+        "{}",
+        stderr.text()
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(40));
+    let watched = watcher.finish();
+    assert_eq!(status.code(), Some(143), "stderr:\n{}", stderr.text());
+    assert_nothing_left(pid, watched);
+}
+
+#[test]
+fn lab_refuses_bad_arguments_before_touching_anything() {
+    for (args, needle) in [
+        (&["--nodes", "0"][..], "1 to 8 robot computers"),
+        (&["--nodes", "9"][..], "1 to 8 robot computers"),
+        (&["--pods-per-node", "17"][..], "1 to 16 pods"),
+    ] {
+        let out = Command::new(BIN).arg("lab").args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn builtin_primary_wires_pods_like_calico() {
+    // the fallback for machines without the reference plugins
+    let tb = crate::common::bed_with(2, |o| o.primary = Primary::Builtin);
+    let a = tb.add_pod(&PodSpec::new("a1", 1)).unwrap();
+    let b = tb.add_pod(&PodSpec::new("b1", 2)).unwrap();
+    let eth0 = |ns: &str| crate::common::addrs(ns, "eth0");
+    assert_eq!(eth0(&a.ns), ["10.1.1.2/32"]);
+    assert_eq!(eth0(&b.ns), ["10.1.2.2/32"]);
+    let routes = crate::common::routes(&a.ns);
+    assert!(
+        routes.iter().any(|r| r == "default eth0"),
+        "default route via the primary: {routes:?}"
+    );
+    // the primary network across nodes, and ros0 on the LAN
+    assert!(
+        ping(&a.ns, "10.1.2.2".parse().unwrap()),
+        "primary across nodes"
+    );
+    assert!(ping(&a.ns, b.ros_ip.unwrap()), "ros0 across nodes");
+    assert!(ping(&b.ns, LAPTOP_IP), "ros0 to the laptop");
+    tb.del_pod(&a, &PodSpec::new("a1", 1)).unwrap();
+    let node_links = crate::common::node_state(&tb, 1).links;
+    assert!(
+        !node_links.iter().any(|l| l.starts_with("cali")),
+        "the pod's veth went with it: {node_links:?}"
+    );
+}
