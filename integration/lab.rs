@@ -388,3 +388,49 @@ fn builtin_primary_wires_pods_like_calico() {
         "the pod's veth went with it: {node_links:?}"
     );
 }
+
+#[test]
+fn lab_with_its_own_spdp_prober_discovers_every_ros2_cni_pair_and_no_macvlan_pair() {
+    // the prober used where Cyclone DDS is not installed
+    require_root();
+    let mut child = lab(&[
+        "--nodes",
+        "2",
+        "--wifi",
+        "--json",
+        "--prober",
+        "spdp",
+        "--timeout",
+        "3",
+    ]);
+    let pid = child.id();
+    let watcher = Watcher::start(pid);
+    let stderr = Stderr::collect(&mut child);
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(120));
+    let watched = watcher.finish();
+    assert!(
+        status.success(),
+        "exit {status}; stderr:\n{}\nstdout:\n{stdout}",
+        stderr.text()
+    );
+    let v: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["prober"], "spdp");
+    let pairs = v["pairs"].as_array().unwrap();
+    assert_eq!(pairs.len(), 6);
+    for p in pairs {
+        assert_eq!(p["discovered"], true, "{p}");
+        assert!(
+            p["seconds"]
+                .as_f64()
+                .is_some_and(|s| (0.0..3.0).contains(&s)),
+            "{p}"
+        );
+    }
+    // default interface choice in a Multus-style pod is eth0: nothing meets
+    let mv = v["macvlan"]["pairs"].as_array().unwrap();
+    assert_eq!(mv.len(), 6);
+    assert!(mv.iter().all(|p| p["discovered"] == false), "{v:#}");
+    assert_nothing_left(pid, watched);
+}

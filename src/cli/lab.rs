@@ -54,10 +54,20 @@ pub struct Args {
     /// Skip the Multus-style macvlan comparison.
     #[arg(long)]
     pub no_macvlan: bool,
+    /// How to probe discovery: Cyclone DDS's ddsperf when installed, else the
+    /// lab's own SPDP announcer/listener (auto); or always the latter (spdp).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub prober: ProberArg,
     /// Remove what earlier labs left behind (kept with --keep, or killed):
     /// namespaces whose lab is no longer running, the processes in them, their files.
     #[arg(long, exclusive = true)]
     pub cleanup: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProberArg {
+    Auto,
+    Spdp,
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
@@ -82,5 +92,6 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         PrimaryArg::Builtin => Some(Primary::Builtin),
     };
     o.macvlan = !a.no_macvlan;
+    o.spdp_prober = a.prober == ProberArg::Spdp;
     Ok(run::main(o))
 }

@@ -4,4 +4,5 @@ pub mod interrupt;
 pub mod matrix;
 pub mod probe;
 pub mod run;
+pub mod spdp_probe;
 pub mod testbed;

@@ -106,18 +106,13 @@ pub fn select_prober() -> std::result::Result<Box<dyn Prober>, Unavailable> {
     if in_path("ddsperf") && in_path("timeout") && have_ddsperf() {
         return Ok(Box::new(Ddsperf::for_lab()));
     }
-    let mut packages = vec![];
-    if !in_path("ddsperf") || !have_ddsperf() {
-        packages.push("cyclonedds-tools");
-    }
-    if !in_path("timeout") {
-        packages.push("coreutils");
-    }
-    Err(Unavailable {
-        reason: "no discovery prober: the lab runs Cyclone DDS's `ddsperf` (wrapped in `timeout`)"
-            .into(),
-        packages,
-    })
+    // no Cyclone DDS here: the lab's own SPDP announcer/listener
+    Ok(Box::new(super::spdp_probe::SpdpProber))
+}
+
+/// The lab's own SPDP prober even where ddsperf exists (`lab --prober spdp`).
+pub fn spdp_prober() -> Box<dyn Prober> {
+    Box::new(super::spdp_probe::SpdpProber)
 }
 
 /// Real Cyclone DDS: `ddsperf pong` in the target, `ddsperf ping` in the source.

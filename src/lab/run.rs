@@ -55,6 +55,8 @@ pub struct LabOptions {
     pub primary: Option<Primary>,
     /// Run the Multus-style macvlan comparison.
     pub macvlan: bool,
+    /// Use the lab's own SPDP prober even where ddsperf is installed.
+    pub spdp_prober: bool,
     /// The ros2-cni binary (the running one).
     pub plugin: PathBuf,
     pub cni_bin_dir: PathBuf,
@@ -81,6 +83,7 @@ impl LabOptions {
             parallel: default_parallel(),
             primary: None,
             macvlan: true,
+            spdp_prober: false,
             plugin: plugin.into(),
             cni_bin_dir: PathBuf::from("/usr/lib/cni"),
         }
@@ -839,7 +842,12 @@ pub fn main(opts: LabOptions) -> i32 {
         return 1;
     }
     let missing = missing_tools(opts.wifi);
-    let prober = match (select_prober(), missing.is_empty()) {
+    let chosen = if opts.spdp_prober {
+        Ok(super::probe::spdp_prober())
+    } else {
+        select_prober()
+    };
+    let prober = match (chosen, missing.is_empty()) {
         (Ok(p), true) => p,
         (r, _) => {
             eprintln!(

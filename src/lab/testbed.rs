@@ -1240,7 +1240,7 @@ pub fn mcast_receiver(ns: &str, group: Ipv4Addr, port: u16, local: Ipv4Addr) -> 
 }
 
 /// A UDP socket on 0.0.0.0:port with SO_REUSEADDR (several receivers per port).
-fn socket_reuse(port: u16) -> std::io::Result<UdpSocket> {
+pub(crate) fn socket_reuse(port: u16) -> std::io::Result<UdpSocket> {
     use std::os::fd::FromRawFd;
     // SAFETY: plain socket/setsockopt/bind calls on a descriptor we own.
     unsafe {
