@@ -266,7 +266,23 @@ fn agent_reports_membership_on_the_uplink_and_answers_queries() {
     let _member = mcast_receiver(&lap, SPDP, 7400, LAPTOP_IP).unwrap();
     let sock = igmp_socket(&lap);
     let node = tb.node(1);
-    tb.start_agent(node, &json!({})).unwrap();
+    tb.start_agent(node, &json!({"logFormat": "json"})).unwrap();
+    // the health socket is root's alone
+    use std::os::unix::fs::PermissionsExt;
+    let health = node.data_dir.join("ros2-cni/agent.sock");
+    assert_eq!(
+        std::fs::metadata(&health).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // logFormat json: every log line is a JSON object
+    let log = tb.log("agent-n1");
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for l in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(v["fields"]["message"].is_string(), "{l}");
+    }
     // two unsolicited reports at start (reconcile period 2 s), then none for a minute
     let deadline = std::time::Instant::now() + Duration::from_secs(6);
     while tb.agent_status(node).unwrap()["igmpReportsSent"].as_u64() < Some(2) {

@@ -268,3 +268,56 @@ fn macvlan_on_a_wireless_uplink_is_refused_unless_forced() {
     assert!(r.success, "force overrides: {} {}", r.stdout, r.stderr);
     assert_eq!(kind_of(&pod.ns, "ros0"), "macvlan");
 }
+
+#[test]
+fn macvlan_gc_and_bad_inputs_behave_as_in_routed_mode() {
+    let tb = macvlan_bed(1, &[1]);
+    let before = baseline(&tb, 1);
+    let keep = spec("keep", 1).version("1.1.0");
+    let gone = spec("gone", 1).version("1.1.0");
+    let pk = tb.add_pod(&keep).unwrap();
+    let pg = tb.add_pod(&gone).unwrap();
+    let n = tb.node(1);
+    let mut conf = tb.ros2cni_conf(n, "1.1.0", &json!({}));
+    conf["cni.dev/valid-attachments"] = json!([{"containerID": pk.container_id, "ifname": "eth0"}]);
+    let r = tb
+        .run_plugin(
+            n,
+            &tb.opts.plugin,
+            &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/usr/lib/cni")],
+            &conf,
+        )
+        .unwrap();
+    assert!(r.success, "GC: {}", r.stdout);
+    assert!(
+        !pod_has_link(&pg.ns, "ros0"),
+        "GC removed the unlisted pod's macvlan"
+    );
+    assert!(pod_has_link(&pk.ns, "ros0"));
+    let st = node_state(&tb, 1);
+    assert!(
+        !st.leases.contains(&ip_of(&pg).to_string()) && st.leases.contains(&ip_of(&pk).to_string())
+    );
+    assert!(!st.routes.contains(&format!("{} ros2shim", ip_of(&pg))));
+    tb.del_pod(&pk, &keep).unwrap();
+    tb.del_pod(&pg, &gone).unwrap();
+    assert_eq!(node_state(&tb, 1), before);
+
+    // errors leave nothing behind in this mode too
+    for (what, extra, code) in [
+        ("uplink missing", json!({"uplink": "eth9"}), 7),
+        ("pool outside subnet", json!({"podRange": "10.9.0.0/24"}), 7),
+        ("ifName taken by the primary", json!({"ifName": "eth0"}), 7),
+    ] {
+        let mut s = spec(&format!("bad-{}", what.len()), 1);
+        s.chain_ros2cni = false;
+        let pod = tb.add_pod(&s).unwrap();
+        let before = node_state(&tb, 1);
+        let r = tb
+            .ros2cni_cmd("ADD", &pod, &spec(&s.name, 1).extra(extra), None, None)
+            .unwrap();
+        assert_eq!(r.code(), Some(code), "{what}: {}", r.stdout);
+        assert_eq!(node_state(&tb, 1), before, "{what}: residue");
+        assert!(!pod_has_link(&pod.ns, "ros0"), "{what}");
+    }
+}
