@@ -249,31 +249,28 @@ pub fn bpf_filter(groups: &[Ipv4Addr]) -> Vec<libc::sock_filter> {
     const LD_ABS: u16 = 0x20;
     const JEQ_K: u16 = 0x15;
     const RET_K: u16 = 0x06;
+    // ancillary data: the packet type (SKF_AD_OFF + SKF_AD_PKTTYPE)
+    const AD_PKTTYPE: u32 = 0xffff_f000 + 4;
+    const PRE: usize = 7;
     let groups: Vec<Ipv4Addr> = groups.iter().take(200).copied().collect();
-    let n = groups.len() as u8;
-    // layout: 0 ldh type, 1 jeq ipv4, 2 ldb proto, 3 jeq udp, 4 ld dst,
-    // 5.. one jeq per group, then accept, then drop
-    let accept = 5 + n as usize;
+    // layout: 0 ld pkttype, 1 jeq outgoing -> drop, 2 ldh ethertype, 3 jeq ipv4,
+    // 4 ldb proto, 5 jeq udp, 6 ld dst, 7.. one jeq per group, accept, drop
+    let accept = PRE + groups.len();
     let drop = accept + 1;
+    let to_drop = |at: usize| (drop - at - 1) as u8;
     let mut p = vec![
+        f(LDB_ABS, 0, 0, AD_PKTTYPE),
+        f(JEQ_K, to_drop(1), 0, PACKET_OUTGOING as u32),
         f(LDH_ABS, 0, 0, 12),
-        f(JEQ_K, 0, (drop - 2) as u8, 0x0800),
+        f(JEQ_K, 0, to_drop(3), 0x0800),
         f(LDB_ABS, 0, 0, 23),
-        f(JEQ_K, 0, (drop - 4) as u8, 17),
+        f(JEQ_K, 0, to_drop(5), 17),
         f(LD_ABS, 0, 0, 30),
     ];
     for (i, g) in groups.iter().enumerate() {
-        let at = 5 + i;
-        p.push(f(
-            JEQ_K,
-            (accept - at - 1) as u8,
-            if i + 1 == groups.len() {
-                (drop - at - 1) as u8
-            } else {
-                0
-            },
-            u32::from(*g),
-        ));
+        let at = PRE + i;
+        let jf = if i + 1 == groups.len() { to_drop(at) } else { 0 };
+        p.push(f(JEQ_K, (accept - at - 1) as u8, jf, u32::from(*g)));
     }
     p.push(f(RET_K, 0, 0, 0x0004_0000));
     p.push(f(RET_K, 0, 0, 0));
@@ -540,13 +537,14 @@ mod tests {
                     let t = i + 1 + ins.jt as usize;
                     let f = i + 1 + ins.jf as usize;
                     assert!(t <= drop && f <= drop, "jump out of the program at {i}");
-                    if i >= 5 {
+                    if i >= 7 {
                         assert_eq!(t, accept, "a matching group is accepted");
                     }
                 }
             }
-            // the last group's mismatch drops
-            assert_eq!(5 + n as usize + p[4 + n as usize].jf as usize, drop);
+            // outgoing frames drop; the last group's mismatch drops
+            assert_eq!(2 + p[1].jt as usize, drop);
+            assert_eq!(7 + n as usize + p[6 + n as usize].jf as usize, drop);
         }
     }
 }
