@@ -862,6 +862,21 @@ fn agent_reapplies_after_a_calico_rewrite_and_uninstalls_on_exit() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    // a new pool for this node, then SIGHUP: the entry follows the config
+    let mut cfg2 = cfg.clone();
+    cfg2["nodes"]["robot-base"] = json!("192.168.3.0/24");
+    std::fs::write(&t.config, serde_json::to_vec_pretty(&cfg2).unwrap()).unwrap();
+    tb.signal(pid, nix::sys::signal::Signal::SIGHUP);
+    let start = std::time::Instant::now();
+    while !t.read().contains("192.168.3.0/24") {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(2),
+            "entry not updated after SIGHUP:\n{}\n{}",
+            t.read(),
+            tb.log("agent-install")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     tb.signal(pid, nix::sys::signal::Signal::SIGTERM);
     let st = tb
         .wait_exit(pid, std::time::Duration::from_secs(5))

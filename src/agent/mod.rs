@@ -586,14 +586,46 @@ pub fn run(opts: Options) -> Result<(), AgentError> {
         None => None,
     };
     state.install = watcher.as_ref().map(|w| w.stats_handle());
-    let r = rt.block_on(serve(state, opts.period.unwrap_or(Duration::from_secs(2))));
-    if let Some(w) = watcher {
+    let watcher = Arc::new(Mutex::new(watcher));
+    let r = rt.block_on(serve(
+        state,
+        opts.period.unwrap_or(Duration::from_secs(2)),
+        Reinstall {
+            opts: opts.clone(),
+            watcher: watcher.clone(),
+        },
+    ));
+    if let Some(w) = watcher.lock().unwrap().take() {
         w.stop();
     }
     if let Some(hook) = opts.install.as_ref().filter(|h| h.uninstall_on_exit) {
         hook.uninstall(&data_dir);
     }
     r
+}
+
+/// What SIGHUP needs to re-apply the conflist entry from the new config.
+struct Reinstall {
+    opts: Options,
+    watcher: Arc<Mutex<Option<crate::install::Watcher>>>,
+}
+
+impl Reinstall {
+    /// Restarts the watcher with the entry built from the (reloaded) config.
+    fn restart(&self, st: &mut State) {
+        let Some(hook) = &self.opts.install else {
+            return;
+        };
+        match hook.watch(&self.opts) {
+            Ok(w) => {
+                st.install = Some(w.stats_handle());
+                if let Some(old) = self.watcher.lock().unwrap().replace(w) {
+                    old.stop();
+                }
+            }
+            Err(e) => tracing::error!("reload: keeping the conflist entry as it was: {e}"),
+        }
+    }
 }
 
 struct Fd(RawFd);
@@ -603,7 +635,7 @@ impl AsRawFd for Fd {
     }
 }
 
-async fn serve(state: State, period: Duration) -> Result<(), AgentError> {
+async fn serve(state: State, period: Duration, reinstall: Reinstall) -> Result<(), AgentError> {
     use tokio::io::unix::AsyncFd;
     use tokio::signal::unix::{signal, SignalKind};
 
@@ -670,7 +702,19 @@ async fn serve(state: State, period: Duration) -> Result<(), AgentError> {
             }
             _ = hup.recv() => {
                 let st = state.clone();
-                let _ = tokio::task::spawn_blocking(move || reload(&mut st.lock().unwrap())).await;
+                let (st, re) = tokio::task::spawn_blocking(move || {
+                    let mut g = st.lock().unwrap();
+                    let before = g.reloads;
+                    reload(&mut g);
+                    let reloaded = g.reloads != before;
+                    drop(g);
+                    (st, reloaded)
+                })
+                .await
+                .unwrap_or_else(|_| (state.clone(), false));
+                if re {
+                    reinstall.restart(&mut st.lock().unwrap());
+                }
             }
             _ = term.recv() => break,
             _ = int.recv() => break,

@@ -269,7 +269,11 @@ pub fn bpf_filter(groups: &[Ipv4Addr]) -> Vec<libc::sock_filter> {
     ];
     for (i, g) in groups.iter().enumerate() {
         let at = PRE + i;
-        let jf = if i + 1 == groups.len() { to_drop(at) } else { 0 };
+        let jf = if i + 1 == groups.len() {
+            to_drop(at)
+        } else {
+            0
+        };
         p.push(f(JEQ_K, (accept - at - 1) as u8, jf, u32::from(*g)));
     }
     p.push(f(RET_K, 0, 0, 0x0004_0000));
