@@ -17,7 +17,9 @@
 //!   own MAC), naming routed mode as the fix, unless `force` is set.
 
 use super::routed::resolve_uplink;
-use super::{apply_common, check_common, undo_common, AddRequest, Dataplane, Kernel, Step};
+use super::{
+    apply_common, check_common, node_link, undo_common, AddRequest, Dataplane, Kernel, Step,
+};
 use crate::cni::{CniError, Code, Result};
 use crate::config::Config;
 use crate::ipam::Attachment;
@@ -143,9 +145,7 @@ impl Dataplane for Macvlan {
             Step::Link => {
                 let mac = parse_mac(&att.mac).expect("attachment MAC is ours");
                 let node = k.node()?;
-                let up = node
-                    .link_by_name(&att.uplink)?
-                    .ok_or_else(|| CniError::kernel(format!("uplink {} is missing", att.uplink)))?;
+                let up = node_link(node, &att.uplink, "uplink")?;
                 node.create_macvlan(&att.pod_if, up.index, mac, req.netns)?;
             }
             other => unreachable!("macvlan mode has no step {other:?}"),

@@ -136,7 +136,8 @@ pub fn for_mode(mode: Mode) -> &'static dyn Dataplane {
 
 // ---- steps every mode shares ----
 
-fn node_link(node: &mut Handle, name: &str, what: &str) -> Result<Link> {
+/// The node-side link `name`, or a kernel error naming `what` is missing.
+pub(crate) fn node_link(node: &mut Handle, name: &str, what: &str) -> Result<Link> {
     if name.is_empty() {
         return Err(CniError::kernel(format!("{what} is not recorded")));
     }

@@ -12,7 +12,9 @@
 //! - the `bridge ros2_cni` table drops frames from a pod port unless they carry
 //!   that pod's MAC and address.
 
-use super::{apply_common, check_common, undo_common, AddRequest, Dataplane, Kernel, Step};
+use super::{
+    apply_common, check_common, node_link, undo_common, AddRequest, Dataplane, Kernel, Step,
+};
 use crate::cni::{CniError, Code, Result};
 use crate::config::Config;
 use crate::firewall;
@@ -180,9 +182,7 @@ impl Dataplane for Routed {
         match step {
             Step::Link => {
                 let node = k.node()?;
-                let br = link_of(node, &att.node_dev)?.ok_or_else(|| {
-                    CniError::kernel(format!("bridge {} is missing", att.node_dev))
-                })?;
+                let br = node_link(node, &att.node_dev, "bridge")?;
                 let mtu = node.link_by_name(&att.uplink)?.and_then(|l| l.mtu);
                 node.create_veth(&att.host_if, br.index, &att.pod_if, mac, req.netns, mtu)
                     .map_err(|e| {
@@ -207,8 +207,7 @@ impl Dataplane for Routed {
             }
             Step::ProxyNeigh => {
                 let node = k.node()?;
-                let up = link_of(node, &att.uplink)?
-                    .ok_or_else(|| CniError::kernel(format!("uplink {} is missing", att.uplink)))?;
+                let up = node_link(node, &att.uplink, "uplink")?;
                 node.add_proxy_neigh(att.ip, up.index)?;
             }
             Step::Guard => {

@@ -221,6 +221,17 @@ impl<M: Mroute> Router<M> {
         }
     }
 
+    /// The VIFs a packet arriving on `parent` leaves on: every VIF of the
+    /// other role (pods -> uplink, uplink -> pods), never its own.
+    fn oifs_for(&self, parent: u16) -> Vec<u16> {
+        let Some(role) = self.vifs.get(parent as usize).map(|v| v.role) else {
+            return vec![];
+        };
+        (0..self.vifs.len() as u16)
+            .filter(|v| *v != parent && self.vifs[*v as usize].role != role)
+            .collect()
+    }
+
     fn direction(&self, parent: u16) -> Direction {
         match self.vifs.get(parent as usize).map(|v| v.role) {
             Some(Role::Uplink) => Direction::LanToPods,
@@ -244,11 +255,7 @@ impl<M: Mroute> Router<M> {
         }
         let forwards = self.groups.contains(&up.group);
         let oifs: Vec<u16> = if forwards {
-            (0..self.vifs.len() as u16)
-                .filter(|v| {
-                    *v != up.vif && self.vifs[*v as usize].role != self.vifs[up.vif as usize].role
-                })
-                .collect()
+            self.oifs_for(up.vif)
         } else {
             vec![]
         };
@@ -329,13 +336,7 @@ impl<M: Mroute> Router<M> {
                         .unwrap_or_default()
                 };
                 let oifs = if e.forwards {
-                    (0..self.vifs.len() as u16)
-                        .filter(|v| {
-                            *v != e.parent
-                                && self.vifs[*v as usize].role != self.vifs[e.parent as usize].role
-                        })
-                        .map(name)
-                        .collect()
+                    self.oifs_for(e.parent).into_iter().map(name).collect()
                 } else {
                     vec![]
                 };
@@ -455,9 +456,8 @@ mod tests {
     const POD: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 160);
     const LAPTOP: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 50);
 
-    fn router() -> Router<FakeMroute> {
-        let mut r = Router::new(FakeMroute::default(), vec![SPDP]);
-        r.set_vifs(vec![
+    fn two_vifs() -> Vec<Vif> {
+        vec![
             Vif {
                 name: "eth0".into(),
                 ifindex: 2,
@@ -468,8 +468,12 @@ mod tests {
                 ifindex: 5,
                 role: Role::Pods,
             },
-        ])
-        .unwrap();
+        ]
+    }
+
+    fn router() -> Router<FakeMroute> {
+        let mut r = Router::new(FakeMroute::default(), vec![SPDP]);
+        r.set_vifs(two_vifs()).unwrap();
         r
     }
 
@@ -655,18 +659,7 @@ mod tests {
             fail_add_mfc: true,
             ..Default::default()
         };
-        r.vifs = vec![
-            Vif {
-                name: "eth0".into(),
-                ifindex: 2,
-                role: Role::Uplink,
-            },
-            Vif {
-                name: "ros2br0".into(),
-                ifindex: 5,
-                role: Role::Pods,
-            },
-        ];
+        r.vifs = two_vifs();
         assert!(r.handle(nocache(1, POD, SPDP), Instant::now()).is_err());
         assert!(r.is_empty());
     }
