@@ -1012,7 +1012,9 @@ impl Testbed {
     }
 
     pub fn remove_ns(&self, ns: &str) -> Result<()> {
-        sh(&["ip", "netns", "del", ns])?;
+        if !remove_ns_and_processes(ns) {
+            return Err(err(format!("cannot remove namespace {ns}")));
+        }
         self.namespaces.lock().unwrap().retain(|n| n != ns);
         Ok(())
     }
@@ -1143,10 +1145,11 @@ impl Drop for Testbed {
             let _ = c.wait();
         }
         let mut names = self.namespaces.lock().unwrap().clone();
-        // pods first, the switch last
+        // pods first, the switch last; grandchildren (ddsperf under timeout,
+        // which dies with a SIGKILL without passing it on) go with their namespace
         names.reverse();
         for n in names {
-            let _ = sh(&["ip", "netns", "del", &n]);
+            remove_ns_and_processes(&n);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
