@@ -3,7 +3,7 @@
 use crate::pods::{production_extra, ros0_ip};
 use crate::report::Section;
 use crate::Plan;
-use ros2_cni::lab::testbed::{mcast_receiver, mcast_sender, Options, PodSpec, Testbed, LAPTOP_IP};
+use ros2_cni::lab::testbed::{mcast_receiver, mcast_sender, PodSpec, LAPTOP_IP};
 use ros2_cni::rtps::spdp::{announce, ParticipantData};
 use ros2_cni::rtps::{GuidPrefix, Locator, VendorId};
 use std::net::{Ipv4Addr, UdpSocket};
@@ -178,9 +178,7 @@ pub fn agent(plan: &Plan) -> Section {
             plan.agent_reps
         ),
     );
-    let mut o = Options::new(&plan.prefix(), 2, &plan.plugin);
-    o.laptop = true;
-    let tb = Testbed::new(o).expect("test bed");
+    let tb = plan.bed(2, true);
     let pid = tb
         .start_agent(tb.node(1), &production_extra())
         .expect("agent 1");

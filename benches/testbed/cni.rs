@@ -5,7 +5,7 @@ use crate::pods::{ros0_ip, Lab, PrimaryPod};
 use crate::report::{Cmp, Section};
 use crate::stats::Summary;
 use crate::Plan;
-use ros2_cni::lab::testbed::{Options, Testbed};
+use ros2_cni::lab::testbed::Testbed;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -13,9 +13,7 @@ use std::sync::Barrier;
 use std::time::Instant;
 
 fn bed(plan: &Plan) -> Testbed {
-    let mut o = Options::new(&plan.prefix(), 1, &plan.plugin);
-    o.laptop = false;
-    Testbed::new(o).expect("build test bed")
+    plan.bed(1, false)
 }
 
 fn ms(runs: &[Run]) -> Vec<f64> {
@@ -48,6 +46,23 @@ fn ros2_cycle(lab: &Lab, name: &str) -> (Run, Run) {
     must(&del, "ros2-cni DEL");
     lab.remove(&p);
     (add, del)
+}
+
+/// Like `ros2_cycle`, but the pod's veth pair is deleted (untimed) before
+/// the timed DEL: what DEL costs without its RTM_DELLINK, i.e. what a DEL
+/// that left the link to the namespace teardown or to the agent would cost.
+fn ros2_cycle_link_gone(lab: &Lab, name: &str) -> Run {
+    let p = lab.primary_pod(name, 1, true);
+    let add = lab.ros2("ADD", &p, &p.pod.result);
+    must(&add, "ros2-cni ADD");
+    let res = add.json().expect("ADD prints a result");
+    let host = ros2_cni::dataplane::host_veth_name(&p.pod.container_id, "eth0");
+    ros2_cni::lab::testbed::sh(&["ip", "-n", &lab.tb.node(1).ns, "link", "del", &host])
+        .expect("delete the host veth");
+    let del = lab.ros2("DEL", &p, &res);
+    must(&del, "ros2-cni DEL");
+    lab.remove(&p);
+    del
 }
 
 /// One reference pod (with the same ptp primary first): timed macvlan ADD and DEL.
@@ -111,6 +126,13 @@ pub fn per_pod(plan: &Plan) -> Section {
     );
 
     let (mut r_add, mut r_del, mut m_add, mut m_del) = (vec![], vec![], vec![], vec![]);
+    let mut r_del_nolink = vec![];
+    let alt = plan.alt_plugin.as_ref().map(|p| Lab {
+        tb: &tb,
+        plugin: p.clone(),
+        cni_bin: lab.cni_bin.clone(),
+    });
+    let (mut a_add, mut a_del, mut a_pass) = (vec![], vec![], vec![]);
     let (mut t_ipn, mut t_set, mut p_ipn, mut p_set) = (vec![], vec![], vec![], vec![]);
     for i in 0..plan.iters {
         let ros = |lab: &Lab| ros2_cycle(lab, &format!("r{i}"));
@@ -128,6 +150,24 @@ pub fn per_pod(plan: &Plan) -> Section {
         m_add.push(ma);
         m_del.push(md);
         p_ipn.push(passthrough(Via::IpNetnsExec(&node_ns)));
+        r_del_nolink.push(ros2_cycle_link_gone(&lab, &format!("g{i}")));
+        if let Some(alt) = &alt {
+            let (aa, ad) = ros2_cycle(alt, &format!("a{i}"));
+            a_add.push(aa);
+            a_del.push(ad);
+            let conf = tb.pod_ros2cni_conf(&out.spec, &out.pod.result);
+            let (netns, args) = (out.netns(), out.cni_args());
+            let env = invoke::cni_env("ADD", &out.pod.container_id, &netns, "eth0", &args);
+            let r = invoke::run(
+                Via::IpNetnsExec(&node_ns),
+                &alt.plugin,
+                &env,
+                conf.to_string().as_bytes(),
+            )
+            .expect("run");
+            must(&r, "alt passthrough");
+            a_pass.push(r);
+        }
         t_set.push(lab.baseline(Via::Setns(&node_file), true_bin));
         p_set.push(passthrough(Via::Setns(&node_file)));
     }
@@ -149,6 +189,14 @@ pub fn per_pod(plan: &Plan) -> Section {
     s.value("reference DEL, net of `ip netns exec`", "ms", &mdn);
     s.ratio("ADD ros2-cni / reference, net", &ran, &man);
     s.ratio("DEL ros2-cni / reference, net", &rdn, &mdn);
+    let rdg = ms(&r_del_nolink);
+    s.value(
+        "ros2-cni DEL with the veth already deleted (no RTM_DELLINK)",
+        "ms",
+        &rdg,
+    );
+    s.note_last("the pair was deleted untimed just before; separate pods");
+    s.ratio("DEL without RTM_DELLINK / reference DEL", &rdg, &md);
     let (rac, rdc, mac, mdc) = (
         cpu_ms(&r_add),
         cpu_ms(&r_del),
@@ -185,6 +233,21 @@ pub fn per_pod(plan: &Plan) -> Section {
         &diff(&cpu_ms(&p_set), &cpu_ms(&t_set)),
     );
 
+    if let Some(alt) = &alt {
+        let label = alt.plugin.display().to_string();
+        let (aa, ad, ap) = (ms(&a_add), ms(&a_del), ms(&a_pass));
+        s.value("other build: ros2-cni ADD", "ms", &aa);
+        s.note_last(&label);
+        s.value("other build: ros2-cni DEL", "ms", &ad);
+        s.value("other build: passthrough via `ip netns exec`", "ms", &ap);
+        s.value(
+            "other build: passthrough own work (− `/bin/true`)",
+            "ms",
+            &diff(&ap, &t),
+        );
+        s.ratio("other build: ADD / reference", &aa, &ma);
+        s.ratio("ADD this build / other build", &ra, &aa);
+    }
     s.goal(
         "ros2-cni ADD ≤ 0.5× reference ADD",
         add_ratio,

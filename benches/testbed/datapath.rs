@@ -10,28 +10,32 @@ use crate::report::{Cmp, Section};
 use crate::stats::Summary;
 use crate::Plan;
 use ros2_cni::lab::probe::ddsperf_probe;
-use ros2_cni::lab::testbed::{udp_in, Options, PodSpec, Testbed};
+use ros2_cni::lab::testbed::{udp_in, PodSpec, Testbed};
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+/// A path: (name, namespace A on node 1, namespace B on node 2, B's address).
+pub type Path = (&'static str, String, String, Ipv4Addr);
+
 /// Two nodes with agents, and one pair of hosts per path.
 pub struct Paths {
     pub tb: Testbed,
-    /// (name, namespace A on node 1, namespace B on node 2, B's address)
-    pub paths: Vec<(&'static str, String, String, Ipv4Addr)>,
+    pub paths: Vec<Path>,
+    /// The same pods' primary interfaces (ptp, the Calico stand-in): context
+    /// for throughput and UDP round trips (DDS never uses them: no MULTICAST).
+    pub primary: Path,
 }
 
 pub const ROS2: &str = "ros2-cni pod ↔ pod (ros0)";
 pub const MACVLAN: &str = "reference macvlan pod ↔ pod";
 pub const NODE: &str = "node ↔ node (host network, the limit)";
+pub const PRIMARY: &str = "primary eth0 pod ↔ pod (ptp, the Calico stand-in)";
 
 pub fn build(plan: &Plan) -> Paths {
-    let mut o = Options::new(&plan.prefix(), 2, &plan.plugin);
-    o.laptop = false;
-    let tb = Testbed::new(o).expect("build test bed");
+    let tb = plan.bed(2, false);
     for i in 1..=2 {
         tb.start_agent(tb.node(i), &production_extra())
             .expect("agent");
@@ -43,6 +47,7 @@ pub fn build(plan: &Plan) -> Paths {
         .add_pod(&PodSpec::new("b", 2).extra(production_extra()))
         .expect("pod b");
     let b_ip = ros0_ip(&b.result, &b.netns_path()).expect("b has ros0");
+    let b_primary = crate::pods::first_ip(&b.result).expect("b has a primary address");
     let (mv1, mv2, mv2_ip) = {
         let lab = Lab::new(&tb);
         let (m1, _) = lab.macvlan_only_pod("a", 1);
@@ -55,11 +60,12 @@ pub fn build(plan: &Plan) -> Paths {
         (MACVLAN, mv1, mv2, mv2_ip),
         (NODE, n1.ns.clone(), n2.ns.clone(), n2.ip),
     ];
-    Paths { tb, paths }
+    let primary = (PRIMARY, a.ns.clone(), b.ns.clone(), b_primary);
+    Paths { tb, paths, primary }
 }
 
 /// One iperf3 TCP run from `a` to `b_ip` (server in `b`): (Gbit/s, retransmits).
-fn iperf(tb: &Testbed, a: &str, b: &str, b_ip: Ipv4Addr, secs: u64) -> Option<(f64, f64)> {
+pub fn iperf(tb: &Testbed, a: &str, b: &str, b_ip: Ipv4Addr, secs: u64) -> Option<(f64, f64)> {
     let port = "5201";
     let server = tb
         .spawn(b, &["iperf3", "-s", "-1", "-p", port], "iperf3-server")
@@ -254,14 +260,16 @@ pub fn datapath(plan: &Plan, p: &Paths) -> Section {
             plan.iperf_secs, plan.iperf_runs, plan.rtt_secs, plan.rtt_runs, plan.udp_rtts
         ),
     );
-    let names: Vec<&str> = p.paths.iter().map(|x| x.0).collect();
+    let all: Vec<&Path> = p.paths.iter().chain(std::iter::once(&p.primary)).collect();
+    let names: Vec<&str> = all.iter().map(|x| x.0).collect();
     let np = p.paths.len();
-    let mut gbps = vec![vec![f64::NAN; plan.iperf_runs]; np];
-    let mut retr = vec![vec![]; np];
+    let na = all.len();
+    let mut gbps = vec![vec![f64::NAN; plan.iperf_runs]; na];
+    let mut retr = vec![vec![]; na];
     for rep in 0..plan.iperf_runs {
-        for k in 0..np {
-            let i = (k + rep) % np;
-            let (_, a, b, ip) = &p.paths[i];
+        for k in 0..na {
+            let i = (k + rep) % na;
+            let (_, a, b, ip) = all[i];
             if let Some((g, r)) = iperf(&p.tb, a, b, *ip, plan.iperf_secs) {
                 gbps[i][rep] = g;
                 retr[i].push(r);
@@ -281,6 +289,7 @@ pub fn datapath(plan: &Plan, p: &Paths) -> Section {
     let thr_vs_mv = s.ratio("throughput ros2-cni / macvlan", &gbps[0], &gbps[1]);
     s.ratio("throughput ros2-cni / node ↔ node", &gbps[0], &gbps[2]);
     s.ratio("throughput macvlan / node ↔ node", &gbps[1], &gbps[2]);
+    s.ratio("throughput ros2-cni / primary (ptp)", &gbps[0], &gbps[3]);
 
     let mut rtt = vec![vec![f64::NAN; plan.rtt_runs]; np];
     let mut rtt_mean = vec![vec![f64::NAN; plan.rtt_runs]; np];
@@ -333,12 +342,12 @@ pub fn datapath(plan: &Plan, p: &Paths) -> Section {
         &rtt[2],
     );
 
-    let mut udp = vec![vec![f64::NAN; plan.udp_runs]; np];
-    let mut udp_p99 = vec![vec![f64::NAN; plan.udp_runs]; np];
+    let mut udp = vec![vec![f64::NAN; plan.udp_runs]; na];
+    let mut udp_p99 = vec![vec![f64::NAN; plan.udp_runs]; na];
     for rep in 0..plan.udp_runs {
-        for k in 0..np {
-            let i = (k + rep) % np;
-            let (_, a, b, ip) = &p.paths[i];
+        for k in 0..na {
+            let i = (k + rep) % na;
+            let (_, a, b, ip) = all[i];
             let v = udp_rtt(a, b, *ip, plan.udp_rtts);
             if let Some(sm) = Summary::of(&v) {
                 udp[i][rep] = sm.median;

@@ -13,6 +13,7 @@
 
 mod agent;
 mod cni;
+mod costs;
 mod datapath;
 mod invoke;
 mod pods;
@@ -20,7 +21,7 @@ mod report;
 mod stats;
 
 use report::{Report, Section};
-use ros2_cni::lab::testbed::{sh, sweep_stale, unique_prefix};
+use ros2_cni::lab::testbed::{sh, sweep_stale, unique_prefix, Options, Testbed};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -43,9 +44,14 @@ pub struct Plan {
     pub udp_runs: usize,
     pub udp_rtts: usize,
     pub discovery_runs: usize,
+    pub costs_reps: usize,
     pub agent_reps: usize,
     pub agent_window: f64,
     pub agent_rate: u32,
+    /// Leave the test beds in place (debugging; `ip netns del` them by hand).
+    pub keep: bool,
+    /// A second build of the plugin to time beside the first (section 1).
+    pub alt_plugin: Option<PathBuf>,
 }
 
 impl Plan {
@@ -67,9 +73,12 @@ impl Plan {
             udp_runs: 7,
             udp_rtts: 5000,
             discovery_runs: 7,
+            costs_reps: 3,
             agent_reps: 3,
             agent_window: 5.0,
             agent_rate: 10_000,
+            keep: false,
+            alt_plugin: None,
         }
     }
 
@@ -91,15 +100,29 @@ impl Plan {
             udp_runs: 1,
             udp_rtts: 200,
             discovery_runs: 1,
+            costs_reps: 1,
             agent_reps: 1,
             agent_window: 0.5,
             agent_rate: 2_000,
+            keep: false,
+            alt_plugin: None,
         }
     }
 
     /// A fresh namespace prefix `r2b-<pid>-<n>-`.
     pub fn prefix(&self) -> String {
         unique_prefix("r2b")
+    }
+
+    /// A test bed of `nodes` robot computers, with or without the laptop.
+    pub fn bed(&self, nodes: usize, laptop: bool) -> Testbed {
+        let mut o = Options::new(&self.prefix(), nodes, &self.plugin);
+        o.laptop = laptop;
+        let mut tb = Testbed::new(o).expect("build test bed");
+        if self.keep {
+            tb.keep();
+        }
+        tb
     }
 }
 
@@ -134,19 +157,43 @@ fn cleanup_own() {
     }
 }
 
-/// SIGINT/SIGTERM/SIGHUP: remove what this process made, then exit. Must be
-/// called before any other thread starts (the mask is inherited by threads;
-/// std resets it in child processes).
-fn handle_signals() {
-    use nix::sys::signal::{SigSet, Signal};
-    let mut set = SigSet::empty();
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        set.add(s);
+/// The write end of the self-pipe the signal handler writes to.
+static SIGNAL_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    let b = sig as u8;
+    // SAFETY: write(2) is async-signal-safe; the fd stays open for the process' life.
+    unsafe {
+        libc::write(
+            SIGNAL_PIPE.load(std::sync::atomic::Ordering::Relaxed),
+            &b as *const u8 as *const libc::c_void,
+            1,
+        );
     }
-    set.thread_block().expect("block signals");
+}
+
+/// SIGINT/SIGTERM/SIGHUP: remove what this process made, then exit. A
+/// handler and a self-pipe, not a blocked mask: the mask would be inherited
+/// by every process the test bed starts (agents, ddsperf), which then could
+/// not be stopped with SIGTERM.
+fn handle_signals() {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the two-element array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return;
+    }
+    SIGNAL_PIPE.store(fds[1], std::sync::atomic::Ordering::Relaxed);
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: installs a handler that only calls write(2); exec resets it in children.
+        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    }
+    let rd = fds[0];
     std::thread::spawn(move || {
-        if let Ok(sig) = set.wait() {
-            eprintln!("bench: {sig:?}: removing this run's namespaces");
+        let mut b = 0u8;
+        // SAFETY: reads one byte from our pipe.
+        let n = unsafe { libc::read(rd, &mut b as *mut u8 as *mut libc::c_void, 1) };
+        if n == 1 {
+            eprintln!("bench: signal {b}: removing this run's namespaces");
             cleanup_own();
             std::process::exit(130);
         }
@@ -265,6 +312,9 @@ struct Args {
     list: bool,
     only: Option<Vec<String>>,
     out: Option<PathBuf>,
+    plugin: Option<PathBuf>,
+    alt_plugin: Option<PathBuf>,
+    keep: bool,
 }
 
 fn parse_args() -> Args {
@@ -274,6 +324,9 @@ fn parse_args() -> Args {
         list: false,
         only: None,
         out: None,
+        plugin: None,
+        alt_plugin: None,
+        keep: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     // `cargo bench` passes --bench; `cargo test` does not: then this is the
@@ -287,6 +340,9 @@ fn parse_args() -> Args {
             "--only" => a.only = it.next().map(|v| v.split(',').map(str::to_owned).collect()),
             "--out" => a.out = it.next().map(PathBuf::from),
             "--list" => a.list = true,
+            "--plugin" => a.plugin = it.next().map(PathBuf::from),
+            "--alt-plugin" => a.alt_plugin = it.next().map(PathBuf::from),
+            "--keep" => a.keep = true,
             "--smoke" | "--bench" => {}
             s if s.starts_with("--") => {} // libtest options from cargo test
             s => filters.push(s.to_owned()),
@@ -316,12 +372,22 @@ fn main() {
     }
     handle_signals();
     sweep_stale("r2b");
-    let plugin = PathBuf::from(env!("CARGO_BIN_EXE_ros2-cni"));
-    let plan = if args.smoke {
+    let built = PathBuf::from(env!("CARGO_BIN_EXE_ros2-cni"));
+    let plugin = args
+        .plugin
+        .clone()
+        .map(|p| std::fs::canonicalize(&p).unwrap_or(p))
+        .unwrap_or_else(|| built.clone());
+    let mut plan = if args.smoke {
         Plan::smoke(plugin)
     } else {
         Plan::full(plugin)
     };
+    plan.keep = args.keep;
+    plan.alt_plugin = args
+        .alt_plugin
+        .clone()
+        .map(|p| std::fs::canonicalize(&p).unwrap_or(p));
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = args.out.clone().unwrap_or_else(|| {
         if plan.smoke {
@@ -330,13 +396,19 @@ fn main() {
             root.join("docs")
         }
     });
-    let want = |id: &str| args.only.as_ref().is_none_or(|o| o.iter().any(|x| x == id));
+    // `--only 4` also selects 4b
+    let want = |id: &str| {
+        args.only.as_ref().is_none_or(|o| {
+            o.iter()
+                .any(|x| x == id || id.strip_suffix('b') == Some(x.as_str()))
+        })
+    };
     let started = Instant::now();
     let machine = machine(&plan);
     let mut sections: Vec<Section> = vec![];
     let mut failed = vec![];
-    let mut run = |id: &str, f: &dyn Fn() -> Vec<Section>| {
-        if !want(id) {
+    let mut run = |id: &str, enabled: bool, f: &dyn Fn() -> Vec<Section>| {
+        if !enabled {
             return;
         }
         let t = Instant::now();
@@ -363,23 +435,22 @@ fn main() {
             }
         }
     };
-    run("1", &|| vec![cni::per_pod(&plan)]);
-    run("2", &|| vec![cni::parallel(&plan)]);
-    run("3", &|| vec![cni::scale(&plan)]);
-    if want("4") || want("5") {
-        run("4+5", &|| {
-            let p = datapath::build(&plan);
-            let mut v = vec![];
-            if want("4") {
-                v.push(datapath::datapath(&plan, &p));
-            }
-            if want("5") {
-                v.push(datapath::discovery(&plan, &p));
-            }
-            v
-        });
-    }
-    run("6", &|| vec![agent::agent(&plan)]);
+    run("1", want("1"), &|| vec![cni::per_pod(&plan)]);
+    run("2", want("2"), &|| vec![cni::parallel(&plan)]);
+    run("3", want("3"), &|| vec![cni::scale(&plan)]);
+    run("4+5", want("4") || want("5"), &|| {
+        let p = datapath::build(&plan);
+        let mut v = vec![];
+        if want("4") {
+            v.push(datapath::datapath(&plan, &p));
+        }
+        if want("5") {
+            v.push(datapath::discovery(&plan, &p));
+        }
+        v
+    });
+    run("4b", want("4b"), &|| vec![costs::costs(&plan)]);
+    run("6", want("6"), &|| vec![agent::agent(&plan)]);
     sections.sort_by(|a, b| a.id.cmp(&b.id));
     let mut machine = machine;
     machine.push((
