@@ -197,7 +197,8 @@ pub fn agent(plan: &Plan) -> Section {
         ros0_ip(&b.result, &b.netns_path()).expect("b ip"),
     );
     let lap = tb.laptop.clone().expect("laptop");
-    std::thread::sleep(Duration::from_secs(2));
+    // let start-up work (IGMP reports, first reconciles) pass
+    std::thread::sleep(Duration::from_millis(if plan.smoke { 300 } else { 2000 }));
     let payload = spdp_payload(a_ip);
     s.single(
         "SPDP datagram size (UDP payload)",

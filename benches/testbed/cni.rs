@@ -464,7 +464,7 @@ pub fn parallel(plan: &Plan) -> Section {
     s.ratio("DEL burst wall ros2-cni / reference", &del_wall, &mdel_wall);
     let all_distinct = distinct.iter().all(|d| *d as usize == n);
     s.goal(
-        &format!("no errors, {n} distinct addresses, no lease left"),
+        &format!("check: no errors, {n} distinct addresses, no lease left"),
         Some(
             if errors == 0 && all_distinct && leftover.iter().all(|l| *l == 0.0) {
                 1.0

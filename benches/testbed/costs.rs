@@ -237,6 +237,12 @@ pub fn costs(plan: &Plan) -> Section {
         }),
         ("tc redirect (fast-path potential)", |b| b.tc_redirect()),
     ];
+    // the smoke run keeps the two that exercise the most commands
+    let configs: Vec<(&str, Apply)> = if plan.smoke {
+        vec![configs[0], configs[5]]
+    } else {
+        configs
+    };
     let mut thr = vec![vec![f64::NAN; plan.costs_reps]; configs.len()];
     let mut mv = vec![f64::NAN; plan.costs_reps];
     let (b_ns, b_ip) = (bed.pods[1].0.clone(), bed.pods[1].1);

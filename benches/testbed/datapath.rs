@@ -250,7 +250,9 @@ pub fn datapath(plan: &Plan, p: &Paths) -> Section {
              host on node 1 to one on node 2: ros2-cni pods over `ros0` (veth, node bridge with \
              the anti-spoofing table, routing, proxy ARP, the switch, and back up); reference \
              macvlan pods (macvlan on each node's eth0, no primary interface); the nodes \
-             themselves (eth0 ↔ eth0, the limit). Per repetition the paths run one after another, \
+             themselves (eth0 ↔ eth0, the limit); and, for throughput and UDP only, the same \
+             pods' primary interfaces (ptp, the Calico stand-in: veth and routing, no bridge). \
+             Per repetition the paths run one after another, \
              the order rotating. **Throughput**: `iperf3 -c <B> -t {}` TCP (one stream), \
              received bits/s, {} repetitions. **Round trip**: `ddsperf ping`/`pong` (Cyclone DDS, \
              12-byte samples) for {} s per repetition, the first one-second report dropped; a \
@@ -293,9 +295,10 @@ pub fn datapath(plan: &Plan, p: &Paths) -> Section {
 
     let mut rtt = vec![vec![f64::NAN; plan.rtt_runs]; np];
     let mut rtt_mean = vec![vec![f64::NAN; plan.rtt_runs]; np];
+    let nd = plan.dds_paths.min(np);
     for rep in 0..plan.rtt_runs {
-        for k in 0..np {
-            let i = (k + rep) % np;
+        for k in 0..nd {
+            let i = (k + rep) % nd;
             let (_, a, b, _) = &p.paths[i];
             let per_sec = ddsperf_rtt(a, b, 40 + (rep * np + i) as u32 % 180, plan.rtt_secs);
             if per_sec.is_empty() {
@@ -414,9 +417,10 @@ pub fn discovery(plan: &Plan, p: &Paths) -> Section {
     let np = p.paths.len();
     let mut t = vec![vec![f64::NAN; plan.discovery_runs]; np];
     let mut failures = vec![0usize; np];
+    let nd = plan.dds_paths.min(np);
     for rep in 0..plan.discovery_runs {
-        for k in 0..np {
-            let i = (k + rep) % np;
+        for k in 0..nd {
+            let i = (k + rep) % nd;
             let (_, a, b, _) = &p.paths[i];
             let dom = 100 + (rep * np + i) as u32 % 120;
             match ddsperf_probe(a, b, dom, Duration::from_secs(10)) {
@@ -443,7 +447,7 @@ pub fn discovery(plan: &Plan, p: &Paths) -> Section {
         &added,
     );
     s.goal(
-        "every probe through ros2-cni discovers",
+        "check: every probe through ros2-cni discovers",
         Some(if failures[0] == 0 { 1.0 } else { 0.0 }),
         "(1 = yes)",
         Cmp::AtLeast,

@@ -218,7 +218,7 @@ impl Report {
         }
         let _ = writeln!(
             m,
-            "\n## Goals\n\n| section | goal | measured | status |\n|---|---|---|---|"
+            "\n## Goals (and checks)\n\n| section | goal | measured | status |\n|---|---|---|---|"
         );
         for s in &self.sections {
             for g in &s.goals {

@@ -198,10 +198,12 @@ fn add(cfg: &Config, env: &Env, raw: &Value, version: Version) -> Result<Output>
     let mut clears_multicast = false;
     if !cfg.primary_multicast {
         match pod.link_by_name(&env.ifname)? {
-            None => return Err(CniError::env(format!(
+            None => {
+                return Err(CniError::env(format!(
                 "CNI_IFNAME: the pod has no interface \"{}\"; the primary plugin must run first",
                 env.ifname
-            ))),
+            )))
+            }
             Some(l) => clears_multicast = l.has_multicast(),
         }
     }
