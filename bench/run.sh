@@ -6,6 +6,8 @@
 #   sudo -E ./bench/run.sh --smoke         # every section, tiny (seconds)
 #   sudo -E ./bench/run.sh --out DIR       # write elsewhere
 #   sudo -E ./bench/run.sh --keep          # leave the test beds (debugging)
+#   sudo -E ./bench/run.sh --alt-plugin "LABEL=PATH"   # time another build beside (section 1)
+#   ./bench/run.sh --notes-only            # re-append bench/notes.md to docs/benchmarks.md
 # The plugin measured is the binary users get: the static musl build of
 # deploy/Containerfile, when the musl target is installed (else the glibc
 # `cargo build --release` binary, which is also timed beside it in section 1).
@@ -22,6 +24,6 @@ musl=x86_64-unknown-linux-musl
 if [ -z "${R2B_GLIBC_ONLY:-}" ] && rustup target list --installed 2>/dev/null | grep -qx "$musl"; then
   # what deploy/Containerfile builds
   RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --quiet --target "$musl" --bin ros2-cni
-  args+=(--plugin "target/$musl/release/ros2-cni" --alt-plugin target/release/ros2-cni)
+  args+=(--plugin "target/$musl/release/ros2-cni" --alt-plugin "glibc build=target/release/ros2-cni")
 fi
 exec cargo bench --bench testbed -- "${args[@]}" "$@"

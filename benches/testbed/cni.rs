@@ -127,12 +127,23 @@ pub fn per_pod(plan: &Plan) -> Section {
 
     let (mut r_add, mut r_del, mut m_add, mut m_del) = (vec![], vec![], vec![], vec![]);
     let mut r_del_nolink = vec![];
-    let alt = plan.alt_plugin.as_ref().map(|p| Lab {
-        tb: &tb,
-        plugin: p.clone(),
-        cni_bin: lab.cni_bin.clone(),
-    });
-    let (mut a_add, mut a_del, mut a_pass) = (vec![], vec![], vec![]);
+    let alts: Vec<(String, Lab)> = plan
+        .alt_plugins
+        .iter()
+        .map(|(label, p)| {
+            (
+                label.clone(),
+                Lab {
+                    tb: &tb,
+                    plugin: p.clone(),
+                    cni_bin: lab.cni_bin.clone(),
+                },
+            )
+        })
+        .collect();
+    let mut a_add = vec![vec![]; alts.len()];
+    let mut a_del = vec![vec![]; alts.len()];
+    let mut a_pass = vec![vec![]; alts.len()];
     let (mut t_ipn, mut t_set, mut p_ipn, mut p_set) = (vec![], vec![], vec![], vec![]);
     for i in 0..plan.iters {
         let ros = |lab: &Lab| ros2_cycle(lab, &format!("r{i}"));
@@ -151,10 +162,10 @@ pub fn per_pod(plan: &Plan) -> Section {
         m_del.push(md);
         p_ipn.push(passthrough(Via::IpNetnsExec(&node_ns)));
         r_del_nolink.push(ros2_cycle_link_gone(&lab, &format!("g{i}")));
-        if let Some(alt) = &alt {
-            let (aa, ad) = ros2_cycle(alt, &format!("a{i}"));
-            a_add.push(aa);
-            a_del.push(ad);
+        for (j, (_, alt)) in alts.iter().enumerate() {
+            let (aa, ad) = ros2_cycle(alt, &format!("a{j}x{i}"));
+            a_add[j].push(aa);
+            a_del[j].push(ad);
             let conf = tb.pod_ros2cni_conf(&out.spec, &out.pod.result);
             let (netns, args) = (out.netns(), out.cni_args());
             let env = invoke::cni_env("ADD", &out.pod.container_id, &netns, "eth0", &args);
@@ -166,7 +177,7 @@ pub fn per_pod(plan: &Plan) -> Section {
             )
             .expect("run");
             must(&r, "alt passthrough");
-            a_pass.push(r);
+            a_pass[j].push(r);
         }
         t_set.push(lab.baseline(Via::Setns(&node_file), true_bin));
         p_set.push(passthrough(Via::Setns(&node_file)));
@@ -233,20 +244,24 @@ pub fn per_pod(plan: &Plan) -> Section {
         &diff(&cpu_ms(&p_set), &cpu_ms(&t_set)),
     );
 
-    if let Some(alt) = &alt {
-        let label = alt.plugin.display().to_string();
-        let (aa, ad, ap) = (ms(&a_add), ms(&a_del), ms(&a_pass));
-        s.value("other build: ros2-cni ADD", "ms", &aa);
-        s.note_last(&label);
-        s.value("other build: ros2-cni DEL", "ms", &ad);
-        s.value("other build: passthrough via `ip netns exec`", "ms", &ap);
+    for (j, (label, alt)) in alts.iter().enumerate() {
+        let (aa, ad, ap) = (ms(&a_add[j]), ms(&a_del[j]), ms(&a_pass[j]));
+        s.value(&format!("{label}: ros2-cni ADD"), "ms", &aa);
+        s.note_last(&alt.plugin.display().to_string());
+        s.value(&format!("{label}: ros2-cni DEL"), "ms", &ad);
         s.value(
-            "other build: passthrough own work (− `/bin/true`)",
+            &format!("{label}: passthrough via `ip netns exec`"),
+            "ms",
+            &ap,
+        );
+        s.value(
+            &format!("{label}: passthrough own work (− `/bin/true`)"),
             "ms",
             &diff(&ap, &t),
         );
-        s.ratio("other build: ADD / reference", &aa, &ma);
-        s.ratio("ADD this build / other build", &ra, &aa);
+        s.ratio(&format!("{label}: ADD / reference"), &aa, &ma);
+        s.ratio(&format!("ADD measured build / {label}"), &ra, &aa);
+        s.ratio(&format!("DEL measured build / {label}"), &rd, &ad);
     }
     s.goal(
         "ros2-cni ADD ≤ 0.5× reference ADD",

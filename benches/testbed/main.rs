@@ -52,8 +52,8 @@ pub struct Plan {
     pub agent_rate: u32,
     /// Leave the test beds in place (debugging; `ip netns del` them by hand).
     pub keep: bool,
-    /// A second build of the plugin to time beside the first (section 1).
-    pub alt_plugin: Option<PathBuf>,
+    /// Other builds of the plugin to time beside the first (section 1): (label, path).
+    pub alt_plugins: Vec<(String, PathBuf)>,
 }
 
 impl Plan {
@@ -81,7 +81,7 @@ impl Plan {
             agent_window: 5.0,
             agent_rate: 10_000,
             keep: false,
-            alt_plugin: None,
+            alt_plugins: vec![],
         }
     }
 
@@ -109,7 +109,7 @@ impl Plan {
             agent_window: 0.5,
             agent_rate: 2_000,
             keep: false,
-            alt_plugin: None,
+            alt_plugins: vec![],
         }
     }
 
@@ -317,8 +317,9 @@ struct Args {
     only: Option<Vec<String>>,
     out: Option<PathBuf>,
     plugin: Option<PathBuf>,
-    alt_plugin: Option<PathBuf>,
+    alt_plugins: Vec<(String, PathBuf)>,
     keep: bool,
+    notes_only: bool,
 }
 
 fn parse_args() -> Args {
@@ -329,8 +330,9 @@ fn parse_args() -> Args {
         only: None,
         out: None,
         plugin: None,
-        alt_plugin: None,
+        alt_plugins: vec![],
         keep: false,
+        notes_only: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     // `cargo bench` passes --bench; `cargo test` does not: then this is the
@@ -345,8 +347,15 @@ fn parse_args() -> Args {
             "--out" => a.out = it.next().map(PathBuf::from),
             "--list" => a.list = true,
             "--plugin" => a.plugin = it.next().map(PathBuf::from),
-            "--alt-plugin" => a.alt_plugin = it.next().map(PathBuf::from),
+            // LABEL=PATH
+            "--alt-plugin" => {
+                if let Some(v) = it.next() {
+                    let (label, path) = v.split_once('=').unwrap_or(("other build", v));
+                    a.alt_plugins.push((label.to_owned(), PathBuf::from(path)));
+                }
+            }
             "--keep" => a.keep = true,
+            "--notes-only" => a.notes_only = true,
             "--smoke" | "--bench" => {}
             s if s.starts_with("--") => {} // libtest options from cargo test
             s => filters.push(s.to_owned()),
@@ -362,6 +371,19 @@ fn main() {
     let args = parse_args();
     if args.list {
         println!("bench_smoke: test");
+        return;
+    }
+    if args.notes_only {
+        // re-append bench/notes.md to an existing docs/benchmarks.md
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let out = args.out.clone().unwrap_or_else(|| root.join("docs"));
+        let md = std::fs::read_to_string(out.join("benchmarks.md")).expect("benchmarks.md");
+        let notes = std::fs::read_to_string(root.join("bench/notes.md")).unwrap_or_default();
+        std::fs::write(
+            out.join("benchmarks.md"),
+            report::replace_notes(&md, &notes),
+        )
+        .expect("write benchmarks.md");
         return;
     }
     if args.skip {
@@ -388,10 +410,11 @@ fn main() {
         Plan::full(plugin)
     };
     plan.keep = args.keep;
-    plan.alt_plugin = args
-        .alt_plugin
-        .clone()
-        .map(|p| std::fs::canonicalize(&p).unwrap_or(p));
+    plan.alt_plugins = args
+        .alt_plugins
+        .iter()
+        .map(|(l, p)| (l.clone(), std::fs::canonicalize(p).unwrap_or(p.clone())))
+        .collect();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = args.out.clone().unwrap_or_else(|| {
         if plan.smoke {

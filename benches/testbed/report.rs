@@ -171,6 +171,15 @@ fn goal_json(g: &Goal) -> Value {
     })
 }
 
+/// Where the hand-written analysis (bench/notes.md) starts in benchmarks.md.
+pub const NOTES_MARKER: &str = "<!-- below: bench/notes.md, appended by ./bench/run.sh -->";
+
+/// Replaces the analysis part of an existing benchmarks.md with `notes`.
+pub fn replace_notes(md: &str, notes: &str) -> String {
+    let head = md.split(NOTES_MARKER).next().unwrap_or(md).trim_end();
+    format!("{head}\n\n{NOTES_MARKER}\n\n{}\n", notes.trim())
+}
+
 pub struct Report {
     pub mode: String,
     pub machine: Vec<(String, String)>,
@@ -285,6 +294,7 @@ impl Report {
                 }
             }
         }
+        let _ = writeln!(m, "\n{NOTES_MARKER}");
         if !notes.trim().is_empty() {
             let _ = writeln!(m, "\n{}", notes.trim());
         }
