@@ -193,6 +193,10 @@ pub fn costs(plan: &Plan) -> Section {
             plan.iperf_secs, plan.costs_reps
         ),
     );
+    if crate::cni::which("iperf3").is_none() {
+        s.note("iperf3 is not installed (apt-get install iperf3): nothing measured");
+        return s;
+    }
     let tb = plan.bed(2, false);
     let a = tb
         .add_pod(&PodSpec::new("a", 1).extra(production_extra()))

@@ -264,11 +264,19 @@ pub fn datapath(plan: &Plan, p: &Paths) -> Section {
     );
     let all: Vec<&Path> = p.paths.iter().chain(std::iter::once(&p.primary)).collect();
     let names: Vec<&str> = all.iter().map(|x| x.0).collect();
+    let have_iperf = crate::cni::which("iperf3").is_some();
+    if !have_iperf {
+        s.note("iperf3 is not installed (apt-get install iperf3): no throughput figures");
+    }
+    let have_dds = ros2_cni::lab::probe::have_ddsperf();
+    if !have_dds {
+        s.note("ddsperf is not installed (apt-get install cyclonedds-tools): no DDS round trips");
+    }
     let np = p.paths.len();
     let na = all.len();
     let mut gbps = vec![vec![f64::NAN; plan.iperf_runs]; na];
     let mut retr = vec![vec![]; na];
-    for rep in 0..plan.iperf_runs {
+    for rep in 0..plan.iperf_runs * usize::from(have_iperf) {
         for k in 0..na {
             let i = (k + rep) % na;
             let (_, a, b, ip) = all[i];
@@ -296,7 +304,7 @@ pub fn datapath(plan: &Plan, p: &Paths) -> Section {
     let mut rtt = vec![vec![f64::NAN; plan.rtt_runs]; np];
     let mut rtt_mean = vec![vec![f64::NAN; plan.rtt_runs]; np];
     let nd = plan.dds_paths.min(np);
-    for rep in 0..plan.rtt_runs {
+    for rep in 0..plan.rtt_runs * usize::from(have_dds) {
         for k in 0..nd {
             let i = (k + rep) % nd;
             let (_, a, b, _) = &p.paths[i];
@@ -418,6 +426,10 @@ pub fn discovery(plan: &Plan, p: &Paths) -> Section {
     let mut t = vec![vec![f64::NAN; plan.discovery_runs]; np];
     let mut failures = vec![0usize; np];
     let nd = plan.dds_paths.min(np);
+    if !ros2_cni::lab::probe::have_ddsperf() {
+        s.note("ddsperf is not installed (apt-get install cyclonedds-tools): no discovery probes");
+        return s;
+    }
     for rep in 0..plan.discovery_runs {
         for k in 0..nd {
             let i = (k + rep) % nd;
