@@ -525,6 +525,42 @@ where
     )
 }
 
+/// Per-pair ms of `count` × (veth pair add, enslave to a bridge, up) with
+/// one `ip -batch` each: in `node_ns` (on its ros2-cni bridge) and in a fresh
+/// namespace with a bridge of its own. The pairs are deleted afterwards.
+fn kernel_link_cost(tb: &Testbed, node_ns: &str, count: usize) -> (f64, f64) {
+    let empty = format!("{}empty", tb.opts.prefix);
+    tb.add_ns(&empty).expect("namespace");
+    ros2_cni::lab::testbed::sh(&[
+        "ip", "-n", &empty, "link", "add", "ros2br0", "type", "bridge",
+    ])
+    .expect("bridge");
+    ros2_cni::lab::testbed::sh(&["ip", "-n", &empty, "link", "set", "ros2br0", "up"])
+        .expect("bridge up");
+    let mut add = String::new();
+    let mut del = String::new();
+    for i in 0..count {
+        add.push_str(&format!(
+            "link add r2bk{i} type veth peer name r2bq{i}\nlink set r2bk{i} master ros2br0 up\nlink set r2bq{i} up\n"
+        ));
+        del.push_str(&format!("link del r2bk{i}\n"));
+    }
+    let (fa, fd) = (tb.dir.join("kadd.batch"), tb.dir.join("kdel.batch"));
+    std::fs::write(&fa, add).expect("batch");
+    std::fs::write(&fd, del).expect("batch");
+    let mut out = [0.0; 2];
+    for (j, ns) in [node_ns, empty.as_str()].iter().enumerate() {
+        let t = Instant::now();
+        ros2_cni::lab::testbed::sh(&["ip", "-n", ns, "-batch", fa.to_str().unwrap()])
+            .expect("ip -batch");
+        out[j] = t.elapsed().as_secs_f64() * 1e3 / count as f64;
+        ros2_cni::lab::testbed::sh(&["ip", "-n", ns, "-batch", fd.to_str().unwrap()])
+            .expect("ip -batch del");
+    }
+    let _ = tb.remove_ns(&empty);
+    (out[0], out[1])
+}
+
 /// Section 3: ADD time as the node fills up.
 pub fn scale(plan: &Plan) -> Section {
     let n = plan.scale_pods;
@@ -537,13 +573,16 @@ pub fn scale(plan: &Plan) -> Section {
              `ros2-cni` ADD timed via `ip netns exec`), each followed by a timed `ip netns exec \
              <node> /bin/true` as a drift control. The ratio compares the median ADD time of the \
              last {k} with the first {k} of the round (and the same for the DELs, which run in \
-             the order of the ADDs: the first DELs run with {n} pods on the node). Rounds: {}.",
-            plan.scale_rounds
+             the order of the ADDs: the first DELs run with {n} pods on the node). Rounds: {}. To separate the kernel's \
+             share, each round also times the link work alone with `ip -batch` ({} × veth pair \
+             add, enslave to the bridge, up) on the full node and in an empty namespace.",
+            plan.scale_rounds, plan.scale_kernel_pairs
         ),
     );
     let (mut first, mut last, mut ratios, mut net_ratios) = (vec![], vec![], vec![], vec![]);
     let (mut dfirst, mut dlast, mut dratios) = (vec![], vec![], vec![]);
     let mut all_add = vec![];
+    let (mut kern_full, mut kern_empty) = (vec![], vec![]);
     for round in 0..plan.scale_rounds {
         let tb = bed(plan);
         let lab = Lab::new(&tb);
@@ -562,6 +601,11 @@ pub fn scale(plan: &Plan) -> Section {
             );
             pods.push((p, r.json().expect("result")));
         }
+        // the kernel alone: the same link work with `ip -batch`, on the full
+        // node and in an empty namespace
+        let (full, empty) = kernel_link_cost(&tb, &node_ns, plan.scale_kernel_pairs);
+        kern_full.push(full);
+        kern_empty.push(empty);
         let mut del = vec![];
         for (p, res) in &pods {
             let r = lab.ros2("DEL", p, res);
@@ -610,6 +654,25 @@ pub fn scale(plan: &Plan) -> Section {
         &format!("DEL first {k} / last {k}, per round"),
         "×",
         &dratios,
+    );
+    s.value(
+        "kernel only, empty namespace: veth pair add + enslave + up",
+        "ms",
+        &kern_empty,
+    );
+    s.note_last(&format!(
+        "`ip -batch`, {} pairs per round, per pair",
+        plan.scale_kernel_pairs
+    ));
+    s.value(
+        &format!("kernel only, node with {n} pods: veth pair add + enslave + up"),
+        "ms",
+        &kern_full,
+    );
+    s.ratio(
+        "kernel only: full node / empty namespace",
+        &kern_full,
+        &kern_empty,
     );
     s.goal(
         &format!("ADD of the last {k} ≤ 1.2× the first {k}"),
