@@ -175,9 +175,10 @@ pub(crate) fn apply_common(
                         ),
                     )
                 })?;
+                // ADD recorded a prediction; this is what actually happens
+                att.cleared_multicast = l.has_multicast();
                 if l.has_multicast() {
                     pod.set_multicast(l.index, false)?;
-                    att.cleared_multicast = true;
                 }
             }
         }

@@ -193,11 +193,19 @@ fn add(cfg: &Config, env: &Env, raw: &Value, version: Version) -> Result<Output>
             ),
         ));
     }
-    if !cfg.primary_multicast && pod.link_by_name(&env.ifname)?.is_none() {
-        return Err(CniError::env(format!(
-            "CNI_IFNAME: the pod has no interface \"{}\"; the primary plugin must run first",
-            env.ifname
-        )));
+    // whether PrimaryMulticastOff will clear the flag: recorded with the
+    // address, so the record written at allocation is usually final
+    let mut clears_multicast = false;
+    if !cfg.primary_multicast {
+        match pod.link_by_name(&env.ifname)? {
+            None => {
+                return Err(CniError::env(format!(
+                "CNI_IFNAME: the pod has no interface \"{}\"; the primary plugin must run first",
+                env.ifname
+            )))
+            }
+            Some(l) => clears_multicast = l.has_multicast(),
+        }
     }
     let store = Store::new(&cfg.data_dir);
     store.init()?;
@@ -231,7 +239,7 @@ fn add(cfg: &Config, env: &Env, raw: &Value, version: Version) -> Result<Output>
             node_dev: dp.node_dev(cfg).to_owned(),
             uplink: uplink.clone(),
             mode: cfg.mode.as_str().into(),
-            cleared_multicast: false,
+            cleared_multicast: clears_multicast,
             primary_ips: prev
                 .find_interface(&env.ifname, &env.netns)
                 .map(|i| prev.ips_of(i))
@@ -240,6 +248,7 @@ fn add(cfg: &Config, env: &Env, raw: &Value, version: Version) -> Result<Output>
             pod_name: env.pod_name().unwrap_or_default().into(),
         })?
     };
+    let recorded = att.clone();
     let req = AddRequest {
         cfg,
         netns: &netns,
@@ -256,7 +265,10 @@ fn add(cfg: &Config, env: &Env, raw: &Value, version: Version) -> Result<Output>
             }
         }
     }
-    if failure.is_none() {
+    // rewrite the record only if a step changed it (the MULTICAST flag
+    // changed between validation and the step): a rewrite is a file create
+    // and a rename over the old record, whose blocks are freed
+    if failure.is_none() && att != recorded {
         if let Err(e) = store.write_attachment(&key, &att) {
             failure = Some((Step::Guard, e.into()));
         }

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs the benchmarks on the namespace test bed and writes docs/benchmarks.md
+# and docs/benchmarks.json (about 15 minutes on 2 cores).
+#   sudo -E ./bench/run.sh                 # everything
+#   sudo -E ./bench/run.sh --only 1,4      # some sections (1, 2, 3, 4, 4b, 5, 6)
+#   sudo -E ./bench/run.sh --smoke         # every section, tiny (seconds)
+#   sudo -E ./bench/run.sh --out DIR       # write elsewhere
+#   sudo -E ./bench/run.sh --keep          # leave the test beds (debugging)
+#   sudo -E ./bench/run.sh --alt-plugin "LABEL=PATH"   # time another build beside (section 1)
+#   ./bench/run.sh --notes-only            # re-append bench/notes.md to docs/benchmarks.md
+# The plugin measured is the binary users get: the static musl build of
+# deploy/Containerfile, when the musl target is installed (else the glibc
+# `cargo build --release` binary, which is also timed beside it in section 1).
+# Needs root and: iproute2 nftables iptables containernetworking-plugins
+# iperf3 cyclonedds-tools (and valgrind for instruction counts).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" != 0 ]; then
+  echo "bench/run.sh: the test bed needs root; run: sudo -E ./bench/run.sh" >&2
+  exit 1
+fi
+args=()
+musl=x86_64-unknown-linux-musl
+if [ -z "${R2B_GLIBC_ONLY:-}" ] && rustup target list --installed 2>/dev/null | grep -qx "$musl"; then
+  # what deploy/Containerfile builds
+  RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --quiet --target "$musl" --bin ros2-cni
+  args+=(--plugin "target/$musl/release/ros2-cni" --alt-plugin "glibc build=target/release/ros2-cni")
+fi
+exec cargo bench --bench testbed -- "${args[@]}" "$@"

@@ -1,0 +1,470 @@
+//! Sections 4 and 5: the data path across two robot computers, and DDS
+//! discovery over it.
+
+// per-path × per-repetition tables are indexed on purpose: the paths run
+// interleaved, in an order that rotates with the repetition
+#![allow(clippy::needless_range_loop)]
+
+use crate::pods::{production_extra, ros0_ip, Lab};
+use crate::report::{Cmp, Section};
+use crate::stats::Summary;
+use crate::Plan;
+use ros2_cni::lab::probe::ddsperf_probe;
+use ros2_cni::lab::testbed::{udp_in, PodSpec, Testbed};
+use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// A path: (name, namespace A on node 1, namespace B on node 2, B's address).
+pub type Path = (&'static str, String, String, Ipv4Addr);
+
+/// Two nodes with agents, and one pair of hosts per path.
+pub struct Paths {
+    pub tb: Testbed,
+    pub paths: Vec<Path>,
+    /// The same pods' primary interfaces (ptp, the Calico stand-in): context
+    /// for throughput and UDP round trips (DDS never uses them: no MULTICAST).
+    pub primary: Path,
+}
+
+pub const ROS2: &str = "ros2-cni pod ↔ pod (ros0)";
+pub const MACVLAN: &str = "reference macvlan pod ↔ pod";
+pub const NODE: &str = "node ↔ node (host network, the limit)";
+pub const PRIMARY: &str = "primary eth0 pod ↔ pod (ptp, the Calico stand-in)";
+
+pub fn build(plan: &Plan) -> Paths {
+    let tb = plan.bed(2, false);
+    for i in 1..=2 {
+        tb.start_agent(tb.node(i), &production_extra())
+            .expect("agent");
+    }
+    let a = tb
+        .add_pod(&PodSpec::new("a", 1).extra(production_extra()))
+        .expect("pod a");
+    let b = tb
+        .add_pod(&PodSpec::new("b", 2).extra(production_extra()))
+        .expect("pod b");
+    let b_ip = ros0_ip(&b.result, &b.netns_path()).expect("b has ros0");
+    let b_primary = crate::pods::first_ip(&b.result).expect("b has a primary address");
+    let (mv1, mv2, mv2_ip) = {
+        let lab = Lab::new(&tb);
+        let (m1, _) = lab.macvlan_only_pod("a", 1);
+        let (m2, ip2) = lab.macvlan_only_pod("b", 2);
+        (m1, m2, ip2)
+    };
+    let (n1, n2) = (tb.node(1).clone(), tb.node(2).clone());
+    let paths = vec![
+        (ROS2, a.ns.clone(), b.ns.clone(), b_ip),
+        (MACVLAN, mv1, mv2, mv2_ip),
+        (NODE, n1.ns.clone(), n2.ns.clone(), n2.ip),
+    ];
+    let primary = (PRIMARY, a.ns.clone(), b.ns.clone(), b_primary);
+    Paths { tb, paths, primary }
+}
+
+/// One iperf3 TCP run from `a` to `b_ip` (server in `b`): (Gbit/s, retransmits).
+pub fn iperf(tb: &Testbed, a: &str, b: &str, b_ip: Ipv4Addr, secs: u64) -> Option<(f64, f64)> {
+    let port = "5201";
+    let server = tb
+        .spawn(b, &["iperf3", "-s", "-1", "-p", port], "iperf3-server")
+        .ok()?;
+    let mut out = None;
+    for _ in 0..50 {
+        let o = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                a,
+                "iperf3",
+                "-J",
+                "-c",
+                &b_ip.to_string(),
+                "-p",
+                port,
+            ])
+            .args(["-t", &secs.to_string()])
+            .stdin(Stdio::null())
+            .output()
+            .ok()?;
+        let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        if let Some(bps) = j["end"]["sum_received"]["bits_per_second"].as_f64() {
+            let retr = j["end"]["sum_sent"]["retransmits"].as_f64().unwrap_or(0.0);
+            out = Some((bps / 1e9, retr));
+            break;
+        }
+        // the server may not listen yet
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if tb.wait_exit(server, Duration::from_secs(3)).is_none() {
+        tb.kill(server);
+    }
+    out
+}
+
+/// `<number><unit>` after `key ` in a ddsperf line, in microseconds.
+fn field_us(line: &str, key: &str) -> Option<f64> {
+    let rest = line.split(&format!(" {key} ")).nth(1)?;
+    let tok = rest.split_whitespace().next()?;
+    let (num, scale) = if let Some(n) = tok.strip_suffix("us") {
+        (n, 1.0)
+    } else if let Some(n) = tok.strip_suffix("ms") {
+        (n, 1e3)
+    } else if let Some(n) = tok.strip_suffix("ns") {
+        (n, 1e-3)
+    } else if let Some(n) = tok.strip_suffix('s') {
+        (n, 1e6)
+    } else {
+        return None;
+    };
+    num.parse::<f64>().ok().map(|v| v * scale)
+}
+
+/// One ddsperf ping/pong run of `secs`: the per-second (median, mean) round
+/// trips in µs, the first report (discovery, warm-up) left out.
+fn ddsperf_rtt(a: &str, b: &str, domain: u32, secs: u64) -> Vec<(f64, f64)> {
+    let cmd = |ns: &str, kill_after: u64| {
+        let mut c = Command::new("ip");
+        c.args([
+            "netns",
+            "exec",
+            ns,
+            "timeout",
+            "-s",
+            "KILL",
+            &kill_after.to_string(),
+            "ddsperf",
+        ]);
+        c.env_remove("CYCLONEDDS_URI").env_remove("ROS_DOMAIN_ID");
+        c
+    };
+    let dom = domain.to_string();
+    let Ok(mut pong) = cmd(b, secs + 6)
+        .args(["-i", &dom, "-D", &(secs + 4).to_string(), "pong"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    else {
+        return vec![];
+    };
+    let ping = cmd(a, secs + 5)
+        .args([
+            "-i",
+            &dom,
+            "-D",
+            &(secs + 2).to_string(),
+            "-Qminmatch:1",
+            "-Qinitwait:4",
+            "ping",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn();
+    let mut out = vec![];
+    if let Ok(mut ping) = ping {
+        let mut first = true;
+        for line in BufReader::new(ping.stdout.take().expect("piped"))
+            .lines()
+            .map_while(|l| l.ok())
+        {
+            if !line.contains(" size ") || !line.contains(" cnt ") {
+                continue;
+            }
+            if first {
+                first = false;
+                continue;
+            }
+            if let (Some(p50), Some(mean)) = (field_us(&line, "50%"), field_us(&line, "mean")) {
+                out.push((p50, mean));
+            }
+        }
+        stop(&mut ping);
+    }
+    stop(&mut pong);
+    out
+}
+
+/// SIGTERM to `timeout`, which relays it to ddsperf; then reap.
+fn stop(c: &mut std::process::Child) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(c.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = c.wait();
+}
+
+/// `n` UDP round trips of 64 bytes from `a` to an echo in `b`: per-trip µs.
+fn udp_rtt(a: &str, b: &str, b_ip: Ipv4Addr, n: usize) -> Vec<f64> {
+    let port = 17_999;
+    let Ok(echo) = udp_in(b, &format!("{b_ip}:{port}")) else {
+        return vec![];
+    };
+    let Ok(ping) = udp_in(a, "0.0.0.0:0") else {
+        return vec![];
+    };
+    echo.set_read_timeout(Some(Duration::from_millis(200))).ok();
+    ping.set_read_timeout(Some(Duration::from_millis(500))).ok();
+    let done = AtomicBool::new(false);
+    let mut rtts = Vec::with_capacity(n);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut buf = [0u8; 128];
+            while !done.load(Ordering::Relaxed) {
+                if let Ok((len, from)) = echo.recv_from(&mut buf) {
+                    let _ = echo.send_to(&buf[..len], from);
+                }
+            }
+        });
+        let payload = [0x5au8; 64];
+        let mut buf = [0u8; 128];
+        // warm-up (ARP, route caches)
+        for _ in 0..50 {
+            let _ = ping.send_to(&payload, (b_ip, port));
+            let _ = ping.recv_from(&mut buf);
+        }
+        for _ in 0..n {
+            let t0 = Instant::now();
+            if ping.send_to(&payload, (b_ip, port)).is_err() {
+                continue;
+            }
+            if ping.recv_from(&mut buf).is_ok() {
+                rtts.push(t0.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+        done.store(true, Ordering::Relaxed);
+    });
+    rtts
+}
+
+fn median(v: &[f64]) -> f64 {
+    Summary::of(v).map(|s| s.median).unwrap_or(f64::NAN)
+}
+
+pub fn datapath(plan: &Plan, p: &Paths) -> Section {
+    let mut s = Section::new(
+        "4",
+        "Data path across two nodes",
+        &format!(
+            "Two nodes on the namespace LAN switch, agents running. Three paths, each from a \
+             host on node 1 to one on node 2: ros2-cni pods over `ros0` (veth, node bridge with \
+             the anti-spoofing table, routing, proxy ARP, the switch, and back up); reference \
+             macvlan pods (macvlan on each node's eth0, no primary interface); the nodes \
+             themselves (eth0 ↔ eth0, the limit); and, for throughput and UDP only, the same \
+             pods' primary interfaces (ptp, the Calico stand-in: veth and routing, no bridge). \
+             Per repetition the paths run one after another, \
+             the order rotating. **Throughput**: `iperf3 -c <B> -t {}` TCP (one stream), \
+             received bits/s, {} repetitions. **Round trip**: `ddsperf ping`/`pong` (Cyclone DDS, \
+             12-byte samples) for {} s per repetition, the first one-second report dropped; a \
+             repetition's figure is the median of its per-second median round trips; {} \
+             repetitions. **UDP echo**: {} round trips of 64 bytes between two sockets of this \
+             program, per repetition the median (a cross-check without DDS).",
+            plan.iperf_secs, plan.iperf_runs, plan.rtt_secs, plan.rtt_runs, plan.udp_rtts
+        ),
+    );
+    let all: Vec<&Path> = p.paths.iter().chain(std::iter::once(&p.primary)).collect();
+    let names: Vec<&str> = all.iter().map(|x| x.0).collect();
+    let have_iperf = crate::cni::which("iperf3").is_some();
+    if !have_iperf {
+        s.note("iperf3 is not installed (apt-get install iperf3): no throughput figures");
+    }
+    let have_dds = ros2_cni::lab::probe::have_ddsperf();
+    if !have_dds {
+        s.note("ddsperf is not installed (apt-get install cyclonedds-tools): no DDS round trips");
+    }
+    let np = p.paths.len();
+    let na = all.len();
+    let mut gbps = vec![vec![f64::NAN; plan.iperf_runs]; na];
+    let mut retr = vec![vec![]; na];
+    for rep in 0..plan.iperf_runs * usize::from(have_iperf) {
+        for k in 0..na {
+            let i = (k + rep) % na;
+            let (_, a, b, ip) = all[i];
+            if let Some((g, r)) = iperf(&p.tb, a, b, *ip, plan.iperf_secs) {
+                gbps[i][rep] = g;
+                retr[i].push(r);
+            }
+        }
+    }
+    for i in 0..np {
+        s.value(&format!("iperf3 TCP: {}", names[i]), "Gbit/s", &gbps[i]);
+    }
+    for i in 0..np {
+        s.value(
+            &format!("iperf3 TCP retransmits: {}", names[i]),
+            "count",
+            &retr[i],
+        );
+    }
+    let thr_vs_mv = s.ratio("throughput ros2-cni / macvlan", &gbps[0], &gbps[1]);
+    s.ratio("throughput ros2-cni / node ↔ node", &gbps[0], &gbps[2]);
+    s.ratio("throughput macvlan / node ↔ node", &gbps[1], &gbps[2]);
+    s.ratio("throughput ros2-cni / primary (ptp)", &gbps[0], &gbps[3]);
+
+    let mut rtt = vec![vec![f64::NAN; plan.rtt_runs]; np];
+    let mut rtt_mean = vec![vec![f64::NAN; plan.rtt_runs]; np];
+    let nd = plan.dds_paths.min(np);
+    for rep in 0..plan.rtt_runs * usize::from(have_dds) {
+        for k in 0..nd {
+            let i = (k + rep) % nd;
+            let (_, a, b, _) = &p.paths[i];
+            let per_sec = ddsperf_rtt(a, b, 40 + (rep * np + i) as u32 % 180, plan.rtt_secs);
+            if per_sec.is_empty() {
+                s.note(format!(
+                    "ddsperf round trip: no reports on {} (repetition {rep})",
+                    names[i]
+                ));
+                continue;
+            }
+            rtt[i][rep] = median(&per_sec.iter().map(|x| x.0).collect::<Vec<_>>());
+            rtt_mean[i][rep] = median(&per_sec.iter().map(|x| x.1).collect::<Vec<_>>());
+        }
+    }
+    for i in 0..np {
+        s.value(
+            &format!("ddsperf round trip (median): {}", names[i]),
+            "µs",
+            &rtt[i],
+        );
+    }
+    for i in 0..np {
+        s.value(
+            &format!("ddsperf round trip (mean): {}", names[i]),
+            "µs",
+            &rtt_mean[i],
+        );
+    }
+    let added: Vec<f64> = rtt[0].iter().zip(&rtt[2]).map(|(a, b)| a - b).collect();
+    let added_s = s.value(
+        "added round trip ros2-cni − node ↔ node (ddsperf median)",
+        "µs",
+        &added,
+    );
+    s.note_last("per-repetition difference");
+    let added_mv: Vec<f64> = rtt[1].iter().zip(&rtt[2]).map(|(a, b)| a - b).collect();
+    s.value(
+        "added round trip macvlan − node ↔ node (ddsperf median)",
+        "µs",
+        &added_mv,
+    );
+    s.ratio(
+        "round trip ros2-cni / node ↔ node (ddsperf)",
+        &rtt[0],
+        &rtt[2],
+    );
+
+    let mut udp = vec![vec![f64::NAN; plan.udp_runs]; na];
+    let mut udp_p99 = vec![vec![f64::NAN; plan.udp_runs]; na];
+    for rep in 0..plan.udp_runs {
+        for k in 0..na {
+            let i = (k + rep) % na;
+            let (_, a, b, ip) = all[i];
+            let v = udp_rtt(a, b, *ip, plan.udp_rtts);
+            if let Some(sm) = Summary::of(&v) {
+                udp[i][rep] = sm.median;
+                let mut sorted = v.clone();
+                sorted.sort_by(|x, y| x.partial_cmp(y).unwrap());
+                udp_p99[i][rep] = sorted[(sorted.len() * 99 / 100).min(sorted.len() - 1)];
+            }
+        }
+    }
+    for i in 0..np {
+        s.value(
+            &format!("UDP echo round trip (median): {}", names[i]),
+            "µs",
+            &udp[i],
+        );
+    }
+    for i in 0..np {
+        s.value(
+            &format!("UDP echo round trip (p99): {}", names[i]),
+            "µs",
+            &udp_p99[i],
+        );
+    }
+    let udp_added: Vec<f64> = udp[0].iter().zip(&udp[2]).map(|(a, b)| a - b).collect();
+    s.value(
+        "added UDP round trip ros2-cni − node ↔ node",
+        "µs",
+        &udp_added,
+    );
+
+    s.goal(
+        "throughput ≥ 0.9× reference macvlan",
+        thr_vs_mv,
+        "×",
+        Cmp::AtLeast,
+        0.9,
+        "ratio of median iperf3 throughputs",
+    );
+    s.goal(
+        "≤ 15 µs added round trip vs node ↔ node",
+        added_s.map(|a| a.median),
+        "µs",
+        Cmp::AtMost,
+        15.0,
+        "median of per-repetition ddsperf differences",
+    );
+    s
+}
+
+pub fn discovery(plan: &Plan, p: &Paths) -> Section {
+    let mut s = Section::new(
+        "5",
+        "Discovery across nodes",
+        &format!(
+            "`src/lab/probe.rs::ddsperf_probe`: `ddsperf pong` starts on node 2's side, then \
+             `ddsperf ping` on node 1's; the time is from starting ping until it prints the \
+             ponger as a new participant (process start-up included), no DDS configuration. \
+             Through ros2-cni (pods, agents routing the SPDP multicast), against the same \
+             between the node namespaces themselves and between the reference macvlan pods. \
+             {} repetitions per path, interleaved, a fresh DDS domain each.",
+            plan.discovery_runs
+        ),
+    );
+    let np = p.paths.len();
+    let mut t = vec![vec![f64::NAN; plan.discovery_runs]; np];
+    let mut failures = vec![0usize; np];
+    let nd = plan.dds_paths.min(np);
+    if !ros2_cni::lab::probe::have_ddsperf() {
+        s.note("ddsperf is not installed (apt-get install cyclonedds-tools): no discovery probes");
+        return s;
+    }
+    for rep in 0..plan.discovery_runs {
+        for k in 0..nd {
+            let i = (k + rep) % nd;
+            let (_, a, b, _) = &p.paths[i];
+            let dom = 100 + (rep * np + i) as u32 % 120;
+            match ddsperf_probe(a, b, dom, Duration::from_secs(10)) {
+                Ok(d) if d.discovered() => t[i][rep] = d.seconds.unwrap_or(f64::NAN) * 1e3,
+                _ => failures[i] += 1,
+            }
+        }
+    }
+    for i in 0..np {
+        s.value(&format!("time to discover: {}", p.paths[i].0), "ms", &t[i]);
+    }
+    for i in 0..np {
+        s.single(
+            &format!("probes without discovery: {}", p.paths[i].0),
+            "count",
+            failures[i] as f64,
+        );
+    }
+    s.ratio("discovery ros2-cni / node ↔ node", &t[0], &t[2]);
+    let added: Vec<f64> = t[0].iter().zip(&t[2]).map(|(a, b)| a - b).collect();
+    s.value(
+        "added time to discover, ros2-cni − node ↔ node",
+        "ms",
+        &added,
+    );
+    s.goal(
+        "check: every probe through ros2-cni discovers",
+        Some(if failures[0] == 0 { 1.0 } else { 0.0 }),
+        "(1 = yes)",
+        Cmp::AtLeast,
+        1.0,
+        "all repetitions",
+    );
+    s
+}
