@@ -642,3 +642,110 @@ fn two_hundred_fifty_pods_on_one_node_all_receive_discovery() {
         "one bridge VIF serves them all"
     );
 }
+
+#[test]
+fn the_agent_puts_back_pod_state_that_a_firewall_reload_or_route_flush_removed() {
+    let tb = bed(2);
+    for i in 1..=2 {
+        tb.start_agent(tb.node(i), &json!({})).unwrap();
+    }
+    let a1 = tb.add_pod(&spec("a1", 1)).unwrap();
+    let b1 = tb.add_pod(&spec("b1", 2)).unwrap();
+    let n1 = tb.node(1);
+    assert!(ros2_cni::lab::testbed::ping(&b1.ns, ip_of(&a1)));
+    // what `nft flush ruleset` and a route/neighbour flush do to a node
+    let ip = ip_of(&a1).to_string();
+    ros2_cni::lab::testbed::ns_sh(&n1.ns, &["nft", "flush", "ruleset"]).unwrap();
+    for args in [
+        vec!["ip", "route", "del", &format!("{ip}/32"), "dev", "ros2br0"],
+        vec!["ip", "neigh", "del", "proxy", &ip, "dev", "eth0"],
+        vec!["ip", "neigh", "del", &ip, "dev", "ros2br0"],
+    ] {
+        let mut full = vec!["ip", "-n", &n1.ns];
+        full.extend(&args[1..]);
+        ros2_cni::lab::testbed::sh(&full).unwrap();
+    }
+    let before = node_state(&tb, 1);
+    assert!(before.guard_elements.is_empty() && !before.proxies.iter().any(|p| p.starts_with(&ip)));
+    wait_for(
+        5,
+        "the pod's element, route, proxy and neighbour entries come back",
+        || {
+            let st = node_state(&tb, 1);
+            st.guard_elements.iter().any(|e| e.ends_with(&ip))
+                && st.routes.contains(&format!("{ip} ros2br0"))
+                && st.proxies.contains(&format!("{ip} eth0"))
+                && st.neighbours.contains(&format!("{ip} ros2br0"))
+        },
+    );
+    assert!(
+        ros2_cni::lab::testbed::ping(&b1.ns, ip_of(&a1)),
+        "the pod is reachable again"
+    );
+    assert!(
+        tb.log("agent-n1")
+            .contains("repaired pod state: anti-spoofing element for robots/a1"),
+        "{}",
+        tb.log("agent-n1")
+    );
+}
+
+#[test]
+fn del_hands_the_slow_teardown_to_the_agent_and_an_immediate_re_add_works() {
+    let tb = bed(1);
+    tb.start_agent(tb.node(1), &json!({})).unwrap();
+    let before = baseline(&tb, 1);
+    let s = spec("again", 1);
+    let pod = tb.add_pod(&s).unwrap();
+    // DEL only (the pod's namespace stays), then ADD the same container at once
+    let r = tb.ros2cni_cmd("DEL", &pod, &s, None, None).unwrap();
+    assert!(r.success, "{}", r.stdout);
+    let r = tb.ros2cni_cmd("ADD", &pod, &s, None, None).unwrap();
+    assert!(
+        r.success,
+        "re-ADD right after DEL: {} {}",
+        r.stdout, r.stderr
+    );
+    let res = r.json().unwrap();
+    let ip = ros2_cni::lab::testbed::ros_ip_of(&res, &pod.netns_path()).unwrap();
+    let st = node_state(&tb, 1);
+    assert!(
+        st.guard_elements
+            .iter()
+            .any(|e| e.ends_with(&ip.to_string())),
+        "{st:?}"
+    );
+    assert!(
+        ros2_cni::lab::testbed::ping(&pod.ns, tb.node(1).ip),
+        "the re-added pod works"
+    );
+    // and a plain DEL leaves nothing once the agent finished
+    let r = tb.ros2cni_cmd("DEL", &pod, &s, Some(&res), None).unwrap();
+    assert!(r.success);
+    tb.remove_ns(&pod.ns).unwrap();
+    wait_state(&tb, 1, &before, 3, "DEL + agent leave nothing");
+    assert!(
+        tb.log("agent-n1").contains("handed-over teardown done"),
+        "DEL handed the link deletion to the agent:\n{}",
+        tb.log("agent-n1")
+    );
+    // the orphan sweep: a host end without a record is removed by the agent
+    ros2_cni::lab::testbed::ns_sh(
+        &tb.node(1).ns,
+        &[
+            "ip",
+            "link",
+            "add",
+            "r2cdeadbeef000",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "x0",
+        ],
+    )
+    .unwrap();
+    wait_for(5, "leftover r2c link removed", || {
+        !node_state(&tb, 1).links.contains("r2cdeadbeef000")
+    });
+}

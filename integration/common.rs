@@ -125,6 +125,35 @@ pub fn node_state(tb: &Testbed, node: usize) -> NodeState {
     }
 }
 
+/// Waits up to `secs` for the node to reach `want` (DEL hands its link and
+/// element deletion to the agent, which finishes them shortly after).
+pub fn wait_state(tb: &Testbed, node: usize, want: &NodeState, secs: u64, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let st = node_state(tb, node);
+        if &st == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}:\n  now:  {st:?}\n  want: {want:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Polls `cond` every 50 ms for up to `secs`.
+pub fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {secs} s: {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// Links in a pod, by name, with their flags.
 pub fn pod_links(pod_ns: &str) -> Vec<(String, Vec<String>)> {
     let j = ip_json(pod_ns, &["link", "show"]).unwrap();

@@ -261,7 +261,14 @@ fn lifecycle_in_every_cni_version() {
         // DEL twice
         let again = tb.ros2cni_cmd("DEL", &pod, &s, None, Some("")).unwrap();
         assert!(again.success, "{v}: second DEL: {}", again.stdout);
-        assert_eq!(node_state(&tb, 1), before, "{v}: DEL leaves nothing behind");
+        // the agent runs here: DEL hands it the link and element deletion
+        wait_state(
+            &tb,
+            1,
+            &before,
+            3,
+            &format!("{v}: DEL leaves nothing behind"),
+        );
     }
 }
 

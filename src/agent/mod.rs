@@ -20,6 +20,7 @@
 
 pub mod metrics;
 pub mod observe;
+pub mod pods;
 pub mod status;
 
 use crate::config::{Config, Mode};
@@ -144,6 +145,8 @@ pub struct State {
     pub table: observe::Table,
     ifnames: std::collections::HashMap<u32, String>,
     attachments_mtime: Option<SystemTime>,
+    /// The attachment records, re-read when their directory changes.
+    pub records: Vec<crate::ipam::Attachment>,
 }
 
 impl State {
@@ -273,6 +276,7 @@ pub fn start(opts: &Options) -> Result<State, AgentError> {
         table: observe::Table::default(),
         ifnames: Default::default(),
         attachments_mtime: None,
+        records: vec![],
     })
     .map(|mut st| {
         match observe::Capture::open(&st.cfg.groups) {
@@ -301,12 +305,17 @@ pub fn handle_capture(st: &mut State) {
     st.capture = Some(cap);
 }
 
-/// Which pod an address or host port belongs to, from the attachment records
+/// The attachment records and which pod an address or host port belongs to
 /// (re-read only when the directory changes).
 fn refresh_pod_names(st: &mut State) {
     let dir = st.cfg.data_dir.join("attachments");
     let mtime = std::fs::metadata(&dir).and_then(|m| m.modified()).ok();
-    if mtime.is_some() && mtime == st.attachments_mtime {
+    // directory timestamps are coarse: two changes within one tick keep the
+    // same mtime, so a recent one is never trusted
+    let recent = mtime
+        .and_then(|m| SystemTime::now().duration_since(m).ok())
+        .is_none_or(|age| age < Duration::from_secs(5));
+    if mtime.is_some() && mtime == st.attachments_mtime && !recent {
         return;
     }
     st.attachments_mtime = mtime;
@@ -315,6 +324,7 @@ fn refresh_pod_names(st: &mut State) {
     };
     st.table.pods_by_ip.clear();
     st.table.pods_by_port.clear();
+    st.records = list.iter().map(|(_, a)| a.clone()).collect();
     for (_, a) in list {
         let name = if a.pod_name.is_empty() {
             a.container_id.chars().take(12).collect()
@@ -431,6 +441,29 @@ pub fn reconcile(st: &mut State) {
     }
     st.pods = pods_attached(&st.cfg.data_dir);
     refresh_pod_names(st);
+    if problems.is_empty() {
+        let store = crate::ipam::Store::new(&st.cfg.data_dir);
+        let mut fresh = || {
+            store
+                .list()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(_, a)| a)
+                .collect()
+        };
+        let (repairs, pod_problems) = pods::reconcile(
+            &st.records,
+            &mut fresh,
+            &st.node_dev,
+            &st.uplink,
+            st.cfg.pool,
+            st.router.is_some(),
+        );
+        for r in repairs {
+            tracing::info!("repaired pod state: {r}");
+        }
+        problems.extend(pod_problems);
+    }
     st.table.expire(now);
     st.ifnames.clear();
     if let Ok(mut nf) = Nfnl::new() {

@@ -38,7 +38,25 @@ pub async fn serve(path: PathBuf, state: Arc<Mutex<State>>) {
             let mut line = String::new();
             let mut rd = BufReader::new(rd);
             let _ = tokio::time::timeout(Duration::from_secs(1), rd.read_line(&mut line)).await;
-            let doc = match line.trim() {
+            let line = line.trim();
+            if let Some(job) = line.strip_prefix("teardown ") {
+                let doc = match serde_json::from_str::<super::pods::Handoff>(job) {
+                    Ok(h) => {
+                        // the kernel waits out grace periods here: off the caller's path
+                        tokio::task::spawn_blocking(move || {
+                            if let Err(e) = super::pods::run_handoff(&h) {
+                                tracing::warn!(link = %h.name, "handed-over teardown: {e}");
+                            }
+                        });
+                        serde_json::json!({"queued": true})
+                    }
+                    Err(e) => serde_json::json!({"error": format!("bad teardown request: {e}")}),
+                };
+                let _ = wr.write_all(format!("{doc}\n").as_bytes()).await;
+                let _ = wr.shutdown().await;
+                return;
+            }
+            let doc = match line {
                 "" | "status" => super::status_json(&state.lock().unwrap()),
                 "participants" => super::participants_json(&state.lock().unwrap()),
                 other => serde_json::json!({

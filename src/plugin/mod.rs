@@ -3,6 +3,7 @@
 //! Stdout carries only protocol JSON (a result, VERSION's answer, or an
 //! error); logs go to `logFile` or stderr.
 
+use crate::agent::pods::Handoff;
 use crate::cni::{env::Command, CniError, Code, Env, Interface, PrevResult, Result, Version};
 use crate::config::{Config, ANNOTATIONS_CAPABILITY, OPT_IN_ANNOTATION};
 use crate::dataplane::{self, host_veth_name, pod_mac, undo_all, AddRequest, Kernel, Step};
@@ -184,14 +185,24 @@ fn add(cfg: &Config, env: &Env, raw: &Value, version: Version) -> Result<Output>
     let mut k = Kernel::new();
     let uplink = dp.preflight(&mut k, cfg)?;
     let mut pod = Handle::open_in(&netns)?;
-    if pod.link_by_name(&cfg.if_name)?.is_some() {
-        return Err(CniError::new(
-            Code::AlreadyAttached,
-            format!(
-                "the pod already has an interface named \"{}\" (ifName)",
+    if let Some(l) = pod.link_by_name(&cfg.if_name)? {
+        // ours (our MACs start 0e:2c) but recorded nowhere: left by a DEL whose
+        // link deletion the agent has not run yet (DEL then ADD in one netns)
+        if l.mac.is_some_and(|m| m[..2] == [0x0e, 0x2c]) {
+            tracing::warn!(
+                "removing a leftover {} from an earlier attachment",
                 cfg.if_name
-            ),
-        ));
+            );
+            pod.delete_link(l.index)?;
+        } else {
+            return Err(CniError::new(
+                Code::AlreadyAttached,
+                format!(
+                    "the pod already has an interface named \"{}\" (ifName)",
+                    cfg.if_name
+                ),
+            ));
+        }
     }
     // whether PrimaryMulticastOff will clear the flag: recorded with the
     // address, so the record written at allocation is usually final
@@ -221,6 +232,15 @@ fn add(cfg: &Config, env: &Env, raw: &Value, version: Version) -> Result<Output>
     }
 
     // ---- change things ----
+    if cfg.mode == crate::config::Mode::Routed {
+        // a host end without a record: left by a DEL whose link deletion the
+        // agent has not run yet; the name is this attachment's, so take it back
+        let host_if = host_veth_name(&env.container_id, &env.ifname);
+        if let Some(l) = k.node()?.link_by_name(&host_if)? {
+            tracing::warn!("removing leftover link {host_if} from an earlier attachment");
+            k.node()?.delete_link(l.index)?;
+        }
+    }
     dp.ensure_node(&mut k, cfg, &uplink)?;
     let mut att = {
         let lock = store.lock(lock_timeout())?;
@@ -303,8 +323,61 @@ fn add(cfg: &Config, env: &Env, raw: &Value, version: Version) -> Result<Output>
     Ok(Output::Json(prev.to_version(version)))
 }
 
-/// Tears down a recorded attachment and releases its address.
-pub fn teardown(store: &Store, key: &str, att: &Attachment, netns_hint: &str) -> Result<()> {
+/// The per-pod steps whose kernel work waits out an RCU grace period
+/// (RTM_DELLINK: 15-25 ms; an nf_tables element delete: ~12 ms at socket close).
+fn is_slow(step: &Step) -> bool {
+    matches!(step, Step::Link | Step::Guard)
+}
+
+/// What the agent is asked to finish for `att`: the link (by index, so a new
+/// link by the same name is safe) and the anti-spoofing element.
+fn handoff_for(
+    att: &Attachment,
+    k: &mut Kernel,
+    pod: Option<&mut Handle>,
+    ns_path: &str,
+) -> Result<Option<Handoff>> {
+    if att.host_if.is_empty() {
+        // macvlan: the link lives in the pod
+        let Some(pod) = pod else { return Ok(None) };
+        return Ok(pod
+            .link_by_name(&att.pod_if)?
+            .filter(|l| l.kind.as_deref() == Some("macvlan"))
+            .map(|l| Handoff {
+                ifindex: l.index,
+                name: l.name,
+                netns: ns_path.to_owned(),
+                element: None,
+            }));
+    }
+    let link = k.node()?.link_by_name(&att.host_if)?;
+    Ok(Some(Handoff {
+        ifindex: link.as_ref().map_or(0, |l| l.index),
+        name: att.host_if.clone(),
+        netns: String::new(),
+        element: Some((att.host_if.clone(), att.mac.clone(), att.ip)),
+    }))
+}
+
+/// Gives `h` to the agent; false when no agent takes it.
+fn hand_over(sock: &Path, h: &Handoff) -> bool {
+    let Ok(job) = serde_json::to_string(h) else {
+        return false;
+    };
+    crate::agent::status::query(sock, &format!("teardown {job}")).is_ok_and(|v| v["queued"] == true)
+}
+
+/// Tears down a recorded attachment and releases its address. The slow
+/// kernel work (link and element deletion) goes to the agent when one
+/// answers on `agent_sock`, so DEL does not wait out grace periods; without
+/// an agent it is done here.
+pub fn teardown(
+    store: &Store,
+    key: &str,
+    att: &Attachment,
+    netns_hint: &str,
+    agent_sock: &Path,
+) -> Result<()> {
     let dp = dataplane::for_attachment(att);
     let mut k = Kernel::new();
     // the pod's namespace may be gone; then only node-side state remains
@@ -320,7 +393,15 @@ pub fn teardown(store: &Store, key: &str, att: &Attachment, netns_hint: &str) ->
     } else {
         None
     };
-    undo_all(dp, &mut k, pod.as_mut(), att, dp.steps())?;
+    let (slow, fast): (Vec<Step>, Vec<Step>) = dp.steps().iter().copied().partition(is_slow);
+    undo_all(dp, &mut k, pod.as_mut(), att, &fast)?;
+    let handed = match handoff_for(att, &mut k, pod.as_mut(), ns_path)? {
+        Some(h) => hand_over(agent_sock, &h),
+        None => false,
+    };
+    if !handed {
+        undo_all(dp, &mut k, pod.as_mut(), att, &slow)?;
+    }
     let lock = store.lock(lock_timeout())?;
     store.release(&lock, key, Some(att.ip))?;
     Ok(())
@@ -333,7 +414,7 @@ fn del(cfg: &Config, env: &Env) -> Result<()> {
         return Ok(()); // never attached, or already deleted
     };
     init_logging(cfg);
-    teardown(&store, &key, &att, &env.netns)?;
+    teardown(&store, &key, &att, &env.netns, &cfg.agent_socket())?;
     tracing::info!(container = %env.container_id, ip = %att.ip, "detached {}", att.pod_if);
     Ok(())
 }
@@ -437,7 +518,7 @@ fn gc(cfg: &Config, raw: &Value) -> Result<()> {
             continue;
         }
         init_logging(cfg);
-        match teardown(&store, &key, &att, "") {
+        match teardown(&store, &key, &att, "", &cfg.agent_socket()) {
             Ok(()) => tracing::info!(container = %att.container_id, ip = %att.ip, "GC released"),
             Err(e) => errors.push(format!("{}: {}", att.container_id, e.msg)),
         }
