@@ -749,3 +749,158 @@ fn del_hands_the_slow_teardown_to_the_agent_and_an_immediate_re_add_works() {
         !node_state(&tb, 1).links.contains("r2cdeadbeef000")
     });
 }
+
+/// `tc -j filter show dev DEV ingress` names in `ns`.
+fn bpf_filters(ns: &str, dev: &str) -> Vec<String> {
+    let out =
+        ros2_cni::lab::testbed::ns_sh(ns, &["tc", "-j", "filter", "show", "dev", dev, "ingress"])
+            .unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or(serde_json::Value::Null);
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f["options"]["bpf_name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn ping_ttl(from: &str, to: Ipv4Addr) -> Option<u32> {
+    let out =
+        ros2_cni::lab::testbed::ns_sh(from, &["ping", "-c", "2", "-W", "2", "-n", &to.to_string()])
+            .ok()?;
+    out.lines()
+        .rev()
+        .filter_map(|l| {
+            l.split("ttl=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .next()
+}
+
+fn forwarded(ns: &str) -> u64 {
+    let j = ros2_cni::lab::testbed::nft_json(ns, &["table", "ip", "r2ctest"]).unwrap();
+    j["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["rule"]["expr"].as_array())
+        .flatten()
+        .filter_map(|e| e["counter"]["packets"].as_u64())
+        .sum()
+}
+
+#[test]
+fn the_fast_path_forwards_pod_unicast_past_the_node_and_still_enforces_anti_spoofing() {
+    let tb = bed(2);
+    let mut agents = vec![];
+    for i in 1..=2 {
+        agents.push(tb.start_agent(tb.node(i), &json!({})).unwrap());
+    }
+    let a1 = tb.add_pod(&spec("a1", 1)).unwrap();
+    let b1 = tb.add_pod(&spec("b1", 2)).unwrap();
+    let lap = tb.laptop.clone().unwrap();
+    let n1 = tb.node(1);
+    wait_for(6, "both agents attach the fast path", || {
+        (1..=2).all(|i| {
+            let st = tb.agent_status(tb.node(i)).unwrap();
+            st["fastPath"]["lan"] == true && st["fastPath"]["pods"] == 1
+        })
+    });
+    let host_if = node_state(&tb, 1)
+        .links
+        .into_iter()
+        .find(|l| l.starts_with("r2c"))
+        .unwrap();
+    assert!(
+        bpf_filters(&n1.ns, &host_if)
+            .iter()
+            .any(|n| n.starts_with("r2c_pod_")),
+        "pod program on {host_if}"
+    );
+    assert!(
+        bpf_filters(&n1.ns, "eth0")
+            .iter()
+            .any(|n| n.starts_with("r2c_lan_")),
+        "LAN program on the uplink"
+    );
+
+    // count what still goes through node 1's forwarding path
+    ros2_cni::lab::testbed::ns_sh(&n1.ns, &["nft", "add table ip r2ctest; add chain ip r2ctest forwarded { type filter hook forward priority 0; }; add rule ip r2ctest forwarded counter"]).unwrap();
+    assert!(ros2_cni::lab::testbed::ping(&a1.ns, LAPTOP_IP)); // resolves the neighbours
+    let before = forwarded(&n1.ns);
+    let out = ros2_cni::lab::testbed::ns_sh(
+        &a1.ns,
+        &[
+            "ping",
+            "-c",
+            "50",
+            "-i",
+            "0.01",
+            "-q",
+            "-n",
+            &LAPTOP_IP.to_string(),
+        ],
+    )
+    .unwrap();
+    assert!(out.contains("50 received"), "{out}");
+    let via_forward = forwarded(&n1.ns) - before;
+    assert!(
+        via_forward < 5,
+        "100 packets each way, {via_forward} through the node's forwarding path"
+    );
+    // a router's TTL: one hop to the laptop, two to a pod on another node
+    assert_eq!(ping_ttl(&lap, ip_of(&a1)), Some(63));
+    assert_eq!(ping_ttl(&a1.ns, ip_of(&b1)), Some(62));
+    assert_eq!(ping_ttl(&b1.ns, ip_of(&a1)), Some(62));
+    assert_eq!(
+        ros2_cni::lab::testbed::udp_seen_source(&a1.ns, &lap, LAPTOP_IP, 17600).unwrap(),
+        Some(ip_of(&a1)),
+        "no NAT on the fast path"
+    );
+
+    // a pod sending from an address that is not its own is dropped by the
+    // program, before the bridge's nft drop rule ever sees it
+    let spoof = "192.168.15.99";
+    ros2_cni::lab::testbed::ns_sh(
+        &a1.ns,
+        &["ip", "addr", "add", &format!("{spoof}/32"), "dev", "ros0"],
+    )
+    .unwrap();
+    let drops_before = tb.agent_status(n1).unwrap()["dropped"]["spoofed"]
+        .as_u64()
+        .unwrap();
+    let rx = ros2_cni::lab::testbed::udp_in(&lap, "0.0.0.0:17601").unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(800)))
+        .unwrap();
+    let tx = ros2_cni::lab::testbed::udp_in(&a1.ns, &format!("{spoof}:0")).unwrap();
+    for _ in 0..3 {
+        tx.send_to(b"spoofed", (LAPTOP_IP, 17601)).unwrap();
+    }
+    let mut buf = [0u8; 64];
+    assert!(
+        rx.recv_from(&mut buf).is_err(),
+        "a spoofed source must not reach the LAN"
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        tb.agent_status(n1).unwrap()["dropped"]["spoofed"]
+            .as_u64()
+            .unwrap(),
+        drops_before,
+        "dropped by the fast-path program, not by the bridge rule"
+    );
+
+    // SIGTERM takes the programs away; traffic carries on on the normal path
+    tb.signal(agents[0], nix::sys::signal::Signal::SIGTERM);
+    tb.wait_exit(agents[0], Duration::from_secs(3))
+        .expect("agent exits");
+    assert!(
+        bpf_filters(&n1.ns, "eth0").is_empty() && bpf_filters(&n1.ns, &host_if).is_empty(),
+        "programs removed"
+    );
+    assert!(ros2_cni::lab::testbed::ping(&a1.ns, LAPTOP_IP));
+    assert_eq!(ping_ttl(&lap, ip_of(&a1)), Some(63));
+}

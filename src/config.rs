@@ -61,6 +61,7 @@ const OUR_KEYS: &[&str] = &[
     "metricsAddress",
     "mfcIdleSeconds",
     "raiseTtl",
+    "fastPath",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -198,6 +199,8 @@ pub struct Config {
     /// Agent: raise TTL 1 to 2 for RTPS groups so TTL-1 discovery (Fast DDS,
     /// Connext) crosses the node; false leaves TTLs alone.
     pub raise_ttl: bool,
+    /// Agent (routed mode): tc/BPF fast path for pod <-> LAN unicast.
+    pub fast_path: bool,
 }
 
 fn invalid(key: &str, msg: impl fmt::Display) -> CniError {
@@ -567,6 +570,7 @@ impl Config {
             metrics_address,
             mfc_idle_seconds,
             raise_ttl: get_bool(m, "raiseTtl")?.unwrap_or(true),
+            fast_path: get_bool(m, "fastPath")?.unwrap_or(true),
         })
     }
 

@@ -147,6 +147,8 @@ pub struct State {
     attachments_mtime: Option<SystemTime>,
     /// The attachment records, re-read when their directory changes.
     pub records: Vec<crate::ipam::Attachment>,
+    /// The tc/BPF fast path (routed mode).
+    pub fastpath: crate::fastpath::FastPath,
 }
 
 impl State {
@@ -277,6 +279,7 @@ pub fn start(opts: &Options) -> Result<State, AgentError> {
         ifnames: Default::default(),
         attachments_mtime: None,
         records: vec![],
+        fastpath: Default::default(),
     })
     .map(|mut st| {
         match observe::Capture::open(&st.cfg.groups) {
@@ -463,6 +466,15 @@ pub fn reconcile(st: &mut State) {
             tracing::info!("repaired pod state: {r}");
         }
         problems.extend(pod_problems);
+        if st.router.is_some() && st.cfg.fast_path {
+            let before = st.fastpath.unavailable.is_some();
+            for what in st.fastpath.reconcile(&st.records, &st.uplink, &st.node_dev) {
+                tracing::debug!("attached the {what}");
+            }
+            if let (false, Some(why)) = (before, &st.fastpath.unavailable) {
+                tracing::warn!("fast path unavailable, pods use the normal path: {why}");
+            }
+        }
     }
     st.table.expire(now);
     st.ifnames.clear();
@@ -493,6 +505,10 @@ pub fn reload(st: &mut State) {
             if let Some(r) = st.router.as_mut() {
                 r.set_groups(cfg.groups.clone());
             }
+            if !cfg.fast_path && st.cfg.fast_path {
+                st.fastpath.remove(&st.uplink);
+            }
+            st.fastpath.reset();
             if let Some(c) = &st.capture {
                 if let Err(e) = c.set_filter(&cfg.groups) {
                     tracing::warn!("capture filter for the new groups: {e}");
@@ -510,6 +526,7 @@ pub fn reload(st: &mut State) {
 
 /// SIGTERM: remove what only the agent needs; keep pod-facing state.
 pub fn shutdown(st: &mut State) {
+    st.fastpath.remove(&st.uplink);
     if let Some(router) = st.router.as_mut() {
         router.flush();
         if let Ok(mut nf) = Nfnl::new() {
@@ -576,6 +593,12 @@ pub fn status_json(st: &State) -> Value {
         "ttlRaised": st.ttl_raised,
         "igmpReportsSent": st.reports_sent,
         "participants": st.table.len(),
+        "fastPath": {
+            "enabled": st.cfg.fast_path && st.router.is_some(),
+            "lan": st.fastpath.lan_attached(),
+            "pods": st.fastpath.attached_pods(),
+            "unavailable": st.fastpath.unavailable,
+        },
         "install": st.install.as_ref().map(|w| {
             use std::sync::atomic::Ordering::Relaxed;
             json!({"applied": w.applied.load(Relaxed), "unchanged": w.unchanged.load(Relaxed), "errors": w.errors.load(Relaxed)})

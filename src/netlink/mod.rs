@@ -12,6 +12,7 @@
 
 pub mod netns;
 pub mod sysctl;
+pub mod tc;
 
 pub use netns::Netns;
 

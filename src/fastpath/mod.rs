@@ -1,0 +1,356 @@
+//! The routed data path's fast path: two small tc/BPF programs that move
+//! unicast IPv4 between a pod's veth and the uplink without the bridge, the
+//! node's routing and netfilter — the same forwarding decision, taken by the
+//! kernel's FIB (`bpf_fib_lookup`), a router's TTL decrement, and the
+//! anti-spoofing check, in a few dozen instructions.
+//!
+//! - `r2c_pod` on each pod's host veth (tc ingress): an IPv4 frame that does
+//!   not carry the pod's own MAC and address is dropped (the same check as the
+//!   bridge's nft set). Unicast whose route leaves through the uplink, with a
+//!   resolved neighbour, TTL > 1, no IP options or fragments and a size the
+//!   uplink takes, gets TTL − 1, the next hop's MACs and goes straight out of
+//!   the uplink. Everything else (ARP, multicast, other pods on the node, the
+//!   node itself, unresolved neighbours) continues to the bridge as before.
+//! - `r2c_lan` on the uplink (tc ingress): unicast to one of this node's pods
+//!   (its route leads to the bridge) gets TTL − 1, the pod's and the bridge's
+//!   MACs and is handed to the bridge's transmit path, skipping the node's
+//!   routing and netfilter; everything else continues normally.
+//!
+//! The agent attaches them (routed mode, `fastPath`, needs CAP_BPF) and removes
+//! them on SIGTERM; without them every packet takes the normal path, which is
+//! complete on its own. Pod-to-LAN unicast then no longer passes the node's
+//! FORWARD netfilter hooks (and is never conntracked, so never NATed).
+
+pub mod asm;
+
+use crate::ipam::Attachment;
+use crate::netlink::{parse_mac, Handle, Link};
+use asm::{helper, Alu, Asm, Cond, Insn, Size, R0, R1, R10, R2, R3, R4, R5, R6, R7, R8};
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
+
+/// tc priority of our filters (kept clear of the common 1, 49152).
+pub const PRIO: u16 = 0x2c2c;
+
+// struct __sk_buff offsets
+const SKB_DATA: i16 = 76;
+const SKB_DATA_END: i16 = 80;
+// struct bpf_fib_lookup on the stack at r10 - 64
+const FIB: i16 = -64;
+const FIB_SIZE: i32 = 64;
+const FIB_IFINDEX: i16 = FIB + 8;
+const FIB_TOS: i16 = FIB + 12;
+const FIB_SRC: i16 = FIB + 16;
+const FIB_DST: i16 = FIB + 32;
+const FIB_SMAC: i16 = FIB + 52;
+const FIB_DMAC: i16 = FIB + 58;
+const SCRATCH: i16 = -72;
+
+const TC_ACT_OK: i32 = 0;
+const TC_ACT_SHOT: i32 = 2;
+
+/// The anti-spoofing identity a pod program enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodId {
+    pub mac: [u8; 6],
+    pub ip: Ipv4Addr,
+}
+
+/// Both programs: forward eligible unicast arriving here (FIB lookup as if
+/// it arrived on `fib_in`) to `out` when the FIB agrees; `pod` adds the
+/// anti-spoofing check.
+fn forwarder(fib_in: u32, out: u32, pod: Option<PodId>) -> Vec<Insn> {
+    let mut a = Asm::new();
+    a.mov_x(R6, R1)
+        .ldx(Size::W, R2, R6, SKB_DATA)
+        .ldx(Size::W, R3, R6, SKB_DATA_END)
+        .mov_x(R4, R2)
+        .alu_k(Alu::Add, R4, 34)
+        .jmp_x(Cond::Gt, R4, R3, "pass")
+        // IPv4 only; ARP and the rest go to the normal path
+        .ldx(Size::H, R5, R2, 12)
+        .jmp_k(Cond::Ne, R5, 0x0008, "pass");
+    if let Some(p) = pod {
+        a.ldx(Size::W, R5, R2, 6)
+            .jmp32_k(
+                Cond::Ne,
+                R5,
+                u32::from_le_bytes([p.mac[0], p.mac[1], p.mac[2], p.mac[3]]),
+                "drop",
+            )
+            .ldx(Size::H, R5, R2, 10)
+            .jmp_k(
+                Cond::Ne,
+                R5,
+                u16::from_le_bytes([p.mac[4], p.mac[5]]) as i32,
+                "drop",
+            )
+            .ldx(Size::W, R5, R2, 26)
+            .jmp32_k(Cond::Ne, R5, u32::from_le_bytes(p.ip.octets()), "drop");
+    }
+    // plain unicast only: no IP options, no fragments, not multicast/broadcast, TTL > 1
+    a.ldx(Size::B, R5, R2, 14)
+        .jmp_k(Cond::Ne, R5, 0x45, "pass")
+        .ldx(Size::H, R5, R2, 20)
+        .alu_k(Alu::And, R5, 0xff3f)
+        .jmp_k(Cond::Ne, R5, 0, "pass")
+        .ldx(Size::B, R5, R2, 30)
+        .jmp_k(Cond::Ge, R5, 224, "pass")
+        .ldx(Size::B, R7, R2, 22)
+        .jmp_k(Cond::Le, R7, 1, "pass")
+        .ldx(Size::H, R8, R2, 22);
+    for off in (0..8).map(|i| FIB + 8 * i) {
+        a.st(Size::DW, R10, off, 0);
+    }
+    a.st(Size::B, R10, FIB, libc::AF_INET)
+        .ldx(Size::B, R5, R2, 23)
+        .stx(Size::B, R10, FIB + 1, R5)
+        .st(Size::W, R10, FIB_IFINDEX, fib_in as i32)
+        .ldx(Size::B, R5, R2, 15)
+        .stx(Size::B, R10, FIB_TOS, R5)
+        .ldx(Size::W, R5, R2, 26)
+        .stx(Size::W, R10, FIB_SRC, R5)
+        .ldx(Size::W, R5, R2, 30)
+        .stx(Size::W, R10, FIB_DST, R5)
+        .mov_x(R1, R6)
+        .mov_x(R2, R10)
+        .alu_k(Alu::Add, R2, FIB as i32)
+        .mov_k(R3, FIB_SIZE)
+        .mov_k(R4, 0)
+        .call(helper::FIB_LOOKUP)
+        // no route, not forwarded, no neighbour yet, too big: the normal path
+        .jmp_k(Cond::Ne, R0, 0, "pass")
+        .ldx(Size::W, R5, R10, FIB_IFINDEX)
+        .jmp32_k(Cond::Ne, R5, out, "pass")
+        // TTL - 1, the header checksum fixed for the (TTL, protocol) word
+        .mov_x(R1, R6)
+        .mov_k(R2, 14 + 10)
+        .mov_x(R3, R8)
+        .mov_x(R4, R8)
+        .alu_k(Alu::Sub, R4, 1)
+        .mov_k(R5, 2)
+        .call(helper::L3_CSUM_REPLACE)
+        .jmp_k(Cond::Ne, R0, 0, "pass")
+        .alu_k(Alu::Sub, R7, 1)
+        .stx(Size::B, R10, SCRATCH, R7);
+    // from here the packet is changed: a failure drops it rather than
+    // letting it be routed a second time
+    for (to, from, len) in [(22, SCRATCH, 1), (0, FIB_DMAC, 6), (6, FIB_SMAC, 6)] {
+        a.mov_x(R1, R6)
+            .mov_k(R2, to)
+            .mov_x(R3, R10)
+            .alu_k(Alu::Add, R3, from as i32)
+            .mov_k(R4, len)
+            .mov_k(R5, 0)
+            .call(helper::SKB_STORE_BYTES)
+            .jmp_k(Cond::Ne, R0, 0, "drop");
+    }
+    a.mov_k(R1, out as i32)
+        .mov_k(R2, 0)
+        .call(helper::REDIRECT)
+        .exit()
+        .label("pass")
+        .mov_k(R0, TC_ACT_OK)
+        .exit()
+        .label("drop")
+        .mov_k(R0, TC_ACT_SHOT)
+        .exit();
+    a.finish()
+}
+
+/// The program for a pod's host veth.
+pub fn pod_program(pod: PodId, bridge: u32, uplink: u32) -> Vec<Insn> {
+    forwarder(bridge, uplink, Some(pod))
+}
+
+/// The program for the uplink.
+pub fn lan_program(uplink: u32, bridge: u32) -> Vec<Insn> {
+    forwarder(uplink, bridge, None)
+}
+
+/// Filter names carry the interface indexes the program was built for, so
+/// a re-created bridge or uplink is noticed and the program rebuilt.
+pub fn pod_filter_name(bridge: u32, uplink: u32) -> String {
+    format!("r2c_pod_{bridge}_{uplink}")
+}
+
+pub fn lan_filter_name(uplink: u32, bridge: u32) -> String {
+    format!("r2c_lan_{uplink}_{bridge}")
+}
+
+/// The fast path on one node: which programs are attached where.
+#[derive(Debug, Default)]
+pub struct FastPath {
+    /// (uplink, bridge) the LAN program was attached for.
+    lan: Option<(u32, u32)>,
+    /// Pod host veths (by index) with their program's filter name.
+    pods: HashMap<u32, String>,
+    /// Why it is off, once it failed (not retried until the next reload).
+    pub unavailable: Option<String>,
+}
+
+fn load_and_attach(
+    node: &mut Handle,
+    dev: &Link,
+    insns: &[Insn],
+    prog: &str,
+    filter: &str,
+) -> Result<(), String> {
+    let fd = asm::load(asm::PROG_TYPE_SCHED_CLS, insns, prog).map_err(|e| e.to_string())?;
+    node.ensure_clsact(dev.index).map_err(|e| e.to_string())?;
+    node.attach_ingress_bpf(dev.index, PRIO, fd.as_fd(), filter)
+        .map_err(|e| e.to_string())
+    // the filter holds the program; our descriptor closes here
+}
+
+/// Whether `dev` already carries our filter `name` (an agent restart adopts it).
+fn carries(node: &mut Handle, dev: &Link, name: &str) -> bool {
+    node.ingress_bpf_filters(dev.index)
+        .map(|fs| fs.iter().any(|f| f.prio == PRIO && f.name == name))
+        .unwrap_or(false)
+}
+
+impl FastPath {
+    /// Attaches what is missing: the LAN program on `uplink`, a pod program on
+    /// the host veth of every pod in `records`. Returns what it attached.
+    pub fn reconcile(
+        &mut self,
+        records: &[Attachment],
+        uplink: &Link,
+        bridge: &Link,
+    ) -> Vec<String> {
+        let mut done = vec![];
+        if self.unavailable.is_some() {
+            return done;
+        }
+        let Ok(mut node) = Handle::new() else {
+            return done;
+        };
+        let lan_name = lan_filter_name(uplink.index, bridge.index);
+        if self.lan != Some((uplink.index, bridge.index)) {
+            if !carries(&mut node, uplink, &lan_name) {
+                let insns = lan_program(uplink.index, bridge.index);
+                if let Err(e) = load_and_attach(&mut node, uplink, &insns, "r2c_lan", &lan_name) {
+                    self.unavailable = Some(e);
+                    return done;
+                }
+                done.push(format!("fast path for the LAN on {}", uplink.name));
+            }
+            self.lan = Some((uplink.index, bridge.index));
+        }
+        let Ok(links) = node.links() else { return done };
+        let by_name: HashMap<&str, &Link> = links.iter().map(|l| (l.name.as_str(), l)).collect();
+        let pod_name = pod_filter_name(bridge.index, uplink.index);
+        let mut live = std::collections::HashSet::new();
+        for a in records
+            .iter()
+            .filter(|a| !a.host_if.is_empty() && a.node_dev == bridge.name)
+        {
+            let (Some(dev), Some(mac)) = (by_name.get(a.host_if.as_str()), parse_mac(&a.mac))
+            else {
+                continue;
+            };
+            live.insert(dev.index);
+            if self.pods.get(&dev.index) == Some(&pod_name) {
+                continue;
+            }
+            if !carries(&mut node, dev, &pod_name) {
+                let insns = pod_program(PodId { mac, ip: a.ip }, bridge.index, uplink.index);
+                if let Err(e) = load_and_attach(&mut node, dev, &insns, "r2c_pod", &pod_name) {
+                    if e.contains("Operation not permitted") || e.contains("Invalid argument") {
+                        self.unavailable = Some(e);
+                        return done;
+                    }
+                    // the veth went away meanwhile: try again next time
+                    continue;
+                }
+                done.push(format!("fast path for {} ({})", a.host_if, a.ip));
+            }
+            self.pods.insert(dev.index, pod_name.clone());
+        }
+        self.pods.retain(|i, _| live.contains(i));
+        done
+    }
+
+    /// Removes every program this node's agent attached.
+    pub fn remove(&mut self, uplink: &Link) {
+        let Ok(mut node) = Handle::new() else { return };
+        self.lan = None;
+        let ours = node
+            .ingress_bpf_filters(uplink.index)
+            .map(|fs| {
+                fs.iter()
+                    .any(|f| f.prio == PRIO && f.name.starts_with("r2c_lan"))
+            })
+            .unwrap_or(false);
+        if ours {
+            let _ = node.delete_ingress_filter(uplink.index, PRIO);
+        }
+        for (index, _) in self.pods.drain() {
+            let _ = node.delete_ingress_filter(index, PRIO);
+        }
+    }
+
+    pub fn attached_pods(&self) -> usize {
+        self.pods.len()
+    }
+
+    pub fn lan_attached(&self) -> bool {
+        self.lan.is_some()
+    }
+
+    /// Forgets the failure (config reload): try again.
+    pub fn reset(&mut self) {
+        self.unavailable = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn programs_end_every_path_and_jumps_stay_inside() {
+        let pod = PodId {
+            mac: [0x0e, 0x2c, 192, 168, 1, 10],
+            ip: Ipv4Addr::new(192, 168, 1, 10),
+        };
+        for p in [pod_program(pod, 5, 2), lan_program(2, 5)] {
+            assert!(p.len() < 200);
+            for (i, ins) in p.iter().enumerate() {
+                let class = ins.code & 0x07;
+                let op = ins.code & 0xf0;
+                if (class == 0x05 || class == 0x06) && op != 0x80 && op != 0x90 {
+                    let to = i as isize + 1 + ins.off as isize;
+                    assert!(
+                        to > i as isize && (to as usize) < p.len(),
+                        "jump at {i} to {to}"
+                    );
+                }
+            }
+            assert_eq!(p.last().unwrap().code, 0x95, "ends with exit");
+        }
+    }
+
+    #[test]
+    fn the_pod_program_checks_mac_and_address_with_32_bit_compares() {
+        let pod = PodId {
+            mac: [0x0e, 0x2c, 0xc0, 0xa8, 0x01, 0x0a],
+            ip: Ipv4Addr::new(192, 168, 1, 10),
+        };
+        let p = pod_program(pod, 5, 2);
+        // the MAC's first 4 bytes have the top bit set as a little-endian u32
+        let mac_lo = u32::from_le_bytes([0x0e, 0x2c, 0xc0, 0xa8]);
+        assert!(
+            p.iter().any(|i| i.code == 0x56 && i.imm as u32 == mac_lo),
+            "jne32 on the MAC"
+        );
+        assert!(p
+            .iter()
+            .any(|i| i.code == 0x56 && i.imm as u32 == u32::from_le_bytes([192, 168, 1, 10])));
+        assert!(!lan_program(2, 5)
+            .iter()
+            .any(|i| i.code == 0x56 && i.imm as u32 == mac_lo));
+    }
+}
