@@ -656,7 +656,7 @@ fn check_daemonset(manifest: &str, bin: &str, conf: &str, data: &str) {
                 add.sort();
                 assert_eq!(
                     add,
-                    vec!["NET_ADMIN", "NET_RAW"],
+                    vec!["BPF", "NET_ADMIN", "NET_RAW"],
                     "{manifest}/agent capabilities"
                 );
                 assert!(
