@@ -12,8 +12,13 @@ use std::path::Path;
 use std::sync::Barrier;
 use std::time::Instant;
 
+/// One node with its agent running, as in production: DEL hands the link
+/// and anti-spoofing element deletion to it.
 fn bed(plan: &Plan) -> Testbed {
-    plan.bed(1, false)
+    let tb = plan.bed(1, false);
+    tb.start_agent(tb.node(1), &crate::pods::production_extra())
+        .expect("start the agent");
+    tb
 }
 
 fn ms(runs: &[Run]) -> Vec<f64> {
@@ -87,6 +92,8 @@ pub fn per_pod(plan: &Plan) -> Section {
          (the Calico stand-in, untimed), then times **only** the plugin compared: `ros2-cni` ADD \
          (ptp's result as prevResult) and DEL, against the reference `macvlan` ADD and DEL \
          (`host-local` IPAM, run by macvlan itself, `net1`, what Multus + macvlan runs per pod). \
+         The node runs `ros2-cni agent`, as in production (DEL hands it the link and element \
+         deletion, which wait out kernel grace periods). \
          Both are started the same way: `ip netns exec <node> <plugin>`, CNI_* environment, the \
          JSON config on stdin; the time runs from fork to the reaped exit. ros2-cni runs with \
          the installed configuration (log file, level info). The iterations interleave ros2-cni, \

@@ -77,7 +77,7 @@ pub fn ensure_shim(node: &mut Handle, uplink: &Link) -> Result<Link> {
         }
         node.delete_link(l.index)?;
     }
-    match node.create_macvlan_here(SHIM, uplink.index, shim_mac(uplink)) {
+    match node.create_macvlan(SHIM, uplink.index, shim_mac(uplink), None) {
         Ok(()) => {}
         Err(e) if e.is_exists() => {} // a concurrent ADD made it
         Err(e) => return Err(e.into()),
@@ -146,7 +146,7 @@ impl Dataplane for Macvlan {
                 let mac = parse_mac(&att.mac).expect("attachment MAC is ours");
                 let node = k.node()?;
                 let up = node_link(node, &att.uplink, "uplink")?;
-                node.create_macvlan(&att.pod_if, up.index, mac, req.netns)?;
+                node.create_macvlan(&att.pod_if, up.index, mac, Some(req.netns))?;
             }
             other => unreachable!("macvlan mode has no step {other:?}"),
         }

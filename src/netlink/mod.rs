@@ -390,40 +390,24 @@ impl Handle {
         )
     }
 
-    /// Creates a macvlan child of `parent` (an index in this namespace) named
-    /// `name`, directly in `ns`, in bridge mode, with `mac`.
+    /// Creates a macvlan child (bridge mode, down) of `parent`, an index in
+    /// this namespace, named `name` with `mac`: directly in `ns` when given
+    /// (a pod's `ros0`), else here (the node's shim).
     pub fn create_macvlan(
         &mut self,
         name: &str,
         parent: u32,
         mac: [u8; 6],
-        ns: &Netns,
+        ns: Option<&Netns>,
     ) -> Result<()> {
         let mut m = LinkMessage::default();
         m.attributes.push(LinkAttribute::IfName(name.to_owned()));
         m.attributes.push(LinkAttribute::Link(parent));
         m.attributes.push(LinkAttribute::Address(mac.to_vec()));
-        m.attributes
-            .push(LinkAttribute::NetNsFd(ns.fd().as_raw_fd()));
-        m.attributes.push(LinkAttribute::LinkInfo(vec![
-            LinkInfo::Kind(InfoKind::MacVlan),
-            LinkInfo::Data(InfoData::MacVlan(vec![InfoMacVlan::Mode(
-                MacVlanMode::Bridge,
-            )])),
-        ]));
-        self.request(
-            &format!("create macvlan {name}"),
-            RouteNetlinkMessage::NewLink(m),
-            NLM_F_CREATE | NLM_F_EXCL,
-        )
-    }
-
-    /// Creates a macvlan child of `parent` in this namespace (the host shim), down.
-    pub fn create_macvlan_here(&mut self, name: &str, parent: u32, mac: [u8; 6]) -> Result<()> {
-        let mut m = LinkMessage::default();
-        m.attributes.push(LinkAttribute::IfName(name.to_owned()));
-        m.attributes.push(LinkAttribute::Link(parent));
-        m.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        if let Some(ns) = ns {
+            m.attributes
+                .push(LinkAttribute::NetNsFd(ns.fd().as_raw_fd()));
+        }
         m.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::Kind(InfoKind::MacVlan),
             LinkInfo::Data(InfoData::MacVlan(vec![InfoMacVlan::Mode(
