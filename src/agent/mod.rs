@@ -726,7 +726,8 @@ async fn serve(state: State, period: Duration, reinstall: Reinstall) -> Result<(
         None => None,
     };
     // SAFETY: the fd belongs to the Capture in `state`, which is only taken
-    // out for a drain under the lock and always put back; dropped after us.
+    // out for a drain under the lock and always put back; the task that
+    // polls it is aborted and awaited before `state` is shut down.
     let captured = match cap_fd {
         Some(fd) => Some(
             unsafe { AsyncFd::register_with_interest(Fd(fd), tokio::io::Interest::READABLE) }
@@ -734,6 +735,17 @@ async fn serve(state: State, period: Duration, reinstall: Reinstall) -> Result<(
         ),
         None => None,
     };
+    // discovery traffic is read in batches, at most every DRAIN_EVERY
+    let capture_task = captured.map(|afd| {
+        let st = state.clone();
+        tokio::spawn(async move {
+            while let Ok(mut guard) = afd.readable().await {
+                handle_capture(&mut st.lock().unwrap());
+                guard.clear_ready();
+                tokio::time::sleep(observe::DRAIN_EVERY).await;
+            }
+        })
+    });
     let mut hup = signal(SignalKind::hangup()).map_err(io_err("SIGHUP handler"))?;
     let mut term = signal(SignalKind::terminate()).map_err(io_err("SIGTERM handler"))?;
     let mut int = signal(SignalKind::interrupt()).map_err(io_err("SIGINT handler"))?;
@@ -745,11 +757,6 @@ async fn serve(state: State, period: Duration, reinstall: Reinstall) -> Result<(
             r = async { upcalls.as_ref().expect("guarded").readable().await }, if upcalls.is_some() => {
                 let mut guard = r.map_err(io_err("multicast routing socket"))?;
                 handle_upcalls(&mut state.lock().unwrap());
-                guard.clear_ready();
-            }
-            r = async { captured.as_ref().expect("guarded").readable().await }, if captured.is_some() => {
-                let mut guard = r.map_err(io_err("capture socket"))?;
-                handle_capture(&mut state.lock().unwrap());
                 guard.clear_ready();
             }
             _ = tick.tick() => {
@@ -781,7 +788,10 @@ async fn serve(state: State, period: Duration, reinstall: Reinstall) -> Result<(
         t.abort();
     }
     drop(upcalls);
-    drop(captured);
+    if let Some(t) = capture_task {
+        t.abort();
+        let _ = t.await;
+    }
     shutdown(&mut state.lock().unwrap());
     Ok(())
 }

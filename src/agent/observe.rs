@@ -23,6 +23,10 @@ const MAX_PARTICIPANTS: usize = 4096;
 const MAX_SOURCES: usize = 8192;
 const PARSE_EVERY: Duration = Duration::from_millis(500);
 const PACKET_OUTGOING: u8 = 4;
+/// The agent reads captured frames at most this often: one wake-up per batch
+/// instead of one per packet (what is missed between batches waits in the
+/// socket buffer; announcements are periodic anyway).
+pub const DRAIN_EVERY: Duration = Duration::from_millis(50);
 
 /// One advertised locator, as reported.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -132,8 +136,9 @@ impl Table {
         });
         s.packets += 1;
         s.ttl = seen.ttl;
-        s.interface = seen.ifname.to_owned();
-        s.last_seen = unix_secs(SystemTime::now());
+        if s.interface != seen.ifname {
+            s.interface = seen.ifname.to_owned();
+        }
         s.last_seen_at = now;
         if s.last_parsed
             .is_some_and(|t| now.duration_since(t) < PARSE_EVERY)
@@ -141,6 +146,8 @@ impl Table {
             return;
         }
         s.last_parsed = Some(now);
+        // wall-clock time only when parsing (at most twice a second per sender)
+        s.last_seen = unix_secs(SystemTime::now());
         let msg = match rtps::parse_message(payload) {
             Ok(m) => m,
             Err(_) => {
