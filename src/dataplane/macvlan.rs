@@ -119,15 +119,17 @@ impl Dataplane for Macvlan {
     fn preflight(&self, k: &mut Kernel, cfg: &Config) -> Result<String> {
         let up = resolve_uplink(k.node()?, cfg)?;
         refuse_wireless(cfg, &up.name)?;
+        k.remember(&up);
         Ok(up.name)
     }
 
     fn ensure_node(&self, k: &mut Kernel, _cfg: &Config, uplink: &str) -> Result<()> {
-        let node = k.node()?;
-        let up = node.link_by_name(uplink)?.ok_or_else(|| {
+        let up = k.link(uplink)?.ok_or_else(|| {
             CniError::invalid_config(format!("uplink: interface \"{uplink}\" does not exist"))
         })?;
-        ensure_shim(node, &up).map(|_| ())
+        let shim = ensure_shim(k.node()?, &up)?;
+        k.remember(&shim);
+        Ok(())
     }
 
     fn apply(
@@ -144,9 +146,9 @@ impl Dataplane for Macvlan {
         match step {
             Step::Link => {
                 let mac = parse_mac(&att.mac).expect("attachment MAC is ours");
-                let node = k.node()?;
-                let up = node_link(node, &att.uplink, "uplink")?;
-                node.create_macvlan(&att.pod_if, up.index, mac, Some(req.netns))?;
+                let up = node_link(k, &att.uplink, "uplink")?;
+                k.node()?
+                    .create_macvlan(&att.pod_if, up.index, mac, Some(req.netns))?;
             }
             other => unreachable!("macvlan mode has no step {other:?}"),
         }

@@ -43,6 +43,9 @@ pub enum Step {
 pub struct Kernel {
     node: Option<Handle>,
     nf: Option<Nfnl>,
+    /// Node links already looked up in this invocation (uplink, bridge, shim),
+    /// by name: each step needs their indexes, one lookup serves them all.
+    links: std::collections::HashMap<String, Link>,
 }
 
 impl Kernel {
@@ -50,7 +53,25 @@ impl Kernel {
         Kernel {
             node: None,
             nf: None,
+            links: Default::default(),
         }
+    }
+
+    /// A node link by name, looked up once per invocation.
+    pub fn link(&mut self, name: &str) -> Result<Option<Link>> {
+        if let Some(l) = self.links.get(name) {
+            return Ok(Some(l.clone()));
+        }
+        let l = self.node()?.link_by_name(name)?;
+        if let Some(l) = &l {
+            self.links.insert(name.to_owned(), l.clone());
+        }
+        Ok(l)
+    }
+
+    /// Records a link just looked up or made elsewhere.
+    pub fn remember(&mut self, l: &Link) {
+        self.links.insert(l.name.clone(), l.clone());
     }
 
     /// rtnetlink in the node's (the plugin's own) namespace.
@@ -136,12 +157,13 @@ pub fn for_mode(mode: Mode) -> &'static dyn Dataplane {
 
 // ---- steps every mode shares ----
 
-/// The node-side link `name`, or a kernel error naming `what` is missing.
-pub(crate) fn node_link(node: &mut Handle, name: &str, what: &str) -> Result<Link> {
+/// The node-side link `name` (looked up once per invocation), or a kernel
+/// error naming `what` is missing.
+pub(crate) fn node_link(k: &mut Kernel, name: &str, what: &str) -> Result<Link> {
     if name.is_empty() {
         return Err(CniError::kernel(format!("{what} is not recorded")));
     }
-    node.link_by_name(name)?
+    k.link(name)?
         .ok_or_else(|| CniError::kernel(format!("{what} {name} is missing")))
 }
 
@@ -183,14 +205,12 @@ pub(crate) fn apply_common(
             }
         }
         Step::HostRoute => {
-            let node = k.node()?;
-            let dev = node_link(node, &att.node_dev, "node device")?;
-            node.replace_route(att.ip, 32, dev.index)?;
+            let dev = node_link(k, &att.node_dev, "node device")?;
+            k.node()?.replace_route(att.ip, 32, dev.index)?;
         }
         Step::HostNeigh => {
-            let node = k.node()?;
-            let dev = node_link(node, &att.node_dev, "node device")?;
-            node.add_permanent_neigh(att.ip, mac, dev.index)?;
+            let dev = node_link(k, &att.node_dev, "node device")?;
+            k.node()?.add_permanent_neigh(att.ip, mac, dev.index)?;
         }
         _ => return Ok(false),
     }

@@ -160,11 +160,15 @@ impl Dataplane for Routed {
     }
 
     fn preflight(&self, k: &mut Kernel, cfg: &Config) -> Result<String> {
-        Ok(resolve_uplink(k.node()?, cfg)?.name)
+        let up = resolve_uplink(k.node()?, cfg)?;
+        k.remember(&up);
+        Ok(up.name)
     }
 
     fn ensure_node(&self, k: &mut Kernel, cfg: &Config, uplink: &str) -> Result<()> {
-        ensure_bridge(k.node()?, &cfg.bridge, uplink).map(|_| ())
+        let br = ensure_bridge(k.node()?, &cfg.bridge, uplink)?;
+        k.remember(&br);
+        Ok(())
     }
 
     fn apply(
@@ -181,10 +185,10 @@ impl Dataplane for Routed {
         let mac = parse_mac(&att.mac).expect("attachment MAC is ours");
         match step {
             Step::Link => {
-                let node = k.node()?;
-                let br = node_link(node, &att.node_dev, "bridge")?;
-                let mtu = node.link_by_name(&att.uplink)?.and_then(|l| l.mtu);
-                node.create_veth(&att.host_if, br.index, &att.pod_if, mac, req.netns, mtu)
+                let br = node_link(k, &att.node_dev, "bridge")?;
+                let mtu = k.link(&att.uplink)?.and_then(|l| l.mtu);
+                k.node()?
+                    .create_veth(&att.host_if, br.index, &att.pod_if, mac, req.netns, mtu)
                     .map_err(|e| {
                         if e.is_exists() {
                             CniError::new(
@@ -206,9 +210,8 @@ impl Dataplane for Routed {
                 node.set_up(h.index)?;
             }
             Step::ProxyNeigh => {
-                let node = k.node()?;
-                let up = node_link(node, &att.uplink, "uplink")?;
-                node.add_proxy_neigh(att.ip, up.index)?;
+                let up = node_link(k, &att.uplink, "uplink")?;
+                k.node()?.add_proxy_neigh(att.ip, up.index)?;
             }
             Step::Guard => {
                 firewall::allow_pod(k.nf()?, &att.host_if, mac, att.ip)?;
