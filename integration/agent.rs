@@ -203,6 +203,29 @@ fn ttl1_rtps_arrives_exactly_once_everywhere_and_other_groups_stay_local() {
     ] {
         assert!(metrics.contains(want), "metrics lack {want:?}:\n{metrics}");
     }
+    // values, not just names
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no series {series}:\n{metrics}"))
+    };
+    for dir in ["pods_to_lan", "lan_to_pods"] {
+        let bytes = value(&format!(
+            "ros2cni_forwarded_bytes_total{{group=\"239.255.0.1\",direction=\"{dir}\"}}"
+        ));
+        assert!(bytes >= 5.0 * 28.0, "{dir}: 5 datagrams, {bytes} bytes");
+    }
+    assert!(value("ros2cni_ttl_raised_packets_total") >= 10.0);
+    assert!(
+        value("ros2cni_multicast_routes") >= 2.0,
+        "one route per source"
+    );
+    assert!(
+        value("ros2cni_dropped_packets_total{reason=\"not_rtps\"}") >= 1.0,
+        "{OTHER} with TTL 32 reached the router and was not forwarded"
+    );
+    assert_eq!(value("ros2cni_healthy"), 1.0);
     assert_eq!(
         tb.wifi_drops().unwrap(),
         0,

@@ -217,3 +217,32 @@ fn doctor_reports_a_dead_agent_and_a_pod_that_lost_its_interface() {
     assert_eq!(code, 0, "no error findings: {codes:?}");
     assert_eq!(codes, vec!["NO_PARTICIPANTS"]);
 }
+
+#[test]
+fn doctor_that_cannot_run_exits_2_not_1() {
+    // 1 means "error findings"; a doctor without a readable config must differ
+    let dir = std::env::temp_dir().join(format!("r2t-doctor-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("config.json");
+    std::fs::write(&bad, "{ not json").unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["doctor", "--json", "--config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "nothing on stdout when doctor cannot run"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("config.json"),
+        "the message names the file: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

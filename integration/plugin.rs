@@ -85,6 +85,24 @@ fn assert_attached(tb: &Testbed, pod: &ros2_cni::lab::testbed::Pod) {
         .unwrap()
         .iter()
         .any(|l| l["ifname"].as_str().unwrap_or("").starts_with("r2c")));
+    // no IPv6 addresses on either end (no DAD or MLD from a pod port)
+    let no_v6 = |v: &Value| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["addr_info"].as_array().is_none_or(|a| a.is_empty()))
+    };
+    let a6 = ip_json(&pod.ns, &["-6", "addr", "show", "dev", "ros0"]).unwrap();
+    assert!(no_v6(&a6), "IPv6 addresses on ros0: {a6}");
+    let ports = br
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["ifname"].as_str());
+    for p in ports.filter(|n| n.starts_with("r2c")) {
+        let a = ip_json(&n.ns, &["-6", "addr", "show", "dev", p]).unwrap();
+        assert!(no_v6(&a), "IPv6 addresses on host end {p}: {a}");
+    }
     // the result names ros0 with its sandbox and its address with the interface index
     let res = &pod.result;
     let idx = res["interfaces"]
@@ -606,9 +624,10 @@ fn primary_multicast_and_default_uplink() {
         st.proxies.contains(&format!("{} eth0", ip_of(&pod))),
         "uplink defaults to the default-route interface"
     );
-    assert!(tb
+    let check = tb
         .ros2cni_cmd("CHECK", &pod, &s.clone().version("1.0.0"), None, None)
-        .is_ok());
+        .unwrap();
+    assert!(check.success, "CHECK passes: {}", check.stdout);
     tb.del_pod(&pod, &s).unwrap();
 }
 

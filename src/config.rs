@@ -634,6 +634,54 @@ mod tests {
         let p = c.pool().unwrap();
         assert_eq!(p.len(), 16);
         assert_eq!(p.start, Ipv4Addr::new(192, 168, 1, 160));
+        // the rest of docs/config.md's defaults column
+        assert_eq!(
+            c.uplink, None,
+            "uplink: the default-route interface, found at run time"
+        );
+        assert!(c.namespaces.is_empty());
+        assert_eq!(c.log_file, None);
+        assert_eq!(c.log_level, "info");
+        assert_eq!(c.log_format, LogFormat::Human);
+        assert!(!c.force);
+        assert_eq!(c.metrics_address, "127.0.0.1:9741");
+        assert_eq!(c.mfc_idle_seconds, 300);
+        assert!(c.raise_ttl);
+        assert!(c.fast_path);
+    }
+
+    #[test]
+    fn documented_limits_are_enforced() {
+        let cases: Vec<(&str, Value, &str)> = vec![
+            ("mfcIdleSeconds", json!(9), "10"),
+            ("groups", json!(["224.0.0.251"]), "224.0.0.0/24"),
+            ("subnet", json!("10.0.0.0/7"), "/8"),
+            ("subnet", json!("192.168.1.0/31"), "/30"),
+        ];
+        for (key, val, says) in cases {
+            let mut v = base();
+            v[key] = val.clone();
+            if key == "subnet" {
+                v.as_object_mut().unwrap().remove("podRange");
+            }
+            let e = Config::from_value(&v, true, None).unwrap_err();
+            assert_eq!(e.code, Code::InvalidConfig, "{key}={val}: {}", e.msg);
+            assert!(
+                e.msg.contains(key) && e.msg.contains(says),
+                "{key}={val}: {}",
+                e.msg
+            );
+        }
+        for (key, val) in [
+            ("mfcIdleSeconds", json!(10)),
+            ("groups", json!(["239.255.0.1", "239.255.0.2"])),
+            ("subnet", json!("192.168.0.0/16")),
+        ] {
+            let mut v = base();
+            v[key] = val.clone();
+            Config::from_value(&v, true, None)
+                .unwrap_or_else(|e| panic!("{key}={val} is allowed: {}", e.msg));
+        }
     }
 
     #[test]

@@ -535,6 +535,85 @@ mod tests {
     }
 
     #[test]
+    fn agent_problems_and_stale_attachments() {
+        let mut i = base();
+        i.status = Ok(
+            json!({"routing": true, "uplink": "eth0", "nodeDevice": "ros2br0", "routes": [],
+            "problems": ["multicast VIFs: Address already in use"]}),
+        );
+        i.pods = vec![PodCheck {
+            pod: "robots/gone".into(),
+            ip: "192.168.1.161".parse().unwrap(),
+            interface: "ros0".into(),
+            netns: "/var/run/netns/cni-1234".into(),
+            has_interface: None,
+        }];
+        let f = findings(&i);
+        let problem = f
+            .iter()
+            .find(|f| f.code == "AGENT_PROBLEM")
+            .expect("AGENT_PROBLEM");
+        assert!(
+            problem.message.contains("Address already in use"),
+            "{}",
+            problem.message
+        );
+        let stale = f
+            .iter()
+            .find(|f| f.code == "STALE_ATTACHMENT")
+            .expect("STALE_ATTACHMENT");
+        assert_eq!(stale.severity, Severity::Warning);
+        assert!(
+            stale.message.contains("192.168.1.161")
+                && stale.message.contains("robots/gone")
+                && stale.message.contains("cni-1234"),
+            "{}",
+            stale.message
+        );
+    }
+
+    #[test]
+    fn ttl1_causes_wrong_interface_no_routing_no_route_and_macvlan() {
+        let ttl1 = |ifname: &str| {
+            json!({"participants": [participant("192.168.1.160", 0)],
+                "sources": [{"source": "192.168.1.160", "group": "239.255.0.1", "interface": ifname, "ttl": 1}]})
+        };
+        let message = |i: &Inputs| {
+            findings(i)
+                .into_iter()
+                .find(|f| f.code == "TTL1_NOT_FORWARDED")
+                .map(|f| f.message)
+        };
+        let mut i = base();
+        // arriving on a primary-network veth: DDS uses the wrong interface
+        i.participants = Some(ttl1("cali1234"));
+        let m = message(&i).expect("finding");
+        assert!(
+            m.contains("cali1234") && m.contains("wrong interface"),
+            "{m}"
+        );
+        // on the bridge, but the agent does not route
+        i.participants = Some(ttl1("ros2br0"));
+        i.status = Ok(
+            json!({"routing": false, "uplink": "eth0", "nodeDevice": "ros2br0", "problems": [], "routes": []}),
+        );
+        let m = message(&i).expect("finding");
+        assert!(m.contains("does not route"), "{m}");
+        // routing, raiseTtl on, but no route carries it
+        i.status = base().status;
+        let m = message(&i).expect("finding");
+        assert!(m.contains("no multicast route"), "{m}");
+        // a macvlan node: L2 carries it, nothing is meant to be forwarded
+        i.mode = Some(Mode::Macvlan);
+        assert_eq!(message(&i), None);
+        i.participants = Some(ttl1("cali1234"));
+        assert!(
+            message(&i).is_some(),
+            "the wrong interface is still wrong on macvlan"
+        );
+    }
+
+    #[test]
     fn quiet_node_says_so() {
         assert_eq!(codes(&base()), vec!["NO_PARTICIPANTS"]);
     }

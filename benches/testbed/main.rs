@@ -514,14 +514,26 @@ fn main() {
             eprintln!("bench: [{}] {}: {}", s.id, g.text, g.status());
         }
     }
+    // correctness checks (unlike performance goals) fail the run, smoke included
+    let broken: Vec<String> = report
+        .sections
+        .iter()
+        .flat_map(|s| s.goals.iter().map(move |g| (s, g)))
+        .filter(|(_, g)| g.text.starts_with("check:") && g.met() != Some(true))
+        .map(|(s, g)| format!("[{}] {}", s.id, g.text))
+        .collect();
+    for b in &broken {
+        eprintln!("bench: check failed: {b}");
+    }
     let total = report.sections.len();
     println!(
-        "bench{}: {} passed, {} failed",
+        "bench{}: {} passed, {} failed, {} check(s) failed",
         if plan.smoke { "_smoke" } else { "" },
         total - failed.len(),
-        failed.len()
+        failed.len(),
+        broken.len()
     );
-    if !failed.is_empty() {
+    if !failed.is_empty() || !broken.is_empty() {
         std::process::exit(1);
     }
 }

@@ -8,7 +8,7 @@ pub struct Args {
     /// Config file: node form or cluster form (see docs/config.md).
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
-    /// This node's name in the cluster form's "nodes" (default: $NODE_NAME, then the hostname).
+    /// This node's name in the cluster form's "nodes" (default: the key nodeName, then $NODE_NAME, then the hostname).
     #[arg(long, value_name = "NAME")]
     pub node: Option<String>,
     /// Keep the ros2-cni entry in the conflist of this directory (re-applied

@@ -53,7 +53,15 @@ pub fn main() -> i32 {
             Ok(0)
         }
         Cmd::Agent(a) => agent::run(a),
-        Cmd::Doctor(a) => doctor::run(a).map_err(|e| e.context("doctor")),
+        // doctor's own exit codes: 1 means error findings, so a doctor that
+        // cannot run at all exits 2
+        Cmd::Doctor(a) => match doctor::run(a) {
+            Ok(code) => Ok(code),
+            Err(e) => {
+                eprintln!("ros2-cni: doctor: {e:#}");
+                return 2;
+            }
+        },
         Cmd::Lab(a) => lab::run(a),
     };
     match r {

@@ -384,8 +384,7 @@ mod tests {
         let present = || std::fs::read(&dest).is_ok_and(|b| b == b"binary v1");
         wait_for("first install", Duration::from_secs(2), present);
         std::fs::remove_file(&dest).unwrap();
-        let el = wait_for("re-install after delete", Duration::from_secs(2), present);
-        assert!(el < Duration::from_secs(2));
+        wait_for("re-install after delete", Duration::from_secs(2), present);
         assert_eq!(
             std::fs::read_link(bin.join("ptp")).unwrap(),
             Path::new("/usr/lib/cni/ptp")
