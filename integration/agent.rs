@@ -528,6 +528,54 @@ fn sighup_reloads_and_sigterm_keeps_pods_connected() {
         1,
         "bad reload ignored"
     );
+    // raiseTtl and fastPath switched off by a reload: the TTL table and the
+    // tc programs go
+    let tables = |ns: &str| ros2_cni::lab::testbed::ns_sh(ns, &["nft", "list", "tables"]).unwrap();
+    let lan_filters = |ns: &str| {
+        ros2_cni::lab::testbed::ns_sh(ns, &["tc", "filter", "show", "dev", "eth0", "ingress"])
+            .unwrap_or_default()
+    };
+    assert!(tables(&n1.ns).contains("table ip ros2_cni"));
+    wait_for(5, "the fast path on the uplink", || {
+        lan_filters(&n1.ns).contains("r2c_lan")
+    });
+    tb.agent_config(n1, &json!({"raiseTtl": false, "fastPath": false}))
+        .unwrap();
+    tb.signal(agent1, nix::sys::signal::Signal::SIGHUP);
+    wait_for(3, "the reload", || {
+        tb.agent_status(n1).unwrap()["reloads"] == 2
+    });
+    assert!(
+        !tables(&n1.ns).contains("table ip ros2_cni"),
+        "raiseTtl false removes the TTL table: {}",
+        tables(&n1.ns)
+    );
+    assert!(
+        !lan_filters(&n1.ns).contains("r2c_lan"),
+        "fastPath false removes the programs: {}",
+        lan_filters(&n1.ns)
+    );
+    assert_eq!(tb.agent_status(n1).unwrap()["fastPath"]["enabled"], false);
+    assert!(
+        ros2_cni::lab::testbed::ping(&b1.ns, ip_of(&a1)),
+        "unicast on the normal path"
+    );
+    // a mode change needs a restart: refused, the running config kept
+    tb.agent_config(n1, &json!({"mode": "macvlan"})).unwrap();
+    tb.signal(agent1, nix::sys::signal::Signal::SIGHUP);
+    wait_for(3, "the refusal in the log", || {
+        tb.log("agent-n1")
+            .contains("reload refused: the mode changed")
+    });
+    let st = tb.agent_status(n1).unwrap();
+    assert_eq!(st["reloads"], 2, "mode change refused");
+    assert_eq!(st["mode"], "routed");
+    // back to the defaults: both return
+    tb.agent_config(n1, &json!({})).unwrap();
+    tb.signal(agent1, nix::sys::signal::Signal::SIGHUP);
+    wait_for(5, "TTL table and fast path back", || {
+        tables(&n1.ns).contains("table ip ros2_cni") && lan_filters(&n1.ns).contains("r2c_lan")
+    });
 
     tb.signal(agent1, nix::sys::signal::Signal::SIGTERM);
     let exit = tb
