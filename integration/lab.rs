@@ -444,3 +444,97 @@ fn lab_with_its_own_spdp_prober_discovers_every_ros2_cni_pair_and_no_macvlan_pai
     assert!(mv.iter().all(|p| p["discovered"] == false), "{v:#}");
     assert_nothing_left(pid, watched);
 }
+
+#[test]
+fn lab_keep_leaves_the_lab_running_and_cleanup_removes_it() {
+    require_root();
+    let mut child = lab(&["--nodes", "1", "--keep", "--json"]);
+    let pid = child.id();
+    let stderr = Stderr::collect(&mut child);
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(120));
+    let ours = || -> Vec<String> {
+        namespaces_of("r2lab")
+            .into_iter()
+            .filter(|(_, owner)| *owner == pid)
+            .map(|(ns, _)| ns)
+            .collect()
+    };
+    let kept = ours();
+    // whatever happens below, leave nothing behind
+    struct Sweep(Vec<String>);
+    impl Drop for Sweep {
+        fn drop(&mut self) {
+            for ns in &self.0 {
+                ros2_cni::lab::testbed::remove_ns_and_processes(ns);
+            }
+        }
+    }
+    let _sweep = Sweep(kept.clone());
+    assert!(
+        status.success(),
+        "exit {status}; stderr:\n{}\nstdout:\n{stdout}",
+        stderr.text()
+    );
+    let v: Value = serde_json::from_str(&stdout).expect("stdout is only JSON");
+    assert!(v["pairs"].as_array().is_some_and(|p| !p.is_empty()));
+    assert!(
+        stderr.text().contains("ros2-cni lab --cleanup"),
+        "says how to remove it:\n{}",
+        stderr.text()
+    );
+    // still there after the lab exited: namespaces, and the agents inside
+    assert!(!kept.is_empty(), "--keep left the namespaces");
+    let inside: Vec<i32> = kept
+        .iter()
+        .flat_map(|ns| {
+            ros2_cni::lab::testbed::sh(&["ip", "netns", "pids", ns])
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect();
+    assert!(
+        inside
+            .iter()
+            .any(|p| cmdline(*p as u32).contains(" agent ")),
+        "an agent still runs in the kept lab: {:?}",
+        inside
+            .iter()
+            .map(|p| cmdline(*p as u32))
+            .collect::<Vec<_>>()
+    );
+    let dirs = || -> Vec<String> {
+        std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&format!("r2lab-{pid}-")))
+            .collect()
+    };
+    assert!(!dirs().is_empty(), "--keep left the files");
+
+    let out = Command::new(BIN)
+        .args(["lab", "--cleanup"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        ours().is_empty(),
+        "cleanup removed the namespaces: {:?}",
+        ours()
+    );
+    assert!(dirs().is_empty(), "cleanup removed the files: {:?}", dirs());
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while inside.iter().any(|p| start_time(*p as u32).is_some()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let alive: Vec<String> = inside
+        .iter()
+        .filter(|p| start_time(**p as u32).is_some())
+        .map(|p| cmdline(*p as u32))
+        .collect();
+    assert!(alive.is_empty(), "cleanup stopped the processes: {alive:?}");
+}
