@@ -1092,3 +1092,49 @@ fn failure_midway_rolls_back_every_step() {
     let log = std::fs::read_to_string(n.data_dir.join("ros2-cni.log")).unwrap_or_default();
     assert!(log.contains("undoing"), "the rollback is logged: {log}");
 }
+
+#[test]
+fn add_refuses_an_attached_pod_and_a_foreign_ros0_with_code_104() {
+    let tb = bed(1);
+    let before = baseline(&tb, 1);
+    // the same container twice: the second ADD changes nothing
+    let s = spec("twice", 1);
+    let pod = tb.add_pod(&s).unwrap();
+    let attached = node_state(&tb, 1);
+    let r = tb.ros2cni_cmd("ADD", &pod, &s, None, None).unwrap();
+    assert!(!r.success);
+    assert_eq!(r.code(), Some(104), "{}", r.stdout);
+    assert!(r.stdout.contains(&pod.container_id), "{}", r.stdout);
+    assert_eq!(
+        node_state(&tb, 1),
+        attached,
+        "a refused ADD changes nothing"
+    );
+    assert_eq!(addrs(&pod.ns, "ros0"), vec![format!("{}/20", ip_of(&pod))]);
+    tb.del_pod(&pod, &s).unwrap();
+
+    // a pod that already has an interface of that name it did not get from us
+    let mut s = spec("foreign", 1);
+    s.chain_ros2cni = false;
+    let pod = tb.add_pod(&s).unwrap();
+    ns_sh(
+        &pod.ns,
+        &[
+            "ip", "link", "add", "ros0", "type", "veth", "peer", "name", "other0",
+        ],
+    )
+    .unwrap();
+    s.chain_ros2cni = true;
+    let r = tb.ros2cni_cmd("ADD", &pod, &s, None, None).unwrap();
+    assert!(!r.success);
+    assert_eq!(r.code(), Some(104), "{}", r.stdout);
+    assert!(r.stdout.contains("ifName"), "names the key: {}", r.stdout);
+    assert!(
+        pod_has_link(&pod.ns, "other0"),
+        "the pod's own link is left alone"
+    );
+    // only the primary's DEL: whatever ros2-cni left would show
+    s.chain_ros2cni = false;
+    tb.del_pod(&pod, &s).unwrap();
+    assert_eq!(node_state(&tb, 1), before, "nothing left behind");
+}

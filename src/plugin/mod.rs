@@ -185,15 +185,13 @@ fn add(cfg: &Config, env: &Env, raw: &Value, version: Version) -> Result<Output>
     let mut k = Kernel::new();
     let uplink = dp.preflight(&mut k, cfg)?;
     let mut pod = Handle::open_in(&netns)?;
+    // ours (our MACs start 0e:2c): left by a DEL whose link deletion the agent
+    // has not run yet (DEL then ADD in one netns), removed below once the
+    // record check has shown this attachment is not live
+    let mut leftover_pod_link = None;
     if let Some(l) = pod.link_by_name(&cfg.if_name)? {
-        // ours (our MACs start 0e:2c) but recorded nowhere: left by a DEL whose
-        // link deletion the agent has not run yet (DEL then ADD in one netns)
         if l.mac.is_some_and(|m| m[..2] == [0x0e, 0x2c]) {
-            tracing::warn!(
-                "removing a leftover {} from an earlier attachment",
-                cfg.if_name
-            );
-            pod.delete_link(l.index)?;
+            leftover_pod_link = Some(l.index);
         } else {
             return Err(CniError::new(
                 Code::AlreadyAttached,
@@ -232,6 +230,13 @@ fn add(cfg: &Config, env: &Env, raw: &Value, version: Version) -> Result<Output>
     }
 
     // ---- change things ----
+    if let Some(index) = leftover_pod_link {
+        tracing::warn!(
+            "removing a leftover {} from an earlier attachment",
+            cfg.if_name
+        );
+        pod.delete_link(index)?;
+    }
     if cfg.mode == crate::config::Mode::Routed {
         // a host end without a record: left by a DEL whose link deletion the
         // agent has not run yet; the name is this attachment's, so take it back
