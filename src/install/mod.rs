@@ -745,6 +745,47 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn uninstall_warns_about_leases_and_honours_data_dir() {
+        let (t, conf, data) = tree("leases");
+        apply(&Target::new(&conf, entry(&data, "robot-base"))).unwrap();
+        // a pod still attached: one lease in the entry's dataDir
+        std::fs::create_dir_all(data.join("leases")).unwrap();
+        std::fs::write(data.join("leases/192.168.1.160"), "c1_eth0").unwrap();
+        // --data-dir elsewhere: the backup is looked for there (none: the
+        // entry is cut out instead) and the leases counted there (none)
+        let other = t.path().join("other");
+        std::fs::create_dir_all(&other).unwrap();
+        let u = uninstall(&Uninstall {
+            conf_dir: conf.clone(),
+            data_dir: Some(other.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(u.files.len(), 1);
+        assert!(!u.files[0].1, "no backup in --data-dir: entry cut out");
+        assert!(u.warnings.is_empty(), "{:?}", u.warnings);
+        assert_eq!(
+            std::fs::read_to_string(conf.join("10-calico.conflist")).unwrap(),
+            CALICO,
+            "cutting the entry out gives the same bytes here"
+        );
+        // again, with the entry's dataDir: the lease is reported
+        apply(&Target::new(&conf, entry(&data, "robot-base"))).unwrap();
+        let u = uninstall(&Uninstall {
+            conf_dir: conf.clone(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(u.files[0].1, "restored from the backup in dataDir");
+        assert_eq!(u.warnings.len(), 1, "{:?}", u.warnings);
+        assert!(
+            u.warnings[0].contains("1 pod(s)") && u.warnings[0].contains(data.to_str().unwrap()),
+            "{}",
+            u.warnings[0]
+        );
+    }
+
+    #[test]
     fn owner_rewrite_then_reapply_then_uninstall_gives_the_owners_bytes() {
         let (_t, conf, data) = tree("rewrite");
         let target = Target::new(&conf, entry(&data, "robot-base"));
