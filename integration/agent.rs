@@ -975,3 +975,124 @@ fn the_fast_path_forwards_pod_unicast_past_the_node_and_still_enforces_anti_spoo
     assert!(ros2_cni::lab::testbed::ping(&a1.ns, LAPTOP_IP));
     assert_eq!(ping_ttl(&lap, ip_of(&a1)), Some(63));
 }
+
+#[test]
+fn a_damaged_attachment_record_costs_nothing_but_its_own_pod() {
+    // a power cut can leave a record empty; the agent must not take every
+    // pod for a leftover, and DEL/GC must not fail forever or leak addresses
+    let tb = bed(2);
+    let agent = tb.start_agent(tb.node(1), &json!({})).unwrap();
+    tb.start_agent(tb.node(2), &json!({})).unwrap();
+    let s_a = spec("a1", 1).version("1.1.0");
+    let s_b = spec("b1", 1).version("1.1.0");
+    let s_c = spec("c1", 1).version("1.1.0");
+    let a1 = tb.add_pod(&s_a).unwrap();
+    let b1 = tb.add_pod(&s_b).unwrap();
+    let c1 = tb.add_pod(&s_c).unwrap();
+    let far = tb.add_pod(&spec("far", 2)).unwrap();
+    let n1 = tb.node(1);
+    let records = n1.data_dir.join("ros2-cni/attachments");
+    let record =
+        |p: &ros2_cni::lab::testbed::Pod| records.join(format!("{}_eth0.json", p.container_id));
+    for p in [&a1, &b1, &c1] {
+        assert!(record(p).exists(), "{}", record(p).display());
+    }
+    // b1's and c1's records are cut to nothing; the agent must not remove a
+    // thing: a1, b1 and c1 stay reachable, their node state stays
+    std::fs::write(record(&b1), b"").unwrap();
+    std::fs::write(record(&c1), b"{\"containerId\": \"").unwrap();
+    let before = node_state(&tb, 1);
+    wait_for(6, "the agent reports the unreadable records", || {
+        tb.agent_status(n1).unwrap()["problems"]
+            .as_array()
+            .is_some_and(|p| {
+                p.iter().any(|x| {
+                    x.as_str()
+                        .unwrap_or("")
+                        .contains("unreadable attachment record")
+                })
+            })
+    });
+    std::thread::sleep(Duration::from_millis(2500)); // one more reconcile
+    assert_eq!(
+        node_state(&tb, 1),
+        before,
+        "nothing removed while records are unreadable"
+    );
+    for p in [&a1, &b1, &c1] {
+        assert!(
+            ros2_cni::lab::testbed::ping(&far.ns, ip_of(p)),
+            "{} reachable",
+            p.name
+        );
+    }
+    assert!(
+        tb.wait_exit(agent, Duration::from_millis(1)).is_none(),
+        "agent still runs"
+    );
+
+    // DEL with the damaged record succeeds, and releases b1's address and link
+    let r = tb.ros2cni_cmd("DEL", &b1, &s_b, None, None).unwrap();
+    assert!(
+        r.success,
+        "DEL with an unreadable record: {} {}",
+        r.stdout, r.stderr
+    );
+    let r = tb.ros2cni_cmd("DEL", &b1, &s_b, None, None).unwrap();
+    assert!(r.success, "and again: {}", r.stdout);
+    let st = node_state(&tb, 1);
+    assert!(
+        !st.leases.contains(&ip_of(&b1).to_string()),
+        "b1's lease released"
+    );
+    assert!(!st
+        .attachments
+        .contains(&format!("{}_eth0.json", b1.container_id)));
+    assert!(!pod_has_link(&b1.ns, "ros0"), "b1's link deleted");
+
+    // GC with c1 not listed: its damaged record and lease go too
+    let mut conf = tb.ros2cni_conf(n1, "1.1.0", &json!({}));
+    conf["cni.dev/valid-attachments"] = json!([{"containerID": a1.container_id, "ifname": "eth0"}]);
+    let r = tb
+        .run_plugin(
+            n1,
+            &tb.opts.plugin,
+            &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/usr/lib/cni")],
+            &conf,
+        )
+        .unwrap();
+    assert!(r.success, "GC: {} {}", r.stdout, r.stderr);
+    let st = node_state(&tb, 1);
+    assert!(
+        !st.leases.contains(&ip_of(&c1).to_string()),
+        "c1's lease released"
+    );
+    assert!(st.leases.contains(&ip_of(&a1).to_string()), "a1 kept");
+    // with every record readable again the agent clears what b1 and c1 left
+    let (b_ip, c_ip) = (ip_of(&b1).to_string(), ip_of(&c1).to_string());
+    wait_for(6, "leftovers of b1 and c1 removed", || {
+        let st = node_state(&tb, 1);
+        !st.routes
+            .iter()
+            .any(|r| r.starts_with(&format!("{b_ip} ")) || r.starts_with(&format!("{c_ip} ")))
+            && !st
+                .proxies
+                .iter()
+                .any(|r| r.starts_with(&format!("{b_ip} ")) || r.starts_with(&format!("{c_ip} ")))
+            && !st
+                .guard_elements
+                .iter()
+                .any(|e| e.ends_with(&format!(" {b_ip}")) || e.ends_with(&format!(" {c_ip}")))
+            && !pod_has_link(&c1.ns, "ros0")
+    });
+    assert!(
+        ros2_cni::lab::testbed::ping(&far.ns, ip_of(&a1)),
+        "a1 untouched"
+    );
+    let st = tb.agent_status(n1).unwrap();
+    assert!(
+        !st["problems"].to_string().contains("unreadable"),
+        "problem cleared: {}",
+        st["problems"]
+    );
+}

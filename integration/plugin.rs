@@ -843,6 +843,21 @@ fn bad_inputs_fail_cleanly_and_leave_nothing_behind() {
             set("ifName", json!("eth0")),
         ),
         bad("mode unknown", 7, vec![], set("mode", json!("ipvlan"))),
+        bad(
+            "bridge is the default-route uplink",
+            7,
+            vec![],
+            |c: &mut Value| {
+                c.as_object_mut().unwrap().remove("uplink");
+                c["bridge"] = json!("eth0");
+            },
+        ),
+        bad(
+            "bridge names a device that is no bridge",
+            7,
+            vec![],
+            set("bridge", json!("lo")),
+        ),
         bad("uplink missing", 7, vec![], set("uplink", json!("wlan9"))),
         bad(
             "uplink without LAN address",
@@ -899,6 +914,19 @@ fn bad_inputs_fail_cleanly_and_leave_nothing_behind() {
         s.chain_ros2cni = false;
         let pod = tb.add_pod(&s).unwrap();
         let before = node_state(&tb, 1);
+        let sysctls = |ns: &str| {
+            ns_sh(
+                ns,
+                &[
+                    "sysctl",
+                    "net.ipv4.conf.eth0.proxy_arp",
+                    "net.ipv4.conf.lo.forwarding",
+                    "net.ipv4.conf.lo.proxy_arp",
+                ],
+            )
+            .unwrap()
+        };
+        let sysctls_before = sysctls(&n.ns);
         let mut conf = tb.pod_ros2cni_conf(&spec(&s.name, 1), &pod.result);
         (case.conf)(&mut conf);
         let netns = pod.netns_path();
@@ -957,6 +985,12 @@ fn bad_inputs_fail_cleanly_and_leave_nothing_behind() {
             node_state(&tb, 1),
             before,
             "{}: residue on the node",
+            case.name
+        );
+        assert_eq!(
+            sysctls(&n.ns),
+            sysctls_before,
+            "{}: node sysctls changed",
             case.name
         );
         assert!(
@@ -1137,4 +1171,41 @@ fn add_refuses_an_attached_pod_and_a_foreign_ros0_with_code_104() {
     s.chain_ros2cni = false;
     tb.del_pod(&pod, &s).unwrap();
     assert_eq!(node_state(&tb, 1), before, "nothing left behind");
+}
+
+#[test]
+fn del_of_a_stale_record_leaves_the_new_owners_address_entries() {
+    // an earlier DEL released the address and was killed before removing its
+    // record; the address went to a new pod: a retried DEL must not take the
+    // new pod's route, neighbour and proxy entries with it
+    let tb = bed(1);
+    let s = spec("old", 1);
+    let pod = tb.add_pod(&s).unwrap();
+    let ip = ip_of(&pod);
+    let data = tb.node(1).data_dir.join("ros2-cni");
+    std::fs::write(data.join(format!("leases/{ip}")), "newpod_eth0").unwrap();
+    tb.del_pod(&pod, &s).unwrap();
+    let st = node_state(&tb, 1);
+    assert!(
+        st.routes.contains(&format!("{ip} ros2br0")),
+        "route kept: {:?}",
+        st.routes
+    );
+    assert!(
+        st.neighbours.contains(&format!("{ip} ros2br0")),
+        "neighbour kept"
+    );
+    assert!(
+        st.proxies.contains(&format!("{ip} eth0")),
+        "proxy entry kept"
+    );
+    assert!(
+        st.leases.contains(&ip.to_string()),
+        "the new owner's lease kept"
+    );
+    assert!(st.attachments.is_empty(), "the stale record is gone");
+    assert!(
+        !st.links.iter().any(|l| l.starts_with("r2c")),
+        "the old pod's link is gone"
+    );
 }

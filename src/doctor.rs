@@ -317,6 +317,7 @@ pub fn gather(cfg: &Config, conf_dir: Option<&Path>) -> Inputs {
     let pods = Store::new(&cfg.data_dir)
         .list()
         .unwrap_or_default()
+        .records
         .into_iter()
         .map(|(_, a)| {
             let has_interface = crate::netlink::Netns::open(&a.netns)

@@ -321,14 +321,16 @@ fn refresh_pod_names(st: &mut State) {
     if mtime.is_some() && mtime == st.attachments_mtime && !recent {
         return;
     }
-    st.attachments_mtime = mtime;
     let Ok(list) = crate::ipam::Store::new(&st.cfg.data_dir).list() else {
         return;
     };
+    if list.unreadable.is_empty() {
+        st.attachments_mtime = mtime;
+    }
     st.table.pods_by_ip.clear();
     st.table.pods_by_port.clear();
-    st.records = list.iter().map(|(_, a)| a.clone()).collect();
-    for (_, a) in list {
+    st.records = list.records.iter().map(|(_, a)| a.clone()).collect();
+    for (_, a) in list.records {
         let name = if a.pod_name.is_empty() {
             a.container_id.chars().take(12).collect()
         } else {
@@ -446,17 +448,23 @@ pub fn reconcile(st: &mut State) {
     refresh_pod_names(st);
     if problems.is_empty() {
         let store = crate::ipam::Store::new(&st.cfg.data_dir);
-        let mut fresh = || {
-            store
-                .list()
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(_, a)| a)
-                .collect()
+        // the records, complete, or why not: leftovers are only removed
+        // when every record could be read
+        let mut fresh = || match store.list() {
+            Ok(l) if l.unreadable.is_empty() => Ok(l.records.into_iter().map(|(_, a)| a).collect()),
+            Ok(l) => Err(l
+                .unreadable
+                .iter()
+                .map(|(key, why)| format!("unreadable attachment record {key}: {why}"))
+                .collect::<Vec<_>>()
+                .join("; ")),
+            Err(e) => Err(format!("attachment records: {e}")),
         };
+        let leased = |ip: std::net::Ipv4Addr| store.lease_owner(ip).is_some();
         let (repairs, pod_problems) = pods::reconcile(
             &st.records,
             &mut fresh,
+            &leased,
             &st.node_dev,
             &st.uplink,
             st.cfg.pool,

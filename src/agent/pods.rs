@@ -137,6 +137,35 @@ enum Fix {
     DropLink(String, u32),
 }
 
+impl Fix {
+    /// Whether this removes something (a leftover) rather than repairing.
+    fn removes(&self) -> bool {
+        matches!(
+            self,
+            Fix::DropRoute(_)
+                | Fix::DropNeigh(_)
+                | Fix::DropProxy(_)
+                | Fix::DropElement(..)
+                | Fix::DropLink(..)
+        )
+    }
+
+    /// The pod address the change is keyed by, if any.
+    fn address(&self) -> Option<Ipv4Addr> {
+        match self {
+            Fix::Route(ip)
+            | Fix::Neigh(ip, _)
+            | Fix::Proxy(ip)
+            | Fix::Element(_, _, ip)
+            | Fix::DropRoute(ip)
+            | Fix::DropNeigh(ip)
+            | Fix::DropProxy(ip)
+            | Fix::DropElement(_, _, ip) => Some(*ip),
+            Fix::DropLink(..) => None,
+        }
+    }
+}
+
 fn pod_name(a: &Attachment) -> String {
     if a.pod_name.is_empty() {
         a.container_id.clone()
@@ -258,10 +287,14 @@ fn plan(
 /// `fresh` re-reads them and the plan is made again. The kernel is read
 /// first and the records after it: a link an ADD made is then always covered
 /// by a record (ADD writes the record before it creates the link), so no live
-/// pod is ever taken for a leftover.
+/// pod is ever taken for a leftover. When `fresh` cannot read every record,
+/// only repairs are made, nothing is removed; an address-keyed leftover
+/// (route, neighbour, proxy entry, element) whose address `leased` says is
+/// held again stays too (a new pod took the address since the kernel read).
 pub fn reconcile(
     cached: &[Attachment],
-    fresh: &mut dyn FnMut() -> Vec<Attachment>,
+    fresh: &mut dyn FnMut() -> Result<Vec<Attachment>, String>,
+    leased: &dyn Fn(Ipv4Addr) -> bool,
     node_dev: &Link,
     uplink: &Link,
     pool: Option<crate::config::Pool>,
@@ -280,8 +313,17 @@ pub fn reconcile(
     };
     let mut fixes = plan(&seen, cached, node_dev, uplink, pool, routed);
     if !fixes.is_empty() {
-        fixes = plan(&seen, &fresh(), node_dev, uplink, pool, routed);
+        match fresh() {
+            Ok(records) => fixes = plan(&seen, &records, node_dev, uplink, pool, routed),
+            Err(why) => {
+                problems.push(format!(
+                    "{why}: leftovers are kept until every record can be read"
+                ));
+                fixes.retain(|(f, _)| !f.removes());
+            }
+        }
     }
+    fixes.retain(|(f, _)| f.address().is_none_or(|ip| !f.removes() || !leased(ip)));
     for (fix, what) in fixes {
         let r: Result<(), String> = match &fix {
             Fix::Route(ip) => node

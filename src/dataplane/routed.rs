@@ -86,6 +86,11 @@ fn link_of(node: &mut Handle, name: &str) -> Result<Option<Link>> {
 /// Creates the node bridge and the sysctls routed mode relies on, if missing.
 /// Shared by the plugin (every ADD) and the agent (start-up).
 pub fn ensure_bridge(node: &mut Handle, bridge: &str, uplink: &str) -> Result<Link> {
+    if bridge == uplink {
+        return Err(CniError::invalid_config(format!(
+            "bridge: \"{bridge}\" is this node's uplink; the node bridge needs a name of its own"
+        )));
+    }
     let link = match node.link_by_name(bridge)? {
         Some(l) => l,
         None => {
@@ -103,10 +108,15 @@ pub fn ensure_bridge(node: &mut Handle, bridge: &str, uplink: &str) -> Result<Li
             l
         }
     };
-    if link.kind.as_deref().is_some_and(|k| k != "bridge") {
+    // a link without a kind is a physical NIC (or lo): not ours to turn into
+    // a router port
+    if link.kind.as_deref() != Some("bridge") {
         return Err(CniError::invalid_config(format!(
-            "bridge: \"{bridge}\" exists on this node but is a {}, not a bridge",
-            link.kind.as_deref().unwrap_or("?")
+            "bridge: \"{bridge}\" exists on this node but is {}, not a bridge",
+            link.kind.as_deref().map_or(
+                "a device without a link kind (a NIC?)".to_owned(),
+                |k| format!("a {k}")
+            )
         )));
     }
     if !link.is_up() {

@@ -32,6 +32,13 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// A record that exists but does not parse (empty or cut short).
+    pub fn is_unreadable_record(&self) -> bool {
+        matches!(self, Error::Io { op: "parse", .. })
+    }
+}
+
 type Result<T> = std::result::Result<T, Error>;
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
@@ -40,6 +47,14 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Er
         path: path.to_owned(),
         source,
     }
+}
+
+/// What [`Store::list`] found.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    pub records: Vec<(String, Attachment)>,
+    /// Records that exist but cannot be read: (key, why).
+    pub unreadable: Vec<(String, String)>,
 }
 
 /// What ADD made for one attachment; stored as `attachments/<key>.json`.
@@ -178,26 +193,63 @@ impl Store {
         }
     }
 
-    /// All recorded attachments (GC, doctor, agent).
-    pub fn list(&self) -> Result<Vec<(String, Attachment)>> {
+    /// All recorded attachments (GC, doctor, agent), and the keys of records
+    /// that exist but cannot be read (e.g. left empty by a power cut), each
+    /// with the reason. Err only when the directory itself cannot be read.
+    pub fn list(&self) -> Result<Listing> {
         let dir = self.attachments();
         let rd = match fs::read_dir(&dir) {
             Ok(rd) => rd,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Listing::default()),
             Err(e) => return Err(io("read directory", &dir)(e)),
         };
-        let mut out = vec![];
+        let mut out = Listing::default();
         for ent in rd {
             let ent = ent.map_err(io("read directory", &dir))?;
             let name = ent.file_name().to_string_lossy().into_owned();
             if let Some(key) = name.strip_suffix(".json") {
-                if let Some(a) = self.get(key)? {
-                    out.push((key.to_owned(), a));
+                match self.get(key) {
+                    Ok(Some(a)) => out.records.push((key.to_owned(), a)),
+                    Ok(None) => {} // removed meanwhile
+                    Err(e) => out.unreadable.push((key.to_owned(), e.to_string())),
                 }
             }
         }
-        out.sort_by_key(|(_, a)| a.ip);
+        out.records.sort_by_key(|(_, a)| a.ip);
         Ok(out)
+    }
+
+    /// Who holds the lease on `ip` (the attachment key), if anyone.
+    pub fn lease_owner(&self, ip: Ipv4Addr) -> Option<String> {
+        fs::read_to_string(self.leases().join(ip.to_string()))
+            .ok()
+            .map(|s| s.trim().to_owned())
+    }
+
+    /// Forgets an attachment whose record cannot be read: removes every
+    /// lease `key` holds (found by their contents) and the record. Returns
+    /// the released addresses. Call with the lock held.
+    pub fn forget(&self, _lock: &Lock, key: &str) -> Result<Vec<Ipv4Addr>> {
+        let dir = self.leases();
+        let mut released = vec![];
+        if let Ok(rd) = fs::read_dir(&dir) {
+            for ent in rd.flatten() {
+                let p = ent.path();
+                if fs::read_to_string(&p).is_ok_and(|o| o.trim() == key) {
+                    fs::remove_file(&p)
+                        .or_else(ignore_missing)
+                        .map_err(io("remove", &p))?;
+                    if let Some(ip) = ent.file_name().to_str().and_then(|n| n.parse().ok()) {
+                        released.push(ip);
+                    }
+                }
+            }
+        }
+        let p = self.attachment_path(key);
+        fs::remove_file(&p)
+            .or_else(ignore_missing)
+            .map_err(io("remove", &p))?;
+        Ok(released)
     }
 
     /// Number of leased addresses.
@@ -236,7 +288,11 @@ impl Store {
             let p = leases.join(ip.to_string());
             match OpenOptions::new().write(true).create_new(true).open(&p) {
                 Ok(mut f) => {
-                    f.write_all(key.as_bytes()).map_err(io("write", &p))?;
+                    if let Err(e) = f.write_all(key.as_bytes()) {
+                        // an ownerless lease would never be released
+                        let _ = fs::remove_file(&p);
+                        return Err(io("write", &p)(e));
+                    }
                     let att = make(ip);
                     if let Err(e) = self.write_attachment(key, &att) {
                         let _ = fs::remove_file(&p);
@@ -269,9 +325,11 @@ impl Store {
     pub fn release(&self, _lock: &Lock, key: &str, ip: Option<Ipv4Addr>) -> Result<()> {
         if let Some(ip) = ip {
             let p = self.leases().join(ip.to_string());
-            // only remove the lease if it is still ours
+            // only remove the lease if it is still ours; an empty one is a
+            // write a crash cut short (leases are written under the lock we
+            // hold), and this record names its address
             match fs::read_to_string(&p) {
-                Ok(owner) if owner.trim() == key => fs::remove_file(&p)
+                Ok(owner) if owner.trim() == key || owner.trim().is_empty() => fs::remove_file(&p)
                     .or_else(ignore_missing)
                     .map_err(io("remove", &p))?,
                 Ok(_) => {}
@@ -436,7 +494,7 @@ mod tests {
             .allocate(&l, &pool, &subnet, "d", |ip| att("d", ip))
             .unwrap();
         assert_eq!((c.ip.octets()[3], d.ip.octets()[3]), (12, 10));
-        assert_eq!(s.list().unwrap().len(), 3);
+        assert_eq!(s.list().unwrap().records.len(), 3);
         fs::remove_dir_all(dir).unwrap();
     }
 
@@ -453,6 +511,53 @@ mod tests {
             .unwrap();
         s.release(&l, "other", Some(a.ip)).unwrap();
         assert_eq!(s.leased().unwrap(), 1);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn damaged_records_are_listed_apart_and_forgotten_by_key() {
+        let dir = tmp();
+        let s = Store::new(&dir);
+        s.init().unwrap();
+        let pool = Pool::parse("192.168.1.10-192.168.1.20").unwrap();
+        let subnet: Ipv4Net = "192.168.1.0/24".parse().unwrap();
+        let l = s.lock(Duration::from_secs(1)).unwrap();
+        let a = s
+            .allocate(&l, &pool, &subnet, "a", |ip| att("a", ip))
+            .unwrap();
+        let b = s
+            .allocate(&l, &pool, &subnet, "b", |ip| att("b", ip))
+            .unwrap();
+        fs::write(dir.join("attachments/b.json"), b"").unwrap();
+        let listing = s.list().unwrap();
+        assert_eq!(listing.records, vec![("a".to_owned(), a.clone())]);
+        assert_eq!(listing.unreadable.len(), 1);
+        assert_eq!(listing.unreadable[0].0, "b");
+        assert!(s.get("b").unwrap_err().is_unreadable_record());
+        assert_eq!(s.lease_owner(b.ip).as_deref(), Some("b"));
+        assert_eq!(s.forget(&l, "b").unwrap(), vec![b.ip]);
+        assert_eq!(s.lease_owner(b.ip), None);
+        assert!(s.get("b").unwrap().is_none());
+        assert_eq!(s.lease_owner(a.ip).as_deref(), Some("a"), "a untouched");
+        assert!(s.list().unwrap().unreadable.is_empty());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_empty_lease_is_released_with_its_record() {
+        let dir = tmp();
+        let s = Store::new(&dir);
+        s.init().unwrap();
+        let pool = Pool::parse("192.168.1.10-192.168.1.10").unwrap();
+        let subnet: Ipv4Net = "192.168.1.0/24".parse().unwrap();
+        let l = s.lock(Duration::from_secs(1)).unwrap();
+        let a = s
+            .allocate(&l, &pool, &subnet, "a", |ip| att("a", ip))
+            .unwrap();
+        // a crash cut the lease's write short
+        fs::write(dir.join(format!("leases/{}", a.ip)), b"").unwrap();
+        s.release(&l, "a", Some(a.ip)).unwrap();
+        assert_eq!(s.leased().unwrap(), 0);
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -398,7 +398,17 @@ pub fn teardown(
     } else {
         None
     };
-    let (slow, fast): (Vec<Step>, Vec<Step>) = dp.steps().iter().copied().partition(is_slow);
+    let (slow, mut fast): (Vec<Step>, Vec<Step>) = dp.steps().iter().copied().partition(is_slow);
+    // the address already leased to another pod: an earlier DEL released it
+    // and was cut short before removing this record; the node's entries for
+    // that address are the new pod's now
+    if let Some(owner) = store
+        .lease_owner(att.ip)
+        .filter(|o| !o.is_empty() && o != key)
+    {
+        tracing::warn!(ip = %att.ip, %owner, "address reused since: leaving its node entries alone");
+        fast.retain(|s| !matches!(s, Step::HostRoute | Step::HostNeigh | Step::ProxyNeigh));
+    }
     undo_all(dp, &mut k, pod.as_mut(), att, &fast)?;
     let handed = match handoff_for(att, &mut k, pod.as_mut(), ns_path)? {
         Some(h) => hand_over(agent_sock, &h),
@@ -415,8 +425,14 @@ pub fn teardown(
 fn del(cfg: &Config, env: &Env) -> Result<()> {
     let store = Store::new(&cfg.data_dir);
     let key = attachment_key(&env.container_id, &env.ifname);
-    let Some(att) = store.get(&key)? else {
-        return Ok(()); // never attached, or already deleted
+    let att = match store.get(&key) {
+        Ok(Some(att)) => att,
+        Ok(None) => return Ok(()), // never attached, or already deleted
+        Err(e) if e.is_unreadable_record() => {
+            init_logging(cfg);
+            return forget_unreadable(cfg, &store, &key, Some(env), &e.to_string());
+        }
+        Err(e) => return Err(e.into()),
     };
     init_logging(cfg);
     teardown(&store, &key, &att, &env.netns, &cfg.agent_socket())?;
@@ -511,11 +527,57 @@ fn valid_attachments(raw: &Value) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
+/// DEL or GC of an attachment whose record cannot be read (e.g. left empty
+/// by a power cut): releases what the key holds by name (its leases, and for
+/// DEL its link), so it neither fails forever nor leaks addresses. The node's
+/// address-keyed entries are left to the agent, which removes leftovers
+/// without a record.
+fn forget_unreadable(
+    cfg: &Config,
+    store: &Store,
+    key: &str,
+    env: Option<&Env>,
+    why: &str,
+) -> Result<()> {
+    tracing::warn!("{why}: forgetting the attachment {key}");
+    if let Some(env) = env {
+        let mut k = Kernel::new();
+        let host_if = host_veth_name(&env.container_id, &env.ifname);
+        if let Some(l) = k.node()?.link_by_name(&host_if)? {
+            k.node()?.delete_link(l.index)?;
+        }
+        // macvlan: the link is in the pod, and carries our MAC
+        if !env.netns.is_empty() && Path::new(&env.netns).exists() {
+            if let Ok(mut pod) = open_netns(&env.netns).and_then(|ns| Ok(Handle::open_in(&ns)?)) {
+                if let Some(l) = pod.link_by_name(&cfg.if_name)? {
+                    if l.mac.is_some_and(|m| m[..2] == [0x0e, 0x2c]) {
+                        pod.delete_link(l.index)?;
+                    }
+                }
+            }
+        }
+    }
+    let lock = store.lock(lock_timeout())?;
+    let released = store.forget(&lock, key)?;
+    tracing::info!(?released, "released the addresses of {key}");
+    Ok(())
+}
+
 fn gc(cfg: &Config, raw: &Value) -> Result<()> {
     let keep = valid_attachments(raw)?;
     let store = Store::new(&cfg.data_dir);
     let mut errors = vec![];
-    for (key, att) in store.list()? {
+    let listing = store.list()?;
+    for (key, why) in &listing.unreadable {
+        if keep.iter().any(|(id, ifn)| attachment_key(id, ifn) == *key) {
+            continue; // still valid: its DEL will come
+        }
+        init_logging(cfg);
+        if let Err(e) = forget_unreadable(cfg, &store, key, None, why) {
+            errors.push(format!("{key}: {}", e.msg));
+        }
+    }
+    for (key, att) in listing.records {
         if keep
             .iter()
             .any(|(id, ifn)| *id == att.container_id && *ifn == att.ifname)
