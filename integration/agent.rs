@@ -771,7 +771,23 @@ fn del_hands_the_slow_teardown_to_the_agent_and_an_immediate_re_add_works() {
     // DEL only (the pod's namespace stays), then ADD the same container at once
     let r = tb.ros2cni_cmd("DEL", &pod, &s, None, None).unwrap();
     assert!(r.success, "{}", r.stdout);
-    let r = tb.ros2cni_cmd("ADD", &pod, &s, None, None).unwrap();
+    // as a runtime does it: the chain runs again, so prevResult is the
+    // primary's result, without the ros0 of the first ADD
+    let mut primary = pod.result.clone();
+    let ros = primary["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|i| i["name"] == "ros0")
+        .unwrap();
+    primary["interfaces"].as_array_mut().unwrap().remove(ros);
+    primary["ips"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|i| i["interface"] != ros);
+    let r = tb
+        .ros2cni_cmd("ADD", &pod, &s, Some(&primary), None)
+        .unwrap();
     assert!(
         r.success,
         "re-ADD right after DEL: {} {}",
@@ -784,7 +800,7 @@ fn del_hands_the_slow_teardown_to_the_agent_and_an_immediate_re_add_works() {
         st.guard_elements
             .iter()
             .any(|e| e.ends_with(&ip.to_string())),
-        "{st:?}"
+        "re-ADD got {ip}: {st:?}"
     );
     assert!(
         ros2_cni::lab::testbed::ping(&pod.ns, tb.node(1).ip),

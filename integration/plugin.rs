@@ -1209,3 +1209,73 @@ fn del_of_a_stale_record_leaves_the_new_owners_address_entries() {
         "the old pod's link is gone"
     );
 }
+
+#[test]
+fn a_second_network_neither_steals_ros0_nor_collects_the_first_ones_pods() {
+    let tb = bed(1);
+    let n = tb.node(1);
+    let s = spec("first", 1).version("1.1.0");
+    let pod = tb.add_pod(&s).unwrap();
+    let before = node_state(&tb, 1);
+    // ADD from another attachment of the same pod (another CNI_IFNAME) that
+    // also wants ros0: refused, the live ros0 stays
+    let mut conf = tb.pod_ros2cni_conf(
+        &s.clone().extra(json!({"primaryMulticast": true})),
+        &pod.result,
+    );
+    conf["name"] = json!("second-net");
+    let netns = pod.netns_path();
+    let env = [
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", pod.container_id.as_str()),
+        ("CNI_NETNS", netns.as_str()),
+        ("CNI_IFNAME", "net1"),
+        ("CNI_PATH", "/usr/lib/cni"),
+        (
+            "CNI_ARGS",
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=robots;K8S_POD_NAME=first",
+        ),
+    ];
+    let r = tb.run_plugin(n, &tb.opts.plugin, &env, &conf).unwrap();
+    assert_eq!(r.code(), Some(104), "{}", r.stdout);
+    assert!(
+        r.stdout.contains(&format!("{}_eth0", pod.container_id)),
+        "names the owner: {}",
+        r.stdout
+    );
+    assert_eq!(node_state(&tb, 1), before, "nothing changed");
+    assert_eq!(addrs(&pod.ns, "ros0"), vec![format!("{}/20", ip_of(&pod))]);
+    // GC of another network with an empty list leaves this network's pods
+    let mut gc = tb.ros2cni_conf(n, "1.1.0", &json!({}));
+    gc["name"] = json!("second-net");
+    gc["cni.dev/valid-attachments"] = json!([]);
+    let r = tb
+        .run_plugin(
+            n,
+            &tb.opts.plugin,
+            &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/usr/lib/cni")],
+            &gc,
+        )
+        .unwrap();
+    assert!(r.success, "{}", r.stdout);
+    assert_eq!(
+        node_state(&tb, 1),
+        before,
+        "another network's GC took nothing"
+    );
+    // this network's GC does
+    gc["name"] = json!("k8s-pod-network");
+    let r = tb
+        .run_plugin(
+            n,
+            &tb.opts.plugin,
+            &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/usr/lib/cni")],
+            &gc,
+        )
+        .unwrap();
+    assert!(r.success, "{}", r.stdout);
+    assert!(
+        node_state(&tb, 1).leases.is_empty(),
+        "its own network's GC collects it"
+    );
+}

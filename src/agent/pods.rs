@@ -402,6 +402,7 @@ mod tests {
             primary_ips: vec![],
             pod_namespace: "robots".into(),
             pod_name: "a".into(),
+            network: String::new(),
         }
     }
 

@@ -92,6 +92,10 @@ pub struct Attachment {
     pub pod_namespace: String,
     #[serde(default)]
     pub pod_name: String,
+    /// The network (conflist `name`) the attachment belongs to: GC only
+    /// collects its own network's attachments. Empty in older records.
+    #[serde(default)]
+    pub network: String,
 }
 
 /// The key of an attachment: container id and the chain's CNI_IFNAME.
@@ -410,6 +414,7 @@ mod tests {
             primary_ips: vec![],
             pod_namespace: String::new(),
             pod_name: String::new(),
+            network: String::new(),
         }
     }
 

@@ -188,9 +188,27 @@ fn add(cfg: &Config, env: &Env, raw: &Value, version: Version) -> Result<Output>
     // ours (our MACs start 0e:2c): left by a DEL whose link deletion the agent
     // has not run yet (DEL then ADD in one netns), removed below once the
     // record check has shown this attachment is not live
+    let store = Store::new(&cfg.data_dir);
+    store.init()?;
+    let key = attachment_key(&env.container_id, &env.ifname);
     let mut leftover_pod_link = None;
     if let Some(l) = pod.link_by_name(&cfg.if_name)? {
-        if l.mac.is_some_and(|m| m[..2] == [0x0e, 0x2c]) {
+        let ours = l.mac.filter(|m| m[..2] == [0x0e, 0x2c]);
+        // the MAC carries the address: whose lease is it?
+        let holder = ours.and_then(|m| {
+            store
+                .lease_owner(std::net::Ipv4Addr::new(m[2], m[3], m[4], m[5]))
+                .filter(|o| !o.is_empty() && *o != key)
+        });
+        if let Some(other) = holder {
+            return Err(CniError::new(
+                Code::AlreadyAttached,
+                format!(
+                    "the pod's \"{}\" (ifName) belongs to another live attachment ({other})",
+                    cfg.if_name
+                ),
+            ));
+        } else if ours.is_some() {
             leftover_pod_link = Some(l.index);
         } else {
             return Err(CniError::new(
@@ -216,9 +234,6 @@ fn add(cfg: &Config, env: &Env, raw: &Value, version: Version) -> Result<Output>
             Some(l) => clears_multicast = l.has_multicast(),
         }
     }
-    let store = Store::new(&cfg.data_dir);
-    store.init()?;
-    let key = attachment_key(&env.container_id, &env.ifname);
     if store.get(&key)?.is_some() {
         return Err(CniError::new(
             Code::AlreadyAttached,
@@ -271,6 +286,7 @@ fn add(cfg: &Config, env: &Env, raw: &Value, version: Version) -> Result<Output>
                 .unwrap_or_default(),
             pod_namespace: env.pod_namespace().unwrap_or_default().into(),
             pod_name: env.pod_name().unwrap_or_default().into(),
+            network: cfg.name.clone().unwrap_or_default(),
         })?
     };
     let recorded = att.clone();
@@ -577,7 +593,12 @@ fn gc(cfg: &Config, raw: &Value) -> Result<()> {
             errors.push(format!("{key}: {}", e.msg));
         }
     }
+    let network = cfg.name.clone().unwrap_or_default();
     for (key, att) in listing.records {
+        // another network's attachments are not in this list
+        if !att.network.is_empty() && att.network != network {
+            continue;
+        }
         if keep
             .iter()
             .any(|(id, ifn)| *id == att.container_id && *ifn == att.ifname)
