@@ -406,99 +406,177 @@ pub fn handle_upcalls(st: &mut State) {
 /// One reconcile pass: re-create what is missing, follow interface changes,
 /// expire idle routes, refresh counters. Problems are recorded, not fatal.
 pub fn reconcile(st: &mut State) {
-    let mut problems = vec![];
-    match ensure_node(&st.cfg) {
-        Ok((uplink, node_dev)) => {
-            if let Some(router) = st.router.as_mut() {
-                match router.set_vifs(vifs_for(&uplink, &node_dev)) {
-                    Ok(true) => {
-                        tracing::info!(uplink = %uplink.name, bridge = %node_dev.name, "interfaces changed: multicast routes rebuilt");
-                        st.last_report = None;
-                    }
-                    Ok(false) => {}
-                    Err(e) => problems.push(format!("multicast VIFs: {e}")),
+    let pass = Pass::take(st);
+    let done = pass.run();
+    done.apply(st);
+}
+
+/// The periodic pass: the kernel reads and repairs run without the state
+/// lock, so upcalls (the first packets of a new source, which the kernel
+/// queues only four deep while it waits for a route) are not held behind
+/// them.
+pub fn reconcile_shared(state: &Mutex<State>) {
+    let pass = Pass::take(&mut state.lock().unwrap());
+    let done = pass.run();
+    done.apply(&mut state.lock().unwrap());
+}
+
+/// What a reconcile pass needs from the state.
+struct Pass {
+    cfg: Config,
+    records: Vec<crate::ipam::Attachment>,
+    routed: bool,
+    fastpath: crate::fastpath::FastPath,
+}
+
+/// What it found and did, to be written back.
+struct Done {
+    node: Result<(Link, Link), String>,
+    repairs: Vec<String>,
+    pod_problems: Vec<String>,
+    fastpath: crate::fastpath::FastPath,
+    fastpath_became_unavailable: bool,
+    pods: usize,
+    spoofed_drops: Option<u64>,
+    ttl_raised: Option<u64>,
+}
+
+impl Pass {
+    fn take(st: &mut State) -> Pass {
+        refresh_pod_names(st);
+        Pass {
+            cfg: st.cfg.clone(),
+            records: st.records.clone(),
+            routed: st.router.is_some(),
+            fastpath: st.fastpath.clone(),
+        }
+    }
+
+    /// The kernel work, without the state.
+    fn run(mut self) -> Done {
+        let node = ensure_node(&self.cfg).map_err(|e| e.to_string());
+        let (mut repairs, mut pod_problems) = (vec![], vec![]);
+        let mut became_unavailable = false;
+        if let Ok((uplink, node_dev)) = &node {
+            let store = crate::ipam::Store::new(&self.cfg.data_dir);
+            // the records, complete, or why not: leftovers are only removed
+            // when every record could be read
+            let mut fresh = || match store.list() {
+                Ok(l) if l.unreadable.is_empty() => {
+                    Ok(l.records.into_iter().map(|(_, a)| a).collect())
                 }
+                Ok(l) => Err(l
+                    .unreadable
+                    .iter()
+                    .map(|(key, why)| format!("unreadable attachment record {key}: {why}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")),
+                Err(e) => Err(format!("attachment records: {e}")),
+            };
+            let leased = |ip: std::net::Ipv4Addr| store.lease_owner(ip).is_some();
+            (repairs, pod_problems) = pods::reconcile(
+                &self.records,
+                &mut fresh,
+                &leased,
+                node_dev,
+                uplink,
+                self.cfg.pool,
+                self.routed,
+            );
+            if self.routed && self.cfg.fast_path {
+                let before = self.fastpath.unavailable.is_some();
+                for what in self.fastpath.reconcile(&self.records, uplink, node_dev) {
+                    tracing::debug!("attached the {what}");
+                }
+                became_unavailable = !before && self.fastpath.unavailable.is_some();
             }
-            st.uplink = uplink;
-            st.node_dev = node_dev;
         }
-        Err(e) => problems.push(e.to_string()),
-    }
-    let now = Instant::now();
-    // twice at start (a report can be lost), then every REPORT_INTERVAL
-    let due = match st.last_report {
-        None => true,
-        Some(t) => {
-            now.duration_since(t) >= REPORT_INTERVAL
-                || (st.reports_sent <= st.cfg.groups.len() as u64)
-        }
-    };
-    if due {
-        report_groups(st);
-    }
-    if now.duration_since(st.last_expire) >= Duration::from_secs(10) {
-        let idle = Duration::from_secs(st.cfg.mfc_idle_seconds);
-        let n = st.router.as_mut().map_or(0, |r| r.expire(now, idle));
-        if n > 0 {
-            tracing::debug!("expired {n} idle multicast route(s)");
-        }
-        st.last_expire = now;
-    }
-    st.pods = pods_attached(&st.cfg.data_dir);
-    refresh_pod_names(st);
-    if problems.is_empty() {
-        let store = crate::ipam::Store::new(&st.cfg.data_dir);
-        // the records, complete, or why not: leftovers are only removed
-        // when every record could be read
-        let mut fresh = || match store.list() {
-            Ok(l) if l.unreadable.is_empty() => Ok(l.records.into_iter().map(|(_, a)| a).collect()),
-            Ok(l) => Err(l
-                .unreadable
-                .iter()
-                .map(|(key, why)| format!("unreadable attachment record {key}: {why}"))
-                .collect::<Vec<_>>()
-                .join("; ")),
-            Err(e) => Err(format!("attachment records: {e}")),
+        let nf = Nfnl::new().ok();
+        let (spoofed_drops, ttl_raised) = match nf {
+            Some(mut nf) => (
+                firewall::spoofed_drops(&mut nf).ok(),
+                firewall::ttl_raised(&mut nf).ok(),
+            ),
+            None => (None, None),
         };
-        let leased = |ip: std::net::Ipv4Addr| store.lease_owner(ip).is_some();
-        let (repairs, pod_problems) = pods::reconcile(
-            &st.records,
-            &mut fresh,
-            &leased,
-            &st.node_dev,
-            &st.uplink,
-            st.cfg.pool,
-            st.router.is_some(),
-        );
-        for r in repairs {
+        Done {
+            node,
+            repairs,
+            pod_problems,
+            fastpath: self.fastpath,
+            fastpath_became_unavailable: became_unavailable,
+            pods: pods_attached(&self.cfg.data_dir),
+            spoofed_drops,
+            ttl_raised,
+        }
+    }
+}
+
+impl Done {
+    fn apply(self, st: &mut State) {
+        let mut problems = vec![];
+        match self.node {
+            Ok((uplink, node_dev)) => {
+                if let Some(router) = st.router.as_mut() {
+                    match router.set_vifs(vifs_for(&uplink, &node_dev)) {
+                        Ok(true) => {
+                            tracing::info!(uplink = %uplink.name, bridge = %node_dev.name, "interfaces changed: multicast routes rebuilt");
+                            st.last_report = None;
+                        }
+                        Ok(false) => {}
+                        Err(e) => problems.push(format!("multicast VIFs: {e}")),
+                    }
+                }
+                st.uplink = uplink;
+                st.node_dev = node_dev;
+            }
+            Err(e) => problems.push(e),
+        }
+        for r in self.repairs {
             tracing::info!("repaired pod state: {r}");
         }
-        problems.extend(pod_problems);
-        if st.router.is_some() && st.cfg.fast_path {
-            let before = st.fastpath.unavailable.is_some();
-            for what in st.fastpath.reconcile(&st.records, &st.uplink, &st.node_dev) {
-                tracing::debug!("attached the {what}");
-            }
-            if let (false, Some(why)) = (before, &st.fastpath.unavailable) {
+        problems.extend(self.pod_problems);
+        st.fastpath = self.fastpath;
+        if self.fastpath_became_unavailable {
+            if let Some(why) = &st.fastpath.unavailable {
                 tracing::warn!("fast path unavailable, pods use the normal path: {why}");
             }
         }
-    }
-    st.table.expire(now);
-    st.ifnames.clear();
-    if let Ok(mut nf) = Nfnl::new() {
-        st.spoofed_drops = firewall::spoofed_drops(&mut nf).unwrap_or(st.spoofed_drops);
-        st.ttl_raised = firewall::ttl_raised(&mut nf).unwrap_or(st.ttl_raised);
-    }
-    if problems != st.problems {
-        for p in &problems {
-            tracing::warn!("{p}");
+        let now = Instant::now();
+        // twice at start (a report can be lost), then every REPORT_INTERVAL
+        let due = match st.last_report {
+            None => true,
+            Some(t) => {
+                now.duration_since(t) >= REPORT_INTERVAL
+                    || (st.reports_sent <= st.cfg.groups.len() as u64)
+            }
+        };
+        if due {
+            report_groups(st);
         }
-        if problems.is_empty() && !st.problems.is_empty() {
-            tracing::info!("all problems resolved");
+        if now.duration_since(st.last_expire) >= Duration::from_secs(10) {
+            let idle = Duration::from_secs(st.cfg.mfc_idle_seconds);
+            let n = st.router.as_mut().map_or(0, |r| r.expire(now, idle));
+            if n > 0 {
+                tracing::debug!("expired {n} idle multicast route(s)");
+            }
+            st.last_expire = now;
         }
+        st.pods = self.pods;
+        st.table.expire(now);
+        st.ifnames.clear();
+        st.spoofed_drops = self.spoofed_drops.unwrap_or(st.spoofed_drops);
+        st.ttl_raised = self.ttl_raised.unwrap_or(st.ttl_raised);
+        if problems != st.problems {
+            for p in &problems {
+                tracing::warn!("{p}");
+            }
+            if problems.is_empty() && !st.problems.is_empty() {
+                tracing::info!("all problems resolved");
+            }
+        }
+        st.problems = problems;
     }
-    st.problems = problems;
 }
 
 /// SIGHUP: re-read the config and apply it; on error keep the running one.
@@ -725,7 +803,8 @@ async fn serve(state: State, period: Duration, reinstall: Reinstall) -> Result<(
     };
 
     // SAFETY: the fd belongs to the router's MrouteSocket, which lives in
-    // `state` until after `upcalls` is dropped below; it is never replaced.
+    // `state` until after the task that polls it (below) is aborted and
+    // awaited; it is never replaced.
     let upcalls = match fd {
         Some(fd) => Some(
             unsafe { AsyncFd::register_with_interest(Fd(fd), tokio::io::Interest::READABLE) }
@@ -754,6 +833,25 @@ async fn serve(state: State, period: Duration, reinstall: Reinstall) -> Result<(
             }
         })
     });
+    // upcalls (new sources) are served by a task of their own, so they never
+    // wait for the loop below (a reconcile pass, a reload)
+    let upcall_task = upcalls.map(|afd| {
+        let st = state.clone();
+        tokio::spawn(async move {
+            loop {
+                match afd.readable().await {
+                    Ok(mut guard) => {
+                        handle_upcalls(&mut st.lock().unwrap());
+                        guard.clear_ready();
+                    }
+                    Err(e) => {
+                        tracing::error!("multicast routing socket: {e}");
+                        return;
+                    }
+                }
+            }
+        })
+    });
     let mut hup = signal(SignalKind::hangup()).map_err(io_err("SIGHUP handler"))?;
     let mut term = signal(SignalKind::terminate()).map_err(io_err("SIGTERM handler"))?;
     let mut int = signal(SignalKind::interrupt()).map_err(io_err("SIGINT handler"))?;
@@ -762,14 +860,9 @@ async fn serve(state: State, period: Duration, reinstall: Reinstall) -> Result<(
 
     loop {
         tokio::select! {
-            r = async { upcalls.as_ref().expect("guarded").readable().await }, if upcalls.is_some() => {
-                let mut guard = r.map_err(io_err("multicast routing socket"))?;
-                handle_upcalls(&mut state.lock().unwrap());
-                guard.clear_ready();
-            }
             _ = tick.tick() => {
                 let st = state.clone();
-                let _ = tokio::task::spawn_blocking(move || reconcile(&mut st.lock().unwrap())).await;
+                let _ = tokio::task::spawn_blocking(move || reconcile_shared(&st)).await;
             }
             _ = hup.recv() => {
                 let st = state.clone();
@@ -795,7 +888,10 @@ async fn serve(state: State, period: Duration, reinstall: Reinstall) -> Result<(
     if let Some(t) = metrics_task {
         t.abort();
     }
-    drop(upcalls);
+    if let Some(t) = upcall_task {
+        t.abort();
+        let _ = t.await;
+    }
     if let Some(t) = capture_task {
         t.abort();
         let _ = t.await;

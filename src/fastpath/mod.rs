@@ -180,7 +180,7 @@ pub fn lan_filter_name(uplink: u32, bridge: u32) -> String {
 }
 
 /// The fast path on one node: which programs are attached where.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct FastPath {
     /// (uplink, bridge) the LAN program was attached for.
     lan: Option<(u32, u32)>,
