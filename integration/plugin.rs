@@ -1279,3 +1279,54 @@ fn a_second_network_neither_steals_ros0_nor_collects_the_first_ones_pods() {
         "its own network's GC collects it"
     );
 }
+
+#[test]
+fn a_leftover_ros0_whose_address_moved_to_another_pod_is_still_a_leftover() {
+    let tb = bed(1);
+    let s = spec("p", 1);
+    let p = tb.add_pod(&s).unwrap();
+    let q = tb.add_pod(&spec("q", 1)).unwrap();
+    // DEL of p (its namespace stays), then a leftover ros0 in p that carries
+    // the MAC of q's address, as if p had held it before q
+    let r = tb.ros2cni_cmd("DEL", &p, &s, None, None).unwrap();
+    assert!(r.success, "{}", r.stdout);
+    let q_mac = ip_json(&q.ns, &["link", "show", "ros0"]).unwrap()[0]["address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ns_sh(
+        &p.ns,
+        &[
+            "ip", "link", "add", "ros0", "address", &q_mac, "type", "veth", "peer", "name", "tmp0",
+        ],
+    )
+    .unwrap();
+    let mut primary = p.result.clone();
+    let ros = primary["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|i| i["name"] == "ros0")
+        .unwrap();
+    primary["interfaces"].as_array_mut().unwrap().remove(ros);
+    primary["ips"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|i| i["interface"] != ros);
+    let r = tb.ros2cni_cmd("ADD", &p, &s, Some(&primary), None).unwrap();
+    assert!(
+        r.success,
+        "the leftover is replaced: {} {}",
+        r.stdout, r.stderr
+    );
+    assert_ne!(
+        ip_json(&p.ns, &["link", "show", "ros0"]).unwrap()[0]["address"],
+        serde_json::json!(q_mac)
+    );
+    assert_eq!(
+        addrs(&q.ns, "ros0"),
+        vec![format!("{}/20", ip_of(&q))],
+        "q untouched"
+    );
+    assert!(node_state(&tb, 1).leases.contains(&ip_of(&q).to_string()));
+}

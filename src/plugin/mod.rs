@@ -194,11 +194,15 @@ fn add(cfg: &Config, env: &Env, raw: &Value, version: Version) -> Result<Output>
     let mut leftover_pod_link = None;
     if let Some(l) = pod.link_by_name(&cfg.if_name)? {
         let ours = l.mac.filter(|m| m[..2] == [0x0e, 0x2c]);
-        // the MAC carries the address: whose lease is it?
+        // the MAC carries the address: is it leased to another attachment
+        // of this very pod (another network)? Then this ros0 is live. (If
+        // the address went to another pod since, this one is a leftover.)
         let holder = ours.and_then(|m| {
-            store
+            let other = store
                 .lease_owner(std::net::Ipv4Addr::new(m[2], m[3], m[4], m[5]))
-                .filter(|o| !o.is_empty() && *o != key)
+                .filter(|o| !o.is_empty() && *o != key)?;
+            let rec = store.get(&other).ok().flatten()?;
+            (rec.netns == env.netns && rec.pod_if == cfg.if_name).then_some(other)
         });
         if let Some(other) = holder {
             return Err(CniError::new(
