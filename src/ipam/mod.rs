@@ -198,8 +198,8 @@ impl Store {
     }
 
     /// All recorded attachments (GC, doctor, agent), and the keys of records
-    /// that exist but cannot be read (e.g. left empty by a power cut), each
-    /// with the reason. Err only when the directory itself cannot be read.
+    /// that exist but do not parse (e.g. left empty by a power cut), each
+    /// with the reason. Err when the directory or a file cannot be read.
     pub fn list(&self) -> Result<Listing> {
         let dir = self.attachments();
         let rd = match fs::read_dir(&dir) {
@@ -215,7 +215,11 @@ impl Store {
                 match self.get(key) {
                     Ok(Some(a)) => out.records.push((key.to_owned(), a)),
                     Ok(None) => {} // removed meanwhile
-                    Err(e) => out.unreadable.push((key.to_owned(), e.to_string())),
+                    Err(e) if e.is_unreadable_record() => {
+                        out.unreadable.push((key.to_owned(), e.to_string()))
+                    }
+                    // a failing read is not a damaged record: say so, decide nothing
+                    Err(e) => return Err(e),
                 }
             }
         }
@@ -290,7 +294,20 @@ impl Store {
         let leases = self.leases();
         for ip in after.into_iter().chain(before) {
             let p = leases.join(ip.to_string());
-            match OpenOptions::new().write(true).create_new(true).open(&p) {
+            let open = || OpenOptions::new().write(true).create_new(true).open(&p);
+            let opened = match open() {
+                // leases are created and written under the lock we hold: an
+                // empty one is a write that a crash cut short, owned by nobody
+                Err(e)
+                    if e.kind() == ErrorKind::AlreadyExists
+                        && fs::metadata(&p).is_ok_and(|m| m.len() == 0) =>
+                {
+                    let _ = fs::remove_file(&p);
+                    open()
+                }
+                r => r,
+            };
+            match opened {
                 Ok(mut f) => {
                     if let Err(e) = f.write_all(key.as_bytes()) {
                         // an ownerless lease would never be released
@@ -563,6 +580,14 @@ mod tests {
         fs::write(dir.join(format!("leases/{}", a.ip)), b"").unwrap();
         s.release(&l, "a", Some(a.ip)).unwrap();
         assert_eq!(s.leased().unwrap(), 0);
+        // and one without any record (the crash came before the record):
+        // the next allocation takes the address back
+        fs::write(dir.join(format!("leases/{}", a.ip)), b"").unwrap();
+        let b = s
+            .allocate(&l, &pool, &subnet, "b", |ip| att("b", ip))
+            .unwrap();
+        assert_eq!(b.ip, a.ip);
+        assert_eq!(s.lease_owner(b.ip).as_deref(), Some("b"));
         fs::remove_dir_all(dir).unwrap();
     }
 
