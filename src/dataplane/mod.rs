@@ -371,6 +371,11 @@ pub fn pod_mac(ip: std::net::Ipv4Addr) -> [u8; 6] {
     [0x0e, 0x2c, o[0], o[1], o[2], o[3]]
 }
 
+/// The address a MAC made by [`pod_mac`] carries; None for other MACs.
+pub fn pod_mac_ip(mac: [u8; 6]) -> Option<std::net::Ipv4Addr> {
+    (mac[..2] == [0x0e, 0x2c]).then(|| std::net::Ipv4Addr::new(mac[2], mac[3], mac[4], mac[5]))
+}
+
 /// Undoes `done` steps in reverse, collecting (not stopping at) failures.
 pub fn undo_all(
     dp: &dyn Dataplane,
@@ -417,5 +422,7 @@ mod tests {
         assert_eq!(m[0] & 0x01, 0, "unicast");
         assert_eq!(m[0] & 0x02, 0x02, "locally administered");
         assert_eq!(&m[2..], &[192, 168, 1, 160]);
+        assert_eq!(pod_mac_ip(m), Some("192.168.1.160".parse().unwrap()));
+        assert_eq!(pod_mac_ip([0x02, 0x42, 192, 168, 1, 160]), None);
     }
 }

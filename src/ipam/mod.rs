@@ -234,6 +234,11 @@ impl Store {
             .map(|s| s.trim().to_owned())
     }
 
+    /// The attachment other than `key` that holds the lease on `ip`, if any.
+    pub fn leased_to_another(&self, ip: Ipv4Addr, key: &str) -> Option<String> {
+        self.lease_owner(ip).filter(|o| !o.is_empty() && o != key)
+    }
+
     /// Forgets an attachment whose record cannot be read: removes every
     /// lease `key` holds (found by their contents) and the record. Returns
     /// the released addresses. Call with the lock held.

@@ -6,7 +6,9 @@
 use crate::agent::pods::Handoff;
 use crate::cni::{env::Command, CniError, Code, Env, Interface, PrevResult, Result, Version};
 use crate::config::{Config, ANNOTATIONS_CAPABILITY, OPT_IN_ANNOTATION};
-use crate::dataplane::{self, host_veth_name, pod_mac, undo_all, AddRequest, Kernel, Step};
+use crate::dataplane::{
+    self, host_veth_name, pod_mac, pod_mac_ip, undo_all, AddRequest, Kernel, Step,
+};
 use crate::ipam::{attachment_key, lock_timeout, Attachment, Store};
 use crate::netlink::{format_mac, Handle, Netns};
 use serde_json::{json, Value};
@@ -193,14 +195,12 @@ fn add(cfg: &Config, env: &Env, raw: &Value, version: Version) -> Result<Output>
     let key = attachment_key(&env.container_id, &env.ifname);
     let mut leftover_pod_link = None;
     if let Some(l) = pod.link_by_name(&cfg.if_name)? {
-        let ours = l.mac.filter(|m| m[..2] == [0x0e, 0x2c]);
+        let ours = l.mac.and_then(pod_mac_ip);
         // the MAC carries the address: is it leased to another attachment
         // of this very pod (another network)? Then this ros0 is live. (If
         // the address went to another pod since, this one is a leftover.)
-        let holder = ours.and_then(|m| {
-            let other = store
-                .lease_owner(std::net::Ipv4Addr::new(m[2], m[3], m[4], m[5]))
-                .filter(|o| !o.is_empty() && *o != key)?;
+        let holder = ours.and_then(|ip| {
+            let other = store.leased_to_another(ip, &key)?;
             let rec = store.get(&other).ok().flatten()?;
             (rec.netns == env.netns && rec.pod_if == cfg.if_name).then_some(other)
         });
@@ -422,10 +422,7 @@ pub fn teardown(
     // the address already leased to another pod: an earlier DEL released it
     // and was cut short before removing this record; the node's entries for
     // that address are the new pod's now
-    if let Some(owner) = store
-        .lease_owner(att.ip)
-        .filter(|o| !o.is_empty() && o != key)
-    {
+    if let Some(owner) = store.leased_to_another(att.ip, key) {
         tracing::warn!(ip = %att.ip, %owner, "address reused since: leaving its node entries alone");
         fast.retain(|s| !matches!(s, Step::HostRoute | Step::HostNeigh | Step::ProxyNeigh));
     }
@@ -570,7 +567,7 @@ fn forget_unreadable(
         if !env.netns.is_empty() && Path::new(&env.netns).exists() {
             if let Ok(mut pod) = open_netns(&env.netns).and_then(|ns| Ok(Handle::open_in(&ns)?)) {
                 if let Some(l) = pod.link_by_name(&cfg.if_name)? {
-                    if l.mac.is_some_and(|m| m[..2] == [0x0e, 0x2c]) {
+                    if l.mac.and_then(pod_mac_ip).is_some() {
                         pod.delete_link(l.index)?;
                     }
                 }
