@@ -773,18 +773,7 @@ fn del_hands_the_slow_teardown_to_the_agent_and_an_immediate_re_add_works() {
     assert!(r.success, "{}", r.stdout);
     // as a runtime does it: the chain runs again, so prevResult is the
     // primary's result, without the ros0 of the first ADD
-    let mut primary = pod.result.clone();
-    let ros = primary["interfaces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .position(|i| i["name"] == "ros0")
-        .unwrap();
-    primary["interfaces"].as_array_mut().unwrap().remove(ros);
-    primary["ips"]
-        .as_array_mut()
-        .unwrap()
-        .retain(|i| i["interface"] != ros);
+    let primary = primary_result(&pod);
     let r = tb
         .ros2cni_cmd("ADD", &pod, &s, Some(&primary), None)
         .unwrap();
@@ -1069,14 +1058,7 @@ fn a_damaged_attachment_record_costs_nothing_but_its_own_pod() {
     // GC with c1 not listed: its damaged record and lease go too
     let mut conf = tb.ros2cni_conf(n1, "1.1.0", &json!({}));
     conf["cni.dev/valid-attachments"] = json!([{"containerID": a1.container_id, "ifname": "eth0"}]);
-    let r = tb
-        .run_plugin(
-            n1,
-            &tb.opts.plugin,
-            &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/usr/lib/cni")],
-            &conf,
-        )
-        .unwrap();
+    let r = gc(&tb, 1, &conf);
     assert!(r.success, "GC: {} {}", r.stdout, r.stderr);
     let st = node_state(&tb, 1);
     assert!(

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use ros2_cni::lab::testbed::{
-    ip_json, nft_json, sweep_stale, unique_prefix, Options, Pod, PodSpec, Testbed,
+    ip_json, nft_json, sweep_stale, unique_prefix, Options, PluginRun, Pod, PodSpec, Testbed,
 };
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -222,4 +222,33 @@ pub fn ip_of(pod: &Pod) -> Ipv4Addr {
 
 pub fn spec(name: &str, node: usize) -> PodSpec {
     PodSpec::new(name, node)
+}
+
+/// The pod's chain result without ros0: what the primary alone returned, the
+/// prevResult a runtime passes when it runs the chain again.
+pub fn primary_result(pod: &Pod) -> Value {
+    let mut primary = pod.result.clone();
+    let ros = primary["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|i| i["name"] == "ros0")
+        .expect("ros0 in the chain's result");
+    primary["interfaces"].as_array_mut().unwrap().remove(ros);
+    primary["ips"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|i| i["interface"] != ros);
+    primary
+}
+
+/// Runs ros2-cni GC on a node with `conf` (its entry, the attachment list set).
+pub fn gc(tb: &Testbed, node: usize, conf: &Value) -> PluginRun {
+    tb.run_plugin(
+        tb.node(node),
+        &tb.opts.plugin,
+        &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/usr/lib/cni")],
+        conf,
+    )
+    .expect("run GC")
 }

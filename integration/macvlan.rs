@@ -280,14 +280,7 @@ fn macvlan_gc_and_bad_inputs_behave_as_in_routed_mode() {
     let n = tb.node(1);
     let mut conf = tb.ros2cni_conf(n, "1.1.0", &json!({}));
     conf["cni.dev/valid-attachments"] = json!([{"containerID": pk.container_id, "ifname": "eth0"}]);
-    let r = tb
-        .run_plugin(
-            n,
-            &tb.opts.plugin,
-            &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/usr/lib/cni")],
-            &conf,
-        )
-        .unwrap();
+    let r = gc(&tb, 1, &conf);
     assert!(r.success, "GC: {}", r.stdout);
     assert!(
         !pod_has_link(&pg.ns, "ros0"),

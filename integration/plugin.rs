@@ -639,18 +639,12 @@ fn gc_and_status() {
     let p1 = tb.add_pod(&s1).unwrap();
     let p2 = tb.add_pod(&s2).unwrap();
     let n = tb.node(1);
-    let gc = |key: &str, keep: Value| {
+    let gc_with = |key: &str, keep: Value| {
         let mut conf = tb.ros2cni_conf(n, "1.1.0", &json!({}));
         conf[key] = keep;
-        tb.run_plugin(
-            n,
-            &tb.opts.plugin,
-            &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/usr/lib/cni")],
-            &conf,
-        )
-        .unwrap()
+        gc(&tb, 1, &conf)
     };
-    let r = gc(
+    let r = gc_with(
         "cni.dev/valid-attachments",
         json!([{"containerID": p1.container_id, "ifname": "eth0"}]),
     );
@@ -665,7 +659,7 @@ fn gc_and_status() {
     assert!(!pod_has_link(&p2.ns, "ros0"));
     assert!(pod_has_link(&p1.ns, "ros0"));
     // the older key name works too
-    let r = gc("cni.dev/attachments", json!([]));
+    let r = gc_with("cni.dev/attachments", json!([]));
     assert!(r.success, "{}", r.stdout);
     assert!(node_state(&tb, 1).leases.is_empty());
 
@@ -1246,17 +1240,10 @@ fn a_second_network_neither_steals_ros0_nor_collects_the_first_ones_pods() {
     assert_eq!(node_state(&tb, 1), before, "nothing changed");
     assert_eq!(addrs(&pod.ns, "ros0"), vec![format!("{}/20", ip_of(&pod))]);
     // GC of another network with an empty list leaves this network's pods
-    let mut gc = tb.ros2cni_conf(n, "1.1.0", &json!({}));
-    gc["name"] = json!("second-net");
-    gc["cni.dev/valid-attachments"] = json!([]);
-    let r = tb
-        .run_plugin(
-            n,
-            &tb.opts.plugin,
-            &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/usr/lib/cni")],
-            &gc,
-        )
-        .unwrap();
+    let mut gc_conf = tb.ros2cni_conf(n, "1.1.0", &json!({}));
+    gc_conf["name"] = json!("second-net");
+    gc_conf["cni.dev/valid-attachments"] = json!([]);
+    let r = gc(&tb, 1, &gc_conf);
     assert!(r.success, "{}", r.stdout);
     assert_eq!(
         node_state(&tb, 1),
@@ -1264,15 +1251,8 @@ fn a_second_network_neither_steals_ros0_nor_collects_the_first_ones_pods() {
         "another network's GC took nothing"
     );
     // this network's GC does
-    gc["name"] = json!("k8s-pod-network");
-    let r = tb
-        .run_plugin(
-            n,
-            &tb.opts.plugin,
-            &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/usr/lib/cni")],
-            &gc,
-        )
-        .unwrap();
+    gc_conf["name"] = json!("k8s-pod-network");
+    let r = gc(&tb, 1, &gc_conf);
     assert!(r.success, "{}", r.stdout);
     assert!(
         node_state(&tb, 1).leases.is_empty(),
@@ -1301,18 +1281,7 @@ fn a_leftover_ros0_whose_address_moved_to_another_pod_is_still_a_leftover() {
         ],
     )
     .unwrap();
-    let mut primary = p.result.clone();
-    let ros = primary["interfaces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .position(|i| i["name"] == "ros0")
-        .unwrap();
-    primary["interfaces"].as_array_mut().unwrap().remove(ros);
-    primary["ips"]
-        .as_array_mut()
-        .unwrap()
-        .retain(|i| i["interface"] != ros);
+    let primary = primary_result(&p);
     let r = tb.ros2cni_cmd("ADD", &p, &s, Some(&primary), None).unwrap();
     assert!(
         r.success,
