@@ -6,6 +6,7 @@ pub mod cni;
 pub mod config;
 pub mod dataplane;
 pub mod doctor;
+pub mod faults;
 pub mod fastpath;
 pub mod firewall;
 pub mod install;

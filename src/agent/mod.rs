@@ -459,6 +459,19 @@ impl Pass {
         let mut became_unavailable = false;
         if let Ok((uplink, node_dev)) = &node {
             let store = crate::ipam::Store::new(&self.cfg.data_dir);
+            // leases and temporary records left by killed plugin invocations
+            if store.may_need_reclaim() {
+                match store
+                    .lock(Duration::from_millis(200))
+                    .and_then(|lock| store.reclaim(&lock))
+                {
+                    Ok(r) if !r.is_empty() => {
+                        tracing::warn!(reclaimed = ?r, "reclaimed leases left by killed plugin invocations")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!("reclaiming leftover leases: {e}"),
+                }
+            }
             // the records, complete, or why not: leftovers are only removed
             // when every record could be read
             let mut fresh = || match store.list() {

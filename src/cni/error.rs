@@ -112,6 +112,7 @@ impl From<crate::ipam::Error> for CniError {
         let code = match &e {
             E::LockTimeout { .. } => Code::TryAgainLater,
             E::Exhausted { .. } => Code::PoolExhausted,
+            E::AlreadyAttached { .. } => Code::AlreadyAttached,
             E::Io { .. } => Code::Io,
         };
         CniError::new(code, e.to_string())

@@ -7,7 +7,17 @@
 //! - `attachments/<key>.json`: what ADD made for one attachment, so that DEL, CHECK
 //!   and GC can find it without the netns;
 //! - `last`: the last address handed out, so allocation walks the pool round-robin
-//!   and a released address is not reused at once.
+//!   and a released address is not reused at once;
+//! - `busy/<key>`: an flock per attachment, held for a whole ADD or DEL, so
+//!   two invocations for one container never interleave.
+//!
+//! Invariant: a lease and its record are created together ([`Store::allocate`])
+//! and removed together ([`Store::release`], [`Store::forget`]), always with
+//! the pool lock held; a record is rewritten only with the pool lock held too.
+//! So, with the pool lock held, a lease whose key has no record (or whose
+//! record names another address), an empty lease and a temporary record are
+//! leftovers of an invocation that was killed, never work in progress:
+//! [`Store::reclaim`] removes them.
 
 use crate::config::Pool;
 use ipnet::Ipv4Net;
@@ -24,6 +34,8 @@ pub enum Error {
     LockTimeout { path: PathBuf, waited_ms: u64 },
     #[error("address pool {pool} is exhausted ({used} addresses in use)")]
     Exhausted { pool: String, used: usize },
+    #[error("attachment {key} is already recorded (ip {ip}); DEL it first")]
+    AlreadyAttached { key: String, ip: Ipv4Addr },
     #[error("{op} {path}: {source}")]
     Io {
         op: &'static str,
@@ -108,6 +120,51 @@ pub struct Lock {
     _file: File,
 }
 
+/// A held per-attachment lock ([`Store::lock_attachment`]); released on drop.
+pub struct AttachmentLock {
+    _file: File,
+    path: PathBuf,
+    remove_on_drop: bool,
+}
+
+impl AttachmentLock {
+    /// Removes the lock file when released (the attachment is gone).
+    pub fn remove_on_release(&mut self) {
+        self.remove_on_drop = true;
+    }
+}
+
+impl Drop for AttachmentLock {
+    fn drop(&mut self) {
+        // removed while still held: a waiter that gets the old file sees
+        // that it is no longer at the path and retries
+        if self.remove_on_drop {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// flock(LOCK_EX) on `file`, polling up to `timeout`.
+fn lock_file(file: &File, path: &Path, timeout: Duration) -> Result<()> {
+    let start = Instant::now();
+    let mut pause = Duration::from_micros(200);
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) => {}
+            Err(std::fs::TryLockError::Error(e)) => return Err(io("lock", path)(e)),
+        }
+        if start.elapsed() >= timeout {
+            return Err(Error::LockTimeout {
+                path: path.to_owned(),
+                waited_ms: start.elapsed().as_millis() as u64,
+            });
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
@@ -144,9 +201,13 @@ impl Store {
         self.attachments().join(format!("{key}.json"))
     }
 
+    fn busy(&self) -> PathBuf {
+        self.dir.join("busy")
+    }
+
     /// Creates the directories if needed.
     pub fn init(&self) -> Result<()> {
-        for d in [self.dir.clone(), self.leases(), self.attachments()] {
+        for d in [self.dir.clone(), self.leases(), self.attachments(), self.busy()] {
             fs::create_dir_all(&d).map_err(io("create directory", &d))?;
         }
         Ok(())
@@ -161,22 +222,59 @@ impl Store {
             .write(true)
             .open(&path)
             .map_err(io("open", &path))?;
+        lock_file(&file, &path, timeout)?;
+        Ok(Lock { _file: file })
+    }
+
+    /// Takes the per-attachment lock of `key` for a whole ADD or DEL, waiting
+    /// up to `timeout`: a second invocation for the same container (a
+    /// runtime retrying after its own timeout) waits for the first one.
+    /// `remove_on_drop` removes the lock file when released (DEL: the
+    /// attachment is gone); a waiter that then gets the removed file retries
+    /// on the new one.
+    pub fn lock_attachment(&self, key: &str, timeout: Duration) -> Result<AttachmentLock> {
+        use std::os::unix::fs::MetadataExt;
+        let dir = self.busy();
+        fs::create_dir_all(&dir).map_err(io("create directory", &dir))?;
+        let path = dir.join(key);
         let start = Instant::now();
-        let mut pause = Duration::from_micros(200);
         loop {
-            match file.try_lock() {
-                Ok(()) => return Ok(Lock { _file: file }),
-                Err(std::fs::TryLockError::WouldBlock) => {}
-                Err(std::fs::TryLockError::Error(e)) => return Err(io("lock", &path)(e)),
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(io("open", &path))?;
+            let left = timeout.saturating_sub(start.elapsed());
+            lock_file(&file, &path, left)?;
+            // the holder before us may have removed the file: ours must
+            // still be the one at the path
+            let held = file.metadata().map_err(io("stat", &path))?;
+            match fs::metadata(&path) {
+                Ok(m) if m.ino() == held.ino() && m.dev() == held.dev() => {
+                    return Ok(AttachmentLock {
+                        _file: file,
+                        path,
+                        remove_on_drop: false,
+                    })
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(io("stat", &path)(e)),
             }
-            if start.elapsed() >= timeout {
-                return Err(Error::LockTimeout {
-                    path,
-                    waited_ms: start.elapsed().as_millis() as u64,
-                });
-            }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether an ADD or DEL of `key` is running now (GC leaves it alone).
+    pub fn attachment_busy(&self, key: &str) -> bool {
+        let path = self.busy().join(key);
+        let Ok(file) = OpenOptions::new().write(true).open(&path) else {
+            return false;
+        };
+        match file.try_lock() {
+            Ok(()) => false,
+            Err(std::fs::TryLockError::WouldBlock) => true,
+            Err(std::fs::TryLockError::Error(_)) => false,
         }
     }
 
@@ -285,6 +383,14 @@ impl Store {
         key: &str,
         make: impl FnOnce(Ipv4Addr) -> Attachment,
     ) -> Result<Attachment> {
+        // checked under the lock: of two ADDs of one container, the second
+        // finds the first one's record and owns nothing
+        if let Ok(Some(a)) = self.get(key) {
+            return Err(Error::AlreadyAttached {
+                key: key.to_owned(),
+                ip: a.ip,
+            });
+        }
         let last_path = self.dir.join("last");
         let last: Option<Ipv4Addr> = fs::read_to_string(&last_path)
             .ok()
@@ -314,17 +420,20 @@ impl Store {
             };
             match opened {
                 Ok(mut f) => {
+                    crate::faults::point("lease created");
                     if let Err(e) = f.write_all(key.as_bytes()) {
                         // an ownerless lease would never be released
                         let _ = fs::remove_file(&p);
                         return Err(io("write", &p)(e));
                     }
+                    crate::faults::point("lease written");
                     let att = make(ip);
                     if let Err(e) = self.write_attachment(key, &att) {
                         let _ = fs::remove_file(&p);
                         return Err(e);
                     }
                     let _ = write_last(&last_path, ip);
+                    crate::faults::point("round-robin hint written");
                     return Ok(att);
                 }
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
@@ -337,13 +446,107 @@ impl Store {
         })
     }
 
-    /// Rewrites an attachment's record (atomically: temp file + rename).
+    /// Writes an attachment's record atomically and durably: a temporary
+    /// file, synced, renamed over the record, and the directory synced (so a
+    /// power cut leaves the old record or the new one, never an empty one).
+    /// Call with the lock held (a temporary record seen under the lock is
+    /// then always a leftover).
     pub fn write_attachment(&self, key: &str, att: &Attachment) -> Result<()> {
         let p = self.attachment_path(key);
         let tmp = self.attachments().join(format!(".{key}.tmp"));
         let body = serde_json::to_vec_pretty(att).expect("attachment serializes");
-        fs::write(&tmp, body).map_err(io("write", &tmp))?;
-        fs::rename(&tmp, &p).map_err(io("rename", &p))
+        let written = (|| {
+            let mut f = File::create(&tmp)?;
+            crate::faults::point("temporary record created");
+            f.write_all(&body)?;
+            f.sync_data()
+        })();
+        if let Err(e) = written {
+            // e.g. ENOSPC: no 0-byte temporary record stays behind
+            let _ = fs::remove_file(&tmp);
+            return Err(io("write", &tmp)(e));
+        }
+        crate::faults::point("temporary record written");
+        fs::rename(&tmp, &p).map_err(io("rename", &p))?;
+        crate::faults::point("record renamed");
+        let dir = self.attachments();
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("sync directory", &dir))
+    }
+
+    /// Removes what killed invocations left, with the pool lock held (see
+    /// the invariant at the top): leases whose key has no record or whose
+    /// record names another address, empty leases, and temporary records.
+    /// Records that cannot be parsed are left to [`Store::forget`]; their
+    /// leases stay. Returns the reclaimed leases as (address, key).
+    pub fn reclaim(&self, _lock: &Lock) -> Result<Vec<(Ipv4Addr, String)>> {
+        let mut out = vec![];
+        let adir = self.attachments();
+        if let Ok(rd) = fs::read_dir(&adir) {
+            for ent in rd.flatten() {
+                let name = ent.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with('.') && name.ends_with(".tmp") {
+                    let p = ent.path();
+                    fs::remove_file(&p)
+                        .or_else(ignore_missing)
+                        .map_err(io("remove", &p))?;
+                }
+            }
+        }
+        let ldir = self.leases();
+        let rd = match fs::read_dir(&ldir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(io("read directory", &ldir)(e)),
+        };
+        for ent in rd {
+            let ent = ent.map_err(io("read directory", &ldir))?;
+            let Some(ip) = ent
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<Ipv4Addr>().ok())
+            else {
+                continue;
+            };
+            let p = ent.path();
+            let owner = match fs::read_to_string(&p) {
+                Ok(o) => o.trim().to_owned(),
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(io("read", &p)(e)),
+            };
+            let orphan = owner.is_empty()
+                || match self.get(&owner) {
+                    Ok(None) => true,
+                    Ok(Some(a)) => a.ip != ip,
+                    Err(_) => false,
+                };
+            if orphan {
+                fs::remove_file(&p)
+                    .or_else(ignore_missing)
+                    .map_err(io("remove", &p))?;
+                out.push((ip, owner));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether [`Store::reclaim`] may find something: more leases than
+    /// records, or a temporary record (read without the lock, as a hint).
+    pub fn may_need_reclaim(&self) -> bool {
+        let count = |d: PathBuf| -> (usize, bool) {
+            fs::read_dir(d).map_or((0, false), |rd| {
+                let names: Vec<_> = rd
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect();
+                (names.len(), names.iter().any(|n| n.ends_with(".tmp")))
+            })
+        };
+        let (leases, _) = count(self.leases());
+        let (records, tmp) = count(self.attachments());
+        tmp || leases > records
     }
 
     /// Releases `key`'s address and record. Missing files are fine (DEL twice).
@@ -363,7 +566,13 @@ impl Store {
                 Err(e) => return Err(io("read", &p)(e)),
             }
         }
+        // the record only if it is the caller's: the attachment at `ip`
         let p = self.attachment_path(key);
+        if let (Some(ip), Ok(Some(rec))) = (ip, self.get(key)) {
+            if rec.ip != ip {
+                return Ok(());
+            }
+        }
         fs::remove_file(&p)
             .or_else(ignore_missing)
             .map_err(io("remove", &p))

@@ -103,10 +103,26 @@ pub fn run(cmd: &str, stdin: &[u8], getenv: impl Fn(&str) -> Option<String>) -> 
         .and_then(Value::as_str)
         .ok_or_else(|| CniError::invalid_config("cniVersion: missing or not a string"))?;
     let version = Version::parse(version_s)?;
+    // DEL and GC must not fail because the config stopped validating since
+    // ADD (runtimes stop the DEL chain at the first failure, so the primary
+    // plugin's DEL would not run either): they tear down from the records
+    if matches!(cmd, Command::Del | Command::Gc) {
+        let td = TeardownConfig::from_raw(&raw)?;
+        if cmd == Command::Del {
+            return del(&td, &env).map(|_| Output::Nothing);
+        }
+        if !version.allows_gc_and_status() {
+            return Err(CniError::new(
+                Code::IncompatibleVersion,
+                format!("config version {version} does not allow GC (needs 1.1.0)"),
+            ));
+        }
+        return gc(&td, &raw).map(|_| Output::Nothing);
+    }
     let cfg = Config::from_value(&raw, true, None)?;
     match cmd {
         Command::Add => add(&cfg, &env, &raw, version),
-        Command::Del => del(&cfg, &env).map(|_| Output::Nothing),
+        Command::Del | Command::Gc => unreachable!("handled above"),
         Command::Check => {
             if !version.allows_check() {
                 return Err(CniError::new(
@@ -116,21 +132,14 @@ pub fn run(cmd: &str, stdin: &[u8], getenv: impl Fn(&str) -> Option<String>) -> 
             }
             check(&cfg, &env, &raw).map(|_| Output::Nothing)
         }
-        Command::Gc | Command::Status => {
+        Command::Status => {
             if !version.allows_gc_and_status() {
                 return Err(CniError::new(
                     Code::IncompatibleVersion,
-                    format!(
-                        "config version {version} does not allow {} (needs 1.1.0)",
-                        cmd.as_str()
-                    ),
+                    format!("config version {version} does not allow STATUS (needs 1.1.0)"),
                 ));
             }
-            if cmd == Command::Gc {
-                gc(&cfg, &raw).map(|_| Output::Nothing)
-            } else {
-                status(&cfg).map(|_| Output::Nothing)
-            }
+            status(&cfg).map(|_| Output::Nothing)
         }
         Command::Version => unreachable!("handled above"),
     }
@@ -157,8 +166,96 @@ fn init_logging(cfg: &Config) {
     crate::logging::init_plugin(cfg.log_file.as_deref(), &cfg.log_level);
 }
 
+/// What DEL and GC need of the config: the data dir (records, leases, the
+/// agent's socket), the pod interface's name, the network and logging.
+/// Taken from a config that validates, or else key by key from one that no
+/// longer does, with a warning naming the problem.
+pub struct TeardownConfig {
+    pub data_dir: std::path::PathBuf,
+    pub if_name: String,
+    pub name: String,
+    log_file: Option<std::path::PathBuf>,
+    log_level: String,
+    /// Why the config did not validate, if it did not.
+    pub invalid: Option<String>,
+}
+
+impl TeardownConfig {
+    pub fn from_raw(raw: &Value) -> Result<TeardownConfig> {
+        match Config::from_value(raw, true, None) {
+            Ok(cfg) => Ok(TeardownConfig {
+                if_name: cfg.if_name.clone(),
+                name: cfg.name.clone().unwrap_or_default(),
+                log_level: cfg.log_level.clone(),
+                log_file: cfg.log_file.clone(),
+                data_dir: cfg.data_dir,
+                invalid: None,
+            }),
+            Err(e) => {
+                let s = |k: &str| raw.get(k).and_then(Value::as_str);
+                // the one key teardown cannot guess: where the records are
+                let data_dir = std::path::PathBuf::from(
+                    s("dataDir").unwrap_or(crate::config::DEFAULT_DATA_DIR),
+                );
+                if !data_dir.is_absolute() {
+                    return Err(CniError::invalid_config(format!(
+                        "dataDir: \"{}\" is not an absolute path (needed to find the attachment records)",
+                        data_dir.display()
+                    )));
+                }
+                let td = TeardownConfig {
+                    data_dir,
+                    if_name: s("ifName")
+                        .filter(|n| crate::cni::env::validate_ifname("ifName", n).is_ok())
+                        .unwrap_or(crate::config::DEFAULT_IFNAME)
+                        .to_owned(),
+                    name: s("name").unwrap_or_default().to_owned(),
+                    log_file: s("logFile")
+                        .map(std::path::PathBuf::from)
+                        .filter(|p| p.is_absolute()),
+                    log_level: "info".into(),
+                    invalid: Some(e.to_string()),
+                };
+                td.init_logging();
+                tracing::warn!(
+                    "the config no longer validates ({e}); tearing down from the attachment records"
+                );
+                Ok(td)
+            }
+        }
+    }
+
+    fn init_logging(&self) {
+        crate::logging::init_plugin(self.log_file.as_deref(), &self.log_level);
+    }
+
+    fn agent_socket(&self) -> std::path::PathBuf {
+        self.data_dir.join("agent.sock")
+    }
+}
+
 fn open_netns(path: &str) -> Result<Netns> {
     Netns::open(path).map_err(|e| CniError::env(format!("CNI_NETNS: {e}")))
+}
+
+/// The pod's namespace must be a network namespace, and not the one the
+/// plugin runs in (the node's): ros0 and its routes would land in the node.
+fn check_pod_netns(path: &str) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let bad = |why: String| CniError::env(format!("CNI_NETNS: \"{path}\" {why}"));
+    let meta = std::fs::metadata(path).map_err(|e| bad(format!("cannot be read: {e}")))?;
+    let fs = nix::sys::statfs::statfs(path).map_err(|e| bad(format!("cannot be read: {e}")))?;
+    if fs.filesystem_type() != nix::sys::statfs::NSFS_MAGIC {
+        return Err(bad("is not a network namespace (not on nsfs)".into()));
+    }
+    if let Ok(own) = std::fs::metadata("/proc/self/ns/net") {
+        if own.dev() == meta.dev() && own.ino() == meta.ino() {
+            return Err(bad(
+                "is the node's own network namespace, not a pod's".into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn add(cfg: &Config, env: &Env, raw: &Value, version: Version) -> Result<Output> {
@@ -182,6 +279,7 @@ fn add(cfg: &Config, env: &Env, raw: &Value, version: Version) -> Result<Output>
         )));
     }
     let pool = cfg.pool()?;
+    check_pod_netns(&env.netns)?;
     let netns = open_netns(&env.netns)?;
     let dp = dataplane::for_mode(cfg.mode);
     let mut k = Kernel::new();
@@ -193,6 +291,9 @@ fn add(cfg: &Config, env: &Env, raw: &Value, version: Version) -> Result<Output>
     let store = Store::new(&cfg.data_dir);
     store.init()?;
     let key = attachment_key(&env.container_id, &env.ifname);
+    // held until ADD returns: a second ADD of this container (a runtime
+    // retrying after its own timeout) waits, then finds the record
+    let _busy = store.lock_attachment(&key, lock_timeout())?;
     let mut leftover_pod_link = None;
     if let Some(l) = pod.link_by_name(&cfg.if_name)? {
         let ours = l.mac.and_then(pod_mac_ip);
@@ -266,33 +367,40 @@ fn add(cfg: &Config, env: &Env, raw: &Value, version: Version) -> Result<Output>
         }
     }
     dp.ensure_node(&mut k, cfg, &uplink)?;
-    let mut att = {
-        let lock = store.lock(lock_timeout())?;
-        store.allocate(&lock, &pool, &cfg.subnet, &key, |ip| Attachment {
-            container_id: env.container_id.clone(),
-            ifname: env.ifname.clone(),
-            pod_if: cfg.if_name.clone(),
-            netns: env.netns.clone(),
-            ip,
-            prefix_len: cfg.prefix_len(),
-            mac: format_mac(&pod_mac(ip)),
-            host_if: match cfg.mode {
-                crate::config::Mode::Routed => host_veth_name(&env.container_id, &env.ifname),
-                crate::config::Mode::Macvlan => String::new(),
-            },
-            node_dev: dp.node_dev(cfg).to_owned(),
-            uplink: uplink.clone(),
-            mode: cfg.mode.as_str().into(),
-            cleared_multicast: clears_multicast,
-            primary_ips: prev
-                .find_interface(&env.ifname, &env.netns)
-                .map(|i| prev.ips_of(i))
-                .unwrap_or_default(),
-            pod_namespace: env.pod_namespace().unwrap_or_default().into(),
-            pod_name: env.pod_name().unwrap_or_default().into(),
-            network: cfg.name.clone().unwrap_or_default(),
-        })?
+    let make = |ip| Attachment {
+        container_id: env.container_id.clone(),
+        ifname: env.ifname.clone(),
+        pod_if: cfg.if_name.clone(),
+        netns: env.netns.clone(),
+        ip,
+        prefix_len: cfg.prefix_len(),
+        mac: format_mac(&pod_mac(ip)),
+        host_if: match cfg.mode {
+            crate::config::Mode::Routed => host_veth_name(&env.container_id, &env.ifname),
+            crate::config::Mode::Macvlan => String::new(),
+        },
+        node_dev: dp.node_dev(cfg).to_owned(),
+        uplink: uplink.clone(),
+        mode: cfg.mode.as_str().into(),
+        cleared_multicast: clears_multicast,
+        primary_ips: prev
+            .find_interface(&env.ifname, &env.netns)
+            .map(|i| prev.ips_of(i))
+            .unwrap_or_default(),
+        pod_namespace: env.pod_namespace().unwrap_or_default().into(),
+        pod_name: env.pod_name().unwrap_or_default().into(),
+        network: cfg.name.clone().unwrap_or_default(),
     };
+    let lock = store.lock(lock_timeout())?;
+    let allocated = match store.allocate(&lock, &pool, &cfg.subnet, &key, &make) {
+        // leases left by killed invocations are taken back, then it is tried once more
+        Err(crate::ipam::Error::Exhausted { .. }) if !store.reclaim(&lock)?.is_empty() => {
+            store.allocate(&lock, &pool, &cfg.subnet, &key, &make)
+        }
+        r => r,
+    };
+    drop(lock);
+    let mut att = allocated?;
     let recorded = att.clone();
     let req = AddRequest {
         cfg,
@@ -303,7 +411,10 @@ fn add(cfg: &Config, env: &Env, raw: &Value, version: Version) -> Result<Output>
     let mut failure = None;
     for step in dp.steps() {
         match dp.apply(&mut k, &mut pod, &req, &mut att, *step) {
-            Ok(()) => done.push(*step),
+            Ok(()) => {
+                done.push(*step);
+                crate::faults::point(&format!("ADD step {step:?}"));
+            }
             Err(e) => {
                 failure = Some((*step, e));
                 break;
@@ -314,7 +425,10 @@ fn add(cfg: &Config, env: &Env, raw: &Value, version: Version) -> Result<Output>
     // changed between validation and the step): a rewrite is a file create
     // and a rename over the old record, whose blocks are freed
     if failure.is_none() && att != recorded {
-        if let Err(e) = store.write_attachment(&key, &att) {
+        let rewritten = store
+            .lock(lock_timeout())
+            .and_then(|_lock| store.write_attachment(&key, &att));
+        if let Err(e) = rewritten {
             failure = Some((Step::Guard, e.into()));
         }
     }
@@ -439,21 +553,48 @@ pub fn teardown(
     Ok(())
 }
 
-fn del(cfg: &Config, env: &Env) -> Result<()> {
+fn del(cfg: &TeardownConfig, env: &Env) -> Result<()> {
     let store = Store::new(&cfg.data_dir);
+    if !store.dir().exists() {
+        return Ok(()); // nothing was ever attached on this node
+    }
     let key = attachment_key(&env.container_id, &env.ifname);
-    let att = match store.get(&key) {
-        Ok(Some(att)) => att,
-        Ok(None) => return Ok(()), // never attached, or already deleted
-        Err(e) if e.is_unreadable_record() => {
-            init_logging(cfg);
-            return forget_unreadable(cfg, &store, &key, Some(env), &e.to_string());
+    // an ADD of this container still running finishes first
+    let mut busy = store.lock_attachment(&key, lock_timeout())?;
+    let r = match store.get(&key) {
+        Ok(Some(att)) => {
+            cfg.init_logging();
+            teardown(&store, &key, &att, &env.netns, &cfg.agent_socket()).map(|()| {
+                tracing::info!(container = %env.container_id, ip = %att.ip, "detached {}", att.pod_if);
+            })
         }
-        Err(e) => return Err(e.into()),
+        Ok(None) => Ok(()), // never attached, already deleted, or an ADD killed early
+        Err(e) if e.is_unreadable_record() => {
+            cfg.init_logging();
+            forget_unreadable(cfg, &store, &key, Some(env), &e.to_string())
+        }
+        Err(e) => Err(e.into()),
     };
-    init_logging(cfg);
-    teardown(&store, &key, &att, &env.netns, &cfg.agent_socket())?;
-    tracing::info!(container = %env.container_id, ip = %att.ip, "detached {}", att.pod_if);
+    if r.is_ok() {
+        busy.remove_on_release();
+        reclaim(cfg, &store)?;
+    }
+    r
+}
+
+/// Takes back what killed invocations left in the pool (see
+/// [`Store::reclaim`]); looks under the lock only when a cheap look
+/// without it suggests something is there.
+fn reclaim(cfg: &TeardownConfig, store: &Store) -> Result<()> {
+    if !store.may_need_reclaim() {
+        return Ok(());
+    }
+    let lock = store.lock(lock_timeout())?;
+    let reclaimed = store.reclaim(&lock)?;
+    if !reclaimed.is_empty() {
+        cfg.init_logging();
+        tracing::warn!(?reclaimed, "reclaimed leases left by killed invocations");
+    }
     Ok(())
 }
 
@@ -526,9 +667,13 @@ fn valid_attachments(raw: &Value) -> Result<Vec<(String, String)>> {
             "cni.dev/valid-attachments: missing; GC needs the list of attachments to keep",
         ));
     };
-    let arr = list
-        .as_array()
-        .ok_or_else(|| CniError::invalid_config("cni.dev/valid-attachments: must be an array"))?;
+    // libcni 1.3 sends null when the runtime has no attachment left: none is valid
+    if list.is_null() {
+        return Ok(vec![]);
+    }
+    let arr = list.as_array().ok_or_else(|| {
+        CniError::invalid_config("cni.dev/valid-attachments: must be an array or null")
+    })?;
     arr.iter()
         .enumerate()
         .map(|(i, a)| {
@@ -550,7 +695,7 @@ fn valid_attachments(raw: &Value) -> Result<Vec<(String, String)>> {
 /// address-keyed entries are left to the agent, which removes leftovers
 /// without a record.
 fn forget_unreadable(
-    cfg: &Config,
+    cfg: &TeardownConfig,
     store: &Store,
     key: &str,
     env: Option<&Env>,
@@ -580,21 +725,25 @@ fn forget_unreadable(
     Ok(())
 }
 
-fn gc(cfg: &Config, raw: &Value) -> Result<()> {
+fn gc(cfg: &TeardownConfig, raw: &Value) -> Result<()> {
     let keep = valid_attachments(raw)?;
     let store = Store::new(&cfg.data_dir);
     let mut errors = vec![];
     let listing = store.list()?;
+    // an attachment whose ADD or DEL is running is not GC's to take
+    let claim = |key: &str| store.lock_attachment(key, std::time::Duration::ZERO).ok();
     for (key, why) in &listing.unreadable {
         if keep.iter().any(|(id, ifn)| attachment_key(id, ifn) == *key) {
             continue; // still valid: its DEL will come
         }
-        init_logging(cfg);
-        if let Err(e) = forget_unreadable(cfg, &store, key, None, why) {
-            errors.push(format!("{key}: {}", e.msg));
+        let Some(mut busy) = claim(key) else { continue };
+        cfg.init_logging();
+        match forget_unreadable(cfg, &store, key, None, why) {
+            Ok(()) => busy.remove_on_release(),
+            Err(e) => errors.push(format!("{key}: {}", e.msg)),
         }
     }
-    let network = cfg.name.clone().unwrap_or_default();
+    let network = cfg.name.as_str();
     for (key, att) in listing.records {
         // another network's attachments are not in this list
         if !att.network.is_empty() && att.network != network {
@@ -606,11 +755,20 @@ fn gc(cfg: &Config, raw: &Value) -> Result<()> {
         {
             continue;
         }
-        init_logging(cfg);
+        let Some(mut busy) = claim(&key) else { continue };
+        cfg.init_logging();
+        // re-read under the attachment lock: a DEL may have finished meanwhile
+        let Ok(Some(att)) = store.get(&key) else { continue };
         match teardown(&store, &key, &att, "", &cfg.agent_socket()) {
-            Ok(()) => tracing::info!(container = %att.container_id, ip = %att.ip, "GC released"),
+            Ok(()) => {
+                busy.remove_on_release();
+                tracing::info!(container = %att.container_id, ip = %att.ip, "GC released")
+            }
             Err(e) => errors.push(format!("{}: {}", att.container_id, e.msg)),
         }
+    }
+    if let Err(e) = reclaim(cfg, &store) {
+        errors.push(format!("reclaiming leftover leases: {}", e.msg));
     }
     if errors.is_empty() {
         Ok(())
