@@ -11,4 +11,5 @@ mod install;
 mod lab;
 mod macvlan;
 mod plugin;
+mod reliability;
 mod rtps;

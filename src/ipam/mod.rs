@@ -207,7 +207,12 @@ impl Store {
 
     /// Creates the directories if needed.
     pub fn init(&self) -> Result<()> {
-        for d in [self.dir.clone(), self.leases(), self.attachments(), self.busy()] {
+        for d in [
+            self.dir.clone(),
+            self.leases(),
+            self.attachments(),
+            self.busy(),
+        ] {
             fs::create_dir_all(&d).map_err(io("create directory", &d))?;
         }
         Ok(())

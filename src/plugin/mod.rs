@@ -251,7 +251,7 @@ fn check_pod_netns(path: &str) -> Result<()> {
     if let Ok(own) = std::fs::metadata("/proc/self/ns/net") {
         if own.dev() == meta.dev() && own.ino() == meta.ino() {
             return Err(bad(
-                "is the node's own network namespace, not a pod's".into(),
+                "is the node's own network namespace, not a pod's".into()
             ));
         }
     }
@@ -755,10 +755,14 @@ fn gc(cfg: &TeardownConfig, raw: &Value) -> Result<()> {
         {
             continue;
         }
-        let Some(mut busy) = claim(&key) else { continue };
+        let Some(mut busy) = claim(&key) else {
+            continue;
+        };
         cfg.init_logging();
         // re-read under the attachment lock: a DEL may have finished meanwhile
-        let Ok(Some(att)) = store.get(&key) else { continue };
+        let Ok(Some(att)) = store.get(&key) else {
+            continue;
+        };
         match teardown(&store, &key, &att, "", &cfg.agent_socket()) {
             Ok(()) => {
                 busy.remove_on_release();
