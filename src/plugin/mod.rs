@@ -392,10 +392,10 @@ fn add(cfg: &Config, env: &Env, raw: &Value, version: Version) -> Result<Output>
         network: cfg.name.clone().unwrap_or_default(),
     };
     let lock = store.lock(lock_timeout())?;
-    let allocated = match store.allocate(&lock, &pool, &cfg.subnet, &key, &make) {
+    let allocated = match store.allocate(&lock, &pool, &cfg.subnet, &key, make) {
         // leases left by killed invocations are taken back, then it is tried once more
         Err(crate::ipam::Error::Exhausted { .. }) if !store.reclaim(&lock)?.is_empty() => {
-            store.allocate(&lock, &pool, &cfg.subnet, &key, &make)
+            store.allocate(&lock, &pool, &cfg.subnet, &key, make)
         }
         r => r,
     };
