@@ -52,6 +52,9 @@ pub struct WatchStats {
     pub errors: AtomicU64,
     /// Applies that found everything in place.
     pub unchanged: AtomicU64,
+    /// Times the thread woke up (events, ticks, retries): bounded by the
+    /// tick while nothing happens, even when the conf dir is gone.
+    pub wakeups: AtomicU64,
 }
 
 /// A running watcher. Dropping it stops it too.
@@ -182,9 +185,12 @@ fn run(
     let mut last_error: Option<String> = None;
     let mut first = true;
     while !stop.load(Ordering::Relaxed) {
+        stats.wakeups.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         let mut wait = opts.tick.min(next_resync.saturating_duration_since(now));
-        if let Some(d) = due {
+        // while the conf dir is gone, an apply that is due waits for it: a
+        // tick between attempts to watch it again, never a busy loop
+        if let Some(d) = due.filter(|_| wd.is_some()) {
             wait = wait.min(d.saturating_duration_since(now));
         }
         let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
@@ -396,6 +402,35 @@ mod tests {
         std::fs::write(bin.join("other"), b"x").unwrap();
         std::thread::sleep(Duration::from_millis(400));
         assert_eq!(w.stats().unchanged.load(Ordering::Relaxed), before);
+        w.stop();
+    }
+
+    #[test]
+    fn waits_its_tick_while_the_dir_is_gone_and_resumes() {
+        let t = TempDir::new("watch-gone");
+        let conf = t.path().join("conf");
+        std::fs::create_dir(&conf).unwrap();
+        let f = conf.join("10-calico.conflist");
+        std::fs::write(&f, CALICO).unwrap();
+        let target = Target::new(&conf, entry(&t.path().join("data"), "robot-base"));
+        let opts = WatchOptions {
+            tick: Duration::from_millis(50),
+            ..Default::default()
+        };
+        let w = Watcher::spawn(target, opts).unwrap();
+        wait_for("first apply", Duration::from_secs(2), || w.applied() == 1);
+        std::fs::remove_dir_all(&conf).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let before = w.stats().wakeups.load(Ordering::Relaxed);
+        std::thread::sleep(Duration::from_secs(1));
+        let woke = w.stats().wakeups.load(Ordering::Relaxed) - before;
+        // one wake-up per 50 ms tick is 20; a busy loop is hundreds of thousands
+        assert!(woke <= 60, "woke {woke} times in 1 s with the dir gone");
+        std::fs::create_dir(&conf).unwrap();
+        std::fs::write(&f, CALICO).unwrap();
+        wait_for("re-applied once the dir is back", Duration::from_secs(3), || {
+            std::fs::read_to_string(&f).is_ok_and(|s| s.contains("ros2-cni"))
+        });
         w.stop();
     }
 
