@@ -17,3 +17,4 @@ pub mod mroute;
 pub mod netlink;
 pub mod plugin;
 pub mod rtps;
+pub mod sdnotify;

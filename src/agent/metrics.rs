@@ -145,9 +145,17 @@ pub fn render(state: &Arc<Mutex<State>>) -> String {
 }
 
 pub async fn serve(listener: tokio::net::TcpListener, state: Arc<Mutex<State>>) {
+    let mut backoff = super::status::AcceptBackoff::default();
     loop {
-        let Ok((mut s, _)) = listener.accept().await else {
-            continue;
+        let mut s = match listener.accept().await {
+            Ok((s, _)) => {
+                backoff.reset();
+                s
+            }
+            Err(e) => {
+                backoff.wait("metrics listener", &e).await;
+                continue;
+            }
         };
         let state = state.clone();
         tokio::spawn(async move {

@@ -149,6 +149,8 @@ pub struct State {
     pub records: Vec<crate::ipam::Attachment>,
     /// The tc/BPF fast path (routed mode).
     pub fastpath: crate::fastpath::FastPath,
+    /// `dataDir/agent.lock`, held while this agent runs: one agent per node.
+    _instance: Option<std::fs::File>,
 }
 
 impl State {
@@ -234,14 +236,76 @@ fn pods_attached(data_dir: &Path) -> usize {
         .unwrap_or(0)
 }
 
+/// How long a starting agent waits for another one on the node to exit
+/// (a restart while the old process is still going away).
+pub const INSTANCE_WAIT: Duration = Duration::from_secs(5);
+
+/// Takes `dataDir/agent.lock` (waiting up to [`INSTANCE_WAIT`]) and writes
+/// our pid into it. Of agents started together, exactly one gets it.
+fn lock_instance(data_dir: &Path) -> Result<std::fs::File, AgentError> {
+    use std::io::{Seek, Write};
+    let _ = std::fs::create_dir_all(data_dir);
+    let path = data_dir.join("agent.lock");
+    let io_err = |source| AgentError::Io {
+        what: format!("agent lock {}", path.display()),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(io_err)?;
+    let start = Instant::now();
+    loop {
+        match f.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) if start.elapsed() < INSTANCE_WAIT => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                return Err(AgentError::Setup(format!(
+                    "another ros2-cni agent (pid {}) is running on this node: it holds {}",
+                    holder.trim(),
+                    path.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(e)),
+        }
+    }
+    f.set_len(0).map_err(io_err)?;
+    f.rewind().map_err(io_err)?;
+    write!(f, "{}", std::process::id()).map_err(io_err)?;
+    Ok(f)
+}
+
+/// Opens the multicast routing socket. A killed agent's socket is released
+/// only once that process is gone: EADDRINUSE is retried for a while.
+fn open_mroute() -> Result<MrouteSocket, AgentError> {
+    let start = Instant::now();
+    loop {
+        match MrouteSocket::open() {
+            Err(e)
+                if e.raw_os_error() == Some(libc::EADDRINUSE) && start.elapsed() < INSTANCE_WAIT =>
+            {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            r => return r.map_err(AgentError::Mroute),
+        }
+    }
+}
+
 /// Builds the state: node-wide setup, multicast routing, group membership.
 pub fn start(opts: &Options) -> Result<State, AgentError> {
     let cfg = load_config(&opts.config, opts.node.as_deref())?;
     cfg.pool().map_err(|e| AgentError::Config(e.msg))?;
+    let instance = lock_instance(&cfg.data_dir)?;
     let (uplink, node_dev) = ensure_node(&cfg)?;
     let router = match cfg.mode {
         Mode::Routed => {
-            let sock = MrouteSocket::open().map_err(AgentError::Mroute)?;
+            let sock = open_mroute()?;
             let mut router = Router::new(sock, cfg.groups.clone());
             router
                 .set_vifs(vifs_for(&uplink, &node_dev))
@@ -280,6 +344,7 @@ pub fn start(opts: &Options) -> Result<State, AgentError> {
         attachments_mtime: None,
         records: vec![],
         fastpath: Default::default(),
+        _instance: Some(instance),
     })
     .map(|mut st| {
         match observe::Capture::open(&st.cfg.groups) {
@@ -594,12 +659,32 @@ impl Done {
 
 /// SIGHUP: re-read the config and apply it; on error keep the running one.
 pub fn reload(st: &mut State) {
+    if reload_config(st) {
+        reconcile(st);
+    }
+}
+
+/// SIGHUP with the state shared: the config is switched under the lock, the
+/// reconcile pass (the kernel work) runs without it. True if reloaded.
+pub fn reload_shared(state: &Mutex<State>) -> bool {
+    let reloaded = reload_config(&mut state.lock().unwrap());
+    if reloaded {
+        reconcile_shared(state);
+    }
+    reloaded
+}
+
+/// Re-reads the config and switches to it (no reconcile); true if it did.
+fn reload_config(st: &mut State) -> bool {
     match load_config(&st.config_path, st.node.as_deref()) {
-        Ok(cfg) if cfg.mode != st.cfg.mode => tracing::error!(
-            "reload refused: the mode changed from {} to {}; restart the agent to switch modes",
-            st.cfg.mode.as_str(),
-            cfg.mode.as_str()
-        ),
+        Ok(cfg) if cfg.mode != st.cfg.mode => {
+            tracing::error!(
+                "reload refused: the mode changed from {} to {}; restart the agent to switch modes",
+                st.cfg.mode.as_str(),
+                cfg.mode.as_str()
+            );
+            false
+        }
         Ok(cfg) => {
             if let Some(r) = st.router.as_mut() {
                 r.set_groups(cfg.groups.clone());
@@ -616,10 +701,13 @@ pub fn reload(st: &mut State) {
             st.cfg = cfg;
             st.reloads += 1;
             st.last_report = None; // report the (new) groups at once
-            reconcile(st);
             tracing::info!(groups = ?st.cfg.groups, "configuration reloaded");
+            true
         }
-        Err(e) => tracing::error!("reload failed, keeping the running configuration: {e}"),
+        Err(e) => {
+            tracing::error!("reload failed, keeping the running configuration: {e}");
+            false
+        }
     }
 }
 
@@ -725,8 +813,30 @@ pub fn participants_json(st: &State) -> Value {
     })
 }
 
+/// A task that ended by panicking: the agent stops (exit code 70 through the
+/// panic hook, or this error), so that its supervisor restarts it.
+fn task_died(what: &str, e: tokio::task::JoinError) -> AgentError {
+    AgentError::Setup(format!("the agent's {what} task died: {e}"))
+}
+
+/// Exit code of an agent that panicked (EX_SOFTWARE).
+pub const PANIC_EXIT: i32 = 70;
+
+/// Any panic in any thread or task ends the process: an agent whose state
+/// lock is poisoned, or whose upcall or status task is gone, would keep
+/// running without routing or answering; exiting lets systemd or the
+/// DaemonSet restart it (kernel state survives, as after kill -9).
+fn exit_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info); // to stderr; a closed stderr is ignored there
+        std::process::exit(PANIC_EXIT);
+    }));
+}
+
 /// Runs the agent until SIGTERM/SIGINT.
 pub fn run(opts: Options) -> Result<(), AgentError> {
+    exit_on_panic();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -804,7 +914,7 @@ async fn serve(state: State, period: Duration, reinstall: Reinstall) -> Result<(
         move |source| AgentError::Io { what, source }
     };
 
-    let status_task = tokio::spawn(status::serve(sock_path.clone(), state.clone()));
+    let mut status_task = tokio::spawn(status::serve(sock_path.clone(), state.clone()));
     let metrics_task = if metrics_addr.is_empty() {
         None
     } else {
@@ -848,7 +958,7 @@ async fn serve(state: State, period: Duration, reinstall: Reinstall) -> Result<(
     });
     // upcalls (new sources) are served by a task of their own, so they never
     // wait for the loop below (a reconcile pass, a reload)
-    let upcall_task = upcalls.map(|afd| {
+    let mut upcall_task = upcalls.map(|afd| {
         let st = state.clone();
         tokio::spawn(async move {
             loop {
@@ -870,38 +980,55 @@ async fn serve(state: State, period: Duration, reinstall: Reinstall) -> Result<(
     let mut int = signal(SignalKind::interrupt()).map_err(io_err("SIGINT handler"))?;
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let notify = crate::sdnotify::Notifier::from_env();
+    if let Some(n) = &notify {
+        n.send("READY=1");
+    }
 
-    loop {
+    let mut upcall_done = false;
+    let outcome = loop {
         tokio::select! {
             _ = tick.tick() => {
                 let st = state.clone();
-                let _ = tokio::task::spawn_blocking(move || reconcile_shared(&st)).await;
+                if let Err(e) = tokio::task::spawn_blocking(move || reconcile_shared(&st)).await {
+                    break Err(task_died("reconcile", e));
+                }
+                // systemd's watchdog is fed only while the status socket answers
+                if let Some(n) = notify.clone() {
+                    let sock = sock_path.clone();
+                    tokio::task::spawn_blocking(move || {
+                        if status::query(&sock, "status").is_ok() {
+                            n.send("WATCHDOG=1");
+                        }
+                    });
+                }
             }
             _ = hup.recv() => {
                 let st = state.clone();
-                let (st, re) = tokio::task::spawn_blocking(move || {
-                    let mut g = st.lock().unwrap();
-                    let before = g.reloads;
-                    reload(&mut g);
-                    let reloaded = g.reloads != before;
-                    drop(g);
-                    (st, reloaded)
-                })
-                .await
-                .unwrap_or_else(|_| (state.clone(), false));
-                if re {
-                    reinstall.restart(&mut st.lock().unwrap());
+                match tokio::task::spawn_blocking(move || reload_shared(&st)).await {
+                    Ok(true) => reinstall.restart(&mut state.lock().unwrap()),
+                    Ok(false) => {}
+                    Err(e) => break Err(task_died("reload", e)),
                 }
             }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = term.recv() => break Ok(()),
+            _ = int.recv() => break Ok(()),
+            // a task that ends (rather than panics) leaves the agent deaf:
+            // stop, so that the supervisor restarts it
+            r = &mut status_task => {
+                break Err(AgentError::Setup(format!("the status socket task ended: {r:?}")));
+            }
+            Some(r) = async { match upcall_task.as_mut() { Some(t) => Some(t.await), None => std::future::pending().await } } => {
+                upcall_done = true;
+                break Err(AgentError::Setup(format!("the multicast upcall task ended: {r:?}")));
+            }
         }
-    }
+    };
     status_task.abort();
     if let Some(t) = metrics_task {
         t.abort();
     }
-    if let Some(t) = upcall_task {
+    if let Some(t) = upcall_task.filter(|_| !upcall_done) {
         t.abort();
         let _ = t.await;
     }
@@ -910,5 +1037,5 @@ async fn serve(state: State, period: Duration, reinstall: Reinstall) -> Result<(
         let _ = t.await;
     }
     shutdown(&mut state.lock().unwrap());
-    Ok(())
+    outcome
 }

@@ -28,9 +28,17 @@ pub async fn serve(path: PathBuf, state: Arc<Mutex<State>>) {
     };
     let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
     tracing::info!("status on {}", path.display());
+    let mut backoff = AcceptBackoff::default();
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff.reset();
+                stream
+            }
+            Err(e) => {
+                backoff.wait("status socket", &e).await;
+                continue;
+            }
         };
         let state = state.clone();
         tokio::spawn(async move {
@@ -56,6 +64,11 @@ pub async fn serve(path: PathBuf, state: Arc<Mutex<State>>) {
                 let _ = wr.shutdown().await;
                 return;
             }
+            if line == "test-panic" && std::env::var("ROS2_CNI_TEST_PANIC").is_ok_and(|v| v == "agent") {
+                // tests only: a task that panics holding the state lock
+                let _held = state.lock().unwrap();
+                panic!("panic requested through ROS2_CNI_TEST_PANIC");
+            }
             let doc = match line {
                 "" | "status" => super::status_json(&state.lock().unwrap()),
                 "participants" => super::participants_json(&state.lock().unwrap()),
@@ -66,6 +79,32 @@ pub async fn serve(path: PathBuf, state: Arc<Mutex<State>>) {
             let _ = wr.write_all(format!("{doc}\n").as_bytes()).await;
             let _ = wr.shutdown().await;
         });
+    }
+}
+
+/// Pauses after a failed accept (EMFILE, ENFILE, ENOMEM, ...), doubling
+/// from 10 ms to 1 s, so that the listener does not spin while the
+/// condition lasts; logs once per streak.
+#[derive(Default)]
+pub struct AcceptBackoff {
+    pause: Option<Duration>,
+}
+
+impl AcceptBackoff {
+    pub fn reset(&mut self) {
+        self.pause = None;
+    }
+
+    pub async fn wait(&mut self, what: &str, e: &std::io::Error) {
+        let pause = match self.pause {
+            None => {
+                tracing::warn!("{what}: accept failed: {e}; backing off");
+                Duration::from_millis(10)
+            }
+            Some(p) => (p * 2).min(Duration::from_secs(1)),
+        };
+        self.pause = Some(pause);
+        tokio::time::sleep(pause).await;
     }
 }
 

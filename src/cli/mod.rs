@@ -3,6 +3,7 @@
 
 mod agent;
 mod doctor;
+mod health;
 mod install;
 mod lab;
 
@@ -25,6 +26,8 @@ enum Cmd {
     Version,
     /// Run the node agent: route RTPS multicast between pods, robot computers and the LAN.
     Agent(agent::Args),
+    /// Liveness check: exit 0 if this node's agent answers on its status socket, 1 if not.
+    Health(health::Args),
     /// Diagnose discovery on this node: agent, conflist entry, pods, routes, participants, findings.
     Doctor(doctor::Args),
     /// Copy the binary into the CNI bin dir and chain a ros2-cni entry into the
@@ -53,6 +56,7 @@ pub fn main() -> i32 {
             Ok(0)
         }
         Cmd::Agent(a) => agent::run(a),
+        Cmd::Health(a) => health::run(a),
         // doctor's own exit codes: 1 means error findings, so a doctor that
         // cannot run at all exits 2
         Cmd::Doctor(a) => match doctor::run(a) {
