@@ -3,6 +3,7 @@
 //! They need root (CI runs as root).
 
 mod agent;
+mod agent_faults;
 mod antispoof;
 mod common;
 mod dds;

@@ -16,7 +16,11 @@ pub fn init_plugin(log_file: Option<&Path>, level: &str) {
         if let Some(dir) = p.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        match std::fs::OpenOptions::new().create(true).append(true).open(p) {
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+        {
             Ok(f) => Some(f),
             Err(e) => {
                 // said once on stderr (the runtime's log), never on stdout

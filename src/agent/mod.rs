@@ -288,7 +288,8 @@ fn open_mroute() -> Result<MrouteSocket, AgentError> {
     loop {
         match MrouteSocket::open() {
             Err(e)
-                if e.raw_os_error() == Some(libc::EADDRINUSE) && start.elapsed() < INSTANCE_WAIT =>
+                if e.raw_os_error() == Some(libc::EADDRINUSE)
+                    && start.elapsed() < INSTANCE_WAIT =>
             {
                 std::thread::sleep(Duration::from_millis(50))
             }

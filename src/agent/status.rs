@@ -64,7 +64,9 @@ pub async fn serve(path: PathBuf, state: Arc<Mutex<State>>) {
                 let _ = wr.shutdown().await;
                 return;
             }
-            if line == "test-panic" && std::env::var("ROS2_CNI_TEST_PANIC").is_ok_and(|v| v == "agent") {
+            if line == "test-panic"
+                && std::env::var("ROS2_CNI_TEST_PANIC").is_ok_and(|v| v == "agent")
+            {
                 // tests only: a task that panics holding the state lock
                 let _held = state.lock().unwrap();
                 panic!("panic requested through ROS2_CNI_TEST_PANIC");

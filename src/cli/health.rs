@@ -26,11 +26,18 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     };
     match ros2_cni::agent::status::query(&sock, "status") {
         Ok(v) if v["pid"].is_number() => {
-            println!("ok: the agent (pid {}) answers on {}", v["pid"], sock.display());
+            println!(
+                "ok: the agent (pid {}) answers on {}",
+                v["pid"],
+                sock.display()
+            );
             Ok(0)
         }
         Ok(v) => {
-            eprintln!("ros2-cni: health: unexpected answer on {}: {v}", sock.display());
+            eprintln!(
+                "ros2-cni: health: unexpected answer on {}: {v}",
+                sock.display()
+            );
             Ok(1)
         }
         Err(e) => {

@@ -428,9 +428,11 @@ mod tests {
         assert!(woke <= 60, "woke {woke} times in 1 s with the dir gone");
         std::fs::create_dir(&conf).unwrap();
         std::fs::write(&f, CALICO).unwrap();
-        wait_for("re-applied once the dir is back", Duration::from_secs(3), || {
-            std::fs::read_to_string(&f).is_ok_and(|s| s.contains("ros2-cni"))
-        });
+        wait_for(
+            "re-applied once the dir is back",
+            Duration::from_secs(3),
+            || std::fs::read_to_string(&f).is_ok_and(|s| s.contains("ros2-cni")),
+        );
         w.stop();
     }
 
