@@ -9,6 +9,7 @@ mod dds;
 mod doctor;
 mod install;
 mod lab;
+mod libcni;
 mod macvlan;
 mod plugin;
 mod rtps;
