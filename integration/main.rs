@@ -10,6 +10,7 @@ mod dds;
 mod doctor;
 mod install;
 mod lab;
+mod libcni;
 mod macvlan;
 mod plugin;
 mod reliability;
