@@ -546,7 +546,7 @@ fn sighup_reloads_and_sigterm_keeps_pods_connected() {
         tb.agent_status(n1).unwrap()["reloads"] == 2
     });
     assert!(
-        !tables(&n1.ns).contains("table ip ros2_cni"),
+        !tables(&n1.ns).lines().any(|l| l == "table ip ros2_cni"),
         "raiseTtl false removes the TTL table: {}",
         tables(&n1.ns)
     );

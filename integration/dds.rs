@@ -73,7 +73,7 @@ pub fn fastdds_participant() -> std::path::PathBuf {
 
 /// Runs the Fast DDS participant in `x` and `y` for `secs`; Ok when both
 /// matched the other's writer and reader and received 10 samples.
-fn fastdds_pair(
+pub fn fastdds_pair(
     tb: &ros2_cni::lab::testbed::Testbed,
     x: &str,
     y: &str,

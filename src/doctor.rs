@@ -94,6 +94,54 @@ fn participant_label(p: &Value) -> String {
     )
 }
 
+/// MULTICAST_PRESSURE: the agent sees a flood of multicast to groups that
+/// are not routed, naming the interface and the sources (with the pod each
+/// source belongs to, when it is one).
+fn multicast_pressure(inp: &Inputs, p: &Value) -> Option<Finding> {
+    if p["active"] != true {
+        return None;
+    }
+    let iface = p["interface"]
+        .as_str()
+        .unwrap_or("an interface not sampled yet");
+    let rate = p["notRtpsPerSecond"].as_u64().unwrap_or(0);
+    let sources: Vec<String> = p["sources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            let ip = s["source"].as_str().unwrap_or("?");
+            let pod = inp
+                .pods
+                .iter()
+                .find(|c| c.ip.to_string() == ip)
+                .map(|c| format!(" (pod {})", c.pod))
+                .unwrap_or_default();
+            format!(
+                "{ip}{pod} on {}: {} packets to {} groups",
+                s["interface"].as_str().unwrap_or("?"),
+                s["packets"].as_u64().unwrap_or(0),
+                s["groups"].as_u64().unwrap_or(0)
+            )
+        })
+        .collect();
+    let who = if sources.is_empty() {
+        "sources not sampled yet".to_owned()
+    } else {
+        format!("sources in a sample: {}", sources.join("; "))
+    };
+    Some(Finding::new(
+        "MULTICAST_PRESSURE",
+        Severity::Warning,
+        format!(
+            "{rate} multicast packets/s to groups that are not routed arrive on {iface} ({who}). They are \
+             not forwarded and cannot fill the multicast routes (RTPS discovery is unaffected), but they cost \
+             this node and its LAN bandwidth. Fix: stop the sender (a pod: kubectl delete it; a LAN host: find it \
+             by its address)."
+        ),
+    ))
+}
+
 /// Turns what was gathered into findings, most severe first.
 pub fn findings(inp: &Inputs) -> Vec<Finding> {
     let mut out = vec![];
@@ -114,6 +162,9 @@ pub fn findings(inp: &Inputs) -> Vec<Finding> {
                     Severity::Warning,
                     format!("The agent reports: {}", p.as_str().unwrap_or_default()),
                 ));
+            }
+            if let Some(f) = multicast_pressure(inp, &st["multicastPressure"]) {
+                out.push(f);
             }
         }
     }
@@ -226,7 +277,7 @@ pub fn findings(inp: &Inputs) -> Vec<Finding> {
             s["interface"].as_str().unwrap_or(""),
         );
         let forwarded = routes.iter().any(|r| {
-            r["source"] == src
+            (r["source"] == src || r["source"] == "0.0.0.0")
                 && r["group"] == grp
                 && r["oifs"].as_array().is_some_and(|o| !o.is_empty())
                 && r["packets"].as_u64() > Some(0)
@@ -571,6 +622,40 @@ mod tests {
             "{}",
             stale.message
         );
+    }
+
+    #[test]
+    fn multicast_pressure_names_the_interface_and_the_pod() {
+        let mut i = base();
+        i.status = Ok(
+            json!({"routing": true, "uplink": "eth0", "nodeDevice": "ros2br0", "problems": [], "routes": [],
+                "multicastPressure": {"notRtpsPerSecond": 9000, "active": true, "interface": "ros2br0",
+                    "sources": [{"source": "192.168.1.160", "interface": "ros2br0", "groups": 4000, "packets": 1800}]}}),
+        );
+        i.pods = vec![PodCheck {
+            pod: "robots/flood".into(),
+            ip: "192.168.1.160".parse().unwrap(),
+            interface: "ros0".into(),
+            netns: "/x".into(),
+            has_interface: Some(true),
+        }];
+        let f = findings(&i);
+        let p = f
+            .iter()
+            .find(|f| f.code == "MULTICAST_PRESSURE")
+            .expect("MULTICAST_PRESSURE");
+        assert!(
+            p.message.contains("9000")
+                && p.message.contains("ros2br0")
+                && p.message.contains("robots/flood")
+                && p.message.contains("4000 groups"),
+            "{}",
+            p.message
+        );
+        // no pressure: no finding
+        i.status = Ok(json!({"routing": true, "problems": [], "routes": [],
+            "multicastPressure": {"notRtpsPerSecond": 3, "active": false, "interface": null, "sources": []}}));
+        assert!(!findings(&i).iter().any(|f| f.code == "MULTICAST_PRESSURE"));
     }
 
     #[test]

@@ -57,18 +57,10 @@ fn l(pairs: &[(&str, String)]) -> Labels {
 impl prometheus_client::collector::Collector for Collector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let st = self.0.lock().unwrap();
-        let fwd = st
-            .router
-            .as_ref()
-            .map(|r| r.forwarded())
-            .unwrap_or_default();
         let mut pkts = vec![];
         let mut bytes = vec![];
-        for ((g, d), (p, b)) in &fwd {
-            let labels = l(&[
-                ("group", g.to_string()),
-                ("direction", d.as_str().to_string()),
-            ]);
+        for ((g, d), (p, b)) in &st.forwarded {
+            let labels = l(&[("group", g.to_string()), ("direction", d.to_string())]);
             pkts.push((labels.clone(), *p));
             bytes.push((labels, *b));
         }
@@ -97,6 +89,18 @@ impl prometheus_client::collector::Collector for Collector {
         )?;
         counter(
             &mut enc,
+            "ros2cni_multicast_upcalls",
+            "Upcalls from the kernel's multicast router (none expected: the routes are static)",
+            &[(vec![], st.router.as_ref().map_or(0, |r| r.upcalls()))],
+        )?;
+        gauge(
+            &mut enc,
+            "ros2cni_not_rtps_multicast_rate",
+            "Multicast packets per second to groups that are not routed, arriving on the uplink or from pods (last reconcile period)",
+            st.pressure.rate as i64,
+        )?;
+        counter(
+            &mut enc,
             "ros2cni_ttl_raised_packets",
             "RTPS packets whose TTL was raised from 1 to 2",
             &[(vec![], st.ttl_raised)],
@@ -116,7 +120,7 @@ impl prometheus_client::collector::Collector for Collector {
         gauge(
             &mut enc,
             "ros2cni_multicast_routes",
-            "Multicast routes installed in the kernel",
+            "Multicast routes installed in the kernel: one (*,G) per RTPS group and one catch-all",
             st.router.as_ref().map_or(0, |r| r.len()) as i64,
         )?;
         gauge(

@@ -21,6 +21,7 @@
 pub mod metrics;
 pub mod observe;
 pub mod pods;
+pub mod pressure;
 pub mod status;
 
 use crate::config::{Config, Mode};
@@ -28,7 +29,7 @@ use crate::dataplane::macvlan::{ensure_shim, refuse_wireless};
 use crate::dataplane::routed::{ensure_bridge, resolve_uplink};
 use crate::firewall::{self, nfnl::Nfnl};
 use crate::mroute::socket::{Incoming, MrouteSocket};
-use crate::mroute::{Decision, Role, Router, Vif};
+use crate::mroute::{Role, Router, Vif};
 use crate::netlink::{Handle, Link};
 use serde_json::{json, Value};
 use std::os::fd::{AsRawFd, RawFd};
@@ -133,6 +134,11 @@ pub struct State {
     pub pods: usize,
     pub spoofed_drops: u64,
     pub ttl_raised: u64,
+    /// RTPS multicast forwarded, per (group, direction), from the counters
+    /// of `ip ros2_cni_count`.
+    pub forwarded: firewall::Forwarded,
+    /// Multicast to other groups arriving now, and where from.
+    pub pressure: pressure::Pressure,
     pub problems: Vec<String>,
     pub reloads: u64,
     last_expire: Instant,
@@ -180,12 +186,20 @@ fn ensure_node(cfg: &Config) -> Result<(Link, Link), AgentError> {
         if firewall::remove_ttl_rule(&mut nf).map_err(setup_err)? {
             tracing::info!("macvlan mode: removed the RTPS TTL rule");
         }
+        let _ = nf.delete_table(firewall::nfnl::NFPROTO_IPV4, firewall::COUNT_TABLE);
         refuse_wireless(cfg, &uplink.name)?;
         return Ok((uplink, shim));
     }
     let bridge = ensure_bridge(&mut nl, &cfg.bridge, &uplink.name)?;
     if firewall::ensure_table(&mut nf, &firewall::pod_guard_spec()).map_err(setup_err)? {
         tracing::info!("created the anti-spoofing table bridge {}", firewall::TABLE);
+    }
+    let count = firewall::count_spec(&cfg.groups, &uplink.name, &bridge.name);
+    if firewall::ensure_table(&mut nf, &count).map_err(setup_err)? {
+        tracing::debug!(
+            "forward counters for the RTPS groups applied (ip {})",
+            firewall::COUNT_TABLE
+        );
     }
     if !cfg.raise_ttl {
         if firewall::remove_ttl_rule(&mut nf).map_err(setup_err)? {
@@ -333,6 +347,8 @@ pub fn start(opts: &Options) -> Result<State, AgentError> {
         restarts,
         spoofed_drops: 0,
         ttl_raised: 0,
+        forwarded: Default::default(),
+        pressure: Default::default(),
         problems: vec![],
         reloads: 0,
         last_expire: Instant::now(),
@@ -447,17 +463,11 @@ pub fn handle_upcalls(st: &mut State) {
                 }
             }
             Ok(Some(Incoming::Upcall(up))) => match router.handle(up, Instant::now()) {
-                Ok(Decision::Forward { parent, oifs }) => tracing::debug!(
-                    src = %up.src, group = %up.group, parent, ?oifs, "multicast route added"
-                ),
-                Ok(Decision::Drop) => {
-                    tracing::debug!(src = %up.src, group = %up.group, "not an RTPS group: dropping")
-                }
-                Ok(Decision::Ignore(why)) => {
-                    tracing::trace!(src = %up.src, group = %up.group, "upcall ignored: {why}")
+                Ok(d) => {
+                    tracing::debug!(src = %up.src, group = %up.group, vif = up.vif, "unexpected multicast upcall: {d:?}")
                 }
                 Err(e) => {
-                    tracing::warn!(src = %up.src, group = %up.group, "adding a multicast route failed: {e}")
+                    tracing::warn!(src = %up.src, group = %up.group, "re-installing the multicast routes failed: {e}")
                 }
             },
             Ok(None) => return,
@@ -493,6 +503,8 @@ struct Pass {
     records: Vec<crate::ipam::Attachment>,
     routed: bool,
     fastpath: crate::fastpath::FastPath,
+    /// Interfaces to sample for the sources of a multicast flood.
+    sample: Vec<(u32, String)>,
 }
 
 /// What it found and did, to be written back.
@@ -505,6 +517,8 @@ struct Done {
     pods: usize,
     spoofed_drops: Option<u64>,
     ttl_raised: Option<u64>,
+    forwarded: Option<firewall::Forwarded>,
+    sampled: Option<Vec<pressure::Source>>,
 }
 
 impl Pass {
@@ -515,6 +529,14 @@ impl Pass {
             records: st.records.clone(),
             routed: st.router.is_some(),
             fastpath: st.fastpath.clone(),
+            sample: match &st.router {
+                Some(r) if st.pressure.sample_due() => r
+                    .vifs()
+                    .iter()
+                    .map(|v| (v.ifindex, v.name.clone()))
+                    .collect(),
+                _ => vec![],
+            },
         }
     }
 
@@ -571,13 +593,16 @@ impl Pass {
             }
         }
         let nf = Nfnl::new().ok();
-        let (spoofed_drops, ttl_raised) = match nf {
+        let (spoofed_drops, ttl_raised, forwarded) = match nf {
             Some(mut nf) => (
                 firewall::spoofed_drops(&mut nf).ok(),
                 firewall::ttl_raised(&mut nf).ok(),
+                firewall::forwarded(&mut nf).ok(),
             ),
-            None => (None, None),
+            None => (None, None, None),
         };
+        let sampled = (!self.sample.is_empty())
+            .then(|| pressure::sample_interfaces(&self.sample, &self.cfg.groups));
         Done {
             node,
             repairs,
@@ -587,6 +612,8 @@ impl Pass {
             pods: pods_attached(&self.cfg.data_dir),
             spoofed_drops,
             ttl_raised,
+            forwarded,
+            sampled,
         }
     }
 }
@@ -645,6 +672,15 @@ impl Done {
         st.table.expire(now);
         st.ifnames.clear();
         st.spoofed_drops = self.spoofed_drops.unwrap_or(st.spoofed_drops);
+        if let Some(f) = self.forwarded {
+            st.forwarded = f;
+        }
+        if let Some(router) = &st.router {
+            let not_rtps = router.dropped().0;
+            if let Some(msg) = st.pressure.update(now, not_rtps, self.sampled) {
+                tracing::warn!("{msg}");
+            }
+        }
         st.ttl_raised = self.ttl_raised.unwrap_or(st.ttl_raised);
         if problems != st.problems {
             for p in &problems {
@@ -688,7 +724,9 @@ fn reload_config(st: &mut State) -> bool {
         }
         Ok(cfg) => {
             if let Some(r) = st.router.as_mut() {
-                r.set_groups(cfg.groups.clone());
+                if let Err(e) = r.set_groups(cfg.groups.clone()) {
+                    tracing::error!("multicast routes for the new groups: {e}");
+                }
             }
             if !cfg.fast_path && st.cfg.fast_path {
                 st.fastpath.remove(&st.uplink);
@@ -725,6 +763,9 @@ pub fn shutdown(st: &mut State) {
         for g in st.cfg.groups.clone() {
             let _ = router.kernel().send_leave(st.uplink.index, g);
         }
+        if let Ok(mut nf) = Nfnl::new() {
+            let _ = nf.delete_table(firewall::nfnl::NFPROTO_IPV4, firewall::COUNT_TABLE);
+        }
     }
     let _ = std::fs::remove_file(st.cfg.agent_socket());
     tracing::info!("stopped; pods keep their interfaces and unicast connectivity");
@@ -752,9 +793,9 @@ pub fn status_json(st: &State) -> Value {
                 })
                 .collect::<Vec<_>>(),
             r.routes(),
-            r.forwarded()
-                .into_iter()
-                .map(|((g, d), (p, b))| json!({"group": g, "direction": d.as_str(), "packets": p, "bytes": b}))
+            st.forwarded
+                .iter()
+                .map(|((g, d), (p, b))| json!({"group": g, "direction": d, "packets": p, "bytes": b}))
                 .collect::<Vec<_>>(),
             r.dropped(),
         ),
@@ -779,6 +820,8 @@ pub fn status_json(st: &State) -> Value {
         "forwarded": forwarded,
         "dropped": {"notRtps": not_rtps, "wrongInterface": wrong_if, "spoofed": st.spoofed_drops},
         "ttlRaised": st.ttl_raised,
+        "upcalls": st.router.as_ref().map_or(0, |r| r.upcalls()),
+        "multicastPressure": st.pressure.to_json(),
         "igmpReportsSent": st.reports_sent,
         "participants": st.table.len(),
         "fastPath": {

@@ -10,13 +10,16 @@
 //! - `ip ros2_cni` (agent-owned): for packets entering from `uplink` or the
 //!   bridge addressed to an RTPS group, TTL 1 becomes 2, so the multicast router
 //!   forwards Fast DDS / Connext discovery (sent with TTL 1) one hop.
+//! - `ip ros2_cni_count` (agent-owned): counters on the forward hook, one per
+//!   RTPS group and direction, for what the multicast router forwarded (its
+//!   (*,G) entries count both directions together).
 
 pub mod nfnl;
 
 use nfnl::{
     concat_type, ChainSpec, Expr, MetaKey, Nfnl, PayloadBase, RuleSpec, SetSpec, TableSpec,
-    NFPROTO_BRIDGE, NFPROTO_IPV4, NFT_JUMP, NF_ACCEPT, NF_DROP, NF_INET_PRE_ROUTING, REG32_00,
-    TYPE_ETHERADDR, TYPE_IFNAME, TYPE_IPADDR,
+    NFPROTO_BRIDGE, NFPROTO_IPV4, NFT_JUMP, NF_ACCEPT, NF_DROP, NF_INET_FORWARD,
+    NF_INET_PRE_ROUTING, REG32_00, TYPE_ETHERADDR, TYPE_IFNAME, TYPE_IPADDR,
 };
 use std::net::Ipv4Addr;
 
@@ -379,6 +382,99 @@ pub fn remove_ttl_rule(nl: &mut Nfnl) -> Result<bool> {
     nl.delete_table(NFPROTO_IPV4, TABLE)
 }
 
+/// The table of forward counters.
+pub const COUNT_TABLE: &str = "ros2_cni_count";
+
+/// Which way a forwarded packet went, by the interface it came in on.
+pub const DIRECTIONS: [(&str, bool); 2] = [("pods_to_lan", false), ("lan_to_pods", true)];
+
+/// Counters of forwarded RTPS multicast: one rule per group and direction
+/// (in on the bridge and out of the uplink: pods → LAN; the reverse: LAN →
+/// pods). A unicast packet fails the first comparison.
+pub fn count_spec(groups: &[Ipv4Addr], uplink: &str, bridge: &str) -> TableSpec {
+    let mut rules = vec![];
+    for g in groups {
+        for (dir, from_lan) in DIRECTIONS {
+            let (iif, oif) = if from_lan {
+                (uplink, bridge)
+            } else {
+                (bridge, uplink)
+            };
+            rules.push(RuleSpec {
+                comment: comment(&format!("fwd {g} {dir} {iif} {oif}")),
+                exprs: vec![
+                    Expr::Payload {
+                        base: PayloadBase::Network,
+                        offset: 16,
+                        len: 4,
+                        dreg: R0,
+                    },
+                    Expr::CmpEq {
+                        sreg: R0,
+                        data: g.octets().to_vec(),
+                    },
+                    Expr::Meta {
+                        key: MetaKey::IifName,
+                        dreg: R0,
+                    },
+                    Expr::CmpEq {
+                        sreg: R0,
+                        data: ifname_key(iif),
+                    },
+                    // and out of the other one: frames bridged between pods
+                    // also meet this hook when br_netfilter is loaded, with
+                    // the bridge as both interfaces
+                    Expr::Meta {
+                        key: MetaKey::OifName,
+                        dreg: R0,
+                    },
+                    Expr::CmpEq {
+                        sreg: R0,
+                        data: ifname_key(oif),
+                    },
+                    Expr::Counter,
+                ],
+            });
+        }
+    }
+    TableSpec {
+        family: NFPROTO_IPV4,
+        name: COUNT_TABLE.into(),
+        sets: vec![],
+        chains: vec![ChainSpec {
+            name: "forward".into(),
+            hook: Some((NF_INET_FORWARD, -300)),
+            rules,
+        }],
+    }
+}
+
+/// (group, direction) -> (packets, bytes) forwarded.
+pub type Forwarded = std::collections::BTreeMap<(Ipv4Addr, &'static str), (u64, u64)>;
+
+/// What was forwarded, from the counters.
+pub fn forwarded(nl: &mut Nfnl) -> Result<Forwarded> {
+    let prefix = comment("fwd ");
+    let mut out = std::collections::BTreeMap::new();
+    for r in nl.rules(NFPROTO_IPV4, COUNT_TABLE)? {
+        let Some(rest) = r.comment.as_deref().and_then(|c| c.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let mut it = rest.split(' ');
+        let (Some(g), Some(d)) = (it.next().and_then(|g| g.parse().ok()), it.next()) else {
+            continue;
+        };
+        let Some((dir, _)) = DIRECTIONS.iter().find(|(n, _)| *n == d) else {
+            continue;
+        };
+        let (p, b) = r.counter.unwrap_or_default();
+        let t = out.entry((g, *dir)).or_insert((0, 0));
+        t.0 += p;
+        t.1 += b;
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -403,7 +499,12 @@ mod tests {
 
     #[test]
     fn specs_have_unique_comments() {
-        for spec in [pod_guard_spec(), ttl_spec()] {
+        let count = count_spec(
+            &[Ipv4Addr::new(239, 255, 0, 1), Ipv4Addr::new(239, 255, 0, 2)],
+            "eth0",
+            "ros2br0",
+        );
+        for spec in [pod_guard_spec(), ttl_spec(), count] {
             let mut seen = std::collections::HashSet::new();
             for c in &spec.chains {
                 for r in &c.rules {

@@ -1,18 +1,28 @@
 //! IPv4 multicast routing for RTPS: which packets go where.
 //!
-//! The kernel forwards multicast by (source, group) entries (MFC) that say on
-//! which virtual interface (VIF) a packet must arrive and on which VIFs it
-//! leaves. We have two kinds of VIF: the uplink (the robot LAN) and the node
-//! bridge (all pods). When a packet of a group without an entry arrives, the
-//! kernel asks us (an upcall); [`Router`] decides:
-//! - an RTPS group from the LAN goes to the pods, from the pods to the LAN —
-//!   never back where it came from, so nothing loops or repeats however many
-//!   nodes share the LAN, and the source address is kept;
-//! - any other group gets an entry with no outgoing VIF: the kernel then drops
-//!   it quietly (and counts it) instead of asking again.
+//! The kernel forwards multicast by entries (MFC) that say on which virtual
+//! interfaces (VIFs) a packet arrives and leaves. We have two kinds of VIF:
+//! the uplink (the robot LAN) and the node bridge (all pods). The routes are
+//! static and their number is fixed by the config, whatever arrives:
+//! - one **(*,G) entry per RTPS group** (source 0.0.0.0) listing both VIFs:
+//!   the kernel forwards a packet of G to every listed VIF but the one it
+//!   arrived on — an RTPS group from the LAN goes to the pods, from the pods
+//!   to the LAN, never back where it came from, so nothing loops or repeats
+//!   however many nodes share the LAN, and the source address is kept. A new
+//!   source needs no upcall and costs no state.
+//! - one **(*,*) entry** (group and source 0.0.0.0) whose parent is no VIF:
+//!   it makes both VIFs part of the "static tree" (which the (*,G) entries
+//!   need to be used from either VIF), and it catches every other group, so
+//!   the kernel neither forwards nor asks us about them: no number of other
+//!   groups or spoofed sources, from pods or from the LAN, can fill a table or
+//!   an upcall queue. Local delivery on the node is not affected.
 //!
-//! Everything that talks to the kernel sits behind the [`Mroute`] trait, so
-//! this logic is tested without root.
+//! The semantics are the kernel's proxy entries (net/ipv4/ipmr.c:
+//! `ipmr_cache_find_any`, `ip_mr_forward`); [`fake::FakeMroute`] models them
+//! so that this logic is tested without root, and the integration tests check
+//! the same on the real kernel.
+//!
+//! Everything that talks to the kernel sits behind the [`Mroute`] trait.
 
 pub mod socket;
 
@@ -102,30 +112,21 @@ impl Direction {
     }
 }
 
-/// What the router did with an upcall.
+/// What the router did with an upcall. With static routes the kernel has
+/// no reason to ask: an upcall means some entry is missing (counted, and the
+/// routes are re-installed by the next reconcile pass).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    /// Installed a forwarding entry.
-    Forward { parent: u16, oifs: Vec<u16> },
-    /// Installed an entry that drops (not an RTPS group).
-    Drop,
-    /// Did nothing (unknown VIF, other upcall kind, table full, known entry).
     Ignore(&'static str),
-}
-
-#[derive(Debug, Clone)]
-struct Entry {
-    parent: u16,
-    forwards: bool,
-    seen_packets: u64,
-    last_active: Instant,
 }
 
 /// One multicast route as reported in status and metrics.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RouteInfo {
+    /// 0.0.0.0: every source.
     pub source: Ipv4Addr,
     pub group: Ipv4Addr,
+    /// The VIFs a packet may arrive on (and leaves on the others of).
     pub iif: String,
     pub oifs: Vec<String>,
     pub packets: u64,
@@ -133,17 +134,22 @@ pub struct RouteInfo {
     pub wrong_if: u64,
 }
 
+/// The VIF index the catch-all (*,*) entry names as its parent: no VIF has
+/// it, so the kernel never forwards anything the catch-all matches.
+pub const NO_VIF: u16 = (socket::MAXVIFS - 1) as u16;
+
 /// The RTPS multicast router for one node.
 pub struct Router<M: Mroute> {
     kernel: M,
     groups: Vec<Ipv4Addr>,
     vifs: Vec<Vif>,
-    entries: BTreeMap<(Ipv4Addr, Ipv4Addr), Entry>,
-    /// Counts of forwarding entries already removed, per (group, direction).
-    retired: BTreeMap<(Ipv4Addr, Direction), (u64, u64)>,
-    /// Packets dropped by removed non-RTPS entries.
-    retired_drops: u64,
-    max_entries: usize,
+    /// Groups whose (*,G) entry is installed.
+    installed: Vec<Ipv4Addr>,
+    catch_all: bool,
+    /// Counts of (*,G) entries removed (group reload), per group.
+    retired: BTreeMap<Ipv4Addr, (u64, u64)>,
+    /// Upcalls received: none are expected (see [`Decision`]).
+    upcalls: u64,
 }
 
 /// Packets must have a TTL above this to leave on a VIF. With the TTL rule
@@ -151,22 +157,19 @@ pub struct Router<M: Mroute> {
 /// packets arrive with TTL 1 — they die at the next router, never looping.
 pub const TTL_THRESHOLD: u8 = 1;
 
+const ANY: Ipv4Addr = Ipv4Addr::UNSPECIFIED;
+
 impl<M: Mroute> Router<M> {
     pub fn new(kernel: M, groups: Vec<Ipv4Addr>) -> Self {
         Router {
             kernel,
             groups,
             vifs: vec![],
-            entries: BTreeMap::new(),
+            installed: vec![],
+            catch_all: false,
             retired: BTreeMap::new(),
-            retired_drops: 0,
-            max_entries: 4096,
+            upcalls: 0,
         }
-    }
-
-    pub fn with_max_entries(mut self, n: usize) -> Self {
-        self.max_entries = n;
-        self
     }
 
     pub fn kernel(&self) -> &M {
@@ -181,18 +184,26 @@ impl<M: Mroute> Router<M> {
         &self.groups
     }
 
+    /// Number of installed entries: one per group, plus the catch-all.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.installed.len() + usize::from(self.catch_all)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
-    /// Makes the VIF table `want` (index = VIF number). Unchanged VIFs stay;
-    /// any change flushes all entries (their VIF numbers may mean something else).
+    /// Upcalls received so far (none expected).
+    pub fn upcalls(&self) -> u64 {
+        self.upcalls
+    }
+
+    /// Makes the VIF table `want` (index = VIF number) and installs the
+    /// routes. Unchanged VIFs stay; any change re-installs every entry
+    /// (their VIF numbers may mean something else).
     pub fn set_vifs(&mut self, want: Vec<Vif>) -> io::Result<bool> {
         if want == self.vifs {
+            self.install()?;
             return Ok(false);
         }
         self.flush();
@@ -204,147 +215,105 @@ impl<M: Mroute> Router<M> {
             self.kernel.add_vif(i as u16, v.ifindex, TTL_THRESHOLD)?;
             self.vifs.push(v.clone());
         }
+        self.install()?;
         Ok(true)
     }
 
-    /// Changes the routed groups; entries of groups no longer routed go.
-    pub fn set_groups(&mut self, groups: Vec<Ipv4Addr>) {
-        let stale: Vec<_> = self
-            .entries
-            .keys()
-            .filter(|(_, g)| self.groups.contains(g) != groups.contains(g))
-            .copied()
-            .collect();
-        self.groups = groups;
-        for k in stale {
-            self.remove(k);
-        }
-    }
-
-    /// The VIFs a packet arriving on `parent` leaves on: every VIF of the
-    /// other role (pods -> uplink, uplink -> pods), never its own.
-    fn oifs_for(&self, parent: u16) -> Vec<u16> {
-        let Some(role) = self.vifs.get(parent as usize).map(|v| v.role) else {
-            return vec![];
-        };
+    /// Every VIF with the forwarding threshold: the oif list of each entry.
+    fn all_vifs(&self) -> Vec<(u16, u8)> {
         (0..self.vifs.len() as u16)
-            .filter(|v| *v != parent && self.vifs[*v as usize].role != role)
+            .map(|v| (v, TTL_THRESHOLD))
             .collect()
     }
 
-    fn direction(&self, parent: u16) -> Direction {
-        match self.vifs.get(parent as usize).map(|v| v.role) {
-            Some(Role::Uplink) => Direction::LanToPods,
-            _ => Direction::PodsToLan,
+    /// Installs what is missing: the catch-all, then a (*,G) per group.
+    /// Idempotent; called on every reconcile pass, so an entry removed
+    /// behind our back comes back.
+    pub fn install(&mut self) -> io::Result<()> {
+        if self.vifs.is_empty() {
+            return Ok(());
         }
+        let oifs = self.all_vifs();
+        if !self.catch_all {
+            self.kernel.add_mfc(ANY, ANY, NO_VIF, &oifs)?;
+            self.catch_all = true;
+        }
+        for g in self.groups.clone() {
+            if !self.installed.contains(&g) {
+                self.kernel.add_mfc(ANY, g, 0, &oifs)?;
+                self.installed.push(g);
+            }
+        }
+        Ok(())
     }
 
-    /// Decides what to do with an upcall and tells the kernel.
-    pub fn handle(&mut self, up: Upcall, now: Instant) -> io::Result<Decision> {
+    /// Changes the routed groups: entries of groups no longer routed go,
+    /// new groups get theirs.
+    pub fn set_groups(&mut self, groups: Vec<Ipv4Addr>) -> io::Result<()> {
+        let stale: Vec<_> = self
+            .installed
+            .iter()
+            .filter(|g| !groups.contains(g))
+            .copied()
+            .collect();
+        self.groups = groups;
+        for g in stale {
+            self.remove(g);
+        }
+        self.install()
+    }
+
+    fn remove(&mut self, g: Ipv4Addr) {
+        let c = self.kernel.sg_count(ANY, g).unwrap_or_default();
+        let t = self.retired.entry(g).or_default();
+        t.0 += c.packets;
+        t.1 += c.bytes;
+        let _ = self.kernel.del_mfc(ANY, g, 0);
+        self.installed.retain(|x| *x != g);
+    }
+
+    /// An upcall: none is expected with static routes; counted, and the
+    /// routes are checked again.
+    pub fn handle(&mut self, up: Upcall, _now: Instant) -> io::Result<Decision> {
+        self.upcalls += 1;
         if up.kind != UpcallKind::NoCache {
             return Ok(Decision::Ignore("not a missing-route upcall"));
         }
-        if up.vif as usize >= self.vifs.len() {
-            return Ok(Decision::Ignore("unknown VIF"));
-        }
-        if self.entries.contains_key(&(up.src, up.group)) {
-            return Ok(Decision::Ignore("entry exists"));
-        }
-        if self.entries.len() >= self.max_entries {
-            return Ok(Decision::Ignore("route table full"));
-        }
-        let forwards = self.groups.contains(&up.group);
-        let oifs: Vec<u16> = if forwards {
-            self.oifs_for(up.vif)
-        } else {
-            vec![]
-        };
-        let ttls: Vec<(u16, u8)> = oifs.iter().map(|v| (*v, TTL_THRESHOLD)).collect();
-        self.kernel.add_mfc(up.src, up.group, up.vif, &ttls)?;
-        self.entries.insert(
-            (up.src, up.group),
-            Entry {
-                parent: up.vif,
-                forwards,
-                seen_packets: 0,
-                last_active: now,
-            },
-        );
-        Ok(if forwards {
-            Decision::Forward {
-                parent: up.vif,
-                oifs,
-            }
-        } else {
-            Decision::Drop
-        })
+        // the kernel lost our entries (e.g. another MRT_* user flushed them)
+        self.catch_all = false;
+        self.installed.clear();
+        self.install()?;
+        Ok(Decision::Ignore("routes re-installed"))
     }
 
-    fn remove(&mut self, key: (Ipv4Addr, Ipv4Addr)) {
-        let Some(e) = self.entries.remove(&key) else {
-            return;
-        };
-        let c = self.kernel.sg_count(key.0, key.1).unwrap_or_default();
-        if e.forwards {
-            let d = self.direction(e.parent);
-            let t = self.retired.entry((key.1, d)).or_default();
-            t.0 += c.packets;
-            t.1 += c.bytes;
-        } else {
-            self.retired_drops += c.packets;
-        }
-        let _ = self.kernel.del_mfc(key.0, key.1, e.parent);
-    }
-
-    /// Removes entries that carried no packet for `idle`; returns how many.
-    pub fn expire(&mut self, now: Instant, idle: Duration) -> usize {
-        let mut stale = vec![];
-        for (k, e) in self.entries.iter_mut() {
-            let c = self.kernel.sg_count(k.0, k.1).unwrap_or_default();
-            if c.packets != e.seen_packets {
-                e.seen_packets = c.packets;
-                e.last_active = now;
-            } else if now.duration_since(e.last_active) >= idle {
-                stale.push(*k);
-            }
-        }
-        let n = stale.len();
-        for k in stale {
-            self.remove(k);
-        }
-        n
+    /// Kept for the reconcile pass: static routes never expire.
+    pub fn expire(&mut self, _now: Instant, _idle: Duration) -> usize {
+        0
     }
 
     /// Removes every entry (the VIFs stay).
     pub fn flush(&mut self) {
-        let keys: Vec<_> = self.entries.keys().copied().collect();
-        for k in keys {
-            self.remove(k);
+        for g in self.installed.clone() {
+            self.remove(g);
+        }
+        if self.catch_all {
+            let _ = self.kernel.del_mfc(ANY, ANY, NO_VIF);
+            self.catch_all = false;
         }
     }
 
-    /// The installed entries with their kernel counters.
+    /// The installed (*,G) entries with their kernel counters.
     pub fn routes(&self) -> Vec<RouteInfo> {
-        self.entries
+        let names: Vec<String> = self.vifs.iter().map(|v| v.name.clone()).collect();
+        self.installed
             .iter()
-            .map(|((src, grp), e)| {
-                let c = self.kernel.sg_count(*src, *grp).unwrap_or_default();
-                let name = |v: u16| {
-                    self.vifs
-                        .get(v as usize)
-                        .map(|v| v.name.clone())
-                        .unwrap_or_default()
-                };
-                let oifs = if e.forwards {
-                    self.oifs_for(e.parent).into_iter().map(name).collect()
-                } else {
-                    vec![]
-                };
+            .map(|g| {
+                let c = self.kernel.sg_count(ANY, *g).unwrap_or_default();
                 RouteInfo {
-                    source: *src,
-                    group: *grp,
-                    iif: name(e.parent),
-                    oifs,
+                    source: ANY,
+                    group: *g,
+                    iif: names.join(","),
+                    oifs: names.clone(),
                     packets: c.packets,
                     bytes: c.bytes,
                     wrong_if: c.wrong_if,
@@ -353,33 +322,32 @@ impl<M: Mroute> Router<M> {
             .collect()
     }
 
-    /// Packets and bytes forwarded so far per (group, direction), including
-    /// entries already expired.
-    pub fn forwarded(&self) -> BTreeMap<(Ipv4Addr, Direction), (u64, u64)> {
+    /// Packets and bytes of each routed group so far (both directions),
+    /// including entries already removed.
+    pub fn forwarded(&self) -> BTreeMap<Ipv4Addr, (u64, u64)> {
         let mut out = self.retired.clone();
-        for ((src, grp), e) in &self.entries {
-            if !e.forwards {
-                continue;
-            }
-            let c = self.kernel.sg_count(*src, *grp).unwrap_or_default();
-            let t = out.entry((*grp, self.direction(e.parent))).or_default();
+        for g in &self.installed {
+            let c = self.kernel.sg_count(ANY, *g).unwrap_or_default();
+            let t = out.entry(*g).or_default();
             t.0 += c.packets;
             t.1 += c.bytes;
         }
         out
     }
 
-    /// Packets dropped: to groups we do not route, and arriving on the wrong VIF.
+    /// Packets not forwarded: of other groups (matched by the catch-all),
+    /// and of RTPS groups arriving where they should not.
     pub fn dropped(&self) -> (u64, u64) {
-        let mut not_rtps = self.retired_drops;
-        let mut wrong_if = 0;
-        for ((src, grp), e) in &self.entries {
-            let c = self.kernel.sg_count(*src, *grp).unwrap_or_default();
-            wrong_if += c.wrong_if;
-            if !e.forwards {
-                not_rtps += c.packets;
-            }
-        }
+        let not_rtps = if self.catch_all {
+            self.kernel.sg_count(ANY, ANY).unwrap_or_default().packets
+        } else {
+            0
+        };
+        let wrong_if = self
+            .installed
+            .iter()
+            .map(|g| self.kernel.sg_count(ANY, *g).unwrap_or_default().wrong_if)
+            .sum();
         (not_rtps, wrong_if)
     }
 }
@@ -444,6 +412,80 @@ pub mod fake {
             Ok(VifCount::default())
         }
     }
+
+    impl FakeMroute {
+        fn member(oifs: &[(u16, u8)], vif: u16) -> bool {
+            oifs.iter().any(|(v, t)| *v == vif && *t > 0 && *t < 255)
+        }
+
+        /// What the kernel does with a packet of (`src`, `group`) arriving
+        /// on `vif` with `ttl` (net/ipv4/ipmr.c): the VIFs it leaves on, or
+        /// None when no entry matches (an upcall).
+        pub fn forward(
+            &self,
+            vif: u16,
+            src: Ipv4Addr,
+            group: Ipv4Addr,
+            ttl: u8,
+        ) -> Option<Vec<u16>> {
+            let any = Ipv4Addr::UNSPECIFIED;
+            let out = |oifs: &[(u16, u8)], skip: Option<u16>| -> Vec<u16> {
+                let mut v: Vec<u16> = oifs
+                    .iter()
+                    .filter(|(o, t)| {
+                        Some(*o) != skip && *t > 0 && ttl > *t && self.vifs.contains_key(o)
+                    })
+                    .map(|(o, _)| *o)
+                    .collect();
+                v.sort();
+                v
+            };
+            // (S,G): arrival must be the parent
+            if let Some((parent, oifs)) = self.mfc.get(&(src, group)) {
+                return Some(if *parent == vif {
+                    out(oifs, None)
+                } else {
+                    vec![]
+                });
+            }
+            // the (*,*) entry whose oifs include `v`: the static tree
+            let proxy = |v: u16| {
+                self.mfc
+                    .get(&(any, any))
+                    .filter(|(_, o)| Self::member(o, v))
+            };
+            // (*,G), found when the arrival VIF is one of its oifs
+            if let Some((parent, oifs)) = self.mfc.get(&(any, group)) {
+                if Self::member(oifs, vif)
+                    || proxy(*parent).is_some_and(|(_, o)| Self::member(o, vif))
+                {
+                    let in_tree = proxy(*parent).is_some_and(|(_, o)| Self::member(o, vif));
+                    if !in_tree && *parent != vif {
+                        return Some(vec![]); // wrong interface
+                    }
+                    return Some(out(oifs, Some(vif)));
+                }
+            }
+            // (*,*): forwards only to its parent, and only from elsewhere
+            if let Some((parent, oifs)) = proxy(vif) {
+                if proxy(*parent).is_none() && *parent != vif {
+                    return Some(vec![]); // wrong interface: dropped
+                }
+                let up = oifs
+                    .iter()
+                    .find(|(o, _)| o == parent)
+                    .map_or(255, |(_, t)| *t);
+                return Some(
+                    if *parent != vif && ttl > up && self.vifs.contains_key(parent) {
+                        vec![*parent]
+                    } else {
+                        vec![]
+                    },
+                );
+            }
+            None
+        }
+    }
 }
 
 #[cfg(test)]
@@ -477,146 +519,87 @@ mod tests {
         r
     }
 
-    fn nocache(vif: u16, src: Ipv4Addr, group: Ipv4Addr) -> Upcall {
-        Upcall {
-            kind: UpcallKind::NoCache,
-            vif,
-            src,
-            group,
-        }
-    }
-
     #[test]
     fn rtps_from_pods_goes_to_the_lan_only() {
-        let mut r = router();
-        let d = r.handle(nocache(1, POD, SPDP), Instant::now()).unwrap();
-        assert_eq!(
-            d,
-            Decision::Forward {
-                parent: 1,
-                oifs: vec![0]
-            }
-        );
-        assert_eq!(r.kernel().mfc[&(POD, SPDP)], (1, vec![(0, TTL_THRESHOLD)]));
+        let r = router();
+        assert_eq!(r.kernel().forward(1, POD, SPDP, 2), Some(vec![0]));
     }
 
     #[test]
     fn rtps_from_the_lan_goes_to_pods_never_back_to_the_lan() {
-        let mut r = router();
-        let d = r.handle(nocache(0, LAPTOP, SPDP), Instant::now()).unwrap();
+        let r = router();
         assert_eq!(
-            d,
-            Decision::Forward {
-                parent: 0,
-                oifs: vec![1]
-            }
-        );
-        let (_, oifs) = &r.kernel().mfc[&(LAPTOP, SPDP)];
-        assert!(
-            !oifs.iter().any(|(v, _)| *v == 0),
+            r.kernel().forward(0, LAPTOP, SPDP, 2),
+            Some(vec![1]),
             "LAN -> LAN would duplicate on every node"
         );
     }
 
     #[test]
-    fn other_groups_are_dropped_quietly() {
-        let mut r = router();
-        assert_eq!(
-            r.handle(nocache(0, LAPTOP, SSDP), Instant::now()).unwrap(),
-            Decision::Drop
-        );
-        assert_eq!(r.kernel().mfc[&(LAPTOP, SSDP)], (0, vec![]));
+    fn ttl_1_is_not_forwarded() {
+        // the TTL rule raises RTPS TTL 1 to 2 before routing; what is still 1 dies here
+        let r = router();
+        assert_eq!(r.kernel().forward(1, POD, SPDP, 1), Some(vec![]));
+    }
+
+    #[test]
+    fn other_groups_are_caught_and_dropped_without_upcalls() {
+        let r = router();
+        for i in 0..5000u32 {
+            let g = Ipv4Addr::from(u32::from(Ipv4Addr::new(239, 1, 0, 0)) + i);
+            assert_eq!(r.kernel().forward(1, POD, g, 32), Some(vec![]), "{g}");
+            assert_eq!(r.kernel().forward(0, LAPTOP, g, 32), Some(vec![]), "{g}");
+        }
+        // spoofed sources on an RTPS group: one entry serves them all
+        for i in 0..1000u32 {
+            let src = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 9, 0, 0)) + i);
+            assert_eq!(r.kernel().forward(0, src, SPDP, 2), Some(vec![1]));
+        }
+        assert_eq!(r.kernel().mfc.len(), 2, "the catch-all and one (*,G)");
         r.kernel().counts.borrow_mut().insert(
-            (LAPTOP, SSDP),
+            (ANY, ANY),
             SgCount {
                 packets: 7,
                 bytes: 700,
-                wrong_if: 0,
+                wrong_if: 7,
             },
         );
         assert_eq!(r.dropped().0, 7);
-        assert!(r.forwarded().is_empty());
+        assert_eq!(r.upcalls(), 0);
     }
 
     #[test]
-    fn ignores_what_it_cannot_place() {
+    fn the_routes_are_bounded_by_the_config() {
+        let mut r = Router::new(FakeMroute::default(), vec![SPDP, SSDP]);
+        r.set_vifs(two_vifs()).unwrap();
+        assert_eq!(r.len(), 3);
+        assert_eq!(r.kernel().mfc.len(), 3);
+        assert_eq!(r.kernel().mfc[&(ANY, ANY)].0, NO_VIF);
+    }
+
+    #[test]
+    fn upcalls_reinstall_lost_routes() {
         let mut r = router();
-        assert_eq!(
-            r.handle(nocache(9, POD, SPDP), Instant::now()).unwrap(),
-            Decision::Ignore("unknown VIF")
-        );
-        let wrong = Upcall {
-            kind: UpcallKind::WrongVif,
-            ..nocache(0, POD, SPDP)
+        // another MRT_* user flushed the table
+        r.kernel.mfc.clear();
+        assert_eq!(r.kernel().forward(1, POD, SPDP, 2), None, "an upcall");
+        let up = Upcall {
+            kind: UpcallKind::NoCache,
+            vif: 1,
+            src: POD,
+            group: SPDP,
         };
-        assert!(matches!(
-            r.handle(wrong, Instant::now()).unwrap(),
-            Decision::Ignore(_)
-        ));
-        r.handle(nocache(1, POD, SPDP), Instant::now()).unwrap();
-        assert_eq!(
-            r.handle(nocache(1, POD, SPDP), Instant::now()).unwrap(),
-            Decision::Ignore("entry exists")
-        );
-        assert!(r.kernel().mfc.len() == 1);
+        r.handle(up, Instant::now()).unwrap();
+        assert_eq!(r.kernel().forward(1, POD, SPDP, 2), Some(vec![0]));
+        assert_eq!(r.upcalls(), 1);
     }
 
     #[test]
-    fn table_is_bounded() {
-        let mut r = router().with_max_entries(2);
-        for i in 0..5u8 {
-            let _ = r
-                .handle(
-                    nocache(0, Ipv4Addr::new(192, 168, 1, i), SPDP),
-                    Instant::now(),
-                )
-                .unwrap();
-        }
-        assert_eq!(r.len(), 2);
-        assert_eq!(r.kernel().mfc.len(), 2);
-    }
-
-    #[test]
-    fn idle_entries_expire_and_keep_their_counts() {
+    fn vif_change_reinstalls_entries() {
         let mut r = router();
-        let t0 = Instant::now();
-        r.handle(nocache(1, POD, SPDP), t0).unwrap();
-        r.handle(nocache(0, LAPTOP, SPDP), t0).unwrap();
-        r.kernel().counts.borrow_mut().insert(
-            (POD, SPDP),
-            SgCount {
-                packets: 3,
-                bytes: 300,
-                wrong_if: 0,
-            },
-        );
-        // POD's entry saw traffic at t0+10, LAPTOP's never
-        assert_eq!(
-            r.expire(t0 + Duration::from_secs(10), Duration::from_secs(60)),
-            0
-        );
-        assert_eq!(
-            r.expire(t0 + Duration::from_secs(61), Duration::from_secs(60)),
-            1
-        );
-        assert!(r.kernel().mfc.contains_key(&(POD, SPDP)));
-        assert!(!r.kernel().mfc.contains_key(&(LAPTOP, SPDP)));
-        assert_eq!(
-            r.expire(t0 + Duration::from_secs(75), Duration::from_secs(60)),
-            1
-        );
-        assert!(r.is_empty());
-        // the 3 packets forwarded pods -> LAN are still counted
-        assert_eq!(r.forwarded()[&(SPDP, Direction::PodsToLan)], (3, 300));
-    }
-
-    #[test]
-    fn vif_change_flushes_entries() {
-        let mut r = router();
-        r.handle(nocache(1, POD, SPDP), Instant::now()).unwrap();
         let same = r.vifs().to_vec();
-        assert!(!r.set_vifs(same).unwrap(), "no change, no flush");
-        assert_eq!(r.len(), 1);
+        assert!(!r.set_vifs(same).unwrap(), "no change");
+        assert_eq!(r.len(), 2);
         // the bridge was re-created with a new ifindex
         r.set_vifs(vec![
             Vif {
@@ -631,36 +614,57 @@ mod tests {
             },
         ])
         .unwrap();
-        assert!(r.is_empty() && r.kernel().mfc.is_empty());
         assert_eq!(r.kernel().vifs[&1], 9);
+        assert_eq!(r.kernel().forward(1, POD, SPDP, 2), Some(vec![0]));
+        assert_eq!(r.kernel().mfc.len(), 2);
     }
 
     #[test]
-    fn group_reload_drops_entries_of_removed_groups() {
+    fn group_reload_moves_the_entries_and_keeps_counts() {
         let mut r = router();
-        r.handle(nocache(1, POD, SPDP), Instant::now()).unwrap();
-        r.handle(nocache(0, LAPTOP, SSDP), Instant::now()).unwrap();
-        r.set_groups(vec![SSDP]);
-        // both entries changed meaning: SPDP no longer routed, SSDP now routed
-        assert!(r.is_empty());
+        r.kernel().counts.borrow_mut().insert(
+            (ANY, SPDP),
+            SgCount {
+                packets: 3,
+                bytes: 300,
+                wrong_if: 0,
+            },
+        );
+        r.set_groups(vec![SSDP]).unwrap();
         assert_eq!(
-            r.handle(nocache(0, LAPTOP, SSDP), Instant::now()).unwrap(),
-            Decision::Forward {
-                parent: 0,
-                oifs: vec![1]
-            }
+            r.kernel().forward(1, POD, SPDP, 2),
+            Some(vec![]),
+            "no longer routed"
+        );
+        assert_eq!(
+            r.kernel().forward(1, POD, SSDP, 2),
+            Some(vec![0]),
+            "now routed"
+        );
+        assert_eq!(
+            r.forwarded()[&SPDP],
+            (3, 300),
+            "counts of the removed entry stay"
         );
     }
 
     #[test]
-    fn kernel_errors_are_reported_not_recorded() {
+    fn flush_removes_everything() {
         let mut r = router();
-        r.kernel = FakeMroute {
-            fail_add_mfc: true,
-            ..Default::default()
-        };
-        r.vifs = two_vifs();
-        assert!(r.handle(nocache(1, POD, SPDP), Instant::now()).is_err());
+        r.flush();
+        assert!(r.is_empty() && r.kernel().mfc.is_empty());
+    }
+
+    #[test]
+    fn kernel_errors_are_reported_not_recorded() {
+        let mut r = Router::new(
+            FakeMroute {
+                fail_add_mfc: true,
+                ..Default::default()
+            },
+            vec![SPDP],
+        );
+        assert!(r.set_vifs(two_vifs()).is_err());
         assert!(r.is_empty());
     }
 }
