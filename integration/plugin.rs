@@ -1177,7 +1177,15 @@ fn del_of_a_stale_record_leaves_the_new_owners_address_entries() {
     let pod = tb.add_pod(&s).unwrap();
     let ip = ip_of(&pod);
     let data = tb.node(1).data_dir.join("ros2-cni");
+    // the new owner: its lease and its record (they are always written
+    // together; a lease without a record is a leftover that DEL reclaims)
     std::fs::write(data.join(format!("leases/{ip}")), "newpod_eth0").unwrap();
+    let old_record = format!("attachments/{}_eth0.json", pod.container_id);
+    std::fs::copy(
+        data.join(&old_record),
+        data.join("attachments/newpod_eth0.json"),
+    )
+    .unwrap();
     tb.del_pod(&pod, &s).unwrap();
     let st = node_state(&tb, 1);
     assert!(
@@ -1197,7 +1205,11 @@ fn del_of_a_stale_record_leaves_the_new_owners_address_entries() {
         st.leases.contains(&ip.to_string()),
         "the new owner's lease kept"
     );
-    assert!(st.attachments.is_empty(), "the stale record is gone");
+    assert_eq!(
+        st.attachments.iter().collect::<Vec<_>>(),
+        ["newpod_eth0.json"],
+        "the stale record is gone, the new owner's stays"
+    );
     assert!(
         !st.links.iter().any(|l| l.starts_with("r2c")),
         "the old pod's link is gone"
