@@ -827,18 +827,6 @@ fn del_hands_the_slow_teardown_to_the_agent_and_an_immediate_re_add_works() {
 }
 
 /// `tc -j filter show dev DEV ingress` names in `ns`.
-fn bpf_filters(ns: &str, dev: &str) -> Vec<String> {
-    let out =
-        ros2_cni::lab::testbed::ns_sh(ns, &["tc", "-j", "filter", "show", "dev", dev, "ingress"])
-            .unwrap_or_default();
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or(serde_json::Value::Null);
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|f| f["options"]["bpf_name"].as_str().map(str::to_owned))
-        .collect()
-}
-
 fn ping_ttl(from: &str, to: Ipv4Addr) -> Option<u32> {
     let out =
         ros2_cni::lab::testbed::ns_sh(from, &["ping", "-c", "2", "-W", "2", "-n", &to.to_string()])

@@ -252,3 +252,16 @@ pub fn gc(tb: &Testbed, node: usize, conf: &Value) -> PluginRun {
     )
     .expect("run GC")
 }
+
+/// Names of the BPF programs attached at tc ingress of `dev` in `ns`.
+pub fn bpf_filters(ns: &str, dev: &str) -> Vec<String> {
+    let out =
+        ros2_cni::lab::testbed::ns_sh(ns, &["tc", "-j", "filter", "show", "dev", dev, "ingress"])
+            .unwrap_or_default();
+    let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f["options"]["bpf_name"].as_str().map(str::to_owned))
+        .collect()
+}

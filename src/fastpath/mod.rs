@@ -4,13 +4,21 @@
 //! kernel's FIB (`bpf_fib_lookup`), a router's TTL decrement, and the
 //! anti-spoofing check, in a few dozen instructions.
 //!
+//! Both take only plain, untagged IPv4: a frame with a VLAN tag (802.1Q or
+//! 802.1ad, in the packet data or in the skb's metadata, where the kernel's
+//! receive path puts an outer tag before tc ingress — seen on the test bed's
+//! veths) or another ethertype is never redirected; it continues on the
+//! normal path, which decides it exactly as without the programs (see
+//! `forwarder`).
+//!
 //! - `r2c_pod` on each pod's host veth (tc ingress): an IPv4 frame that does
 //!   not carry the pod's own MAC and address is dropped (the same check as the
 //!   bridge's nft set). Unicast whose route leaves through the uplink, with a
 //!   resolved neighbour, TTL > 1, no IP options or fragments and a size the
 //!   uplink takes, gets TTL − 1, the next hop's MACs and goes straight out of
-//!   the uplink. Everything else (ARP, multicast, other pods on the node, the
-//!   node itself, unresolved neighbours) continues to the bridge as before.
+//!   the uplink. Everything else (tagged frames, ARP, multicast, other pods
+//!   on the node, the node itself, unresolved neighbours) continues to the
+//!   bridge as before.
 //! - `r2c_lan` on the uplink (tc ingress): unicast to one of this node's pods
 //!   (its route leads to the bridge) gets TTL − 1, the pod's and the bridge's
 //!   MACs and is handed to the bridge's transmit path, skipping the node's
@@ -34,6 +42,7 @@ use std::os::fd::AsFd;
 pub const PRIO: u16 = 0x2c2c;
 
 // struct __sk_buff offsets
+const SKB_VLAN_PRESENT: i16 = 20;
 const SKB_DATA: i16 = 76;
 const SKB_DATA_END: i16 = 80;
 // struct bpf_fib_lookup on the stack at r10 - 64
@@ -62,13 +71,32 @@ pub struct PodId {
 /// anti-spoofing check.
 fn forwarder(fib_in: u32, out: u32, pod: Option<PodId>) -> Vec<Insn> {
     let mut a = Asm::new();
+    // Only plain, untagged IPv4 is ours; every other frame goes to the normal
+    // path unchanged and is never redirected, because a redirect keeps what
+    // the frame carries besides its IPv4 packet. A VLAN tag above all: the
+    // kernel's receive path (skb_vlan_untag, before tc ingress) has already
+    // moved an outer 802.1Q or 802.1ad tag out of the packet data into the
+    // skb's metadata — on the pod veths and the uplink alike (tested: the
+    // data then starts with the inner ethertype, 0x0800) — and a redirect out
+    // of the uplink transmits that tag again: a pod would choose the VLAN and
+    // priority its packets leave the node with, and a LAN host the tag its
+    // frames reach a pod with. The normal path decides such frames as it
+    // does without the fast path: the bridge's anti-spoofing table drops
+    // (and counts) every tagged frame from a pod port; on the uplink the
+    // kernel hands a tagged frame to a VLAN device if the node has one,
+    // takes a priority-only tag (VLAN 0) as untagged, and drops the rest.
     a.mov_x(R6, R1)
+        .ldx(Size::W, R5, R6, SKB_VLAN_PRESENT)
+        .jmp_k(Cond::Ne, R5, 0, "pass")
         .ldx(Size::W, R2, R6, SKB_DATA)
         .ldx(Size::W, R3, R6, SKB_DATA_END)
         .mov_x(R4, R2)
         .alu_k(Alu::Add, R4, 34)
         .jmp_x(Cond::Gt, R4, R3, "pass")
-        // IPv4 only; ARP and the rest go to the normal path
+        // IPv4 only, by the ethertype in the data: a tag still there (one
+        // under the outer tag in the metadata, or an outer one a path left in
+        // the data: 0x8100, 0x88a8), ARP, IPv6 and every other ethertype go
+        // to the normal path
         .ldx(Size::H, R5, R2, 12)
         .jmp_k(Cond::Ne, R5, 0x0008, "pass");
     if let Some(p) = pod {
@@ -330,6 +358,41 @@ mod tests {
                 }
             }
             assert_eq!(p.last().unwrap().code, 0x95, "ends with exit");
+        }
+    }
+
+    #[test]
+    fn frames_with_a_vlan_tag_in_the_metadata_or_not_ipv4_in_the_data_pass() {
+        let pod = PodId {
+            mac: [0x0e, 0x2c, 192, 168, 1, 10],
+            ip: Ipv4Addr::new(192, 168, 1, 10),
+        };
+        for p in [pod_program(pod, 5, 2), lan_program(2, 5)] {
+            let target = |i: usize| (i as isize + 1 + p[i].off as isize) as usize;
+            let passes = |i: usize| {
+                let t = target(i);
+                // mov r0, TC_ACT_OK; exit
+                p[t].code == 0xb7
+                    && p[t].regs & 0x0f == 0
+                    && p[t].imm == TC_ACT_OK
+                    && p[t + 1].code == 0x95
+            };
+            // r6 = ctx; r5 = ctx->vlan_present (u32); if r5 != 0 goto pass
+            assert_eq!((p[1].code, p[1].regs, p[1].off), (0x61, 0x65, 20));
+            assert_eq!((p[2].code, p[2].regs & 0x0f, p[2].imm), (0x55, 5, 0));
+            assert!(passes(2), "a tagged frame passes");
+            // the ethertype in the data: anything but 0x0800 passes
+            let et = p
+                .iter()
+                .position(|i| i.code == 0x69 && i.off == 12)
+                .expect("ethertype load");
+            assert_eq!((p[et + 1].code, p[et + 1].imm), (0x55, 0x0008));
+            assert!(passes(et + 1), "not IPv4 passes");
+            let redirect = p
+                .iter()
+                .position(|i| i.code == 0x85 && i.imm == helper::REDIRECT)
+                .unwrap();
+            assert!(1 < et && et < redirect);
         }
     }
 
