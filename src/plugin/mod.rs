@@ -103,27 +103,25 @@ pub fn run(cmd: &str, stdin: &[u8], getenv: impl Fn(&str) -> Option<String>) -> 
         .and_then(Value::as_str)
         .ok_or_else(|| CniError::invalid_config("cniVersion: missing or not a string"))?;
     let version = Version::parse(version_s)?;
-    // DEL and GC must not fail because the config stopped validating since
-    // ADD (runtimes stop the DEL chain at the first failure, so the primary
-    // plugin's DEL would not run either): they tear down from the records
-    if matches!(cmd, Command::Del | Command::Gc) {
-        let td = TeardownConfig::from_raw(&raw)?;
-        if cmd == Command::Del {
-            return del(&td, &env).map(|_| Output::Nothing);
-        }
-        if !version.allows_gc_and_status() {
-            return Err(CniError::new(
-                Code::IncompatibleVersion,
-                format!("config version {version} does not allow GC (needs 1.1.0)"),
-            ));
-        }
-        return gc(&td, &raw).map(|_| Output::Nothing);
-    }
-    let cfg = Config::from_value(&raw, true, None)?;
+    // ADD, CHECK and STATUS validate the whole config; DEL and GC must not
+    // fail because it stopped validating since ADD (runtimes stop the DEL
+    // chain at the first failure, so the primary plugin's DEL would not run
+    // either): they tear down from the records
+    let strict = || Config::from_value(&raw, true, None);
     match cmd {
-        Command::Add => add(&cfg, &env, &raw, version),
-        Command::Del | Command::Gc => unreachable!("handled above"),
+        Command::Add => add(&strict()?, &env, &raw, version),
+        Command::Del => del(&TeardownConfig::from_raw(&raw)?, &env).map(|_| Output::Nothing),
+        Command::Gc => {
+            if !version.allows_gc_and_status() {
+                return Err(CniError::new(
+                    Code::IncompatibleVersion,
+                    format!("config version {version} does not allow GC (needs 1.1.0)"),
+                ));
+            }
+            gc(&TeardownConfig::from_raw(&raw)?, &raw).map(|_| Output::Nothing)
+        }
         Command::Check => {
+            let cfg = strict()?;
             if !version.allows_check() {
                 return Err(CniError::new(
                     Code::IncompatibleVersion,
@@ -139,7 +137,7 @@ pub fn run(cmd: &str, stdin: &[u8], getenv: impl Fn(&str) -> Option<String>) -> 
                     format!("config version {version} does not allow STATUS (needs 1.1.0)"),
                 ));
             }
-            status(&cfg).map(|_| Output::Nothing)
+            status(&strict()?).map(|_| Output::Nothing)
         }
         Command::Version => unreachable!("handled above"),
     }
@@ -176,8 +174,6 @@ pub struct TeardownConfig {
     pub name: String,
     log_file: Option<std::path::PathBuf>,
     log_level: String,
-    /// Why the config did not validate, if it did not.
-    pub invalid: Option<String>,
 }
 
 impl TeardownConfig {
@@ -189,7 +185,6 @@ impl TeardownConfig {
                 log_level: cfg.log_level.clone(),
                 log_file: cfg.log_file.clone(),
                 data_dir: cfg.data_dir,
-                invalid: None,
             }),
             Err(e) => {
                 let s = |k: &str| raw.get(k).and_then(Value::as_str);
@@ -214,7 +209,6 @@ impl TeardownConfig {
                         .map(std::path::PathBuf::from)
                         .filter(|p| p.is_absolute()),
                     log_level: "info".into(),
-                    invalid: Some(e.to_string()),
                 };
                 td.init_logging();
                 tracing::warn!(
