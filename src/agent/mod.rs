@@ -139,6 +139,8 @@ pub struct State {
     pub forwarded: firewall::Forwarded,
     /// Multicast to other groups arriving now, and where from.
     pub pressure: pressure::Pressure,
+    /// Records and leases changed before this are durable (synced).
+    synced_until: SystemTime,
     pub problems: Vec<String>,
     pub reloads: u64,
     last_expire: Instant,
@@ -349,6 +351,7 @@ pub fn start(opts: &Options) -> Result<State, AgentError> {
         ttl_raised: 0,
         forwarded: Default::default(),
         pressure: Default::default(),
+        synced_until: UNIX_EPOCH,
         problems: vec![],
         reloads: 0,
         last_expire: Instant::now(),
@@ -505,6 +508,7 @@ struct Pass {
     fastpath: crate::fastpath::FastPath,
     /// Interfaces to sample for the sources of a multicast flood.
     sample: Vec<(u32, String)>,
+    synced_until: SystemTime,
 }
 
 /// What it found and did, to be written back.
@@ -519,6 +523,7 @@ struct Done {
     ttl_raised: Option<u64>,
     forwarded: Option<firewall::Forwarded>,
     sampled: Option<Vec<pressure::Source>>,
+    synced_until: SystemTime,
 }
 
 impl Pass {
@@ -529,6 +534,7 @@ impl Pass {
             records: st.records.clone(),
             routed: st.router.is_some(),
             fastpath: st.fastpath.clone(),
+            synced_until: st.synced_until,
             sample: match &st.router {
                 Some(r) if st.pressure.sample_due() => r
                     .vifs()
@@ -542,6 +548,23 @@ impl Pass {
 
     /// The kernel work, without the state.
     fn run(mut self) -> Done {
+        // the plugin does not sync its records (that would cost every pod's
+        // start a disk flush): they become durable here, within a period
+        let started = SystemTime::now();
+        let synced_until =
+            match crate::ipam::Store::new(&self.cfg.data_dir).sync_changed(self.synced_until) {
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::debug!("synced {n} attachment record(s) and lease(s) to disk");
+                    }
+                    // a file written while we looked is synced next time
+                    started - Duration::from_secs(1)
+                }
+                Err(e) => {
+                    tracing::warn!("syncing the attachment records: {e}");
+                    self.synced_until
+                }
+            };
         let node = ensure_node(&self.cfg).map_err(|e| e.to_string());
         let (mut repairs, mut pod_problems) = (vec![], vec![]);
         let mut became_unavailable = false;
@@ -614,6 +637,7 @@ impl Pass {
             ttl_raised,
             forwarded,
             sampled,
+            synced_until,
         }
     }
 }
@@ -672,6 +696,7 @@ impl Done {
         st.table.expire(now);
         st.ifnames.clear();
         st.spoofed_drops = self.spoofed_drops.unwrap_or(st.spoofed_drops);
+        st.synced_until = self.synced_until;
         if let Some(f) = self.forwarded {
             st.forwarded = f;
         }

@@ -451,11 +451,17 @@ impl Store {
         })
     }
 
-    /// Writes an attachment's record atomically and durably: a temporary
-    /// file, synced, renamed over the record, and the directory synced (so a
-    /// power cut leaves the old record or the new one, never an empty one).
-    /// Call with the lock held (a temporary record seen under the lock is
-    /// then always a leftover).
+    /// Writes an attachment's record atomically: a temporary file renamed
+    /// over the record. Call with the lock held (a temporary record seen
+    /// under the lock is then always a leftover).
+    ///
+    /// Not synced here: a flush costs about 4 ms on the benchmark machine
+    /// (twice, with the directory), on every pod's start path. The agent
+    /// makes new records and leases durable within a reconcile period
+    /// ([`Store::sync_changed`]); and a power cut, which ends every pod
+    /// anyway, leaves nothing that is not recovered: a lost record's lease
+    /// is reclaimed, an empty record is forgotten by its key, an empty lease
+    /// is taken back (all tested).
     pub fn write_attachment(&self, key: &str, att: &Attachment) -> Result<()> {
         let p = self.attachment_path(key);
         let tmp = self.attachments().join(format!(".{key}.tmp"));
@@ -463,8 +469,7 @@ impl Store {
         let written = (|| {
             let mut f = File::create(&tmp)?;
             crate::faults::point("temporary record created");
-            f.write_all(&body)?;
-            f.sync_data()
+            f.write_all(&body)
         })();
         if let Err(e) = written {
             // e.g. ENOSPC: no 0-byte temporary record stays behind
@@ -474,10 +479,45 @@ impl Store {
         crate::faults::point("temporary record written");
         fs::rename(&tmp, &p).map_err(io("rename", &p))?;
         crate::faults::point("record renamed");
-        let dir = self.attachments();
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("sync directory", &dir))
+        Ok(())
+    }
+
+    /// Makes durable what changed since `since`: the records and leases
+    /// modified since (fdatasync), then both directories (fsync), so that
+    /// creations and removals survive a power cut too. Returns how many
+    /// files were synced. For the agent, off the pods' start path.
+    pub fn sync_changed(&self, since: std::time::SystemTime) -> Result<usize> {
+        let mut synced = 0;
+        let mut dirs_changed = false;
+        for dir in [self.attachments(), self.leases()] {
+            let changed = |m: &fs::Metadata| m.modified().is_ok_and(|t| t >= since);
+            match fs::metadata(&dir) {
+                Ok(m) if changed(&m) => dirs_changed = true,
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(io("stat", &dir)(e)),
+            }
+            for ent in fs::read_dir(&dir)
+                .map_err(io("read directory", &dir))?
+                .flatten()
+            {
+                if ent.metadata().is_ok_and(|m| m.is_file() && changed(&m)) {
+                    // removed meanwhile: nothing to sync
+                    if let Ok(f) = File::open(ent.path()) {
+                        f.sync_data().map_err(io("sync", &ent.path()))?;
+                        synced += 1;
+                    }
+                }
+            }
+        }
+        if dirs_changed || synced > 0 {
+            for dir in [self.attachments(), self.leases()] {
+                if let Ok(d) = File::open(&dir) {
+                    d.sync_all().map_err(io("sync directory", &dir))?;
+                }
+            }
+        }
+        Ok(synced)
     }
 
     /// Removes what killed invocations left, with the pool lock held (see
@@ -822,5 +862,41 @@ mod tests {
         };
         assert!(matches!(e, Error::LockTimeout { .. }));
         fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn sync_changed_syncs_what_changed_since() {
+        let d = tmp();
+        let store = Store::new(&d);
+        store.init().unwrap();
+        let before = std::time::SystemTime::now() - Duration::from_secs(2);
+        let lock = store.lock(Duration::from_secs(1)).unwrap();
+        let pool: Pool = Pool::parse("192.168.1.160/30").unwrap();
+        let subnet: Ipv4Net = "192.168.1.0/24".parse().unwrap();
+        store
+            .allocate(&lock, &pool, &subnet, "c1_eth0", |ip| Attachment {
+                container_id: "c1".into(),
+                ifname: "eth0".into(),
+                pod_if: "ros0".into(),
+                netns: "/x".into(),
+                ip,
+                prefix_len: 24,
+                mac: String::new(),
+                host_if: String::new(),
+                node_dev: String::new(),
+                uplink: String::new(),
+                mode: "routed".into(),
+                cleared_multicast: false,
+                primary_ips: vec![],
+                pod_namespace: String::new(),
+                pod_name: String::new(),
+                network: String::new(),
+            })
+            .unwrap();
+        // the record and its lease
+        assert_eq!(store.sync_changed(before).unwrap(), 2);
+        let later = std::time::SystemTime::now() + Duration::from_secs(3600);
+        assert_eq!(store.sync_changed(later).unwrap(), 0, "nothing new");
+        fs::remove_dir_all(&d).unwrap();
     }
 }
