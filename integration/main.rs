@@ -11,6 +11,7 @@ mod doctor;
 mod install;
 mod lab;
 mod libcni;
+mod limits;
 mod macvlan;
 mod plugin;
 mod reliability;

@@ -18,6 +18,7 @@
 //! SIGHUP reloads the config; SIGTERM/SIGINT remove only what the agent alone
 //! needs (TTL rule, multicast routes, its socket) and keep pod-facing state.
 
+pub mod limits;
 pub mod metrics;
 pub mod observe;
 pub mod pods;
@@ -149,6 +150,8 @@ pub struct State {
     pub records: Vec<crate::ipam::Attachment>,
     /// The tc/BPF fast path (routed mode).
     pub fastpath: crate::fastpath::FastPath,
+    /// The discovery rate limits and what they dropped.
+    pub limits: limits::LimitState,
     /// `dataDir/agent.lock`, held while this agent runs: one agent per node.
     _instance: Option<std::fs::File>,
 }
@@ -345,6 +348,7 @@ pub fn start(opts: &Options) -> Result<State, AgentError> {
         attachments_mtime: None,
         records: vec![],
         fastpath: Default::default(),
+        limits: Default::default(),
         _instance: Some(instance),
     })
     .map(|mut st| {
@@ -493,6 +497,7 @@ struct Pass {
     records: Vec<crate::ipam::Attachment>,
     routed: bool,
     fastpath: crate::fastpath::FastPath,
+    limits: limits::LimitState,
 }
 
 /// What it found and did, to be written back.
@@ -505,6 +510,7 @@ struct Done {
     pods: usize,
     spoofed_drops: Option<u64>,
     ttl_raised: Option<u64>,
+    limits: limits::LimitState,
 }
 
 impl Pass {
@@ -515,6 +521,7 @@ impl Pass {
             records: st.records.clone(),
             routed: st.router.is_some(),
             fastpath: st.fastpath.clone(),
+            limits: st.limits.clone(),
         }
     }
 
@@ -578,6 +585,9 @@ impl Pass {
             ),
             None => (None, None),
         };
+        let uplink = node.as_ref().ok().map(|(u, _)| u.name.as_str());
+        self.limits
+            .reconcile(&self.cfg, &self.records, uplink, self.routed);
         Done {
             node,
             repairs,
@@ -587,6 +597,7 @@ impl Pass {
             pods: pods_attached(&self.cfg.data_dir),
             spoofed_drops,
             ttl_raised,
+            limits: self.limits,
         }
     }
 }
@@ -615,6 +626,8 @@ impl Done {
             tracing::info!("repaired pod state: {r}");
         }
         problems.extend(self.pod_problems);
+        problems.extend(self.limits.problem.clone());
+        st.limits = self.limits;
         st.fastpath = self.fastpath;
         if self.fastpath_became_unavailable {
             if let Some(why) = &st.fastpath.unavailable {
@@ -779,6 +792,7 @@ pub fn status_json(st: &State) -> Value {
         "forwarded": forwarded,
         "dropped": {"notRtps": not_rtps, "wrongInterface": wrong_if, "spoofed": st.spoofed_drops},
         "ttlRaised": st.ttl_raised,
+        "discoveryLimits": st.limits.status_json(),
         "igmpReportsSent": st.reports_sent,
         "participants": st.table.len(),
         "fastPath": {

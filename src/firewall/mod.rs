@@ -11,6 +11,7 @@
 //!   bridge addressed to an RTPS group, TTL 1 becomes 2, so the multicast router
 //!   forwards Fast DDS / Connext discovery (sent with TTL 1) one hop.
 
+pub mod limits;
 pub mod nfnl;
 
 use nfnl::{

@@ -38,6 +38,7 @@ mod msg {
     pub const DELCHAIN: u16 = 5;
     pub const NEWRULE: u16 = 6;
     pub const GETRULE: u16 = 7;
+    pub const DELRULE: u16 = 8;
     pub const NEWSET: u16 = 9;
     pub const GETSET: u16 = 10;
     pub const NEWSETELEM: u16 = 12;
@@ -52,10 +53,12 @@ pub const NF_INET_FORWARD: u32 = 2;
 pub const NF_DROP: i32 = 0;
 pub const NF_ACCEPT: i32 = 1;
 pub const NFT_JUMP: i32 = -3;
+pub const NFT_GOTO: i32 = -4;
 pub const NFT_RETURN: i32 = -5;
 
 /// nft datatype ids (nftables' datatype.h), only for how `nft list` prints keys.
 pub const TYPE_IPADDR: u32 = 7;
+pub const TYPE_INET_SERVICE: u32 = 13;
 pub const TYPE_ETHERADDR: u32 = 9;
 pub const TYPE_IFNAME: u32 = 41;
 
@@ -120,6 +123,16 @@ pub enum Expr {
         chain: Option<String>,
     },
     Counter,
+    /// `limit rate [over] RATE/UNIT burst BURST packets`: with `over`, the
+    /// rule goes on only for packets beyond the rate (the usual "drop the
+    /// excess"); without, only for packets within it. A token bucket of
+    /// `burst` packets refilled at `rate` per `unit_seconds`.
+    Limit {
+        rate: u64,
+        unit_seconds: u64,
+        burst: u32,
+        over: bool,
+    },
 }
 
 /// Builds netlink attributes into a byte buffer.
@@ -184,6 +197,7 @@ fn encode_expr(a: &mut Attrs, e: &Expr) {
         Expr::Lookup { .. } => "lookup",
         Expr::Immediate { .. } | Expr::Verdict { .. } => "immediate",
         Expr::Counter => "counter",
+        Expr::Limit { .. } => "limit",
     };
     a.str(1, name); // NFTA_EXPR_NAME
     a.begin(2); // NFTA_EXPR_DATA
@@ -237,6 +251,19 @@ fn encode_expr(a: &mut Attrs, e: &Expr) {
         Expr::Counter => {
             a.put(1, &0u64.to_be_bytes()).put(2, &0u64.to_be_bytes());
         }
+        Expr::Limit {
+            rate,
+            unit_seconds,
+            burst,
+            over,
+        } => {
+            // NFTA_LIMIT_RATE, _UNIT (u64), _BURST, _TYPE (NFT_LIMIT_PKTS), _FLAGS (NFT_LIMIT_F_INV)
+            a.put(1, &rate.to_be_bytes())
+                .put(2, &unit_seconds.to_be_bytes())
+                .be32(3, *burst)
+                .be32(4, 0)
+                .be32(5, u32::from(*over));
+        }
     }
     a.end(); // EXPR_DATA
     a.end(); // LIST_ELEM
@@ -273,10 +300,21 @@ pub struct RuleSpec {
     pub exprs: Vec<Expr>,
 }
 
+/// One change of [`Nfnl::edit`].
+#[derive(Debug, Clone)]
+pub enum Edit {
+    DeleteRule { chain: String, handle: u64 },
+    AppendRule { chain: String, rule: RuleSpec },
+    AddElements { set: String, keys: Vec<Vec<u8>> },
+    DeleteElements { set: String, keys: Vec<Vec<u8>> },
+}
+
 /// A rule as dumped back: its chain, comment and counter (packets, bytes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DumpedRule {
     pub chain: String,
+    /// The kernel's handle of the rule (to delete just this one).
+    pub handle: u64,
     pub comment: Option<String>,
     pub counter: Option<(u64, u64)>,
 }
@@ -592,28 +630,58 @@ impl Nfnl {
         }
         for c in &chains {
             // flush: DELRULE with table + chain only
-            let mut m = Message::new(8, 0, spec.family);
+            let mut m = Message::new(msg::DELRULE, 0, spec.family);
             m.attrs.str(1, &spec.name).str(2, &c.name);
             msgs.push(m);
         }
         for c in &chains {
             for r in &c.rules {
-                let mut m = Message::new(
-                    msg::NEWRULE,
-                    NLM_F_CREATE | 0x800, /* APPEND */
-                    spec.family,
-                );
-                m.attrs.str(1, &spec.name).str(2, &c.name);
-                m.attrs.begin(4);
-                for e in &r.exprs {
-                    encode_expr(&mut m.attrs, e);
-                }
-                m.attrs.end();
-                m.attrs.put(7, &comment_udata(&r.comment));
-                msgs.push(m);
+                msgs.push(Self::rule_msg(spec.family, &spec.name, &c.name, r));
             }
         }
         self.batch(&format!("apply table {}", spec.name), msgs)
+    }
+
+    /// NEWRULE appending `r` to `chain`.
+    fn rule_msg(family: u8, table: &str, chain: &str, r: &RuleSpec) -> Message {
+        let mut m = Message::new(msg::NEWRULE, NLM_F_CREATE | 0x800 /* APPEND */, family);
+        m.attrs.str(1, table).str(2, chain);
+        m.attrs.begin(4);
+        for e in &r.exprs {
+            encode_expr(&mut m.attrs, e);
+        }
+        m.attrs.end();
+        m.attrs.put(7, &comment_udata(&r.comment));
+        m
+    }
+
+    /// Applies `edits` to `table` in one transaction: all or nothing. Rules
+    /// and set elements not named keep their state (counters, limit buckets).
+    pub fn edit(&mut self, family: u8, table: &str, edits: &[Edit]) -> Result<()> {
+        if edits.is_empty() {
+            return Ok(());
+        }
+        let msgs = edits
+            .iter()
+            .map(|e| match e {
+                Edit::DeleteRule { chain, handle } => {
+                    let mut m = Message::new(msg::DELRULE, 0, family);
+                    m.attrs
+                        .str(1, table)
+                        .str(2, chain)
+                        .put(3, &handle.to_be_bytes());
+                    m
+                }
+                Edit::AppendRule { chain, rule } => Self::rule_msg(family, table, chain, rule),
+                Edit::AddElements { set, keys } => {
+                    Self::elem_msg(msg::NEWSETELEM, family, table, set, keys)
+                }
+                Edit::DeleteElements { set, keys } => {
+                    Self::elem_msg(msg::DELSETELEM, family, table, set, keys)
+                }
+            })
+            .collect();
+        self.batch(&format!("edit table {table}"), msgs)
     }
 
     /// Deletes a table; Ok(false) if it did not exist.
@@ -643,6 +711,7 @@ impl Nfnl {
             }
             let mut r = DumpedRule {
                 chain: String::new(),
+                handle: 0,
                 comment: None,
                 counter: None,
             };
@@ -651,6 +720,11 @@ impl Nfnl {
                 match at {
                     1 => tbl = cstr(p),
                     2 => r.chain = cstr(p),
+                    3 => {
+                        r.handle = p
+                            .get(..8)
+                            .map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap()))
+                    }
                     4 => r.counter = parse_counter(p),
                     7 => r.comment = parse_comment(p),
                     _ => {}

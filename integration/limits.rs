@@ -1,0 +1,328 @@
+//! Discovery floods: a pod (or a LAN host) sending RTPS discovery datagrams
+//! to 239.255.0.1:7400 as fast as it can is limited at its node, the rest of
+//! the graph keeps discovering, and the agent says who is being limited.
+
+use crate::common::*;
+use ros2_cni::lab::probe::ddsperf_probe;
+use ros2_cni::lab::testbed::{http_get, ns_sh, Pod, Testbed};
+use serde_json::{json, Value};
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+/// The shipped defaults (docs/config.md).
+const POD_RATE: u64 = 200;
+const POD_BURST: u64 = 1000;
+const UPLINK_RATE: u64 = 2000;
+const UPLINK_BURST: u64 = 10000;
+
+/// A python loop that sends RTPS-looking datagrams to 239.255.0.1:PORT with
+/// TTL 1 (like Fast DDS) for `secs`, then prints how many it sent.
+fn flood_script(port: u16, secs: f64) -> String {
+    format!(
+        r#"
+import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+msg = b"RTPS\x02\x03\x01\x0f" + bytes(12) + b"flood" * 20
+dst = ("239.255.0.1", {port})
+n = 0
+end = time.monotonic() + {secs}
+while time.monotonic() < end:
+    for _ in range(100):
+        try:
+            s.sendto(msg, dst)
+            n += 1
+        except OSError:
+            pass
+print(n)
+"#
+    )
+}
+
+/// Runs the flood inside `ns` on a thread; join it for the number sent.
+fn flood(ns: &str, port: u16, secs: f64) -> std::thread::JoinHandle<u64> {
+    let ns = ns.to_owned();
+    std::thread::spawn(move || {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns,
+                "python3",
+                "-c",
+                &flood_script(port, secs),
+            ])
+            .output()
+            .expect("run python3");
+        assert!(
+            out.status.success(),
+            "flood: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("flood prints its count")
+    })
+}
+
+/// A counting table in `ns` (nft CLI, test side only): packets from `src`
+/// to UDP port `port` entering at prerouting (optionally only on `iif`).
+fn count_in(ns: &str, family: &str, src: Ipv4Addr, port: u16, iif: Option<&str>) {
+    let iif = iif.map(|i| format!("iifname \"{i}\" ")).unwrap_or_default();
+    let rules = format!(
+        "table {family} r2t_count {{\n chain pre {{\n  type filter hook prerouting priority -400; policy accept;\n  {iif}ip saddr {src} udp dport {port} counter\n }}\n}}\n"
+    );
+    let path = std::env::temp_dir().join(format!("r2t-count-{ns}-{family}.nft"));
+    std::fs::write(&path, rules).unwrap();
+    ns_sh(ns, &["nft", "-f", path.to_str().unwrap()]).unwrap();
+    let _ = std::fs::remove_file(path);
+}
+
+fn counted(ns: &str, family: &str) -> u64 {
+    let j = ros2_cni::lab::testbed::nft_json(ns, &["table", family, "r2t_count"]).unwrap();
+    j["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|i| i["rule"]["expr"].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| e["counter"]["packets"].as_u64())
+        .sum()
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // fields after the command name (which is in parentheses)
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks as f64 / hz
+}
+
+fn status_pod<'a>(st: &'a Value, pod: &str) -> Option<&'a Value> {
+    st["discoveryLimits"]["pods"]
+        .as_array()?
+        .iter()
+        .find(|p| p["pod"] == pod)
+}
+
+/// Runs `ros2-cni doctor --json` inside a node; returns (exit code, report).
+fn doctor(tb: &Testbed, node: usize) -> (i32, Value) {
+    let n = tb.node(node);
+    let cfg = n.data_dir.join("agent.json");
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &n.ns,
+            BIN,
+            "doctor",
+            "--json",
+            "--config",
+            cfg.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "doctor --json printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), v)
+}
+
+fn metric(tb: &Testbed, node: usize, series: &str) -> Option<f64> {
+    let m = http_get(&tb.node(node).ns, "127.0.0.1:9741", "/metrics").unwrap();
+    m.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+struct Flooded {
+    sent: u64,
+    secs: f64,
+    /// Agent CPU during the flood, in cores, per node.
+    cpu: Vec<f64>,
+}
+
+/// Floods from `ns` for `secs` while measuring the agents' CPU.
+fn flood_and_measure(tb: &Testbed, agents: &[u32], ns: &str, secs: f64) -> Flooded {
+    let cpu0: Vec<f64> = agents.iter().map(|p| cpu_seconds(*p)).collect();
+    let t0 = Instant::now();
+    let sent = flood(ns, 7400, secs).join().unwrap();
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = agents
+        .iter()
+        .zip(cpu0)
+        .map(|(p, c0)| (cpu_seconds(*p) - c0) / wall)
+        .collect();
+    let _ = tb;
+    Flooded {
+        sent,
+        secs: wall,
+        cpu,
+    }
+}
+
+fn two_nodes(extra: &Value) -> (Testbed, Vec<u32>, Pod, Pod, Pod) {
+    let tb = bed(2);
+    let agents: Vec<u32> = (1..=2)
+        .map(|i| tb.start_agent(tb.node(i), extra).unwrap())
+        .collect();
+    let fl = tb.add_pod(&spec("flooder", 1)).unwrap();
+    let a1 = tb.add_pod(&spec("a1", 1)).unwrap();
+    let b1 = tb.add_pod(&spec("b1", 2)).unwrap();
+    (tb, agents, fl, a1, b1)
+}
+
+#[test]
+fn a_pod_flooding_discovery_is_limited_at_its_node_and_discovery_goes_on() {
+    assert!(
+        ros2_cni::lab::probe::have_ddsperf(),
+        "ddsperf missing: apt-get install cyclonedds-tools"
+    );
+    let (tb, agents, fl, a1, b1) = two_nodes(&json!({}));
+    let src = ip_of(&fl);
+    // the agent lists the pod within a reconcile period
+    wait_for(10, "the flooding pod's limit rule", || {
+        status_pod(&tb.agent_status(tb.node(1)).unwrap(), "flooder").is_some()
+    });
+    count_in(&tb.switch, "bridge", src, 7400, Some(&tb.node(1).port));
+    count_in(&b1.ns, "ip", src, 7400, None);
+    count_in(&a1.ns, "ip", src, 7400, None);
+
+    // discovery between two other pods, one on each node, during the flood
+    let secs = 4.0;
+    let (a, b) = (a1.ns.clone(), b1.ns.clone());
+    let probe = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        ddsperf_probe(&a, &b, 7, Duration::from_secs(3)).unwrap()
+    });
+    let f = flood_and_measure(&tb, &agents, &fl.ns, secs);
+    let d = probe.join().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (lan, other_node, same_node) = (
+        counted(&tb.switch, "bridge"),
+        counted(&b1.ns, "ip"),
+        counted(&a1.ns, "ip"),
+    );
+    let allowed = POD_BURST + POD_RATE * (f.secs.ceil() as u64 + 1);
+    eprintln!(
+        "flood: {} datagrams in {:.2} s ({:.0}/s); reached the LAN {lan}, the other node's pod {other_node}, \
+         the same node's pod {same_node} (allowed {allowed}); agent CPU {:.1}% / {:.1}% of a core; \
+         discovery a1 -> b1 after {:?} s",
+        f.sent,
+        f.secs,
+        f.sent as f64 / f.secs,
+        f.cpu[0] * 100.0,
+        f.cpu[1] * 100.0,
+        d.seconds
+    );
+    assert!(
+        f.sent > 10 * allowed,
+        "the flood was no flood ({} sent): the test proves nothing",
+        f.sent
+    );
+    for (what, n) in [
+        ("the LAN", lan),
+        ("the other node's pod", other_node),
+        ("the same node's pod", same_node),
+    ] {
+        assert!(
+            n <= allowed,
+            "{n} flood datagrams reached {what}; the limit allows {allowed}"
+        );
+        assert!(
+            n > 0,
+            "nothing reached {what}: the limit must pass traffic within the rate"
+        );
+    }
+    for (i, c) in f.cpu.iter().enumerate() {
+        assert!(
+            *c < 0.25,
+            "agent on node {} used {:.0}% of a core during the flood",
+            i + 1,
+            c * 100.0
+        );
+    }
+    assert!(
+        d.discovered() && d.seconds.is_some_and(|s| s < 2.0),
+        "a1 and b1 must still discover each other within 2 s during the flood:\n{}",
+        d.output
+    );
+
+    // the agent's account: status, metrics, doctor
+    let mut st = Value::Null;
+    wait_for(10, "the drops in the status", || {
+        st = tb.agent_status(tb.node(1)).unwrap();
+        status_pod(&st, "flooder").is_some_and(|p| p["limitedPackets"].as_u64() > Some(0))
+    });
+    let dropped = f.sent.saturating_sub(lan);
+    let mut counted_drops = 0;
+    wait_for(10, "every dropped datagram counted", || {
+        st = tb.agent_status(tb.node(1)).unwrap();
+        counted_drops = status_pod(&st, "flooder").unwrap()["limitedPackets"]
+            .as_u64()
+            .unwrap();
+        // what did not reach the LAN was dropped by the pod's rule (a few may
+        // have been lost in the pod's own queue, never counted anywhere)
+        counted_drops >= dropped * 9 / 10
+    });
+    let p = status_pod(&st, "flooder").unwrap();
+    assert_eq!(p["namespace"], "robots", "{p}");
+    assert!(p["lastLimited"].as_u64().is_some(), "{p}");
+    for quiet in ["a1"] {
+        assert_eq!(
+            status_pod(&st, quiet).unwrap()["limitedPackets"],
+            0,
+            "{quiet} sent nothing to limit: {st}"
+        );
+    }
+    assert_eq!(
+        st["discoveryLimits"]["pod"],
+        json!({"rate": POD_RATE, "burst": POD_BURST})
+    );
+    let m = metric(
+        &tb,
+        1,
+        "ros2cni_pod_rate_limited_packets_total{namespace=\"robots\",pod=\"flooder\"}",
+    )
+    .expect("the pod's series on the metrics page");
+    assert!(
+        m as u64 >= counted_drops,
+        "metrics {m} vs status {counted_drops}"
+    );
+    assert_eq!(
+        metric(
+            &tb,
+            1,
+            "ros2cni_pod_rate_limited_packets_total{namespace=\"robots\",pod=\"a1\"}"
+        ),
+        Some(0.0)
+    );
+    let (_, report) = doctor(&tb, 1);
+    let finding = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["code"] == "POD_RATE_LIMITED")
+        .unwrap_or_else(|| panic!("no POD_RATE_LIMITED finding: {report:#}"));
+    let msg = finding["message"].as_str().unwrap();
+    assert!(
+        msg.contains("robots/flooder") && msg.contains("podDiscoveryRate") && !msg.contains("a1"),
+        "{msg}"
+    );
+    let (_, report2) = doctor(&tb, 2);
+    assert!(
+        !report2["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["code"] == "POD_RATE_LIMITED"),
+        "node 2 limited nobody: {report2:#}"
+    );
+}

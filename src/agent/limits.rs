@@ -1,0 +1,275 @@
+//! The agent's side of the discovery rate limits (`src/firewall/limits.rs`):
+//! one rule per attached pod, kept in step with the attachment records on
+//! every reconcile pass, and the counts of what the rules dropped.
+//!
+//! The kernel's counters live in the rules: a rule that is replaced (its
+//! limit changed on reload, or the table was re-created after someone flushed
+//! it) starts again from zero. The agent therefore keeps, per rule, what the
+//! rules it replaced had counted, so the totals in the status and the metrics
+//! only ever grow while the agent runs.
+
+use crate::config::Config;
+use crate::firewall::limits::{self as fw, Limit};
+use crate::firewall::nfnl::{DumpedRule, Nfnl};
+use crate::ipam::Attachment;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How long after its last drop a pod still counts as "being limited".
+pub const RECENT: Duration = Duration::from_secs(300);
+
+/// Packets one limit rule dropped, carried across replacements of the rule.
+#[derive(Debug, Clone, Default)]
+pub struct Drops {
+    /// The rule's handle when last read (0: none).
+    handle: u64,
+    /// Its counter then.
+    last: u64,
+    /// What replaced rules had counted.
+    base: u64,
+    /// `base + last`: every packet dropped since the agent started.
+    pub total: u64,
+    /// Drops per second between the last two reads.
+    pub per_second: f64,
+    /// Unix time of the read that saw the total grow.
+    pub last_increase: Option<u64>,
+    read_at: Option<Instant>,
+}
+
+impl Drops {
+    /// Takes in the rule's (handle, packets) as just read, or None when the
+    /// rule is not there (yet, or any more).
+    pub fn observe(&mut self, rule: Option<(u64, u64)>, now: Instant, wall: u64) {
+        let before = self.total;
+        match rule {
+            Some((handle, packets)) if handle == self.handle && packets >= self.last => {
+                self.last = packets
+            }
+            Some((handle, packets)) => {
+                // a new rule (first read, or it was replaced): what the old
+                // one counted stays in the total
+                self.base += self.last;
+                self.handle = handle;
+                self.last = packets;
+            }
+            None => {
+                self.base += self.last;
+                self.handle = 0;
+                self.last = 0;
+            }
+        }
+        self.total = self.base + self.last;
+        if let Some(t) = self.read_at {
+            let dt = now.duration_since(t).as_secs_f64();
+            if dt > 0.0 {
+                self.per_second = (self.total - before) as f64 / dt;
+            }
+        }
+        if self.total > before {
+            self.last_increase = Some(wall);
+        }
+        self.read_at = Some(now);
+    }
+}
+
+/// One attached pod's limit.
+#[derive(Debug, Clone, Default)]
+pub struct PodLimit {
+    pub namespace: String,
+    pub pod: String,
+    pub ip: String,
+    pub drops: Drops,
+}
+
+/// What the agent knows about the limits.
+#[derive(Debug, Clone, Default)]
+pub struct LimitState {
+    /// By host port (`r2c…`).
+    pub pods: BTreeMap<String, PodLimit>,
+    /// The shared bucket of ports not listed yet.
+    pub unlisted: Drops,
+    pub uplink: Drops,
+    pub uplink_name: Option<String>,
+    pub pod_limit: Option<Limit>,
+    pub uplink_limit: Option<Limit>,
+    /// Why the rules could not be brought up to date, if they could not.
+    pub problem: Option<String>,
+}
+
+fn rule_of(rules: &[DumpedRule], f: impl Fn(&DumpedRule) -> bool) -> Option<(u64, u64)> {
+    rules
+        .iter()
+        .find(|r| f(r))
+        .map(|r| (r.handle, r.counter.map_or(0, |c| c.0)))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl LimitState {
+    /// One reconcile pass: the rules for `records`' pods and the uplink, and
+    /// the counters as they were just before. Kernel work; no agent lock held.
+    pub fn reconcile(
+        &mut self,
+        cfg: &Config,
+        records: &[Attachment],
+        uplink: Option<&str>,
+        routed: bool,
+    ) {
+        let (now, wall) = (Instant::now(), unix_now());
+        let mut nf = match Nfnl::new() {
+            Ok(n) => n,
+            Err(e) => {
+                self.problem = Some(format!("discovery limits: {e}"));
+                return;
+            }
+        };
+        if !routed {
+            // macvlan: pods are on the wire, not behind the bridge
+            let _ = fw::remove(&mut nf);
+            *self = LimitState::default();
+            return;
+        }
+        let mut problems = vec![];
+        let mut pods: BTreeMap<String, PodLimit> = BTreeMap::new();
+        for a in records.iter().filter(|a| !a.host_if.is_empty()) {
+            let mut p = self.pods.remove(&a.host_if).unwrap_or_default();
+            p.namespace = a.pod_namespace.clone();
+            p.pod = if a.pod_name.is_empty() {
+                a.container_id.chars().take(12).collect()
+            } else {
+                a.pod_name.clone()
+            };
+            p.ip = a.ip.to_string();
+            pods.insert(a.host_if.clone(), p);
+        }
+        let ports: Vec<String> = pods.keys().cloned().collect();
+        let l = cfg.limits;
+        match fw::sync_pod_limits(&mut nf, l.pod, &cfg.groups, &ports) {
+            Ok(before) => {
+                for (port, p) in pods.iter_mut() {
+                    let rule = rule_of(&before, |r| {
+                        r.comment.as_deref().and_then(fw::pod_of_comment) == Some(port.as_str())
+                    });
+                    p.drops.observe(rule, now, wall);
+                }
+                self.unlisted
+                    .observe(rule_of(&before, fw::is_unlisted), now, wall);
+            }
+            Err(e) => problems.push(format!("discovery limits for pods: {e}")),
+        }
+        self.pods = pods;
+        match fw::sync_uplink_limit(&mut nf, l.uplink, &cfg.groups, uplink) {
+            Ok(before) => self
+                .uplink
+                .observe(rule_of(&before, fw::is_uplink), now, wall),
+            Err(e) => problems.push(format!("discovery limit on the uplink: {e}")),
+        }
+        self.uplink_name = uplink.map(str::to_owned);
+        self.pod_limit = Some(l.pod).filter(Limit::is_on);
+        self.uplink_limit = Some(l.uplink).filter(Limit::is_on);
+        self.problem = (!problems.is_empty()).then(|| problems.join("; "));
+    }
+
+    /// `discoveryLimits` in the status document.
+    pub fn status_json(&self) -> Value {
+        let limit = |l: Option<Limit>| l.map(|l| json!({"rate": l.rate, "burst": l.burst}));
+        let pods: Vec<Value> = self
+            .pods
+            .iter()
+            .map(|(port, p)| {
+                json!({"namespace": p.namespace, "pod": p.pod, "port": port, "ip": p.ip,
+                       "limitedPackets": p.drops.total,
+                       "limitedPerSecond": (p.drops.per_second * 10.0).round() / 10.0,
+                       "lastLimited": p.drops.last_increase})
+            })
+            .collect();
+        json!({
+            "pod": limit(self.pod_limit),
+            "uplink": limit(self.uplink_limit).map(|mut v| {
+                v["interface"] = json!(self.uplink_name);
+                v
+            }),
+            "pods": pods,
+            "unlistedLimitedPackets": self.unlisted.total,
+            "uplinkLimitedPackets": self.uplink.total,
+            "uplinkLimitedPerSecond": (self.uplink.per_second * 10.0).round() / 10.0,
+            "uplinkLastLimited": self.uplink.last_increase,
+        })
+    }
+
+    /// The counters on the metrics page.
+    pub fn encode_metrics(
+        &self,
+        enc: &mut prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use super::metrics::{counter, l};
+        let pods: Vec<_> = self
+            .pods
+            .values()
+            .map(|p| {
+                (
+                    l(&[("namespace", p.namespace.clone()), ("pod", p.pod.clone())]),
+                    p.drops.total,
+                )
+            })
+            .collect();
+        counter(
+            enc,
+            "ros2cni_pod_rate_limited_packets",
+            "RTPS discovery datagrams from a pod dropped because it sent more than podDiscoveryRate allows",
+            &pods,
+        )?;
+        counter(
+            enc,
+            "ros2cni_unlisted_pod_rate_limited_packets",
+            "RTPS discovery datagrams dropped from pods attached too recently to have a limit of their own (one shared bucket)",
+            &[(vec![], self.unlisted.total)],
+        )?;
+        counter(
+            enc,
+            "ros2cni_uplink_rate_limited_packets",
+            "RTPS discovery datagrams from the uplink dropped because more arrived than uplinkDiscoveryRate allows",
+            &[(vec![], self.uplink.total)],
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_survive_replaced_rules_and_only_grow() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut d = Drops::default();
+        d.observe(None, at(0), 100);
+        assert_eq!((d.total, d.last_increase), (0, None));
+        d.observe(Some((7, 10)), at(2), 102);
+        assert_eq!(d.total, 10);
+        assert_eq!(d.last_increase, Some(102));
+        assert!((d.per_second - 5.0).abs() < 1e-9);
+        d.observe(Some((7, 30)), at(4), 104);
+        assert_eq!(d.total, 30);
+        // replaced (new handle): counts from zero again in the kernel
+        d.observe(Some((9, 5)), at(6), 106);
+        assert_eq!(d.total, 35);
+        // gone, then back
+        d.observe(None, at(8), 108);
+        assert_eq!(d.total, 35);
+        assert_eq!(d.per_second, 0.0);
+        d.observe(Some((11, 1)), at(10), 110);
+        assert_eq!(d.total, 36);
+        // same handle but a smaller counter (reset under us): never backwards
+        d.observe(Some((11, 0)), at(12), 112);
+        assert_eq!(d.total, 36);
+        d.observe(Some((11, 4)), at(14), 114);
+        assert_eq!(d.total, 40);
+        assert_eq!(d.last_increase, Some(114));
+    }
+}
