@@ -4,26 +4,29 @@
 
 use crate::common::*;
 use ros2_cni::lab::probe::ddsperf_probe;
-use ros2_cni::lab::testbed::{http_get, ns_sh, Pod, Testbed};
+use ros2_cni::lab::testbed::{http_get, ns_sh, Pod, Testbed, LAPTOP_IP};
 use serde_json::{json, Value};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-/// The shipped defaults (docs/config.md).
+/// The shipped per-pod defaults (docs/config.md).
 const POD_RATE: u64 = 200;
 const POD_BURST: u64 = 1000;
-const UPLINK_RATE: u64 = 2000;
-const UPLINK_BURST: u64 = 10000;
+/// The uplink limit the LAN-host test configures.
+const UPLINK_RATE: u64 = 500;
+const UPLINK_BURST: u64 = 1000;
 
 /// A python loop that sends RTPS-looking datagrams to 239.255.0.1:PORT with
-/// TTL 1 (like Fast DDS) for `secs`, then prints how many it sent.
-fn flood_script(port: u16, secs: f64) -> String {
+/// TTL 1 (like Fast DDS) out of the interface holding `local` for `secs`,
+/// then prints how many it sent.
+fn flood_script(local: Ipv4Addr, port: u16, secs: f64) -> String {
     format!(
         r#"
 import socket, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
 s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("{local}"))
 msg = b"RTPS\x02\x03\x01\x0f" + bytes(12) + b"flood" * 20
 dst = ("239.255.0.1", {port})
 n = 0
@@ -41,7 +44,7 @@ print(n)
 }
 
 /// Runs the flood inside `ns` on a thread; join it for the number sent.
-fn flood(ns: &str, port: u16, secs: f64) -> std::thread::JoinHandle<u64> {
+fn flood(ns: &str, local: Ipv4Addr, port: u16, secs: f64) -> std::thread::JoinHandle<u64> {
     let ns = ns.to_owned();
     std::thread::spawn(move || {
         let out = std::process::Command::new("ip")
@@ -51,7 +54,7 @@ fn flood(ns: &str, port: u16, secs: f64) -> std::thread::JoinHandle<u64> {
                 &ns,
                 "python3",
                 "-c",
-                &flood_script(port, secs),
+                &flood_script(local, port, secs),
             ])
             .output()
             .expect("run python3");
@@ -150,17 +153,16 @@ struct Flooded {
 }
 
 /// Floods from `ns` for `secs` while measuring the agents' CPU.
-fn flood_and_measure(tb: &Testbed, agents: &[u32], ns: &str, secs: f64) -> Flooded {
+fn flood_and_measure(agents: &[u32], ns: &str, local: Ipv4Addr, secs: f64) -> Flooded {
     let cpu0: Vec<f64> = agents.iter().map(|p| cpu_seconds(*p)).collect();
     let t0 = Instant::now();
-    let sent = flood(ns, 7400, secs).join().unwrap();
+    let sent = flood(ns, local, 7400, secs).join().unwrap();
     let wall = t0.elapsed().as_secs_f64();
     let cpu = agents
         .iter()
         .zip(cpu0)
         .map(|(p, c0)| (cpu_seconds(*p) - c0) / wall)
         .collect();
-    let _ = tb;
     Flooded {
         sent,
         secs: wall,
@@ -202,7 +204,7 @@ fn a_pod_flooding_discovery_is_limited_at_its_node_and_discovery_goes_on() {
         std::thread::sleep(Duration::from_millis(300));
         ddsperf_probe(&a, &b, 7, Duration::from_secs(3)).unwrap()
     });
-    let f = flood_and_measure(&tb, &agents, &fl.ns, secs);
+    let f = flood_and_measure(&agents, &fl.ns, src, secs);
     let d = probe.join().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let (lan, other_node, same_node) = (
@@ -325,4 +327,198 @@ fn a_pod_flooding_discovery_is_limited_at_its_node_and_discovery_goes_on() {
             .any(|f| f["code"] == "POD_RATE_LIMITED"),
         "node 2 limited nobody: {report2:#}"
     );
+}
+
+#[test]
+fn a_lan_host_flooding_discovery_is_limited_where_it_enters_each_node() {
+    // lower than the defaults, so that the flood is many times the limit
+    // even on a busy machine
+    let (tb, agents, _fl, a1, b1) = two_nodes(&json!({
+        "uplinkDiscoveryRate": UPLINK_RATE, "uplinkDiscoveryBurst": UPLINK_BURST
+    }));
+    let lap = tb.laptop.clone().unwrap();
+    for p in [&a1, &b1] {
+        count_in(&p.ns, "ip", LAPTOP_IP, 7400, None);
+    }
+    let (a, b) = (a1.ns.clone(), b1.ns.clone());
+    let probe = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        ddsperf_probe(&a, &b, 8, Duration::from_secs(3)).unwrap()
+    });
+    let f = flood_and_measure(&agents, &lap, LAPTOP_IP, 4.0);
+    let d = probe.join().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let into = [counted(&a1.ns, "ip"), counted(&b1.ns, "ip")];
+    let allowed = UPLINK_BURST + UPLINK_RATE * (f.secs.ceil() as u64 + 1);
+    eprintln!(
+        "laptop flood: {} datagrams in {:.2} s ({:.0}/s); reached pods a1 (node 1) {}, b1 (node 2) {} \
+         (allowed {allowed}); agent CPU {:.1}% / {:.1}% of a core; discovery a1 -> b1: {:?} s, {} round trips",
+        f.sent,
+        f.secs,
+        f.sent as f64 / f.secs,
+        into[0],
+        into[1],
+        f.cpu[0] * 100.0,
+        f.cpu[1] * 100.0,
+        d.seconds,
+        d.roundtrips
+    );
+    assert!(
+        f.sent > 10 * allowed,
+        "the flood was no flood ({} sent)",
+        f.sent
+    );
+    for (i, n) in into.iter().enumerate() {
+        assert!(
+            *n <= allowed && *n > 0,
+            "node {}: {n} flood datagrams reached its pod; the limit allows {allowed}",
+            i + 1
+        );
+    }
+    for (i, c) in f.cpu.iter().enumerate() {
+        assert!(
+            *c < 0.25,
+            "agent on node {} used {:.0}% of a core during the flood",
+            i + 1,
+            c * 100.0
+        );
+    }
+    let mut st = Value::Null;
+    wait_for(10, "the uplink's drops in the status", || {
+        st = tb.agent_status(tb.node(2)).unwrap();
+        st["discoveryLimits"]["uplinkLimitedPackets"].as_u64() > Some(0)
+    });
+    assert_eq!(
+        st["discoveryLimits"]["uplink"],
+        json!({"rate": UPLINK_RATE, "burst": UPLINK_BURST, "interface": "eth0"})
+    );
+    let m = metric(&tb, 2, "ros2cni_uplink_rate_limited_packets_total").unwrap();
+    assert!(m > 0.0);
+    let (_, report) = doctor(&tb, 2);
+    let codes: Vec<&str> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["code"].as_str())
+        .collect();
+    assert!(
+        codes.contains(&"UPLINK_RATE_LIMITED") && !codes.contains(&"POD_RATE_LIMITED"),
+        "{report:#}"
+    );
+}
+
+/// The `limit` of the nft rule whose comment mentions `port`, as nft prints it.
+fn nft_limit_of(ns: &str, port: &str) -> Option<Value> {
+    let j = ros2_cni::lab::testbed::nft_json(ns, &["table", "bridge", "ros2_cni_limits"]).ok()?;
+    j["nftables"].as_array()?.iter().find_map(|i| {
+        let r = &i["rule"];
+        if !r["comment"].as_str()?.contains(port) {
+            return None;
+        }
+        r["expr"]
+            .as_array()?
+            .iter()
+            .find_map(|e| e.get("limit").cloned())
+    })
+}
+
+fn tables(ns: &str) -> Vec<String> {
+    let j = ros2_cni::lab::testbed::nft_json(ns, &["tables"]).unwrap();
+    j["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| {
+            Some(format!(
+                "{} {}",
+                i["table"]["family"].as_str()?,
+                i["table"]["name"].as_str()?
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn sighup_changes_the_limits_counts_stay_monotonic_and_zero_turns_them_off() {
+    let tb = bed(1);
+    let node = tb.node(1);
+    let agent = tb.start_agent(node, &json!({})).unwrap();
+    let p = tb.add_pod(&spec("noisy", 1)).unwrap();
+    // its host port, from the anti-spoofing element "port mac ip"
+    let port = guard_elements(&node.ns)
+        .into_iter()
+        .next()
+        .and_then(|e| e.split(' ').next().map(str::to_owned))
+        .expect("the pod's anti-spoofing element");
+    wait_for(10, "the pod's limit rule", || {
+        nft_limit_of(&node.ns, &port).is_some()
+    });
+    assert_eq!(
+        nft_limit_of(&node.ns, &port).unwrap(),
+        json!({"rate": POD_RATE, "burst": POD_BURST, "per": "second", "inv": true})
+    );
+    let limited = |tb: &Testbed| -> u64 {
+        status_pod(&tb.agent_status(tb.node(1)).unwrap(), "noisy")
+            .and_then(|p| p["limitedPackets"].as_u64())
+            .unwrap_or(0)
+    };
+    flood(&p.ns, ip_of(&p), 7400, 1.0).join().unwrap();
+    let mut first = 0;
+    wait_for(10, "the first flood's drops", || {
+        first = limited(&tb);
+        first > 0
+    });
+
+    // a lower limit: the pod's rule is replaced, the count goes on from where it was
+    tb.agent_config(
+        node,
+        &json!({"podDiscoveryRate": 50, "podDiscoveryBurst": 100}),
+    )
+    .unwrap();
+    tb.signal(agent, nix::sys::signal::Signal::SIGHUP);
+    wait_for(10, "the new limit in the kernel", || {
+        nft_limit_of(&node.ns, &port).is_some_and(|l| l["rate"] == 50 && l["burst"] == 100)
+    });
+    let st = tb.agent_status(node).unwrap();
+    assert_eq!(
+        st["discoveryLimits"]["pod"],
+        json!({"rate": 50, "burst": 100})
+    );
+    assert!(limited(&tb) >= first, "counts never go back");
+    let lap = tb.laptop.clone().unwrap();
+    count_in(&lap, "ip", ip_of(&p), 7400, None);
+    let sent = flood(&p.ns, ip_of(&p), 7400, 2.0).join().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let reached = counted(&lap, "ip");
+    assert!(
+        reached <= 100 + 50 * 4 && sent > 20 * (100 + 50 * 4),
+        "{reached} of {sent} reached the laptop under 50/s burst 100"
+    );
+    wait_for(10, "the second flood added to the first", || {
+        limited(&tb) >= first + (sent - reached) * 9 / 10
+    });
+
+    // 0 turns both limits off: the tables go, the anti-spoofing table stays whole
+    let guard = guard_elements(&node.ns);
+    assert_eq!(guard.len(), 1, "{guard:?}");
+    tb.agent_config(
+        node,
+        &json!({"podDiscoveryRate": 0, "uplinkDiscoveryRate": 0}),
+    )
+    .unwrap();
+    tb.signal(agent, nix::sys::signal::Signal::SIGHUP);
+    wait_for(10, "the limit tables removed", || {
+        !tables(&node.ns)
+            .iter()
+            .any(|t| t.ends_with("ros2_cni_limits"))
+    });
+    assert!(tables(&node.ns).contains(&"bridge ros2_cni".to_owned()));
+    assert_eq!(
+        guard_elements(&node.ns),
+        guard,
+        "anti-spoofing elements untouched"
+    );
+    let st = tb.agent_status(node).unwrap();
+    assert_eq!(st["discoveryLimits"]["pod"], Value::Null, "{st}");
+    assert!(st["healthy"] == true, "{st}");
 }

@@ -239,9 +239,108 @@ impl LimitState {
     }
 }
 
+/// Doctor's findings from the status document's `discoveryLimits` at unix
+/// time `now`: (code, message) of each pod, and of the uplink, whose limit
+/// dropped something within [`RECENT`].
+pub fn findings(status: &Value, now: u64) -> Vec<(&'static str, String)> {
+    let lim = &status["discoveryLimits"];
+    let recent = |v: &Value| {
+        v.as_u64()
+            .is_some_and(|t| now.saturating_sub(t) <= RECENT.as_secs())
+    };
+    let ago = |v: &Value| now.saturating_sub(v.as_u64().unwrap_or(now));
+    let limit = |l: &Value| format!("{}/s, burst {}", l["rate"], l["burst"]);
+    let mut out = vec![];
+    for p in lim["pods"].as_array().into_iter().flatten() {
+        if !recent(&p["lastLimited"]) {
+            continue;
+        }
+        let name = match p["namespace"].as_str().filter(|n| !n.is_empty()) {
+            Some(ns) => format!("{ns}/{}", p["pod"].as_str().unwrap_or("?")),
+            None => p["pod"].as_str().unwrap_or("?").to_owned(),
+        };
+        out.push((
+            "POD_RATE_LIMITED",
+            format!(
+                "Pod {name} ({}) sends RTPS discovery multicast faster than podDiscoveryRate allows ({}): \
+                 {} datagrams dropped so far, {} per second lately, the last {} s ago. Its own discovery \
+                 suffers (its announcements are dropped in the same proportion); the LAN and the other pods \
+                 do not. Cause: something in the pod sends to the SPDP port in a loop (a crash-looping \
+                 participant, a tool, a misconfigured DDS). Fix: stop it; if the rate is real (hundreds of \
+                 participants in one pod), raise podDiscoveryRate and podDiscoveryBurst in the agent's config \
+                 (SIGHUP applies it).",
+                p["ip"].as_str().unwrap_or("?"),
+                limit(&lim["pod"]),
+                p["limitedPackets"],
+                p["limitedPerSecond"],
+                ago(&p["lastLimited"]),
+            ),
+        ));
+    }
+    if recent(&lim["uplinkLastLimited"]) {
+        out.push((
+            "UPLINK_RATE_LIMITED",
+            format!(
+                "More RTPS discovery multicast arrives on the uplink {} than uplinkDiscoveryRate allows ({}): \
+                 {} datagrams dropped so far, the last {} s ago. While it lasts, discovery from other \
+                 computers reaches this node's pods only in part. Cause: a host on the LAN floods (computers \
+                 running ros2-cni limit their own pods). Fix: find the sender (`ros2-cni doctor` lists \
+                 participants; tcpdump on the uplink); if the traffic is real, raise uplinkDiscoveryRate and \
+                 uplinkDiscoveryBurst.",
+                lim["uplink"]["interface"].as_str().unwrap_or("?"),
+                limit(&lim["uplink"]),
+                lim["uplinkLimitedPackets"],
+                ago(&lim["uplinkLastLimited"]),
+            ),
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn findings_name_recently_limited_pods_and_the_key() {
+        let st = json!({"discoveryLimits": {
+            "pod": {"rate": 200, "burst": 1000},
+            "uplink": {"rate": 2000, "burst": 10000, "interface": "eth0"},
+            "pods": [
+                {"namespace": "robots", "pod": "flooder", "ip": "192.168.1.5", "limitedPackets": 4711,
+                 "limitedPerSecond": 900.0, "lastLimited": 1000},
+                {"namespace": "robots", "pod": "old", "ip": "192.168.1.6", "limitedPackets": 5,
+                 "limitedPerSecond": 0.0, "lastLimited": 100},
+                {"namespace": "robots", "pod": "quiet", "ip": "192.168.1.7", "limitedPackets": 0,
+                 "limitedPerSecond": 0.0, "lastLimited": null}],
+            "uplinkLimitedPackets": 0, "uplinkLastLimited": null}});
+        let f = findings(&st, 1010);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].0, "POD_RATE_LIMITED");
+        for want in [
+            "robots/flooder",
+            "4711",
+            "podDiscoveryRate",
+            "200/s, burst 1000",
+            "10 s ago",
+        ] {
+            assert!(f[0].1.contains(want), "{want}: {}", f[0].1);
+        }
+        let mut st = st;
+        st["discoveryLimits"]["uplinkLastLimited"] = json!(1005);
+        st["discoveryLimits"]["uplinkLimitedPackets"] = json!(99);
+        let f = findings(&st, 1010);
+        assert_eq!(f[1].0, "UPLINK_RATE_LIMITED");
+        assert!(
+            f[1].1.contains("eth0") && f[1].1.contains("uplinkDiscoveryRate"),
+            "{}",
+            f[1].1
+        );
+        assert!(
+            findings(&json!({}), 0).is_empty(),
+            "an older agent's status"
+        );
+    }
 
     #[test]
     fn totals_survive_replaced_rules_and_only_grow() {
