@@ -277,13 +277,11 @@ fn a_pod_flooding_discovery_is_limited_at_its_node_and_discovery_goes_on() {
     let p = status_pod(&st, "flooder").unwrap();
     assert_eq!(p["namespace"], "robots", "{p}");
     assert!(p["lastLimited"].as_u64().is_some(), "{p}");
-    for quiet in ["a1"] {
-        assert_eq!(
-            status_pod(&st, quiet).unwrap()["limitedPackets"],
-            0,
-            "{quiet} sent nothing to limit: {st}"
-        );
-    }
+    assert_eq!(
+        status_pod(&st, "a1").unwrap()["limitedPackets"],
+        0,
+        "a1 sent nothing to limit: {st}"
+    );
     assert_eq!(
         st["discoveryLimits"]["pod"],
         json!({"rate": POD_RATE, "burst": POD_BURST})
