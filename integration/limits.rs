@@ -405,19 +405,25 @@ fn a_lan_host_flooding_discovery_is_limited_where_it_enters_each_node() {
     );
 }
 
-/// The `limit` of the nft rule whose comment mentions `port`, as nft prints it.
-fn nft_limit_of(ns: &str, port: &str) -> Option<Value> {
+/// The `limit` of the nft rule whose comment mentions `port`, as nft prints
+/// it, with the rule's handle.
+fn nft_rule_of(ns: &str, port: &str) -> Option<(u64, Value)> {
     let j = ros2_cni::lab::testbed::nft_json(ns, &["table", "bridge", "ros2_cni_limits"]).ok()?;
     j["nftables"].as_array()?.iter().find_map(|i| {
         let r = &i["rule"];
         if !r["comment"].as_str()?.contains(port) {
             return None;
         }
-        r["expr"]
+        let limit = r["expr"]
             .as_array()?
             .iter()
-            .find_map(|e| e.get("limit").cloned())
+            .find_map(|e| e.get("limit").cloned())?;
+        Some((r["handle"].as_u64()?, limit))
     })
+}
+
+fn nft_limit_of(ns: &str, port: &str) -> Option<Value> {
+    nft_rule_of(ns, port).map(|(_, l)| l)
 }
 
 fn tables(ns: &str) -> Vec<String> {
@@ -460,6 +466,13 @@ fn sighup_changes_the_limits_counts_stay_monotonic_and_zero_turns_them_off() {
             .and_then(|p| p["limitedPackets"].as_u64())
             .unwrap_or(0)
     };
+    // another pod comes: the first pod's rule (its bucket, its counter) stays
+    let handle = nft_rule_of(&node.ns, &port).unwrap().0;
+    let other = tb.add_pod(&spec("other", 1)).unwrap();
+    wait_for(10, "the second pod's rule", || {
+        status_pod(&tb.agent_status(node).unwrap(), "other").is_some()
+    });
+    assert_eq!(nft_rule_of(&node.ns, &port).unwrap().0, handle);
     flood(&p.ns, ip_of(&p), 7400, 1.0).join().unwrap();
     let mut first = 0;
     wait_for(10, "the first flood's drops", || {
@@ -498,7 +511,8 @@ fn sighup_changes_the_limits_counts_stay_monotonic_and_zero_turns_them_off() {
 
     // 0 turns both limits off: the tables go, the anti-spoofing table stays whole
     let guard = guard_elements(&node.ns);
-    assert_eq!(guard.len(), 1, "{guard:?}");
+    assert_eq!(guard.len(), 2, "{guard:?}");
+    let _ = other;
     tb.agent_config(
         node,
         &json!({"podDiscoveryRate": 0, "uplinkDiscoveryRate": 0}),
