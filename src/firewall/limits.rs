@@ -537,7 +537,20 @@ mod tests {
     #[test]
     fn keys_default_validate_and_name_the_key() {
         let m = |v: Value| v.as_object().unwrap().clone();
-        assert_eq!(Limits::from_map(&m(json!({}))).unwrap(), Limits::default());
+        // docs/config.md's defaults column
+        assert_eq!(
+            Limits::from_map(&m(json!({}))).unwrap(),
+            Limits {
+                pod: Limit {
+                    rate: 200,
+                    burst: 1000
+                },
+                uplink: Limit {
+                    rate: 2000,
+                    burst: 10000
+                }
+            }
+        );
         let l = Limits::from_map(&m(
             json!({"podDiscoveryRate": 0, "uplinkDiscoveryBurst": 5}),
         ))

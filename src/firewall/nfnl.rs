@@ -860,6 +860,34 @@ mod tests {
     }
 
     #[test]
+    fn limit_over_is_encoded_as_the_kernel_reads_it() {
+        let mut a = Attrs::default();
+        encode_expr(
+            &mut a,
+            &Expr::Limit {
+                rate: 200,
+                unit_seconds: 1,
+                burst: 1000,
+                over: true,
+            },
+        );
+        let elem = attrs(&a.b).next().unwrap().1;
+        let parts: Vec<_> = attrs(elem).collect();
+        assert_eq!(cstr(parts[0].1), "limit");
+        let data: Vec<(u16, Vec<u8>)> = attrs(parts[1].1).map(|(t, p)| (t, p.to_vec())).collect();
+        assert_eq!(
+            data,
+            vec![
+                (1, 200u64.to_be_bytes().to_vec()),  // NFTA_LIMIT_RATE
+                (2, 1u64.to_be_bytes().to_vec()),    // NFTA_LIMIT_UNIT
+                (3, 1000u32.to_be_bytes().to_vec()), // NFTA_LIMIT_BURST
+                (4, 0u32.to_be_bytes().to_vec()),    // NFTA_LIMIT_TYPE: NFT_LIMIT_PKTS
+                (5, 1u32.to_be_bytes().to_vec()),    // NFTA_LIMIT_FLAGS: NFT_LIMIT_F_INV
+            ]
+        );
+    }
+
+    #[test]
     fn truncated_attributes_do_not_panic() {
         for cut in 0..12 {
             let mut a = Attrs::default();
