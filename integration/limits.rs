@@ -534,3 +534,37 @@ fn sighup_changes_the_limits_counts_stay_monotonic_and_zero_turns_them_off() {
     assert_eq!(st["discoveryLimits"]["pod"], Value::Null, "{st}");
     assert!(st["healthy"] == true, "{st}");
 }
+
+#[test]
+fn without_the_limits_the_flood_reaches_the_lan_and_every_pod() {
+    // the control experiment: the same flood with both limits off (what
+    // ros2-cni did before it had them)
+    let (tb, _agents, fl, a1, b1) = two_nodes(&json!({
+        "podDiscoveryRate": 0, "uplinkDiscoveryRate": 0
+    }));
+    let src = ip_of(&fl);
+    count_in(&tb.switch, "bridge", src, 7400, Some(&tb.node(1).port));
+    count_in(&b1.ns, "ip", src, 7400, None);
+    count_in(&a1.ns, "ip", src, 7400, None);
+    let sent = flood(&fl.ns, src, 7400, 2.0).join().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let allowed = POD_BURST + POD_RATE * 3;
+    for (what, ns, family) in [
+        ("the LAN", &tb.switch, "bridge"),
+        ("the other node's pod", &b1.ns, "ip"),
+        ("the same node's pod", &a1.ns, "ip"),
+    ] {
+        let n = counted(ns, family);
+        eprintln!("no limits: {n} of {sent} reached {what}");
+        assert!(
+            n > 3 * allowed && n > sent / 2,
+            "{n} of {sent} reached {what}: the test bed must show the flood when nothing limits it"
+        );
+    }
+    assert!(
+        !tables(&tb.node(1).ns)
+            .iter()
+            .any(|t| t.ends_with("ros2_cni_limits")),
+        "0 means no limit tables"
+    );
+}
