@@ -12,39 +12,55 @@ use std::time::{Duration, Instant};
 /// The shipped per-pod defaults (docs/config.md).
 const POD_RATE: u64 = 200;
 const POD_BURST: u64 = 1000;
-/// The uplink limit the LAN-host test configures.
+/// The uplink limit the many-senders test configures.
 const UPLINK_RATE: u64 = 500;
 const UPLINK_BURST: u64 = 1000;
 
 /// A python loop that sends RTPS-looking datagrams to 239.255.0.1:PORT with
-/// TTL 1 (like Fast DDS) out of the interface holding `local` for `secs`,
-/// then prints how many it sent.
-fn flood_script(local: Ipv4Addr, port: u16, secs: f64) -> String {
+/// TTL 1 (like Fast DDS) for `secs`, from each address in `locals` in turn
+/// (out of the interface holding it), then prints how many it sent.
+fn flood_script(locals: &[Ipv4Addr], port: u16, secs: f64) -> String {
+    let locals: Vec<String> = locals.iter().map(|a| format!("\"{a}\"")).collect();
     format!(
         r#"
 import socket, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
-s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
-s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("{local}"))
+socks = []
+for local in [{locals}]:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((local, 0))
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(local))
+    socks.append(s)
 msg = b"RTPS\x02\x03\x01\x0f" + bytes(12) + b"flood" * 20
 dst = ("239.255.0.1", {port})
 n = 0
 end = time.monotonic() + {secs}
 while time.monotonic() < end:
-    for _ in range(100):
-        try:
-            s.sendto(msg, dst)
-            n += 1
-        except OSError:
-            pass
+    for s in socks:
+        for _ in range(100):
+            try:
+                s.sendto(msg, dst)
+                n += 1
+            except OSError:
+                pass
 print(n)
-"#
+"#,
+        locals = locals.join(", ")
     )
 }
 
 /// Runs the flood inside `ns` on a thread; join it for the number sent.
 fn flood(ns: &str, local: Ipv4Addr, port: u16, secs: f64) -> std::thread::JoinHandle<u64> {
+    flood_from(ns, vec![local], port, secs)
+}
+
+fn flood_from(
+    ns: &str,
+    locals: Vec<Ipv4Addr>,
+    port: u16,
+    secs: f64,
+) -> std::thread::JoinHandle<u64> {
     let ns = ns.to_owned();
     std::thread::spawn(move || {
         let out = std::process::Command::new("ip")
@@ -54,7 +70,7 @@ fn flood(ns: &str, local: Ipv4Addr, port: u16, secs: f64) -> std::thread::JoinHa
                 &ns,
                 "python3",
                 "-c",
-                &flood_script(local, port, secs),
+                &flood_script(&locals, port, secs),
             ])
             .output()
             .expect("run python3");
@@ -153,10 +169,10 @@ struct Flooded {
 }
 
 /// Floods from `ns` for `secs` while measuring the agents' CPU.
-fn flood_and_measure(agents: &[u32], ns: &str, local: Ipv4Addr, secs: f64) -> Flooded {
+fn flood_and_measure(agents: &[u32], ns: &str, locals: &[Ipv4Addr], secs: f64) -> Flooded {
     let cpu0: Vec<f64> = agents.iter().map(|p| cpu_seconds(*p)).collect();
     let t0 = Instant::now();
-    let sent = flood(ns, local, 7400, secs).join().unwrap();
+    let sent = flood_from(ns, locals.to_vec(), 7400, secs).join().unwrap();
     let wall = t0.elapsed().as_secs_f64();
     let cpu = agents
         .iter()
@@ -204,7 +220,7 @@ fn a_pod_flooding_discovery_is_limited_at_its_node_and_discovery_goes_on() {
         std::thread::sleep(Duration::from_millis(300));
         ddsperf_probe(&a, &b, 7, Duration::from_secs(3)).unwrap()
     });
-    let f = flood_and_measure(&agents, &fl.ns, src, secs);
+    let f = flood_and_measure(&agents, &fl.ns, &[src], secs);
     let d = probe.join().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let (lan, other_node, same_node) = (
@@ -328,12 +344,8 @@ fn a_pod_flooding_discovery_is_limited_at_its_node_and_discovery_goes_on() {
 }
 
 #[test]
-fn a_lan_host_flooding_discovery_is_limited_where_it_enters_each_node() {
-    // lower than the defaults, so that the flood is many times the limit
-    // even on a busy machine
-    let (tb, agents, _fl, a1, b1) = two_nodes(&json!({
-        "uplinkDiscoveryRate": UPLINK_RATE, "uplinkDiscoveryBurst": UPLINK_BURST
-    }));
+fn a_lan_host_flooding_discovery_is_held_to_one_senders_limit_and_discovery_goes_on() {
+    let (tb, agents, _fl, a1, b1) = two_nodes(&json!({}));
     let lap = tb.laptop.clone().unwrap();
     for p in [&a1, &b1] {
         count_in(&p.ns, "ip", LAPTOP_IP, 7400, None);
@@ -343,14 +355,15 @@ fn a_lan_host_flooding_discovery_is_limited_where_it_enters_each_node() {
         std::thread::sleep(Duration::from_millis(300));
         ddsperf_probe(&a, &b, 8, Duration::from_secs(3)).unwrap()
     });
-    let f = flood_and_measure(&agents, &lap, LAPTOP_IP, 4.0);
+    let f = flood_and_measure(&agents, &lap, &[LAPTOP_IP], 4.0);
     let d = probe.join().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let into = [counted(&a1.ns, "ip"), counted(&b1.ns, "ip")];
-    let allowed = UPLINK_BURST + UPLINK_RATE * (f.secs.ceil() as u64 + 1);
+    // a LAN sender is held to what one pod may send, at each node's uplink
+    let allowed = POD_BURST + POD_RATE * (f.secs.ceil() as u64 + 1);
     eprintln!(
         "laptop flood: {} datagrams in {:.2} s ({:.0}/s); reached pods a1 (node 1) {}, b1 (node 2) {} \
-         (allowed {allowed}); agent CPU {:.1}% / {:.1}% of a core; discovery a1 -> b1: {:?} s, {} round trips",
+         (allowed {allowed}); agent CPU {:.1}% / {:.1}% of a core; discovery a1 -> b1: {:?} s",
         f.sent,
         f.secs,
         f.sent as f64 / f.secs,
@@ -359,7 +372,6 @@ fn a_lan_host_flooding_discovery_is_limited_where_it_enters_each_node() {
         f.cpu[0] * 100.0,
         f.cpu[1] * 100.0,
         d.seconds,
-        d.roundtrips
     );
     assert!(
         f.sent > 10 * allowed,
@@ -381,27 +393,119 @@ fn a_lan_host_flooding_discovery_is_limited_where_it_enters_each_node() {
             c * 100.0
         );
     }
+    // the other computers' discovery has buckets of its own
+    assert!(
+        d.discovered() && d.seconds.is_some_and(|s| s < 2.0),
+        "a1 and b1 must still discover each other within 2 s during the flood:\n{}",
+        d.output
+    );
     let mut st = Value::Null;
     wait_for(10, "the uplink's drops in the status", || {
         st = tb.agent_status(tb.node(2)).unwrap();
+        st["discoveryLimits"]["uplinkSenderLimitedPackets"].as_u64() > Some(0)
+    });
+    assert_eq!(st["discoveryLimits"]["uplinkInterface"], "eth0");
+    // as nft itself reads the rules back
+    let listed = ns_sh(
+        &tb.node(2).ns,
+        &["nft", "list", "table", "ip", "ros2_cni_limits"],
+    )
+    .unwrap();
+    for want in [
+        "update @senders { ip saddr limit rate over 200/second burst 1000 packets }",
+        "limit rate over 2000/second burst 10000 packets",
+    ] {
+        assert!(listed.contains(want), "{want}:\n{listed}");
+    }
+    assert_eq!(
+        st["discoveryLimits"]["uplinkLimitedPackets"], 0,
+        "one sender stays under the total: {st}"
+    );
+    let m = metric(
+        &tb,
+        2,
+        "ros2cni_uplink_rate_limited_packets_total{limit=\"sender\"}",
+    )
+    .unwrap();
+    assert!(m > 0.0);
+    let (_, report) = doctor(&tb, 2);
+    let findings: Vec<&Value> = report["findings"].as_array().unwrap().iter().collect();
+    assert!(
+        findings.iter().any(|f| f["code"] == "UPLINK_RATE_LIMITED"
+            && f["message"].as_str().unwrap().contains("one sender"))
+            && !findings.iter().any(|f| f["code"] == "POD_RATE_LIMITED"),
+        "{report:#}"
+    );
+}
+
+#[test]
+fn many_lan_senders_together_are_held_to_the_uplink_limit() {
+    // lower than the defaults, so that six senders' worth of the per-sender
+    // limit is well above it
+    let (tb, agents, _fl, a1, _b1) = two_nodes(&json!({
+        "uplinkDiscoveryRate": UPLINK_RATE, "uplinkDiscoveryBurst": UPLINK_BURST
+    }));
+    let lap = tb.laptop.clone().unwrap();
+    let senders: Vec<Ipv4Addr> = (201..=206).map(|h| Ipv4Addr::new(192, 168, 0, h)).collect();
+    for a in &senders {
+        ns_sh(
+            &lap,
+            &["ip", "addr", "add", &format!("{a}/20"), "dev", "eth0"],
+        )
+        .unwrap();
+    }
+    let rules = "table ip r2t_count {\n chain pre {\n  type filter hook prerouting priority -400; policy accept;\n  ip saddr 192.168.0.201-192.168.0.206 udp dport 7400 counter\n }\n}\n";
+    let path = std::env::temp_dir().join(format!("r2t-count-{}.nft", a1.ns));
+    std::fs::write(&path, rules).unwrap();
+    ns_sh(&a1.ns, &["nft", "-f", path.to_str().unwrap()]).unwrap();
+    let _ = std::fs::remove_file(path);
+    let f = flood_and_measure(&agents, &lap, &senders, 4.0);
+    std::thread::sleep(Duration::from_millis(300));
+    let got = counted(&a1.ns, "ip");
+    let allowed = UPLINK_BURST + UPLINK_RATE * (f.secs.ceil() as u64 + 1);
+    let per_sender = senders.len() as u64 * (POD_BURST + POD_RATE * (f.secs.ceil() as u64 + 1));
+    eprintln!(
+        "6 LAN senders: {} datagrams in {:.2} s; reached pod a1 {got} (total limit allows {allowed}, \
+         the per-sender limits {per_sender}); agent CPU {:.1}% / {:.1}%",
+        f.sent,
+        f.secs,
+        f.cpu[0] * 100.0,
+        f.cpu[1] * 100.0
+    );
+    assert!(
+        f.sent > 10 * per_sender,
+        "the flood was no flood ({} sent)",
+        f.sent
+    );
+    assert!(
+        got <= allowed && got > 0,
+        "{got} reached a1; the total limit allows {allowed}"
+    );
+    for (i, c) in f.cpu.iter().enumerate() {
+        assert!(
+            *c < 0.25,
+            "agent on node {}: {:.0}% of a core",
+            i + 1,
+            c * 100.0
+        );
+    }
+    let mut st = Value::Null;
+    wait_for(10, "the total's drops in the status", || {
+        st = tb.agent_status(tb.node(1)).unwrap();
         st["discoveryLimits"]["uplinkLimitedPackets"].as_u64() > Some(0)
     });
     assert_eq!(
         st["discoveryLimits"]["uplink"],
-        json!({"rate": UPLINK_RATE, "burst": UPLINK_BURST, "interface": "eth0"})
+        json!({"rate": UPLINK_RATE, "burst": UPLINK_BURST})
     );
-    let m = metric(&tb, 2, "ros2cni_uplink_rate_limited_packets_total").unwrap();
-    assert!(m > 0.0);
-    let (_, report) = doctor(&tb, 2);
-    let codes: Vec<&str> = report["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|f| f["code"].as_str())
-        .collect();
     assert!(
-        codes.contains(&"UPLINK_RATE_LIMITED") && !codes.contains(&"POD_RATE_LIMITED"),
-        "{report:#}"
+        metric(
+            &tb,
+            1,
+            "ros2cni_uplink_rate_limited_packets_total{limit=\"total\"}"
+        )
+        .unwrap()
+            > 0.0
     );
 }
 
@@ -490,11 +594,17 @@ fn sighup_changes_the_limits_counts_stay_monotonic_and_zero_turns_them_off() {
     wait_for(10, "the new limit in the kernel", || {
         nft_limit_of(&node.ns, &port).is_some_and(|l| l["rate"] == 50 && l["burst"] == 100)
     });
-    let st = tb.agent_status(node).unwrap();
-    assert_eq!(
-        st["discoveryLimits"]["pod"],
-        json!({"rate": 50, "burst": 100})
-    );
+    // the status follows at the end of the same pass
+    wait_for(5, "the new limit in the status", || {
+        tb.agent_status(node).unwrap()["discoveryLimits"]["pod"]
+            == json!({"rate": 50, "burst": 100})
+    });
+    // the uplink's per-sender buckets follow (the table is made anew)
+    wait_for(5, "the uplink's per-sender limit", || {
+        ns_sh(&node.ns, &["nft", "list", "table", "ip", "ros2_cni_limits"])
+            .unwrap_or_default()
+            .contains("limit rate over 50/second burst 100 packets")
+    });
     assert!(limited(&tb) >= first, "counts never go back");
     let lap = tb.laptop.clone().unwrap();
     count_in(&lap, "ip", ip_of(&p), 7400, None);
@@ -530,8 +640,11 @@ fn sighup_changes_the_limits_counts_stay_monotonic_and_zero_turns_them_off() {
         guard,
         "anti-spoofing elements untouched"
     );
-    let st = tb.agent_status(node).unwrap();
-    assert_eq!(st["discoveryLimits"]["pod"], Value::Null, "{st}");
+    let mut st = Value::Null;
+    wait_for(5, "no limits in the status", || {
+        st = tb.agent_status(node).unwrap();
+        st["discoveryLimits"]["pod"].is_null() && st["discoveryLimits"]["uplink"].is_null()
+    });
     assert!(st["healthy"] == true, "{st}");
 }
 

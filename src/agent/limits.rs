@@ -89,7 +89,9 @@ pub struct LimitState {
     pub pods: BTreeMap<String, PodLimit>,
     /// The shared bucket of ports not listed yet.
     pub unlisted: Drops,
+    /// From the uplink: all senders together, and per sender.
     pub uplink: Drops,
+    pub uplink_senders: Drops,
     pub uplink_name: Option<String>,
     pub pod_limit: Option<Limit>,
     pub uplink_limit: Option<Limit>,
@@ -163,10 +165,13 @@ impl LimitState {
             Err(e) => problems.push(format!("discovery limits for pods: {e}")),
         }
         self.pods = pods;
-        match fw::sync_uplink_limit(&mut nf, l.uplink, &cfg.groups, uplink) {
-            Ok(before) => self
-                .uplink
-                .observe(rule_of(&before, fw::is_uplink), now, wall),
+        match fw::sync_uplink_limit(&mut nf, &l, &cfg.groups, uplink) {
+            Ok(before) => {
+                self.uplink
+                    .observe(rule_of(&before, fw::is_uplink), now, wall);
+                self.uplink_senders
+                    .observe(rule_of(&before, fw::is_uplink_sender), now, wall);
+            }
             Err(e) => problems.push(format!("discovery limit on the uplink: {e}")),
         }
         self.uplink_name = uplink.map(str::to_owned);
@@ -190,15 +195,15 @@ impl LimitState {
             .collect();
         json!({
             "pod": limit(self.pod_limit),
-            "uplink": limit(self.uplink_limit).map(|mut v| {
-                v["interface"] = json!(self.uplink_name);
-                v
-            }),
+            "uplink": limit(self.uplink_limit),
+            "uplinkInterface": self.uplink_name,
             "pods": pods,
             "unlistedLimitedPackets": self.unlisted.total,
             "uplinkLimitedPackets": self.uplink.total,
             "uplinkLimitedPerSecond": (self.uplink.per_second * 10.0).round() / 10.0,
             "uplinkLastLimited": self.uplink.last_increase,
+            "uplinkSenderLimitedPackets": self.uplink_senders.total,
+            "uplinkSenderLastLimited": self.uplink_senders.last_increase,
         })
     }
 
@@ -233,8 +238,11 @@ impl LimitState {
         counter(
             enc,
             "ros2cni_uplink_rate_limited_packets",
-            "RTPS discovery datagrams from the uplink dropped because more arrived than uplinkDiscoveryRate allows",
-            &[(vec![], self.uplink.total)],
+            "RTPS discovery datagrams from the uplink dropped: one sender sent more than podDiscoveryRate allows (limit=\"sender\"), or all together more than uplinkDiscoveryRate (limit=\"total\")",
+            &[
+                (l(&[("limit", "sender".into())]), self.uplink_senders.total),
+                (l(&[("limit", "total".into())]), self.uplink.total),
+            ],
         )
     }
 }
@@ -277,17 +285,33 @@ pub fn findings(status: &Value, now: u64) -> Vec<(&'static str, String)> {
             ),
         ));
     }
+    let iface = lim["uplinkInterface"].as_str().unwrap_or("?");
+    if recent(&lim["uplinkSenderLastLimited"]) {
+        out.push((
+            "UPLINK_RATE_LIMITED",
+            format!(
+                "A sender on the LAN sends RTPS discovery multicast into the uplink {iface} faster than \
+                 podDiscoveryRate allows one sender ({}): {} datagrams dropped so far, the last {} s ago. \
+                 Other senders are not affected. Cause: a host on the LAN that does not run ros2-cni sends \
+                 discovery in a loop (computers running ros2-cni limit their own pods). Fix: find it \
+                 (tcpdump -ni {iface} udp port 7400) and stop it; if its traffic is real (one host running \
+                 hundreds of participants), raise podDiscoveryRate and podDiscoveryBurst.",
+                limit(&lim["pod"]),
+                lim["uplinkSenderLimitedPackets"],
+                ago(&lim["uplinkSenderLastLimited"]),
+            ),
+        ));
+    }
     if recent(&lim["uplinkLastLimited"]) {
         out.push((
             "UPLINK_RATE_LIMITED",
             format!(
-                "More RTPS discovery multicast arrives on the uplink {} than uplinkDiscoveryRate allows ({}): \
-                 {} datagrams dropped so far, the last {} s ago. While it lasts, discovery from other \
-                 computers reaches this node's pods only in part. Cause: a host on the LAN floods (computers \
-                 running ros2-cni limit their own pods). Fix: find the sender (`ros2-cni doctor` lists \
-                 participants; tcpdump on the uplink); if the traffic is real, raise uplinkDiscoveryRate and \
+                "More RTPS discovery multicast arrives on the uplink {iface}, all senders together, than \
+                 uplinkDiscoveryRate allows ({}): {} datagrams dropped so far, the last {} s ago. While it \
+                 lasts, discovery from other computers reaches this node's pods only in part. Cause: many \
+                 senders at once (a fleet booting), or many flooding hosts. Fix: find the senders \
+                 (tcpdump -ni {iface} udp port 7400); if the traffic is real, raise uplinkDiscoveryRate and \
                  uplinkDiscoveryBurst.",
-                lim["uplink"]["interface"].as_str().unwrap_or("?"),
                 limit(&lim["uplink"]),
                 lim["uplinkLimitedPackets"],
                 ago(&lim["uplinkLastLimited"]),
@@ -305,7 +329,7 @@ mod tests {
     fn findings_name_recently_limited_pods_and_the_key() {
         let st = json!({"discoveryLimits": {
             "pod": {"rate": 200, "burst": 1000},
-            "uplink": {"rate": 2000, "burst": 10000, "interface": "eth0"},
+            "uplink": {"rate": 2000, "burst": 10000},
             "pods": [
                 {"namespace": "robots", "pod": "flooder", "ip": "192.168.1.5", "limitedPackets": 4711,
                  "limitedPerSecond": 900.0, "lastLimited": 1000},
@@ -329,10 +353,20 @@ mod tests {
         let mut st = st;
         st["discoveryLimits"]["uplinkLastLimited"] = json!(1005);
         st["discoveryLimits"]["uplinkLimitedPackets"] = json!(99);
+        st["discoveryLimits"]["uplinkInterface"] = json!("eth0");
         let f = findings(&st, 1010);
+        assert_eq!(f.len(), 2, "{f:?}");
         assert_eq!(f[1].0, "UPLINK_RATE_LIMITED");
         assert!(
             f[1].1.contains("eth0") && f[1].1.contains("uplinkDiscoveryRate"),
+            "{}",
+            f[1].1
+        );
+        st["discoveryLimits"]["uplinkSenderLastLimited"] = json!(1009);
+        let f = findings(&st, 1010);
+        assert_eq!(f.len(), 3, "{f:?}");
+        assert!(
+            f[1].1.contains("one sender") && f[1].1.contains("podDiscoveryRate"),
             "{}",
             f[1].1
         );

@@ -37,6 +37,7 @@ const GROUPS_SET: &str = "groups";
 const PORTS_SET: &str = "spdp_ports";
 const LIMITED_SET: &str = "limited";
 const PER_POD: &str = "per_pod";
+const SENDERS_SET: &str = "senders";
 /// Bumped whenever the rules change, so old rules get replaced.
 const VERSION: &str = "limits-v1";
 
@@ -185,6 +186,10 @@ fn uplink_comment(uplink: &str, l: Limit) -> String {
     comment(&format!("uplink {uplink} {}", l.tag()))
 }
 
+fn uplink_sender_comment(uplink: &str, l: Limit) -> String {
+    comment(&format!("uplink-sender {uplink} {}", l.tag()))
+}
+
 /// Whether a dumped rule is the shared bucket of ports not listed yet.
 pub fn is_unlisted(r: &DumpedRule) -> bool {
     r.comment
@@ -192,11 +197,18 @@ pub fn is_unlisted(r: &DumpedRule) -> bool {
         .is_some_and(|c| c.starts_with(&comment("unlisted ")))
 }
 
-/// Whether a dumped rule is the uplink's limit.
+/// Whether a dumped rule is the uplink's limit on all senders together.
 pub fn is_uplink(r: &DumpedRule) -> bool {
     r.comment
         .as_deref()
         .is_some_and(|c| c.starts_with(&comment("uplink ")))
+}
+
+/// Whether a dumped rule is the uplink's limit per sender.
+pub fn is_uplink_sender(r: &DumpedRule) -> bool {
+    r.comment
+        .as_deref()
+        .is_some_and(|c| c.starts_with(&comment("uplink-sender ")))
 }
 
 /// UDP to an RTPS group and an SPDP port (IPv4, first fragments only: later
@@ -292,11 +304,13 @@ fn sets(bridge: bool) -> Vec<SetSpec> {
             name: GROUPS_SET.into(),
             key_type: TYPE_IPADDR,
             key_len: 4,
+            dynamic_timeout_ms: None,
         },
         SetSpec {
             name: PORTS_SET.into(),
             key_type: TYPE_INET_SERVICE,
             key_len: 2,
+            dynamic_timeout_ms: None,
         },
     ];
     if bridge {
@@ -304,6 +318,15 @@ fn sets(bridge: bool) -> Vec<SetSpec> {
             name: LIMITED_SET.into(),
             key_type: TYPE_IFNAME,
             key_len: 16,
+            dynamic_timeout_ms: None,
+        });
+    } else {
+        // one bucket per LAN sender, forgotten after a minute of silence
+        s.push(SetSpec {
+            name: SENDERS_SET.into(),
+            key_type: TYPE_IPADDR,
+            key_len: 4,
+            dynamic_timeout_ms: Some(60_000),
         });
     }
     s
@@ -357,11 +380,45 @@ pub fn pod_limits_spec(l: Limit, ports: &[String]) -> TableSpec {
     }
 }
 
-/// The ip table: the uplink's aggregate limit.
-pub fn uplink_limit_spec(uplink: &str, l: Limit) -> TableSpec {
-    let mut exprs = iifname_is(&ifname_key(uplink)).to_vec();
-    exprs.extend(discovery_match(false));
-    exprs.extend(limit_drop(l));
+/// The ip table: from the uplink, each sender (source address) held to
+/// `per_sender`, then all of them together to `total` (either may be off).
+pub fn uplink_limit_spec(uplink: &str, total: Limit, per_sender: Limit) -> TableSpec {
+    let mut rules = vec![];
+    if per_sender.is_on() {
+        let mut exprs = iifname_is(&ifname_key(uplink)).to_vec();
+        exprs.extend(discovery_match(false));
+        exprs.extend([
+            Expr::Payload {
+                base: PayloadBase::Network,
+                offset: 12,
+                len: 4,
+                dreg: R0,
+            },
+            Expr::DynsetUpdate {
+                set: SENDERS_SET.into(),
+                sreg: R0,
+                expr: Box::new(per_sender.expr()),
+            },
+            Expr::Counter,
+            Expr::Verdict {
+                code: NF_DROP,
+                chain: None,
+            },
+        ]);
+        rules.push(RuleSpec {
+            comment: uplink_sender_comment(uplink, per_sender),
+            exprs,
+        });
+    }
+    if total.is_on() {
+        let mut exprs = iifname_is(&ifname_key(uplink)).to_vec();
+        exprs.extend(discovery_match(false));
+        exprs.extend(limit_drop(total));
+        rules.push(RuleSpec {
+            comment: uplink_comment(uplink, total),
+            exprs,
+        });
+    }
     TableSpec {
         family: NFPROTO_IPV4,
         name: TABLE.into(),
@@ -369,10 +426,7 @@ pub fn uplink_limit_spec(uplink: &str, l: Limit) -> TableSpec {
         chains: vec![ChainSpec {
             name: "prerouting".into(),
             hook: Some((NF_INET_PRE_ROUTING, UPLINK_PRIORITY)),
-            rules: vec![RuleSpec {
-                comment: uplink_comment(uplink, l),
-                exprs,
-            }],
+            rules,
         }],
     }
 }
@@ -495,23 +549,49 @@ pub fn sync_pod_limits(
     Ok(have)
 }
 
-/// Brings `ip ros2_cni_limits` to the uplink's limit (or removes the table
-/// when it is off, or `uplink` is None). Returns the rules as they were before.
+/// Brings `ip ros2_cni_limits` to the uplink's limits: per sender
+/// `limits.pod` (every sender is held to what a pod is), all together
+/// `limits.uplink`. Removes the table when both are off or `uplink` is None.
+/// A change re-creates the table in one transaction, so that no sender keeps
+/// a bucket of the old limit. Returns the rules as they were before.
 pub fn sync_uplink_limit(
     nl: &mut Nfnl,
-    l: Limit,
+    limits: &Limits,
     groups: &[Ipv4Addr],
     uplink: Option<&str>,
 ) -> Result<Vec<DumpedRule>> {
     let have = tables_rules(nl, NFPROTO_IPV4)?;
-    let Some(uplink) = uplink.filter(|_| l.is_on()) else {
+    let on = limits.uplink.is_on() || limits.pod.is_on();
+    let Some(uplink) = uplink.filter(|_| on) else {
         nl.delete_table(NFPROTO_IPV4, TABLE)?;
         return Ok(have);
     };
-    let spec = uplink_limit_spec(uplink, l);
-    super::ensure_table(nl, &spec)?;
-    let edits = common_set_edits(nl, NFPROTO_IPV4, groups)?;
-    nl.edit(NFPROTO_IPV4, TABLE, &edits)?;
+    let spec = uplink_limit_spec(uplink, limits.uplink, limits.pod);
+    let mut want: Vec<_> = spec.chains[0]
+        .rules
+        .iter()
+        .map(|r| Some(r.comment.clone()))
+        .collect();
+    let mut got: Vec<_> = have.iter().map(|r| r.comment.clone()).collect();
+    want.sort();
+    got.sort();
+    if want != got || !sets_exist(nl, NFPROTO_IPV4, false)? {
+        let exists = !have.is_empty() || nl.set_exists(NFPROTO_IPV4, TABLE, GROUPS_SET)?;
+        let elements = vec![
+            Edit::AddElements {
+                set: GROUPS_SET.into(),
+                keys: groups.iter().map(|g| g.octets().to_vec()).collect(),
+            },
+            Edit::AddElements {
+                set: PORTS_SET.into(),
+                keys: spdp_ports().map(|p| p.to_be_bytes().to_vec()).collect(),
+            },
+        ];
+        nl.replace_table(&spec, exists, &elements)?;
+    } else {
+        let edits = common_set_edits(nl, NFPROTO_IPV4, groups)?;
+        nl.edit(NFPROTO_IPV4, TABLE, &edits)?;
+    }
     Ok(have)
 }
 

@@ -133,6 +133,15 @@ pub enum Expr {
         burst: u32,
         over: bool,
     },
+    /// `update @set { KEY EXPR }`: the key in `sreg` is added to (or
+    /// refreshed in) the dynamic set `set`, and the element's own copy of
+    /// `expr` (stateful: a limit) is evaluated; the rule goes on only if it
+    /// matches.
+    DynsetUpdate {
+        set: String,
+        sreg: u32,
+        expr: Box<Expr>,
+    },
 }
 
 /// Builds netlink attributes into a byte buffer.
@@ -190,6 +199,12 @@ impl Attrs {
 
 fn encode_expr(a: &mut Attrs, e: &Expr) {
     a.begin(1); // NFTA_LIST_ELEM
+    encode_expr_body(a, e);
+    a.end(); // LIST_ELEM
+}
+
+/// NFTA_EXPR_NAME and NFTA_EXPR_DATA of one expression.
+fn encode_expr_body(a: &mut Attrs, e: &Expr) {
     let name = match e {
         Expr::Meta { .. } => "meta",
         Expr::Payload { .. } | Expr::PayloadWrite { .. } => "payload",
@@ -198,6 +213,7 @@ fn encode_expr(a: &mut Attrs, e: &Expr) {
         Expr::Immediate { .. } | Expr::Verdict { .. } => "immediate",
         Expr::Counter => "counter",
         Expr::Limit { .. } => "limit",
+        Expr::DynsetUpdate { .. } => "dynset",
     };
     a.str(1, name); // NFTA_EXPR_NAME
     a.begin(2); // NFTA_EXPR_DATA
@@ -264,9 +280,15 @@ fn encode_expr(a: &mut Attrs, e: &Expr) {
                 .be32(4, 0)
                 .be32(5, u32::from(*over));
         }
+        Expr::DynsetUpdate { set, sreg, expr } => {
+            // NFTA_DYNSET_SET_NAME, _OP (NFT_DYNSET_OP_UPDATE), _SREG_KEY, _EXPR
+            a.str(1, set).be32(3, 1).be32(4, *sreg);
+            a.begin(7);
+            encode_expr_body(a, expr);
+            a.end();
+        }
     }
     a.end(); // EXPR_DATA
-    a.end(); // LIST_ELEM
 }
 
 /// A table, its sets, chains and rules, applied in one transaction.
@@ -283,7 +305,14 @@ pub struct SetSpec {
     pub name: String,
     pub key_type: u32,
     pub key_len: u32,
+    /// A set the rules fill themselves (`dynset`, as nft's `update @set`),
+    /// with elements expiring after this many milliseconds without a
+    /// packet. None: a plain set the agent fills.
+    pub dynamic_timeout_ms: Option<u64>,
 }
+
+/// Elements a dynamic set holds at most.
+const DYNAMIC_SET_SIZE: u32 = 65535;
 
 #[derive(Debug, Clone)]
 pub struct ChainSpec {
@@ -601,19 +630,55 @@ impl Nfnl {
     /// rules of its chains with `spec`'s, in one transaction. Set elements
     /// are kept.
     pub fn apply_table(&mut self, spec: &TableSpec) -> Result<()> {
+        let msgs = Self::table_msgs(spec);
+        self.batch(&format!("apply table {}", spec.name), msgs)
+    }
+
+    /// Deletes the table (when `exists`) and creates it anew from `spec`,
+    /// then applies `edits` (e.g. set elements), all in one transaction:
+    /// sets and their elements start over, and no packet sees a half-made
+    /// table.
+    pub fn replace_table(&mut self, spec: &TableSpec, exists: bool, edits: &[Edit]) -> Result<()> {
+        let mut msgs = vec![];
+        if exists {
+            let mut m = Message::new(msg::DELTABLE, 0, spec.family);
+            m.attrs.str(1, &spec.name);
+            msgs.push(m);
+        }
+        msgs.extend(Self::table_msgs(spec));
+        msgs.extend(
+            edits
+                .iter()
+                .map(|e| Self::edit_msg(spec.family, &spec.name, e)),
+        );
+        self.batch(&format!("replace table {}", spec.name), msgs)
+    }
+
+    fn table_msgs(spec: &TableSpec) -> Vec<Message> {
         let mut msgs = vec![];
         let mut t = Message::new(msg::NEWTABLE, NLM_F_CREATE, spec.family);
         t.attrs.str(1, &spec.name);
         msgs.push(t);
         for (i, s) in spec.sets.iter().enumerate() {
             let mut m = Message::new(msg::NEWSET, NLM_F_CREATE, spec.family);
+            // NFT_SET_TIMEOUT | NFT_SET_EVAL for a dynamic set
+            let flags = if s.dynamic_timeout_ms.is_some() {
+                0x10 | 0x20
+            } else {
+                0
+            };
             m.attrs
                 .str(1, &spec.name)
                 .str(2, &s.name)
-                .be32(3, 0)
+                .be32(3, flags)
                 .be32(4, s.key_type)
                 .be32(5, s.key_len)
                 .be32(10, i as u32 + 1);
+            if let Some(ms) = s.dynamic_timeout_ms {
+                // NFTA_SET_DESC { NFTA_SET_DESC_SIZE }, NFTA_SET_TIMEOUT
+                m.attrs.begin(9).be32(1, DYNAMIC_SET_SIZE).end();
+                m.attrs.put(11, &ms.to_be_bytes());
+            }
             msgs.push(m);
         }
         // regular chains first, so base chains can jump to them
@@ -639,7 +704,7 @@ impl Nfnl {
                 msgs.push(Self::rule_msg(spec.family, &spec.name, &c.name, r));
             }
         }
-        self.batch(&format!("apply table {}", spec.name), msgs)
+        msgs
     }
 
     /// NEWRULE appending `r` to `chain`.
@@ -663,25 +728,29 @@ impl Nfnl {
         }
         let msgs = edits
             .iter()
-            .map(|e| match e {
-                Edit::DeleteRule { chain, handle } => {
-                    let mut m = Message::new(msg::DELRULE, 0, family);
-                    m.attrs
-                        .str(1, table)
-                        .str(2, chain)
-                        .put(3, &handle.to_be_bytes());
-                    m
-                }
-                Edit::AppendRule { chain, rule } => Self::rule_msg(family, table, chain, rule),
-                Edit::AddElements { set, keys } => {
-                    Self::elem_msg(msg::NEWSETELEM, family, table, set, keys)
-                }
-                Edit::DeleteElements { set, keys } => {
-                    Self::elem_msg(msg::DELSETELEM, family, table, set, keys)
-                }
-            })
+            .map(|e| Self::edit_msg(family, table, e))
             .collect();
         self.batch(&format!("edit table {table}"), msgs)
+    }
+
+    fn edit_msg(family: u8, table: &str, e: &Edit) -> Message {
+        match e {
+            Edit::DeleteRule { chain, handle } => {
+                let mut m = Message::new(msg::DELRULE, 0, family);
+                m.attrs
+                    .str(1, table)
+                    .str(2, chain)
+                    .put(3, &handle.to_be_bytes());
+                m
+            }
+            Edit::AppendRule { chain, rule } => Self::rule_msg(family, table, chain, rule),
+            Edit::AddElements { set, keys } => {
+                Self::elem_msg(msg::NEWSETELEM, family, table, set, keys)
+            }
+            Edit::DeleteElements { set, keys } => {
+                Self::elem_msg(msg::DELSETELEM, family, table, set, keys)
+            }
+        }
     }
 
     /// Deletes a table; Ok(false) if it did not exist.
