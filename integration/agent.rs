@@ -530,12 +530,19 @@ fn sighup_reloads_and_sigterm_keeps_pods_connected() {
     );
     // raiseTtl and fastPath switched off by a reload: the TTL table and the
     // tc programs go
-    let tables = |ns: &str| ros2_cni::lab::testbed::ns_sh(ns, &["nft", "list", "tables"]).unwrap();
+    // whole lines: `table ip ros2_cni_limits` is another table
+    let tables = |ns: &str| {
+        ros2_cni::lab::testbed::ns_sh(ns, &["nft", "list", "tables"])
+            .unwrap()
+            .lines()
+            .map(|l| format!("{}\n", l.trim()))
+            .collect::<String>()
+    };
     let lan_filters = |ns: &str| {
         ros2_cni::lab::testbed::ns_sh(ns, &["tc", "filter", "show", "dev", "eth0", "ingress"])
             .unwrap_or_default()
     };
-    assert!(tables(&n1.ns).contains("table ip ros2_cni"));
+    assert!(tables(&n1.ns).contains("table ip ros2_cni\n"));
     wait_for(5, "the fast path on the uplink", || {
         lan_filters(&n1.ns).contains("r2c_lan")
     });
@@ -574,7 +581,7 @@ fn sighup_reloads_and_sigterm_keeps_pods_connected() {
     tb.agent_config(n1, &json!({})).unwrap();
     tb.signal(agent1, nix::sys::signal::Signal::SIGHUP);
     wait_for(5, "TTL table and fast path back", || {
-        tables(&n1.ns).contains("table ip ros2_cni") && lan_filters(&n1.ns).contains("r2c_lan")
+        tables(&n1.ns).contains("table ip ros2_cni\n") && lan_filters(&n1.ns).contains("r2c_lan")
     });
 
     tb.signal(agent1, nix::sys::signal::Signal::SIGTERM);
@@ -586,13 +593,13 @@ fn sighup_reloads_and_sigterm_keeps_pods_connected() {
         "clean exit: {exit:?}\n{}",
         tb.log("agent-n1")
     );
-    let tables = ros2_cni::lab::testbed::ns_sh(&n1.ns, &["nft", "list", "tables"]).unwrap();
+    let tables = tables(&n1.ns);
     assert!(
-        !tables.contains("table ip ros2_cni"),
+        !tables.contains("table ip ros2_cni\n"),
         "the agent-only TTL table is gone: {tables}"
     );
     assert!(
-        tables.contains("table bridge ros2_cni"),
+        tables.contains("table bridge ros2_cni\n"),
         "pod-facing anti-spoofing stays: {tables}"
     );
     assert!(

@@ -12,6 +12,7 @@ mod hostile;
 mod install;
 mod lab;
 mod libcni;
+mod limits;
 mod macvlan;
 mod plugin;
 mod reliability;

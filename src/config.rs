@@ -62,6 +62,10 @@ const OUR_KEYS: &[&str] = &[
     "mfcIdleSeconds",
     "raiseTtl",
     "fastPath",
+    "podDiscoveryRate",
+    "podDiscoveryBurst",
+    "uplinkDiscoveryRate",
+    "uplinkDiscoveryBurst",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -201,6 +205,8 @@ pub struct Config {
     pub raise_ttl: bool,
     /// Agent (routed mode): tc/BPF fast path for pod <-> LAN unicast.
     pub fast_path: bool,
+    /// Agent (routed mode): rate limits on RTPS discovery multicast.
+    pub limits: crate::firewall::limits::Limits,
 }
 
 fn invalid(key: &str, msg: impl fmt::Display) -> CniError {
@@ -571,6 +577,7 @@ impl Config {
             mfc_idle_seconds,
             raise_ttl: get_bool(m, "raiseTtl")?.unwrap_or(true),
             fast_path: get_bool(m, "fastPath")?.unwrap_or(true),
+            limits: crate::firewall::limits::Limits::from_map(m)?,
         })
     }
 

@@ -314,6 +314,14 @@ pub fn findings(inp: &Inputs) -> Vec<Finding> {
             ),
         ));
     }
+    if let Ok(st) = &inp.status {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        for (code, msg) in crate::agent::limits::findings(st, now) {
+            out.push(Finding::new(code, Severity::Warning, msg));
+        }
+    }
     let mut domains: BTreeMap<u64, usize> = BTreeMap::new();
     for p in &parts {
         if let Some(d) = p["domain"].as_u64() {

@@ -14,6 +14,16 @@ use std::time::{Duration, Instant};
 const SPDP: Ipv4Addr = Ipv4Addr::new(239, 255, 0, 1);
 const PORT: u16 = 7400;
 
+/// The agents of this section forward 10000 SPDP datagrams/s from one
+/// sender, far above the default discovery limits (podDiscoveryRate 200/s):
+/// they run with the limits off, so that what is measured is forwarding.
+fn unlimited() -> serde_json::Value {
+    let mut v = production_extra();
+    v["podDiscoveryRate"] = 0.into();
+    v["uplinkDiscoveryRate"] = 0.into();
+    v
+}
+
 /// utime + stime of `pid` in seconds (all threads).
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -173,17 +183,16 @@ pub fn agent(plan: &Plan) -> Section {
              to 239.255.0.1:7400 for {w} s; the laptop (LAN) and pod B (node 2, through both \
              agents) count what arrives. **LAN → pods**: the laptop sends the same; pods A and B \
              count. The forwarding itself is the kernel's (multicast routes the agent installs \
-             on the first packet of each source); its softirq time is not the agent's. {} \
+             on the first packet of each source); its softirq time is not the agent's. The \
+             discovery rate limits are off here (this rate is far above their defaults; \
+             integration/limits.rs measures the agent under a flood with them on). {} \
              repetitions each.",
             plan.agent_reps
         ),
     );
     let tb = plan.bed(2, true);
-    let pid = tb
-        .start_agent(tb.node(1), &production_extra())
-        .expect("agent 1");
-    tb.start_agent(tb.node(2), &production_extra())
-        .expect("agent 2");
+    let pid = tb.start_agent(tb.node(1), &unlimited()).expect("agent 1");
+    tb.start_agent(tb.node(2), &unlimited()).expect("agent 2");
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
     assert_eq!(comm.trim(), "ros2-cni", "pid {pid} is the agent");
     let a = tb

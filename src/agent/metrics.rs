@@ -21,9 +21,9 @@ impl std::fmt::Debug for Collector {
     }
 }
 
-type Labels = Vec<(String, String)>;
+pub(super) type Labels = Vec<(String, String)>;
 
-fn counter(
+pub(super) fn counter(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -47,7 +47,7 @@ fn gauge(
     g.encode(m)
 }
 
-fn l(pairs: &[(&str, String)]) -> Labels {
+pub(super) fn l(pairs: &[(&str, String)]) -> Labels {
     pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.clone()))
@@ -105,6 +105,7 @@ impl prometheus_client::collector::Collector for Collector {
             "RTPS packets whose TTL was raised from 1 to 2",
             &[(vec![], st.ttl_raised)],
         )?;
+        st.limits.encode_metrics(&mut enc)?;
         counter(
             &mut enc,
             "ros2cni_agent_restarts",

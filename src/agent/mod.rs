@@ -18,6 +18,7 @@
 //! SIGHUP reloads the config; SIGTERM/SIGINT remove only what the agent alone
 //! needs (TTL rule, multicast routes, its socket) and keep pod-facing state.
 
+pub mod limits;
 pub mod metrics;
 pub mod observe;
 pub mod pods;
@@ -157,6 +158,8 @@ pub struct State {
     pub records: Vec<crate::ipam::Attachment>,
     /// The tc/BPF fast path (routed mode).
     pub fastpath: crate::fastpath::FastPath,
+    /// The discovery rate limits and what they dropped.
+    pub limits: limits::LimitState,
     /// `dataDir/agent.lock`, held while this agent runs: one agent per node.
     _instance: Option<std::fs::File>,
 }
@@ -364,6 +367,7 @@ pub fn start(opts: &Options) -> Result<State, AgentError> {
         attachments_mtime: None,
         records: vec![],
         fastpath: Default::default(),
+        limits: Default::default(),
         _instance: Some(instance),
     })
     .map(|mut st| {
@@ -509,6 +513,7 @@ struct Pass {
     /// Interfaces to sample for the sources of a multicast flood.
     sample: Vec<(u32, String)>,
     synced_until: SystemTime,
+    limits: limits::LimitState,
 }
 
 /// What it found and did, to be written back.
@@ -524,6 +529,7 @@ struct Done {
     forwarded: Option<firewall::Forwarded>,
     sampled: Option<Vec<pressure::Source>>,
     synced_until: SystemTime,
+    limits: limits::LimitState,
 }
 
 impl Pass {
@@ -543,6 +549,7 @@ impl Pass {
                     .collect(),
                 _ => vec![],
             },
+            limits: st.limits.clone(),
         }
     }
 
@@ -626,6 +633,9 @@ impl Pass {
         };
         let sampled = (!self.sample.is_empty())
             .then(|| pressure::sample_interfaces(&self.sample, &self.cfg.groups));
+        let uplink = node.as_ref().ok().map(|(u, _)| u.name.as_str());
+        self.limits
+            .reconcile(&self.cfg, &self.records, uplink, self.routed);
         Done {
             node,
             repairs,
@@ -638,6 +648,7 @@ impl Pass {
             forwarded,
             sampled,
             synced_until,
+            limits: self.limits,
         }
     }
 }
@@ -666,6 +677,8 @@ impl Done {
             tracing::info!("repaired pod state: {r}");
         }
         problems.extend(self.pod_problems);
+        problems.extend(self.limits.problem.clone());
+        st.limits = self.limits;
         st.fastpath = self.fastpath;
         if self.fastpath_became_unavailable {
             if let Some(why) = &st.fastpath.unavailable {
@@ -847,6 +860,7 @@ pub fn status_json(st: &State) -> Value {
         "ttlRaised": st.ttl_raised,
         "upcalls": st.router.as_ref().map_or(0, |r| r.upcalls()),
         "multicastPressure": st.pressure.to_json(),
+        "discoveryLimits": st.limits.status_json(),
         "igmpReportsSent": st.reports_sent,
         "participants": st.table.len(),
         "fastPath": {

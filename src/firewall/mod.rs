@@ -14,6 +14,7 @@
 //!   RTPS group and direction, for what the multicast router forwarded (its
 //!   (*,G) entries count both directions together).
 
+pub mod limits;
 pub mod nfnl;
 
 use nfnl::{
@@ -133,6 +134,7 @@ pub fn pod_guard_spec() -> TableSpec {
             name: PODS_SET.into(),
             key_type: concat_type(&[TYPE_IFNAME, TYPE_ETHERADDR, TYPE_IPADDR]),
             key_len: 28,
+            dynamic_timeout_ms: None,
         }],
         chains: vec![
             ChainSpec {
@@ -194,11 +196,13 @@ pub fn ttl_spec() -> TableSpec {
                 name: GROUPS_SET.into(),
                 key_type: TYPE_IPADDR,
                 key_len: 4,
+                dynamic_timeout_ms: None,
             },
             SetSpec {
                 name: IFACES_SET.into(),
                 key_type: TYPE_IFNAME,
                 key_len: 16,
+                dynamic_timeout_ms: None,
             },
         ],
         chains: vec![ChainSpec {

@@ -38,6 +38,7 @@ mod msg {
     pub const DELCHAIN: u16 = 5;
     pub const NEWRULE: u16 = 6;
     pub const GETRULE: u16 = 7;
+    pub const DELRULE: u16 = 8;
     pub const NEWSET: u16 = 9;
     pub const GETSET: u16 = 10;
     pub const NEWSETELEM: u16 = 12;
@@ -52,10 +53,12 @@ pub const NF_INET_FORWARD: u32 = 2;
 pub const NF_DROP: i32 = 0;
 pub const NF_ACCEPT: i32 = 1;
 pub const NFT_JUMP: i32 = -3;
+pub const NFT_GOTO: i32 = -4;
 pub const NFT_RETURN: i32 = -5;
 
 /// nft datatype ids (nftables' datatype.h), only for how `nft list` prints keys.
 pub const TYPE_IPADDR: u32 = 7;
+pub const TYPE_INET_SERVICE: u32 = 13;
 pub const TYPE_ETHERADDR: u32 = 9;
 pub const TYPE_IFNAME: u32 = 41;
 
@@ -120,6 +123,25 @@ pub enum Expr {
         chain: Option<String>,
     },
     Counter,
+    /// `limit rate [over] RATE/UNIT burst BURST packets`: with `over`, the
+    /// rule goes on only for packets beyond the rate (the usual "drop the
+    /// excess"); without, only for packets within it. A token bucket of
+    /// `burst` packets refilled at `rate` per `unit_seconds`.
+    Limit {
+        rate: u64,
+        unit_seconds: u64,
+        burst: u32,
+        over: bool,
+    },
+    /// `update @set { KEY EXPR }`: the key in `sreg` is added to (or
+    /// refreshed in) the dynamic set `set`, and the element's own copy of
+    /// `expr` (stateful: a limit) is evaluated; the rule goes on only if it
+    /// matches.
+    DynsetUpdate {
+        set: String,
+        sreg: u32,
+        expr: Box<Expr>,
+    },
 }
 
 /// Builds netlink attributes into a byte buffer.
@@ -177,6 +199,12 @@ impl Attrs {
 
 fn encode_expr(a: &mut Attrs, e: &Expr) {
     a.begin(1); // NFTA_LIST_ELEM
+    encode_expr_body(a, e);
+    a.end(); // LIST_ELEM
+}
+
+/// NFTA_EXPR_NAME and NFTA_EXPR_DATA of one expression.
+fn encode_expr_body(a: &mut Attrs, e: &Expr) {
     let name = match e {
         Expr::Meta { .. } => "meta",
         Expr::Payload { .. } | Expr::PayloadWrite { .. } => "payload",
@@ -184,6 +212,8 @@ fn encode_expr(a: &mut Attrs, e: &Expr) {
         Expr::Lookup { .. } => "lookup",
         Expr::Immediate { .. } | Expr::Verdict { .. } => "immediate",
         Expr::Counter => "counter",
+        Expr::Limit { .. } => "limit",
+        Expr::DynsetUpdate { .. } => "dynset",
     };
     a.str(1, name); // NFTA_EXPR_NAME
     a.begin(2); // NFTA_EXPR_DATA
@@ -237,9 +267,28 @@ fn encode_expr(a: &mut Attrs, e: &Expr) {
         Expr::Counter => {
             a.put(1, &0u64.to_be_bytes()).put(2, &0u64.to_be_bytes());
         }
+        Expr::Limit {
+            rate,
+            unit_seconds,
+            burst,
+            over,
+        } => {
+            // NFTA_LIMIT_RATE, _UNIT (u64), _BURST, _TYPE (NFT_LIMIT_PKTS), _FLAGS (NFT_LIMIT_F_INV)
+            a.put(1, &rate.to_be_bytes())
+                .put(2, &unit_seconds.to_be_bytes())
+                .be32(3, *burst)
+                .be32(4, 0)
+                .be32(5, u32::from(*over));
+        }
+        Expr::DynsetUpdate { set, sreg, expr } => {
+            // NFTA_DYNSET_SET_NAME, _OP (NFT_DYNSET_OP_UPDATE), _SREG_KEY, _EXPR
+            a.str(1, set).be32(3, 1).be32(4, *sreg);
+            a.begin(7);
+            encode_expr_body(a, expr);
+            a.end();
+        }
     }
     a.end(); // EXPR_DATA
-    a.end(); // LIST_ELEM
 }
 
 /// A table, its sets, chains and rules, applied in one transaction.
@@ -256,7 +305,14 @@ pub struct SetSpec {
     pub name: String,
     pub key_type: u32,
     pub key_len: u32,
+    /// A set the rules fill themselves (`dynset`, as nft's `update @set`),
+    /// with elements expiring after this many milliseconds without a
+    /// packet. None: a plain set the agent fills.
+    pub dynamic_timeout_ms: Option<u64>,
 }
+
+/// Elements a dynamic set holds at most.
+const DYNAMIC_SET_SIZE: u32 = 65535;
 
 #[derive(Debug, Clone)]
 pub struct ChainSpec {
@@ -273,10 +329,21 @@ pub struct RuleSpec {
     pub exprs: Vec<Expr>,
 }
 
+/// One change of [`Nfnl::edit`].
+#[derive(Debug, Clone)]
+pub enum Edit {
+    DeleteRule { chain: String, handle: u64 },
+    AppendRule { chain: String, rule: RuleSpec },
+    AddElements { set: String, keys: Vec<Vec<u8>> },
+    DeleteElements { set: String, keys: Vec<Vec<u8>> },
+}
+
 /// A rule as dumped back: its chain, comment and counter (packets, bytes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DumpedRule {
     pub chain: String,
+    /// The kernel's handle of the rule (to delete just this one).
+    pub handle: u64,
     pub comment: Option<String>,
     pub counter: Option<(u64, u64)>,
 }
@@ -563,19 +630,55 @@ impl Nfnl {
     /// rules of its chains with `spec`'s, in one transaction. Set elements
     /// are kept.
     pub fn apply_table(&mut self, spec: &TableSpec) -> Result<()> {
+        let msgs = Self::table_msgs(spec);
+        self.batch(&format!("apply table {}", spec.name), msgs)
+    }
+
+    /// Deletes the table (when `exists`) and creates it anew from `spec`,
+    /// then applies `edits` (e.g. set elements), all in one transaction:
+    /// sets and their elements start over, and no packet sees a half-made
+    /// table.
+    pub fn replace_table(&mut self, spec: &TableSpec, exists: bool, edits: &[Edit]) -> Result<()> {
+        let mut msgs = vec![];
+        if exists {
+            let mut m = Message::new(msg::DELTABLE, 0, spec.family);
+            m.attrs.str(1, &spec.name);
+            msgs.push(m);
+        }
+        msgs.extend(Self::table_msgs(spec));
+        msgs.extend(
+            edits
+                .iter()
+                .map(|e| Self::edit_msg(spec.family, &spec.name, e)),
+        );
+        self.batch(&format!("replace table {}", spec.name), msgs)
+    }
+
+    fn table_msgs(spec: &TableSpec) -> Vec<Message> {
         let mut msgs = vec![];
         let mut t = Message::new(msg::NEWTABLE, NLM_F_CREATE, spec.family);
         t.attrs.str(1, &spec.name);
         msgs.push(t);
         for (i, s) in spec.sets.iter().enumerate() {
             let mut m = Message::new(msg::NEWSET, NLM_F_CREATE, spec.family);
+            // NFT_SET_TIMEOUT | NFT_SET_EVAL for a dynamic set
+            let flags = if s.dynamic_timeout_ms.is_some() {
+                0x10 | 0x20
+            } else {
+                0
+            };
             m.attrs
                 .str(1, &spec.name)
                 .str(2, &s.name)
-                .be32(3, 0)
+                .be32(3, flags)
                 .be32(4, s.key_type)
                 .be32(5, s.key_len)
                 .be32(10, i as u32 + 1);
+            if let Some(ms) = s.dynamic_timeout_ms {
+                // NFTA_SET_DESC { NFTA_SET_DESC_SIZE }, NFTA_SET_TIMEOUT
+                m.attrs.begin(9).be32(1, DYNAMIC_SET_SIZE).end();
+                m.attrs.put(11, &ms.to_be_bytes());
+            }
             msgs.push(m);
         }
         // regular chains first, so base chains can jump to them
@@ -592,28 +695,62 @@ impl Nfnl {
         }
         for c in &chains {
             // flush: DELRULE with table + chain only
-            let mut m = Message::new(8, 0, spec.family);
+            let mut m = Message::new(msg::DELRULE, 0, spec.family);
             m.attrs.str(1, &spec.name).str(2, &c.name);
             msgs.push(m);
         }
         for c in &chains {
             for r in &c.rules {
-                let mut m = Message::new(
-                    msg::NEWRULE,
-                    NLM_F_CREATE | 0x800, /* APPEND */
-                    spec.family,
-                );
-                m.attrs.str(1, &spec.name).str(2, &c.name);
-                m.attrs.begin(4);
-                for e in &r.exprs {
-                    encode_expr(&mut m.attrs, e);
-                }
-                m.attrs.end();
-                m.attrs.put(7, &comment_udata(&r.comment));
-                msgs.push(m);
+                msgs.push(Self::rule_msg(spec.family, &spec.name, &c.name, r));
             }
         }
-        self.batch(&format!("apply table {}", spec.name), msgs)
+        msgs
+    }
+
+    /// NEWRULE appending `r` to `chain`.
+    fn rule_msg(family: u8, table: &str, chain: &str, r: &RuleSpec) -> Message {
+        let mut m = Message::new(msg::NEWRULE, NLM_F_CREATE | 0x800 /* APPEND */, family);
+        m.attrs.str(1, table).str(2, chain);
+        m.attrs.begin(4);
+        for e in &r.exprs {
+            encode_expr(&mut m.attrs, e);
+        }
+        m.attrs.end();
+        m.attrs.put(7, &comment_udata(&r.comment));
+        m
+    }
+
+    /// Applies `edits` to `table` in one transaction: all or nothing. Rules
+    /// and set elements not named keep their state (counters, limit buckets).
+    pub fn edit(&mut self, family: u8, table: &str, edits: &[Edit]) -> Result<()> {
+        if edits.is_empty() {
+            return Ok(());
+        }
+        let msgs = edits
+            .iter()
+            .map(|e| Self::edit_msg(family, table, e))
+            .collect();
+        self.batch(&format!("edit table {table}"), msgs)
+    }
+
+    fn edit_msg(family: u8, table: &str, e: &Edit) -> Message {
+        match e {
+            Edit::DeleteRule { chain, handle } => {
+                let mut m = Message::new(msg::DELRULE, 0, family);
+                m.attrs
+                    .str(1, table)
+                    .str(2, chain)
+                    .put(3, &handle.to_be_bytes());
+                m
+            }
+            Edit::AppendRule { chain, rule } => Self::rule_msg(family, table, chain, rule),
+            Edit::AddElements { set, keys } => {
+                Self::elem_msg(msg::NEWSETELEM, family, table, set, keys)
+            }
+            Edit::DeleteElements { set, keys } => {
+                Self::elem_msg(msg::DELSETELEM, family, table, set, keys)
+            }
+        }
     }
 
     /// Deletes a table; Ok(false) if it did not exist.
@@ -643,6 +780,7 @@ impl Nfnl {
             }
             let mut r = DumpedRule {
                 chain: String::new(),
+                handle: 0,
                 comment: None,
                 counter: None,
             };
@@ -651,6 +789,11 @@ impl Nfnl {
                 match at {
                     1 => tbl = cstr(p),
                     2 => r.chain = cstr(p),
+                    3 => {
+                        r.handle = p
+                            .get(..8)
+                            .map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap()))
+                    }
                     4 => r.counter = parse_counter(p),
                     7 => r.comment = parse_comment(p),
                     _ => {}
@@ -783,6 +926,34 @@ mod tests {
             Some("ros2-cni v1 x")
         );
         assert_eq!(parse_comment(&[0, 200, 1]), None);
+    }
+
+    #[test]
+    fn limit_over_is_encoded_as_the_kernel_reads_it() {
+        let mut a = Attrs::default();
+        encode_expr(
+            &mut a,
+            &Expr::Limit {
+                rate: 200,
+                unit_seconds: 1,
+                burst: 1000,
+                over: true,
+            },
+        );
+        let elem = attrs(&a.b).next().unwrap().1;
+        let parts: Vec<_> = attrs(elem).collect();
+        assert_eq!(cstr(parts[0].1), "limit");
+        let data: Vec<(u16, Vec<u8>)> = attrs(parts[1].1).map(|(t, p)| (t, p.to_vec())).collect();
+        assert_eq!(
+            data,
+            vec![
+                (1, 200u64.to_be_bytes().to_vec()),  // NFTA_LIMIT_RATE
+                (2, 1u64.to_be_bytes().to_vec()),    // NFTA_LIMIT_UNIT
+                (3, 1000u32.to_be_bytes().to_vec()), // NFTA_LIMIT_BURST
+                (4, 0u32.to_be_bytes().to_vec()),    // NFTA_LIMIT_TYPE: NFT_LIMIT_PKTS
+                (5, 1u32.to_be_bytes().to_vec()),    // NFTA_LIMIT_FLAGS: NFT_LIMIT_F_INV
+            ]
+        );
     }
 
     #[test]
