@@ -14,5 +14,6 @@ mod lab;
 mod libcni;
 mod macvlan;
 mod plugin;
+mod relay;
 mod reliability;
 mod rtps;

@@ -22,6 +22,9 @@ pub const DEFAULT_BRIDGE: &str = "ros2br0";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/ros2-cni";
 pub const DEFAULT_GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 0, 1);
 pub const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:9741";
+/// The relay's UDP port: just below the first RTPS port (7400, domain 0's
+/// SPDP multicast), so never a port of any DDS domain or participant.
+pub const DEFAULT_RELAY_PORT: u16 = 7399;
 /// The pod annotation that opts a pod in.
 pub const OPT_IN_ANNOTATION: &str = "ros2-cni.io/enabled";
 /// runtimeConfig key containerd fills with the pod's annotations.
@@ -62,6 +65,9 @@ const OUR_KEYS: &[&str] = &[
     "mfcIdleSeconds",
     "raiseTtl",
     "fastPath",
+    "peers",
+    "lanMulticast",
+    "relayPort",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -165,6 +171,8 @@ pub struct NodeEntry {
     pub pool: Pool,
     pub mode: Option<Mode>,
     pub uplink: Option<String>,
+    /// The node's uplink address (a relay peer of every other node).
+    pub address: Option<Ipv4Addr>,
 }
 
 /// The parsed, validated configuration.
@@ -201,6 +209,15 @@ pub struct Config {
     pub raise_ttl: bool,
     /// Agent (routed mode): tc/BPF fast path for pod <-> LAN unicast.
     pub fast_path: bool,
+    /// Agent: the other nodes' uplink addresses the RTPS relay serves
+    /// (`peers`, plus every other node entry's `address`).
+    pub peers: Vec<Ipv4Addr>,
+    /// This node's own `address` from its node entry, if given.
+    pub node_address: Option<Ipv4Addr>,
+    /// Agent: put the pods' RTPS multicast on the uplink (`lanMulticast`).
+    pub lan_multicast: bool,
+    /// Agent: UDP port of the relay (`relayPort`).
+    pub relay_port: u16,
 }
 
 fn invalid(key: &str, msg: impl fmt::Display) -> CniError {
@@ -243,6 +260,20 @@ fn get_str_list(m: &Map<String, Value>, key: &str) -> Result<Option<Vec<String>>
     }
 }
 
+/// A relay peer or node address: a unicast IPv4 address.
+fn parse_peer(key: &str, s: &str) -> Result<Ipv4Addr, CniError> {
+    let a: Ipv4Addr = s
+        .parse()
+        .map_err(|_| invalid(key, format!("\"{s}\" is not an IPv4 address")))?;
+    if a.is_multicast() || a.is_unspecified() || a.is_broadcast() || a.is_loopback() {
+        return Err(invalid(
+            key,
+            format!("\"{s}\" is not a unicast address of a node"),
+        ));
+    }
+    Ok(a)
+}
+
 fn parse_mode(key: &str, s: &str) -> Result<Mode, CniError> {
     match s {
         "routed" => Ok(Mode::Routed),
@@ -264,6 +295,58 @@ pub fn default_node_name() -> Option<String> {
                 .ok()
                 .and_then(|h| h.into_string().ok())
         })
+}
+
+/// The relay peers: `peers` plus every other node entry's `address`
+/// (deduplicated, this node's own address left out); and this node's address.
+fn relay_peers(
+    m: &Map<String, Value>,
+    nodes: &BTreeMap<String, NodeEntry>,
+    node_name: Option<&str>,
+) -> Result<(Vec<Ipv4Addr>, Option<Ipv4Addr>), CniError> {
+    let mut seen: BTreeMap<Ipv4Addr, &str> = BTreeMap::new();
+    for (name, e) in nodes {
+        if let Some(a) = e.address {
+            if let Some(other) = seen.insert(a, name) {
+                return Err(invalid(
+                    &format!("nodes.{name}.address"),
+                    format!("{a} is also the address of \"{other}\""),
+                ));
+            }
+            if let Some((p, _)) = nodes.iter().find(|(_, o)| o.pool.contains(a)) {
+                return Err(invalid(
+                    &format!("nodes.{name}.address"),
+                    format!("{a} is inside the pool of \"{p}\""),
+                ));
+            }
+        }
+    }
+    let name = node_name
+        .map(str::to_owned)
+        .or_else(default_node_name)
+        .unwrap_or_default();
+    let own = nodes.get(&name).and_then(|e| e.address);
+    let mut peers = vec![];
+    for (i, p) in get_str_list(m, "peers")?
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        peers.push(parse_peer(&format!("peers[{i}]"), p)?);
+    }
+    peers.extend(
+        nodes
+            .iter()
+            .filter(|(n, _)| **n != name)
+            .filter_map(|(_, e)| e.address),
+    );
+    let mut out = vec![];
+    for p in peers {
+        if Some(p) != own && !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    Ok((out, own))
 }
 
 impl Config {
@@ -352,13 +435,15 @@ impl Config {
                             pool: check_pool(&key, s)?,
                             mode: None,
                             uplink: None,
+                            address: None,
                         },
                         Value::Object(o) => {
                             for k in o.keys() {
-                                if !["podRange", "mode", "uplink"].contains(&k.as_str()) {
+                                if !["podRange", "mode", "uplink", "address"].contains(&k.as_str())
+                                {
                                     return Err(CniError::new(
                                         Code::UnsupportedField,
-                                        format!("unknown key \"{key}.{k}\" (expected podRange, mode, uplink)"),
+                                        format!("unknown key \"{key}.{k}\" (expected podRange, mode, uplink, address)"),
                                     ));
                                 }
                             }
@@ -377,10 +462,17 @@ impl Config {
                                 validate_ifname(&format!("{key}.uplink"), u)
                                     .map_err(|e| CniError::new(Code::InvalidConfig, e))?;
                             }
+                            let address = match get_str(o, "address")
+                                .map_err(|e| invalid(&format!("{key}.address"), e.msg))?
+                            {
+                                Some(a) => Some(parse_peer(&format!("{key}.address"), a)?),
+                                None => None,
+                            };
                             NodeEntry {
                                 pool: check_pool(&pr_key, pr)?,
                                 mode,
                                 uplink,
+                                address,
                             }
                         }
                         v => {
@@ -547,6 +639,16 @@ impl Config {
             })?,
         };
 
+        let (peers, node_address) = relay_peers(m, &nodes, node_name.as_deref())?;
+        let relay_port = match m.get("relayPort") {
+            None | Some(Value::Null) => DEFAULT_RELAY_PORT,
+            Some(v) => v
+                .as_u64()
+                .filter(|n| (1..=65535).contains(n))
+                .map(|n| n as u16)
+                .ok_or_else(|| invalid("relayPort", format!("expected a port 1-65535, got {v}")))?,
+        };
+
         Ok(Config {
             cni_version: get_str(m, "cniVersion")?.map(str::to_owned),
             name: get_str(m, "name")?.map(str::to_owned),
@@ -571,6 +673,10 @@ impl Config {
             mfc_idle_seconds,
             raise_ttl: get_bool(m, "raiseTtl")?.unwrap_or(true),
             fast_path: get_bool(m, "fastPath")?.unwrap_or(true),
+            peers,
+            node_address,
+            lan_multicast: get_bool(m, "lanMulticast")?.unwrap_or(true),
+            relay_port,
         })
     }
 
@@ -648,6 +754,76 @@ mod tests {
         assert_eq!(c.mfc_idle_seconds, 300);
         assert!(c.raise_ttl);
         assert!(c.fast_path);
+        assert!(c.peers.is_empty());
+        assert!(c.lan_multicast);
+        assert_eq!(c.relay_port, 7399);
+    }
+
+    #[test]
+    fn relay_peers_node_and_cluster_form() {
+        let mut v = base();
+        v["peers"] = json!(["192.168.1.12", "192.168.1.13", "192.168.1.12"]);
+        v["lanMulticast"] = json!(false);
+        v["relayPort"] = json!(9000);
+        let c = Config::from_value(&v, true, None).unwrap();
+        assert_eq!(
+            c.peers,
+            vec![
+                Ipv4Addr::new(192, 168, 1, 12),
+                Ipv4Addr::new(192, 168, 1, 13)
+            ]
+        );
+        assert!(!c.lan_multicast);
+        assert_eq!(c.relay_port, 9000);
+        let v = json!({"subnet": "192.168.1.0/24", "peers": ["10.0.0.5"],
+            "nodes": {"a": {"podRange": "192.168.1.160/28", "address": "192.168.1.11"},
+                      "b": {"podRange": "192.168.1.176/28", "address": "192.168.1.12"},
+                      "c": "192.168.1.192/28"}});
+        let c = Config::from_value(&v, false, Some("a")).unwrap();
+        assert_eq!(
+            c.peers,
+            vec![Ipv4Addr::new(10, 0, 0, 5), Ipv4Addr::new(192, 168, 1, 12)]
+        );
+        assert_eq!(c.node_address, Some(Ipv4Addr::new(192, 168, 1, 11)));
+        let c = Config::from_value(&v, false, Some("c")).unwrap();
+        assert_eq!(
+            c.peers.len(),
+            3,
+            "c has no address of its own: every other is a peer"
+        );
+    }
+
+    #[test]
+    fn relay_keys_are_validated_with_the_key_named() {
+        for (key, val) in [
+            ("peers", json!(["nope"])),
+            ("peers", json!(["239.255.0.1"])),
+            ("peers", json!("192.168.1.12")),
+            ("lanMulticast", json!("no")),
+            ("relayPort", json!(0)),
+            ("relayPort", json!(70000)),
+        ] {
+            let mut v = base();
+            v[key] = val.clone();
+            let e = Config::from_value(&v, true, None).unwrap_err();
+            assert_eq!(e.code, Code::InvalidConfig, "{key}={val}: {}", e.msg);
+            assert!(e.msg.contains(key), "{key}={val}: {}", e.msg);
+        }
+        for (addr, says) in [("192.168.1.165", "pool"), ("nope", "IPv4")] {
+            let v = json!({"subnet": "192.168.1.0/24",
+                "nodes": {"a": {"podRange": "192.168.1.160/28", "address": addr}}});
+            let e = Config::from_value(&v, false, Some("a")).unwrap_err();
+            assert!(
+                e.msg.contains("nodes.a.address") && e.msg.contains(says),
+                "{}",
+                e.msg
+            );
+        }
+        let v = json!({"subnet": "192.168.1.0/24",
+            "nodes": {"a": {"podRange": "192.168.1.160/28", "address": "192.168.1.11"},
+                      "b": {"podRange": "192.168.1.176/28", "address": "192.168.1.11"}}});
+        let e = Config::from_value(&v, false, Some("a")).unwrap_err();
+        assert!(e.msg.contains("nodes.b.address"), "{}", e.msg);
     }
 
     #[test]
