@@ -404,3 +404,88 @@ fn a_sighup_peer_change_applies_within_2s_and_a_dead_peer_delays_no_one() {
     assert_eq!(peer(&r1, dead)["reachable"], false, "{r1}");
     assert_eq!(peer(&r1, dead)["lastSeen"], Value::Null, "{r1}");
 }
+
+#[test]
+fn pods_on_two_subnets_behind_a_router_discover_and_reach_each_other_without_nat() {
+    // n1 and n2 on 192.168.0.0/20, n3 on 192.168.16.0/20, a router between;
+    // the cluster form names each node's address (so all are peers) and subnet
+    let tb = bed_with(3, |o| o.second_lan = vec![3]);
+    for i in 1..=3 {
+        tb.start_agent(tb.node(i), &json!({})).unwrap();
+    }
+    let a1 = tb.add_pod(&spec("a1", 1)).unwrap();
+    let a2 = tb.add_pod(&spec("a2", 1)).unwrap();
+    let b1 = tb.add_pod(&spec("b1", 2)).unwrap();
+    let c1 = tb.add_pod(&spec("c1", 3)).unwrap();
+    assert!(
+        routes(&c1.ns).contains(&"192.168.0.0/20 ros0".to_string()),
+        "the other subnet through ros0: {:?}",
+        routes(&c1.ns)
+    );
+    assert!(routes(&a1.ns).contains(&"192.168.16.0/20 ros0".to_string()));
+    // unicast between every pair, both ways, with the sender's own address
+    let pods = [&a1, &b1, &c1];
+    for x in pods {
+        for y in pods.iter().filter(|y| y.name != x.name) {
+            let seen =
+                ros2_cni::lab::testbed::udp_seen_source(&x.ns, &y.ns, ip_of(y), 5555).unwrap();
+            assert_eq!(
+                seen,
+                Some(ip_of(x)),
+                "{} -> {}: not delivered, or NATed",
+                x.name,
+                y.name
+            );
+        }
+    }
+    // discovery between every pair (Cyclone, no DDS configuration)
+    let pairs = [
+        ("a1 -> b1 (same subnet)", &a1.ns, &b1.ns, 41),
+        ("a1 -> c1 (other subnet)", &a1.ns, &c1.ns, 42),
+        ("c1 -> b1 (other subnet)", &c1.ns, &b1.ns, 43),
+    ];
+    let results: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = pairs
+            .iter()
+            .map(|(_, x, y, dom)| {
+                s.spawn(move || ddsperf_probe(x, y, *dom, Duration::from_secs(10)).unwrap())
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for ((name, ..), d) in pairs.iter().zip(&results) {
+        assert!(d.discovered(), "{name}: no discovery:\n{}", d.output);
+        eprintln!("{name}: discovered after {:.2} s", d.seconds.unwrap());
+    }
+    // exactly once, same-segment peers by LAN multicast, the other by relay
+    let n = 5;
+    let rx = receivers(
+        &[
+            ("a2", &a2.ns, ip_of(&a2)),
+            ("b1", &b1.ns, ip_of(&b1)),
+            ("c1", &c1.ns, ip_of(&c1)),
+        ],
+        SPDP,
+        7400,
+    );
+    let got = send_and_count(Sender(&a1.ns, ip_of(&a1), 1), (SPDP, 7400), n, &rx, "a1");
+    for (name, seen) in &got {
+        assert_eq!(seen, &exactly_once(n), "from a1: {name}");
+    }
+    let rx = receivers(
+        &[
+            ("a1", &a1.ns, ip_of(&a1)),
+            ("a2", &a2.ns, ip_of(&a2)),
+            ("b1", &b1.ns, ip_of(&b1)),
+        ],
+        SPDP,
+        7400,
+    );
+    let got = send_and_count(Sender(&c1.ns, ip_of(&c1), 1), (SPDP, 7400), n, &rx, "c1");
+    for (name, seen) in &got {
+        assert_eq!(seen, &exactly_once(n), "from c1: {name}");
+    }
+    let r1 = relay_status(&tb, 1);
+    assert_eq!(peer(&r1, tb.node(2).ip)["via"], "lan", "{r1}");
+    assert_eq!(peer(&r1, tb.node(3).ip)["via"], "relay", "{r1}");
+}

@@ -173,6 +173,9 @@ pub struct NodeEntry {
     pub uplink: Option<String>,
     /// The node's uplink address (a relay peer of every other node).
     pub address: Option<Ipv4Addr>,
+    /// The node's own LAN subnet, when not the top-level `subnet` (nodes
+    /// on two subnets joined by a router).
+    pub subnet: Option<Ipv4Net>,
 }
 
 /// The parsed, validated configuration.
@@ -218,6 +221,9 @@ pub struct Config {
     pub lan_multicast: bool,
     /// Agent: UDP port of the relay (`relayPort`).
     pub relay_port: u16,
+    /// The other subnets of the cluster (nodes' own `subnet`s): the plugin
+    /// routes them through the pod's LAN interface.
+    pub other_subnets: Vec<Ipv4Net>,
 }
 
 fn invalid(key: &str, msg: impl fmt::Display) -> CniError {
@@ -258,6 +264,29 @@ fn get_str_list(m: &Map<String, Value>, key: &str) -> Result<Option<Vec<String>>
             .map(Some),
         Some(v) => Err(invalid(key, format!("expected a list of strings, got {v}"))),
     }
+}
+
+/// A LAN subnet: an IPv4 CIDR without host bits, /8 to /30.
+fn parse_subnet(key: &str, s: &str) -> Result<Ipv4Net, CniError> {
+    let subnet: Ipv4Net = s
+        .parse()
+        .map_err(|_| invalid(key, format!("\"{s}\" is not an IPv4 CIDR")))?;
+    if subnet.network() != subnet.addr() {
+        return Err(invalid(
+            key,
+            format!(
+                "\"{s}\" has host bits set (did you mean {}?)",
+                subnet.trunc()
+            ),
+        ));
+    }
+    if subnet.prefix_len() > 30 || subnet.prefix_len() < 8 {
+        return Err(invalid(
+            key,
+            format!("\"{s}\": prefix length must be between /8 and /30"),
+        ));
+    }
+    Ok(subnet)
 }
 
 /// A relay peer or node address: a unicast IPv4 address.
@@ -381,24 +410,8 @@ impl Config {
                 "is required (the robot LAN, e.g. \"192.168.1.0/24\")",
             )
         })?;
-        let subnet: Ipv4Net = subnet_s
-            .parse()
-            .map_err(|_| invalid("subnet", format!("\"{subnet_s}\" is not an IPv4 CIDR")))?;
-        if subnet.network() != subnet.addr() {
-            return Err(invalid(
-                "subnet",
-                format!(
-                    "\"{subnet_s}\" has host bits set (did you mean {}?)",
-                    subnet.trunc()
-                ),
-            ));
-        }
-        if subnet.prefix_len() > 30 || subnet.prefix_len() < 8 {
-            return Err(invalid(
-                "subnet",
-                format!("\"{subnet_s}\": prefix length must be between /8 and /30"),
-            ));
-        }
+        let top_subnet = parse_subnet("subnet", subnet_s)?;
+        let mut subnet = top_subnet;
 
         let mode = match get_str(m, "mode")? {
             Some(s) => parse_mode("mode", s)?,
@@ -410,7 +423,7 @@ impl Config {
             validate_ifname("uplink", u).map_err(|e| CniError::new(Code::InvalidConfig, e))?;
         }
 
-        let check_pool = |key: &str, s: &str| -> Result<Pool, CniError> {
+        let check_pool = |key: &str, s: &str, subnet: Ipv4Net| -> Result<Pool, CniError> {
             let pool = Pool::parse(s).map_err(|e| invalid(key, e))?;
             if !subnet.contains(&pool.start) || !subnet.contains(&pool.end) {
                 return Err(invalid(
@@ -432,18 +445,20 @@ impl Config {
                     let key = format!("nodes.{name}");
                     let e = match entry {
                         Value::String(s) => NodeEntry {
-                            pool: check_pool(&key, s)?,
+                            pool: check_pool(&key, s, top_subnet)?,
                             mode: None,
                             uplink: None,
                             address: None,
+                            subnet: None,
                         },
                         Value::Object(o) => {
                             for k in o.keys() {
-                                if !["podRange", "mode", "uplink", "address"].contains(&k.as_str())
+                                if !["podRange", "mode", "uplink", "address", "subnet"]
+                                    .contains(&k.as_str())
                                 {
                                     return Err(CniError::new(
                                         Code::UnsupportedField,
-                                        format!("unknown key \"{key}.{k}\" (expected podRange, mode, uplink, address)"),
+                                        format!("unknown key \"{key}.{k}\" (expected podRange, mode, uplink, address, subnet)"),
                                     ));
                                 }
                             }
@@ -468,11 +483,18 @@ impl Config {
                                 Some(a) => Some(parse_peer(&format!("{key}.address"), a)?),
                                 None => None,
                             };
+                            let sn_key = format!("{key}.subnet");
+                            let own_subnet =
+                                match get_str(o, "subnet").map_err(|e| invalid(&sn_key, e.msg))? {
+                                    Some(v) => Some(parse_subnet(&sn_key, v)?),
+                                    None => None,
+                                };
                             NodeEntry {
-                                pool: check_pool(&pr_key, pr)?,
+                                pool: check_pool(&pr_key, pr, own_subnet.unwrap_or(top_subnet))?,
                                 mode,
                                 uplink,
                                 address,
+                                subnet: own_subnet,
                             }
                         }
                         v => {
@@ -489,6 +511,16 @@ impl Config {
                 let list: Vec<_> = nodes.iter().collect();
                 for (i, (a, ea)) in list.iter().enumerate() {
                     for (b, eb) in &list[i + 1..] {
+                        let (sa, sb) = (
+                            ea.subnet.unwrap_or(top_subnet),
+                            eb.subnet.unwrap_or(top_subnet),
+                        );
+                        if sa != sb && (sa.contains(&sb.network()) || sb.contains(&sa.network())) {
+                            return Err(invalid(
+                                &format!("nodes.{b}.subnet"),
+                                format!("{sb} overlaps {sa} of \"{a}\" (nodes share a subnet or have disjoint ones)"),
+                            ));
+                        }
                         if ea.pool.overlaps(&eb.pool) {
                             return Err(invalid(
                                 "nodes",
@@ -516,7 +548,7 @@ impl Config {
         let mut mode = mode;
         let mut uplink = uplink;
         let (pool, pool_error) = match get_str(m, "podRange")? {
-            Some(s) => (Some(check_pool("podRange", s)?), None),
+            Some(s) => (Some(check_pool("podRange", s, top_subnet)?), None),
             None if nodes.is_empty() => {
                 return Err(invalid(
                     "podRange",
@@ -532,6 +564,9 @@ impl Config {
                         }
                         if e.uplink.is_some() {
                             uplink = e.uplink.clone();
+                        }
+                        if let Some(sn) = e.subnet {
+                            subnet = sn;
                         }
                         (Some(e.pool), None)
                     }
@@ -640,6 +675,13 @@ impl Config {
         };
 
         let (peers, node_address) = relay_peers(m, &nodes, node_name.as_deref())?;
+        let mut other_subnets: Vec<Ipv4Net> = vec![];
+        for e in nodes.values() {
+            let sn = e.subnet.unwrap_or(top_subnet);
+            if sn != subnet && !other_subnets.contains(&sn) {
+                other_subnets.push(sn);
+            }
+        }
         let relay_port = match m.get("relayPort") {
             None | Some(Value::Null) => DEFAULT_RELAY_PORT,
             Some(v) => v
@@ -677,6 +719,7 @@ impl Config {
             node_address,
             lan_multicast: get_bool(m, "lanMulticast")?.unwrap_or(true),
             relay_port,
+            other_subnets,
         })
     }
 
@@ -791,6 +834,42 @@ mod tests {
             3,
             "c has no address of its own: every other is a peer"
         );
+    }
+
+    #[test]
+    fn nodes_on_two_subnets() {
+        let v = json!({"subnet": "192.168.0.0/20",
+            "nodes": {"a": {"podRange": "192.168.1.0/24", "address": "192.168.0.11"},
+                      "b": {"podRange": "192.168.2.0/24", "address": "192.168.0.12"},
+                      "c": {"podRange": "192.168.17.0/24", "address": "192.168.16.13",
+                            "subnet": "192.168.16.0/20"}}});
+        let a = Config::from_value(&v, false, Some("a")).unwrap();
+        assert_eq!(a.subnet.to_string(), "192.168.0.0/20");
+        assert_eq!(a.other_subnets, vec!["192.168.16.0/20".parse().unwrap()]);
+        let c = Config::from_value(&v, false, Some("c")).unwrap();
+        assert_eq!(c.subnet.to_string(), "192.168.16.0/20");
+        assert_eq!(c.prefix_len(), 20);
+        assert_eq!(c.other_subnets, vec!["192.168.0.0/20".parse().unwrap()]);
+        // a pool outside the node's own subnet, overlapping subnets
+        for (entry, says) in [
+            (
+                json!({"podRange": "192.168.3.0/24", "subnet": "192.168.16.0/20"}),
+                "nodes.c.podRange",
+            ),
+            (
+                json!({"podRange": "192.168.17.0/24", "subnet": "192.168.0.0/16"}),
+                "nodes.c.subnet",
+            ),
+            (
+                json!({"podRange": "192.168.17.0/24", "subnet": "192.168.16.1/20"}),
+                "nodes.c.subnet",
+            ),
+        ] {
+            let mut v = v.clone();
+            v["nodes"]["c"] = entry;
+            let e = Config::from_value(&v, false, Some("a")).unwrap_err();
+            assert!(e.msg.contains(says), "{says}: {}", e.msg);
+        }
     }
 
     #[test]
