@@ -403,6 +403,34 @@ fn a_sighup_peer_change_applies_within_2s_and_a_dead_peer_delays_no_one() {
     let r1 = relay_status(&tb, 1);
     assert_eq!(peer(&r1, dead)["reachable"], false, "{r1}");
     assert_eq!(peer(&r1, dead)["lastSeen"], Value::Null, "{r1}");
+    // doctor names both peers, the dead one as unreachable, and where the
+    // relayed participants are (node 1 heard from none: its peers' pods were quiet)
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &tb.node(1).ns, BIN, "doctor", "--config"])
+        .arg(tb.node(1).data_dir.join("agent.json"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("RELAY_PEER_UNREACHABLE") && text.contains(&dead.to_string()),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{} (via relay, reachable", tb.node(2).ip)),
+        "{text}"
+    );
+    // node 2 heard a1 only through the relay
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &tb.node(2).ns, BIN, "doctor", "--config"])
+        .arg(tb.node(2).data_dir.join("agent.json"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("RELAY_ONLY_PARTICIPANTS")
+            && text.contains(&format!("{} (from {})", ip_of(&a1), tb.node(1).ip)),
+        "{text}"
+    );
 }
 
 #[test]
@@ -488,4 +516,91 @@ fn pods_on_two_subnets_behind_a_router_discover_and_reach_each_other_without_nat
     let r1 = relay_status(&tb, 1);
     assert_eq!(peer(&r1, tb.node(2).ip)["via"], "lan", "{r1}");
     assert_eq!(peer(&r1, tb.node(3).ip)["via"], "relay", "{r1}");
+}
+
+/// Figures for docs/benchmarks.md (not part of the suite: `cargo test --test
+/// integration relay_figures -- --ignored --nocapture`, with
+/// ROS2_CNI_AGENT_BIN pointing at a release build to measure that).
+#[test]
+#[ignore]
+fn relay_figures() {
+    let bin = std::env::var("ROS2_CNI_AGENT_BIN").unwrap_or(BIN.to_string());
+    let runs = 5;
+    let mut report = vec![];
+    for (label, lan, drop) in [("LAN multicast", true, false), ("relay", false, true)] {
+        let tb = bed_with(2, |o| {
+            o.laptop = false;
+            o.plugin = bin.clone().into();
+        });
+        if drop {
+            drop_multicast(&tb);
+        }
+        let pids: Vec<u32> = (1..=2)
+            .map(|i| {
+                let cfg = if lan {
+                    json!({})
+                } else {
+                    relay_cfg(&tb, i, false)
+                };
+                tb.start_agent(tb.node(i), &cfg).unwrap()
+            })
+            .collect();
+        let a1 = tb.add_pod(&spec("a1", 1)).unwrap();
+        let b1 = tb.add_pod(&spec("b1", 2)).unwrap();
+        let mut secs = vec![];
+        for r in 0..runs {
+            let d = ddsperf_probe(&a1.ns, &b1.ns, 50 + r, Duration::from_secs(8)).unwrap();
+            secs.push(d.seconds.expect("discovered"));
+        }
+        secs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        report.push(format!(
+            "{label}: ddsperf discovery a1 -> b1 over {runs} runs: median {:.3} s, max {:.3} s",
+            secs[runs as usize / 2],
+            secs[runs as usize - 1]
+        ));
+        if !lan {
+            // 10,000 datagrams/s of 200 bytes from a1 for 5 s: CPU of both agents
+            let ticks = |pid: u32| -> u64 {
+                let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+                let f: Vec<&str> = s.rsplit(')').next().unwrap().split_whitespace().collect();
+                f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+            };
+            let rx = mcast_receiver(&b1.ns, SPDP, 7400, ip_of(&b1)).unwrap();
+            let tx = ros2_cni::lab::testbed::mcast_sender(&a1.ns, ip_of(&a1), 1).unwrap();
+            let before: Vec<u64> = pids.iter().map(|p| ticks(*p)).collect();
+            let t0 = Instant::now();
+            let payload = [0x55u8; 200];
+            let (mut sent, mut got) = (0u64, 0u64);
+            let secs = 5.0;
+            while t0.elapsed().as_secs_f64() < secs {
+                let due = (t0.elapsed().as_secs_f64() * 10_000.0) as u64;
+                while sent < due {
+                    let _ = tx.send_to(&payload, (SPDP, 7400));
+                    sent += 1;
+                }
+                got += drain(&rx).len() as u64;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let wall = t0.elapsed().as_secs_f64();
+            std::thread::sleep(Duration::from_millis(300));
+            got += drain(&rx).len() as u64;
+            let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+                .unwrap()
+                .unwrap() as f64;
+            let cpu: Vec<f64> = pids
+                .iter()
+                .zip(&before)
+                .map(|(p, b)| (ticks(*p) - b) as f64 / hz / wall * 100.0)
+                .collect();
+            report.push(format!(
+                "relay at {:.0} datagrams/s for {wall:.1} s: sender agent {:.1}% CPU, receiver agent {:.1}% CPU, {got} of {sent} delivered",
+                sent as f64 / wall,
+                cpu[0],
+                cpu[1]
+            ));
+        }
+    }
+    for l in &report {
+        eprintln!("FIGURE {l}");
+    }
 }

@@ -105,9 +105,15 @@ pub struct PeerStats {
     /// Unix time of the last datagram (packet or hello) from this peer.
     pub last_seen: Option<u64>,
     pub last_error: Option<String>,
+    /// Source addresses of the packets this peer relayed (bounded): the
+    /// participants this node's pods know only through the relay.
+    pub sources: std::collections::BTreeSet<Ipv4Addr>,
     #[serde(skip)]
     last_seen_at: Option<Instant>,
 }
+
+/// At most this many sources are remembered per peer.
+const MAX_SOURCES: usize = 256;
 
 impl PeerStats {
     fn new(address: Ipv4Addr) -> PeerStats {
@@ -121,6 +127,7 @@ impl PeerStats {
             dropped: 0,
             last_seen: None,
             last_error: None,
+            sources: Default::default(),
             last_seen_at: None,
         }
     }
@@ -510,6 +517,9 @@ fn run(shared: &Shared) {
                             .send(view.set.bridge, wire::group_mac(i.group), &pkt)
                         {
                             Ok(()) => {
+                                if p.sources.len() < MAX_SOURCES {
+                                    p.sources.insert(i.src);
+                                }
                                 p.received += 1;
                                 p.received_bytes += pkt.len() as u64;
                             }
@@ -548,6 +558,78 @@ fn run(shared: &Shared) {
     }
 }
 
+/// What `ros2-cni doctor` says about the relay, from the status document's
+/// `relay` part: the peers, whether each answers, and the participants
+/// (by address) this node's pods hear only through the relay.
+pub fn doctor_findings(relay: &Value) -> Vec<crate::doctor::Finding> {
+    use crate::doctor::{Finding, Severity};
+    let mut out = vec![];
+    let peers = relay["peers"].as_array().cloned().unwrap_or_default();
+    if peers.is_empty() {
+        return out;
+    }
+    if let Some(p) = relay["problem"].as_str() {
+        out.push(Finding {
+            code: "RELAY_DOWN",
+            severity: Severity::Error,
+            message: format!(
+                "The RTPS relay cannot run ({p}): peers get none of this node's pods' discovery. \
+                 Fix: free the port or change relayPort on every node."
+            ),
+        });
+    }
+    let mut lines = vec![];
+    let mut relayed_only = vec![];
+    for p in &peers {
+        let addr = p["address"].as_str().unwrap_or("?");
+        let reachable = p["reachable"] == true;
+        lines.push(format!(
+            "{addr} (via {}, {}, sent {}, received {})",
+            p["via"].as_str().unwrap_or("?"),
+            if reachable {
+                "reachable"
+            } else {
+                "not heard from"
+            },
+            p["sent"],
+            p["received"]
+        ));
+        if !reachable {
+            out.push(Finding {
+                code: "RELAY_PEER_UNREACHABLE",
+                severity: Severity::Warning,
+                message: format!(
+                    "Relay peer {addr} has not been heard from in {} s: its agent is down, the address is \
+                     wrong, or UDP {} is filtered between the nodes. Its pods and this node's do not discover \
+                     each other through the relay.",
+                    PEER_TIMEOUT.as_secs(),
+                    relay["port"]
+                ),
+            });
+        }
+        for src in p["sources"].as_array().into_iter().flatten() {
+            relayed_only.push(format!("{} (from {addr})", src.as_str().unwrap_or("?")));
+        }
+    }
+    out.push(Finding {
+        code: "RELAY_PEERS",
+        severity: Severity::Info,
+        message: format!("Relay peers: {}.", lines.join("; ")),
+    });
+    if !relayed_only.is_empty() {
+        out.push(Finding {
+            code: "RELAY_ONLY_PARTICIPANTS",
+            severity: Severity::Info,
+            message: format!(
+                "Participants this node's pods hear only through the relay (they are not in the \
+                 participant table, which sees this node's own traffic): {}.",
+                relayed_only.join(", ")
+            ),
+        });
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -566,6 +648,28 @@ mod tests {
             bridge: 5,
             uplink: 2,
         }
+    }
+
+    #[test]
+    fn doctor_names_peers_unreachable_ones_and_relayed_sources() {
+        let relay = json!({"port": 7399, "peers": [
+            {"address": "192.168.0.12", "via": "relay", "reachable": true, "sent": 3, "received": 4,
+             "sources": ["192.168.2.5"]},
+            {"address": "192.168.0.99", "via": "relay", "reachable": false, "sent": 3, "received": 0,
+             "sources": []}]});
+        let f = doctor_findings(&relay);
+        let codes: Vec<_> = f.iter().map(|f| f.code).collect();
+        assert_eq!(
+            codes,
+            [
+                "RELAY_PEER_UNREACHABLE",
+                "RELAY_PEERS",
+                "RELAY_ONLY_PARTICIPANTS"
+            ]
+        );
+        assert!(f[0].message.contains("192.168.0.99"));
+        assert!(f[2].message.contains("192.168.2.5 (from 192.168.0.12)"));
+        assert!(doctor_findings(&json!({"peers": []})).is_empty());
     }
 
     #[test]
