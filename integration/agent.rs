@@ -13,7 +13,7 @@ const SPDP: Ipv4Addr = Ipv4Addr::new(239, 255, 0, 1);
 const OTHER: Ipv4Addr = Ipv4Addr::new(239, 1, 2, 3);
 
 /// Receivers keyed by name, each with the local address they joined on.
-fn receivers(
+pub fn receivers(
     list: &[(&str, &str, Ipv4Addr)],
     group: Ipv4Addr,
     port: u16,
@@ -64,7 +64,7 @@ pub fn send_and_count(
         .collect()
 }
 
-fn exactly_once(n: u32) -> BTreeMap<u32, u32> {
+pub fn exactly_once(n: u32) -> BTreeMap<u32, u32> {
     (0..n).map(|i| (i, 1)).collect()
 }
 

@@ -15,5 +15,6 @@ mod libcni;
 mod limits;
 mod macvlan;
 mod plugin;
+mod relay;
 mod reliability;
 mod rtps;

@@ -22,6 +22,9 @@ pub const DEFAULT_BRIDGE: &str = "ros2br0";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/ros2-cni";
 pub const DEFAULT_GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 0, 1);
 pub const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:9741";
+/// The relay's UDP port: just below the first RTPS port (7400, domain 0's
+/// SPDP multicast), so never a port of any DDS domain or participant.
+pub const DEFAULT_RELAY_PORT: u16 = 7399;
 /// The pod annotation that opts a pod in.
 pub const OPT_IN_ANNOTATION: &str = "ros2-cni.io/enabled";
 /// runtimeConfig key containerd fills with the pod's annotations.
@@ -66,6 +69,9 @@ const OUR_KEYS: &[&str] = &[
     "podDiscoveryBurst",
     "uplinkDiscoveryRate",
     "uplinkDiscoveryBurst",
+    "peers",
+    "lanMulticast",
+    "relayPort",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -169,6 +175,11 @@ pub struct NodeEntry {
     pub pool: Pool,
     pub mode: Option<Mode>,
     pub uplink: Option<String>,
+    /// The node's uplink address (a relay peer of every other node).
+    pub address: Option<Ipv4Addr>,
+    /// The node's own LAN subnet, when not the top-level `subnet` (nodes
+    /// on two subnets joined by a router).
+    pub subnet: Option<Ipv4Net>,
 }
 
 /// The parsed, validated configuration.
@@ -207,6 +218,18 @@ pub struct Config {
     pub fast_path: bool,
     /// Agent (routed mode): rate limits on RTPS discovery multicast.
     pub limits: crate::firewall::limits::Limits,
+    /// Agent: the other nodes' uplink addresses the RTPS relay serves
+    /// (`peers`, plus every other node entry's `address`).
+    pub peers: Vec<Ipv4Addr>,
+    /// This node's own `address` from its node entry, if given.
+    pub node_address: Option<Ipv4Addr>,
+    /// Agent: put the pods' RTPS multicast on the uplink (`lanMulticast`).
+    pub lan_multicast: bool,
+    /// Agent: UDP port of the relay (`relayPort`).
+    pub relay_port: u16,
+    /// The other subnets of the cluster (nodes' own `subnet`s): the plugin
+    /// routes them through the pod's LAN interface.
+    pub other_subnets: Vec<Ipv4Net>,
 }
 
 fn invalid(key: &str, msg: impl fmt::Display) -> CniError {
@@ -249,6 +272,43 @@ fn get_str_list(m: &Map<String, Value>, key: &str) -> Result<Option<Vec<String>>
     }
 }
 
+/// A LAN subnet: an IPv4 CIDR without host bits, /8 to /30.
+fn parse_subnet(key: &str, s: &str) -> Result<Ipv4Net, CniError> {
+    let subnet: Ipv4Net = s
+        .parse()
+        .map_err(|_| invalid(key, format!("\"{s}\" is not an IPv4 CIDR")))?;
+    if subnet.network() != subnet.addr() {
+        return Err(invalid(
+            key,
+            format!(
+                "\"{s}\" has host bits set (did you mean {}?)",
+                subnet.trunc()
+            ),
+        ));
+    }
+    if subnet.prefix_len() > 30 || subnet.prefix_len() < 8 {
+        return Err(invalid(
+            key,
+            format!("\"{s}\": prefix length must be between /8 and /30"),
+        ));
+    }
+    Ok(subnet)
+}
+
+/// A relay peer or node address: a unicast IPv4 address.
+fn parse_peer(key: &str, s: &str) -> Result<Ipv4Addr, CniError> {
+    let a: Ipv4Addr = s
+        .parse()
+        .map_err(|_| invalid(key, format!("\"{s}\" is not an IPv4 address")))?;
+    if a.is_multicast() || a.is_unspecified() || a.is_broadcast() || a.is_loopback() {
+        return Err(invalid(
+            key,
+            format!("\"{s}\" is not a unicast address of a node"),
+        ));
+    }
+    Ok(a)
+}
+
 fn parse_mode(key: &str, s: &str) -> Result<Mode, CniError> {
     match s {
         "routed" => Ok(Mode::Routed),
@@ -270,6 +330,58 @@ pub fn default_node_name() -> Option<String> {
                 .ok()
                 .and_then(|h| h.into_string().ok())
         })
+}
+
+/// The relay peers: `peers` plus every other node entry's `address`
+/// (deduplicated, this node's own address left out); and this node's address.
+fn relay_peers(
+    m: &Map<String, Value>,
+    nodes: &BTreeMap<String, NodeEntry>,
+    node_name: Option<&str>,
+) -> Result<(Vec<Ipv4Addr>, Option<Ipv4Addr>), CniError> {
+    let mut seen: BTreeMap<Ipv4Addr, &str> = BTreeMap::new();
+    for (name, e) in nodes {
+        if let Some(a) = e.address {
+            if let Some(other) = seen.insert(a, name) {
+                return Err(invalid(
+                    &format!("nodes.{name}.address"),
+                    format!("{a} is also the address of \"{other}\""),
+                ));
+            }
+            if let Some((p, _)) = nodes.iter().find(|(_, o)| o.pool.contains(a)) {
+                return Err(invalid(
+                    &format!("nodes.{name}.address"),
+                    format!("{a} is inside the pool of \"{p}\""),
+                ));
+            }
+        }
+    }
+    let name = node_name
+        .map(str::to_owned)
+        .or_else(default_node_name)
+        .unwrap_or_default();
+    let own = nodes.get(&name).and_then(|e| e.address);
+    let mut peers = vec![];
+    for (i, p) in get_str_list(m, "peers")?
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        peers.push(parse_peer(&format!("peers[{i}]"), p)?);
+    }
+    peers.extend(
+        nodes
+            .iter()
+            .filter(|(n, _)| **n != name)
+            .filter_map(|(_, e)| e.address),
+    );
+    let mut out = vec![];
+    for p in peers {
+        if Some(p) != own && !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    Ok((out, own))
 }
 
 impl Config {
@@ -304,24 +416,8 @@ impl Config {
                 "is required (the robot LAN, e.g. \"192.168.1.0/24\")",
             )
         })?;
-        let subnet: Ipv4Net = subnet_s
-            .parse()
-            .map_err(|_| invalid("subnet", format!("\"{subnet_s}\" is not an IPv4 CIDR")))?;
-        if subnet.network() != subnet.addr() {
-            return Err(invalid(
-                "subnet",
-                format!(
-                    "\"{subnet_s}\" has host bits set (did you mean {}?)",
-                    subnet.trunc()
-                ),
-            ));
-        }
-        if subnet.prefix_len() > 30 || subnet.prefix_len() < 8 {
-            return Err(invalid(
-                "subnet",
-                format!("\"{subnet_s}\": prefix length must be between /8 and /30"),
-            ));
-        }
+        let top_subnet = parse_subnet("subnet", subnet_s)?;
+        let mut subnet = top_subnet;
 
         let mode = match get_str(m, "mode")? {
             Some(s) => parse_mode("mode", s)?,
@@ -333,7 +429,7 @@ impl Config {
             validate_ifname("uplink", u).map_err(|e| CniError::new(Code::InvalidConfig, e))?;
         }
 
-        let check_pool = |key: &str, s: &str| -> Result<Pool, CniError> {
+        let check_pool = |key: &str, s: &str, subnet: Ipv4Net| -> Result<Pool, CniError> {
             let pool = Pool::parse(s).map_err(|e| invalid(key, e))?;
             if !subnet.contains(&pool.start) || !subnet.contains(&pool.end) {
                 return Err(invalid(
@@ -355,16 +451,20 @@ impl Config {
                     let key = format!("nodes.{name}");
                     let e = match entry {
                         Value::String(s) => NodeEntry {
-                            pool: check_pool(&key, s)?,
+                            pool: check_pool(&key, s, top_subnet)?,
                             mode: None,
                             uplink: None,
+                            address: None,
+                            subnet: None,
                         },
                         Value::Object(o) => {
                             for k in o.keys() {
-                                if !["podRange", "mode", "uplink"].contains(&k.as_str()) {
+                                if !["podRange", "mode", "uplink", "address", "subnet"]
+                                    .contains(&k.as_str())
+                                {
                                     return Err(CniError::new(
                                         Code::UnsupportedField,
-                                        format!("unknown key \"{key}.{k}\" (expected podRange, mode, uplink)"),
+                                        format!("unknown key \"{key}.{k}\" (expected podRange, mode, uplink, address, subnet)"),
                                     ));
                                 }
                             }
@@ -383,10 +483,24 @@ impl Config {
                                 validate_ifname(&format!("{key}.uplink"), u)
                                     .map_err(|e| CniError::new(Code::InvalidConfig, e))?;
                             }
+                            let address = match get_str(o, "address")
+                                .map_err(|e| invalid(&format!("{key}.address"), e.msg))?
+                            {
+                                Some(a) => Some(parse_peer(&format!("{key}.address"), a)?),
+                                None => None,
+                            };
+                            let sn_key = format!("{key}.subnet");
+                            let own_subnet =
+                                match get_str(o, "subnet").map_err(|e| invalid(&sn_key, e.msg))? {
+                                    Some(v) => Some(parse_subnet(&sn_key, v)?),
+                                    None => None,
+                                };
                             NodeEntry {
-                                pool: check_pool(&pr_key, pr)?,
+                                pool: check_pool(&pr_key, pr, own_subnet.unwrap_or(top_subnet))?,
                                 mode,
                                 uplink,
+                                address,
+                                subnet: own_subnet,
                             }
                         }
                         v => {
@@ -403,6 +517,16 @@ impl Config {
                 let list: Vec<_> = nodes.iter().collect();
                 for (i, (a, ea)) in list.iter().enumerate() {
                     for (b, eb) in &list[i + 1..] {
+                        let (sa, sb) = (
+                            ea.subnet.unwrap_or(top_subnet),
+                            eb.subnet.unwrap_or(top_subnet),
+                        );
+                        if sa != sb && (sa.contains(&sb.network()) || sb.contains(&sa.network())) {
+                            return Err(invalid(
+                                &format!("nodes.{b}.subnet"),
+                                format!("{sb} overlaps {sa} of \"{a}\" (nodes share a subnet or have disjoint ones)"),
+                            ));
+                        }
                         if ea.pool.overlaps(&eb.pool) {
                             return Err(invalid(
                                 "nodes",
@@ -430,7 +554,7 @@ impl Config {
         let mut mode = mode;
         let mut uplink = uplink;
         let (pool, pool_error) = match get_str(m, "podRange")? {
-            Some(s) => (Some(check_pool("podRange", s)?), None),
+            Some(s) => (Some(check_pool("podRange", s, top_subnet)?), None),
             None if nodes.is_empty() => {
                 return Err(invalid(
                     "podRange",
@@ -446,6 +570,9 @@ impl Config {
                         }
                         if e.uplink.is_some() {
                             uplink = e.uplink.clone();
+                        }
+                        if let Some(sn) = e.subnet {
+                            subnet = sn;
                         }
                         (Some(e.pool), None)
                     }
@@ -553,6 +680,23 @@ impl Config {
             })?,
         };
 
+        let (peers, node_address) = relay_peers(m, &nodes, node_name.as_deref())?;
+        let mut other_subnets: Vec<Ipv4Net> = vec![];
+        for e in nodes.values() {
+            let sn = e.subnet.unwrap_or(top_subnet);
+            if sn != subnet && !other_subnets.contains(&sn) {
+                other_subnets.push(sn);
+            }
+        }
+        let relay_port = match m.get("relayPort") {
+            None | Some(Value::Null) => DEFAULT_RELAY_PORT,
+            Some(v) => v
+                .as_u64()
+                .filter(|n| (1..=65535).contains(n))
+                .map(|n| n as u16)
+                .ok_or_else(|| invalid("relayPort", format!("expected a port 1-65535, got {v}")))?,
+        };
+
         Ok(Config {
             cni_version: get_str(m, "cniVersion")?.map(str::to_owned),
             name: get_str(m, "name")?.map(str::to_owned),
@@ -578,6 +722,11 @@ impl Config {
             raise_ttl: get_bool(m, "raiseTtl")?.unwrap_or(true),
             fast_path: get_bool(m, "fastPath")?.unwrap_or(true),
             limits: crate::firewall::limits::Limits::from_map(m)?,
+            peers,
+            node_address,
+            lan_multicast: get_bool(m, "lanMulticast")?.unwrap_or(true),
+            relay_port,
+            other_subnets,
         })
     }
 
@@ -655,6 +804,112 @@ mod tests {
         assert_eq!(c.mfc_idle_seconds, 300);
         assert!(c.raise_ttl);
         assert!(c.fast_path);
+        assert!(c.peers.is_empty());
+        assert!(c.lan_multicast);
+        assert_eq!(c.relay_port, 7399);
+    }
+
+    #[test]
+    fn relay_peers_node_and_cluster_form() {
+        let mut v = base();
+        v["peers"] = json!(["192.168.1.12", "192.168.1.13", "192.168.1.12"]);
+        v["lanMulticast"] = json!(false);
+        v["relayPort"] = json!(9000);
+        let c = Config::from_value(&v, true, None).unwrap();
+        assert_eq!(
+            c.peers,
+            vec![
+                Ipv4Addr::new(192, 168, 1, 12),
+                Ipv4Addr::new(192, 168, 1, 13)
+            ]
+        );
+        assert!(!c.lan_multicast);
+        assert_eq!(c.relay_port, 9000);
+        let v = json!({"subnet": "192.168.1.0/24", "peers": ["10.0.0.5"],
+            "nodes": {"a": {"podRange": "192.168.1.160/28", "address": "192.168.1.11"},
+                      "b": {"podRange": "192.168.1.176/28", "address": "192.168.1.12"},
+                      "c": "192.168.1.192/28"}});
+        let c = Config::from_value(&v, false, Some("a")).unwrap();
+        assert_eq!(
+            c.peers,
+            vec![Ipv4Addr::new(10, 0, 0, 5), Ipv4Addr::new(192, 168, 1, 12)]
+        );
+        assert_eq!(c.node_address, Some(Ipv4Addr::new(192, 168, 1, 11)));
+        let c = Config::from_value(&v, false, Some("c")).unwrap();
+        assert_eq!(
+            c.peers.len(),
+            3,
+            "c has no address of its own: every other is a peer"
+        );
+    }
+
+    #[test]
+    fn nodes_on_two_subnets() {
+        let v = json!({"subnet": "192.168.0.0/20",
+            "nodes": {"a": {"podRange": "192.168.1.0/24", "address": "192.168.0.11"},
+                      "b": {"podRange": "192.168.2.0/24", "address": "192.168.0.12"},
+                      "c": {"podRange": "192.168.17.0/24", "address": "192.168.16.13",
+                            "subnet": "192.168.16.0/20"}}});
+        let a = Config::from_value(&v, false, Some("a")).unwrap();
+        assert_eq!(a.subnet.to_string(), "192.168.0.0/20");
+        assert_eq!(a.other_subnets, vec!["192.168.16.0/20".parse().unwrap()]);
+        let c = Config::from_value(&v, false, Some("c")).unwrap();
+        assert_eq!(c.subnet.to_string(), "192.168.16.0/20");
+        assert_eq!(c.prefix_len(), 20);
+        assert_eq!(c.other_subnets, vec!["192.168.0.0/20".parse().unwrap()]);
+        // a pool outside the node's own subnet, overlapping subnets
+        for (entry, says) in [
+            (
+                json!({"podRange": "192.168.3.0/24", "subnet": "192.168.16.0/20"}),
+                "nodes.c.podRange",
+            ),
+            (
+                json!({"podRange": "192.168.17.0/24", "subnet": "192.168.0.0/16"}),
+                "nodes.c.subnet",
+            ),
+            (
+                json!({"podRange": "192.168.17.0/24", "subnet": "192.168.16.1/20"}),
+                "nodes.c.subnet",
+            ),
+        ] {
+            let mut v = v.clone();
+            v["nodes"]["c"] = entry;
+            let e = Config::from_value(&v, false, Some("a")).unwrap_err();
+            assert!(e.msg.contains(says), "{says}: {}", e.msg);
+        }
+    }
+
+    #[test]
+    fn relay_keys_are_validated_with_the_key_named() {
+        for (key, val) in [
+            ("peers", json!(["nope"])),
+            ("peers", json!(["239.255.0.1"])),
+            ("peers", json!("192.168.1.12")),
+            ("lanMulticast", json!("no")),
+            ("relayPort", json!(0)),
+            ("relayPort", json!(70000)),
+        ] {
+            let mut v = base();
+            v[key] = val.clone();
+            let e = Config::from_value(&v, true, None).unwrap_err();
+            assert_eq!(e.code, Code::InvalidConfig, "{key}={val}: {}", e.msg);
+            assert!(e.msg.contains(key), "{key}={val}: {}", e.msg);
+        }
+        for (addr, says) in [("192.168.1.165", "pool"), ("nope", "IPv4")] {
+            let v = json!({"subnet": "192.168.1.0/24",
+                "nodes": {"a": {"podRange": "192.168.1.160/28", "address": addr}}});
+            let e = Config::from_value(&v, false, Some("a")).unwrap_err();
+            assert!(
+                e.msg.contains("nodes.a.address") && e.msg.contains(says),
+                "{}",
+                e.msg
+            );
+        }
+        let v = json!({"subnet": "192.168.1.0/24",
+            "nodes": {"a": {"podRange": "192.168.1.160/28", "address": "192.168.1.11"},
+                      "b": {"podRange": "192.168.1.176/28", "address": "192.168.1.11"}}});
+        let e = Config::from_value(&v, false, Some("a")).unwrap_err();
+        assert!(e.msg.contains("nodes.b.address"), "{}", e.msg);
     }
 
     #[test]

@@ -166,6 +166,7 @@ pub fn findings(inp: &Inputs) -> Vec<Finding> {
             if let Some(f) = multicast_pressure(inp, &st["multicastPressure"]) {
                 out.push(f);
             }
+            out.extend(crate::relay::doctor_findings(&st["relay"]));
         }
     }
     if let Some((file, false)) = &inp.conflist {

@@ -16,5 +16,6 @@ pub mod logging;
 pub mod mroute;
 pub mod netlink;
 pub mod plugin;
+pub mod relay;
 pub mod rtps;
 pub mod sdnotify;

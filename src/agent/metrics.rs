@@ -130,6 +130,9 @@ impl prometheus_client::collector::Collector for Collector {
             "Pods with a ros2-cni interface on this node",
             st.pods as i64,
         )?;
+        if let Some(r) = &st.relay {
+            r.encode_metrics(&mut enc)?;
+        }
         gauge(
             &mut enc,
             "ros2cni_healthy",

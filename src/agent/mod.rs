@@ -160,6 +160,8 @@ pub struct State {
     pub fastpath: crate::fastpath::FastPath,
     /// The discovery rate limits and what they dropped.
     pub limits: limits::LimitState,
+    /// The RTPS relay to the peers (routed mode).
+    pub relay: Option<crate::relay::Relay>,
     /// `dataDir/agent.lock`, held while this agent runs: one agent per node.
     _instance: Option<std::fs::File>,
 }
@@ -328,6 +330,9 @@ pub fn start(opts: &Options) -> Result<State, AgentError> {
             let sock = open_mroute()?;
             let mut router = Router::new(sock, cfg.groups.clone());
             router
+                .set_lan_multicast(cfg.lan_multicast)
+                .map_err(AgentError::Mroute)?;
+            router
                 .set_vifs(vifs_for(&uplink, &node_dev))
                 .map_err(AgentError::Mroute)?;
             tracing::info!(groups = ?cfg.groups, "routing RTPS multicast between {} and {}", uplink.name, node_dev.name);
@@ -338,6 +343,9 @@ pub fn start(opts: &Options) -> Result<State, AgentError> {
             None
         }
     };
+    let relay = router
+        .as_ref()
+        .map(|_| crate::relay::Relay::start(crate::relay::Settings::new(&cfg, &uplink, &node_dev)));
     let restarts = count_start(&cfg.data_dir);
     tracing::info!(uplink = %uplink.name, node_dev = %node_dev.name, restarts, "agent started");
     Ok(State {
@@ -368,6 +376,7 @@ pub fn start(opts: &Options) -> Result<State, AgentError> {
         records: vec![],
         fastpath: Default::default(),
         limits: Default::default(),
+        relay,
         _instance: Some(instance),
     })
     .map(|mut st| {
@@ -445,6 +454,9 @@ pub const REPORT_INTERVAL: Duration = Duration::from_secs(60);
 /// switches deliver them to this node.
 pub fn report_groups(st: &mut State) {
     let Some(router) = &st.router else { return };
+    if !st.cfg.lan_multicast {
+        return; // the node takes no part in LAN multicast
+    }
     for g in st.cfg.groups.clone() {
         match router.kernel().send_report(st.uplink.index, g) {
             Ok(()) => st.reports_sent += 1,
@@ -668,6 +680,9 @@ impl Done {
                         Err(e) => problems.push(format!("multicast VIFs: {e}")),
                     }
                 }
+                if let Some(r) = &st.relay {
+                    r.update(crate::relay::Settings::new(&st.cfg, &uplink, &node_dev));
+                }
                 st.uplink = uplink;
                 st.node_dev = node_dev;
             }
@@ -765,6 +780,12 @@ fn reload_config(st: &mut State) -> bool {
                 if let Err(e) = r.set_groups(cfg.groups.clone()) {
                     tracing::error!("multicast routes for the new groups: {e}");
                 }
+                if let Err(e) = r.set_lan_multicast(cfg.lan_multicast) {
+                    tracing::error!("multicast routes for lanMulticast: {e}");
+                }
+            }
+            if let Some(r) = &st.relay {
+                r.update(crate::relay::Settings::new(&cfg, &st.uplink, &st.node_dev));
             }
             if !cfg.fast_path && st.cfg.fast_path {
                 st.fastpath.remove(&st.uplink);
@@ -791,6 +812,9 @@ fn reload_config(st: &mut State) -> bool {
 /// SIGTERM: remove what only the agent needs; keep pod-facing state.
 pub fn shutdown(st: &mut State) {
     st.fastpath.remove(&st.uplink);
+    if let Some(r) = st.relay.as_mut() {
+        r.stop();
+    }
     if let Some(router) = st.router.as_mut() {
         router.flush();
         if let Ok(mut nf) = Nfnl::new() {
@@ -869,6 +893,7 @@ pub fn status_json(st: &State) -> Value {
             "pods": st.fastpath.attached_pods(),
             "unavailable": st.fastpath.unavailable,
         },
+        "relay": st.relay.as_ref().map(|r| r.to_json()),
         "install": st.install.as_ref().map(|w| {
             use std::sync::atomic::Ordering::Relaxed;
             json!({"applied": w.applied.load(Relaxed), "unchanged": w.unchanged.load(Relaxed), "errors": w.errors.load(Relaxed)})

@@ -185,6 +185,12 @@ pub(crate) fn apply_common(
             pod.add_address(l.index, att.ip, att.prefix_len)?;
             pod.set_up(l.index)?;
             pod.replace_route(MULTICAST_NET, 4, l.index)?;
+            // other subnets of the cluster: through ros0 too (the node
+            // answers ARP for them and routes them, no NAT)
+            let routed = req.cfg.mode == crate::config::Mode::Routed;
+            for sn in req.cfg.other_subnets.iter().filter(|_| routed) {
+                pod.replace_route(sn.network(), sn.prefix_len(), l.index)?;
+            }
         }
         Step::PrimaryMulticastOff => {
             if !req.cfg.primary_multicast {

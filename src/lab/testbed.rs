@@ -53,6 +53,10 @@ pub struct Options {
     pub cni_bin_dir: PathBuf,
     /// How pods get their primary interface (the Calico stand-in).
     pub primary: Primary,
+    /// Nodes (1-based) on a second LAN, 192.168.16.0/20, joined to the
+    /// first by a router; empty: one LAN and no router. With a second LAN
+    /// the nodes get the cluster form (per-node `subnet` and `address`).
+    pub second_lan: Vec<usize>,
 }
 
 /// The Calico stand-in that gives pods their primary `eth0`.
@@ -93,6 +97,7 @@ impl Options {
             plugin: plugin.into(),
             cni_bin_dir: PathBuf::from("/usr/lib/cni"),
             primary: Primary::detect(Path::new("/usr/lib/cni")),
+            second_lan: vec![],
         }
     }
 }
@@ -100,6 +105,8 @@ impl Options {
 /// The robot LAN of every test bed.
 pub const SUBNET: &str = "192.168.0.0/20";
 pub const LAPTOP_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 200);
+/// The second LAN (`Options::second_lan`), behind the router.
+pub const SUBNET2: &str = "192.168.16.0/20";
 
 #[derive(Debug, Clone)]
 pub struct Node {
@@ -115,6 +122,8 @@ pub struct Node {
     pub pod_cidr: String,
     /// The switch port it hangs off.
     pub port: String,
+    /// Its LAN (`SUBNET` or `SUBNET2`).
+    pub subnet: String,
 }
 
 #[derive(Debug, Clone)]
@@ -321,6 +330,9 @@ pub struct Testbed {
     pub opts: Options,
     pub dir: PathBuf,
     pub switch: String,
+    /// The second LAN's switch and the router, with `Options::second_lan`.
+    pub switch2: Option<String>,
+    pub router: Option<String>,
     pub nodes: Vec<Node>,
     pub laptop: Option<String>,
     namespaces: Mutex<Vec<String>>,
@@ -341,6 +353,8 @@ impl Testbed {
         std::fs::create_dir_all(&dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
         let mut tb = Testbed {
             switch: format!("{}sw", opts.prefix),
+            switch2: None,
+            router: None,
             opts,
             dir,
             nodes: vec![],
@@ -387,32 +401,23 @@ impl Testbed {
 
     /// Plugs a new host `ns` into the switch as `eth0` with `ip`; returns its MAC.
     fn plug(&self, ns: &str, port: &str, ip: Ipv4Addr) -> Result<String> {
+        self.plug_as(&self.switch, ns, port, "eth0", ip)
+    }
+
+    /// Plugs `ns` into switch `sw` as `ifname` with `ip`/20; returns its MAC.
+    fn plug_as(
+        &self,
+        sw: &str,
+        ns: &str,
+        port: &str,
+        ifname: &str,
+        ip: Ipv4Addr,
+    ) -> Result<String> {
         sh(&[
-            "ip",
-            "-n",
-            &self.switch,
-            "link",
-            "add",
-            port,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
+            "ip", "-n", sw, "link", "add", port, "type", "veth", "peer", "name", ifname, "netns",
             ns,
         ])?;
-        sh(&[
-            "ip",
-            "-n",
-            &self.switch,
-            "link",
-            "set",
-            port,
-            "master",
-            "br0",
-            "up",
-        ])?;
+        sh(&["ip", "-n", sw, "link", "set", port, "master", "br0", "up"])?;
         sh(&[
             "ip",
             "-n",
@@ -421,34 +426,25 @@ impl Testbed {
             "add",
             &format!("{ip}/20"),
             "dev",
-            "eth0",
+            ifname,
         ])?;
-        sh(&["ip", "-n", ns, "link", "set", "eth0", "up"])?;
-        let j = ip_json(ns, &["link", "show", "eth0"])?;
+        sh(&["ip", "-n", ns, "link", "set", ifname, "up"])?;
+        let j = ip_json(ns, &["link", "show", ifname])?;
         j[0]["address"]
             .as_str()
             .map(str::to_owned)
             .ok_or_else(|| err("no MAC on eth0"))
     }
 
-    fn build(&mut self) -> Result<()> {
-        let p = self.opts.prefix.clone();
-        self.add_ns(&self.switch)?;
-        sh(&[
-            "ip",
-            "-n",
-            &self.switch,
-            "link",
-            "add",
-            "br0",
-            "type",
-            "bridge",
-        ])?;
+    /// A switch: a namespace with a bridge `br0`.
+    fn add_switch(&self, sw: &str) -> Result<()> {
+        self.add_ns(sw)?;
+        sh(&["ip", "-n", sw, "link", "add", "br0", "type", "bridge"])?;
         // the switch forwards at once and floods multicast like a dumb switch
         sh(&[
             "ip",
             "-n",
-            &self.switch,
+            sw,
             "link",
             "set",
             "br0",
@@ -459,27 +455,60 @@ impl Testbed {
             "mcast_snooping",
             "0",
         ])?;
-        sh(&["ip", "-n", &self.switch, "link", "set", "br0", "up"])?;
+        sh(&["ip", "-n", sw, "link", "set", "br0", "up"]).map(|_| ())
+    }
+
+    fn build(&mut self) -> Result<()> {
+        let p = self.opts.prefix.clone();
+        self.add_switch(&self.switch)?;
+        if !self.opts.second_lan.is_empty() {
+            // a second LAN and a router with a leg on each, .1 on both
+            let (sw2, rt) = (format!("{p}sw2"), format!("{p}rt"));
+            self.add_switch(&sw2)?;
+            self.add_ns(&rt)?;
+            self.plug_as(
+                &self.switch,
+                &rt,
+                "rt",
+                "eth0",
+                Ipv4Addr::new(192, 168, 0, 1),
+            )?;
+            self.plug_as(&sw2, &rt, "rt", "eth1", Ipv4Addr::new(192, 168, 16, 1))?;
+            ns_sh(&rt, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+            self.switch2 = Some(sw2);
+            self.router = Some(rt);
+        }
         for i in 1..=self.opts.nodes {
             let ns = format!("{p}n{i}");
             self.add_ns(&ns)?;
-            let ip = Ipv4Addr::new(192, 168, 0, 10 + i as u8);
+            let second = self.opts.second_lan.contains(&i);
+            let (ip, gw, subnet, pool) = if second {
+                (
+                    Ipv4Addr::new(192, 168, 16, 10 + i as u8),
+                    "192.168.16.1",
+                    SUBNET2,
+                    format!("192.168.{}.0/24", 16 + i),
+                )
+            } else {
+                (
+                    Ipv4Addr::new(192, 168, 0, 10 + i as u8),
+                    "192.168.0.1",
+                    SUBNET,
+                    format!("192.168.{i}.0/24"),
+                )
+            };
             let port = format!("n{i}");
-            let mac = self.plug(&ns, &port, ip)?;
+            let sw = if second {
+                self.switch2.clone().unwrap()
+            } else {
+                self.switch.clone()
+            };
+            let mac = self.plug_as(&sw, &ns, &port, "eth0", ip)?;
             ns_sh(&ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
-            // a default route, so "uplink" can default to it; it leads nowhere
+            // a default route, so "uplink" can default to it; it leads to the
+            // router when there is one, nowhere otherwise
             sh(&[
-                "ip",
-                "-n",
-                &ns,
-                "route",
-                "add",
-                "default",
-                "via",
-                "192.168.0.1",
-                "dev",
-                "eth0",
-                "onlink",
+                "ip", "-n", &ns, "route", "add", "default", "via", gw, "dev", "eth0", "onlink",
             ])?;
             let data_dir = self.dir.join(format!("n{i}"));
             std::fs::create_dir_all(&data_dir).map_err(|e| err(e.to_string()))?;
@@ -489,23 +518,39 @@ impl Testbed {
                 ip,
                 mac,
                 data_dir,
-                pool: format!("192.168.{i}.0/24"),
+                pool,
                 pod_cidr: format!("10.1.{i}.0/24"),
                 port,
+                subnet: subnet.to_owned(),
             });
         }
         // Calico stand-in: routes between the nodes' pod ranges, no NAT inside 10.1.0.0/16
         for n in &self.nodes {
             for m in self.nodes.iter().filter(|m| m.idx != n.idx) {
+                // another LAN's node: through the default route (the router)
+                if m.subnet == n.subnet {
+                    sh(&[
+                        "ip",
+                        "-n",
+                        &n.ns,
+                        "route",
+                        "add",
+                        &m.pod_cidr,
+                        "via",
+                        &m.ip.to_string(),
+                    ])?;
+                }
+            }
+            if let Some(rt) = &self.router {
                 sh(&[
                     "ip",
                     "-n",
-                    &n.ns,
+                    rt,
                     "route",
                     "add",
-                    &m.pod_cidr,
+                    &n.pod_cidr,
                     "via",
-                    &m.ip.to_string(),
+                    &n.ip.to_string(),
                 ])?;
             }
             ns_sh(
@@ -628,6 +673,23 @@ impl Testbed {
             "logFile": node.data_dir.join("ros2-cni.log"),
             "logLevel": "debug",
         });
+        if !self.opts.second_lan.is_empty() {
+            // the cluster form: each node's pool, address and subnet
+            let nodes: serde_json::Map<String, Value> = self
+                .nodes
+                .iter()
+                .map(|n| {
+                    (
+                        format!("n{}", n.idx),
+                        json!({"podRange": n.pool, "address": n.ip.to_string(), "subnet": n.subnet}),
+                    )
+                })
+                .collect();
+            let m = c.as_object_mut().unwrap();
+            m.remove("podRange");
+            m.insert("nodes".into(), Value::Object(nodes));
+            m.insert("nodeName".into(), json!(format!("n{}", node.idx)));
+        }
         let node_cfg = self.node_config.lock().unwrap().get(&node.idx).cloned();
         for layer in [node_cfg.as_ref(), Some(extra)].into_iter().flatten() {
             for (k, v) in layer.as_object().into_iter().flatten() {

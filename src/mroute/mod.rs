@@ -150,6 +150,11 @@ pub struct Router<M: Mroute> {
     retired: BTreeMap<Ipv4Addr, (u64, u64)>,
     /// Upcalls received: none are expected (see [`Decision`]).
     upcalls: u64,
+    /// `lanMulticast`: the (*,G) entries list the uplink as outgoing too.
+    /// When false they list only the bridge: pods' RTPS stays off the LAN
+    /// (the relay carries it), the LAN's still reaches the pods (the uplink
+    /// stays in the static tree through the catch-all).
+    lan: bool,
 }
 
 /// Packets must have a TTL above this to leave on a VIF. With the TTL rule
@@ -169,7 +174,23 @@ impl<M: Mroute> Router<M> {
             catch_all: false,
             retired: BTreeMap::new(),
             upcalls: 0,
+            lan: true,
         }
+    }
+
+    /// Sets `lanMulticast`; a change rewrites the (*,G) entries in place.
+    pub fn set_lan_multicast(&mut self, on: bool) -> io::Result<()> {
+        if on == self.lan {
+            return Ok(());
+        }
+        self.lan = on;
+        // MRT_ADD_MFC on an existing entry replaces its oifs, counters kept
+        self.installed.clear();
+        self.install()
+    }
+
+    pub fn lan_multicast(&self) -> bool {
+        self.lan
     }
 
     pub fn kernel(&self) -> &M {
@@ -238,9 +259,16 @@ impl<M: Mroute> Router<M> {
             self.kernel.add_mfc(ANY, ANY, NO_VIF, &oifs)?;
             self.catch_all = true;
         }
+        let group_oifs: Vec<(u16, u8)> = if self.lan {
+            oifs
+        } else {
+            oifs.into_iter()
+                .filter(|(v, _)| self.vifs[*v as usize].role == Role::Pods)
+                .collect()
+        };
         for g in self.groups.clone() {
             if !self.installed.contains(&g) {
-                self.kernel.add_mfc(ANY, g, 0, &oifs)?;
+                self.kernel.add_mfc(ANY, g, 0, &group_oifs)?;
                 self.installed.push(g);
             }
         }
@@ -646,6 +674,41 @@ mod tests {
             (3, 300),
             "counts of the removed entry stay"
         );
+    }
+
+    #[test]
+    fn without_lan_multicast_pods_rtps_stays_off_the_lan_but_the_lans_reaches_pods() {
+        let mut r = router();
+        r.set_lan_multicast(false).unwrap();
+        assert_eq!(
+            r.kernel().forward(1, POD, SPDP, 2),
+            Some(vec![]),
+            "pods -> LAN: the relay carries it"
+        );
+        assert_eq!(
+            r.kernel().forward(0, LAPTOP, SPDP, 2),
+            Some(vec![1]),
+            "LAN -> pods still routed (the uplink stays in the static tree)"
+        );
+        assert_eq!(r.kernel().mfc[&(ANY, SPDP)].1, vec![(1, TTL_THRESHOLD)]);
+        assert_eq!(
+            r.kernel().mfc[&(ANY, ANY)].1.len(),
+            2,
+            "the catch-all keeps both VIFs"
+        );
+        // other groups still caught
+        let other = Ipv4Addr::new(239, 1, 2, 3);
+        assert_eq!(r.kernel().forward(1, POD, other, 32), Some(vec![]));
+        assert_eq!(r.kernel().mfc.len(), 2);
+        // and back
+        r.set_lan_multicast(true).unwrap();
+        assert_eq!(r.kernel().forward(1, POD, SPDP, 2), Some(vec![0]));
+        // a VIF change keeps the setting
+        let vifs = r.vifs().to_vec();
+        r.set_lan_multicast(false).unwrap();
+        r.flush();
+        r.set_vifs(vifs).unwrap();
+        assert_eq!(r.kernel().forward(1, POD, SPDP, 2), Some(vec![]));
     }
 
     #[test]

@@ -1,0 +1,689 @@
+//! The RTPS relay: RTPS multicast between the pods of nodes that LAN
+//! multicast does not connect (a switch or access point that drops it, a
+//! router between two subnets).
+//!
+//! - **Out**: a packet socket on the bridge captures the RTPS multicast the
+//!   node's pods send (UDP to a relayed group, any port, any TTL — Fast DDS's
+//!   TTL 1 included; only frames arriving from the pods, never what the node
+//!   itself puts on the bridge). The original IPv4 packet is wrapped in an
+//!   8-byte header ([`wire`]) and sent by unicast UDP to every peer not
+//!   reached by LAN multicast ([`Settings::via_lan`]); sends never block.
+//! - **In**: a datagram is accepted only from a configured peer (by source
+//!   address); anything else is dropped and counted. The original packet is
+//!   put on the bridge as Ethernet multicast with TTL 1 (checksum fixed,
+//!   addresses and ports unchanged): the bridge floods it to the pods and
+//!   does not pass it up to the node's IP stack, so it is never routed to
+//!   the uplink, never captured again and never relayed onward.
+//!
+//! Exactly once: a peer is reached by LAN multicast iff `lanMulticast` is on
+//! and the peer's address is in this node's subnet (the kernel's multicast
+//! routing puts the packet on the LAN, the peer routes it to its pods);
+//! otherwise by the relay. Packets received by relay go to pods only, so
+//! nothing is relayed twice whatever the number of nodes.
+//!
+//! Peers that are also reachable are greeted every [`HELLO_EVERY`] with a
+//! header-only datagram, so "last seen" (status, metrics, doctor) tells a
+//! live peer from a dead one even when its pods are quiet.
+//!
+//! Runs on a thread of its own: the relay never waits for a reconcile pass.
+
+pub mod socket;
+pub mod wire;
+
+use crate::config::{Config, Pool};
+use crate::netlink::Link;
+use ipnet::Ipv4Net;
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How often a header-only hello goes to each peer.
+pub const HELLO_EVERY: Duration = Duration::from_secs(5);
+/// A peer not heard from for this long is reported unreachable.
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(15);
+/// Header flag: a hello, no packet follows.
+const FLAG_HELLO: u8 = 1;
+/// At most this many packets per socket per wake-up (fairness between
+/// the two directions).
+const BATCH: usize = 256;
+
+/// What the relay runs with: from the config and the node's interfaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub peers: Vec<Ipv4Addr>,
+    pub groups: Vec<Ipv4Addr>,
+    pub lan_multicast: bool,
+    /// This node's subnet: peers in it are on its LAN segment.
+    pub subnet: Ipv4Net,
+    /// This node's pool: a peer may not send packets from these addresses.
+    pub pool: Option<Pool>,
+    pub port: u16,
+    pub bridge: u32,
+    pub uplink: u32,
+}
+
+impl Settings {
+    pub fn new(cfg: &Config, uplink: &Link, bridge: &Link) -> Settings {
+        Settings {
+            peers: cfg.peers.clone(),
+            groups: cfg.groups.clone(),
+            lan_multicast: cfg.lan_multicast,
+            subnet: cfg.subnet,
+            pool: cfg.pool,
+            port: cfg.relay_port,
+            bridge: bridge.index,
+            uplink: uplink.index,
+        }
+    }
+
+    /// Whether `peer` gets this node's pods' RTPS by LAN multicast (the
+    /// kernel's multicast routing) rather than by the relay.
+    pub fn via_lan(&self, peer: Ipv4Addr) -> bool {
+        self.lan_multicast && self.subnet.contains(&peer)
+    }
+}
+
+/// Counters of one peer.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerStats {
+    pub address: Ipv4Addr,
+    /// "relay" or "lan": how this node's pods' RTPS reaches the peer.
+    pub via: &'static str,
+    pub sent: u64,
+    pub sent_bytes: u64,
+    pub received: u64,
+    pub received_bytes: u64,
+    /// Packets to or from this peer not delivered (send errors, datagrams
+    /// that failed the checks).
+    pub dropped: u64,
+    /// Unix time of the last datagram (packet or hello) from this peer.
+    pub last_seen: Option<u64>,
+    pub last_error: Option<String>,
+    /// Source addresses of the packets this peer relayed (bounded): the
+    /// participants this node's pods know only through the relay.
+    pub sources: std::collections::BTreeSet<Ipv4Addr>,
+    #[serde(skip)]
+    last_seen_at: Option<Instant>,
+}
+
+/// At most this many sources are remembered per peer.
+const MAX_SOURCES: usize = 256;
+
+impl PeerStats {
+    fn new(address: Ipv4Addr) -> PeerStats {
+        PeerStats {
+            address,
+            via: "relay",
+            sent: 0,
+            sent_bytes: 0,
+            received: 0,
+            received_bytes: 0,
+            dropped: 0,
+            last_seen: None,
+            last_error: None,
+            sources: Default::default(),
+            last_seen_at: None,
+        }
+    }
+
+    /// Heard from within [`PEER_TIMEOUT`].
+    pub fn reachable(&self) -> bool {
+        self.last_seen_at
+            .is_some_and(|t| t.elapsed() < PEER_TIMEOUT)
+    }
+}
+
+/// Everything the relay counts.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub peers: BTreeMap<Ipv4Addr, PeerStats>,
+    /// Datagrams from addresses that are not peers: dropped.
+    pub not_peer: u64,
+    pub last_not_peer: Option<Ipv4Addr>,
+    /// Datagrams from peers that failed a check, by reason.
+    pub rejected: BTreeMap<&'static str, u64>,
+    /// Packets captured from this node's pods.
+    pub captured: u64,
+    /// The sockets are open (there are peers and the port could be bound).
+    pub active: bool,
+    pub problem: Option<String>,
+}
+
+struct Shared {
+    settings: Mutex<Arc<Settings>>,
+    generation: AtomicU64,
+    stop: AtomicBool,
+    stats: Mutex<Stats>,
+}
+
+/// The running relay.
+pub struct Relay {
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Relay {
+    /// Starts the relay thread; it opens its sockets while there are peers.
+    pub fn start(settings: Settings) -> Relay {
+        let shared = Arc::new(Shared {
+            settings: Mutex::new(Arc::new(settings)),
+            generation: AtomicU64::new(1),
+            stop: AtomicBool::new(false),
+            stats: Mutex::new(Stats::default()),
+        });
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("relay".into())
+            .spawn(move || run(&s))
+            .expect("spawning the relay thread");
+        Relay {
+            shared,
+            thread: Some(thread),
+        }
+    }
+
+    /// New settings (reload, interface change); applied within 200 ms.
+    pub fn update(&self, settings: Settings) {
+        let mut cur = self.shared.settings.lock().unwrap();
+        if **cur != settings {
+            *cur = Arc::new(settings);
+            self.shared.generation.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    pub fn stop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// The peers with their counters.
+    pub fn peers(&self) -> Vec<PeerStats> {
+        self.shared
+            .stats
+            .lock()
+            .unwrap()
+            .peers
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The relay's part of the status document.
+    pub fn to_json(&self) -> Value {
+        let set = self.shared.settings.lock().unwrap().clone();
+        let st = self.shared.stats.lock().unwrap();
+        let peers: Vec<Value> = st
+            .peers
+            .values()
+            .map(|p| {
+                let mut v = serde_json::to_value(p).unwrap_or(Value::Null);
+                v["reachable"] = json!(p.reachable());
+                v
+            })
+            .collect();
+        json!({
+            "active": st.active,
+            "port": set.port,
+            "lanMulticast": set.lan_multicast,
+            "captured": st.captured,
+            "notPeer": st.not_peer,
+            "lastNotPeer": st.last_not_peer,
+            "rejected": st.rejected,
+            "problem": st.problem,
+            "peers": peers,
+        })
+    }
+
+    /// Prometheus series of the relay.
+    pub fn encode_metrics(
+        &self,
+        enc: &mut prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let st = self.shared.stats.lock().unwrap();
+        let peer = |a: &Ipv4Addr| vec![("peer".to_string(), a.to_string())];
+        type Series = (&'static str, &'static str, fn(&PeerStats) -> u64);
+        let counters: [Series; 4] = [
+            (
+                "ros2cni_relay_sent_packets",
+                "RTPS packets of this node's pods relayed to a peer",
+                |p| p.sent,
+            ),
+            (
+                "ros2cni_relay_received_packets",
+                "RTPS packets received from a peer and delivered to this node's pods",
+                |p| p.received,
+            ),
+            (
+                "ros2cni_relay_dropped_packets",
+                "Relay packets to or from a peer not delivered (send errors, failed checks)",
+                |p| p.dropped,
+            ),
+            (
+                "ros2cni_relay_sent_bytes",
+                "Bytes of RTPS packets relayed to a peer (original IPv4 packets)",
+                |p| p.sent_bytes,
+            ),
+        ];
+        for (name, help, get) in counters {
+            let mut m =
+                enc.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
+            for (a, p) in &st.peers {
+                ConstCounter::new(get(p)).encode(m.encode_family(&peer(a))?)?;
+            }
+        }
+        let mut m = enc.encode_descriptor(
+            "ros2cni_relay_peer_last_seen_seconds",
+            "Unix time of the last datagram from a peer (0: never)",
+            None,
+            ConstGauge::new(0i64).metric_type(),
+        )?;
+        for (a, p) in &st.peers {
+            ConstGauge::new(p.last_seen.unwrap_or(0) as i64).encode(m.encode_family(&peer(a))?)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "ros2cni_relay_not_peer_packets",
+            "Relay datagrams from addresses that are not configured peers: dropped",
+            None,
+            ConstCounter::new(0u64).metric_type(),
+        )?;
+        ConstCounter::new(st.not_peer).encode(m.encode_family(&Vec::<(String, String)>::new())?)?;
+        Ok(())
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The open sockets.
+struct Socks {
+    capture: socket::Capture,
+    inject: socket::Inject,
+    udp: std::net::UdpSocket,
+    port: u16,
+}
+
+impl Socks {
+    fn open(s: &Settings) -> std::io::Result<Socks> {
+        Ok(Socks {
+            capture: socket::Capture::open(s.bridge, &s.groups)?,
+            inject: socket::Inject::open()?,
+            udp: socket::udp(s.port)?,
+            port: s.port,
+        })
+    }
+}
+
+/// The thread's view of the settings.
+struct View {
+    set: Arc<Settings>,
+    /// Peers minus this node's own addresses.
+    peers: Vec<Ipv4Addr>,
+    /// The peers this node relays its pods' packets to.
+    relayed: Vec<SocketAddr>,
+}
+
+impl View {
+    fn new(set: Arc<Settings>) -> View {
+        let own: Vec<Ipv4Addr> = crate::netlink::Handle::new()
+            .and_then(|mut h| h.addresses4(set.uplink))
+            .map(|v| v.into_iter().map(|(a, _)| a).collect())
+            .unwrap_or_default();
+        let peers: Vec<Ipv4Addr> = set
+            .peers
+            .iter()
+            .filter(|p| !own.contains(p))
+            .copied()
+            .collect();
+        let relayed = peers
+            .iter()
+            .filter(|p| !set.via_lan(**p))
+            .map(|p| SocketAddr::V4(SocketAddrV4::new(*p, set.port)))
+            .collect();
+        View {
+            set,
+            peers,
+            relayed,
+        }
+    }
+}
+
+fn run(shared: &Shared) {
+    let mut gen = 0;
+    let mut view = View::new(shared.settings.lock().unwrap().clone());
+    let mut socks: Option<Socks> = None;
+    let mut next_open = Instant::now();
+    let mut next_hello = Instant::now();
+    let mut cap_buf = vec![0u8; 65_536 + 14];
+    let mut udp_buf = vec![0u8; 65_536];
+    let mut out = Vec::with_capacity(65_536);
+    let mut pkt = Vec::with_capacity(65_536);
+    while !shared.stop.load(Ordering::SeqCst) {
+        let g = shared.generation.load(Ordering::SeqCst);
+        if g != gen {
+            gen = g;
+            view = View::new(shared.settings.lock().unwrap().clone());
+            let mut st = shared.stats.lock().unwrap();
+            st.peers.retain(|a, _| view.peers.contains(a));
+            for p in &view.peers {
+                let e = st.peers.entry(*p).or_insert_with(|| PeerStats::new(*p));
+                e.via = if view.set.via_lan(*p) { "lan" } else { "relay" };
+            }
+            drop(st);
+            if let Some(s) = socks.as_mut() {
+                let reopen = s.port != view.set.port
+                    || (s.capture.ifindex() != view.set.bridge
+                        && s.capture.bind(view.set.bridge).is_err())
+                    || s.capture.set_filter(&view.set.groups).is_err();
+                if reopen || view.peers.is_empty() {
+                    socks = None;
+                }
+            }
+            next_open = Instant::now();
+            next_hello = Instant::now();
+        }
+        if socks.is_none() && !view.peers.is_empty() && Instant::now() >= next_open {
+            let r = Socks::open(&view.set);
+            let mut st = shared.stats.lock().unwrap();
+            match r {
+                Ok(s) => {
+                    tracing::info!(peers = ?view.peers, port = view.set.port, "RTPS relay active");
+                    socks = Some(s);
+                    st.problem = None;
+                }
+                Err(e) => {
+                    let msg = format!("relay port {}: {e}", view.set.port);
+                    if st.problem.as_ref() != Some(&msg) {
+                        tracing::warn!("{msg}");
+                    }
+                    st.problem = Some(msg);
+                    next_open = Instant::now() + Duration::from_secs(1);
+                }
+            }
+        }
+        shared.stats.lock().unwrap().active = socks.is_some();
+        let Some(s) = &socks else {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        };
+        let mut fds = [
+            libc::pollfd {
+                fd: s.capture.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: s.udp.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: poll(2) on two valid descriptors.
+        unsafe { libc::poll(fds.as_mut_ptr(), 2, 200) };
+        // out: the pods' packets to the relayed peers
+        for _ in 0..BATCH {
+            let ip = match s.capture.recv(&mut cap_buf) {
+                Ok(Some(ip)) => ip,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!("relay capture: {e}");
+                    break;
+                }
+            };
+            if wire::check_ip(ip, &view.set.groups).is_err() {
+                continue;
+            }
+            wire::encode(ip, &mut out);
+            wire::fix_udp_checksum(&mut out[wire::HEADER_LEN..]);
+            let mut st = shared.stats.lock().unwrap();
+            st.captured += 1;
+            for to in &view.relayed {
+                let r = s.udp.send_to(&out, to);
+                let SocketAddr::V4(a) = to else { continue };
+                if let Some(p) = st.peers.get_mut(a.ip()) {
+                    match r {
+                        Ok(_) => {
+                            p.sent += 1;
+                            p.sent_bytes += ip.len() as u64;
+                        }
+                        Err(e) => {
+                            p.dropped += 1;
+                            p.last_error = Some(e.to_string());
+                        }
+                    }
+                }
+            }
+        }
+        // in: peers' packets to the pods
+        for _ in 0..BATCH {
+            let (n, from) = match s.udp.recv_from(&mut udp_buf) {
+                Ok(x) => x,
+                Err(_) => break,
+            };
+            let SocketAddr::V4(from) = from else { continue };
+            let mut st = shared.stats.lock().unwrap();
+            if !view.peers.contains(from.ip()) {
+                st.not_peer += 1;
+                st.last_not_peer = Some(*from.ip());
+                continue;
+            }
+            let d = &udp_buf[..n];
+            let hello = d.len() == wire::HEADER_LEN
+                && &d[..4] == wire::MAGIC
+                && d[4] == wire::VERSION
+                && d[5] & FLAG_HELLO != 0;
+            let verdict = if hello {
+                Ok(None)
+            } else {
+                wire::decode(d, &view.set.groups).and_then(|i| {
+                    if view.set.pool.is_some_and(|p| p.contains(i.src)) {
+                        Err(wire::Reject::Source)
+                    } else {
+                        Ok(Some(i))
+                    }
+                })
+            };
+            let now = Instant::now();
+            let mut rejected = None;
+            if let Some(p) = st.peers.get_mut(from.ip()) {
+                p.last_seen_at = Some(now);
+                p.last_seen = Some(unix_now());
+                match verdict {
+                    Ok(None) => {}
+                    Ok(Some(i)) => {
+                        wire::for_pods(i.ip, &mut pkt);
+                        match s
+                            .inject
+                            .send(view.set.bridge, wire::group_mac(i.group), &pkt)
+                        {
+                            Ok(()) => {
+                                if p.sources.len() < MAX_SOURCES {
+                                    p.sources.insert(i.src);
+                                }
+                                p.received += 1;
+                                p.received_bytes += pkt.len() as u64;
+                            }
+                            Err(e) => {
+                                p.dropped += 1;
+                                p.last_error = Some(format!("delivering to the pods: {e}"));
+                            }
+                        }
+                    }
+                    Err(r) => {
+                        p.dropped += 1;
+                        rejected = Some(r);
+                    }
+                }
+            }
+            if let Some(r) = rejected {
+                *st.rejected.entry(r.as_str()).or_default() += 1;
+            }
+        }
+        if Instant::now() >= next_hello {
+            let hello = [
+                wire::MAGIC[0],
+                wire::MAGIC[1],
+                wire::MAGIC[2],
+                wire::MAGIC[3],
+                wire::VERSION,
+                FLAG_HELLO,
+                0,
+                0,
+            ];
+            for p in &view.peers {
+                let _ = s.udp.send_to(&hello, SocketAddrV4::new(*p, view.set.port));
+            }
+            next_hello = Instant::now() + HELLO_EVERY;
+        }
+    }
+}
+
+/// What `ros2-cni doctor` says about the relay, from the status document's
+/// `relay` part: the peers, whether each answers, and the participants
+/// (by address) this node's pods hear only through the relay.
+pub fn doctor_findings(relay: &Value) -> Vec<crate::doctor::Finding> {
+    use crate::doctor::{Finding, Severity};
+    let mut out = vec![];
+    let peers = relay["peers"].as_array().cloned().unwrap_or_default();
+    if peers.is_empty() {
+        return out;
+    }
+    if let Some(p) = relay["problem"].as_str() {
+        out.push(Finding {
+            code: "RELAY_DOWN",
+            severity: Severity::Error,
+            message: format!(
+                "The RTPS relay cannot run ({p}): peers get none of this node's pods' discovery. \
+                 Fix: free the port or change relayPort on every node."
+            ),
+        });
+    }
+    let mut lines = vec![];
+    let mut relayed_only = vec![];
+    for p in &peers {
+        let addr = p["address"].as_str().unwrap_or("?");
+        let reachable = p["reachable"] == true;
+        lines.push(format!(
+            "{addr} (via {}, {}, sent {}, received {})",
+            p["via"].as_str().unwrap_or("?"),
+            if reachable {
+                "reachable"
+            } else {
+                "not heard from"
+            },
+            p["sent"],
+            p["received"]
+        ));
+        if !reachable {
+            out.push(Finding {
+                code: "RELAY_PEER_UNREACHABLE",
+                severity: Severity::Warning,
+                message: format!(
+                    "Relay peer {addr} has not been heard from in {} s: its agent is down, the address is \
+                     wrong, or UDP {} is filtered between the nodes. Its pods and this node's do not discover \
+                     each other through the relay.",
+                    PEER_TIMEOUT.as_secs(),
+                    relay["port"]
+                ),
+            });
+        }
+        for src in p["sources"].as_array().into_iter().flatten() {
+            relayed_only.push(format!("{} (from {addr})", src.as_str().unwrap_or("?")));
+        }
+    }
+    out.push(Finding {
+        code: "RELAY_PEERS",
+        severity: Severity::Info,
+        message: format!("Relay peers: {}.", lines.join("; ")),
+    });
+    if !relayed_only.is_empty() {
+        out.push(Finding {
+            code: "RELAY_ONLY_PARTICIPANTS",
+            severity: Severity::Info,
+            message: format!(
+                "Participants this node's pods hear only through the relay (they are not in the \
+                 participant table, which sees this node's own traffic): {}.",
+                relayed_only.join(", ")
+            ),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(lan: bool) -> Settings {
+        Settings {
+            peers: vec![
+                Ipv4Addr::new(192, 168, 0, 12),
+                Ipv4Addr::new(192, 168, 16, 21),
+            ],
+            groups: vec![Ipv4Addr::new(239, 255, 0, 1)],
+            lan_multicast: lan,
+            subnet: "192.168.0.0/20".parse().unwrap(),
+            pool: None,
+            port: 7399,
+            bridge: 5,
+            uplink: 2,
+        }
+    }
+
+    #[test]
+    fn doctor_names_peers_unreachable_ones_and_relayed_sources() {
+        let relay = json!({"port": 7399, "peers": [
+            {"address": "192.168.0.12", "via": "relay", "reachable": true, "sent": 3, "received": 4,
+             "sources": ["192.168.2.5"]},
+            {"address": "192.168.0.99", "via": "relay", "reachable": false, "sent": 3, "received": 0,
+             "sources": []}]});
+        let f = doctor_findings(&relay);
+        let codes: Vec<_> = f.iter().map(|f| f.code).collect();
+        assert_eq!(
+            codes,
+            [
+                "RELAY_PEER_UNREACHABLE",
+                "RELAY_PEERS",
+                "RELAY_ONLY_PARTICIPANTS"
+            ]
+        );
+        assert!(f[0].message.contains("192.168.0.99"));
+        assert!(f[2].message.contains("192.168.2.5 (from 192.168.0.12)"));
+        assert!(doctor_findings(&json!({"peers": []})).is_empty());
+    }
+
+    #[test]
+    fn lan_multicast_reaches_only_peers_on_this_subnet() {
+        let s = settings(true);
+        assert!(s.via_lan(Ipv4Addr::new(192, 168, 0, 12)), "same segment");
+        assert!(
+            !s.via_lan(Ipv4Addr::new(192, 168, 16, 21)),
+            "behind a router: relayed"
+        );
+        let s = settings(false);
+        assert!(
+            s.peers.iter().all(|p| !s.via_lan(*p)),
+            "lanMulticast false: every peer by relay"
+        );
+    }
+}

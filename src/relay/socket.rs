@@ -1,0 +1,198 @@
+//! The relay's three sockets: a packet socket capturing what pods send on
+//! the bridge, a UDP socket to and from the peers, and a packet socket that
+//! puts received packets on the bridge.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+const ETH_P_IP: u16 = libc::ETH_P_IP as u16;
+
+fn packet_socket(kind: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: socket(2); the descriptor is owned right away.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            kind | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            i32::from(ETH_P_IP.to_be()),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn sll(ifindex: u32, mac: Option<[u8; 6]>) -> libc::sockaddr_ll {
+    // SAFETY: sockaddr_ll is plain data; all-zero is valid.
+    let mut a: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    a.sll_family = libc::AF_PACKET as u16;
+    a.sll_protocol = ETH_P_IP.to_be();
+    a.sll_ifindex = ifindex as i32;
+    if let Some(m) = mac {
+        a.sll_halen = 6;
+        a.sll_addr[..6].copy_from_slice(&m);
+    }
+    a
+}
+
+/// Captures IPv4 frames arriving on one interface (the bridge: what pods
+/// send), filtered to UDP to the relayed groups, outgoing frames excluded
+/// (what the node routes or the relay injects into the bridge).
+pub struct Capture {
+    fd: OwnedFd,
+    ifindex: u32,
+}
+
+impl Capture {
+    pub fn open(ifindex: u32, groups: &[Ipv4Addr]) -> io::Result<Capture> {
+        let fd = packet_socket(libc::SOCK_RAW)?;
+        let c = Capture { fd, ifindex: 0 };
+        c.set_filter(groups)?;
+        let mut c = c;
+        c.bind(ifindex)?;
+        // a burst of announcements waits here, not lost
+        let size: libc::c_int = 4 << 20;
+        // SAFETY: setsockopt with an int.
+        unsafe {
+            libc::setsockopt(
+                c.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                &size as *const _ as *const libc::c_void,
+                4,
+            );
+        }
+        Ok(c)
+    }
+
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// (Re)binds to `ifindex` (the bridge was re-created).
+    pub fn bind(&mut self, ifindex: u32) -> io::Result<()> {
+        let a = sll(ifindex, None);
+        // SAFETY: bind with a sockaddr_ll of the right size.
+        let rc = unsafe {
+            libc::bind(
+                self.fd.as_raw_fd(),
+                &a as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.ifindex = ifindex;
+        Ok(())
+    }
+
+    pub fn set_filter(&self, groups: &[Ipv4Addr]) -> io::Result<()> {
+        let prog = crate::agent::observe::bpf_filter(groups);
+        let fprog = libc::sock_fprog {
+            len: prog.len() as u16,
+            filter: prog.as_ptr() as *mut libc::sock_filter,
+        };
+        // SAFETY: SO_ATTACH_FILTER with a sock_fprog pointing at `prog`, alive for the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ATTACH_FILTER,
+                &fprog as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::sock_fprog>() as u32,
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// One captured frame's IPv4 packet (Ethernet header stripped), or None
+    /// when nothing is pending. Outgoing frames are skipped.
+    pub fn recv<'a>(&self, buf: &'a mut [u8]) -> io::Result<Option<&'a [u8]>> {
+        loop {
+            // SAFETY: sockaddr_ll is plain data.
+            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            // SAFETY: recvfrom into `buf` with a sockaddr_ll out-parameter.
+            let n = unsafe {
+                libc::recvfrom(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr() as *mut libc::c_void,
+                    buf.len(),
+                    libc::MSG_TRUNC,
+                    &mut from as *mut _ as *mut libc::sockaddr,
+                    &mut len,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                return match e.kind() {
+                    io::ErrorKind::WouldBlock => Ok(None),
+                    io::ErrorKind::Interrupted => continue,
+                    _ => Err(e),
+                };
+            }
+            let n = n as usize;
+            if from.sll_pkttype == libc::PACKET_OUTGOING || n > buf.len() || n < 14 {
+                continue; // ours, or truncated
+            }
+            return Ok(Some(&buf[14..n]));
+        }
+    }
+}
+
+impl AsRawFd for Capture {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// Puts IPv4 packets on an interface (the bridge) as Ethernet multicast:
+/// the bridge floods them to its ports (the pods) and does not hand them
+/// to the node's own IP stack, so they are neither routed to the uplink
+/// nor captured again.
+pub struct Inject {
+    fd: OwnedFd,
+}
+
+impl Inject {
+    pub fn open() -> io::Result<Inject> {
+        Ok(Inject {
+            fd: packet_socket(libc::SOCK_DGRAM)?,
+        })
+    }
+
+    pub fn send(&self, ifindex: u32, mac: [u8; 6], ip: &[u8]) -> io::Result<()> {
+        let a = sll(ifindex, Some(mac));
+        // SAFETY: sendto with `ip` and a sockaddr_ll of the right size.
+        let n = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                ip.as_ptr() as *const libc::c_void,
+                ip.len(),
+                libc::MSG_DONTWAIT,
+                &a as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// The UDP socket to and from the peers, non-blocking: a peer that is down
+/// (no ARP answer, a full queue) never holds up the others.
+pub fn udp(port: u16) -> io::Result<UdpSocket> {
+    let s = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))?;
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
