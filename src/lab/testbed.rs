@@ -634,6 +634,29 @@ impl Testbed {
         Ok(n)
     }
 
+    /// Makes the LAN switch drop every IPv4 multicast frame between its
+    /// ports (a switch or access point that does not carry multicast),
+    /// counting what it drops.
+    pub fn drop_multicast(&self) -> Result<()> {
+        let rules = "table bridge nomcast {\n chain drop_mc {\n  type filter hook forward priority 0; policy accept;\n  ip daddr 224.0.0.0/4 counter drop\n }\n}\n";
+        let path = self.dir.join("nomcast.nft");
+        std::fs::write(&path, rules).map_err(|e| err(e.to_string()))?;
+        ns_sh(&self.switch, &["nft", "-f", path.to_str().unwrap()])?;
+        Ok(())
+    }
+
+    /// IPv4 multicast frames the switch dropped so far (`drop_multicast`).
+    pub fn multicast_drops(&self) -> Result<u64> {
+        let j = nft_json(&self.switch, &["table", "bridge", "nomcast"])?;
+        let mut n = 0;
+        for item in j["nftables"].as_array().into_iter().flatten() {
+            for e in item["rule"]["expr"].as_array().into_iter().flatten() {
+                n += e["counter"]["packets"].as_u64().unwrap_or(0);
+            }
+        }
+        Ok(n)
+    }
+
     pub fn node(&self, idx: usize) -> &Node {
         &self.nodes[idx - 1]
     }
