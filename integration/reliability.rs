@@ -359,3 +359,26 @@ fn add_refuses_a_netns_that_is_not_a_pods() {
         assert!(!pod_has_link(&tb.node(1).ns, "ros0"));
     }
 }
+
+#[test]
+fn an_unwritable_log_file_is_reported_on_stderr() {
+    let tb = bed(1);
+    // a path that cannot be created: under /proc
+    let s = spec("nolog", 1).extra(json!({"logFile": "/proc/ros2-cni/plugin.log"}));
+    let (pod, _) = primary_only(&tb, "nolog", json!({}));
+    let conf = tb.pod_ros2cni_conf(&s, &pod.result);
+    let r = run_with(&tb, &pod, "ADD", &conf, &[]);
+    assert!(r.success, "ADD still works: {}", r.stdout);
+    assert!(
+        r.stderr.contains("logFile /proc/ros2-cni/plugin.log")
+            && r.stderr.contains("stderr instead"),
+        "stderr says why: {}",
+        r.stderr
+    );
+    assert!(
+        !r.stdout.contains("logFile"),
+        "stdout carries only the result"
+    );
+    let r = run_with(&tb, &pod, "DEL", &conf, &[]);
+    assert!(r.success, "{}", r.stdout);
+}
