@@ -9,8 +9,9 @@
 #   sudo -E ./bench/run.sh --alt-plugin "LABEL=PATH"   # time another build beside (section 1)
 #   ./bench/run.sh --notes-only            # re-append bench/notes.md to docs/benchmarks.md
 # The plugin measured is the binary users get: the static musl build of
-# deploy/Containerfile, when the musl target is installed (else the glibc
-# `cargo build --release` binary, which is also timed beside it in section 1).
+# deploy/Containerfile, when the musl target is installed (else the
+# `cargo build --release` binary, static glibc by .cargo/config.toml, which is
+# also timed beside it in section 1).
 # Needs root and: iproute2 nftables iptables containernetworking-plugins
 # iperf3 cyclonedds-tools (and valgrind for instruction counts).
 set -euo pipefail
@@ -24,6 +25,10 @@ musl=x86_64-unknown-linux-musl
 if [ -z "${R2B_GLIBC_ONLY:-}" ] && rustup target list --installed 2>/dev/null | grep -qx "$musl"; then
   # what deploy/Containerfile builds
   RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --quiet --target "$musl" --bin ros2-cni
-  args+=(--plugin "target/$musl/release/ros2-cni" --alt-plugin "glibc build=target/release/ros2-cni")
+  # `cargo bench` builds the plugin where `cargo build --release` puts it
+  # (build.target is the host: target/<host tuple>/release)
+  tdir="${CARGO_TARGET_DIR:-target}"
+  host="$(rustc -vV | sed -n 's/^host: //p')"
+  args+=(--plugin "$tdir/$musl/release/ros2-cni" --alt-plugin "glibc build=$tdir/$host/release/ros2-cni")
 fi
 exec cargo bench --bench testbed -- "${args[@]}" "$@"
