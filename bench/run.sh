@@ -11,7 +11,7 @@
 # The plugin measured is the binary users get: the static musl build of
 # deploy/Containerfile, when the musl target is installed (else the
 # `cargo build --release` binary, static glibc by .cargo/config.toml, which is
-# also timed beside it in section 1).
+# also timed beside it in section 1 as "glibc build").
 # Needs root and: iproute2 nftables iptables containernetworking-plugins
 # iperf3 cyclonedds-tools (and valgrind for instruction counts).
 set -euo pipefail
@@ -22,13 +22,23 @@ if [ "$(id -u)" != 0 ]; then
 fi
 args=()
 musl=x86_64-unknown-linux-musl
+tdir="${CARGO_TARGET_DIR:-target}"
+host="$(rustc -vV | sed -n 's/^host: //p')"
+# The binaries as users get them, copied out of cargo's way: `cargo bench`
+# relinks target/<host tuple>/release/ros2-cni with the dev-dependencies'
+# features (proptest turns on regex-syntax's Unicode tables: twice the
+# run-time relocations, 0.9 MB more), which is not the binary
+# `cargo build --release` makes.
+bins="$tdir/bench-bins"
+mkdir -p "$bins"
+cargo build --release --locked --quiet --bin ros2-cni
+cp "$tdir/$host/release/ros2-cni" "$bins/ros2-cni-glibc"
 if [ -z "${R2B_GLIBC_ONLY:-}" ] && rustup target list --installed 2>/dev/null | grep -qx "$musl"; then
   # what deploy/Containerfile builds
   RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --quiet --target "$musl" --bin ros2-cni
-  # `cargo bench` builds the plugin where `cargo build --release` puts it
-  # (build.target is the host: target/<host tuple>/release)
-  tdir="${CARGO_TARGET_DIR:-target}"
-  host="$(rustc -vV | sed -n 's/^host: //p')"
-  args+=(--plugin "$tdir/$musl/release/ros2-cni" --alt-plugin "glibc build=$tdir/$host/release/ros2-cni")
+  cp "$tdir/$musl/release/ros2-cni" "$bins/ros2-cni-musl"
+  args+=(--plugin "$bins/ros2-cni-musl" --alt-plugin "glibc build=$bins/ros2-cni-glibc")
+else
+  args+=(--plugin "$bins/ros2-cni-glibc")
 fi
 exec cargo bench --bench testbed -- "${args[@]}" "$@"
