@@ -29,16 +29,17 @@ host="$(rustc -vV | sed -n 's/^host: //p')"
 # features (proptest turns on regex-syntax's Unicode tables: twice the
 # run-time relocations, 0.9 MB more), which is not the binary
 # `cargo build --release` makes.
+# (Each keeps the name ros2-cni: section 6 finds the agent by it.)
 bins="$tdir/bench-bins"
-mkdir -p "$bins"
+mkdir -p "$bins/glibc" "$bins/musl"
 cargo build --release --locked --quiet --bin ros2-cni
-cp "$tdir/$host/release/ros2-cni" "$bins/ros2-cni-glibc"
+cp "$tdir/$host/release/ros2-cni" "$bins/glibc/ros2-cni"
 if [ -z "${R2B_GLIBC_ONLY:-}" ] && rustup target list --installed 2>/dev/null | grep -qx "$musl"; then
   # what deploy/Containerfile builds
   RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --quiet --target "$musl" --bin ros2-cni
-  cp "$tdir/$musl/release/ros2-cni" "$bins/ros2-cni-musl"
-  args+=(--plugin "$bins/ros2-cni-musl" --alt-plugin "glibc build=$bins/ros2-cni-glibc")
+  cp "$tdir/$musl/release/ros2-cni" "$bins/musl/ros2-cni"
+  args+=(--plugin "$bins/musl/ros2-cni" --alt-plugin "glibc build=$bins/glibc/ros2-cni")
 else
-  args+=(--plugin "$bins/ros2-cni-glibc")
+  args+=(--plugin "$bins/glibc/ros2-cni")
 fi
 exec cargo bench --bench testbed -- "${args[@]}" "$@"
