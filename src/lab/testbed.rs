@@ -837,7 +837,8 @@ impl Testbed {
     }
 
     /// The primary (Calico stand-in) ADD for a new pod: its result, in the
-    /// primary's cniVersion.
+    /// primary's cniVersion, and for the `ptp` plugin how long its invocation
+    /// took (`ip netns exec <node> ptp`, from spawn to the reaped exit).
     fn primary_add(
         &self,
         node: &Node,
@@ -846,24 +847,30 @@ impl Testbed {
         netns: &str,
         cid: &str,
         env: &[(&str, &str)],
-    ) -> Result<Value> {
+    ) -> Result<(Value, Option<Duration>)> {
         let version = Self::primary_version(&spec.version);
         match self.opts.primary {
             Primary::Ptp => {
+                let t0 = Instant::now();
                 let primary = self.run_plugin(
                     node,
                     &self.opts.cni_bin_dir.join("ptp"),
                     env,
                     &self.primary_conf(node, version),
                 )?;
-                primary.json().filter(|_| primary.success).ok_or_else(|| {
+                let wall = t0.elapsed();
+                let result = primary.json().filter(|_| primary.success).ok_or_else(|| {
                     err(format!(
                         "ptp ADD for {} failed: {}",
                         spec.name, primary.stdout
                     ))
-                })
+                })?;
+                Ok((result, Some(wall)))
             }
-            Primary::Builtin => self.builtin_primary_add(node, ns, netns, cid, version),
+            Primary::Builtin => Ok((
+                self.builtin_primary_add(node, ns, netns, cid, version)?,
+                None,
+            )),
         }
     }
 
@@ -1001,6 +1008,12 @@ impl Testbed {
 
     /// Creates the pod's namespace and runs ADD through the chain.
     pub fn add_pod(&self, spec: &PodSpec) -> Result<Pod> {
+        self.add_pod_timed(spec).map(|(pod, _)| pod)
+    }
+
+    /// Like [`Testbed::add_pod`], also returning how long the primary
+    /// plugin's ADD took (None with the built-in primary, which is no plugin).
+    pub fn add_pod_timed(&self, spec: &PodSpec) -> Result<(Pod, Option<Duration>)> {
         let ns = format!("{}p-{}", self.opts.prefix, spec.name);
         self.add_ns(&ns)?;
         let netns = format!("/var/run/netns/{ns}");
@@ -1008,7 +1021,7 @@ impl Testbed {
         let args = Self::cni_args(spec);
         let node = self.node(spec.node);
         let env = Self::cni_env("ADD", &cid, &netns, &args);
-        let mut result = self.primary_add(node, spec, &ns, &netns, &cid, &env)?;
+        let (mut result, primary_wall) = self.primary_add(node, spec, &ns, &netns, &cid, &env)?;
         result["cniVersion"] = json!(spec.version);
         if spec.chain_ros2cni {
             let conf = self.pod_ros2cni_conf(spec, &result);
@@ -1021,14 +1034,17 @@ impl Testbed {
             })?;
         }
         let ros_ip = ros_ip_of(&result, &netns);
-        Ok(Pod {
-            name: spec.name.clone(),
-            ns,
-            node: spec.node,
-            container_id: cid,
-            result,
-            ros_ip,
-        })
+        Ok((
+            Pod {
+                name: spec.name.clone(),
+                ns,
+                node: spec.node,
+                container_id: cid,
+                result,
+                ros_ip,
+            },
+            primary_wall,
+        ))
     }
 
     /// Runs one ros2-cni command for a pod (DEL, CHECK, ...), with the pod's
