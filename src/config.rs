@@ -6,12 +6,17 @@
 //! - cluster form: `{"subnet": ..., "nodes": {"robot-1": "192.168.1.160/28", ...}}`,
 //!   where the node name picks the pool (and optionally mode/uplink per node).
 //!
-//! Every key is documented in docs/config.md. Errors name the key and value.
+//! Every key is documented in docs/config.md. Reading is two steps: serde
+//! reads the JSON into [`Raw`] (one field per key; an unknown key or a value
+//! of the wrong type is refused there, with the key's path), then
+//! [`Raw::validate`] checks values and resolves this node's view into
+//! [`Config`]. Adding a key is one field of `Raw` and one check in
+//! `validate`. Errors ([`Error`]) name the key and the value.
 
-use crate::cni::env::validate_ifname;
-use crate::cni::{CniError, Code};
 use ipnet::Ipv4Net;
-use serde_json::{Map, Value};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -25,12 +30,14 @@ pub const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:9741";
 /// The relay's UDP port: just below the first RTPS port (7400, domain 0's
 /// SPDP multicast), so never a port of any DDS domain or participant.
 pub const DEFAULT_RELAY_PORT: u16 = 7399;
+pub const DEFAULT_MFC_IDLE_SECONDS: u64 = 300;
 /// The pod annotation that opts a pod in.
 pub const OPT_IN_ANNOTATION: &str = "ros2-cni.io/enabled";
 /// runtimeConfig key containerd fills with the pod's annotations.
 pub const ANNOTATIONS_CAPABILITY: &str = "io.kubernetes.cri.pod-annotations";
 
-/// Keys the CNI runtime adds to a plugin's config; never ours to reject.
+/// Keys the CNI runtime adds to a plugin's config; never ours to reject in
+/// a conflist entry, never accepted in the agent's file.
 const CNI_KEYS: &[&str] = &[
     "cniVersion",
     "name",
@@ -43,36 +50,48 @@ const CNI_KEYS: &[&str] = &[
     "cni.dev/attachments",
 ];
 
-/// Every key of our own, plugin and agent alike.
-const OUR_KEYS: &[&str] = &[
-    "mode",
-    "uplink",
-    "subnet",
-    "podRange",
-    "nodes",
-    "nodeName",
-    "ifName",
-    "bridge",
-    "dataDir",
-    "namespaces",
-    "primaryMulticast",
-    "logFile",
-    "logLevel",
-    "logFormat",
-    "force",
-    "groups",
-    "metricsAddress",
-    "mfcIdleSeconds",
-    "raiseTtl",
-    "fastPath",
-    "podDiscoveryRate",
-    "podDiscoveryBurst",
-    "uplinkDiscoveryRate",
-    "uplinkDiscoveryBurst",
-    "peers",
-    "lanMulticast",
-    "relayPort",
-];
+/// Why a config was refused. Every variant names the key (and value) at
+/// fault; the plugin's edge maps them to CNI codes (2 for an unknown key,
+/// 6 for what is not JSON, 5 for a file that cannot be read, else 7).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("config: expected a JSON object")]
+    NotAnObject,
+    #[error("unknown key \"{key}\" in the ros2-cni config{}",
+        did_you_mean.map(|k| format!(": did you mean \"{k}\"?")).unwrap_or_default())]
+    UnknownKey {
+        key: String,
+        did_you_mean: Option<&'static str>,
+    },
+    #[error("unknown key \"{key}\" (expected {expected})")]
+    UnknownNodeKey { key: String, expected: String },
+    /// A value that is missing, of the wrong type or out of bounds.
+    #[error("{field}: {msg}")]
+    Invalid { field: String, msg: String },
+    /// The cluster form has no entry for this node (raised only when the
+    /// pool is needed: ADD, STATUS, the agent's start).
+    #[error("{0}")]
+    NoPool(String),
+    #[error("cannot read config {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {} is not valid JSON: {source}", path.display())]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+fn invalid(field: impl Into<String>, msg: impl fmt::Display) -> Error {
+    Error::Invalid {
+        field: field.into(),
+        msg: msg.to_string(),
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
@@ -232,48 +251,248 @@ pub struct Config {
     pub other_subnets: Vec<Ipv4Net>,
 }
 
-fn invalid(key: &str, msg: impl fmt::Display) -> CniError {
-    CniError::new(Code::InvalidConfig, format!("{key}: {msg}"))
+// ---------------------------------------------------------------------------
+// The serde form: one field per key, typed as the JSON carries it. `null`
+// is the same as a missing key everywhere.
+
+/// Every key, as written. The CNI runtime's own keys are here so that the
+/// plugin can read `cniVersion` and `name`; the agent's file refuses them
+/// (`check_keys`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Raw {
+    cni_version: Option<String>,
+    name: Option<String>,
+    #[serde(rename = "type")]
+    _type: Option<Value>,
+    #[serde(rename = "capabilities")]
+    _capabilities: Option<Value>,
+    #[serde(rename = "runtimeConfig")]
+    _runtime_config: Option<Value>,
+    #[serde(rename = "prevResult")]
+    _prev_result: Option<Value>,
+    #[serde(rename = "args")]
+    _args: Option<Value>,
+    #[serde(rename = "cni.dev/valid-attachments")]
+    _valid_attachments: Option<Value>,
+    #[serde(rename = "cni.dev/attachments")]
+    _attachments: Option<Value>,
+
+    mode: Option<String>,
+    uplink: Option<String>,
+    subnet: Option<String>,
+    pod_range: Option<String>,
+    nodes: Option<BTreeMap<String, RawNode>>,
+    node_name: Option<String>,
+    if_name: Option<String>,
+    bridge: Option<String>,
+    data_dir: Option<String>,
+    namespaces: Option<Vec<String>>,
+    primary_multicast: Option<bool>,
+    log_file: Option<String>,
+    log_level: Option<String>,
+    log_format: Option<String>,
+    force: Option<bool>,
+    groups: Option<Vec<String>>,
+    metrics_address: Option<String>,
+    mfc_idle_seconds: Option<Whole>,
+    raise_ttl: Option<bool>,
+    fast_path: Option<bool>,
+    pod_discovery_rate: Option<Whole>,
+    pod_discovery_burst: Option<Whole>,
+    uplink_discovery_rate: Option<Whole>,
+    uplink_discovery_burst: Option<Whole>,
+    peers: Option<Vec<String>>,
+    lan_multicast: Option<bool>,
+    relay_port: Option<Whole>,
 }
 
-fn get_str<'a>(m: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, CniError> {
-    match m.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(v) => Err(invalid(key, format!("expected a string, got {v}"))),
+/// A node entry of the cluster form, object shape.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawNodeEntry {
+    pod_range: Option<String>,
+    mode: Option<String>,
+    uplink: Option<String>,
+    address: Option<String>,
+    subnet: Option<String>,
+}
+
+/// A node entry: a pool string (`"192.168.1.160/28"`) or an object.
+#[derive(Debug)]
+enum RawNode {
+    Pool(String),
+    Entry(RawNodeEntry),
+}
+
+impl<'de> Deserialize<'de> for RawNode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawNode;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a pool string or an object with podRange")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<RawNode, E> {
+                Ok(RawNode::Pool(s.to_owned()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<RawNode, A::Error> {
+                RawNodeEntry::deserialize(de::value::MapAccessDeserializer::new(m))
+                    .map(RawNode::Entry)
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
-fn get_bool(m: &Map<String, Value>, key: &str) -> Result<Option<bool>, CniError> {
-    match m.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(v) => Err(invalid(key, format!("expected true or false, got {v}"))),
+/// A whole number (0 or more); the bounds are checked by `validate`, which
+/// names them.
+#[derive(Debug, Clone, Copy)]
+struct Whole(u64);
+
+impl<'de> Deserialize<'de> for Whole {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Whole;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a whole number")
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Whole, E> {
+                Ok(Whole(n))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Whole, E> {
+                u64::try_from(n)
+                    .map(Whole)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Signed(n), &self))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
-fn get_str_list(m: &Map<String, Value>, key: &str) -> Result<Option<Vec<String>>, CniError> {
-    match m.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Array(a)) => a
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                v.as_str().map(str::to_owned).ok_or_else(|| {
-                    invalid(
-                        &format!("{key}[{i}]"),
-                        format!("expected a string, got {v}"),
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(Some),
-        Some(v) => Err(invalid(key, format!("expected a list of strings, got {v}"))),
+/// The names serde accepts for `T` (what `deny_unknown_fields` allows),
+/// read from the derived impl itself, so that the list of known keys is the
+/// struct and nothing else. Hand-written: serde has no public way to ask.
+fn fields_of<T: de::DeserializeOwned>() -> &'static [&'static str] {
+    #[derive(Debug)]
+    struct Fields(&'static [&'static str]);
+    impl fmt::Display for Fields {
+        fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("fields")
+        }
+    }
+    impl std::error::Error for Fields {}
+    impl de::Error for Fields {
+        fn custom<M: fmt::Display>(_: M) -> Self {
+            Fields(&[])
+        }
+    }
+    struct Probe;
+    impl<'de> Deserializer<'de> for Probe {
+        type Error = Fields;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Fields> {
+            Err(Fields(&[]))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Fields> {
+            Err(Fields(fields))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map enum identifier ignored_any
+        }
+    }
+    match T::deserialize(Probe) {
+        Err(Fields(f)) => f,
+        Ok(_) => &[],
     }
 }
+
+/// The key of ours closest to an unknown one: the same but for case, or
+/// at most two edits away (`podRnage`, `podrange` -> `podRange`).
+fn did_you_mean(key: &str, ours: &[&'static str]) -> Option<&'static str> {
+    let lower = key.to_ascii_lowercase();
+    ours.iter()
+        .map(|k| {
+            (
+                strsim::damerau_levenshtein(&lower, &k.to_ascii_lowercase()),
+                *k,
+            )
+        })
+        .filter(|(d, _)| *d <= 2)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Unknown keys, before any value is looked at (so a typo is reported as
+/// such even when other values are wrong too): at the top level, and in
+/// object-shaped node entries.
+fn check_keys(m: &serde_json::Map<String, Value>, plugin: bool) -> Result<(), Error> {
+    let all = fields_of::<Raw>();
+    let ours: Vec<&'static str> = all
+        .iter()
+        .copied()
+        .filter(|k| !CNI_KEYS.contains(k))
+        .collect();
+    for key in m.keys() {
+        let known = ours.contains(&key.as_str()) || (plugin && CNI_KEYS.contains(&key.as_str()));
+        if !known {
+            return Err(Error::UnknownKey {
+                key: key.clone(),
+                did_you_mean: did_you_mean(key, &ours),
+            });
+        }
+    }
+    let entry_keys = fields_of::<RawNodeEntry>();
+    for (name, entry) in m
+        .get("nodes")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        for k in entry.as_object().into_iter().flat_map(|o| o.keys()) {
+            if !entry_keys.contains(&k.as_str()) {
+                return Err(Error::UnknownNodeKey {
+                    key: format!("nodes.{name}.{k}"),
+                    expected: entry_keys.join(", "),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads the serde form; a value of the wrong type names its path
+/// (`peers[1]`, `nodes.robot-1.address`).
+fn read_raw(v: &Value) -> Result<Raw, Error> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let mut field = String::new();
+        for seg in e.path() {
+            match seg {
+                serde_path_to_error::Segment::Seq { index } => field += &format!("[{index}]"),
+                serde_path_to_error::Segment::Map { key } if field.is_empty() => field += key,
+                serde_path_to_error::Segment::Map { key } => field += &format!(".{key}"),
+                _ => {}
+            }
+        }
+        if field.is_empty() {
+            field = "config".into();
+        }
+        invalid(field, e.into_inner())
+    })
+}
+
+// ---------------------------------------------------------------------------
+// The checks of single values.
 
 /// A LAN subnet: an IPv4 CIDR without host bits, /8 to /30.
-fn parse_subnet(key: &str, s: &str) -> Result<Ipv4Net, CniError> {
+fn parse_subnet(key: &str, s: &str) -> Result<Ipv4Net, Error> {
     let subnet: Ipv4Net = s
         .parse()
         .map_err(|_| invalid(key, format!("\"{s}\" is not an IPv4 CIDR")))?;
@@ -296,7 +515,7 @@ fn parse_subnet(key: &str, s: &str) -> Result<Ipv4Net, CniError> {
 }
 
 /// A relay peer or node address: a unicast IPv4 address.
-fn parse_peer(key: &str, s: &str) -> Result<Ipv4Addr, CniError> {
+fn parse_peer(key: &str, s: &str) -> Result<Ipv4Addr, Error> {
     let a: Ipv4Addr = s
         .parse()
         .map_err(|_| invalid(key, format!("\"{s}\" is not an IPv4 address")))?;
@@ -309,7 +528,7 @@ fn parse_peer(key: &str, s: &str) -> Result<Ipv4Addr, CniError> {
     Ok(a)
 }
 
-fn parse_mode(key: &str, s: &str) -> Result<Mode, CniError> {
+fn parse_mode(key: &str, s: &str) -> Result<Mode, Error> {
     match s {
         "routed" => Ok(Mode::Routed),
         "macvlan" => Ok(Mode::Macvlan),
@@ -318,6 +537,141 @@ fn parse_mode(key: &str, s: &str) -> Result<Mode, CniError> {
             format!("unknown mode \"{other}\" (expected \"routed\" or \"macvlan\")"),
         )),
     }
+}
+
+fn check_ifname(key: &str, name: &str) -> Result<(), Error> {
+    crate::ifname::check(name).map_err(|e| invalid(key, e))
+}
+
+fn absolute(key: &str, p: &str) -> Result<PathBuf, Error> {
+    let path = PathBuf::from(p);
+    if !path.is_absolute() {
+        return Err(invalid(key, format!("\"{p}\" is not an absolute path")));
+    }
+    Ok(path)
+}
+
+/// A pool inside `subnet` with at least one address a pod may get.
+fn check_pool(key: &str, s: &str, subnet: Ipv4Net) -> Result<Pool, Error> {
+    let pool = Pool::parse(s).map_err(|e| invalid(key, e))?;
+    if !subnet.contains(&pool.start) || !subnet.contains(&pool.end) {
+        return Err(invalid(
+            key,
+            format!("pool \"{s}\" is not inside subnet {subnet}"),
+        ));
+    }
+    if pool.usable(&subnet).next().is_none() {
+        return Err(invalid(key, format!("pool \"{s}\" has no usable address")));
+    }
+    Ok(pool)
+}
+
+fn parse_groups(list: Option<Vec<String>>) -> Result<Vec<Ipv4Addr>, Error> {
+    let Some(list) = list else {
+        return Ok(vec![DEFAULT_GROUP]);
+    };
+    let mut out = Vec::new();
+    for (i, g) in list.iter().enumerate() {
+        let key = format!("groups[{i}]");
+        let a: Ipv4Addr = g
+            .parse()
+            .map_err(|_| invalid(&key, format!("\"{g}\" is not an IPv4 address")))?;
+        if !a.is_multicast() || a.octets()[0] == 224 && a.octets()[1] == 0 && a.octets()[2] == 0 {
+            return Err(invalid(
+                &key,
+                format!("\"{g}\" is not a routable multicast group (224.0.0.0/24 is link-local)"),
+            ));
+        }
+        out.push(a);
+    }
+    if out.is_empty() {
+        return Err(invalid("groups", "must list at least one group"));
+    }
+    Ok(out)
+}
+
+fn parse_log_level(level: Option<String>) -> Result<String, Error> {
+    let level = level.unwrap_or_else(|| "info".into());
+    if !["error", "warn", "info", "debug", "trace"].contains(&level.as_str()) {
+        return Err(invalid(
+            "logLevel",
+            format!("\"{level}\" (expected error, warn, info, debug or trace)"),
+        ));
+    }
+    Ok(level)
+}
+
+fn parse_log_format(format: Option<&str>) -> Result<LogFormat, Error> {
+    match format {
+        None | Some("human") => Ok(LogFormat::Human),
+        Some("json") => Ok(LogFormat::Json),
+        Some(o) => Err(invalid(
+            "logFormat",
+            format!("\"{o}\" (expected \"human\" or \"json\")"),
+        )),
+    }
+}
+
+/// host:port, or "" (no metrics endpoint).
+fn parse_metrics_address(a: Option<String>) -> Result<String, Error> {
+    let a = a.unwrap_or_else(|| DEFAULT_METRICS_ADDRESS.into());
+    if !a.is_empty() && a.parse::<std::net::SocketAddr>().is_err() {
+        return Err(invalid(
+            "metricsAddress",
+            format!("\"{a}\" is not host:port (use \"\" to disable)"),
+        ));
+    }
+    Ok(a)
+}
+
+fn parse_mfc_idle(n: Option<Whole>) -> Result<u64, Error> {
+    match n {
+        None => Ok(DEFAULT_MFC_IDLE_SECONDS),
+        Some(Whole(n)) if n >= 10 => Ok(n),
+        Some(Whole(n)) => Err(invalid(
+            "mfcIdleSeconds",
+            format!("expected a number >= 10, got {n}"),
+        )),
+    }
+}
+
+fn parse_relay_port(n: Option<Whole>) -> Result<u16, Error> {
+    match n {
+        None => Ok(DEFAULT_RELAY_PORT),
+        Some(Whole(n)) if (1..=65535).contains(&n) => Ok(n as u16),
+        Some(Whole(n)) => Err(invalid(
+            "relayPort",
+            format!("expected a port 1-65535, got {n}"),
+        )),
+    }
+}
+
+const DEFAULT_LIMITS: crate::firewall::limits::Limits = crate::firewall::limits::Limits::DEFAULT;
+
+/// `podDiscoveryRate`/`Burst` and `uplinkDiscoveryRate`/`Burst`.
+fn parse_limit(
+    (rate_key, rate): (&str, Option<Whole>),
+    (burst_key, burst): (&str, Option<Whole>),
+    def: crate::firewall::limits::Limit,
+) -> Result<crate::firewall::limits::Limit, Error> {
+    use crate::firewall::limits::{MAX_BURST, MAX_RATE};
+    let count = |key: &str, v: Option<Whole>, def: u32, max: u32| match v {
+        None => Ok(def),
+        Some(Whole(n)) if n <= u64::from(max) => Ok(n as u32),
+        Some(Whole(n)) => Err(invalid(
+            key,
+            format!("expected a whole number from 0 to {max}, got {n}"),
+        )),
+    };
+    let rate = count(rate_key, rate, def.rate, MAX_RATE)?;
+    let burst = count(burst_key, burst, def.burst, MAX_BURST)?;
+    if rate > 0 && burst == 0 {
+        return Err(invalid(
+            burst_key,
+            format!("must be at least 1 while {rate_key} is on (0 turns the limit off: set {rate_key} to 0)"),
+        ));
+    }
+    Ok(crate::firewall::limits::Limit { rate, burst })
 }
 
 /// Where the node name comes from when the config does not say.
@@ -332,25 +686,101 @@ pub fn default_node_name() -> Option<String> {
         })
 }
 
+// ---------------------------------------------------------------------------
+// The checks across keys.
+
+/// The node entries of the cluster form, each checked, then pairwise: pools
+/// must not overlap, and nodes share a subnet or have disjoint ones.
+fn check_nodes(
+    raw: BTreeMap<String, RawNode>,
+    top_subnet: Ipv4Net,
+) -> Result<BTreeMap<String, NodeEntry>, Error> {
+    let mut nodes = BTreeMap::new();
+    for (name, entry) in raw {
+        let key = format!("nodes.{name}");
+        let e = match entry {
+            RawNode::Pool(s) => NodeEntry {
+                pool: check_pool(&key, &s, top_subnet)?,
+                mode: None,
+                uplink: None,
+                address: None,
+                subnet: None,
+            },
+            RawNode::Entry(o) => {
+                let pr_key = format!("{key}.podRange");
+                let pr = o.pod_range.ok_or_else(|| invalid(&pr_key, "is required"))?;
+                let mode = o
+                    .mode
+                    .map(|s| parse_mode(&format!("{key}.mode"), &s))
+                    .transpose()?;
+                if let Some(u) = &o.uplink {
+                    check_ifname(&format!("{key}.uplink"), u)?;
+                }
+                let address = o
+                    .address
+                    .map(|a| parse_peer(&format!("{key}.address"), &a))
+                    .transpose()?;
+                let subnet = o
+                    .subnet
+                    .map(|s| parse_subnet(&format!("{key}.subnet"), &s))
+                    .transpose()?;
+                NodeEntry {
+                    pool: check_pool(&pr_key, &pr, subnet.unwrap_or(top_subnet))?,
+                    mode,
+                    uplink: o.uplink,
+                    address,
+                    subnet,
+                }
+            }
+        };
+        nodes.insert(name, e);
+    }
+    let list: Vec<_> = nodes.iter().collect();
+    for (i, (a, ea)) in list.iter().enumerate() {
+        for (b, eb) in &list[i + 1..] {
+            let (sa, sb) = (
+                ea.subnet.unwrap_or(top_subnet),
+                eb.subnet.unwrap_or(top_subnet),
+            );
+            if sa != sb && (sa.contains(&sb.network()) || sb.contains(&sa.network())) {
+                return Err(invalid(
+                    format!("nodes.{b}.subnet"),
+                    format!("{sb} overlaps {sa} of \"{a}\" (nodes share a subnet or have disjoint ones)"),
+                ));
+            }
+            if ea.pool.overlaps(&eb.pool) {
+                return Err(invalid(
+                    "nodes",
+                    format!(
+                        "the pools of \"{a}\" ({}) and \"{b}\" ({}) overlap",
+                        ea.pool, eb.pool
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(nodes)
+}
+
 /// The relay peers: `peers` plus every other node entry's `address`
 /// (deduplicated, this node's own address left out); and this node's address.
 fn relay_peers(
-    m: &Map<String, Value>,
+    peers: Option<Vec<String>>,
     nodes: &BTreeMap<String, NodeEntry>,
     node_name: Option<&str>,
-) -> Result<(Vec<Ipv4Addr>, Option<Ipv4Addr>), CniError> {
+) -> Result<(Vec<Ipv4Addr>, Option<Ipv4Addr>), Error> {
     let mut seen: BTreeMap<Ipv4Addr, &str> = BTreeMap::new();
     for (name, e) in nodes {
         if let Some(a) = e.address {
             if let Some(other) = seen.insert(a, name) {
                 return Err(invalid(
-                    &format!("nodes.{name}.address"),
+                    format!("nodes.{name}.address"),
                     format!("{a} is also the address of \"{other}\""),
                 ));
             }
             if let Some((p, _)) = nodes.iter().find(|(_, o)| o.pool.contains(a)) {
                 return Err(invalid(
-                    &format!("nodes.{name}.address"),
+                    format!("nodes.{name}.address"),
                     format!("{a} is inside the pool of \"{p}\""),
                 ));
             }
@@ -361,22 +791,18 @@ fn relay_peers(
         .or_else(default_node_name)
         .unwrap_or_default();
     let own = nodes.get(&name).and_then(|e| e.address);
-    let mut peers = vec![];
-    for (i, p) in get_str_list(m, "peers")?
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-    {
-        peers.push(parse_peer(&format!("peers[{i}]"), p)?);
+    let mut all = vec![];
+    for (i, p) in peers.unwrap_or_default().iter().enumerate() {
+        all.push(parse_peer(&format!("peers[{i}]"), p)?);
     }
-    peers.extend(
+    all.extend(
         nodes
             .iter()
             .filter(|(n, _)| **n != name)
             .filter_map(|(_, e)| e.address),
     );
     let mut out = vec![];
-    for p in peers {
+    for p in all {
         if Some(p) != own && !out.contains(&p) {
             out.push(p);
         }
@@ -384,373 +810,201 @@ fn relay_peers(
     Ok((out, own))
 }
 
-impl Config {
-    /// Parses a config object. `plugin` accepts the keys the CNI runtime adds
-    /// (cniVersion, prevResult, ...); `node_name` overrides `nodeName`.
-    pub fn from_value(
-        v: &Value,
-        plugin: bool,
-        node_name: Option<&str>,
-    ) -> Result<Config, CniError> {
-        let m = v
-            .as_object()
-            .ok_or_else(|| CniError::new(Code::Decode, "config: expected a JSON object"))?;
-        for key in m.keys() {
-            let known =
-                OUR_KEYS.contains(&key.as_str()) || (plugin && CNI_KEYS.contains(&key.as_str()));
-            if !known {
-                let mut e = CniError::new(
-                    Code::UnsupportedField,
-                    format!("unknown key \"{key}\" in the ros2-cni config"),
-                );
-                if let Some(near) = OUR_KEYS.iter().find(|k| k.eq_ignore_ascii_case(key)) {
-                    e = e.with_details(format!("did you mean \"{near}\"?"));
-                }
-                return Err(e);
-            }
+/// The subnets of the other nodes (not `subnet`, this node's own).
+fn other_subnets(
+    nodes: &BTreeMap<String, NodeEntry>,
+    top_subnet: Ipv4Net,
+    subnet: Ipv4Net,
+) -> Vec<Ipv4Net> {
+    let mut out: Vec<Ipv4Net> = vec![];
+    for e in nodes.values() {
+        let sn = e.subnet.unwrap_or(top_subnet);
+        if sn != subnet && !out.contains(&sn) {
+            out.push(sn);
         }
+    }
+    out
+}
 
-        let subnet_s = get_str(m, "subnet")?.ok_or_else(|| {
-            invalid(
-                "subnet",
-                "is required (the robot LAN, e.g. \"192.168.1.0/24\")",
-            )
-        })?;
-        let top_subnet = parse_subnet("subnet", subnet_s)?;
-        let mut subnet = top_subnet;
+/// This node's view: its pool, and the mode, uplink and subnet its node
+/// entry overrides. No pool is not an error here (see [`Config::pool`]).
+struct NodeView {
+    pool: Option<Pool>,
+    pool_error: Option<String>,
+    mode: Option<Mode>,
+    uplink: Option<String>,
+    subnet: Option<Ipv4Net>,
+}
 
-        let mode = match get_str(m, "mode")? {
-            Some(s) => parse_mode("mode", s)?,
-            None => Mode::default(),
-        };
+fn resolve_node(
+    pod_range: Option<&str>,
+    top_subnet: Ipv4Net,
+    nodes: &BTreeMap<String, NodeEntry>,
+    node_name: Option<&str>,
+) -> Result<NodeView, Error> {
+    let none = NodeView {
+        pool: None,
+        pool_error: None,
+        mode: None,
+        uplink: None,
+        subnet: None,
+    };
+    if let Some(s) = pod_range {
+        let pool = check_pool("podRange", s, top_subnet)?;
+        return Ok(NodeView {
+            pool: Some(pool),
+            ..none
+        });
+    }
+    if nodes.is_empty() {
+        return Err(invalid(
+            "podRange",
+            "is required (this node's pool inside subnet, a CIDR or start-end), or give \"nodes\"",
+        ));
+    }
+    let name = node_name.map(str::to_owned).or_else(default_node_name);
+    Ok(match name.as_deref().and_then(|n| nodes.get(n)) {
+        Some(e) => NodeView {
+            pool: Some(e.pool),
+            mode: e.mode,
+            uplink: e.uplink.clone(),
+            subnet: e.subnet,
+            ..none
+        },
+        None => NodeView {
+            pool_error: Some(format!(
+                "node \"{}\" has no pool in \"nodes\" (known nodes: {}); add it to the cluster config",
+                name.as_deref().unwrap_or("<unknown>"),
+                nodes.keys().cloned().collect::<Vec<_>>().join(", ")
+            )),
+            ..none
+        },
+    })
+}
 
-        let uplink = get_str(m, "uplink")?.map(str::to_owned);
-        if let Some(u) = &uplink {
-            validate_ifname("uplink", u).map_err(|e| CniError::new(Code::InvalidConfig, e))?;
+impl Raw {
+    /// The one validation step: every value checked (each error names its
+    /// key), defaults filled in, this node's view resolved.
+    pub fn validate(self, node_name: Option<&str>) -> Result<Config, Error> {
+        let top_subnet = parse_subnet(
+            "subnet",
+            self.subnet.as_deref().ok_or_else(|| {
+                invalid(
+                    "subnet",
+                    "is required (the robot LAN, e.g. \"192.168.1.0/24\")",
+                )
+            })?,
+        )?;
+        let mode = self.mode.map(|s| parse_mode("mode", &s)).transpose()?;
+        if let Some(u) = &self.uplink {
+            check_ifname("uplink", u)?;
         }
+        let nodes = check_nodes(self.nodes.unwrap_or_default(), top_subnet)?;
+        let node_name = node_name.map(str::to_owned).or(self.node_name);
+        let view = resolve_node(
+            self.pod_range.as_deref(),
+            top_subnet,
+            &nodes,
+            node_name.as_deref(),
+        )?;
+        let uplink = view.uplink.or(self.uplink);
+        let subnet = view.subnet.unwrap_or(top_subnet);
 
-        let check_pool = |key: &str, s: &str, subnet: Ipv4Net| -> Result<Pool, CniError> {
-            let pool = Pool::parse(s).map_err(|e| invalid(key, e))?;
-            if !subnet.contains(&pool.start) || !subnet.contains(&pool.end) {
-                return Err(invalid(
-                    key,
-                    format!("pool \"{s}\" is not inside subnet {subnet}"),
-                ));
-            }
-            if pool.usable(&subnet).next().is_none() {
-                return Err(invalid(key, format!("pool \"{s}\" has no usable address")));
-            }
-            Ok(pool)
-        };
-
-        let mut nodes = BTreeMap::new();
-        match m.get("nodes") {
-            None | Some(Value::Null) => {}
-            Some(Value::Object(nm)) => {
-                for (name, entry) in nm {
-                    let key = format!("nodes.{name}");
-                    let e = match entry {
-                        Value::String(s) => NodeEntry {
-                            pool: check_pool(&key, s, top_subnet)?,
-                            mode: None,
-                            uplink: None,
-                            address: None,
-                            subnet: None,
-                        },
-                        Value::Object(o) => {
-                            for k in o.keys() {
-                                if !["podRange", "mode", "uplink", "address", "subnet"]
-                                    .contains(&k.as_str())
-                                {
-                                    return Err(CniError::new(
-                                        Code::UnsupportedField,
-                                        format!("unknown key \"{key}.{k}\" (expected podRange, mode, uplink, address, subnet)"),
-                                    ));
-                                }
-                            }
-                            let pr_key = format!("{key}.podRange");
-                            let pr = get_str(o, "podRange")
-                                .map_err(|e| invalid(&pr_key, e.msg))?
-                                .ok_or_else(|| invalid(&pr_key, "is required"))?;
-                            let mode = match get_str(o, "mode").map_err(|e| invalid(&key, e.msg))? {
-                                Some(s) => Some(parse_mode(&format!("{key}.mode"), s)?),
-                                None => None,
-                            };
-                            let uplink = get_str(o, "uplink")
-                                .map_err(|e| invalid(&key, e.msg))?
-                                .map(str::to_owned);
-                            if let Some(u) = &uplink {
-                                validate_ifname(&format!("{key}.uplink"), u)
-                                    .map_err(|e| CniError::new(Code::InvalidConfig, e))?;
-                            }
-                            let address = match get_str(o, "address")
-                                .map_err(|e| invalid(&format!("{key}.address"), e.msg))?
-                            {
-                                Some(a) => Some(parse_peer(&format!("{key}.address"), a)?),
-                                None => None,
-                            };
-                            let sn_key = format!("{key}.subnet");
-                            let own_subnet =
-                                match get_str(o, "subnet").map_err(|e| invalid(&sn_key, e.msg))? {
-                                    Some(v) => Some(parse_subnet(&sn_key, v)?),
-                                    None => None,
-                                };
-                            NodeEntry {
-                                pool: check_pool(&pr_key, pr, own_subnet.unwrap_or(top_subnet))?,
-                                mode,
-                                uplink,
-                                address,
-                                subnet: own_subnet,
-                            }
-                        }
-                        v => {
-                            return Err(invalid(
-                                &key,
-                                format!(
-                                    "expected a pool string or an object with podRange, got {v}"
-                                ),
-                            ))
-                        }
-                    };
-                    nodes.insert(name.clone(), e);
-                }
-                let list: Vec<_> = nodes.iter().collect();
-                for (i, (a, ea)) in list.iter().enumerate() {
-                    for (b, eb) in &list[i + 1..] {
-                        let (sa, sb) = (
-                            ea.subnet.unwrap_or(top_subnet),
-                            eb.subnet.unwrap_or(top_subnet),
-                        );
-                        if sa != sb && (sa.contains(&sb.network()) || sb.contains(&sa.network())) {
-                            return Err(invalid(
-                                &format!("nodes.{b}.subnet"),
-                                format!("{sb} overlaps {sa} of \"{a}\" (nodes share a subnet or have disjoint ones)"),
-                            ));
-                        }
-                        if ea.pool.overlaps(&eb.pool) {
-                            return Err(invalid(
-                                "nodes",
-                                format!(
-                                    "the pools of \"{a}\" ({}) and \"{b}\" ({}) overlap",
-                                    ea.pool, eb.pool
-                                ),
-                            ));
-                        }
-                    }
-                }
-            }
-            Some(v) => {
-                return Err(invalid(
-                    "nodes",
-                    format!("expected an object of node name to pool, got {v}"),
-                ))
-            }
-        }
-
-        let node_name = node_name
-            .map(str::to_owned)
-            .or(get_str(m, "nodeName")?.map(str::to_owned));
-
-        let mut mode = mode;
-        let mut uplink = uplink;
-        let (pool, pool_error) = match get_str(m, "podRange")? {
-            Some(s) => (Some(check_pool("podRange", s, top_subnet)?), None),
-            None if nodes.is_empty() => {
-                return Err(invalid(
-                    "podRange",
-                    "is required (this node's pool inside subnet, a CIDR or start-end), or give \"nodes\"",
-                ))
-            }
-            None => {
-                let name = node_name.clone().or_else(default_node_name);
-                match name.as_deref().and_then(|n| nodes.get(n)) {
-                    Some(e) => {
-                        if let Some(md) = e.mode {
-                            mode = md;
-                        }
-                        if e.uplink.is_some() {
-                            uplink = e.uplink.clone();
-                        }
-                        if let Some(sn) = e.subnet {
-                            subnet = sn;
-                        }
-                        (Some(e.pool), None)
-                    }
-                    None => (
-                        None,
-                        Some(format!(
-                            "node \"{}\" has no pool in \"nodes\" (known nodes: {}); add it to the cluster config",
-                            name.as_deref().unwrap_or("<unknown>"),
-                            nodes.keys().cloned().collect::<Vec<_>>().join(", ")
-                        )),
-                    ),
-                }
-            }
-        };
-
-        let if_name = get_str(m, "ifName")?.unwrap_or(DEFAULT_IFNAME).to_owned();
-        validate_ifname("ifName", &if_name).map_err(|e| CniError::new(Code::InvalidConfig, e))?;
-        let bridge = get_str(m, "bridge")?.unwrap_or(DEFAULT_BRIDGE).to_owned();
-        validate_ifname("bridge", &bridge).map_err(|e| CniError::new(Code::InvalidConfig, e))?;
+        let if_name = self.if_name.unwrap_or_else(|| DEFAULT_IFNAME.into());
+        check_ifname("ifName", &if_name)?;
+        let bridge = self.bridge.unwrap_or_else(|| DEFAULT_BRIDGE.into());
+        check_ifname("bridge", &bridge)?;
         if Some(&bridge) == uplink.as_ref() {
             return Err(invalid(
                 "bridge",
                 format!("\"{bridge}\" is also the uplink"),
             ));
         }
-
-        let data_dir = PathBuf::from(get_str(m, "dataDir")?.unwrap_or(DEFAULT_DATA_DIR));
-        if !data_dir.is_absolute() {
-            return Err(invalid(
-                "dataDir",
-                format!("\"{}\" is not an absolute path", data_dir.display()),
-            ));
-        }
-        let log_file = get_str(m, "logFile")?.map(PathBuf::from);
-        if let Some(p) = &log_file {
-            if !p.is_absolute() {
-                return Err(invalid(
-                    "logFile",
-                    format!("\"{}\" is not an absolute path", p.display()),
-                ));
-            }
-        }
-        let log_level = get_str(m, "logLevel")?.unwrap_or("info").to_owned();
-        if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
-            return Err(invalid(
-                "logLevel",
-                format!("\"{log_level}\" (expected error, warn, info, debug or trace)"),
-            ));
-        }
-        let log_format = match get_str(m, "logFormat")? {
-            None | Some("human") => LogFormat::Human,
-            Some("json") => LogFormat::Json,
-            Some(o) => {
-                return Err(invalid(
-                    "logFormat",
-                    format!("\"{o}\" (expected \"human\" or \"json\")"),
-                ))
-            }
+        let data_dir = absolute(
+            "dataDir",
+            self.data_dir.as_deref().unwrap_or(DEFAULT_DATA_DIR),
+        )?;
+        let log_file = self.log_file.map(|p| absolute("logFile", &p)).transpose()?;
+        let log_level = parse_log_level(self.log_level)?;
+        let log_format = parse_log_format(self.log_format.as_deref())?;
+        let groups = parse_groups(self.groups)?;
+        let metrics_address = parse_metrics_address(self.metrics_address)?;
+        let mfc_idle_seconds = parse_mfc_idle(self.mfc_idle_seconds)?;
+        let (peers, node_address) = relay_peers(self.peers, &nodes, node_name.as_deref())?;
+        let other_subnets = other_subnets(&nodes, top_subnet, subnet);
+        let relay_port = parse_relay_port(self.relay_port)?;
+        let limits = crate::firewall::limits::Limits {
+            pod: parse_limit(
+                ("podDiscoveryRate", self.pod_discovery_rate),
+                ("podDiscoveryBurst", self.pod_discovery_burst),
+                DEFAULT_LIMITS.pod,
+            )?,
+            uplink: parse_limit(
+                ("uplinkDiscoveryRate", self.uplink_discovery_rate),
+                ("uplinkDiscoveryBurst", self.uplink_discovery_burst),
+                DEFAULT_LIMITS.uplink,
+            )?,
         };
-
-        let namespaces = get_str_list(m, "namespaces")?.unwrap_or_default();
-        let groups = match get_str_list(m, "groups")? {
-            None => vec![DEFAULT_GROUP],
-            Some(list) => {
-                let mut out = Vec::new();
-                for (i, g) in list.iter().enumerate() {
-                    let a: Ipv4Addr = g.parse().map_err(|_| {
-                        invalid(
-                            &format!("groups[{i}]"),
-                            format!("\"{g}\" is not an IPv4 address"),
-                        )
-                    })?;
-                    if !a.is_multicast()
-                        || a.octets()[0] == 224 && a.octets()[1] == 0 && a.octets()[2] == 0
-                    {
-                        return Err(invalid(
-                            &format!("groups[{i}]"),
-                            format!("\"{g}\" is not a routable multicast group (224.0.0.0/24 is link-local)"),
-                        ));
-                    }
-                    out.push(a);
-                }
-                if out.is_empty() {
-                    return Err(invalid("groups", "must list at least one group"));
-                }
-                out
-            }
-        };
-        let metrics_address = get_str(m, "metricsAddress")?
-            .unwrap_or(DEFAULT_METRICS_ADDRESS)
-            .to_owned();
-        if !metrics_address.is_empty() && metrics_address.parse::<std::net::SocketAddr>().is_err() {
-            return Err(invalid(
-                "metricsAddress",
-                format!("\"{metrics_address}\" is not host:port (use \"\" to disable)"),
-            ));
-        }
-        let mfc_idle_seconds = match m.get("mfcIdleSeconds") {
-            None | Some(Value::Null) => 300,
-            Some(v) => v.as_u64().filter(|n| *n >= 10).ok_or_else(|| {
-                invalid(
-                    "mfcIdleSeconds",
-                    format!("expected a number >= 10, got {v}"),
-                )
-            })?,
-        };
-
-        let (peers, node_address) = relay_peers(m, &nodes, node_name.as_deref())?;
-        let mut other_subnets: Vec<Ipv4Net> = vec![];
-        for e in nodes.values() {
-            let sn = e.subnet.unwrap_or(top_subnet);
-            if sn != subnet && !other_subnets.contains(&sn) {
-                other_subnets.push(sn);
-            }
-        }
-        let relay_port = match m.get("relayPort") {
-            None | Some(Value::Null) => DEFAULT_RELAY_PORT,
-            Some(v) => v
-                .as_u64()
-                .filter(|n| (1..=65535).contains(n))
-                .map(|n| n as u16)
-                .ok_or_else(|| invalid("relayPort", format!("expected a port 1-65535, got {v}")))?,
-        };
-
         Ok(Config {
-            cni_version: get_str(m, "cniVersion")?.map(str::to_owned),
-            name: get_str(m, "name")?.map(str::to_owned),
-            mode,
+            cni_version: self.cni_version,
+            name: self.name,
+            mode: view.mode.or(mode).unwrap_or_default(),
             uplink,
             subnet,
-            pool,
-            pool_error,
+            pool: view.pool,
+            pool_error: view.pool_error,
             nodes,
             node_name,
             if_name,
             bridge,
             data_dir,
-            namespaces,
-            primary_multicast: get_bool(m, "primaryMulticast")?.unwrap_or(false),
+            namespaces: self.namespaces.unwrap_or_default(),
+            primary_multicast: self.primary_multicast.unwrap_or(false),
             log_file,
             log_level,
             log_format,
-            force: get_bool(m, "force")?.unwrap_or(false),
+            force: self.force.unwrap_or(false),
             groups,
             metrics_address,
             mfc_idle_seconds,
-            raise_ttl: get_bool(m, "raiseTtl")?.unwrap_or(true),
-            fast_path: get_bool(m, "fastPath")?.unwrap_or(true),
-            limits: crate::firewall::limits::Limits::from_map(m)?,
+            raise_ttl: self.raise_ttl.unwrap_or(true),
+            fast_path: self.fast_path.unwrap_or(true),
+            limits,
             peers,
             node_address,
-            lan_multicast: get_bool(m, "lanMulticast")?.unwrap_or(true),
+            lan_multicast: self.lan_multicast.unwrap_or(true),
             relay_port,
             other_subnets,
         })
     }
+}
+
+impl Config {
+    /// Parses a config object. `plugin` accepts the keys the CNI runtime adds
+    /// (cniVersion, prevResult, ...); `node_name` overrides `nodeName`.
+    pub fn from_value(v: &Value, plugin: bool, node_name: Option<&str>) -> Result<Config, Error> {
+        let m = v.as_object().ok_or(Error::NotAnObject)?;
+        check_keys(m, plugin)?;
+        read_raw(v)?.validate(node_name)
+    }
 
     /// Reads a config file (agent, installer, doctor).
-    pub fn from_file(path: &std::path::Path, node_name: Option<&str>) -> Result<Config, CniError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            CniError::new(
-                Code::Io,
-                format!("cannot read config {}: {e}", path.display()),
-            )
+    pub fn from_file(path: &std::path::Path, node_name: Option<&str>) -> Result<Config, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
         })?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| {
-            CniError::new(
-                Code::Decode,
-                format!("config {} is not valid JSON: {e}", path.display()),
-            )
+        let v: Value = serde_json::from_str(&text).map_err(|source| Error::Json {
+            path: path.to_owned(),
+            source,
         })?;
         Config::from_value(&v, false, node_name)
     }
 
     /// This node's pool, or the reason there is none.
-    pub fn pool(&self) -> Result<Pool, CniError> {
+    pub fn pool(&self) -> Result<Pool, Error> {
         self.pool.ok_or_else(|| {
-            CniError::invalid_config(self.pool_error.clone().unwrap_or_else(|| "no pool".into()))
+            Error::NoPool(self.pool_error.clone().unwrap_or_else(|| "no pool".into()))
         })
     }
 
@@ -771,7 +1025,13 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cni::{CniError, Code};
     use serde_json::json;
+
+    /// What the plugin answers for a refused config (the CNI code and message).
+    fn cni(e: Error) -> CniError {
+        CniError::from(e)
+    }
 
     fn base() -> Value {
         json!({"cniVersion": "0.3.1", "name": "k8s-pod-network", "type": "ros2-cni",
@@ -874,7 +1134,7 @@ mod tests {
         ] {
             let mut v = v.clone();
             v["nodes"]["c"] = entry;
-            let e = Config::from_value(&v, false, Some("a")).unwrap_err();
+            let e = cni(Config::from_value(&v, false, Some("a")).unwrap_err());
             assert!(e.msg.contains(says), "{says}: {}", e.msg);
         }
     }
@@ -891,14 +1151,14 @@ mod tests {
         ] {
             let mut v = base();
             v[key] = val.clone();
-            let e = Config::from_value(&v, true, None).unwrap_err();
+            let e = cni(Config::from_value(&v, true, None).unwrap_err());
             assert_eq!(e.code, Code::InvalidConfig, "{key}={val}: {}", e.msg);
             assert!(e.msg.contains(key), "{key}={val}: {}", e.msg);
         }
         for (addr, says) in [("192.168.1.165", "pool"), ("nope", "IPv4")] {
             let v = json!({"subnet": "192.168.1.0/24",
                 "nodes": {"a": {"podRange": "192.168.1.160/28", "address": addr}}});
-            let e = Config::from_value(&v, false, Some("a")).unwrap_err();
+            let e = cni(Config::from_value(&v, false, Some("a")).unwrap_err());
             assert!(
                 e.msg.contains("nodes.a.address") && e.msg.contains(says),
                 "{}",
@@ -908,8 +1168,58 @@ mod tests {
         let v = json!({"subnet": "192.168.1.0/24",
             "nodes": {"a": {"podRange": "192.168.1.160/28", "address": "192.168.1.11"},
                       "b": {"podRange": "192.168.1.176/28", "address": "192.168.1.11"}}});
-        let e = Config::from_value(&v, false, Some("a")).unwrap_err();
+        let e = cni(Config::from_value(&v, false, Some("a")).unwrap_err());
         assert!(e.msg.contains("nodes.b.address"), "{}", e.msg);
+    }
+
+    #[test]
+    fn keys_default_validate_and_name_the_key() {
+        // moved from firewall::limits (the discovery limit keys are read here)
+        use crate::firewall::limits::{Limit, Limits};
+        let limits = |extra: Value| {
+            let mut v = base();
+            for (k, x) in extra.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            Config::from_value(&v, true, None)
+                .map(|c| c.limits)
+                .map_err(cni)
+        };
+        // docs/config.md's defaults column
+        assert_eq!(
+            limits(json!({})).unwrap(),
+            Limits {
+                pod: Limit {
+                    rate: 200,
+                    burst: 1000
+                },
+                uplink: Limit {
+                    rate: 2000,
+                    burst: 10000
+                }
+            }
+        );
+        let l = limits(json!({"podDiscoveryRate": 0, "uplinkDiscoveryBurst": 5})).unwrap();
+        assert!(!l.pod.is_on() && l.uplink.is_on());
+        assert_eq!(l.uplink.burst, 5);
+        for (key, v, says) in [
+            ("podDiscoveryRate", json!(-1), "whole number"),
+            ("podDiscoveryRate", json!(1.5), "whole number"),
+            ("podDiscoveryBurst", json!("10"), "whole number"),
+            ("uplinkDiscoveryRate", json!(20_000_000), "10000000"),
+            ("podDiscoveryBurst", json!(0), "at least 1"),
+            ("uplinkDiscoveryBurst", json!(0), "at least 1"),
+        ] {
+            let e = limits(json!({ key: v.clone() })).unwrap_err();
+            assert_eq!(e.code, Code::InvalidConfig);
+            assert!(
+                e.msg.starts_with(key) && e.msg.contains(says),
+                "{key}={v}: {}",
+                e.msg
+            );
+        }
+        // burst 0 is fine once the limit is off
+        limits(json!({"podDiscoveryRate": 0, "podDiscoveryBurst": 0})).unwrap();
     }
 
     #[test]
@@ -926,7 +1236,7 @@ mod tests {
             if key == "subnet" {
                 v.as_object_mut().unwrap().remove("podRange");
             }
-            let e = Config::from_value(&v, true, None).unwrap_err();
+            let e = cni(Config::from_value(&v, true, None).unwrap_err());
             assert_eq!(e.code, Code::InvalidConfig, "{key}={val}: {}", e.msg);
             assert!(
                 e.msg.contains(key) && e.msg.contains(says),
@@ -942,7 +1252,7 @@ mod tests {
             let mut v = base();
             v[key] = val.clone();
             Config::from_value(&v, true, None)
-                .unwrap_or_else(|e| panic!("{key}={val} is allowed: {}", e.msg));
+                .unwrap_or_else(|e| panic!("{key}={val} is allowed: {e}"));
         }
     }
 
@@ -958,7 +1268,7 @@ mod tests {
 
     #[test]
     fn plugin_keys_rejected_in_agent_file() {
-        let e = Config::from_value(&base(), false, None).unwrap_err();
+        let e = cni(Config::from_value(&base(), false, None).unwrap_err());
         assert_eq!(e.code, Code::UnsupportedField);
         assert!(e.msg.contains("cniVersion"));
     }
@@ -991,7 +1301,7 @@ mod tests {
         for (key, val, code) in cases {
             let mut v = base();
             v[key] = val.clone();
-            let e = Config::from_value(&v, true, None).unwrap_err();
+            let e = cni(Config::from_value(&v, true, None).unwrap_err());
             assert_eq!(e.code, code, "{key}={val}: {}", e.msg);
             assert!(e.msg.contains(key), "{key}={val}: {}", e.msg);
         }
@@ -1005,7 +1315,7 @@ mod tests {
         assert_eq!(c.mode, Mode::Macvlan);
         assert_eq!(c.pool().unwrap().len(), 15);
         let c = Config::from_value(&v, false, Some("zz")).unwrap();
-        let e = c.pool().unwrap_err();
+        let e = cni(c.pool().unwrap_err());
         assert!(
             e.msg.contains("\"zz\"") && e.msg.contains("a, b"),
             "{}",
@@ -1017,7 +1327,7 @@ mod tests {
     fn overlapping_node_pools_rejected() {
         let v = json!({"subnet": "192.168.1.0/24",
             "nodes": {"a": "192.168.1.160/28", "b": "192.168.1.170-192.168.1.180"}});
-        let e = Config::from_value(&v, false, Some("a")).unwrap_err();
+        let e = cni(Config::from_value(&v, false, Some("a")).unwrap_err());
         assert!(e.msg.contains("overlap"), "{}", e.msg);
     }
 }

@@ -322,7 +322,7 @@ fn open_mroute() -> Result<MrouteSocket, AgentError> {
 /// Builds the state: node-wide setup, multicast routing, group membership.
 pub fn start(opts: &Options) -> Result<State, AgentError> {
     let cfg = load_config(&opts.config, opts.node.as_deref())?;
-    cfg.pool().map_err(|e| AgentError::Config(e.msg))?;
+    cfg.pool().map_err(|e| AgentError::Config(e.to_string()))?;
     let instance = lock_instance(&cfg.data_dir)?;
     let (uplink, node_dev) = ensure_node(&cfg)?;
     let router = match cfg.mode {

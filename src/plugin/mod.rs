@@ -3,6 +3,8 @@
 //! Stdout carries only protocol JSON (a result, VERSION's answer, or an
 //! error); logs go to `logFile` or stderr.
 
+mod error;
+
 use crate::agent::pods::Handoff;
 use crate::cni::{env::Command, CniError, Code, Env, Interface, PrevResult, Result, Version};
 use crate::config::{Config, ANNOTATIONS_CAPABILITY, OPT_IN_ANNOTATION};
@@ -201,7 +203,7 @@ impl TeardownConfig {
                 let td = TeardownConfig {
                     data_dir,
                     if_name: s("ifName")
-                        .filter(|n| crate::cni::env::validate_ifname("ifName", n).is_ok())
+                        .filter(|n| crate::ifname::check(n).is_ok())
                         .unwrap_or(crate::config::DEFAULT_IFNAME)
                         .to_owned(),
                     name: s("name").unwrap_or_default().to_owned(),
@@ -780,7 +782,7 @@ fn gc(cfg: &TeardownConfig, raw: &Value) -> Result<()> {
 
 fn status(cfg: &Config) -> Result<()> {
     let unavailable = |msg: String| CniError::new(Code::NotAvailable, msg);
-    let pool = cfg.pool().map_err(|e| unavailable(e.msg))?;
+    let pool = cfg.pool().map_err(|e| unavailable(e.to_string()))?;
     let dp = dataplane::for_mode(cfg.mode);
     let mut k = Kernel::new();
     dp.preflight(&mut k, cfg).map_err(|e| unavailable(e.msg))?;
