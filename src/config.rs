@@ -1223,6 +1223,63 @@ mod tests {
     }
 
     #[test]
+    fn null_is_absent_and_errors_name_the_path() {
+        // docs/config.md: `null` is the same as leaving a key out
+        let mut v = base();
+        for k in [
+            "mode",
+            "groups",
+            "peers",
+            "mfcIdleSeconds",
+            "relayPort",
+            "nodes",
+            "logFile",
+        ] {
+            v[k] = Value::Null;
+        }
+        let c = Config::from_value(&v, true, None).unwrap();
+        assert_eq!((c.groups, c.relay_port), (vec![DEFAULT_GROUP], 7399));
+        // a near miss is suggested in details; a far one is not
+        for (key, near) in [
+            ("podRnage", "did you mean \"podRange\"?"),
+            ("PODRANGE", "did you mean \"podRange\"?"),
+            ("colour", ""),
+        ] {
+            let mut v = base();
+            v[key] = json!("x");
+            let e = cni(Config::from_value(&v, true, None).unwrap_err());
+            assert_eq!(
+                (e.code, e.details.as_str()),
+                (Code::UnsupportedField, near),
+                "{key}"
+            );
+            assert!(e.msg.contains(key), "{}", e.msg);
+        }
+        // a value of the wrong type: the message starts with its path
+        for (key, val, path) in [
+            ("peers", json!(["192.168.1.2", 7]), "peers[1]: "),
+            (
+                "nodes",
+                json!({"a": {"podRange": "192.168.1.160/28", "address": 7}}),
+                "nodes.a.address: ",
+            ),
+            ("nodes", json!({"a": 7}), "nodes.a: "),
+            ("relayPort", json!("7399"), "relayPort: "),
+        ] {
+            let mut v = base();
+            v[key] = val;
+            let e = cni(Config::from_value(&v, true, Some("a")).unwrap_err());
+            assert_eq!(e.code, Code::InvalidConfig, "{}", e.msg);
+            assert!(e.msg.starts_with(path), "{path}: {}", e.msg);
+        }
+        // in a node entry, an unknown key is code 2 with the entry named
+        let v = json!({"subnet": "192.168.1.0/24", "nodes": {"a": {"podRange": "192.168.1.160/28", "adress": "192.168.1.2"}}});
+        let e = cni(Config::from_value(&v, false, Some("a")).unwrap_err());
+        assert_eq!(e.code, Code::UnsupportedField);
+        assert!(e.msg.contains("nodes.a.adress"), "{}", e.msg);
+    }
+
+    #[test]
     fn documented_limits_are_enforced() {
         let cases: Vec<(&str, Value, &str)> = vec![
             ("mfcIdleSeconds", json!(9), "10"),

@@ -54,8 +54,8 @@ pub enum AgentError {
     },
 }
 
-impl From<crate::cni::CniError> for AgentError {
-    fn from(e: crate::cni::CniError) -> Self {
+impl From<crate::dataplane::Error> for AgentError {
+    fn from(e: crate::dataplane::Error) -> Self {
         AgentError::Setup(e.to_string())
     }
 }

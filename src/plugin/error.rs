@@ -50,6 +50,20 @@ impl From<crate::ipam::Error> for CniError {
     }
 }
 
+impl From<crate::dataplane::Error> for CniError {
+    fn from(e: crate::dataplane::Error) -> Self {
+        use crate::dataplane::Error as E;
+        let code = match &e {
+            E::Config { .. } => Code::InvalidConfig,
+            E::Refused(_) => Code::Refused,
+            E::NoPrimary(_) => Code::InvalidEnv,
+            E::LinkExists(_) => Code::AlreadyAttached,
+            E::Missing(_) | E::Teardown(_) | E::Netlink(_) | E::Firewall(_) => Code::Kernel,
+        };
+        CniError::new(code, e.to_string())
+    }
+}
+
 impl From<crate::netlink::Error> for CniError {
     fn from(e: crate::netlink::Error) -> Self {
         CniError::kernel(e.to_string())

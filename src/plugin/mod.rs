@@ -412,7 +412,7 @@ fn add(cfg: &Config, env: &Env, raw: &Value, version: Version) -> Result<Output>
                 crate::faults::point(&format!("ADD step {step:?}"));
             }
             Err(e) => {
-                failure = Some((*step, e));
+                failure = Some((*step, CniError::from(e)));
                 break;
             }
         }
@@ -785,7 +785,8 @@ fn status(cfg: &Config) -> Result<()> {
     let pool = cfg.pool().map_err(|e| unavailable(e.to_string()))?;
     let dp = dataplane::for_mode(cfg.mode);
     let mut k = Kernel::new();
-    dp.preflight(&mut k, cfg).map_err(|e| unavailable(e.msg))?;
+    dp.preflight(&mut k, cfg)
+        .map_err(|e| unavailable(e.to_string()))?;
     let store = Store::new(&cfg.data_dir);
     store
         .check_writable()
