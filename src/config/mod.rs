@@ -75,17 +75,16 @@ pub enum Error {
     /// pool is needed: ADD, STATUS, the agent's start).
     #[error("{0}")]
     NoPool(String),
-    #[error("cannot read config {}: {source}", path.display())]
+    // `error` is in the message, so not chained as `source` as well
+    #[error("cannot read config {}: {error}", path.display())]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("config {} is not valid JSON: {source}", path.display())]
+    #[error("config {} is not valid JSON: {error}", path.display())]
     Json {
         path: PathBuf,
-        #[source]
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
 }
 
@@ -277,13 +276,13 @@ impl Config {
 
     /// Reads a config file (agent, installer, doctor).
     pub fn from_file(path: &std::path::Path, node_name: Option<&str>) -> Result<Config, Error> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| Error::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
-        let v: Value = serde_json::from_str(&text).map_err(|source| Error::Json {
+        let v: Value = serde_json::from_str(&text).map_err(|error| Error::Json {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         Config::from_value(&v, false, node_name)
     }
