@@ -8,7 +8,8 @@
 
 use super::interrupt::{exit_code, Interrupt};
 use super::matrix::{MacvlanRun, Matrix, Pair, RelayScenario, Report};
-use super::probe::{in_path, select_prober, Cancel, Endpoint, ProbeRequest, Prober, Unavailable};
+use super::probe::{in_path, Cancel, Endpoint, ProbeRequest, Prober, Unavailable};
+use super::probers::select_prober;
 use super::testbed::{
     self, dir_for_prefix, namespaces_of, pid_alive, remove_ns_and_processes, sh, unique_prefix,
     LabError, Options, PodSpec, Primary, Result, Testbed, KEPT_MARKER, LAPTOP_IP,
@@ -1064,7 +1065,7 @@ pub fn main(opts: LabOptions) -> i32 {
     }
     let missing = missing_tools(opts.wifi || opts.relay);
     let chosen = if opts.spdp_prober {
-        Ok(super::probe::spdp_prober())
+        Ok(super::probers::spdp_prober())
     } else {
         select_prober()
     };
