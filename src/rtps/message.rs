@@ -415,23 +415,41 @@ fn gap(b: &Body) -> Result<Gap> {
     })
 }
 
+/// The fields DATA and DATA_FRAG both start with.
+struct DataHead {
+    extra_flags: u16,
+    /// octetsToInlineQos, see [`inline_qos`].
+    otiq: u16,
+    reader_id: EntityId,
+    writer_id: EntityId,
+    writer_sn: i64,
+}
+
+impl DataHead {
+    fn read(r: &mut Reader<'_>) -> Result<DataHead> {
+        Ok(DataHead {
+            extra_flags: r.u16("extraFlags")?,
+            otiq: r.u16("octetsToInlineQos")?,
+            reader_id: entity(r, "readerId")?,
+            writer_id: entity(r, "writerId")?,
+            writer_sn: r.sequence_number("writerSN")?,
+        })
+    }
+}
+
 /// DATA: 16 octets of fixed fields after octetsToInlineQos, then the
 /// inline QoS (if flagged), then the payload (if the DATA or KEY flag says
 /// there is one).
 fn data<'a>(b: &Body<'a>) -> Result<Data<'a>> {
     let mut r = b.fixed(20)?;
-    let extra_flags = r.u16("extraFlags")?;
-    let otiq = r.u16("octetsToInlineQos")?;
-    let reader_id = entity(&mut r, "readerId")?;
-    let writer_id = entity(&mut r, "writerId")?;
-    let writer_sn = r.sequence_number("writerSN")?;
-    let (inline_qos, rest, rest_offset) = inline_qos(b.flags, b.bytes, b.offset, otiq, 16)?;
+    let h = DataHead::read(&mut r)?;
+    let (inline_qos, rest, rest_offset) = inline_qos(b.flags, b.bytes, b.offset, h.otiq, 16)?;
     let has_payload = b.flag(flag::DATA | flag::KEY);
     Ok(Data {
-        extra_flags,
-        reader_id,
-        writer_id,
-        writer_sn,
+        extra_flags: h.extra_flags,
+        reader_id: h.reader_id,
+        writer_id: h.writer_id,
+        writer_sn: h.writer_sn,
         inline_qos,
         payload: has_payload.then_some(rest),
         payload_offset: rest_offset,
@@ -443,21 +461,17 @@ fn data<'a>(b: &Body<'a>) -> Result<Data<'a>> {
 /// inline QoS (if flagged), then the fragments.
 fn data_frag<'a>(b: &Body<'a>) -> Result<DataFrag<'a>> {
     let mut r = b.fixed(32)?;
-    let extra_flags = r.u16("extraFlags")?;
-    let otiq = r.u16("octetsToInlineQos")?;
-    let reader_id = entity(&mut r, "readerId")?;
-    let writer_id = entity(&mut r, "writerId")?;
-    let writer_sn = r.sequence_number("writerSN")?;
+    let h = DataHead::read(&mut r)?;
     let fragment_starting_num = r.u32("fragmentStartingNum")?;
     let fragments_in_submessage = r.u16("fragmentsInSubmessage")?;
     let fragment_size = r.u16("fragmentSize")?;
     let sample_size = r.u32("sampleSize")?;
-    let (inline_qos, rest, rest_offset) = inline_qos(b.flags, b.bytes, b.offset, otiq, 28)?;
+    let (inline_qos, rest, rest_offset) = inline_qos(b.flags, b.bytes, b.offset, h.otiq, 28)?;
     Ok(DataFrag {
-        extra_flags,
-        reader_id,
-        writer_id,
-        writer_sn,
+        extra_flags: h.extra_flags,
+        reader_id: h.reader_id,
+        writer_id: h.writer_id,
+        writer_sn: h.writer_sn,
         fragment_starting_num,
         fragments_in_submessage,
         fragment_size,
