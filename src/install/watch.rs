@@ -111,22 +111,7 @@ impl Watcher {
         let (s, st) = (stop.clone(), stats.clone());
         let thread = std::thread::Builder::new()
             .name("ros2-cni-install-watch".into())
-            .spawn(move || {
-                Loop {
-                    inotify,
-                    wd: Some(wd),
-                    bin_wd,
-                    target,
-                    opts,
-                    stop: s,
-                    stats: st,
-                    due: Some(Instant::now()),
-                    next_resync: Instant::now(),
-                    last_error: None,
-                    first: true,
-                }
-                .run();
-            })
+            .spawn(move || Loop::new(inotify, wd, bin_wd, target, opts, s, st).run())
             .map_err(|e| {
                 InstallError::io("cannot start the watcher thread for", Path::new(""), e)
             })?;
@@ -208,12 +193,38 @@ struct Loop {
 }
 
 impl Loop {
+    /// The state before the first pass: an apply due at once (the entry is
+    /// put in place right away), the resync one period away.
+    fn new(
+        inotify: Inotify,
+        wd: WatchDescriptor,
+        bin_wd: Option<WatchDescriptor>,
+        target: Target,
+        opts: WatchOptions,
+        stop: Arc<AtomicBool>,
+        stats: Arc<WatchStats>,
+    ) -> Loop {
+        let next_resync = Instant::now() + opts.resync;
+        Loop {
+            inotify,
+            wd: Some(wd),
+            bin_wd,
+            target,
+            opts,
+            stop,
+            stats,
+            due: Some(Instant::now()),
+            next_resync,
+            last_error: None,
+            first: true,
+        }
+    }
+
     /// Until stopped: wait for events (at most a tick), keep the conf dir
     /// watched, and apply when an apply is due or the resync comes round.
     fn run(mut self) {
         let dir = self.target.conf_dir.display().to_string();
         tracing::info!(conf_dir = %dir, node = %self.target.entry.node, "watching the CNI conf dir to keep the ros2-cni entry in place");
-        self.next_resync = Instant::now() + self.opts.resync;
         while !self.stop.load(Ordering::Relaxed) {
             self.stats.wakeups.fetch_add(1, Ordering::Relaxed);
             if self.wait_for_events() {

@@ -823,6 +823,40 @@ fn macvlan_conf(node_data_dir: &Path) -> serde_json::Value {
     })
 }
 
+/// The macvlan bed, numbered after the ros2-cni one, with the addresses
+/// host-local gave.
+fn macvlan_comparison(
+    opts: &LabOptions,
+    primary: Primary,
+    prober: &dyn Prober,
+    cancel: &Cancel,
+    kept: &mut Vec<KeptBed>,
+) -> Result<MacvlanRun> {
+    let b = bed_run(
+        opts,
+        primary,
+        prober,
+        cancel,
+        kept,
+        Half::Macvlan,
+        &Numbering {
+            tag: "macvlan ",
+            before: opts.pairs(),
+            of: 2 * opts.pairs(),
+        },
+    )?;
+    Ok(MacvlanRun {
+        matrix: b.matrix,
+        addresses: b
+            .pods
+            .into_iter()
+            .filter_map(|p| Some((p.label, p.lan_ip?)))
+            .collect(),
+        range: format!("{}-{}", MACVLAN_RANGE.0, MACVLAN_RANGE.1),
+        wifi_drops: b.drops,
+    })
+}
+
 /// Both runs, one after the other; each test bed is gone (unless kept)
 /// before the next is built.
 pub fn run(
@@ -864,31 +898,7 @@ pub fn run(
     )?;
     let macvlan = match macvlan_reason {
         Some(reason) => Err(reason),
-        None => {
-            let b = bed_run(
-                opts,
-                primary,
-                prober,
-                cancel,
-                kept,
-                Half::Macvlan,
-                &Numbering {
-                    tag: "macvlan ",
-                    before: pairs,
-                    of: 2 * pairs,
-                },
-            )?;
-            Ok(MacvlanRun {
-                matrix: b.matrix,
-                addresses: b
-                    .pods
-                    .into_iter()
-                    .filter_map(|p| Some((p.label, p.lan_ip?)))
-                    .collect(),
-                range: format!("{}-{}", MACVLAN_RANGE.0, MACVLAN_RANGE.1),
-                wifi_drops: b.drops,
-            })
-        }
+        None => Ok(macvlan_comparison(opts, primary, prober, cancel, kept)?),
     };
     Ok(Report {
         nodes: opts.nodes,
