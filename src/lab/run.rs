@@ -410,7 +410,7 @@ fn build(
 /// Every bed goes through the same steps ([`bed_run`]); this says how
 /// they differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Half {
+enum Bed {
     /// Agents, pods with ros0 attached through ros2-cni, and the laptop.
     Ros2Cni,
     /// The comparison: no agent, pods with the primary eth0 plus a
@@ -421,27 +421,27 @@ enum Half {
     Relay(RelayConfig),
 }
 
-impl Half {
+impl Bed {
     /// The word that starts its progress lines.
     fn tag(self) -> &'static str {
         match self {
-            Half::Ros2Cni => "ros2-cni",
-            Half::Macvlan => "macvlan",
-            Half::Relay(c) => c.name(),
+            Bed::Ros2Cni => "ros2-cni",
+            Bed::Macvlan => "macvlan",
+            Bed::Relay(c) => c.name(),
         }
     }
 
     /// What `--keep` calls the bed.
     fn kept_as(self) -> &'static str {
         match self {
-            Half::Macvlan => "macvlan comparison",
+            Bed::Macvlan => "macvlan comparison",
             _ => self.tag(),
         }
     }
 
     fn building(self, opts: &LabOptions, primary: Primary) -> String {
         match self {
-            Half::Relay(_) => format!(
+            Bed::Relay(_) => format!(
                 "building a LAN switch that drops all IPv4 multicast with n1-n{} on it, a router and a second LAN ({}) with n{} (primary network: {}); no laptop",
                 opts.nodes - 1,
                 testbed::SUBNET2,
@@ -464,13 +464,13 @@ impl Half {
 
     /// Whether the bed runs an agent on every node.
     fn has_agents(self) -> bool {
-        self != Half::Macvlan
+        self != Bed::Macvlan
     }
 
     fn starting_agents(self, opts: &LabOptions) -> String {
         let how = match self {
-            Half::Relay(RelayConfig::MulticastOnly) => " (no relay peers, lanMulticast true)",
-            Half::Relay(RelayConfig::Relay) => " (peers: every other node, lanMulticast false)",
+            Bed::Relay(RelayConfig::MulticastOnly) => " (no relay peers, lanMulticast true)",
+            Bed::Relay(RelayConfig::Relay) => " (peers: every other node, lanMulticast false)",
             _ => "",
         };
         format!("starting {} agent(s){how}", opts.nodes)
@@ -479,7 +479,7 @@ impl Half {
     fn attaching(self, opts: &LabOptions) -> String {
         let pods = opts.nodes * opts.pods_per_node;
         match self {
-            Half::Macvlan => format!(
+            Bed::Macvlan => format!(
                 "attaching {pods} pod(s): primary eth0 + reference macvlan net1 (host-local {}-{} on every node)",
                 MACVLAN_RANGE.0, MACVLAN_RANGE.1
             ),
@@ -489,15 +489,15 @@ impl Half {
 
     /// Whether the laptop is one of the probed hosts.
     fn has_laptop(self) -> bool {
-        !matches!(self, Half::Relay(_))
+        !matches!(self, Bed::Relay(_))
     }
 
     /// Where discovery is expected to fail, these probes mostly wait out
     /// the timeout: the time estimate and the progress line say so.
     fn failures_expected(self) -> Option<&'static str> {
         match self {
-            Half::Macvlan => Some("; failures are expected"),
-            Half::Relay(RelayConfig::MulticastOnly) => Some("; failures across nodes are expected"),
+            Bed::Macvlan => Some("; failures are expected"),
+            Bed::Relay(RelayConfig::MulticastOnly) => Some("; failures across nodes are expected"),
             _ => None,
         }
     }
@@ -538,24 +538,24 @@ fn bed_run(
     prober: &dyn Prober,
     cancel: &Cancel,
     kept: &mut Vec<KeptBed>,
-    half: Half,
+    bed: Bed,
     num: &Numbering,
 ) -> Result<BedRun> {
-    let tag = half.tag();
-    progress(&format!("{tag}: {}", half.building(opts, primary)));
-    let tb = build(opts, primary, half.kept_as(), kept)?;
+    let tag = bed.tag();
+    progress(&format!("{tag}: {}", bed.building(opts, primary)));
+    let tb = build(opts, primary, bed.kept_as(), kept)?;
     check(cancel)?;
-    if half.has_agents() {
-        progress(&format!("{tag}: {}", half.starting_agents(opts)));
-        start_agents(&tb, half, cancel, opts.keep, kept)?;
+    if bed.has_agents() {
+        progress(&format!("{tag}: {}", bed.starting_agents(opts)));
+        start_agents(&tb, bed, cancel, opts.keep, kept)?;
     }
-    progress(&format!("{tag}: {}", half.attaching(opts)));
-    let pods = attach_pods(&tb, opts, half, cancel, kept)?;
+    progress(&format!("{tag}: {}", bed.attaching(opts)));
+    let pods = attach_pods(&tb, opts, bed, cancel, kept)?;
     let mut hosts = pods.clone();
-    if half.has_laptop() {
+    if bed.has_laptop() {
         hosts.push(laptop(&tb)?);
     }
-    progress(&format!("{tag}: {}", half.probing(opts, prober)));
+    progress(&format!("{tag}: {}", bed.probing(opts, prober)));
     let matrix = probe_matrix(
         prober,
         &hosts,
@@ -565,8 +565,8 @@ fn bed_run(
         num,
         &progress,
     )?;
-    let drops = match half {
-        Half::Relay(_) => tb.multicast_drops().ok(),
+    let drops = match bed {
+        Bed::Relay(_) => tb.multicast_drops().ok(),
         _ if opts.wifi => tb.wifi_drops().ok(),
         _ => None,
     };
@@ -581,14 +581,14 @@ fn bed_run(
 /// any); with `--keep`, their pids go into the kept bed.
 fn start_agents(
     tb: &Testbed,
-    half: Half,
+    bed: Bed,
     cancel: &Cancel,
     keep: bool,
     kept: &mut [KeptBed],
 ) -> Result<()> {
     let mut agents = vec![];
     for n in &tb.nodes {
-        if let Half::Relay(config) = half {
+        if let Bed::Relay(config) = bed {
             tb.set_node_config(n.idx, relay_node_config(tb, n.idx, config));
         }
         agents.push(tb.start_agent(n, &json!({"logLevel": "info"}))?);
@@ -607,15 +607,15 @@ fn start_agents(
 fn attach_pods(
     tb: &Testbed,
     opts: &LabOptions,
-    half: Half,
+    bed: Bed,
     cancel: &Cancel,
     kept: &mut [KeptBed],
 ) -> Result<Vec<Endpoint>> {
     let mut hosts = vec![];
     for i in 1..=opts.nodes {
         for j in 1..=opts.pods_per_node {
-            let pod = match half {
-                Half::Macvlan => macvlan_pod(tb, i, j)?,
+            let pod = match bed {
+                Bed::Macvlan => macvlan_pod(tb, i, j)?,
                 _ => ros2cni_pod(tb, i, j)?,
             };
             if opts.keep {
@@ -741,7 +741,7 @@ fn relay_scenario(
         prober,
         cancel,
         kept,
-        Half::Relay(RelayConfig::MulticastOnly),
+        Bed::Relay(RelayConfig::MulticastOnly),
         &Numbering {
             tag: "multicast-only ",
             before: 0,
@@ -754,7 +754,7 @@ fn relay_scenario(
         prober,
         cancel,
         kept,
-        Half::Relay(RelayConfig::Relay),
+        Bed::Relay(RelayConfig::Relay),
         &Numbering {
             tag: "relay ",
             before: pairs,
@@ -838,7 +838,7 @@ fn macvlan_comparison(
         prober,
         cancel,
         kept,
-        Half::Macvlan,
+        Bed::Macvlan,
         &Numbering {
             tag: "macvlan ",
             before: opts.pairs(),
@@ -889,7 +889,7 @@ pub fn run(
         prober,
         cancel,
         kept,
-        Half::Ros2Cni,
+        Bed::Ros2Cni,
         &Numbering {
             tag: "",
             before: 0,
