@@ -25,6 +25,7 @@ pub mod pods;
 pub mod pressure;
 pub mod status;
 
+use crate::api;
 use crate::config::{Config, Mode};
 use crate::dataplane::macvlan::{ensure_shim, refuse_wireless};
 use crate::dataplane::routed::{ensure_bridge, resolve_uplink};
@@ -32,7 +33,6 @@ use crate::firewall::{self, nfnl::Nfnl};
 use crate::mroute::socket::{Incoming, MrouteSocket};
 use crate::mroute::{Role, Router, Vif};
 use crate::netlink::{Handle, Link};
-use serde_json::{json, Value};
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -840,67 +840,92 @@ fn unix_secs(t: SystemTime) -> u64 {
 }
 
 /// The status document served on the agent socket.
-pub fn status_json(st: &State) -> Value {
+pub fn status_reply(st: &State) -> api::Status {
     let (vifs, routes, forwarded, (not_rtps, wrong_if)) = match &st.router {
         None => (vec![], vec![], vec![], (0, 0)),
-        Some(r) => (
-            r.vifs()
-                .iter()
-                .enumerate()
-                .map(|(i, v)| {
-                    let c = r.kernel().vif_count_or_default(i as u16);
-                    json!({"vif": i, "name": v.name, "ifindex": v.ifindex,
-                           "role": match v.role { Role::Uplink => "uplink", Role::Pods => "pods" },
-                           "inPackets": c.in_packets, "outPackets": c.out_packets})
-                })
-                .collect::<Vec<_>>(),
-            r.routes(),
-            st.forwarded
-                .iter()
-                .map(|((g, d), (p, b))| json!({"group": g, "direction": d, "packets": p, "bytes": b}))
-                .collect::<Vec<_>>(),
-            r.dropped(),
-        ),
+        Some(r) => (vifs(r), r.routes(), forwarded(&st.forwarded), r.dropped()),
     };
-    json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "pid": std::process::id(),
-        "node": st.cfg.node_name.clone().or_else(|| st.node.clone()),
-        "mode": st.cfg.mode.as_str(),
-        "uplink": st.uplink.name,
-        "nodeDevice": st.node_dev.name,
-        "routing": st.router.is_some(),
-        "subnet": st.cfg.subnet.to_string(),
-        "pool": st.cfg.pool.map(|p| p.to_string()),
-        "groups": st.cfg.groups,
-        "startedAt": unix_secs(st.started),
-        "restarts": st.restarts,
-        "reloads": st.reloads,
-        "pods": st.pods,
-        "vifs": vifs,
-        "routes": routes,
-        "forwarded": forwarded,
-        "dropped": {"notRtps": not_rtps, "wrongInterface": wrong_if, "spoofed": st.spoofed_drops},
-        "ttlRaised": st.ttl_raised,
-        "upcalls": st.router.as_ref().map_or(0, |r| r.upcalls()),
-        "multicastPressure": st.pressure.to_json(),
-        "discoveryLimits": st.limits.status_json(),
-        "igmpReportsSent": st.reports_sent,
-        "participants": st.table.len(),
-        "fastPath": {
-            "enabled": st.cfg.fast_path && st.router.is_some(),
-            "lan": st.fastpath.lan_attached(),
-            "pods": st.fastpath.attached_pods(),
-            "unavailable": st.fastpath.unavailable,
+    api::Status {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        pid: std::process::id(),
+        node: st.cfg.node_name.clone().or_else(|| st.node.clone()),
+        mode: st.cfg.mode.as_str().to_owned(),
+        uplink: st.uplink.name.clone(),
+        node_device: st.node_dev.name.clone(),
+        routing: st.router.is_some(),
+        subnet: st.cfg.subnet.to_string(),
+        pool: st.cfg.pool.map(|p| p.to_string()),
+        groups: st.cfg.groups.clone(),
+        started_at: unix_secs(st.started),
+        restarts: st.restarts,
+        reloads: st.reloads,
+        pods: st.pods as u64,
+        vifs,
+        routes,
+        forwarded,
+        dropped: api::Dropped {
+            not_rtps,
+            wrong_interface: wrong_if,
+            spoofed: st.spoofed_drops,
         },
-        "relay": st.relay.as_ref().map(|r| r.to_json()),
-        "install": st.install.as_ref().map(|w| {
+        ttl_raised: st.ttl_raised,
+        upcalls: st.router.as_ref().map_or(0, |r| r.upcalls()),
+        multicast_pressure: st.pressure.to_api(),
+        discovery_limits: st.limits.to_api(),
+        igmp_reports_sent: st.reports_sent,
+        participants: st.table.len() as u64,
+        fast_path: api::FastPath {
+            enabled: st.cfg.fast_path && st.router.is_some(),
+            lan: st.fastpath.lan_attached(),
+            pods: st.fastpath.attached_pods() as u64,
+            unavailable: st.fastpath.unavailable.clone(),
+        },
+        relay: st.relay.as_ref().map(|r| r.to_api()),
+        install: st.install.as_ref().map(|w| {
             use std::sync::atomic::Ordering::Relaxed;
-            json!({"applied": w.applied.load(Relaxed), "unchanged": w.unchanged.load(Relaxed), "errors": w.errors.load(Relaxed)})
+            api::Install {
+                applied: w.applied.load(Relaxed),
+                unchanged: w.unchanged.load(Relaxed),
+                errors: w.errors.load(Relaxed),
+            }
         }),
-        "healthy": st.problems.is_empty(),
-        "problems": st.problems,
-    })
+        healthy: st.problems.is_empty(),
+        problems: st.problems.clone(),
+    }
+}
+
+/// The router's VIFs with their counters.
+fn vifs(r: &Router<MrouteSocket>) -> Vec<api::Vif> {
+    r.vifs()
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let c = r.kernel().vif_count_or_default(i as u16);
+            api::Vif {
+                vif: i as u16,
+                name: v.name.clone(),
+                ifindex: v.ifindex,
+                role: match v.role {
+                    Role::Uplink => "uplink",
+                    Role::Pods => "pods",
+                }
+                .to_owned(),
+                in_packets: c.in_packets,
+                out_packets: c.out_packets,
+            }
+        })
+        .collect()
+}
+
+fn forwarded(f: &firewall::Forwarded) -> Vec<api::Forwarded> {
+    f.iter()
+        .map(|((group, direction), (packets, bytes))| api::Forwarded {
+            group: *group,
+            direction: (*direction).to_owned(),
+            packets: *packets,
+            bytes: *bytes,
+        })
+        .collect()
 }
 
 impl MrouteSocket {
@@ -911,14 +936,14 @@ impl MrouteSocket {
 }
 
 /// The participant table document (`participants` on the status socket).
-pub fn participants_json(st: &State) -> Value {
-    json!({
-        "node": st.cfg.node_name.clone().or_else(|| st.node.clone()),
-        "subnet": st.cfg.subnet.to_string(),
-        "participants": st.table.participants(),
-        "sources": st.table.sources(),
-        "malformed": st.table.malformed,
-    })
+pub fn participants_reply(st: &State) -> api::Participants {
+    api::Participants {
+        node: st.cfg.node_name.clone().or_else(|| st.node.clone()),
+        subnet: st.cfg.subnet.to_string(),
+        participants: st.table.participants().into_iter().cloned().collect(),
+        sources: st.table.sources().into_iter().cloned().collect(),
+        malformed: st.table.malformed,
+    }
 }
 
 /// A task that ended by panicking: the agent stops (exit code 70 through the
@@ -1105,7 +1130,7 @@ async fn serve(state: State, period: Duration, reinstall: Reinstall) -> Result<(
                 if let Some(n) = notify.clone() {
                     let sock = sock_path.clone();
                     tokio::task::spawn_blocking(move || {
-                        if status::query(&sock, "status").is_ok() {
+                        if crate::api::status(&sock).is_ok() {
                             n.send("WATCHDOG=1");
                         }
                     });

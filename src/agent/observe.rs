@@ -12,7 +12,6 @@
 //! most twice a second; the table and the per-source records are bounded.
 
 use crate::rtps::{self, spdp, GuidPrefix};
-use serde::Serialize;
 use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -29,62 +28,32 @@ const PACKET_OUTGOING: u8 = 4;
 pub const DRAIN_EVERY: Duration = Duration::from_millis(50);
 
 /// One advertised locator, as reported.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct LocatorInfo {
-    /// metatraffic_unicast, metatraffic_multicast, default_unicast, default_multicast
-    pub kind: &'static str,
-    /// udpv4, udpv6 or the numeric kind
-    pub transport: String,
-    pub address: Option<String>,
-    pub port: u32,
-}
+pub use crate::api::Locator as LocatorInfo;
+/// A DDS participant seen on this node, as reported.
+pub use crate::api::Participant;
+/// A sender of RTPS multicast, by source address and group, as reported.
+pub use crate::api::Source;
 
-/// A DDS participant seen on this node.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Participant {
-    pub guid_prefix: String,
-    pub vendor: &'static str,
-    pub vendor_id: String,
-    pub domain: Option<u32>,
-    pub name: Option<String>,
-    pub locators: Vec<LocatorInfo>,
-    /// The interface it was seen on.
-    pub seen_on: String,
-    /// Where its announcements come from.
-    pub source: String,
-    /// The pod it belongs to, when the source is one of this node's pods.
-    pub pod: Option<String>,
-    /// IP TTL of its last announcement on arrival.
-    pub ttl: u8,
-    pub lease_seconds: Option<f64>,
-    pub first_seen: u64,
-    pub last_seen: u64,
-    #[serde(skip)]
+/// A participant and when it was last heard.
+#[derive(Debug, Clone)]
+struct Heard {
+    p: Participant,
     last_seen_at: Instant,
 }
 
-/// A sender of RTPS multicast, by source address and group.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Source {
-    pub source: Ipv4Addr,
-    pub group: Ipv4Addr,
-    pub interface: String,
-    pub ttl: u8,
-    pub packets: u64,
-    pub last_seen: u64,
-    #[serde(skip)]
+/// A sender and when it was last heard and parsed.
+#[derive(Debug, Clone)]
+struct Sender {
+    s: Source,
     last_parsed: Option<Instant>,
-    #[serde(skip)]
     last_seen_at: Instant,
 }
 
 /// The participant table.
 #[derive(Debug, Default)]
 pub struct Table {
-    participants: HashMap<GuidPrefix, Participant>,
-    sources: HashMap<(Ipv4Addr, u16, Ipv4Addr), Source>,
+    participants: HashMap<GuidPrefix, Heard>,
+    sources: HashMap<(Ipv4Addr, u16, Ipv4Addr), Sender>,
     /// Pod of an address (ros0 or primary), refreshed by the agent.
     pub pods_by_ip: HashMap<Ipv4Addr, String>,
     /// Pod of a host-side port name (routed mode).
@@ -124,20 +93,22 @@ impl Table {
         if !self.sources.contains_key(&key) && self.sources.len() >= MAX_SOURCES {
             return;
         }
-        let s = self.sources.entry(key).or_insert_with(|| Source {
-            source: *seen.src.ip(),
-            group: *seen.dst.ip(),
-            interface: seen.ifname.to_owned(),
-            ttl: seen.ttl,
-            packets: 0,
-            last_seen: 0,
+        let s = self.sources.entry(key).or_insert_with(|| Sender {
+            s: Source {
+                source: *seen.src.ip(),
+                group: *seen.dst.ip(),
+                interface: seen.ifname.to_owned(),
+                ttl: seen.ttl,
+                packets: 0,
+                last_seen: 0,
+            },
             last_parsed: None,
             last_seen_at: now,
         });
-        s.packets += 1;
-        s.ttl = seen.ttl;
-        if s.interface != seen.ifname {
-            s.interface = seen.ifname.to_owned();
+        s.s.packets += 1;
+        s.s.ttl = seen.ttl;
+        if s.s.interface != seen.ifname {
+            s.s.interface = seen.ifname.to_owned();
         }
         s.last_seen_at = now;
         if s.last_parsed
@@ -147,7 +118,7 @@ impl Table {
         }
         s.last_parsed = Some(now);
         // wall-clock time only when parsing (at most twice a second per sender)
-        s.last_seen = unix_secs(SystemTime::now());
+        s.s.last_seen = unix_secs(SystemTime::now());
         let msg = match rtps::parse_message(payload) {
             Ok(m) => m,
             Err(_) => {
@@ -176,7 +147,7 @@ impl Table {
             let locators = p
                 .locators()
                 .map(|(pid, l)| LocatorInfo {
-                    kind: locator_kind(pid),
+                    kind: locator_kind(pid).to_owned(),
                     transport: match l.kind {
                         rtps::LocatorKind::UdpV4 => "udpv4".into(),
                         rtps::LocatorKind::UdpV6 => "udpv6".into(),
@@ -190,25 +161,27 @@ impl Table {
             let first = self
                 .participants
                 .get(&p.guid_prefix)
-                .map_or(wall, |o| o.first_seen);
+                .map_or(wall, |o| o.p.first_seen);
             self.participants.insert(
                 p.guid_prefix,
-                Participant {
-                    guid_prefix: p.guid_prefix.to_string(),
-                    vendor: p.vendor_id.name(),
-                    vendor_id: format!("{:04x}", p.vendor_id.0),
-                    domain: p.domain(SocketAddr::V4(seen.dst)),
-                    name: p.entity_name.clone().filter(|n| !n.is_empty()),
-                    locators,
-                    seen_on: seen.ifname.to_owned(),
-                    source: seen.src.to_string(),
-                    pod: pod.clone(),
-                    ttl: seen.ttl,
-                    lease_seconds: p
-                        .lease_duration
-                        .map(|t| t.seconds as f64 + t.fraction as f64 / 4294967296.0),
-                    first_seen: first,
-                    last_seen: wall,
+                Heard {
+                    p: Participant {
+                        guid_prefix: p.guid_prefix.to_string(),
+                        vendor: p.vendor_id.name().to_owned(),
+                        vendor_id: format!("{:04x}", p.vendor_id.0),
+                        domain: p.domain(SocketAddr::V4(seen.dst)),
+                        name: p.entity_name.clone().filter(|n| !n.is_empty()),
+                        locators,
+                        seen_on: seen.ifname.to_owned(),
+                        source: seen.src.to_string(),
+                        pod: pod.clone(),
+                        ttl: seen.ttl,
+                        lease_seconds: p
+                            .lease_duration
+                            .map(|t| t.seconds as f64 + t.fraction as f64 / 4294967296.0),
+                        first_seen: first,
+                        last_seen: wall,
+                    },
                     last_seen_at: now,
                 },
             );
@@ -219,7 +192,7 @@ impl Table {
     /// minute), and senders silent for five minutes.
     pub fn expire(&mut self, now: Instant) {
         self.participants.retain(|_, p| {
-            let lease = p.lease_seconds.unwrap_or(30.0).clamp(1.0, 3600.0);
+            let lease = p.p.lease_seconds.unwrap_or(30.0).clamp(1.0, 3600.0);
             let keep = Duration::from_secs_f64((2.0 * lease).max(60.0));
             now.duration_since(p.last_seen_at) < keep
         });
@@ -228,13 +201,13 @@ impl Table {
     }
 
     pub fn participants(&self) -> Vec<&Participant> {
-        let mut v: Vec<_> = self.participants.values().collect();
+        let mut v: Vec<_> = self.participants.values().map(|h| &h.p).collect();
         v.sort_by(|a, b| (a.domain, &a.guid_prefix).cmp(&(b.domain, &b.guid_prefix)));
         v
     }
 
     pub fn sources(&self) -> Vec<&Source> {
-        let mut v: Vec<_> = self.sources.values().collect();
+        let mut v: Vec<_> = self.sources.values().map(|s| &s.s).collect();
         v.sort_by_key(|s| (s.group, s.source));
         v
     }
