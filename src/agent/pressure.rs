@@ -151,10 +151,10 @@ pub fn sample_interfaces(ifaces: &[(u32, String)], groups: &[Ipv4Addr]) -> Vec<S
 pub fn sample_sources(ifindex: u32, ifname: &str, groups: &[Ipv4Addr]) -> Vec<Source> {
     use std::collections::{BTreeMap, BTreeSet};
     use std::os::fd::AsRawFd;
-    let Ok(fd) = super::observe::packet_socket(libc::SOCK_DGRAM) else {
+    let Ok(fd) = crate::kernel::packet::packet_socket(libc::SOCK_DGRAM) else {
         return vec![];
     };
-    if super::observe::bind_packet(fd.as_raw_fd(), ifindex).is_err() {
+    if crate::kernel::packet::bind_packet(fd.as_raw_fd(), ifindex).is_err() {
         return vec![];
     }
     let mut per: BTreeMap<Ipv4Addr, (u64, BTreeSet<Ipv4Addr>)> = BTreeMap::new();
