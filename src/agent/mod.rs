@@ -1033,81 +1033,144 @@ impl AsRawFd for Fd {
     }
 }
 
+fn io_err(what: &str) -> impl FnOnce(std::io::Error) -> AgentError {
+    let what = what.to_owned();
+    move |source| AgentError::Io { what, source }
+}
+
+/// Runs the agent's tasks and its main loop until a signal ends it or a
+/// task dies; then stops the tasks and shuts down.
 async fn serve(state: State, period: Duration, reinstall: Reinstall) -> Result<(), AgentError> {
-    use tokio::io::unix::AsyncFd;
-    use tokio::signal::unix::{signal, SignalKind};
-
     let sock_path = state.cfg.agent_socket();
-    let metrics_addr = state.cfg.metrics_address.clone();
-    let fd = state.mroute_fd();
-    let cap_fd = state.capture.as_ref().map(|c| c.raw_fd());
     let state = Arc::new(Mutex::new(state));
-    let io_err = |what: &str| {
-        let what = what.to_owned();
-        move |source| AgentError::Io { what, source }
-    };
+    let mut tasks = Tasks::spawn(&state, &sock_path).await?;
+    let outcome = main_loop(&state, &mut tasks, &sock_path, period, &reinstall).await;
+    tasks.stop().await;
+    shutdown(&mut state.lock().unwrap());
+    outcome
+}
 
-    let mut status_task = tokio::spawn(status::serve(sock_path.clone(), state.clone()));
-    let metrics_task = if metrics_addr.is_empty() {
-        None
-    } else {
-        let listener = tokio::net::TcpListener::bind(&metrics_addr)
-            .await
-            .map_err(io_err(&format!("metrics address {metrics_addr}")))?;
-        tracing::info!("metrics on http://{metrics_addr}/metrics");
-        Some(tokio::spawn(metrics::serve(listener, state.clone())))
-    };
+/// The tasks that run beside the main loop.
+struct Tasks {
+    status: tokio::task::JoinHandle<()>,
+    metrics: Option<tokio::task::JoinHandle<()>>,
+    /// None once it has ended (it is not awaited twice).
+    upcalls: Option<tokio::task::JoinHandle<()>>,
+    capture: Option<tokio::task::JoinHandle<()>>,
+}
 
-    // SAFETY: the fd belongs to the router's MrouteSocket, which lives in
-    // `state` until after the task that polls it (below) is aborted and
-    // awaited; it is never replaced.
-    let upcalls = match fd {
-        Some(fd) => Some(
+impl Tasks {
+    /// Starts the status socket, the metrics listener, the upcall reader
+    /// (routed mode) and the discovery capture reader.
+    async fn spawn(state: &Arc<Mutex<State>>, sock_path: &Path) -> Result<Tasks, AgentError> {
+        use tokio::io::unix::AsyncFd;
+        let (metrics_addr, fd, cap_fd) = {
+            let st = state.lock().unwrap();
+            let cap_fd = st.capture.as_ref().map(|c| c.raw_fd());
+            (st.cfg.metrics_address.clone(), st.mroute_fd(), cap_fd)
+        };
+        let status = tokio::spawn(status::serve(sock_path.to_owned(), state.clone()));
+        let metrics = if metrics_addr.is_empty() {
+            None
+        } else {
+            let listener = tokio::net::TcpListener::bind(&metrics_addr)
+                .await
+                .map_err(io_err(&format!("metrics address {metrics_addr}")))?;
+            tracing::info!("metrics on http://{metrics_addr}/metrics");
+            Some(tokio::spawn(metrics::serve(listener, state.clone())))
+        };
+        let readable = |fd: RawFd, what: &str| {
+            // SAFETY: see the callers: each fd outlives the task that polls it.
             unsafe { AsyncFd::register_with_interest(Fd(fd), tokio::io::Interest::READABLE) }
-                .map_err(|e| io_err("multicast routing socket")(e.into_parts().1))?,
-        ),
-        None => None,
-    };
-    // SAFETY: the fd belongs to the Capture in `state`, which is only taken
-    // out for a drain under the lock and always put back; the task that
-    // polls it is aborted and awaited before `state` is shut down.
-    let captured = match cap_fd {
-        Some(fd) => Some(
-            unsafe { AsyncFd::register_with_interest(Fd(fd), tokio::io::Interest::READABLE) }
-                .map_err(|e| io_err("capture socket")(e.into_parts().1))?,
-        ),
-        None => None,
-    };
-    // discovery traffic is read in batches, at most every DRAIN_EVERY
-    let capture_task = captured.map(|afd| {
-        let st = state.clone();
-        tokio::spawn(async move {
-            while let Ok(mut guard) = afd.readable().await {
-                handle_capture(&mut st.lock().unwrap());
-                guard.clear_ready();
-                tokio::time::sleep(observe::DRAIN_EVERY).await;
-            }
+                .map_err(|e| io_err(what)(e.into_parts().1))
+        };
+        // the fd belongs to the router's MrouteSocket, which lives in
+        // `state` until after the task that polls it is aborted and awaited
+        // (stop); it is never replaced.
+        let upcalls = match fd {
+            Some(fd) => Some(upcall_task(
+                readable(fd, "multicast routing socket")?,
+                state,
+            )),
+            None => None,
+        };
+        // the fd belongs to the Capture in `state`, which is only taken out
+        // for a drain under the lock and always put back; the task that
+        // polls it is aborted and awaited before `state` is shut down.
+        let capture = match cap_fd {
+            Some(fd) => Some(capture_task(readable(fd, "capture socket")?, state)),
+            None => None,
+        };
+        Ok(Tasks {
+            status,
+            metrics,
+            upcalls,
+            capture,
         })
-    });
-    // upcalls (new sources) are served by a task of their own, so they never
-    // wait for the loop below (a reconcile pass, a reload)
-    let mut upcall_task = upcalls.map(|afd| {
-        let st = state.clone();
-        tokio::spawn(async move {
-            loop {
-                match afd.readable().await {
-                    Ok(mut guard) => {
-                        handle_upcalls(&mut st.lock().unwrap());
-                        guard.clear_ready();
-                    }
-                    Err(e) => {
-                        tracing::error!("multicast routing socket: {e}");
-                        return;
-                    }
+    }
+
+    /// Aborts every task; those that poll a descriptor in the state are
+    /// awaited, so that the state may be shut down after.
+    async fn stop(self) {
+        self.status.abort();
+        if let Some(t) = self.metrics {
+            t.abort();
+        }
+        for t in [self.upcalls, self.capture].into_iter().flatten() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+/// Discovery traffic is read in batches, at most every DRAIN_EVERY.
+fn capture_task(
+    afd: tokio::io::unix::AsyncFd<Fd>,
+    state: &Arc<Mutex<State>>,
+) -> tokio::task::JoinHandle<()> {
+    let st = state.clone();
+    tokio::spawn(async move {
+        while let Ok(mut guard) = afd.readable().await {
+            handle_capture(&mut st.lock().unwrap());
+            guard.clear_ready();
+            tokio::time::sleep(observe::DRAIN_EVERY).await;
+        }
+    })
+}
+
+/// Upcalls (new sources) are served by a task of their own, so they never
+/// wait for the main loop (a reconcile pass, a reload).
+fn upcall_task(
+    afd: tokio::io::unix::AsyncFd<Fd>,
+    state: &Arc<Mutex<State>>,
+) -> tokio::task::JoinHandle<()> {
+    let st = state.clone();
+    tokio::spawn(async move {
+        loop {
+            match afd.readable().await {
+                Ok(mut guard) => {
+                    handle_upcalls(&mut st.lock().unwrap());
+                    guard.clear_ready();
+                }
+                Err(e) => {
+                    tracing::error!("multicast routing socket: {e}");
+                    return;
                 }
             }
-        })
-    });
+        }
+    })
+}
+
+/// Reconciles every `period`, reloads on SIGHUP, ends on SIGTERM/SIGINT or
+/// when the status or upcall task ends.
+async fn main_loop(
+    state: &Arc<Mutex<State>>,
+    tasks: &mut Tasks,
+    sock_path: &Path,
+    period: Duration,
+    reinstall: &Reinstall,
+) -> Result<(), AgentError> {
+    use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup()).map_err(io_err("SIGHUP handler"))?;
     let mut term = signal(SignalKind::terminate()).map_err(io_err("SIGTERM handler"))?;
     let mut int = signal(SignalKind::interrupt()).map_err(io_err("SIGINT handler"))?;
@@ -1117,7 +1180,6 @@ async fn serve(state: State, period: Duration, reinstall: Reinstall) -> Result<(
     if let Some(n) = &notify {
         n.send("READY=1");
     }
-
     let mut upcall_done = false;
     let outcome = loop {
         tokio::select! {
@@ -1128,7 +1190,7 @@ async fn serve(state: State, period: Duration, reinstall: Reinstall) -> Result<(
                 }
                 // systemd's watchdog is fed only while the status socket answers
                 if let Some(n) = notify.clone() {
-                    let sock = sock_path.clone();
+                    let sock = sock_path.to_owned();
                     tokio::task::spawn_blocking(move || {
                         if crate::api::status(&sock).is_ok() {
                             n.send("WATCHDOG=1");
@@ -1148,27 +1210,17 @@ async fn serve(state: State, period: Duration, reinstall: Reinstall) -> Result<(
             _ = int.recv() => break Ok(()),
             // a task that ends (rather than panics) leaves the agent deaf:
             // stop, so that the supervisor restarts it
-            r = &mut status_task => {
+            r = &mut tasks.status => {
                 break Err(AgentError::Setup(format!("the status socket task ended: {r:?}")));
             }
-            Some(r) = async { match upcall_task.as_mut() { Some(t) => Some(t.await), None => std::future::pending().await } } => {
+            Some(r) = async { match tasks.upcalls.as_mut() { Some(t) => Some(t.await), None => std::future::pending().await } } => {
                 upcall_done = true;
                 break Err(AgentError::Setup(format!("the multicast upcall task ended: {r:?}")));
             }
         }
     };
-    status_task.abort();
-    if let Some(t) = metrics_task {
-        t.abort();
+    if upcall_done {
+        tasks.upcalls = None; // ended: not to be awaited again
     }
-    if let Some(t) = upcall_task.filter(|_| !upcall_done) {
-        t.abort();
-        let _ = t.await;
-    }
-    if let Some(t) = capture_task {
-        t.abort();
-        let _ = t.await;
-    }
-    shutdown(&mut state.lock().unwrap());
     outcome
 }
