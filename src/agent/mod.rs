@@ -120,7 +120,8 @@ impl InstallHook {
     }
 }
 
-/// Everything the agent knows, behind one lock.
+/// Everything the agent knows, behind one lock: what it was configured
+/// with, the kernel objects it owns, and one part per concern.
 pub struct State {
     pub cfg: Config,
     pub config_path: PathBuf,
@@ -130,29 +131,18 @@ pub struct State {
     pub uplink: Link,
     /// The node device pods are reached through: bridge or macvlan shim.
     pub node_dev: Link,
-    pub started: SystemTime,
-    pub restarts: u64,
-    pub pods: usize,
-    pub spoofed_drops: u64,
-    pub ttl_raised: u64,
-    /// RTPS multicast forwarded, per (group, direction), from the counters
-    /// of `ip ros2_cni_count`.
-    pub forwarded: firewall::Forwarded,
+    /// What the status and the metrics report as counts.
+    pub counters: Counters,
+    /// When the periodic work of the reconcile pass was last done.
+    schedule: Schedule,
+    /// SPDP capture on every interface, and what it saw.
+    pub discovery: Discovery,
     /// Multicast to other groups arriving now, and where from.
     pub pressure: pressure::Pressure,
-    /// Records and leases changed before this are durable (synced).
-    synced_until: SystemTime,
+    /// The problems of the last reconcile pass (empty: healthy).
     pub problems: Vec<String>,
-    pub reloads: u64,
-    last_expire: Instant,
-    last_report: Option<Instant>,
-    reports_sent: u64,
     /// Counters of the conflist watcher, when the agent keeps the entry installed.
     pub install: Option<Arc<crate::install::WatchStats>>,
-    /// SPDP capture on every interface, and what it saw.
-    pub capture: Option<observe::Capture>,
-    pub table: observe::Table,
-    ifnames: std::collections::HashMap<u32, String>,
     attachments_mtime: Option<SystemTime>,
     /// The attachment records, re-read when their directory changes.
     pub records: Vec<crate::ipam::Attachment>,
@@ -164,6 +154,39 @@ pub struct State {
     pub relay: Option<crate::relay::Relay>,
     /// `dataDir/agent.lock`, held while this agent runs: one agent per node.
     _instance: Option<std::fs::File>,
+}
+
+/// The agent's counts, as the status and the metrics report them.
+#[derive(Debug)]
+pub struct Counters {
+    pub started: SystemTime,
+    pub restarts: u64,
+    pub reloads: u64,
+    /// Pods attached (records).
+    pub pods: usize,
+    pub spoofed_drops: u64,
+    pub ttl_raised: u64,
+    /// RTPS multicast forwarded, per (group, direction), from the counters
+    /// of `ip ros2_cni_count`.
+    pub forwarded: firewall::Forwarded,
+    pub reports_sent: u64,
+}
+
+/// When the reconcile pass last did its periodic work.
+struct Schedule {
+    /// Records and leases changed before this are durable (synced).
+    synced_until: SystemTime,
+    last_expire: Instant,
+    last_report: Option<Instant>,
+}
+
+/// What the agent sees of discovery: the capture socket, the participant
+/// table it fills, and the interface names it has looked up.
+#[derive(Default)]
+pub struct Discovery {
+    pub capture: Option<observe::Capture>,
+    pub table: observe::Table,
+    ifnames: std::collections::HashMap<u32, String>,
 }
 
 impl State {
@@ -349,29 +372,31 @@ pub fn start(opts: &Options) -> Result<State, AgentError> {
     let restarts = count_start(&cfg.data_dir);
     tracing::info!(uplink = %uplink.name, node_dev = %node_dev.name, restarts, "agent started");
     Ok(State {
-        pods: pods_attached(&cfg.data_dir),
+        counters: Counters {
+            started: SystemTime::now(),
+            restarts,
+            reloads: 0,
+            pods: pods_attached(&cfg.data_dir),
+            spoofed_drops: 0,
+            ttl_raised: 0,
+            forwarded: Default::default(),
+            reports_sent: 0,
+        },
         cfg,
         config_path: opts.config.clone(),
         node: opts.node.clone(),
         router,
         uplink,
         node_dev,
-        started: SystemTime::now(),
-        restarts,
-        spoofed_drops: 0,
-        ttl_raised: 0,
-        forwarded: Default::default(),
+        schedule: Schedule {
+            synced_until: UNIX_EPOCH,
+            last_expire: Instant::now(),
+            last_report: None,
+        },
+        discovery: Discovery::default(),
         pressure: Default::default(),
-        synced_until: UNIX_EPOCH,
         problems: vec![],
-        reloads: 0,
-        last_expire: Instant::now(),
-        last_report: None,
-        reports_sent: 0,
         install: None,
-        capture: None,
-        table: observe::Table::default(),
-        ifnames: Default::default(),
         attachments_mtime: None,
         records: vec![],
         fastpath: Default::default(),
@@ -381,7 +406,7 @@ pub fn start(opts: &Options) -> Result<State, AgentError> {
     })
     .map(|mut st| {
         match observe::Capture::open(&st.cfg.groups) {
-            Ok(c) => st.capture = Some(c),
+            Ok(c) => st.discovery.capture = Some(c),
             Err(e) => st
                 .problems
                 .push(format!("cannot watch discovery traffic (AF_PACKET): {e}")),
@@ -392,8 +417,10 @@ pub fn start(opts: &Options) -> Result<State, AgentError> {
 
 /// Reads captured discovery traffic into the participant table.
 pub fn handle_capture(st: &mut State) {
-    let Some(cap) = st.capture.take() else { return };
-    let names = &mut st.ifnames;
+    let Some(cap) = st.discovery.capture.take() else {
+        return;
+    };
+    let names = &mut st.discovery.ifnames;
     let mut lookup = |i: u32| -> Option<String> {
         if let Some(n) = names.get(&i) {
             return Some(n.clone());
@@ -402,8 +429,8 @@ pub fn handle_capture(st: &mut State) {
         names.insert(i, n.clone());
         Some(n)
     };
-    cap.drain(&mut st.table, &mut lookup);
-    st.capture = Some(cap);
+    cap.drain(&mut st.discovery.table, &mut lookup);
+    st.discovery.capture = Some(cap);
 }
 
 /// The attachment records and which pod an address or host port belongs to
@@ -425,8 +452,8 @@ fn refresh_pod_names(st: &mut State) {
     if list.unreadable.is_empty() {
         st.attachments_mtime = mtime;
     }
-    st.table.pods_by_ip.clear();
-    st.table.pods_by_port.clear();
+    st.discovery.table.pods_by_ip.clear();
+    st.discovery.table.pods_by_port.clear();
     st.records = list.records.iter().map(|(_, a)| a.clone()).collect();
     for (_, a) in list.records {
         let name = if a.pod_name.is_empty() {
@@ -434,14 +461,17 @@ fn refresh_pod_names(st: &mut State) {
         } else {
             format!("{}/{}", a.pod_namespace, a.pod_name)
         };
-        st.table.pods_by_ip.insert(a.ip, name.clone());
+        st.discovery.table.pods_by_ip.insert(a.ip, name.clone());
         for ip in &a.primary_ips {
             if let Some(ip) = ip.split('/').next().and_then(|s| s.parse().ok()) {
-                st.table.pods_by_ip.insert(ip, name.clone());
+                st.discovery.table.pods_by_ip.insert(ip, name.clone());
             }
         }
         if !a.host_if.is_empty() {
-            st.table.pods_by_port.insert(a.host_if.clone(), name);
+            st.discovery
+                .table
+                .pods_by_port
+                .insert(a.host_if.clone(), name);
         }
     }
 }
@@ -459,11 +489,11 @@ pub fn report_groups(st: &mut State) {
     }
     for g in st.cfg.groups.clone() {
         match router.kernel().send_report(st.uplink.index, g) {
-            Ok(()) => st.reports_sent += 1,
+            Ok(()) => st.counters.reports_sent += 1,
             Err(e) => tracing::warn!(group = %g, "IGMP report on {}: {e}", st.uplink.name),
         }
     }
-    st.last_report = Some(Instant::now());
+    st.schedule.last_report = Some(Instant::now());
 }
 
 /// Reads and applies every pending upcall.
@@ -552,7 +582,7 @@ impl Pass {
             records: st.records.clone(),
             routed: st.router.is_some(),
             fastpath: st.fastpath.clone(),
-            synced_until: st.synced_until,
+            synced_until: st.schedule.synced_until,
             sample: match &st.router {
                 Some(r) if st.pressure.sample_due() => r
                     .vifs()
@@ -674,7 +704,7 @@ impl Done {
                     match router.set_vifs(vifs_for(&uplink, &node_dev)) {
                         Ok(true) => {
                             tracing::info!(uplink = %uplink.name, bridge = %node_dev.name, "interfaces changed: multicast routes rebuilt");
-                            st.last_report = None;
+                            st.schedule.last_report = None;
                         }
                         Ok(false) => {}
                         Err(e) => problems.push(format!("multicast VIFs: {e}")),
@@ -702,31 +732,31 @@ impl Done {
         }
         let now = Instant::now();
         // twice at start (a report can be lost), then every REPORT_INTERVAL
-        let due = match st.last_report {
+        let due = match st.schedule.last_report {
             None => true,
             Some(t) => {
                 now.duration_since(t) >= REPORT_INTERVAL
-                    || (st.reports_sent <= st.cfg.groups.len() as u64)
+                    || (st.counters.reports_sent <= st.cfg.groups.len() as u64)
             }
         };
         if due {
             report_groups(st);
         }
-        if now.duration_since(st.last_expire) >= Duration::from_secs(10) {
+        if now.duration_since(st.schedule.last_expire) >= Duration::from_secs(10) {
             let idle = Duration::from_secs(st.cfg.mfc_idle_seconds);
             let n = st.router.as_mut().map_or(0, |r| r.expire(now, idle));
             if n > 0 {
                 tracing::debug!("expired {n} idle multicast route(s)");
             }
-            st.last_expire = now;
+            st.schedule.last_expire = now;
         }
-        st.pods = self.pods;
-        st.table.expire(now);
-        st.ifnames.clear();
-        st.spoofed_drops = self.spoofed_drops.unwrap_or(st.spoofed_drops);
-        st.synced_until = self.synced_until;
+        st.counters.pods = self.pods;
+        st.discovery.table.expire(now);
+        st.discovery.ifnames.clear();
+        st.counters.spoofed_drops = self.spoofed_drops.unwrap_or(st.counters.spoofed_drops);
+        st.schedule.synced_until = self.synced_until;
         if let Some(f) = self.forwarded {
-            st.forwarded = f;
+            st.counters.forwarded = f;
         }
         if let Some(router) = &st.router {
             let not_rtps = router.dropped().0;
@@ -734,7 +764,7 @@ impl Done {
                 tracing::warn!("{msg}");
             }
         }
-        st.ttl_raised = self.ttl_raised.unwrap_or(st.ttl_raised);
+        st.counters.ttl_raised = self.ttl_raised.unwrap_or(st.counters.ttl_raised);
         if problems != st.problems {
             for p in &problems {
                 tracing::warn!("{p}");
@@ -791,14 +821,14 @@ fn reload_config(st: &mut State) -> bool {
                 st.fastpath.remove(&st.uplink);
             }
             st.fastpath.reset();
-            if let Some(c) = &st.capture {
+            if let Some(c) = &st.discovery.capture {
                 if let Err(e) = c.set_filter(&cfg.groups) {
                     tracing::warn!("capture filter for the new groups: {e}");
                 }
             }
             st.cfg = cfg;
-            st.reloads += 1;
-            st.last_report = None; // report the (new) groups at once
+            st.counters.reloads += 1;
+            st.schedule.last_report = None; // report the (new) groups at once
             tracing::info!(groups = ?st.cfg.groups, "configuration reloaded");
             true
         }
@@ -843,7 +873,12 @@ fn unix_secs(t: SystemTime) -> u64 {
 pub fn status_reply(st: &State) -> api::Status {
     let (vifs, routes, forwarded, (not_rtps, wrong_if)) = match &st.router {
         None => (vec![], vec![], vec![], (0, 0)),
-        Some(r) => (vifs(r), r.routes(), forwarded(&st.forwarded), r.dropped()),
+        Some(r) => (
+            vifs(r),
+            r.routes(),
+            forwarded(&st.counters.forwarded),
+            r.dropped(),
+        ),
     };
     api::Status {
         version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -856,24 +891,24 @@ pub fn status_reply(st: &State) -> api::Status {
         subnet: st.cfg.subnet.to_string(),
         pool: st.cfg.pool.map(|p| p.to_string()),
         groups: st.cfg.groups.clone(),
-        started_at: unix_secs(st.started),
-        restarts: st.restarts,
-        reloads: st.reloads,
-        pods: st.pods as u64,
+        started_at: unix_secs(st.counters.started),
+        restarts: st.counters.restarts,
+        reloads: st.counters.reloads,
+        pods: st.counters.pods as u64,
         vifs,
         routes,
         forwarded,
         dropped: api::Dropped {
             not_rtps,
             wrong_interface: wrong_if,
-            spoofed: st.spoofed_drops,
+            spoofed: st.counters.spoofed_drops,
         },
-        ttl_raised: st.ttl_raised,
+        ttl_raised: st.counters.ttl_raised,
         upcalls: st.router.as_ref().map_or(0, |r| r.upcalls()),
         multicast_pressure: st.pressure.to_api(),
         discovery_limits: st.limits.to_api(),
-        igmp_reports_sent: st.reports_sent,
-        participants: st.table.len() as u64,
+        igmp_reports_sent: st.counters.reports_sent,
+        participants: st.discovery.table.len() as u64,
         fast_path: api::FastPath {
             enabled: st.cfg.fast_path && st.router.is_some(),
             lan: st.fastpath.lan_attached(),
@@ -940,9 +975,15 @@ pub fn participants_reply(st: &State) -> api::Participants {
     api::Participants {
         node: st.cfg.node_name.clone().or_else(|| st.node.clone()),
         subnet: st.cfg.subnet.to_string(),
-        participants: st.table.participants().into_iter().cloned().collect(),
-        sources: st.table.sources().into_iter().cloned().collect(),
-        malformed: st.table.malformed,
+        participants: st
+            .discovery
+            .table
+            .participants()
+            .into_iter()
+            .cloned()
+            .collect(),
+        sources: st.discovery.table.sources().into_iter().cloned().collect(),
+        malformed: st.discovery.table.malformed,
     }
 }
 
@@ -1066,7 +1107,7 @@ impl Tasks {
         use tokio::io::unix::AsyncFd;
         let (metrics_addr, fd, cap_fd) = {
             let st = state.lock().unwrap();
-            let cap_fd = st.capture.as_ref().map(|c| c.raw_fd());
+            let cap_fd = st.discovery.capture.as_ref().map(|c| c.raw_fd());
             (st.cfg.metrics_address.clone(), st.mroute_fd(), cap_fd)
         };
         let status = tokio::spawn(status::serve(sock_path.to_owned(), state.clone()));
