@@ -5,7 +5,7 @@
 
 mod error;
 
-use crate::agent::pods::Handoff;
+use crate::api::{self, Handoff};
 use crate::cni::{env::Command, CniError, Code, Env, Interface, PrevResult, Result, Version};
 use crate::config::{Config, ANNOTATIONS_CAPABILITY, OPT_IN_ANNOTATION};
 use crate::dataplane::{
@@ -496,10 +496,7 @@ fn handoff_for(
 
 /// Gives `h` to the agent; false when no agent takes it.
 fn hand_over(sock: &Path, h: &Handoff) -> bool {
-    let Ok(job) = serde_json::to_string(h) else {
-        return false;
-    };
-    crate::agent::status::query(sock, &format!("teardown {job}")).is_ok_and(|v| v["queued"] == true)
+    api::teardown(sock, h).unwrap_or(false)
 }
 
 /// Tears down a recorded attachment and releases its address. The slow
@@ -799,7 +796,7 @@ fn status(cfg: &Config) -> Result<()> {
         )));
     }
     // ADD works without the agent, but discovery across computers does not
-    if let Err(e) = crate::agent::status::query(&cfg.agent_socket(), "status") {
+    if let Err(e) = api::status(&cfg.agent_socket()) {
         return Err(CniError::new(
             Code::LimitedConnectivity,
             format!(
