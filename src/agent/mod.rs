@@ -18,6 +18,7 @@
 //! SIGHUP reloads the config; SIGTERM/SIGINT remove only what the agent alone
 //! needs (TTL rule, multicast routes, its socket) and keep pod-facing state.
 
+pub mod domains;
 pub mod limits;
 pub mod metrics;
 pub mod observe;
@@ -160,6 +161,8 @@ pub struct State {
     pub fastpath: crate::fastpath::FastPath,
     /// The discovery rate limits and what they dropped.
     pub limits: limits::LimitState,
+    /// The domain policy and what it dropped.
+    pub domains: domains::DomainState,
     /// The RTPS relay to the peers (routed mode).
     pub relay: Option<crate::relay::Relay>,
     /// `dataDir/agent.lock`, held while this agent runs: one agent per node.
@@ -376,6 +379,7 @@ pub fn start(opts: &Options) -> Result<State, AgentError> {
         records: vec![],
         fastpath: Default::default(),
         limits: Default::default(),
+        domains: Default::default(),
         relay,
         _instance: Some(instance),
     })
@@ -526,6 +530,7 @@ struct Pass {
     sample: Vec<(u32, String)>,
     synced_until: SystemTime,
     limits: limits::LimitState,
+    domains: domains::DomainState,
 }
 
 /// What it found and did, to be written back.
@@ -542,6 +547,7 @@ struct Done {
     sampled: Option<Vec<pressure::Source>>,
     synced_until: SystemTime,
     limits: limits::LimitState,
+    domains: domains::DomainState,
 }
 
 impl Pass {
@@ -562,6 +568,7 @@ impl Pass {
                 _ => vec![],
             },
             limits: st.limits.clone(),
+            domains: st.domains.clone(),
         }
     }
 
@@ -648,6 +655,8 @@ impl Pass {
         let uplink = node.as_ref().ok().map(|(u, _)| u.name.as_str());
         self.limits
             .reconcile(&self.cfg, &self.records, uplink, self.routed);
+        self.domains
+            .reconcile(&self.cfg, &self.records, self.routed);
         Done {
             node,
             repairs,
@@ -661,6 +670,7 @@ impl Pass {
             sampled,
             synced_until,
             limits: self.limits,
+            domains: self.domains,
         }
     }
 }
@@ -694,6 +704,8 @@ impl Done {
         problems.extend(self.pod_problems);
         problems.extend(self.limits.problem.clone());
         st.limits = self.limits;
+        problems.extend(self.domains.problem.clone());
+        st.domains = self.domains;
         st.fastpath = self.fastpath;
         if self.fastpath_became_unavailable {
             if let Some(why) = &st.fastpath.unavailable {
@@ -885,6 +897,7 @@ pub fn status_json(st: &State) -> Value {
         "upcalls": st.router.as_ref().map_or(0, |r| r.upcalls()),
         "multicastPressure": st.pressure.to_json(),
         "discoveryLimits": st.limits.status_json(),
+        "domainPolicy": st.domains.status_json(),
         "igmpReportsSent": st.reports_sent,
         "participants": st.table.len(),
         "fastPath": {

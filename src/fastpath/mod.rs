@@ -16,7 +16,9 @@
 //!   bridge's nft set). Unicast whose route leaves through the uplink, with a
 //!   resolved neighbour, TTL > 1, no IP options or fragments and a size the
 //!   uplink takes, gets TTL − 1, the next hop's MACs and goes straight out of
-//!   the uplink. Everything else (tagged frames, ARP, multicast, other pods
+//!   the uplink — except UDP to the RTPS range (destination port 7400 and
+//!   up), which always takes the normal path so that the domain policy
+//!   (`src/firewall/domains.rs`) sees it. Everything else (tagged frames, ARP, multicast, other pods
 //!   on the node, the node itself, unresolved neighbours) continues to the
 //!   bridge as before.
 //! - `r2c_lan` on the uplink (tc ingress): unicast to one of this node's pods
@@ -128,6 +130,22 @@ fn forwarder(fib_in: u32, out: u32, pod: Option<PodId>) -> Vec<Insn> {
         .ldx(Size::B, R7, R2, 22)
         .jmp_k(Cond::Le, R7, 1, "pass")
         .ldx(Size::H, R8, R2, 22);
+    if pod.is_some() {
+        // UDP to the RTPS range (7400 and up: the port blocks of ROS domains
+        // 0-232) takes the normal path, where the bridge's domain policy
+        // (src/firewall/domains.rs) sees it; a redirect would skip it
+        a.ldx(Size::B, R5, R2, 23)
+            .jmp_k(Cond::Ne, R5, 17, "fib")
+            .mov_x(R4, R2)
+            .alu_k(Alu::Add, R4, 38)
+            .jmp_x(Cond::Gt, R4, R3, "pass")
+            .ldx(Size::B, R5, R2, 36)
+            .jmp_k(Cond::Gt, R5, 0x1c, "pass")
+            .jmp_k(Cond::Lt, R5, 0x1c, "fib")
+            .ldx(Size::B, R5, R2, 37)
+            .jmp_k(Cond::Ge, R5, 0xe8, "pass")
+            .label("fib");
+    }
     for off in (0..8).map(|i| FIB + 8 * i) {
         a.st(Size::DW, R10, off, 0);
     }

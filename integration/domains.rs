@@ -1,0 +1,206 @@
+//! Discovery isolation by namespace and ROS domain (`domains`): team-a's pods
+//! may use domain 0, team-b's domain 1; UDP to another domain's port block is
+//! dropped at the pod's node, both ways, and counted per pod.
+
+use crate::agent::{exactly_once, receivers, send_and_count, Sender};
+use crate::common::*;
+use ros2_cni::lab::testbed::{http_get, Pod, Testbed, LAPTOP_IP};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+const SPDP: Ipv4Addr = Ipv4Addr::new(239, 255, 0, 1);
+
+fn policy() -> Value {
+    json!({"domains": {"team-a": [0], "team-b": [1]}})
+}
+
+fn pod_in(tb: &Testbed, name: &str, node: usize, ns: &str, extra: &Value) -> Pod {
+    let mut s = spec(name, node).extra(extra.clone());
+    s.k8s_namespace = ns.into();
+    tb.add_pod(&s).unwrap()
+}
+
+/// Two nodes with agents under `extra`; a1, a3 (team-a) and b1 (team-b) on
+/// node 1, a2 (team-a) and b2 (team-b) on node 2.
+fn teams(extra: &Value) -> (Testbed, Vec<u32>, BTreeMap<&'static str, Pod>) {
+    let tb = bed(2);
+    let agents = (1..=2)
+        .map(|i| tb.start_agent(tb.node(i), extra).unwrap())
+        .collect();
+    let mut pods = BTreeMap::new();
+    for (name, node, ns) in [
+        ("a1", 1, "team-a"),
+        ("a3", 1, "team-a"),
+        ("b1", 1, "team-b"),
+        ("a2", 2, "team-a"),
+        ("b2", 2, "team-b"),
+    ] {
+        pods.insert(name, pod_in(&tb, name, node, ns, extra));
+    }
+    (tb, agents, pods)
+}
+
+fn metric(tb: &Testbed, node: usize, series: &str) -> Option<f64> {
+    let m = http_get(&tb.node(node).ns, "127.0.0.1:9741", "/metrics").unwrap();
+    m.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn counts(got: &BTreeMap<String, BTreeMap<u32, u32>>) -> BTreeMap<String, u32> {
+    got.iter()
+        .map(|(k, v)| (k.clone(), v.values().sum()))
+        .collect()
+}
+
+#[test]
+fn datagrams_cross_only_within_a_domain_both_ways_and_sighup_applies_in_2s() {
+    let (tb, agents, p) = teams(&policy());
+    let lap = tb.laptop.clone().unwrap();
+    let rx_all = |port: u16, names: &[&str]| {
+        let list: Vec<(&str, &str, Ipv4Addr)> = names
+            .iter()
+            .map(|n| (*n, p[n].ns.as_str(), ip_of(&p[n])))
+            .collect();
+        receivers(&list, SPDP, port)
+    };
+    let n = 5;
+    // domain 0 discovery from a team-a pod: the other team-a pods, exactly
+    // once (same node and the other node); no team-b pod
+    let rx = rx_all(7400, &["a2", "a3", "b1", "b2"]);
+    let got = send_and_count(
+        Sender(&p["a1"].ns, ip_of(&p["a1"]), 1),
+        (SPDP, 7400),
+        n,
+        &rx,
+        "a1-d0",
+    );
+    for name in ["a2", "a3"] {
+        assert_eq!(got[name], exactly_once(n), "a1 -> {name} on 7400: {got:?}");
+    }
+    for name in ["b1", "b2"] {
+        assert!(
+            got[name].is_empty(),
+            "a1 -> {name} on 7400 must be dropped: {got:?}"
+        );
+    }
+    // domain 1's port from a team-a pod: nowhere
+    let rx = rx_all(7650, &["a2", "a3", "b1", "b2"]);
+    let got = send_and_count(
+        Sender(&p["a1"].ns, ip_of(&p["a1"]), 1),
+        (SPDP, 7650),
+        n,
+        &rx,
+        "a1-d1",
+    );
+    assert!(
+        counts(&got).values().all(|c| *c == 0),
+        "a1 -> 7650: {got:?}"
+    );
+    // unicast to a team-b pod on a domain-0 unicast port: dropped, from the
+    // same node, the other node and the LAN; on team-b's own port it passes
+    let rx = rx_all(7410, &["b1"]);
+    for (from, local) in [
+        (p["a1"].ns.as_str(), ip_of(&p["a1"])),
+        (p["a2"].ns.as_str(), ip_of(&p["a2"])),
+        (lap.as_str(), LAPTOP_IP),
+    ] {
+        let got = send_and_count(
+            Sender(from, local, 64),
+            (ip_of(&p["b1"]), 7410),
+            n,
+            &rx,
+            "u7410",
+        );
+        assert!(
+            got["b1"].is_empty(),
+            "{from} -> b1:7410 must be dropped: {got:?}"
+        );
+    }
+    let rx = rx_all(7660, &["b1"]);
+    let got = send_and_count(
+        Sender(&p["b2"].ns, ip_of(&p["b2"]), 64),
+        (ip_of(&p["b1"]), 7660),
+        n,
+        &rx,
+        "u7660",
+    );
+    assert_eq!(
+        got["b1"],
+        exactly_once(n),
+        "b2 -> b1:7660 (domain 1) passes"
+    );
+    // a port outside the RTPS range is not affected, across teams and nodes
+    let rx = rx_all(5000, &["b1", "b2"]);
+    let got = send_and_count(
+        Sender(&p["a1"].ns, ip_of(&p["a1"]), 64),
+        (ip_of(&p["b1"]), 5000),
+        n,
+        &rx,
+        "u5000-b1",
+    );
+    assert_eq!(got["b1"], exactly_once(n), "a1 -> b1:5000 passes");
+    let got = send_and_count(
+        Sender(&p["a1"].ns, ip_of(&p["a1"]), 64),
+        (ip_of(&p["b2"]), 5000),
+        n,
+        &rx,
+        "u5000-b2",
+    );
+    assert_eq!(got["b2"], exactly_once(n), "a1 -> b2:5000 passes");
+    // from the LAN: domain-0 discovery reaches team-a's pods only
+    let rx = rx_all(7400, &["a1", "a2", "a3", "b1", "b2"]);
+    let got = send_and_count(Sender(&lap, LAPTOP_IP, 1), (SPDP, 7400), n, &rx, "lap-d0");
+    for name in ["a1", "a2", "a3"] {
+        assert_eq!(got[name], exactly_once(n), "laptop -> {name}: {got:?}");
+    }
+    for name in ["b1", "b2"] {
+        assert!(got[name].is_empty(), "laptop -> {name}: {got:?}");
+    }
+
+    // the agent counts per pod: status and metrics
+    std::thread::sleep(Duration::from_millis(2500));
+    let sent = metric(&tb, 1, "ros2cni_pod_domain_dropped_packets_total{namespace=\"team-a\",pod=\"a1\",direction=\"sent\"}")
+        .expect("a1's series");
+    assert!(sent >= f64::from(n), "a1 sent to 7650: {sent}");
+    let recv = metric(&tb, 1, "ros2cni_pod_domain_dropped_packets_total{namespace=\"team-b\",pod=\"b1\",direction=\"received\"}")
+        .expect("b1's series");
+    assert!(
+        recv >= f64::from(4 * n),
+        "b1 received (7400 from a1, laptop; 7410 x3): {recv}"
+    );
+    eprintln!("metrics: a1 sent-dropped {sent}, b1 received-dropped {recv}");
+
+    // SIGHUP: team-b may use domain 0 too; applies to the running pods in 2 s
+    let mut wider = policy();
+    wider["domains"]["team-b"] = json!([0, 1]);
+    for (i, pid) in agents.iter().enumerate() {
+        tb.agent_config(tb.node(i + 1), &wider).unwrap();
+        unsafe { libc::kill(*pid as i32, libc::SIGHUP) };
+    }
+    let t0 = Instant::now();
+    let rx = rx_all(7400, &["b1", "b2"]);
+    let mut round = 0;
+    loop {
+        round += 1;
+        let got = send_and_count(
+            Sender(&lap, LAPTOP_IP, 1),
+            (SPDP, 7400),
+            3,
+            &rx,
+            &format!("hup{round}"),
+        );
+        if got["b1"] == exactly_once(3) && got["b2"] == exactly_once(3) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(2) + Duration::from_millis(600),
+            "not applied 2 s after SIGHUP: {got:?}"
+        );
+    }
+    eprintln!(
+        "SIGHUP applied: laptop's domain-0 discovery reaches team-b within {:?}",
+        t0.elapsed()
+    );
+}

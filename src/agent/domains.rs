@@ -1,0 +1,287 @@
+//! The agent's side of the domain policy (`src/firewall/domains.rs`): the
+//! rules for the attached pods, kept in step with the attachment records and
+//! the config every reconcile pass (and at once on SIGHUP), and the counts of
+//! what they dropped, carried across replaced rules as for the rate limits.
+
+use super::limits::Drops;
+use crate::config::Config;
+use crate::firewall::domains::{self as fw, PodPolicy, FROM_POD, TO_POD};
+use crate::firewall::nfnl::{DumpedRule, Nfnl};
+use crate::ipam::Attachment;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How long after its last drop a pod is still named by doctor.
+pub const RECENT: Duration = Duration::from_secs(300);
+
+/// One attached pod under the policy.
+#[derive(Debug, Clone, Default)]
+pub struct PodDomains {
+    pub namespace: String,
+    pub pod: String,
+    pub ip: String,
+    /// None: every domain.
+    pub allowed: Option<Vec<u16>>,
+    /// Datagrams from the pod to other domains' ports, dropped.
+    pub sent: Drops,
+    /// Datagrams to the pod on other domains' ports, dropped.
+    pub received: Drops,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DomainState {
+    /// By host port (`r2c…`).
+    pub pods: BTreeMap<String, PodDomains>,
+    /// Default-deny of pod ports not listed yet, both directions.
+    pub unlisted_from: Drops,
+    pub unlisted_to: Drops,
+    pub in_force: bool,
+    pub problem: Option<String>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn rule_of(rules: &[DumpedRule], f: impl Fn(&DumpedRule) -> bool) -> Option<(u64, u64)> {
+    rules
+        .iter()
+        .find(|r| f(r))
+        .map(|r| (r.handle, r.counter.map_or(0, |c| c.0)))
+}
+
+/// The policy of each record's pod under `cfg` (routed pods only).
+pub fn policies(cfg: &Config, records: &[Attachment]) -> Vec<PodPolicy> {
+    let Some(d) = &cfg.domains else { return vec![] };
+    records
+        .iter()
+        .filter(|a| !a.host_if.is_empty())
+        .map(|a| PodPolicy {
+            port: a.host_if.clone(),
+            allowed: d.allowed(&a.pod_namespace).map(<[u16]>::to_vec),
+        })
+        .collect()
+}
+
+impl DomainState {
+    /// One reconcile pass (kernel work; no agent lock held).
+    pub fn reconcile(&mut self, cfg: &Config, records: &[Attachment], routed: bool) {
+        let (now, wall) = (Instant::now(), unix_now());
+        let mut nf = match Nfnl::new() {
+            Ok(n) => n,
+            Err(e) => {
+                self.problem = Some(format!("domain policy: {e}"));
+                return;
+            }
+        };
+        if !routed || cfg.domains.is_none() {
+            let _ = fw::remove(&mut nf);
+            *self = DomainState::default();
+            return;
+        }
+        let want = policies(cfg, records);
+        let mut pods = BTreeMap::new();
+        for a in records.iter().filter(|a| !a.host_if.is_empty()) {
+            let mut p: PodDomains = self.pods.remove(&a.host_if).unwrap_or_default();
+            p.namespace = a.pod_namespace.clone();
+            p.pod = if a.pod_name.is_empty() {
+                a.container_id.chars().take(12).collect()
+            } else {
+                a.pod_name.clone()
+            };
+            p.ip = a.ip.to_string();
+            p.allowed = want
+                .iter()
+                .find(|w| w.port == a.host_if)
+                .and_then(|w| w.allowed.clone());
+            pods.insert(a.host_if.clone(), p);
+        }
+        self.problem = None;
+        match fw::sync(&mut nf, Some(&want)) {
+            Ok(before) => {
+                for (port, p) in pods.iter_mut() {
+                    let of = |chain: &str| {
+                        rule_of(&before, |r| {
+                            r.comment.as_deref().and_then(fw::pod_of_comment)
+                                == Some((chain, port.as_str()))
+                        })
+                    };
+                    p.sent.observe(of(FROM_POD), now, wall);
+                    p.received.observe(of(TO_POD), now, wall);
+                }
+                let unl = |dir: &str| {
+                    rule_of(&before, |r| {
+                        fw::is_unlisted(r) && r.comment.as_deref().is_some_and(|c| c.ends_with(dir))
+                    })
+                };
+                self.unlisted_from.observe(unl("unlisted-from"), now, wall);
+                self.unlisted_to.observe(unl("unlisted-to"), now, wall);
+            }
+            Err(e) => self.problem = Some(format!("domain policy: {e}")),
+        }
+        self.pods = pods;
+        self.in_force = true;
+    }
+
+    /// `domainPolicy` in the status document (null when no policy).
+    pub fn status_json(&self) -> Value {
+        if !self.in_force {
+            return Value::Null;
+        }
+        let pods: Vec<Value> = self
+            .pods
+            .iter()
+            .map(|(port, p)| {
+                json!({"namespace": p.namespace, "pod": p.pod, "port": port, "ip": p.ip,
+                       "allowedDomains": p.allowed,
+                       "sentDropped": p.sent.total,
+                       "receivedDropped": p.received.total,
+                       "lastSentDropped": p.sent.last_increase,
+                       "lastReceivedDropped": p.received.last_increase})
+            })
+            .collect();
+        json!({
+            "pods": pods,
+            "unlistedSentDropped": self.unlisted_from.total,
+            "unlistedReceivedDropped": self.unlisted_to.total,
+        })
+    }
+
+    pub fn encode_metrics(
+        &self,
+        enc: &mut prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use super::metrics::{counter, l};
+        if !self.in_force {
+            return Ok(());
+        }
+        let mut rows = vec![];
+        for p in self.pods.values() {
+            for (dir, d) in [("sent", &p.sent), ("received", &p.received)] {
+                rows.push((
+                    l(&[
+                        ("namespace", p.namespace.clone()),
+                        ("pod", p.pod.clone()),
+                        ("direction", dir.into()),
+                    ]),
+                    d.total,
+                ));
+            }
+        }
+        counter(
+            enc,
+            "ros2cni_pod_domain_dropped_packets",
+            "UDP datagrams to another ROS domain's ports than the pod's namespace allows (domains), dropped: sent by the pod (direction=\"sent\") or on their way to it (direction=\"received\")",
+            &rows,
+        )?;
+        counter(
+            enc,
+            "ros2cni_unlisted_pod_domain_dropped_packets",
+            "UDP datagrams to the RTPS port range from or to pods attached too recently to have rules of their own, dropped (default deny while a domain policy is in force)",
+            &[(vec![], self.unlisted_from.total + self.unlisted_to.total)],
+        )
+    }
+}
+
+/// Doctor's `DOMAIN_BLOCKED` findings from the status document at unix time
+/// `now`: each pod whose datagrams to a domain its namespace does not allow
+/// were dropped within [`RECENT`]; `seen` gives the domains of the
+/// participants the discovery table saw from that pod ("ns/pod" → domains).
+pub fn findings(
+    status: &Value,
+    now: u64,
+    seen: &BTreeMap<String, Vec<u16>>,
+) -> Vec<(&'static str, String)> {
+    let recent = |v: &Value| {
+        v.as_u64()
+            .is_some_and(|t| now.saturating_sub(t) <= RECENT.as_secs())
+    };
+    let mut out = vec![];
+    for p in status["domainPolicy"]["pods"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if !recent(&p["lastSentDropped"]) {
+            continue;
+        }
+        let ns = p["namespace"].as_str().unwrap_or("");
+        let pod = p["pod"].as_str().unwrap_or("?");
+        let name = if ns.is_empty() {
+            pod.to_owned()
+        } else {
+            format!("{ns}/{pod}")
+        };
+        let allowed: Vec<u16> = p["allowedDomains"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d.as_u64().map(|d| d as u16))
+            .collect();
+        let wrong: Vec<String> = seen
+            .get(&name)
+            .into_iter()
+            .flatten()
+            .filter(|d| !allowed.contains(d))
+            .map(u16::to_string)
+            .collect();
+        let domain = if wrong.is_empty() {
+            "another domain".to_owned()
+        } else {
+            format!("domain {}", wrong.join(", "))
+        };
+        let list = |v: &[u16]| v.iter().map(u16::to_string).collect::<Vec<_>>().join(", ");
+        out.push((
+            "DOMAIN_BLOCKED",
+            format!(
+                "Pod {name} ({}) sends RTPS for {domain}, which its namespace may not use \
+                 (domains allows {}): {} datagrams dropped so far, the last {} s ago. It discovers \
+                 no one there and no one discovers it. Fix: set ROS_DOMAIN_ID in the pod to an \
+                 allowed domain, or allow the domain for namespace \"{ns}\" in `domains` \
+                 (SIGHUP applies it).",
+                p["ip"].as_str().unwrap_or("?"),
+                if allowed.is_empty() {
+                    "none".to_owned()
+                } else {
+                    list(&allowed)
+                },
+                p["sentDropped"],
+                now.saturating_sub(p["lastSentDropped"].as_u64().unwrap_or(now)),
+            ),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn findings_name_the_pod_the_domain_and_the_count() {
+        let st = json!({"domainPolicy": {"pods": [
+            {"namespace": "team-b", "pod": "stray", "ip": "192.168.1.5", "allowedDomains": [1],
+             "sentDropped": 42, "receivedDropped": 0, "lastSentDropped": 1000},
+            {"namespace": "team-a", "pod": "ok", "ip": "192.168.1.6", "allowedDomains": [0],
+             "sentDropped": 0, "receivedDropped": 7, "lastSentDropped": null}]}});
+        let mut seen = BTreeMap::new();
+        seen.insert("team-b/stray".to_owned(), vec![0, 1]);
+        let f = findings(&st, 1010, &seen);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].0, "DOMAIN_BLOCKED");
+        for want in [
+            "team-b/stray",
+            "domain 0,",
+            "allows 1",
+            "42 datagrams",
+            "10 s ago",
+        ] {
+            assert!(f[0].1.contains(want), "{want}: {}", f[0].1);
+        }
+        assert!(findings(&st, 5000, &seen).is_empty(), "old drops");
+        assert!(findings(&json!({}), 0, &seen).is_empty());
+    }
+}
