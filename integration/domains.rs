@@ -4,6 +4,9 @@
 
 use crate::agent::{exactly_once, receivers, send_and_count, Sender};
 use crate::common::*;
+use crate::dds::fastdds_pair;
+use crate::limits::doctor;
+use ros2_cni::lab::probe::ddsperf_probe;
 use ros2_cni::lab::testbed::{http_get, Pod, Testbed, LAPTOP_IP};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -203,4 +206,43 @@ fn datagrams_cross_only_within_a_domain_both_ways_and_sighup_applies_in_2s() {
         "SIGHUP applied: laptop's domain-0 discovery reaches team-b within {:?}",
         t0.elapsed()
     );
+}
+
+#[test]
+fn dds_discovers_within_a_team_and_a_stray_domain_is_blocked_and_named() {
+    let (tb, _agents, p) = teams(&policy());
+    // ddsperf (Cyclone DDS) in domain 0 between team-a's pods on two nodes
+    let d = ddsperf_probe(&p["a1"].ns, &p["a2"].ns, 0, Duration::from_secs(5)).unwrap();
+    assert!(
+        d.seconds.is_some(),
+        "team-a across nodes, domain 0: {}",
+        d.output
+    );
+    eprintln!(
+        "team-a a1 <-> a2 (domain 0) discovered in {:?} s",
+        d.seconds
+    );
+    // a team-b pod started in domain 0 finds no team-a pod
+    let d = ddsperf_probe(&p["b1"].ns, &p["a2"].ns, 0, Duration::from_secs(4)).unwrap();
+    assert!(
+        d.seconds.is_none(),
+        "team-b pod in domain 0 must not discover team-a: {}",
+        d.output
+    );
+    // ... and doctor names it
+    std::thread::sleep(Duration::from_millis(2500));
+    let (_, report) = doctor(&tb, 1);
+    let f = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["code"] == "DOMAIN_BLOCKED")
+        .unwrap_or_else(|| panic!("DOMAIN_BLOCKED: {report:#}"));
+    let msg = f["message"].as_str().unwrap_or_default().to_owned()
+        + f["detail"].as_str().unwrap_or_default();
+    assert!(msg.contains("team-b/b1"), "{f}");
+    assert!(!msg.contains("team-a/"), "{f}");
+    eprintln!("doctor: {f}");
+    // Fast DDS (TTL 1) in domain 1 within team-b across nodes
+    fastdds_pair(&tb, &p["b1"].ns, &p["b2"].ns, "1", 4).unwrap();
 }

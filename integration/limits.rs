@@ -130,7 +130,7 @@ fn status_pod<'a>(st: &'a Value, pod: &str) -> Option<&'a Value> {
 }
 
 /// Runs `ros2-cni doctor --json` inside a node; returns (exit code, report).
-fn doctor(tb: &Testbed, node: usize) -> (i32, Value) {
+pub fn doctor(tb: &Testbed, node: usize) -> (i32, Value) {
     let n = tb.node(node);
     let cfg = n.data_dir.join("agent.json");
     let out = std::process::Command::new("ip")

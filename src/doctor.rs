@@ -322,6 +322,19 @@ pub fn findings(inp: &Inputs) -> Vec<Finding> {
         for (code, msg) in crate::agent::limits::findings(st, now) {
             out.push(Finding::new(code, Severity::Warning, msg));
         }
+        // the domains each pod's participants were seen in
+        let mut seen: BTreeMap<String, Vec<u16>> = BTreeMap::new();
+        for p in &parts {
+            if let (Some(pod), Some(d)) = (p["pod"].as_str(), p["domain"].as_u64()) {
+                let v = seen.entry(pod.to_owned()).or_default();
+                if !v.contains(&(d as u16)) {
+                    v.push(d as u16);
+                }
+            }
+        }
+        for (code, msg) in crate::agent::domains::findings(st, now, &seen) {
+            out.push(Finding::new(code, Severity::Warning, msg));
+        }
     }
     let mut domains: BTreeMap<u64, usize> = BTreeMap::new();
     for p in &parts {
