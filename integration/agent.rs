@@ -163,21 +163,8 @@ fn ttl1_rtps_arrives_exactly_once_everywhere_and_other_groups_stay_local() {
         }
     }
 
-    // the agent's own account of it
-    let st = tb.agent_status(tb.node(1)).unwrap();
-    let fwd = st["forwarded"].as_array().unwrap();
-    assert!(
-        fwd.iter()
-            .any(|f| f["direction"] == "pods_to_lan" && f["packets"].as_u64() >= Some(5)),
-        "{st}"
-    );
-    assert!(
-        fwd.iter()
-            .any(|f| f["direction"] == "lan_to_pods" && f["packets"].as_u64() >= Some(5)),
-        "{st}"
-    );
-    assert!(st["dropped"]["notRtps"].as_u64() >= Some(6), "{st}");
-    // the TTL counter is read at the next reconcile (every 2 s): a1's 5 and the laptop's 5
+    // the agent's own account of it: the TTL and forward counters are read
+    // at the next reconcile (every 2 s): a1's 5 and the laptop's 5
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         let raised = tb.agent_status(tb.node(1)).unwrap()["ttlRaised"]
@@ -192,6 +179,19 @@ fn ttl1_rtps_arrives_exactly_once_everywhere_and_other_groups_stay_local() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    let st = tb.agent_status(tb.node(1)).unwrap();
+    let fwd = st["forwarded"].as_array().unwrap();
+    assert!(
+        fwd.iter()
+            .any(|f| f["direction"] == "pods_to_lan" && f["packets"].as_u64() >= Some(5)),
+        "{st}"
+    );
+    assert!(
+        fwd.iter()
+            .any(|f| f["direction"] == "lan_to_pods" && f["packets"].as_u64() >= Some(5)),
+        "{st}"
+    );
+    assert!(st["dropped"]["notRtps"].as_u64() >= Some(6), "{st}");
     let metrics = http_get(&tb.node(1).ns, "127.0.0.1:9741", "/metrics").unwrap();
     for want in [
         "ros2cni_forwarded_packets_total{group=\"239.255.0.1\",direction=\"pods_to_lan\"} 5",

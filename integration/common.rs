@@ -265,3 +265,33 @@ pub fn bpf_filters(ns: &str, dev: &str) -> Vec<String> {
         .filter_map(|f| f["options"]["bpf_name"].as_str().map(str::to_owned))
         .collect()
 }
+
+/// Runs `ros2-cni doctor --json` inside a node; returns (exit code, report).
+pub fn doctor(tb: &Testbed, node: usize) -> (i32, Value) {
+    let n = tb.node(node);
+    let cfg = n.data_dir.join("agent.json");
+    if !cfg.exists() {
+        tb.agent_config(n, &serde_json::json!({})).unwrap();
+    }
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &n.ns,
+            BIN,
+            "doctor",
+            "--json",
+            "--config",
+            cfg.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "doctor --json printed no JSON ({e}): {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), v)
+}

@@ -5,36 +5,6 @@ use ros2_cni::lab::testbed::{ns_sh, Testbed};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-/// Runs `ros2-cni doctor --json` inside a node; returns (exit code, report).
-fn doctor(tb: &Testbed, node: usize) -> (i32, Value) {
-    let n = tb.node(node);
-    let cfg = n.data_dir.join("agent.json");
-    if !cfg.exists() {
-        tb.agent_config(n, &json!({})).unwrap();
-    }
-    let out = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &n.ns,
-            BIN,
-            "doctor",
-            "--json",
-            "--config",
-            cfg.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "doctor --json printed no JSON ({e}): {} {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.code().unwrap_or(-1), v)
-}
-
 fn participants(tb: &Testbed, node: usize) -> Vec<Value> {
     let sock = tb.node(node).data_dir.join("ros2-cni/agent.sock");
     ros2_cni::agent::status::query(&sock, "participants").unwrap()["participants"]

@@ -5,7 +5,6 @@
 use crate::agent::{exactly_once, receivers, send_and_count, Sender};
 use crate::common::*;
 use crate::dds::fastdds_pair;
-use crate::limits::doctor;
 use ros2_cni::lab::probe::ddsperf_probe;
 use ros2_cni::lab::testbed::{http_get, Pod, Testbed, LAPTOP_IP};
 use serde_json::{json, Value};

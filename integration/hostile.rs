@@ -6,7 +6,7 @@ use crate::common::*;
 use crate::dds::fastdds_pair;
 use ros2_cni::lab::probe::ddsperf_probe;
 use ros2_cni::lab::testbed::{http_get, Testbed, LAPTOP_IP};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::Duration;
 
 fn flood_script() -> String {
@@ -45,27 +45,8 @@ fn flood(
     tb.spawn(ns, &args, log).unwrap()
 }
 
-fn doctor_json(tb: &Testbed, node: usize) -> Value {
-    let n = tb.node(node);
-    let cfg = n.data_dir.join("agent.json");
-    let out = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &n.ns,
-            BIN,
-            "doctor",
-            "--json",
-            "--config",
-            cfg.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
-}
-
 fn pressure_finding(tb: &Testbed, node: usize) -> Option<String> {
-    doctor_json(tb, node)["findings"]
+    doctor(tb, node).1["findings"]
         .as_array()?
         .iter()
         .find(|f| f["code"] == "MULTICAST_PRESSURE")

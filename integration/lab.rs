@@ -538,3 +538,102 @@ fn lab_keep_leaves_the_lab_running_and_cleanup_removes_it() {
         .collect();
     assert!(alive.is_empty(), "cleanup stopped the processes: {alive:?}");
 }
+
+#[test]
+fn lab_relay_scenario_fails_with_multicast_only_and_discovers_every_pod_pair_by_relay() {
+    require_root();
+    let started = Instant::now();
+    let mut child = lab(&["--relay", "--json"]);
+    let pid = child.id();
+    let watcher = Watcher::start(pid);
+    let stderr = Stderr::collect(&mut child);
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(120));
+    let watched = watcher.finish();
+    eprintln!("lab --relay --json took {:?}", started.elapsed());
+    assert!(
+        status.success(),
+        "exit {status}; stderr:\n{}\nstdout:\n{stdout}",
+        stderr.text()
+    );
+    let v: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("stdout is only JSON ({e}):\n{stdout}"));
+    assert_eq!(v["scenario"], "relay");
+    assert_eq!(v["nodes"], 3, "--relay defaults to 3 nodes");
+    assert_eq!(v["prober"], "ddsperf");
+    assert_eq!(v["lanNodes"], serde_json::json!(["n1", "n2"]));
+    assert_eq!(v["secondSubnet"]["subnet"], "192.168.16.0/20");
+    assert_eq!(v["secondSubnet"]["nodes"], serde_json::json!(["n3"]));
+    assert!(
+        v["macvlan"].is_null(),
+        "no macvlan run in the relay scenario"
+    );
+    let node = |p: &Value, end: &str| -> String {
+        let l = p[end].as_str().unwrap();
+        l.split('-').next().unwrap().to_owned()
+    };
+    // the relay configuration: every ordered pair of pods, each once, discovered
+    let relay = v["pairs"].as_array().expect("relay pairs");
+    let mut seen = BTreeSet::new();
+    for p in relay {
+        let (from, to) = (p["from"].as_str().unwrap(), p["to"].as_str().unwrap());
+        assert!(seen.insert((from.to_owned(), to.to_owned())), "{p} twice");
+        assert_eq!(p["discovered"], true, "relay pair {from} -> {to}: {v:#}");
+        let s = p["seconds"].as_f64().expect("seconds is a number");
+        assert!(s > 0.0 && s < 5.0, "{from} -> {to}: {s} s");
+    }
+    let hosts: BTreeSet<&str> = seen.iter().map(|(f, _)| f.as_str()).collect();
+    assert_eq!(
+        hosts,
+        BTreeSet::from(["n1-pod1", "n2-pod1", "n3-pod1"]),
+        "pods only, no laptop"
+    );
+    assert_eq!(seen.len(), 6);
+    // multicast only, same bed: the switch and the router keep the nodes apart
+    let mc = &v["multicastOnly"];
+    assert!(
+        mc["configuration"]
+            .as_str()
+            .is_some_and(|c| c.contains("lanMulticast true")),
+        "{mc}"
+    );
+    assert!(
+        v["configuration"]
+            .as_str()
+            .is_some_and(|c| c.contains("lanMulticast false")),
+        "{v}"
+    );
+    let mc_pairs = mc["pairs"].as_array().expect("multicast-only pairs");
+    assert_eq!(mc_pairs.len(), 6);
+    for p in mc_pairs {
+        assert_ne!(node(p, "from"), node(p, "to"));
+        assert_eq!(p["discovered"], false, "multicast only across nodes: {p}");
+        assert!(p["seconds"].is_null(), "{p}");
+    }
+    assert!(
+        mc["switchDroppedMulticastFrames"]
+            .as_u64()
+            .is_some_and(|n| n > 0),
+        "the switch was offered (and dropped) the pods' multicast: {mc}"
+    );
+    assert_nothing_left(pid, watched);
+}
+
+#[test]
+fn lab_relay_refuses_too_few_nodes_and_a_second_switch_behaviour() {
+    for (args, needle) in [
+        (
+            &["--relay", "--nodes", "2"][..],
+            "needs 3 to 8 robot computers",
+        ),
+        (&["--relay", "--wifi"][..], "cannot be used with"),
+        (&["--relay", "--no-macvlan"][..], "cannot be used with"),
+    ] {
+        let out = Command::new(BIN).arg("lab").args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(out.stdout.is_empty());
+    }
+}

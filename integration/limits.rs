@@ -129,32 +129,6 @@ fn status_pod<'a>(st: &'a Value, pod: &str) -> Option<&'a Value> {
         .find(|p| p["pod"] == pod)
 }
 
-/// Runs `ros2-cni doctor --json` inside a node; returns (exit code, report).
-pub fn doctor(tb: &Testbed, node: usize) -> (i32, Value) {
-    let n = tb.node(node);
-    let cfg = n.data_dir.join("agent.json");
-    let out = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &n.ns,
-            BIN,
-            "doctor",
-            "--json",
-            "--config",
-            cfg.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "doctor --json printed no JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.code().unwrap_or(-1), v)
-}
-
 fn metric(tb: &Testbed, node: usize, series: &str) -> Option<f64> {
     let m = http_get(&tb.node(node).ns, "127.0.0.1:9741", "/metrics").unwrap();
     m.lines()

@@ -16,6 +16,21 @@ fn ours(mut st: NodeState) -> NodeState {
     st
 }
 
+/// Removes a pod's namespace and waits (up to 10 s) until the node no longer
+/// lists routes on links it cannot name ("if7"): the kernel tears a deleted
+/// namespace down asynchronously, and under load the primary plugin's host
+/// veth and its route outlive `ip netns del` for a moment.
+fn remove_pod(tb: &Testbed, pod: &Pod) {
+    tb.remove_ns(&pod.ns).unwrap();
+    wait_for(10, "routes on links of a removed pod disappear", || {
+        !node_state(tb, 1).routes.iter().any(|r| {
+            r.rsplit_once(' ')
+                .and_then(|(_, dev)| dev.strip_prefix("if"))
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+    });
+}
+
 /// Runs ros2-cni `cmd` for `pod` with `conf` and extra environment.
 fn run_with(tb: &Testbed, pod: &Pod, cmd: &str, conf: &Value, extra: &[(&str, &str)]) -> PluginRun {
     let netns = pod.netns_path();
@@ -162,7 +177,7 @@ fn adds_killed_at_every_point_leave_nothing_after_del_or_gc() {
                 let r = run_with(&tb, &pod, "DEL", &conf, &[]);
                 assert!(r.success, "{}", r.stdout);
                 assert_eq!(ours(node_state(&tb, 1)), base);
-                tb.remove_ns(&pod.ns).unwrap();
+                remove_pod(&tb, &pod);
                 assert!(n > 5, "ADD passes only {} points: {passed:?}", n - 1);
                 eprintln!(
                     "killed ADD at {} points; after DEL or GC, residue per point: {report:?}",
@@ -224,7 +239,7 @@ fn adds_killed_at_every_point_leave_nothing_after_del_or_gc() {
                 .collect();
             assert!(tmp.is_empty(), "temporary records left: {tmp:?}");
             report.push(format!("{n} {point} {cleanup}: {}", residue.len()));
-            tb.remove_ns(&pod.ns).unwrap();
+            remove_pod(&tb, &pod);
         }
         n += 1;
         assert!(n < 60, "ADD never completed");
@@ -358,4 +373,27 @@ fn add_refuses_a_netns_that_is_not_a_pods() {
         );
         assert!(!pod_has_link(&tb.node(1).ns, "ros0"));
     }
+}
+
+#[test]
+fn an_unwritable_log_file_is_reported_on_stderr() {
+    let tb = bed(1);
+    // a path that cannot be created: under /proc
+    let s = spec("nolog", 1).extra(json!({"logFile": "/proc/ros2-cni/plugin.log"}));
+    let (pod, _) = primary_only(&tb, "nolog", json!({}));
+    let conf = tb.pod_ros2cni_conf(&s, &pod.result);
+    let r = run_with(&tb, &pod, "ADD", &conf, &[]);
+    assert!(r.success, "ADD still works: {}", r.stdout);
+    assert!(
+        r.stderr.contains("logFile /proc/ros2-cni/plugin.log")
+            && r.stderr.contains("stderr instead"),
+        "stderr says why: {}",
+        r.stderr
+    );
+    assert!(
+        !r.stdout.contains("logFile"),
+        "stdout carries only the result"
+    );
+    let r = run_with(&tb, &pod, "DEL", &conf, &[]);
+    assert!(r.success, "{}", r.stdout);
 }

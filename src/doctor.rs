@@ -142,6 +142,77 @@ fn multicast_pressure(inp: &Inputs, p: &Value) -> Option<Finding> {
     ))
 }
 
+/// What `ros2-cni doctor` says about the relay, from the status document's
+/// `relay` part: the peers, whether each answers, and the participants
+/// (by address) this node's pods hear only through the relay.
+fn relay_findings(relay: &Value) -> Vec<Finding> {
+    let mut out = vec![];
+    let peers = relay["peers"].as_array().cloned().unwrap_or_default();
+    if peers.is_empty() {
+        return out;
+    }
+    if let Some(p) = relay["problem"].as_str() {
+        out.push(Finding {
+            code: "RELAY_DOWN",
+            severity: Severity::Error,
+            message: format!(
+                "The RTPS relay cannot run ({p}): peers get none of this node's pods' discovery. \
+                 Fix: free the port or change relayPort on every node."
+            ),
+        });
+    }
+    let mut lines = vec![];
+    let mut relayed_only = vec![];
+    for p in &peers {
+        let addr = p["address"].as_str().unwrap_or("?");
+        let reachable = p["reachable"] == true;
+        lines.push(format!(
+            "{addr} (via {}, {}, sent {}, received {})",
+            p["via"].as_str().unwrap_or("?"),
+            if reachable {
+                "reachable"
+            } else {
+                "not heard from"
+            },
+            p["sent"],
+            p["received"]
+        ));
+        if !reachable {
+            out.push(Finding {
+                code: "RELAY_PEER_UNREACHABLE",
+                severity: Severity::Warning,
+                message: format!(
+                    "Relay peer {addr} has not been heard from in {} s: its agent is down, the address is \
+                     wrong, or UDP {} is filtered between the nodes. Its pods and this node's do not discover \
+                     each other through the relay.",
+                    crate::relay::PEER_TIMEOUT.as_secs(),
+                    relay["port"]
+                ),
+            });
+        }
+        for src in p["sources"].as_array().into_iter().flatten() {
+            relayed_only.push(format!("{} (from {addr})", src.as_str().unwrap_or("?")));
+        }
+    }
+    out.push(Finding {
+        code: "RELAY_PEERS",
+        severity: Severity::Info,
+        message: format!("Relay peers: {}.", lines.join("; ")),
+    });
+    if !relayed_only.is_empty() {
+        out.push(Finding {
+            code: "RELAY_ONLY_PARTICIPANTS",
+            severity: Severity::Info,
+            message: format!(
+                "Participants this node's pods hear only through the relay (they are not in the \
+                 participant table, which sees this node's own traffic): {}.",
+                relayed_only.join(", ")
+            ),
+        });
+    }
+    out
+}
+
 /// Turns what was gathered into findings, most severe first.
 pub fn findings(inp: &Inputs) -> Vec<Finding> {
     let mut out = vec![];
@@ -166,7 +237,7 @@ pub fn findings(inp: &Inputs) -> Vec<Finding> {
             if let Some(f) = multicast_pressure(inp, &st["multicastPressure"]) {
                 out.push(f);
             }
-            out.extend(crate::relay::doctor_findings(&st["relay"]));
+            out.extend(relay_findings(&st["relay"]));
         }
     }
     if let Some((file, false)) = &inp.conflist {
@@ -724,5 +795,27 @@ mod tests {
     #[test]
     fn quiet_node_says_so() {
         assert_eq!(codes(&base()), vec!["NO_PARTICIPANTS"]);
+    }
+
+    #[test]
+    fn doctor_names_peers_unreachable_ones_and_relayed_sources() {
+        let relay = json!({"port": 7399, "peers": [
+            {"address": "192.168.0.12", "via": "relay", "reachable": true, "sent": 3, "received": 4,
+             "sources": ["192.168.2.5"]},
+            {"address": "192.168.0.99", "via": "relay", "reachable": false, "sent": 3, "received": 0,
+             "sources": []}]});
+        let f = relay_findings(&relay);
+        let codes: Vec<_> = f.iter().map(|f| f.code).collect();
+        assert_eq!(
+            codes,
+            [
+                "RELAY_PEER_UNREACHABLE",
+                "RELAY_PEERS",
+                "RELAY_ONLY_PARTICIPANTS"
+            ]
+        );
+        assert!(f[0].message.contains("192.168.0.99"));
+        assert!(f[2].message.contains("192.168.2.5 (from 192.168.0.12)"));
+        assert!(relay_findings(&json!({"peers": []})).is_empty());
     }
 }

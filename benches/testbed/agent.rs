@@ -182,8 +182,8 @@ pub fn agent(plan: &Plan) -> Section {
              SPDP announcements/s (built by `ros2_cni::rtps::spdp::announce`, ~300 bytes, TTL 1) \
              to 239.255.0.1:7400 for {w} s; the laptop (LAN) and pod B (node 2, through both \
              agents) count what arrives. **LAN → pods**: the laptop sends the same; pods A and B \
-             count. The forwarding itself is the kernel's (multicast routes the agent installs \
-             on the first packet of each source); its softirq time is not the agent's. The \
+             count. The forwarding itself is the kernel's (the static multicast routes the agent \
+             installs at start); its softirq time is not the agent's. The \
              discovery rate limits are off here (this rate is far above their defaults; \
              integration/limits.rs measures the agent under a flood with them on). {} \
              repetitions each.",

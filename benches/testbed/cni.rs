@@ -151,6 +151,7 @@ pub fn per_pod(plan: &Plan) -> Section {
     let mut a_add = vec![vec![]; alts.len()];
     let mut a_del = vec![vec![]; alts.len()];
     let mut a_pass = vec![vec![]; alts.len()];
+    let mut a_pass_set = vec![vec![]; alts.len()];
     let (mut t_ipn, mut t_set, mut p_ipn, mut p_set) = (vec![], vec![], vec![], vec![]);
     for i in 0..plan.iters {
         let ros = |lab: &Lab| ros2_cycle(lab, &format!("r{i}"));
@@ -188,6 +189,20 @@ pub fn per_pod(plan: &Plan) -> Section {
         }
         t_set.push(lab.baseline(Via::Setns(&node_file), true_bin));
         p_set.push(passthrough(Via::Setns(&node_file)));
+        for (j, (_, alt)) in alts.iter().enumerate() {
+            let conf = tb.pod_ros2cni_conf(&out.spec, &out.pod.result);
+            let (netns, args) = (out.netns(), out.cni_args());
+            let env = invoke::cni_env("ADD", &out.pod.container_id, &netns, "eth0", &args);
+            let r = invoke::run(
+                Via::Setns(&node_file),
+                &alt.plugin,
+                &env,
+                conf.to_string().as_bytes(),
+            )
+            .expect("run");
+            must(&r, "alt passthrough (setns)");
+            a_pass_set[j].push(r);
+        }
     }
     lab.remove(&out);
 
@@ -266,8 +281,21 @@ pub fn per_pod(plan: &Plan) -> Section {
             "ms",
             &diff(&ap, &t),
         );
+        s.value(
+            &format!("{label}: passthrough own work: wall − `/bin/true`, both via setns"),
+            "ms",
+            &diff(&ms(&a_pass_set[j]), &ts),
+        );
+        s.value(
+            &format!("{label}: passthrough own work: CPU − `/bin/true` CPU (setns)"),
+            "ms",
+            &diff(&cpu_ms(&a_pass_set[j]), &cpu_ms(&t_set)),
+        );
+        let aac = cpu_ms(&a_add[j]);
+        s.value(&format!("{label}: ros2-cni ADD CPU"), "ms", &aac);
         s.ratio(&format!("{label}: ADD / reference"), &aa, &ma);
         s.ratio(&format!("ADD measured build / {label}"), &ra, &aa);
+        s.ratio(&format!("ADD CPU measured build / {label}"), &rac, &aac);
         s.ratio(&format!("DEL measured build / {label}"), &rd, &ad);
     }
     s.goal(
@@ -580,7 +608,11 @@ pub fn scale(plan: &Plan) -> Section {
              `ros2-cni` ADD timed via `ip netns exec`), each followed by a timed `ip netns exec \
              <node> /bin/true` as a drift control. The ratio compares the median ADD time of the \
              last {k} with the first {k} of the round (and the same for the DELs, which run in \
-             the order of the ADDs: the first DELs run with {n} pods on the node). Rounds: {}. To separate the kernel's \
+             the order of the ADDs: the first DELs run with {n} pods on the node). Rounds: {}. The \
+             primary plugin's own ADD for the same pods (`ptp` + `host-local`, the Calico stand-in, \
+             started the same way) is timed too: its growth from the first {k} to the last {k} is \
+             the same ratio for a plugin that is not ours, on the same node at the same moments. \
+             To separate the kernel's \
              share, each round also times the link work alone with `ip -batch` ({} × veth pair \
              add, enslave to the bridge, up) on the full node and in an empty namespace.",
             plan.scale_rounds, plan.scale_kernel_pairs
@@ -589,6 +621,10 @@ pub fn scale(plan: &Plan) -> Section {
     let (mut first, mut last, mut ratios, mut net_ratios) = (vec![], vec![], vec![], vec![]);
     let (mut dfirst, mut dlast, mut dratios) = (vec![], vec![], vec![]);
     let mut all_add = vec![];
+    // the primary's (ptp + host-local) ADD of the same pods
+    let (mut pfirst, mut plast, mut pratios, mut pnet_ratios) = (vec![], vec![], vec![], vec![]);
+    let mut growth = vec![];
+    let mut primary_timed = true;
     let (mut kern_full, mut kern_empty) = (vec![], vec![]);
     for round in 0..plan.scale_rounds {
         let tb = bed(plan);
@@ -596,9 +632,11 @@ pub fn scale(plan: &Plan) -> Section {
         let node_ns = tb.node(1).ns.clone();
         ros2_cycle(&lab, "warm");
         let mut pods = vec![];
-        let (mut add, mut base) = (vec![], vec![]);
+        let (mut add, mut base, mut prim) = (vec![], vec![], vec![]);
         for i in 0..n {
-            let p = lab.primary_pod(&format!("s{round}x{i}"), 1, true);
+            let (p, pw) = lab.primary_pod_timed(&format!("s{round}x{i}"), 1, true);
+            primary_timed &= pw.is_some();
+            prim.push(pw.unwrap_or(f64::NAN));
             let r = lab.ros2("ADD", &p, &p.pod.result);
             must(&r, &format!("ADD of pod {i}"));
             add.push(r.wall_ms());
@@ -627,6 +665,14 @@ pub fn scale(plan: &Plan) -> Section {
         last.extend_from_slice(&add[n - k..]);
         ratios.push(l / f);
         net_ratios.push((l - lb) / (f - fb));
+        if primary_timed {
+            let (pf, pl) = (med(&prim[..k]), med(&prim[n - k..]));
+            pfirst.extend_from_slice(&prim[..k]);
+            plast.extend_from_slice(&prim[n - k..]);
+            pratios.push(pl / pf);
+            pnet_ratios.push((pl - lb) / (pf - fb));
+            growth.push((l / f) / (pl / pf));
+        }
         let (df, dl) = (med(&del[..k]), med(&del[n - k..]));
         dfirst.extend_from_slice(&del[..k]);
         dlast.extend_from_slice(&del[n - k..]);
@@ -647,6 +693,38 @@ pub fn scale(plan: &Plan) -> Section {
         "×",
         &net_ratios,
     );
+    if primary_timed {
+        s.value(
+            &format!("primary (ptp + host-local) ADD, first {k} pods"),
+            "ms",
+            &pfirst,
+        );
+        s.note_last("the same pods, just before their ros2-cni ADD");
+        s.value(
+            &format!("primary (ptp + host-local) ADD, last {k} pods"),
+            "ms",
+            &plast,
+        );
+        s.value(
+            &format!("primary ADD last {k} / first {k}, per round"),
+            "×",
+            &pratios,
+        );
+        s.note_last("ratio of the round's medians");
+        s.value(
+            &format!("primary ADD last {k} / first {k}, net of `ip netns exec`, per round"),
+            "×",
+            &pnet_ratios,
+        );
+        s.value(
+            "ADD growth: ros2-cni's ratio / the primary's ratio, per round",
+            "×",
+            &growth,
+        );
+        s.note_last("above 1: ros2-cni grows more than ptp on the same node");
+    } else {
+        s.note("the primary is the built-in stand-in (no `ptp` in /usr/lib/cni): its growth is not timed");
+    }
     s.value(
         &format!("DEL with {n} pods on the node (first {k} DELs)"),
         "ms",

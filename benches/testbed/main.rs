@@ -261,8 +261,19 @@ fn machine(plan: &Plan) -> Vec<(String, String)> {
         .unwrap_or_default();
     let root = env!("CARGO_MANIFEST_DIR");
     let rev = cmd_line(&["git", "-C", root, "rev-parse", "--short", "HEAD"]);
+    // the previous run's own output does not make the sources dirty
     let dirty = std::process::Command::new("git")
-        .args(["-C", root, "status", "--porcelain", "--untracked-files=no"])
+        .args([
+            "-C",
+            root,
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ".",
+            ":!docs/benchmarks.md",
+            ":!docs/benchmarks.json",
+        ])
         .output()
         .map(|o| !o.stdout.is_empty())
         .unwrap_or(false);

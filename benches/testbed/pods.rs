@@ -50,16 +50,31 @@ impl<'a> Lab<'a> {
 
     /// Namespace + ptp ADD (not timed). `opted_in` sets the pod annotation.
     pub fn primary_pod(&self, name: &str, node: usize, opted_in: bool) -> PrimaryPod {
+        self.primary_pod_timed(name, node, opted_in).0
+    }
+
+    /// Like `primary_pod`, also returning the primary's own ADD time in ms
+    /// (`ip netns exec <node> ptp`, host-local included; None with the
+    /// built-in primary, which is no plugin).
+    pub fn primary_pod_timed(
+        &self,
+        name: &str,
+        node: usize,
+        opted_in: bool,
+    ) -> (PrimaryPod, Option<f64>) {
         let mut spec = PodSpec::new(name, node).extra(production_extra());
         if !opted_in {
             spec = spec.opted_out();
         }
         spec.chain_ros2cni = false;
-        let pod = self
+        let (pod, wall) = self
             .tb
-            .add_pod(&spec)
+            .add_pod_timed(&spec)
             .unwrap_or_else(|e| panic!("primary pod {name}: {e}"));
-        PrimaryPod { pod, spec }
+        (
+            PrimaryPod { pod, spec },
+            wall.map(|w| w.as_secs_f64() * 1e3),
+        )
     }
 
     /// ptp DEL and namespace removal (not timed).

@@ -13,7 +13,7 @@
 //! data dir. Killed with -9, the kernel drops its multicast routes (the routing
 //! socket closes) but leaves pods, the bridge, proxy entries and the
 //! anti-spoofing table alone, so unicast never stops; on restart multicast
-//! routes come back with the first packet of each source.
+//! routes come back as it starts (they are static: one per RTPS group).
 //!
 //! SIGHUP reloads the config; SIGTERM/SIGINT remove only what the agent alone
 //! needs (TTL rule, multicast routes, its socket) and keep pod-facing state.

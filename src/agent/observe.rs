@@ -293,23 +293,86 @@ pub struct Capture {
     fd: OwnedFd,
 }
 
+/// A non-blocking AF_PACKET socket for IPv4 frames: `kind` is SOCK_RAW
+/// (with the Ethernet header) or SOCK_DGRAM (the IPv4 packet alone). Used
+/// by the discovery capture, the relay and the pressure sampler.
+pub fn packet_socket(kind: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: socket(2); the descriptor is owned right away.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            kind | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            i32::from((libc::ETH_P_IP as u16).to_be()),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The link-layer address of `ifindex` for IPv4 (and `mac`, to send to).
+pub fn sockaddr_ll(ifindex: u32, mac: Option<[u8; 6]>) -> libc::sockaddr_ll {
+    // SAFETY: sockaddr_ll is plain data; all-zero is valid.
+    let mut a: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    a.sll_family = libc::AF_PACKET as u16;
+    a.sll_protocol = (libc::ETH_P_IP as u16).to_be();
+    a.sll_ifindex = ifindex as i32;
+    if let Some(m) = mac {
+        a.sll_halen = 6;
+        a.sll_addr[..6].copy_from_slice(&m);
+    }
+    a
+}
+
+/// Binds a packet socket to one interface.
+pub fn bind_packet(fd: RawFd, ifindex: u32) -> io::Result<()> {
+    let a = sockaddr_ll(ifindex, None);
+    // SAFETY: bind with a sockaddr_ll of the right size.
+    let rc = unsafe {
+        libc::bind(
+            fd,
+            &a as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Attaches (or replaces) [`bpf_filter`] for `groups` on a packet socket.
+pub fn attach_filter(fd: RawFd, groups: &[Ipv4Addr]) -> io::Result<()> {
+    let prog = bpf_filter(groups);
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: SO_ATTACH_FILTER with a sock_fprog pointing at `prog`, alive for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            &fprog as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::sock_fprog>() as u32,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 impl Capture {
     /// A packet socket on every interface of this namespace, filtered to the RTPS groups.
     pub fn open(groups: &[Ipv4Addr]) -> io::Result<Capture> {
-        // SAFETY: socket(2); the fd is owned right away.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                (libc::ETH_P_IP as u16).to_be() as i32,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fresh descriptor owned by us.
         let c = Capture {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            fd: packet_socket(libc::SOCK_RAW)?,
         };
         c.set_filter(groups)?;
         Ok(c)
@@ -317,26 +380,7 @@ impl Capture {
 
     /// Replaces the filter (config reload).
     pub fn set_filter(&self, groups: &[Ipv4Addr]) -> io::Result<()> {
-        let prog = bpf_filter(groups);
-        let fprog = libc::sock_fprog {
-            len: prog.len() as u16,
-            filter: prog.as_ptr() as *mut libc::sock_filter,
-        };
-        // SAFETY: SO_ATTACH_FILTER with a sock_fprog pointing at `prog`, alive for the call.
-        let rc = unsafe {
-            libc::setsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_ATTACH_FILTER,
-                &fprog as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::sock_fprog>() as u32,
-            )
-        };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        attach_filter(self.fd.as_raw_fd(), groups)
     }
 
     pub fn raw_fd(&self) -> RawFd {

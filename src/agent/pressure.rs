@@ -153,34 +153,11 @@ pub fn sample_interfaces(ifaces: &[(u32, String)], groups: &[Ipv4Addr]) -> Vec<S
 /// The five busiest sources, busiest first; empty if the socket fails.
 pub fn sample_sources(ifindex: u32, ifname: &str, groups: &[Ipv4Addr]) -> Vec<Source> {
     use std::collections::{BTreeMap, BTreeSet};
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    // SAFETY: socket(2); the fd is owned right away.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            (libc::ETH_P_IP as u16).to_be() as i32,
-        )
-    };
-    if fd < 0 {
+    use std::os::fd::AsRawFd;
+    let Ok(fd) = super::observe::packet_socket(libc::SOCK_DGRAM) else {
         return vec![];
-    }
-    // SAFETY: fd is a fresh descriptor we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: a zeroed sockaddr_ll is valid; the fields are set below.
-    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = (libc::ETH_P_IP as u16).to_be();
-    sll.sll_ifindex = ifindex as i32;
-    // SAFETY: bind(2) with a sockaddr_ll of the right size.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            &sll as *const _ as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        )
     };
-    if rc < 0 {
+    if super::observe::bind_packet(fd.as_raw_fd(), ifindex).is_err() {
         return vec![];
     }
     let mut per: BTreeMap<Ipv4Addr, (u64, BTreeSet<Ipv4Addr>)> = BTreeMap::new();

@@ -19,16 +19,18 @@ Builds robot computers from network namespaces on this machine (root needed), \
 attaches pods through this ros2-cni binary, starts an agent per node, probes \
 ROS 2 discovery (Cyclone DDS ddsperf, default settings) between every ordered \
 pair of pods and an off-cluster laptop, and does the same with Multus-style \
-macvlan for comparison. Progress goes to stderr, the matrix to stdout.
+macvlan for comparison. With --relay: a LAN switch that drops multicast and \
+a node behind a router, probed with multicast only and then with the relay. \
+Progress goes to stderr, the matrix to stdout.
 
 Everything it makes is removed on exit, on error and on Ctrl-C, unless --keep.
 
 Exit status: 0 every ros2-cni pair discovered each other; 3 some did not; \
 1 error; 2 bad arguments; 130/143 interrupted.")]
 pub struct Args {
-    /// Robot computers (1-8).
-    #[arg(long, default_value_t = 2, value_name = "N")]
-    pub nodes: usize,
+    /// Robot computers (1-8; default 2, with --relay 3 and at least 3).
+    #[arg(long, value_name = "N")]
+    pub nodes: Option<usize>,
     /// Pods per robot computer (1-16).
     #[arg(long, default_value_t = 1, value_name = "M")]
     pub pods_per_node: usize,
@@ -36,6 +38,12 @@ pub struct Args {
     /// from a node whose source MAC is not the node's own.
     #[arg(long)]
     pub wifi: bool,
+    /// The relay scenario: the LAN switch drops all IPv4 multicast and the
+    /// last node sits on a second subnet behind a router (no laptop); one
+    /// matrix with multicast only, one with the agents' RTPS relay (peers,
+    /// lanMulticast false), instead of the macvlan comparison.
+    #[arg(long, conflicts_with_all = ["wifi", "no_macvlan"])]
+    pub relay: bool,
     /// Leave everything in place and print how to inspect and remove it.
     #[arg(long)]
     pub keep: bool,
@@ -77,7 +85,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let exe = std::env::current_exe()
         .map_err(|e| anyhow::anyhow!("cannot find the running ros2-cni binary: {e}"))?;
     let mut o = LabOptions::new(exe);
-    o.nodes = a.nodes;
+    o.nodes = a
+        .nodes
+        .unwrap_or(if a.relay { run::RELAY_MIN_NODES } else { 2 });
+    o.relay = a.relay;
     o.pods_per_node = a.pods_per_node;
     o.wifi = a.wifi;
     o.keep = a.keep;

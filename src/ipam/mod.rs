@@ -874,24 +874,7 @@ mod tests {
         let pool: Pool = Pool::parse("192.168.1.160/30").unwrap();
         let subnet: Ipv4Net = "192.168.1.0/24".parse().unwrap();
         store
-            .allocate(&lock, &pool, &subnet, "c1_eth0", |ip| Attachment {
-                container_id: "c1".into(),
-                ifname: "eth0".into(),
-                pod_if: "ros0".into(),
-                netns: "/x".into(),
-                ip,
-                prefix_len: 24,
-                mac: String::new(),
-                host_if: String::new(),
-                node_dev: String::new(),
-                uplink: String::new(),
-                mode: "routed".into(),
-                cleared_multicast: false,
-                primary_ips: vec![],
-                pod_namespace: String::new(),
-                pod_name: String::new(),
-                network: String::new(),
-            })
+            .allocate(&lock, &pool, &subnet, "c1_eth0", |ip| att("c1", ip))
             .unwrap();
         // the record and its lease
         assert_eq!(store.sync_changed(before).unwrap(), 2);

@@ -153,6 +153,28 @@ impl MacvlanRun {
     }
 }
 
+/// What each matrix of `--relay` is, as the text and the JSON say it.
+pub const MULTICAST_ONLY_CONFIGURATION: &str =
+    "Multicast only (no relay peers, lanMulticast true: the default)";
+pub const RELAY_CONFIGURATION: &str =
+    "Relay (peers: every other node's address, lanMulticast false)";
+
+/// The relay scenario (`--relay`): the same test bed twice, a LAN switch
+/// that drops all IPv4 multicast and a node behind a router, first without
+/// relay peers, then with them (that run is `Report::ros2cni`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RelayScenario {
+    pub multicast_only: Matrix,
+    /// IPv4 multicast frames the switch dropped during each run.
+    pub multicast_only_drops: Option<u64>,
+    pub relay_drops: Option<u64>,
+    /// Nodes on the switch that drops multicast.
+    pub lan_nodes: Vec<String>,
+    /// The subnet behind the router and the nodes on it.
+    pub second_subnet: String,
+    pub second_subnet_nodes: Vec<String>,
+}
+
 /// Everything one `ros2-cni lab` run found.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Report {
@@ -168,6 +190,8 @@ pub struct Report {
     pub ros2cni_wifi_drops: Option<u64>,
     /// The comparison, or why it did not run.
     pub macvlan: Result<MacvlanRun, String>,
+    /// `--relay`: `ros2cni` is the relay configuration, this the rest.
+    pub relay: Option<RelayScenario>,
 }
 
 fn plural(n: usize, one: &str, many: &str) -> String {
@@ -204,7 +228,92 @@ impl Report {
                 v["macvlanSkipped"] = json!(reason);
             }
         }
+        if let Some(r) = &self.relay {
+            v["scenario"] = json!("relay");
+            v["configuration"] = json!(RELAY_CONFIGURATION);
+            v["switchDroppedMulticastFrames"] = json!(r.relay_drops);
+            v["multicastOnly"] = json!({
+                "configuration": MULTICAST_ONLY_CONFIGURATION,
+                "pairs": r.multicast_only.pairs_json(),
+                "switchDroppedMulticastFrames": r.multicast_only_drops,
+            });
+            v["lanNodes"] = json!(r.lan_nodes);
+            v["secondSubnet"] = json!({
+                "subnet": r.second_subnet,
+                "nodes": r.second_subnet_nodes,
+            });
+        }
         v
+    }
+
+    /// Ordered pairs of pods on different nodes that discovered each other,
+    /// and all such pairs. Pod labels are `n<node>-pod<j>`.
+    fn across_nodes(m: &Matrix) -> (usize, usize) {
+        let node = |l: &str| l.split('-').next().unwrap_or("").to_owned();
+        let across: Vec<&Pair> = m
+            .pairs
+            .iter()
+            .filter(|p| p.from != "laptop" && p.to != "laptop" && node(&p.from) != node(&p.to))
+            .collect();
+        (across.iter().filter(|p| p.discovered).count(), across.len())
+    }
+
+    /// The relay scenario's paragraph.
+    fn relay_summary(&self, r: &RelayScenario) -> String {
+        let mut s = format!(
+            "Lab: {} with {} each: {} on a switch that drops all IPv4 multicast between its \
+             ports, {} on {} behind a router; no laptop; {} probe between every ordered pair, \
+             stock DDS settings, {} s per probe. ",
+            plural(self.nodes, "robot computer", "robot computers"),
+            plural(self.pods_per_node, "pod", "pods"),
+            r.lan_nodes.join(", "),
+            r.second_subnet_nodes.join(", "),
+            r.second_subnet,
+            self.prober,
+            self.timeout_seconds
+        );
+        let (mc_ok, mc_all) = Self::across_nodes(&r.multicast_only);
+        let _ = write!(
+            s,
+            "Multicast only: {} of {} pairs discovered each other, {mc_ok} of {mc_all} across nodes",
+            r.multicast_only.discovered(),
+            r.multicast_only.pairs.len()
+        );
+        if let Some(n) = r.multicast_only_drops {
+            let _ = write!(s, " (the switch dropped {n} multicast frames)");
+        }
+        s.push_str(". ");
+        let m = &self.ros2cni;
+        let _ = write!(
+            s,
+            "Relay: {} of {} pairs discovered each other",
+            m.discovered(),
+            m.pairs.len()
+        );
+        let t = m.times();
+        if let (Some(first), Some(last)) = (t.first(), t.last()) {
+            let median = t[t.len() / 2];
+            let _ = write!(
+                s,
+                " (fastest {first:.2} s, median {median:.2} s, slowest {last:.2} s)"
+            );
+        }
+        if let Some(n) = r.relay_drops {
+            let _ = write!(s, "; the switch dropped {n} multicast frames");
+        }
+        s.push('.');
+        if m.all_discovered() {
+            s.push_str(
+                " The agents carry their pods' discovery to each other by unicast, across the \
+                 switch and the router alike.",
+            );
+        } else {
+            s.push_str(
+                " Some relay pairs failed: run with --keep and look at the agents' logs and \
+                 `ros2-cni agent` status (its \"relay\" peers) in the node namespaces.",
+            );
+        }
+        s
     }
 
     /// What the lab had: "2 robot computers with 1 pod each and an off-cluster laptop".
@@ -223,6 +332,9 @@ impl Report {
 
     /// One paragraph: what worked, what did not, and why where it is known.
     pub fn summary(&self) -> String {
+        if let Some(r) = &self.relay {
+            return self.relay_summary(r);
+        }
         let m = &self.ros2cni;
         let mut s = format!(
             "Lab: {}; {} probe between every ordered pair, stock DDS settings, {} s per probe. ",
@@ -311,6 +423,29 @@ impl Report {
 
     /// The human-readable report: both tables and the summary.
     pub fn text(&self) -> String {
+        if let Some(r) = &self.relay {
+            let head = |conf: &str| {
+                format!(
+                    "{conf}: seconds until FROM discovered TO (\"no\": not within {} s)\n",
+                    self.timeout_seconds
+                )
+            };
+            let mut out = head(MULTICAST_ONLY_CONFIGURATION);
+            out.push_str(&indent(&r.multicast_only.table()));
+            for n in r.multicast_only.notes() {
+                let _ = writeln!(out, "  note: {n}");
+            }
+            out.push('\n');
+            out.push_str(&head(RELAY_CONFIGURATION));
+            out.push_str(&indent(&self.ros2cni.table()));
+            for n in self.ros2cni.notes() {
+                let _ = writeln!(out, "  note: {n}");
+            }
+            out.push('\n');
+            out.push_str(&self.summary());
+            out.push('\n');
+            return out;
+        }
         let mut out = format!(
             "ros2-cni (ros0 on the LAN, agent on every node): seconds until FROM discovered TO \
              (\"no\": not within {} s)\n",
@@ -392,6 +527,7 @@ mod tests {
             ros2cni: full(true),
             ros2cni_wifi_drops: Some(0),
             macvlan,
+            relay: None,
         }
     }
 
@@ -507,6 +643,57 @@ mod tests {
         assert!(s.contains("5 of 6 pairs"), "{s}");
         assert!(s.contains("Some ros2-cni pairs failed"), "{s}");
         assert!(!r.ros2cni.all_discovered());
+    }
+
+    #[test]
+    fn relay_report_names_both_configurations_in_text_and_json() {
+        let hosts = ["n1-pod1", "n2-pod1", "n3-pod1"];
+        let m = |ok: bool| Matrix {
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            pairs: hosts
+                .iter()
+                .flat_map(|f| hosts.iter().filter(move |t| *t != f).map(move |t| (f, t)))
+                .map(|(f, t)| pair(f, t, ok.then_some(0.4)))
+                .collect(),
+        };
+        let mut r = report(Err("not part of the relay scenario (--relay)".into()));
+        r.nodes = 3;
+        r.wifi = false;
+        r.ros2cni = m(true);
+        r.relay = Some(RelayScenario {
+            multicast_only: m(false),
+            multicast_only_drops: Some(17),
+            relay_drops: Some(0),
+            lan_nodes: vec!["n1".into(), "n2".into()],
+            second_subnet: "192.168.16.0/20".into(),
+            second_subnet_nodes: vec!["n3".into()],
+        });
+        let v = r.json();
+        assert_eq!(v["scenario"], "relay");
+        assert_eq!(v["configuration"], RELAY_CONFIGURATION);
+        assert_eq!(v["pairs"].as_array().unwrap().len(), 6);
+        assert_eq!(
+            v["multicastOnly"]["configuration"],
+            MULTICAST_ONLY_CONFIGURATION
+        );
+        assert_eq!(v["multicastOnly"]["pairs"].as_array().unwrap().len(), 6);
+        assert_eq!(v["multicastOnly"]["switchDroppedMulticastFrames"], 17);
+        assert_eq!(v["secondSubnet"]["nodes"], json!(["n3"]));
+        assert!(v["macvlan"].is_null());
+        let text = r.text();
+        let mc = text
+            .find(MULTICAST_ONLY_CONFIGURATION)
+            .expect("first header");
+        let rl = text.find(RELAY_CONFIGURATION).expect("second header");
+        assert!(mc < rl, "{text}");
+        assert!(!text.contains("macvlan"), "{text}");
+        let s = r.summary();
+        assert!(s.contains("0 of 6 across nodes"), "{s}");
+        assert!(s.contains("Relay: 6 of 6 pairs"), "{s}");
+        assert!(s.contains("n3 on 192.168.16.0/20 behind a router"), "{s}");
+        // the default report has none of the relay keys
+        let plain = report(Ok(mv())).json();
+        assert!(plain.get("scenario").is_none() && plain.get("multicastOnly").is_none());
     }
 
     #[test]

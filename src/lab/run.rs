@@ -7,7 +7,7 @@
 //! on SIGINT/SIGTERM/SIGHUP (see `interrupt`), unless `--keep`.
 
 use super::interrupt::{exit_code, Interrupt};
-use super::matrix::{MacvlanRun, Matrix, Pair, Report};
+use super::matrix::{MacvlanRun, Matrix, Pair, RelayScenario, Report};
 use super::probe::{in_path, select_prober, Cancel, Endpoint, ProbeRequest, Prober, Unavailable};
 use super::testbed::{
     self, dir_for_prefix, namespaces_of, pid_alive, remove_ns_and_processes, sh, unique_prefix,
@@ -38,6 +38,8 @@ pub const MAX_NODES: usize = 8;
 pub const MAX_PODS_PER_NODE: usize = 16;
 pub const MAX_TIMEOUT: u64 = 60;
 pub const MAX_PARALLEL: usize = 32;
+/// `--relay`: two nodes on the multicast-dropping LAN, one behind the router.
+pub const RELAY_MIN_NODES: usize = 3;
 
 /// What `ros2-cni lab` was asked to do.
 #[derive(Debug, Clone)]
@@ -57,6 +59,10 @@ pub struct LabOptions {
     pub macvlan: bool,
     /// Use the lab's own SPDP prober even where ddsperf is installed.
     pub spdp_prober: bool,
+    /// The relay scenario: the LAN switch drops all IPv4 multicast, the last
+    /// node sits on a second subnet behind a router, no laptop; the
+    /// multicast-only configuration, then the relay one (no macvlan).
+    pub relay: bool,
     /// The ros2-cni binary (the running one).
     pub plugin: PathBuf,
     pub cni_bin_dir: PathBuf,
@@ -84,6 +90,7 @@ impl LabOptions {
             primary: None,
             macvlan: true,
             spdp_prober: false,
+            relay: false,
             plugin: plugin.into(),
             cni_bin_dir: PathBuf::from("/usr/lib/cni"),
         }
@@ -96,6 +103,16 @@ impl LabOptions {
                 "--nodes {}: a lab has 1 to {MAX_NODES} robot computers",
                 self.nodes
             ));
+        }
+        if self.relay && self.nodes < RELAY_MIN_NODES {
+            return Err(format!(
+                "--relay --nodes {}: the relay scenario needs {RELAY_MIN_NODES} to {MAX_NODES} robot computers \
+                 (two or more on the LAN whose switch drops multicast, the last one on a second subnet behind a router)",
+                self.nodes
+            ));
+        }
+        if self.relay && self.wifi {
+            return Err("--relay and --wifi: choose one switch behaviour".into());
         }
         if !(1..=MAX_PODS_PER_NODE).contains(&self.pods_per_node) {
             return Err(format!(
@@ -118,9 +135,9 @@ impl LabOptions {
         Ok(())
     }
 
-    /// Pods plus the laptop.
+    /// Pods plus the laptop (the relay scenario has no laptop).
     pub fn hosts(&self) -> usize {
-        self.nodes * self.pods_per_node + 1
+        self.nodes * self.pods_per_node + usize::from(!self.relay)
     }
 
     /// Ordered pairs probed per run.
@@ -143,17 +160,17 @@ impl LabOptions {
 
 /// The tools the test bed runs (the prober's own are checked by
 /// `select_prober`), with the Debian package that has each.
-pub fn required_tools(wifi: bool) -> Vec<(&'static str, &'static str)> {
+pub fn required_tools(nft: bool) -> Vec<(&'static str, &'static str)> {
     let mut t = vec![("ip", "iproute2"), ("iptables", "iptables")];
-    if wifi {
+    if nft {
         t.push(("nft", "nftables"));
     }
     t
 }
 
 /// Tools missing from PATH, with their packages.
-pub fn missing_tools(wifi: bool) -> Vec<(&'static str, &'static str)> {
-    required_tools(wifi)
+pub fn missing_tools(nft: bool) -> Vec<(&'static str, &'static str)> {
+    required_tools(nft)
         .into_iter()
         .filter(|(t, _)| !in_path(t))
         .collect()
@@ -340,7 +357,10 @@ pub fn probe_matrix(
 fn bed_options(opts: &LabOptions, primary: Primary) -> Options {
     let mut o = Options::new(&unique_prefix(FAMILY), opts.nodes, &opts.plugin);
     o.wifi = opts.wifi;
-    o.laptop = true;
+    o.laptop = !opts.relay;
+    if opts.relay {
+        o.second_lan = vec![opts.nodes];
+    }
     o.cni_bin_dir = opts.cni_bin_dir.clone();
     o.primary = primary;
     o
@@ -368,6 +388,9 @@ fn build(
     kept: &mut Vec<KeptBed>,
 ) -> Result<Testbed> {
     let mut tb = Testbed::new(bed_options(opts, primary))?;
+    if opts.relay {
+        tb.drop_multicast()?;
+    }
     if opts.keep {
         tb.keep();
         kept.push(KeptBed {
@@ -396,6 +419,39 @@ fn building(opts: &LabOptions, primary: Primary) -> String {
     )
 }
 
+/// Pods with ros0 on every node, attached through ros2-cni, as probe endpoints.
+fn attach_pods(
+    tb: &Testbed,
+    opts: &LabOptions,
+    cancel: &Cancel,
+    kept: &mut [KeptBed],
+) -> Result<Vec<Endpoint>> {
+    let mut hosts = vec![];
+    for i in 1..=opts.nodes {
+        for j in 1..=opts.pods_per_node {
+            let pod = tb.add_pod(&PodSpec::new(&pod_label(i, j), i))?;
+            let ip = pod.ros_ip.ok_or_else(|| {
+                LabError(format!(
+                    "pod {} got no ros0 address: {}",
+                    pod.name, pod.result
+                ))
+            })?;
+            if opts.keep {
+                if let Some(k) = kept.last_mut() {
+                    k.pods.push(pod.ns.clone());
+                }
+            }
+            hosts.push(Endpoint {
+                label: pod.name,
+                ns: pod.ns,
+                lan_ip: Some(ip),
+            });
+            check(cancel)?;
+        }
+    }
+    Ok(hosts)
+}
+
 /// The ros2-cni run: agents, pods with ros0, the matrix.
 fn ros2cni_run(
     opts: &LabOptions,
@@ -422,29 +478,7 @@ fn ros2cni_run(
         "ros2-cni: attaching {} pod(s) through ros2-cni",
         opts.nodes * opts.pods_per_node
     ));
-    let mut hosts = vec![];
-    for i in 1..=opts.nodes {
-        for j in 1..=opts.pods_per_node {
-            let pod = tb.add_pod(&PodSpec::new(&pod_label(i, j), i))?;
-            let ip = pod.ros_ip.ok_or_else(|| {
-                LabError(format!(
-                    "pod {} got no ros0 address: {}",
-                    pod.name, pod.result
-                ))
-            })?;
-            if opts.keep {
-                if let Some(k) = kept.last_mut() {
-                    k.pods.push(pod.ns.clone());
-                }
-            }
-            hosts.push(Endpoint {
-                label: pod.name,
-                ns: pod.ns,
-                lan_ip: Some(ip),
-            });
-            check(cancel)?;
-        }
-    }
+    let mut hosts = attach_pods(&tb, opts, cancel, kept)?;
     hosts.push(laptop(&tb)?);
     progress(&format!(
         "ros2-cni: probing {} ordered pairs with {}, {} at a time (up to {} s each; {})",
@@ -478,6 +512,189 @@ fn ros2cni_run(
         None
     };
     Ok((m, drops))
+}
+
+/// The two configurations `--relay` compares, on identical test beds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayConfig {
+    /// No relay peers, `lanMulticast` true (the default): discovery relies
+    /// on the LAN carrying multicast.
+    MulticastOnly,
+    /// Every other node's address in `peers`, `lanMulticast` false.
+    Relay,
+}
+
+impl RelayConfig {
+    pub fn name(self) -> &'static str {
+        match self {
+            RelayConfig::MulticastOnly => "multicast-only",
+            RelayConfig::Relay => "relay",
+        }
+    }
+}
+
+/// The settings of node `idx` in `config`: the cluster's nodes with their
+/// pools and subnets but without `address` (an address would make every
+/// node a relay peer); for the relay, the other nodes' addresses as `peers`
+/// and no RTPS multicast on the LAN.
+pub fn relay_node_config(tb: &Testbed, idx: usize, config: RelayConfig) -> serde_json::Value {
+    let nodes: serde_json::Map<String, serde_json::Value> = tb
+        .nodes
+        .iter()
+        .map(|n| {
+            (
+                format!("n{}", n.idx),
+                json!({"podRange": n.pool, "subnet": n.subnet}),
+            )
+        })
+        .collect();
+    let mut c = json!({ "nodes": nodes });
+    if config == RelayConfig::Relay {
+        let peers: Vec<String> = tb
+            .nodes
+            .iter()
+            .filter(|n| n.idx != idx)
+            .map(|n| n.ip.to_string())
+            .collect();
+        c["peers"] = json!(peers);
+        c["lanMulticast"] = json!(false);
+    }
+    c
+}
+
+fn building_relay(opts: &LabOptions, primary: Primary) -> String {
+    format!(
+        "building a LAN switch that drops all IPv4 multicast with n1-n{} on it, a router and a second LAN ({}) with n{} (primary network: {}); no laptop",
+        opts.nodes - 1,
+        testbed::SUBNET2,
+        opts.nodes,
+        primary.name()
+    )
+}
+
+/// One bed of the relay scenario in `config`: agents, pods, the matrix, and
+/// the multicast frames the switch dropped meanwhile.
+fn relay_bed_run(
+    opts: &LabOptions,
+    primary: Primary,
+    prober: &dyn Prober,
+    cancel: &Cancel,
+    kept: &mut Vec<KeptBed>,
+    config: RelayConfig,
+    num: &Numbering,
+) -> Result<(Matrix, Option<u64>)> {
+    let tag = config.name();
+    progress(&format!("{tag}: {}", building_relay(opts, primary)));
+    let tb = build(opts, primary, tag, kept)?;
+    check(cancel)?;
+    progress(&format!(
+        "{tag}: starting {} agent(s) ({})",
+        opts.nodes,
+        match config {
+            RelayConfig::MulticastOnly => "no relay peers, lanMulticast true",
+            RelayConfig::Relay => "peers: every other node, lanMulticast false",
+        }
+    ));
+    let mut agents = vec![];
+    for n in &tb.nodes {
+        tb.set_node_config(n.idx, relay_node_config(&tb, n.idx, config));
+        agents.push(tb.start_agent(n, &json!({"logLevel": "info"}))?);
+        check(cancel)?;
+    }
+    if opts.keep {
+        if let Some(k) = kept.last_mut() {
+            k.agents = agents;
+        }
+    }
+    progress(&format!(
+        "{tag}: attaching {} pod(s) through ros2-cni",
+        opts.nodes * opts.pods_per_node
+    ));
+    let hosts = attach_pods(&tb, opts, cancel, kept)?;
+    let per_probe = match config {
+        RelayConfig::MulticastOnly => opts.timeout as f64 + 1.0,
+        RelayConfig::Relay => 1.5,
+    };
+    progress(&format!(
+        "{tag}: probing {} ordered pairs with {}, {} at a time (up to {} s each; {}{})",
+        opts.pairs(),
+        prober.name(),
+        opts.parallel.min(opts.pairs()),
+        opts.timeout,
+        opts.estimate(per_probe),
+        if config == RelayConfig::MulticastOnly {
+            "; failures across nodes are expected"
+        } else {
+            ""
+        }
+    ));
+    let m = probe_matrix(
+        prober,
+        &hosts,
+        Duration::from_secs(opts.timeout),
+        opts.parallel,
+        cancel,
+        num,
+        &progress,
+    )?;
+    Ok((m, tb.multicast_drops().ok()))
+}
+
+/// `--relay`: the multicast-only configuration, then the relay one, each on
+/// its own identical test bed.
+fn relay_scenario(
+    opts: &LabOptions,
+    primary: Primary,
+    prober: &dyn Prober,
+    cancel: &Cancel,
+    kept: &mut Vec<KeptBed>,
+) -> Result<Report> {
+    let pairs = opts.pairs();
+    let (multicast_only, multicast_only_drops) = relay_bed_run(
+        opts,
+        primary,
+        prober,
+        cancel,
+        kept,
+        RelayConfig::MulticastOnly,
+        &Numbering {
+            tag: "multicast-only ",
+            before: 0,
+            of: 2 * pairs,
+        },
+    )?;
+    let (relay, relay_drops) = relay_bed_run(
+        opts,
+        primary,
+        prober,
+        cancel,
+        kept,
+        RelayConfig::Relay,
+        &Numbering {
+            tag: "relay ",
+            before: pairs,
+            of: 2 * pairs,
+        },
+    )?;
+    Ok(Report {
+        nodes: opts.nodes,
+        pods_per_node: opts.pods_per_node,
+        wifi: false,
+        prober: prober.name().into(),
+        primary: primary.name().into(),
+        timeout_seconds: opts.timeout,
+        ros2cni: relay,
+        ros2cni_wifi_drops: None,
+        macvlan: Err("not part of the relay scenario (--relay)".into()),
+        relay: Some(RelayScenario {
+            multicast_only,
+            multicast_only_drops,
+            relay_drops,
+            lan_nodes: (1..opts.nodes).map(|i| format!("n{i}")).collect(),
+            second_subnet: testbed::SUBNET2.into(),
+            second_subnet_nodes: vec![format!("n{}", opts.nodes)],
+        }),
+    })
 }
 
 /// Why the macvlan comparison cannot run here, if it cannot.
@@ -634,6 +851,9 @@ pub fn run(
             }
         }
     }
+    if opts.relay {
+        return relay_scenario(opts, primary, prober, cancel, kept);
+    }
     let (ros2cni, ros2cni_wifi_drops) = ros2cni_run(opts, primary, prober, cancel, kept)?;
     let macvlan = match macvlan_unavailable(opts) {
         Some(reason) => Err(reason),
@@ -649,6 +869,7 @@ pub fn run(
         ros2cni,
         ros2cni_wifi_drops,
         macvlan,
+        relay: None,
     })
 }
 
@@ -841,7 +1062,7 @@ pub fn main(opts: LabOptions) -> i32 {
         );
         return 1;
     }
-    let missing = missing_tools(opts.wifi);
+    let missing = missing_tools(opts.wifi || opts.relay);
     let chosen = if opts.spdp_prober {
         Ok(super::probe::spdp_prober())
     } else {
@@ -955,6 +1176,19 @@ mod tests {
         assert!(o.validate().is_err());
         let mut o = ok;
         o.parallel = 0;
+        assert!(o.validate().is_err());
+    }
+
+    #[test]
+    fn the_relay_scenario_needs_three_nodes_and_has_no_laptop() {
+        let mut o = LabOptions::new("/bin/true");
+        o.relay = true;
+        o.nodes = 2;
+        assert!(o.validate().unwrap_err().contains("needs 3 to 8"));
+        o.nodes = 3;
+        assert!(o.validate().is_ok());
+        assert_eq!((o.hosts(), o.pairs()), (3, 6));
+        o.wifi = true;
         assert!(o.validate().is_err());
     }
 

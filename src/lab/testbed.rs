@@ -634,6 +634,29 @@ impl Testbed {
         Ok(n)
     }
 
+    /// Makes the LAN switch drop every IPv4 multicast frame between its
+    /// ports (a switch or access point that does not carry multicast),
+    /// counting what it drops.
+    pub fn drop_multicast(&self) -> Result<()> {
+        let rules = "table bridge nomcast {\n chain drop_mc {\n  type filter hook forward priority 0; policy accept;\n  ip daddr 224.0.0.0/4 counter drop\n }\n}\n";
+        let path = self.dir.join("nomcast.nft");
+        std::fs::write(&path, rules).map_err(|e| err(e.to_string()))?;
+        ns_sh(&self.switch, &["nft", "-f", path.to_str().unwrap()])?;
+        Ok(())
+    }
+
+    /// IPv4 multicast frames the switch dropped so far (`drop_multicast`).
+    pub fn multicast_drops(&self) -> Result<u64> {
+        let j = nft_json(&self.switch, &["table", "bridge", "nomcast"])?;
+        let mut n = 0;
+        for item in j["nftables"].as_array().into_iter().flatten() {
+            for e in item["rule"]["expr"].as_array().into_iter().flatten() {
+                n += e["counter"]["packets"].as_u64().unwrap_or(0);
+            }
+        }
+        Ok(n)
+    }
+
     pub fn node(&self, idx: usize) -> &Node {
         &self.nodes[idx - 1]
     }
@@ -814,7 +837,8 @@ impl Testbed {
     }
 
     /// The primary (Calico stand-in) ADD for a new pod: its result, in the
-    /// primary's cniVersion.
+    /// primary's cniVersion, and for the `ptp` plugin how long its invocation
+    /// took (`ip netns exec <node> ptp`, from spawn to the reaped exit).
     fn primary_add(
         &self,
         node: &Node,
@@ -823,24 +847,30 @@ impl Testbed {
         netns: &str,
         cid: &str,
         env: &[(&str, &str)],
-    ) -> Result<Value> {
+    ) -> Result<(Value, Option<Duration>)> {
         let version = Self::primary_version(&spec.version);
         match self.opts.primary {
             Primary::Ptp => {
+                let t0 = Instant::now();
                 let primary = self.run_plugin(
                     node,
                     &self.opts.cni_bin_dir.join("ptp"),
                     env,
                     &self.primary_conf(node, version),
                 )?;
-                primary.json().filter(|_| primary.success).ok_or_else(|| {
+                let wall = t0.elapsed();
+                let result = primary.json().filter(|_| primary.success).ok_or_else(|| {
                     err(format!(
                         "ptp ADD for {} failed: {}",
                         spec.name, primary.stdout
                     ))
-                })
+                })?;
+                Ok((result, Some(wall)))
             }
-            Primary::Builtin => self.builtin_primary_add(node, ns, netns, cid, version),
+            Primary::Builtin => Ok((
+                self.builtin_primary_add(node, ns, netns, cid, version)?,
+                None,
+            )),
         }
     }
 
@@ -978,6 +1008,12 @@ impl Testbed {
 
     /// Creates the pod's namespace and runs ADD through the chain.
     pub fn add_pod(&self, spec: &PodSpec) -> Result<Pod> {
+        self.add_pod_timed(spec).map(|(pod, _)| pod)
+    }
+
+    /// Like [`Testbed::add_pod`], also returning how long the primary
+    /// plugin's ADD took (None with the built-in primary, which is no plugin).
+    pub fn add_pod_timed(&self, spec: &PodSpec) -> Result<(Pod, Option<Duration>)> {
         let ns = format!("{}p-{}", self.opts.prefix, spec.name);
         self.add_ns(&ns)?;
         let netns = format!("/var/run/netns/{ns}");
@@ -985,7 +1021,7 @@ impl Testbed {
         let args = Self::cni_args(spec);
         let node = self.node(spec.node);
         let env = Self::cni_env("ADD", &cid, &netns, &args);
-        let mut result = self.primary_add(node, spec, &ns, &netns, &cid, &env)?;
+        let (mut result, primary_wall) = self.primary_add(node, spec, &ns, &netns, &cid, &env)?;
         result["cniVersion"] = json!(spec.version);
         if spec.chain_ros2cni {
             let conf = self.pod_ros2cni_conf(spec, &result);
@@ -998,14 +1034,17 @@ impl Testbed {
             })?;
         }
         let ros_ip = ros_ip_of(&result, &netns);
-        Ok(Pod {
-            name: spec.name.clone(),
-            ns,
-            node: spec.node,
-            container_id: cid,
-            result,
-            ros_ip,
-        })
+        Ok((
+            Pod {
+                name: spec.name.clone(),
+                ns,
+                node: spec.node,
+                container_id: cid,
+                result,
+                ros_ip,
+            },
+            primary_wall,
+        ))
     }
 
     /// Runs one ros2-cni command for a pod (DEL, CHECK, ...), with the pod's

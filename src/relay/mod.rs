@@ -558,78 +558,6 @@ fn run(shared: &Shared) {
     }
 }
 
-/// What `ros2-cni doctor` says about the relay, from the status document's
-/// `relay` part: the peers, whether each answers, and the participants
-/// (by address) this node's pods hear only through the relay.
-pub fn doctor_findings(relay: &Value) -> Vec<crate::doctor::Finding> {
-    use crate::doctor::{Finding, Severity};
-    let mut out = vec![];
-    let peers = relay["peers"].as_array().cloned().unwrap_or_default();
-    if peers.is_empty() {
-        return out;
-    }
-    if let Some(p) = relay["problem"].as_str() {
-        out.push(Finding {
-            code: "RELAY_DOWN",
-            severity: Severity::Error,
-            message: format!(
-                "The RTPS relay cannot run ({p}): peers get none of this node's pods' discovery. \
-                 Fix: free the port or change relayPort on every node."
-            ),
-        });
-    }
-    let mut lines = vec![];
-    let mut relayed_only = vec![];
-    for p in &peers {
-        let addr = p["address"].as_str().unwrap_or("?");
-        let reachable = p["reachable"] == true;
-        lines.push(format!(
-            "{addr} (via {}, {}, sent {}, received {})",
-            p["via"].as_str().unwrap_or("?"),
-            if reachable {
-                "reachable"
-            } else {
-                "not heard from"
-            },
-            p["sent"],
-            p["received"]
-        ));
-        if !reachable {
-            out.push(Finding {
-                code: "RELAY_PEER_UNREACHABLE",
-                severity: Severity::Warning,
-                message: format!(
-                    "Relay peer {addr} has not been heard from in {} s: its agent is down, the address is \
-                     wrong, or UDP {} is filtered between the nodes. Its pods and this node's do not discover \
-                     each other through the relay.",
-                    PEER_TIMEOUT.as_secs(),
-                    relay["port"]
-                ),
-            });
-        }
-        for src in p["sources"].as_array().into_iter().flatten() {
-            relayed_only.push(format!("{} (from {addr})", src.as_str().unwrap_or("?")));
-        }
-    }
-    out.push(Finding {
-        code: "RELAY_PEERS",
-        severity: Severity::Info,
-        message: format!("Relay peers: {}.", lines.join("; ")),
-    });
-    if !relayed_only.is_empty() {
-        out.push(Finding {
-            code: "RELAY_ONLY_PARTICIPANTS",
-            severity: Severity::Info,
-            message: format!(
-                "Participants this node's pods hear only through the relay (they are not in the \
-                 participant table, which sees this node's own traffic): {}.",
-                relayed_only.join(", ")
-            ),
-        });
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -648,28 +576,6 @@ mod tests {
             bridge: 5,
             uplink: 2,
         }
-    }
-
-    #[test]
-    fn doctor_names_peers_unreachable_ones_and_relayed_sources() {
-        let relay = json!({"port": 7399, "peers": [
-            {"address": "192.168.0.12", "via": "relay", "reachable": true, "sent": 3, "received": 4,
-             "sources": ["192.168.2.5"]},
-            {"address": "192.168.0.99", "via": "relay", "reachable": false, "sent": 3, "received": 0,
-             "sources": []}]});
-        let f = doctor_findings(&relay);
-        let codes: Vec<_> = f.iter().map(|f| f.code).collect();
-        assert_eq!(
-            codes,
-            [
-                "RELAY_PEER_UNREACHABLE",
-                "RELAY_PEERS",
-                "RELAY_ONLY_PARTICIPANTS"
-            ]
-        );
-        assert!(f[0].message.contains("192.168.0.99"));
-        assert!(f[2].message.contains("192.168.2.5 (from 192.168.0.12)"));
-        assert!(doctor_findings(&json!({"peers": []})).is_empty());
     }
 
     #[test]

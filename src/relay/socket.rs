@@ -4,38 +4,9 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-const ETH_P_IP: u16 = libc::ETH_P_IP as u16;
-
-fn packet_socket(kind: libc::c_int) -> io::Result<OwnedFd> {
-    // SAFETY: socket(2); the descriptor is owned right away.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            kind | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            i32::from(ETH_P_IP.to_be()),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn sll(ifindex: u32, mac: Option<[u8; 6]>) -> libc::sockaddr_ll {
-    // SAFETY: sockaddr_ll is plain data; all-zero is valid.
-    let mut a: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    a.sll_family = libc::AF_PACKET as u16;
-    a.sll_protocol = ETH_P_IP.to_be();
-    a.sll_ifindex = ifindex as i32;
-    if let Some(m) = mac {
-        a.sll_halen = 6;
-        a.sll_addr[..6].copy_from_slice(&m);
-    }
-    a
-}
+use crate::agent::observe::{attach_filter, bind_packet, packet_socket, sockaddr_ll as sll};
 
 /// Captures IPv4 frames arriving on one interface (the bridge: what pods
 /// send), filtered to UDP to the relayed groups, outgoing frames excluded
@@ -73,43 +44,13 @@ impl Capture {
 
     /// (Re)binds to `ifindex` (the bridge was re-created).
     pub fn bind(&mut self, ifindex: u32) -> io::Result<()> {
-        let a = sll(ifindex, None);
-        // SAFETY: bind with a sockaddr_ll of the right size.
-        let rc = unsafe {
-            libc::bind(
-                self.fd.as_raw_fd(),
-                &a as *const _ as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        bind_packet(self.fd.as_raw_fd(), ifindex)?;
         self.ifindex = ifindex;
         Ok(())
     }
 
     pub fn set_filter(&self, groups: &[Ipv4Addr]) -> io::Result<()> {
-        let prog = crate::agent::observe::bpf_filter(groups);
-        let fprog = libc::sock_fprog {
-            len: prog.len() as u16,
-            filter: prog.as_ptr() as *mut libc::sock_filter,
-        };
-        // SAFETY: SO_ATTACH_FILTER with a sock_fprog pointing at `prog`, alive for the call.
-        let rc = unsafe {
-            libc::setsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_ATTACH_FILTER,
-                &fprog as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::sock_fprog>() as u32,
-            )
-        };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        attach_filter(self.fd.as_raw_fd(), groups)
     }
 
     /// One captured frame's IPv4 packet (Ethernet header stripped), or None
