@@ -6,7 +6,7 @@ use crate::agent::{exactly_once, receivers, send_and_count, Sender};
 use crate::common::*;
 use crate::dds::fastdds_pair;
 use ros2_cni::lab::probe::ddsperf_probe;
-use ros2_cni::lab::testbed::{http_get, Pod, Testbed, LAPTOP_IP};
+use ros2_cni::lab::testbed::{http_get, ns_sh, Pod, Testbed, LAPTOP_IP};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -244,4 +244,167 @@ fn dds_discovers_within_a_team_and_a_stray_domain_is_blocked_and_named() {
     eprintln!("doctor: {f}");
     // Fast DDS (TTL 1) in domain 1 within team-b across nodes
     fastdds_pair(&tb, &p["b1"].ns, &p["b2"].ns, "1", 4).unwrap();
+}
+
+/// The tc/BPF filter names at ingress of the host port of `pod` on `node`
+/// (the port read from the agent's status: `domainPolicy` when a policy is
+/// in force, else the node's only `r2c` link).
+fn host_port(tb: &Testbed, node: usize, pod: &str) -> Option<String> {
+    let st = tb.agent_status(tb.node(node)).ok()?;
+    st["domainPolicy"]["pods"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["pod"] == pod)
+        .and_then(|p| p["port"].as_str().map(str::to_owned))
+}
+
+/// A counting table in a node (nft CLI, test side only): UDP from `src` to
+/// `port` entering the bridge from `iif`, before any of the agent's tables.
+fn bridge_count(ns: &str, tag: &str, iif: &str, src: Ipv4Addr, port: u16) {
+    let rules = format!(
+        "table bridge r2t_{tag} {{\n chain pre {{\n  type filter hook prerouting priority -400; policy accept;\n  iifname \"{iif}\" ip saddr {src} udp dport {port} counter\n }}\n}}\n"
+    );
+    let path = std::env::temp_dir().join(format!("r2t-{tag}-{ns}.nft"));
+    std::fs::write(&path, rules).unwrap();
+    ns_sh(ns, &["nft", "-f", path.to_str().unwrap()]).unwrap();
+    let _ = std::fs::remove_file(path);
+}
+
+fn bridge_counted(ns: &str, tag: &str) -> u64 {
+    let j =
+        ros2_cni::lab::testbed::nft_json(ns, &["table", "bridge", &format!("r2t_{tag}")]).unwrap();
+    j["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|i| i["rule"]["expr"].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| e["counter"]["packets"].as_u64())
+        .sum()
+}
+
+#[test]
+fn the_fast_path_is_unchanged_without_a_policy_and_cannot_bypass_one() {
+    let tb = bed(1);
+    let agent = tb.start_agent(tb.node(1), &json!({})).unwrap();
+    let a1 = pod_in(&tb, "a1", 1, "team-a", &json!({}));
+    let lap = tb.laptop.clone().unwrap();
+    let n1 = tb.node(1).ns.clone();
+    wait_for(6, "the agent attaches the fast path", || {
+        let st = tb.agent_status(tb.node(1)).unwrap();
+        st["fastPath"]["lan"] == true && st["fastPath"]["pods"] == 1
+    });
+    let port = node_state(&tb, 1)
+        .links
+        .into_iter()
+        .find(|l| l.starts_with("r2c"))
+        .unwrap();
+    let rx = |p: u16| receivers(&[("laptop", lap.as_str(), LAPTOP_IP)], SPDP, p);
+    let n = 20;
+    let from_a1 = || Sender(&a1.ns, ip_of(&a1), 64);
+    // the node learns the laptop's MAC (the fast path waits for a neighbour)
+    send_and_count(from_a1(), (LAPTOP_IP, 5000), 3, &rx(5000), "warm");
+
+    // no policy: the pod's program has no port check, and UDP to a domain-1
+    // port reaches the LAN without entering the bridge
+    let names = bpf_filters(&n1, &port);
+    assert!(
+        names
+            .iter()
+            .any(|f| f.starts_with("r2c_pod_") && !f.ends_with("_d")),
+        "{names:?}"
+    );
+    bridge_count(&n1, "nopol", &port, ip_of(&a1), 7660);
+    let got = send_and_count(from_a1(), (LAPTOP_IP, 7660), n, &rx(7660), "nopol");
+    assert_eq!(
+        got["laptop"],
+        exactly_once(n),
+        "no policy: a1 -> laptop:7660"
+    );
+    assert_eq!(
+        bridge_counted(&n1, "nopol"),
+        0,
+        "no policy: a1's UDP to 7660 takes the fast path, as before"
+    );
+
+    // a policy (team-a: domain 0), by SIGHUP: the pod's program is replaced
+    // by one that hands its UDP to policed ports to the bridge
+    tb.agent_config(tb.node(1), &policy()).unwrap();
+    unsafe { libc::kill(agent as i32, libc::SIGHUP) };
+    wait_for(3, "the policed program replaces the pod's", || {
+        bpf_filters(&n1, &port).iter().any(|f| f.ends_with("_d"))
+    });
+    assert_eq!(host_port(&tb, 1, "a1").as_deref(), Some(port.as_str()));
+    bridge_count(&n1, "pol", &port, ip_of(&a1), 7660);
+    let got = send_and_count(from_a1(), (LAPTOP_IP, 7660), n, &rx(7660), "pol");
+    assert!(
+        got["laptop"].is_empty(),
+        "policy: a1 -> laptop:7660 {got:?}"
+    );
+    assert_eq!(
+        bridge_counted(&n1, "pol"),
+        u64::from(n),
+        "policy: a1's UDP to 7660 enters the bridge (and is dropped there)"
+    );
+    // its own domain's ports and unicast to ephemeral ports still pass;
+    // the ephemeral ones keep the fast path
+    let got = send_and_count(from_a1(), (LAPTOP_IP, 7410), n, &rx(7410), "own");
+    assert_eq!(got["laptop"], exactly_once(n), "policy: a1 -> laptop:7410");
+    bridge_count(&n1, "eph", &port, ip_of(&a1), 45000);
+    let got = send_and_count(from_a1(), (LAPTOP_IP, 45000), n, &rx(45000), "eph");
+    assert_eq!(got["laptop"], exactly_once(n), "policy: a1 -> laptop:45000");
+    assert_eq!(bridge_counted(&n1, "eph"), 0, "ephemeral: fast path");
+    // and multicast to an ephemeral port of another domain's block is policed
+    let got = send_and_count(
+        Sender(&a1.ns, ip_of(&a1), 1),
+        (SPDP, 45000),
+        n,
+        &rx(45000),
+        "eph-mc",
+    );
+    assert!(
+        got["laptop"].is_empty(),
+        "policy: a1 -> 239.255.0.1:45000 {got:?}"
+    );
+}
+
+#[test]
+fn a_teams_ddsperf_pair_discovers_as_fast_under_the_policy_as_without() {
+    let tb = bed(2);
+    let agents: Vec<u32> = (1..=2)
+        .map(|i| tb.start_agent(tb.node(i), &json!({})).unwrap())
+        .collect();
+    let a1 = pod_in(&tb, "a1", 1, "team-a", &json!({}));
+    let a2 = pod_in(&tb, "a2", 2, "team-a", &json!({}));
+    let probe = || {
+        let d = ddsperf_probe(&a1.ns, &a2.ns, 0, Duration::from_secs(10)).unwrap();
+        d.seconds
+            .unwrap_or_else(|| panic!("a1 <-> a2 (domain 0): {}", d.output))
+    };
+    let without = probe();
+    for (i, pid) in agents.iter().enumerate() {
+        tb.agent_config(tb.node(i + 1), &policy()).unwrap();
+        unsafe { libc::kill(*pid as i32, libc::SIGHUP) };
+    }
+    wait_for(3, "the policy is in force on both nodes", || {
+        host_port(&tb, 1, "a1").is_some() && host_port(&tb, 2, "a2").is_some()
+    });
+    let with = probe();
+    eprintln!("ddsperf a1 <-> a2 discovery: {without:.3} s without a policy, {with:.3} s with");
+    // Cyclone DDS's unicast goes to kernel-chosen (ephemeral) ports: none of
+    // it may be dropped, or discovery waits for the next multicast round
+    std::thread::sleep(Duration::from_millis(2500));
+    for (node, pod) in [(1, "a1"), (2, "a2")] {
+        for dir in ["sent", "received"] {
+            let v = metric(&tb, node, &format!("ros2cni_pod_domain_dropped_packets_total{{namespace=\"team-a\",pod=\"{pod}\",direction=\"{dir}\"}}"))
+                .expect("the pod's series");
+            assert_eq!(v, 0.0, "{pod} {dir}: team-a's own discovery dropped");
+        }
+    }
+    // the comparison, not a time: within the spread of the unpoliced probe
+    // plus one SPDP period (what a dropped unicast costs)
+    assert!(
+        with <= 2.0 * without + 1.0,
+        "with the policy {with:.3} s, without {without:.3} s"
+    );
 }

@@ -635,7 +635,16 @@ impl Pass {
             );
             if self.routed && self.cfg.fast_path {
                 let before = self.fastpath.unavailable.is_some();
-                for what in self.fastpath.reconcile(&self.records, uplink, node_dev) {
+                let police = |a: &crate::ipam::Attachment| {
+                    self.cfg
+                        .domains
+                        .as_ref()
+                        .is_some_and(|d| d.allowed(&a.pod_namespace).is_some())
+                };
+                for what in self
+                    .fastpath
+                    .reconcile(&self.records, uplink, node_dev, &police)
+                {
                     tracing::debug!("attached the {what}");
                 }
                 became_unavailable = !before && self.fastpath.unavailable.is_some();

@@ -5,12 +5,16 @@
 //! (7400 … 65535, the blocks of domains 0–232) outside the pod's allowed
 //! blocks is counted and dropped at the pod's node, in both directions.
 //! UDP to other ports, and everything that is not UDP, is left alone.
+//! Unicast to the kernel's ephemeral ports ([`EPHEMERAL`], 32768–60999, in
+//! the blocks of domains 102–214) is exempt: DDS binds its unicast sockets
+//! there when it lets the kernel choose (Cyclone DDS's default), and those
+//! ports say nothing about the domain. Multicast is policed on every block.
 //!
 //! One table owned by the agent, `bridge ros2_cni_domains`, separate from the
 //! anti-spoofing and rate-limit tables:
 //! - base chain `prerouting` (priority -175: after the anti-spoofing check at
-//!   -200, before the rate limits at -150): IPv4 UDP to the RTPS range
-//!   entering from a pod port listed in `listed` goes to `from_pod`; from a
+//!   -200, before the rate limits at -150): unicast to an ephemeral port is
+//!   accepted (ends this chain only); IPv4 UDP to the RTPS range entering from a pod port listed in `listed` goes to `from_pod`; from a
 //!   pod port not listed yet (attached within the last reconcile period) it
 //!   is counted and dropped — a new pod is never unrestricted (the plugin
 //!   adds its rules at ADD, see [`pod_edits`], so this only catches pods
@@ -25,12 +29,14 @@
 //!   comparisons, adjacent blocks merged). Pods whose namespace may use every
 //!   domain are listed without a rule.
 //!
-//! The tc/BPF fast path hands UDP to the RTPS range to this normal path
-//! (`src/fastpath`), so it cannot bypass these rules.
+//! The tc/BPF fast path hands a restricted pod's UDP to policed ports (the
+//! RTPS range less the ephemeral one) to this normal path (`src/fastpath`),
+//! so it cannot bypass these rules; pods under no policy, and every pod when
+//! `domains` is unset, keep the fast path for all their traffic.
 
 use super::nfnl::{
     ChainSpec, DumpedRule, Edit, Expr, MetaKey, Nfnl, PayloadBase, RuleSpec, SetSpec, TableSpec,
-    NFPROTO_BRIDGE, NFT_GOTO, NF_DROP, NF_INET_PRE_ROUTING, REG32_00, TYPE_IFNAME,
+    NFPROTO_BRIDGE, NFT_GOTO, NF_ACCEPT, NF_DROP, NF_INET_PRE_ROUTING, REG32_00, TYPE_IFNAME,
 };
 use super::{ifname_key, Error, HOST_VETH_PREFIX};
 
@@ -39,7 +45,7 @@ const LISTED_SET: &str = "listed";
 pub const FROM_POD: &str = "from_pod";
 pub const TO_POD: &str = "to_pod";
 /// Bumped whenever the rules change, so old rules get replaced.
-const VERSION: &str = "domains-v1";
+const VERSION: &str = "domains-v2";
 const PRIORITY: i32 = -175;
 /// NF_BR_POST_ROUTING.
 const NF_BR_POST_ROUTING: u32 = 4;
@@ -49,6 +55,12 @@ pub const MAX_DOMAIN: u16 = 232;
 /// The first port of the RTPS range (domain 0's SPDP multicast port).
 pub const RTPS_FIRST_PORT: u16 = 7400;
 pub const PORTS_PER_DOMAIN: u16 = 250;
+/// Linux's default ephemeral port range (`net.ipv4.ip_local_port_range`):
+/// unicast to these ports is exempt from the policy, multicast is not. DDS
+/// implementations bind unicast sockets to kernel-chosen ports (Cyclone DDS
+/// does by default), which fall in the blocks of domains 102-214; ROS 2's
+/// docs call only domains 0-101 and 215-232 safe on Linux for that reason.
+pub const EPHEMERAL: (u16, u16) = (32768, 60999);
 
 /// The UDP ports of domain `d`.
 pub fn block(d: u16) -> (u16, u16) {
@@ -226,6 +238,42 @@ fn pod_rules(p: &PodPolicy) -> Vec<(&'static str, RuleSpec)> {
     }
 }
 
+/// `ether type ip ip protocol udp udp dport 32768-60999 ip daddr !=
+/// 224.0.0.0-239.255.255.255 accept`: unicast to an ephemeral port, exempt
+/// (see [`EPHEMERAL`]); ends only this table's base chain.
+fn ephemeral_unicast_exempt(dir: &str) -> RuleSpec {
+    let mut exprs = udp_rtps_match();
+    exprs.pop();
+    exprs.extend([
+        Expr::Range {
+            sreg: R0,
+            from: EPHEMERAL.0.to_be_bytes().to_vec(),
+            to: EPHEMERAL.1.to_be_bytes().to_vec(),
+            neq: false,
+        },
+        Expr::Payload {
+            base: PayloadBase::Network,
+            offset: 16,
+            len: 4,
+            dreg: R0,
+        },
+        Expr::Range {
+            sreg: R0,
+            from: vec![224, 0, 0, 0],
+            to: vec![239, 255, 255, 255],
+            neq: true,
+        },
+        Expr::Verdict {
+            code: NF_ACCEPT,
+            chain: None,
+        },
+    ]);
+    RuleSpec {
+        comment: comment(&format!("ephemeral-{dir}")),
+        exprs,
+    }
+}
+
 /// The whole table for `pods`.
 pub fn spec(pods: &[PodPolicy]) -> TableSpec {
     let base = |name: &str, hook: u32, key: MetaKey, target: &str| {
@@ -255,6 +303,7 @@ pub fn spec(pods: &[PodPolicy]) -> TableSpec {
             name: name.into(),
             hook: Some((hook, PRIORITY)),
             rules: vec![
+                ephemeral_unicast_exempt(dir),
                 RuleSpec {
                     comment: comment(&format!("listed-{dir}")),
                     exprs: listed,
@@ -464,7 +513,7 @@ mod tests {
             },
         ]);
         let n: usize = s.chains.iter().map(|c| c.rules.len()).sum();
-        assert_eq!(n, 2 + 4, "two per restricted pod, four fixed");
+        assert_eq!(n, 2 + 6, "two per restricted pod, six fixed");
         for c in &s.chains {
             for r in &c.rules {
                 if c.hook.is_some() {
