@@ -228,7 +228,15 @@ fn dds_discovers_within_a_team_and_a_stray_domain_is_blocked_and_named() {
         "team-b pod in domain 0 must not discover team-a: {}",
         d.output
     );
-    // ... and doctor names it
+    // ... and doctor names it; a team-a participant stays up meanwhile for
+    // the participant table (ddsperf's clean exit disposes its participant)
+    let pong = tb
+        .spawn(
+            &p["a1"].ns,
+            &["timeout", "20", "ddsperf", "pong"],
+            "a1-pong",
+        )
+        .unwrap();
     std::thread::sleep(Duration::from_millis(2500));
     let (_, report) = doctor(&tb, 1);
     let f = report["findings"]
@@ -240,7 +248,26 @@ fn dds_discovers_within_a_team_and_a_stray_domain_is_blocked_and_named() {
     let msg = f["message"].as_str().unwrap_or_default().to_owned()
         + f["detail"].as_str().unwrap_or_default();
     assert!(msg.contains("team-b/b1"), "{f}");
+    assert!(msg.contains("for domain 0"), "names the domain: {f}");
+    assert!(
+        msg.contains(" datagrams dropped so far"),
+        "gives the count: {f}"
+    );
     assert!(!msg.contains("team-a/"), "{f}");
+    // the participant table names each participant's namespace and pod
+    let pods: Vec<&str> = report["participants"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["pod"].as_str())
+        .collect();
+    // (b1's announcements are dropped before the agent's capture sees them;
+    // its domain comes from the policy's own record)
+    assert!(
+        pods.contains(&"team-a/a1"),
+        "team-a/a1 in the participant table: {pods:?}"
+    );
+    unsafe { libc::kill(pong as i32, libc::SIGTERM) };
     eprintln!("doctor: {f}");
     // Fast DDS (TTL 1) in domain 1 within team-b across nodes
     fastdds_pair(&tb, &p["b1"].ns, &p["b2"].ns, "1", 4).unwrap();
@@ -305,8 +332,16 @@ fn the_fast_path_is_unchanged_without_a_policy_and_cannot_bypass_one() {
     // the node learns the laptop's MAC (the fast path waits for a neighbour)
     send_and_count(from_a1(), (LAPTOP_IP, 5000), 3, &rx(5000), "warm");
 
-    // no policy: the pod's program has no port check, and UDP to a domain-1
-    // port reaches the LAN without entering the bridge
+    // no policy: no table, the pod's program has no port check, and UDP to
+    // a domain-1 port reaches the LAN without entering the bridge
+    assert!(
+        ns_sh(&n1, &["nft", "list", "table", "bridge", "ros2_cni_domains"]).is_err(),
+        "no domains: no table"
+    );
+    assert_eq!(
+        tb.agent_status(tb.node(1)).unwrap()["domainPolicy"],
+        Value::Null
+    );
     let names = bpf_filters(&n1, &port);
     assert!(
         names

@@ -27,6 +27,8 @@ pub struct PodDomains {
     pub sent: Drops,
     /// Datagrams to the pod on other domains' ports, dropped.
     pub received: Drops,
+    /// The domains it sent to and may not use (last five minutes).
+    pub blocked_domains: Vec<u16>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -117,6 +119,17 @@ impl DomainState {
                         fw::is_unlisted(r) && r.comment.as_deref().is_some_and(|c| c.ends_with(dir))
                     })
                 };
+                let blocked = fw::blocked(&mut nf).unwrap_or_default();
+                for p in pods.values_mut() {
+                    let mut d: Vec<u16> = blocked
+                        .iter()
+                        .filter(|(ip, _)| ip.to_string() == p.ip)
+                        .map(|(_, d)| *d)
+                        .collect();
+                    d.sort_unstable();
+                    d.dedup();
+                    p.blocked_domains = d;
+                }
                 self.unlisted_from.observe(unl("unlisted-from"), now, wall);
                 self.unlisted_to.observe(unl("unlisted-to"), now, wall);
             }
@@ -137,6 +150,7 @@ impl DomainState {
             .map(|(port, p)| {
                 json!({"namespace": p.namespace, "pod": p.pod, "port": port, "ip": p.ip,
                        "allowedDomains": p.allowed,
+                       "blockedDomains": p.blocked_domains,
                        "sentDropped": p.sent.total,
                        "receivedDropped": p.received.total,
                        "lastSentDropped": p.sent.last_increase,
@@ -221,13 +235,17 @@ pub fn findings(
             .flatten()
             .filter_map(|d| d.as_u64().map(|d| d as u16))
             .collect();
-        let wrong: Vec<String> = seen
-            .get(&name)
+        let mut wrong: Vec<u16> = p["blockedDomains"]
+            .as_array()
             .into_iter()
             .flatten()
+            .filter_map(|d| d.as_u64().map(|d| d as u16))
+            .chain(seen.get(&name).into_iter().flatten().copied())
             .filter(|d| !allowed.contains(d))
-            .map(u16::to_string)
             .collect();
+        wrong.sort_unstable();
+        wrong.dedup();
+        let wrong: Vec<String> = wrong.iter().map(u16::to_string).collect();
         let domain = if wrong.is_empty() {
             "another domain".to_owned()
         } else {
@@ -282,6 +300,11 @@ mod tests {
             assert!(f[0].1.contains(want), "{want}: {}", f[0].1);
         }
         assert!(findings(&st, 5000, &seen).is_empty(), "old drops");
+        // the domain from the policy's own record, without a participant seen
+        let mut st2 = st.clone();
+        st2["domainPolicy"]["pods"][0]["blockedDomains"] = json!([7]);
+        let f = findings(&st2, 1010, &BTreeMap::new());
+        assert!(f[0].1.contains("for domain 7,"), "{}", f[0].1);
         assert!(findings(&json!({}), 0, &seen).is_empty());
     }
 }

@@ -37,15 +37,22 @@
 use super::nfnl::{
     ChainSpec, DumpedRule, Edit, Expr, MetaKey, Nfnl, PayloadBase, RuleSpec, SetSpec, TableSpec,
     NFPROTO_BRIDGE, NFT_GOTO, NF_ACCEPT, NF_DROP, NF_INET_PRE_ROUTING, REG32_00, TYPE_IFNAME,
+    TYPE_INET_SERVICE, TYPE_IPADDR,
 };
 use super::{ifname_key, Error, HOST_VETH_PREFIX};
 
 pub const TABLE: &str = "ros2_cni_domains";
 const LISTED_SET: &str = "listed";
+/// (source address . destination port) of datagrams a restricted pod sent to
+/// a port it may not use, forgotten after five minutes: which domains a pod
+/// tried (doctor's `DOMAIN_BLOCKED`), since those datagrams never reach the
+/// agent's discovery capture.
+pub const BLOCKED_SET: &str = "blocked";
+const BLOCKED_TIMEOUT_MS: u64 = 300_000;
 pub const FROM_POD: &str = "from_pod";
 pub const TO_POD: &str = "to_pod";
 /// Bumped whenever the rules change, so old rules get replaced.
-const VERSION: &str = "domains-v2";
+const VERSION: &str = "domains-v3";
 const PRIORITY: i32 = -175;
 /// NF_BR_POST_ROUTING.
 const NF_BR_POST_ROUTING: u32 = 4;
@@ -214,6 +221,28 @@ pub fn pod_rule(chain: &str, port: &str, domains: &[u16]) -> RuleSpec {
             neq: true,
         });
     }
+    if chain == FROM_POD {
+        // update @blocked { ip saddr . udp dport }
+        exprs.extend([
+            Expr::Payload {
+                base: PayloadBase::Network,
+                offset: 12,
+                len: 4,
+                dreg: R0,
+            },
+            Expr::Payload {
+                base: PayloadBase::Transport,
+                offset: 2,
+                len: 2,
+                dreg: R0 + 1,
+            },
+            Expr::DynsetUpdate {
+                set: BLOCKED_SET.into(),
+                sreg: R0,
+                expr: Box::new(Expr::Counter),
+            },
+        ]);
+    }
     exprs.extend(counter_drop());
     RuleSpec {
         comment: pod_comment(chain, port, domains),
@@ -325,12 +354,21 @@ pub fn spec(pods: &[PodPolicy]) -> TableSpec {
     TableSpec {
         family: NFPROTO_BRIDGE,
         name: TABLE.into(),
-        sets: vec![SetSpec {
-            name: LISTED_SET.into(),
-            key_type: TYPE_IFNAME,
-            key_len: 16,
-            dynamic_timeout_ms: None,
-        }],
+        sets: vec![
+            SetSpec {
+                name: LISTED_SET.into(),
+                key_type: TYPE_IFNAME,
+                key_len: 16,
+                dynamic_timeout_ms: None,
+            },
+            SetSpec {
+                name: BLOCKED_SET.into(),
+                // ipv4_addr . inet_service, each field in a 32-bit register
+                key_type: (TYPE_IPADDR << 6) | TYPE_INET_SERVICE,
+                key_len: 8,
+                dynamic_timeout_ms: Some(BLOCKED_TIMEOUT_MS),
+            },
+        ],
         chains: vec![
             ChainSpec {
                 name: FROM_POD.into(),
@@ -466,6 +504,20 @@ pub fn sync(nl: &mut Nfnl, pods: Option<&[PodPolicy]>) -> Result<Vec<DumpedRule>
     }
     nl.edit(NFPROTO_BRIDGE, TABLE, &edits)?;
     Ok(have)
+}
+
+/// (source address, domain) of what restricted pods sent to ports they may
+/// not use within the last five minutes.
+pub fn blocked(nl: &mut Nfnl) -> Result<Vec<(std::net::Ipv4Addr, u16)>> {
+    Ok(nl
+        .elements(NFPROTO_BRIDGE, TABLE, BLOCKED_SET)?
+        .iter()
+        .filter(|k| k.len() >= 6)
+        .filter_map(|k| {
+            let ip = std::net::Ipv4Addr::new(k[0], k[1], k[2], k[3]);
+            domain_of_port(u16::from_be_bytes([k[4], k[5]])).map(|d| (ip, d))
+        })
+        .collect())
 }
 
 /// Removes the table (macvlan mode, or no policy).
