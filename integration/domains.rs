@@ -41,6 +41,15 @@ fn teams(extra: &Value) -> (Testbed, Vec<u32>, BTreeMap<&'static str, Pod>) {
     ] {
         pods.insert(name, pod_in(&tb, name, node, ns, extra));
     }
+    // the agents count each pod's discovery from their next pass on
+    wait_for(6, "both agents count their pods' discovery", || {
+        [(1, 3), (2, 2)].iter().all(|(i, n)| {
+            tb.agent_status(tb.node(*i)).unwrap()["discoveryDatagrams"]
+                .as_array()
+                .map_or(0, Vec::len)
+                == *n
+        })
+    });
     (tb, agents, pods)
 }
 
@@ -173,6 +182,19 @@ fn datagrams_cross_only_within_a_domain_both_ways_and_sighup_applies_in_2s() {
         "b1 received (7400 from a1, laptop; 7410 x3): {recv}"
     );
     eprintln!("metrics: a1 sent-dropped {sent}, b1 received-dropped {recv}");
+    // discovery datagrams per pod: a1 sent 2n (7400, 7650: the policy drops
+    // the latter after counting); a3 and a2 were handed a1's and the
+    // laptop's domain-0 ones; b1 and b2 nothing
+    let disc = |node: usize, ns: &str, pod: &str, dir: &str| {
+        metric(&tb, node, &format!("ros2cni_pod_discovery_datagrams_total{{namespace=\"{ns}\",pod=\"{pod}\",direction=\"{dir}\"}}"))
+            .unwrap_or_else(|| panic!("{pod} {dir} series"))
+    };
+    assert_eq!(disc(1, "team-a", "a1", "sent"), f64::from(2 * n));
+    assert_eq!(disc(1, "team-a", "a3", "received"), f64::from(2 * n));
+    assert_eq!(disc(2, "team-a", "a2", "received"), f64::from(2 * n));
+    assert_eq!(disc(1, "team-b", "b1", "received"), 0.0);
+    assert_eq!(disc(2, "team-b", "b2", "received"), 0.0);
+    assert_eq!(disc(1, "team-b", "b1", "sent"), 0.0);
 
     // SIGHUP: team-b may use domain 0 too; applies to the running pods in 2 s
     let mut wider = policy();

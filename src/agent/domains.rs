@@ -308,3 +308,108 @@ mod tests {
         assert!(findings(&json!({}), 0, &seen).is_empty());
     }
 }
+
+/// One pod's discovery datagrams (`src/firewall/counts.rs`).
+#[derive(Debug, Clone, Default)]
+pub struct PodCount {
+    pub namespace: String,
+    pub pod: String,
+    pub sent: Drops,
+    pub received: Drops,
+}
+
+/// Per-pod discovery counts, kept in step with the attachment records every
+/// pass (routed mode; with or without a domain policy).
+#[derive(Debug, Clone, Default)]
+pub struct DiscoveryCounts {
+    /// By host port.
+    pub pods: BTreeMap<String, PodCount>,
+    pub problem: Option<String>,
+}
+
+impl DiscoveryCounts {
+    pub fn reconcile(&mut self, records: &[Attachment], routed: bool) {
+        use crate::firewall::counts as fc;
+        let (now, wall) = (Instant::now(), unix_now());
+        let mut nf = match Nfnl::new() {
+            Ok(n) => n,
+            Err(e) => {
+                self.problem = Some(format!("discovery counts: {e}"));
+                return;
+            }
+        };
+        if !routed {
+            let _ = fc::remove(&mut nf);
+            *self = DiscoveryCounts::default();
+            return;
+        }
+        let live: Vec<&Attachment> = records.iter().filter(|a| !a.host_if.is_empty()).collect();
+        let ports: Vec<String> = live.iter().map(|a| a.host_if.clone()).collect();
+        self.problem = None;
+        let before = match fc::sync(&mut nf, &ports) {
+            Ok(b) => b,
+            Err(e) => {
+                self.problem = Some(format!("discovery counts: {e}"));
+                vec![]
+            }
+        };
+        let mut pods = BTreeMap::new();
+        for a in live {
+            let mut p = self.pods.remove(&a.host_if).unwrap_or_default();
+            p.namespace = a.pod_namespace.clone();
+            p.pod = if a.pod_name.is_empty() {
+                a.container_id.chars().take(12).collect()
+            } else {
+                a.pod_name.clone()
+            };
+            let of = |chain: &str| {
+                rule_of(&before, |r| {
+                    r.comment.as_deref().and_then(fc::pod_of_comment)
+                        == Some((chain, a.host_if.as_str()))
+                })
+            };
+            p.sent.observe(of(fc::SENT), now, wall);
+            p.received.observe(of(fc::RECEIVED), now, wall);
+            pods.insert(a.host_if.clone(), p);
+        }
+        self.pods = pods;
+    }
+
+    pub fn status_json(&self) -> Value {
+        Value::Array(
+            self.pods
+                .values()
+                .map(|p| {
+                    json!({"namespace": p.namespace, "pod": p.pod,
+                           "sent": p.sent.total, "received": p.received.total})
+                })
+                .collect(),
+        )
+    }
+
+    pub fn encode_metrics(
+        &self,
+        enc: &mut prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use super::metrics::{counter, l};
+        let mut rows = vec![];
+        for p in self.pods.values() {
+            for (dir, d) in [("sent", &p.sent), ("received", &p.received)] {
+                rows.push((
+                    l(&[
+                        ("namespace", p.namespace.clone()),
+                        ("pod", p.pod.clone()),
+                        ("direction", dir.into()),
+                    ]),
+                    d.total,
+                ));
+            }
+        }
+        counter(
+            enc,
+            "ros2cni_pod_discovery_datagrams",
+            "RTPS discovery datagrams (UDP to a multicast group on an SPDP port) sent by the pod (direction=\"sent\", counted before the domain policy and the rate limits) or handed to it (direction=\"received\")",
+            &rows,
+        )
+    }
+}

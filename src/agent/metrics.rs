@@ -107,6 +107,7 @@ impl prometheus_client::collector::Collector for Collector {
         )?;
         st.limits.encode_metrics(&mut enc)?;
         st.domains.encode_metrics(&mut enc)?;
+        st.counts.encode_metrics(&mut enc)?;
         counter(
             &mut enc,
             "ros2cni_agent_restarts",

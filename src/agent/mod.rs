@@ -163,6 +163,8 @@ pub struct State {
     pub limits: limits::LimitState,
     /// The domain policy and what it dropped.
     pub domains: domains::DomainState,
+    /// Per-pod discovery datagrams sent and received.
+    pub counts: domains::DiscoveryCounts,
     /// The RTPS relay to the peers (routed mode).
     pub relay: Option<crate::relay::Relay>,
     /// `dataDir/agent.lock`, held while this agent runs: one agent per node.
@@ -380,6 +382,7 @@ pub fn start(opts: &Options) -> Result<State, AgentError> {
         fastpath: Default::default(),
         limits: Default::default(),
         domains: Default::default(),
+        counts: Default::default(),
         relay,
         _instance: Some(instance),
     })
@@ -531,6 +534,7 @@ struct Pass {
     synced_until: SystemTime,
     limits: limits::LimitState,
     domains: domains::DomainState,
+    counts: domains::DiscoveryCounts,
 }
 
 /// What it found and did, to be written back.
@@ -548,6 +552,7 @@ struct Done {
     synced_until: SystemTime,
     limits: limits::LimitState,
     domains: domains::DomainState,
+    counts: domains::DiscoveryCounts,
 }
 
 impl Pass {
@@ -569,6 +574,7 @@ impl Pass {
             },
             limits: st.limits.clone(),
             domains: st.domains.clone(),
+            counts: st.counts.clone(),
         }
     }
 
@@ -666,6 +672,7 @@ impl Pass {
             .reconcile(&self.cfg, &self.records, uplink, self.routed);
         self.domains
             .reconcile(&self.cfg, &self.records, self.routed);
+        self.counts.reconcile(&self.records, self.routed);
         Done {
             node,
             repairs,
@@ -680,6 +687,7 @@ impl Pass {
             synced_until,
             limits: self.limits,
             domains: self.domains,
+            counts: self.counts,
         }
     }
 }
@@ -715,6 +723,8 @@ impl Done {
         st.limits = self.limits;
         problems.extend(self.domains.problem.clone());
         st.domains = self.domains;
+        problems.extend(self.counts.problem.clone());
+        st.counts = self.counts;
         st.fastpath = self.fastpath;
         if self.fastpath_became_unavailable {
             if let Some(why) = &st.fastpath.unavailable {
@@ -907,6 +917,7 @@ pub fn status_json(st: &State) -> Value {
         "multicastPressure": st.pressure.to_json(),
         "discoveryLimits": st.limits.status_json(),
         "domainPolicy": st.domains.status_json(),
+        "discoveryDatagrams": st.counts.status_json(),
         "igmpReportsSent": st.reports_sent,
         "participants": st.table.len(),
         "fastPath": {
