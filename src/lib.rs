@@ -2,6 +2,7 @@
 //! interface on the robot LAN, and a node agent that routes RTPS multicast.
 
 pub mod agent;
+pub mod api;
 pub mod cni;
 pub mod config;
 pub mod dataplane;
@@ -11,6 +12,7 @@ pub mod faults;
 pub mod firewall;
 pub mod install;
 pub mod ipam;
+pub mod kernel;
 pub mod lab;
 pub mod logging;
 pub mod mroute;

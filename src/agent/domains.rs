@@ -4,16 +4,13 @@
 //! what they dropped, carried across replaced rules as for the rate limits.
 
 use super::limits::Drops;
+use crate::api;
 use crate::config::Config;
 use crate::firewall::domains::{self as fw, PodPolicy, FROM_POD, TO_POD};
 use crate::firewall::nfnl::{DumpedRule, Nfnl};
 use crate::ipam::Attachment;
-use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-/// How long after its last drop a pod is still named by doctor.
-pub const RECENT: Duration = Duration::from_secs(300);
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// One attached pod under the policy.
 #[derive(Debug, Clone, Default)]
@@ -139,28 +136,31 @@ impl DomainState {
         self.in_force = true;
     }
 
-    /// `domainPolicy` in the status document (null when no policy).
-    pub fn status_json(&self) -> Value {
+    /// `domainPolicy` in the status document (None when no policy).
+    pub fn to_api(&self) -> Option<api::DomainPolicy> {
         if !self.in_force {
-            return Value::Null;
+            return None;
         }
-        let pods: Vec<Value> = self
+        let pods = self
             .pods
             .iter()
-            .map(|(port, p)| {
-                json!({"namespace": p.namespace, "pod": p.pod, "port": port, "ip": p.ip,
-                       "allowedDomains": p.allowed,
-                       "blockedDomains": p.blocked_domains,
-                       "sentDropped": p.sent.total,
-                       "receivedDropped": p.received.total,
-                       "lastSentDropped": p.sent.last_increase,
-                       "lastReceivedDropped": p.received.last_increase})
+            .map(|(port, p)| api::PodDomains {
+                namespace: p.namespace.clone(),
+                pod: p.pod.clone(),
+                port: port.clone(),
+                ip: p.ip.clone(),
+                allowed_domains: p.allowed.clone(),
+                blocked_domains: p.blocked_domains.clone(),
+                sent_dropped: p.sent.total,
+                received_dropped: p.received.total,
+                last_sent_dropped: p.sent.last_increase,
+                last_received_dropped: p.received.last_increase,
             })
             .collect();
-        json!({
-            "pods": pods,
-            "unlistedSentDropped": self.unlisted_from.total,
-            "unlistedReceivedDropped": self.unlisted_to.total,
+        Some(api::DomainPolicy {
+            pods,
+            unlisted_sent_dropped: self.unlisted_from.total,
+            unlisted_received_dropped: self.unlisted_to.total,
         })
     }
 
@@ -197,115 +197,6 @@ impl DomainState {
             "UDP datagrams to the RTPS port range from or to pods attached too recently to have rules of their own, dropped (default deny while a domain policy is in force)",
             &[(vec![], self.unlisted_from.total + self.unlisted_to.total)],
         )
-    }
-}
-
-/// Doctor's `DOMAIN_BLOCKED` findings from the status document at unix time
-/// `now`: each pod whose datagrams to a domain its namespace does not allow
-/// were dropped within [`RECENT`]; `seen` gives the domains of the
-/// participants the discovery table saw from that pod ("ns/pod" → domains).
-pub fn findings(
-    status: &Value,
-    now: u64,
-    seen: &BTreeMap<String, Vec<u16>>,
-) -> Vec<(&'static str, String)> {
-    let recent = |v: &Value| {
-        v.as_u64()
-            .is_some_and(|t| now.saturating_sub(t) <= RECENT.as_secs())
-    };
-    let mut out = vec![];
-    for p in status["domainPolicy"]["pods"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        if !recent(&p["lastSentDropped"]) {
-            continue;
-        }
-        let ns = p["namespace"].as_str().unwrap_or("");
-        let pod = p["pod"].as_str().unwrap_or("?");
-        let name = if ns.is_empty() {
-            pod.to_owned()
-        } else {
-            format!("{ns}/{pod}")
-        };
-        let allowed: Vec<u16> = p["allowedDomains"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|d| d.as_u64().map(|d| d as u16))
-            .collect();
-        let mut wrong: Vec<u16> = p["blockedDomains"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|d| d.as_u64().map(|d| d as u16))
-            .chain(seen.get(&name).into_iter().flatten().copied())
-            .filter(|d| !allowed.contains(d))
-            .collect();
-        wrong.sort_unstable();
-        wrong.dedup();
-        let wrong: Vec<String> = wrong.iter().map(u16::to_string).collect();
-        let domain = if wrong.is_empty() {
-            "another domain".to_owned()
-        } else {
-            format!("domain {}", wrong.join(", "))
-        };
-        let list = |v: &[u16]| v.iter().map(u16::to_string).collect::<Vec<_>>().join(", ");
-        out.push((
-            "DOMAIN_BLOCKED",
-            format!(
-                "Pod {name} ({}) sends RTPS for {domain}, which its namespace may not use \
-                 (domains allows {}): {} datagrams dropped so far, the last {} s ago. It discovers \
-                 no one there and no one discovers it. Fix: set ROS_DOMAIN_ID in the pod to an \
-                 allowed domain, or allow the domain for namespace \"{ns}\" in `domains` \
-                 (SIGHUP applies it).",
-                p["ip"].as_str().unwrap_or("?"),
-                if allowed.is_empty() {
-                    "none".to_owned()
-                } else {
-                    list(&allowed)
-                },
-                p["sentDropped"],
-                now.saturating_sub(p["lastSentDropped"].as_u64().unwrap_or(now)),
-            ),
-        ));
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn findings_name_the_pod_the_domain_and_the_count() {
-        let st = json!({"domainPolicy": {"pods": [
-            {"namespace": "team-b", "pod": "stray", "ip": "192.168.1.5", "allowedDomains": [1],
-             "sentDropped": 42, "receivedDropped": 0, "lastSentDropped": 1000},
-            {"namespace": "team-a", "pod": "ok", "ip": "192.168.1.6", "allowedDomains": [0],
-             "sentDropped": 0, "receivedDropped": 7, "lastSentDropped": null}]}});
-        let mut seen = BTreeMap::new();
-        seen.insert("team-b/stray".to_owned(), vec![0, 1]);
-        let f = findings(&st, 1010, &seen);
-        assert_eq!(f.len(), 1, "{f:?}");
-        assert_eq!(f[0].0, "DOMAIN_BLOCKED");
-        for want in [
-            "team-b/stray",
-            "domain 0,",
-            "allows 1",
-            "42 datagrams",
-            "10 s ago",
-        ] {
-            assert!(f[0].1.contains(want), "{want}: {}", f[0].1);
-        }
-        assert!(findings(&st, 5000, &seen).is_empty(), "old drops");
-        // the domain from the policy's own record, without a participant seen
-        let mut st2 = st.clone();
-        st2["domainPolicy"]["pods"][0]["blockedDomains"] = json!([7]);
-        let f = findings(&st2, 1010, &BTreeMap::new());
-        assert!(f[0].1.contains("for domain 7,"), "{}", f[0].1);
-        assert!(findings(&json!({}), 0, &seen).is_empty());
     }
 }
 
@@ -375,16 +266,16 @@ impl DiscoveryCounts {
         self.pods = pods;
     }
 
-    pub fn status_json(&self) -> Value {
-        Value::Array(
-            self.pods
-                .values()
-                .map(|p| {
-                    json!({"namespace": p.namespace, "pod": p.pod,
-                           "sent": p.sent.total, "received": p.received.total})
-                })
-                .collect(),
-        )
+    pub fn to_api(&self) -> Vec<api::PodDiscovery> {
+        self.pods
+            .values()
+            .map(|p| api::PodDiscovery {
+                namespace: p.namespace.clone(),
+                pod: p.pod.clone(),
+                sent: p.sent.total,
+                received: p.received.total,
+            })
+            .collect()
     }
 
     pub fn encode_metrics(

@@ -1227,7 +1227,7 @@ impl Testbed {
         let sock = node.data_dir.join("ros2-cni").join("agent.sock");
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if crate::agent::status::query(&sock, "status").is_ok_and(|v| v["pid"].is_number()) {
+            if crate::api::status(&sock).is_ok_and(|s| s.pid > 0) {
                 return Ok(pid);
             }
             if self.wait_exit(pid, Duration::from_millis(50)).is_some() {
@@ -1245,10 +1245,15 @@ impl Testbed {
         )))
     }
 
-    /// The agent's status document for `node`.
+    /// The agent's status document for `node`, as on the wire (tests
+    /// assert on its keys); it must also read as an [`crate::api::Status`].
     pub fn agent_status(&self, node: &Node) -> Result<Value> {
         let sock = node.data_dir.join("ros2-cni").join("agent.sock");
-        crate::agent::status::query(&sock, "status").map_err(|e| err(e.to_string()))
+        let v = crate::api::exchange(&sock, &crate::api::Request::Status.line())
+            .map_err(|e| err(e.to_string()))?;
+        serde_json::from_value::<crate::api::Status>(v.clone())
+            .map_err(|e| err(format!("the agent's status is not an api::Status: {e}")))?;
+        Ok(v)
     }
 
     pub fn log(&self, log: &str) -> String {

@@ -34,7 +34,6 @@ use crate::config::{Config, Pool};
 use crate::netlink::Link;
 use ipnet::Ipv4Net;
 use serde::Serialize;
-use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
@@ -116,6 +115,23 @@ pub struct PeerStats {
 const MAX_SOURCES: usize = 256;
 
 impl PeerStats {
+    /// As the status reports it.
+    pub fn to_api(&self) -> crate::api::Peer {
+        crate::api::Peer {
+            address: self.address,
+            via: self.via.to_owned(),
+            sent: self.sent,
+            sent_bytes: self.sent_bytes,
+            received: self.received,
+            received_bytes: self.received_bytes,
+            dropped: self.dropped,
+            last_seen: self.last_seen,
+            last_error: self.last_error.clone(),
+            sources: self.sources.clone(),
+            reachable: self.reachable(),
+        }
+    }
+
     fn new(address: Ipv4Addr) -> PeerStats {
         PeerStats {
             address,
@@ -224,29 +240,24 @@ impl Relay {
     }
 
     /// The relay's part of the status document.
-    pub fn to_json(&self) -> Value {
+    pub fn to_api(&self) -> crate::api::Relay {
         let set = self.shared.settings.lock().unwrap().clone();
         let st = self.shared.stats.lock().unwrap();
-        let peers: Vec<Value> = st
-            .peers
-            .values()
-            .map(|p| {
-                let mut v = serde_json::to_value(p).unwrap_or(Value::Null);
-                v["reachable"] = json!(p.reachable());
-                v
-            })
-            .collect();
-        json!({
-            "active": st.active,
-            "port": set.port,
-            "lanMulticast": set.lan_multicast,
-            "captured": st.captured,
-            "notPeer": st.not_peer,
-            "lastNotPeer": st.last_not_peer,
-            "rejected": st.rejected,
-            "problem": st.problem,
-            "peers": peers,
-        })
+        crate::api::Relay {
+            active: st.active,
+            port: set.port,
+            lan_multicast: set.lan_multicast,
+            captured: st.captured,
+            not_peer: st.not_peer,
+            last_not_peer: st.last_not_peer,
+            rejected: st
+                .rejected
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), *v))
+                .collect(),
+            problem: st.problem.clone(),
+            peers: st.peers.values().map(PeerStats::to_api).collect(),
+        }
     }
 
     /// Prometheus series of the relay.
