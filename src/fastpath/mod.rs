@@ -16,9 +16,11 @@
 //!   bridge's nft set). Unicast whose route leaves through the uplink, with a
 //!   resolved neighbour, TTL > 1, no IP options or fragments and a size the
 //!   uplink takes, gets TTL − 1, the next hop's MACs and goes straight out of
-//!   the uplink — except UDP to the RTPS range (destination port 7400 and
-//!   up), which always takes the normal path so that the domain policy
-//!   (`src/firewall/domains.rs`) sees it. Everything else (tagged frames, ARP, multicast, other pods
+//!   the uplink — except, for a pod held to a domain policy (`domains`),
+//!   UDP to a policed port (7400 and up, less the kernel's ephemeral range),
+//!   which takes the normal path so that the policy
+//!   (`src/firewall/domains.rs`) sees it; pods under no policy get a program
+//!   without that check. Everything else (tagged frames, ARP, multicast, other pods
 //!   on the node, the node itself, unresolved neighbours) continues to the
 //!   bridge as before.
 //! - `r2c_lan` on the uplink (tc ingress): unicast to one of this node's pods
