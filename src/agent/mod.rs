@@ -610,41 +610,13 @@ impl Pass {
 
     /// The kernel work, without the state.
     fn run(mut self) -> Done {
-        // the plugin does not sync its records (that would cost every pod's
-        // start a disk flush): they become durable here, within a period
-        let started = SystemTime::now();
-        let synced_until =
-            match crate::ipam::Store::new(&self.cfg.data_dir).sync_changed(self.synced_until) {
-                Ok(n) => {
-                    if n > 0 {
-                        tracing::debug!("synced {n} attachment record(s) and lease(s) to disk");
-                    }
-                    // a file written while we looked is synced next time
-                    started - Duration::from_secs(1)
-                }
-                Err(e) => {
-                    tracing::warn!("syncing the attachment records: {e}");
-                    self.synced_until
-                }
-            };
+        let synced_until = sync_records(&self.cfg.data_dir, self.synced_until);
         let node = ensure_node(&self.cfg).map_err(|e| e.to_string());
         let (mut repairs, mut pod_problems) = (vec![], vec![]);
         let mut became_unavailable = false;
         if let Ok((uplink, node_dev)) = &node {
             let store = crate::ipam::Store::new(&self.cfg.data_dir);
-            // leases and temporary records left by killed plugin invocations
-            if store.may_need_reclaim() {
-                match store
-                    .lock(Duration::from_millis(200))
-                    .and_then(|lock| store.reclaim(&lock))
-                {
-                    Ok(r) if !r.is_empty() => {
-                        tracing::warn!(reclaimed = ?r, "reclaimed leases left by killed plugin invocations")
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::debug!("reclaiming leftover leases: {e}"),
-                }
-            }
+            reclaim_leftovers(&store);
             // the records, complete, or why not: leftovers are only removed
             // when every record could be read
             let mut fresh = || match store.list() {
@@ -1297,4 +1269,43 @@ async fn main_loop(
         tasks.upcalls = None; // ended: not to be awaited again
     }
     outcome
+}
+
+/// Syncs the attachment records and leases changed since `since` to disk
+/// and returns the new mark. The plugin does not sync its records (that
+/// would cost every pod's start a disk flush): they become durable here,
+/// within a period.
+fn sync_records(data_dir: &std::path::Path, since: SystemTime) -> SystemTime {
+    let started = SystemTime::now();
+    match crate::ipam::Store::new(data_dir).sync_changed(since) {
+        Ok(n) => {
+            if n > 0 {
+                tracing::debug!("synced {n} attachment record(s) and lease(s) to disk");
+            }
+            // a file written while we looked is synced next time
+            started - Duration::from_secs(1)
+        }
+        Err(e) => {
+            tracing::warn!("syncing the attachment records: {e}");
+            since
+        }
+    }
+}
+
+/// Takes back leases and temporary records left by killed plugin
+/// invocations (best effort: a busy pool lock waits for the next pass).
+fn reclaim_leftovers(store: &crate::ipam::Store) {
+    if !store.may_need_reclaim() {
+        return;
+    }
+    match store
+        .lock(Duration::from_millis(200))
+        .and_then(|lock| store.reclaim(&lock))
+    {
+        Ok(r) if !r.is_empty() => {
+            tracing::warn!(reclaimed = ?r, "reclaimed leases left by killed plugin invocations")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::debug!("reclaiming leftover leases: {e}"),
+    }
 }

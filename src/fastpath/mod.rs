@@ -104,22 +104,7 @@ fn forwarder(fib_in: u32, out: u32, pod: Option<PodId>, police: bool) -> Vec<Ins
         .ldx(Size::H, R5, R2, 12)
         .jmp_k(Cond::Ne, R5, 0x0008, "pass");
     if let Some(p) = pod {
-        a.ldx(Size::W, R5, R2, 6)
-            .jmp32_k(
-                Cond::Ne,
-                R5,
-                u32::from_le_bytes([p.mac[0], p.mac[1], p.mac[2], p.mac[3]]),
-                "drop",
-            )
-            .ldx(Size::H, R5, R2, 10)
-            .jmp_k(
-                Cond::Ne,
-                R5,
-                u16::from_le_bytes([p.mac[4], p.mac[5]]) as i32,
-                "drop",
-            )
-            .ldx(Size::W, R5, R2, 26)
-            .jmp32_k(Cond::Ne, R5, u32::from_le_bytes(p.ip.octets()), "drop");
+        drop_unless_from(&mut a, &p);
     }
     // plain unicast only: no IP options, no fragments, not multicast/broadcast, TTL > 1
     a.ldx(Size::B, R5, R2, 14)
@@ -133,31 +118,7 @@ fn forwarder(fib_in: u32, out: u32, pod: Option<PodId>, police: bool) -> Vec<Ins
         .jmp_k(Cond::Le, R7, 1, "pass")
         .ldx(Size::H, R8, R2, 22);
     if police {
-        // a pod held to a domain policy: UDP to a policed port (the RTPS
-        // range 7400 and up, less the kernel's ephemeral range, see
-        // src/firewall/domains.rs) takes the normal path, where the bridge's
-        // domain policy sees it; a redirect would skip it. Pods under no
-        // policy (and every pod when `domains` is unset) get no such check.
-        let (eph_lo, eph_hi) = crate::firewall::domains::EPHEMERAL;
-        a.ldx(Size::B, R5, R2, 23)
-            .jmp_k(Cond::Ne, R5, 17, "fib")
-            .mov_x(R4, R2)
-            .alu_k(Alu::Add, R4, 38)
-            .jmp_x(Cond::Gt, R4, R3, "pass")
-            // the destination port, big-endian in the data (IHL is 5 here)
-            .ldx(Size::B, R5, R2, 36)
-            .alu_k(Alu::Lsh, R5, 8)
-            .ldx(Size::B, R4, R2, 37)
-            .alu_x(Alu::Or, R5, R4)
-            .jmp_k(
-                Cond::Lt,
-                R5,
-                i32::from(crate::firewall::domains::RTPS_FIRST_PORT),
-                "fib",
-            )
-            .jmp_k(Cond::Lt, R5, i32::from(eph_lo), "pass")
-            .jmp_k(Cond::Gt, R5, i32::from(eph_hi), "pass")
-            .label("fib");
+        leave_policed_ports_to_the_normal_path(&mut a);
     }
     for off in (0..8).map(|i| FIB + 8 * i) {
         a.st(Size::DW, R10, off, 0);
@@ -216,6 +177,56 @@ fn forwarder(fib_in: u32, out: u32, pod: Option<PodId>, police: bool) -> Vec<Ins
         .mov_k(R0, TC_ACT_SHOT)
         .exit();
     a.finish()
+}
+
+/// Drops a frame whose source MAC or IPv4 source is not the pod's (R2: the
+/// packet data, checked long enough by the caller).
+fn drop_unless_from(a: &mut Asm, p: &PodId) {
+    a.ldx(Size::W, R5, R2, 6)
+        .jmp32_k(
+            Cond::Ne,
+            R5,
+            u32::from_le_bytes([p.mac[0], p.mac[1], p.mac[2], p.mac[3]]),
+            "drop",
+        )
+        .ldx(Size::H, R5, R2, 10)
+        .jmp_k(
+            Cond::Ne,
+            R5,
+            u16::from_le_bytes([p.mac[4], p.mac[5]]) as i32,
+            "drop",
+        )
+        .ldx(Size::W, R5, R2, 26)
+        .jmp32_k(Cond::Ne, R5, u32::from_le_bytes(p.ip.octets()), "drop");
+}
+
+/// For a pod held to a domain policy: UDP to a policed port (the RTPS range
+/// 7400 and up, less the kernel's ephemeral range, see
+/// src/firewall/domains.rs) takes the normal path, where the bridge's domain
+/// policy sees it; a redirect would skip it. Pods under no policy (and every
+/// pod when `domains` is unset) get no such check. Everything else goes on
+/// at the label "fib".
+fn leave_policed_ports_to_the_normal_path(a: &mut Asm) {
+    let (eph_lo, eph_hi) = crate::firewall::domains::EPHEMERAL;
+    a.ldx(Size::B, R5, R2, 23)
+        .jmp_k(Cond::Ne, R5, 17, "fib")
+        .mov_x(R4, R2)
+        .alu_k(Alu::Add, R4, 38)
+        .jmp_x(Cond::Gt, R4, R3, "pass")
+        // the destination port, big-endian in the data (IHL is 5 here)
+        .ldx(Size::B, R5, R2, 36)
+        .alu_k(Alu::Lsh, R5, 8)
+        .ldx(Size::B, R4, R2, 37)
+        .alu_x(Alu::Or, R5, R4)
+        .jmp_k(
+            Cond::Lt,
+            R5,
+            i32::from(crate::firewall::domains::RTPS_FIRST_PORT),
+            "fib",
+        )
+        .jmp_k(Cond::Lt, R5, i32::from(eph_lo), "pass")
+        .jmp_k(Cond::Gt, R5, i32::from(eph_hi), "pass")
+        .label("fib");
 }
 
 /// The program for a pod's host veth; `police`: the pod is held to a domain
