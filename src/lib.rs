@@ -11,6 +11,7 @@ pub mod faults;
 pub mod firewall;
 pub mod install;
 pub mod ipam;
+pub mod kernel;
 pub mod lab;
 pub mod logging;
 pub mod mroute;

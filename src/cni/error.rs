@@ -100,8 +100,8 @@ impl CniError {
     }
 }
 
-impl From<crate::netlink::Error> for CniError {
-    fn from(e: crate::netlink::Error) -> Self {
+impl From<crate::kernel::Error> for CniError {
+    fn from(e: crate::kernel::Error) -> Self {
         CniError::kernel(e.to_string())
     }
 }
@@ -116,12 +116,6 @@ impl From<crate::ipam::Error> for CniError {
             E::Io { .. } => Code::Io,
         };
         CniError::new(code, e.to_string())
-    }
-}
-
-impl From<crate::firewall::Error> for CniError {
-    fn from(e: crate::firewall::Error) -> Self {
-        CniError::kernel(e.to_string())
     }
 }
 

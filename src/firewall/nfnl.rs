@@ -7,24 +7,17 @@
 //! plugin on the host and the agent in a `FROM scratch` image both work, and a
 //! per-pod element costs one netlink round trip instead of a process spawn.
 
-use std::io;
-use std::time::Duration;
+use crate::kernel::netlink::Conn;
+use crate::kernel::Result;
+use netlink_packet_core::{
+    DecodeError, NetlinkDeserializable, NetlinkHeader, NetlinkSerializable, NLA_F_NESTED,
+    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP,
+};
+use netlink_sys::protocols::NETLINK_NETFILTER;
 
-use netlink_sys::{Socket, SocketAddr};
-
-const NETLINK_NETFILTER: isize = 12;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 16;
 const NFNL_MSG_BATCH_END: u16 = 17;
-
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_MULTI: u16 = 0x2;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_CREATE: u16 = 0x400;
-const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLA_F_NESTED: u16 = 0x8000;
 
 pub const NFPROTO_IPV4: u8 = 2;
 pub const NFPROTO_BRIDGE: u8 = 7;
@@ -378,40 +371,25 @@ fn parse_counter(exprs: &[u8]) -> Option<(u64, u64)> {
     None
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("nftables netlink socket: {0}")]
-    Socket(io::Error),
-    #[error("nftables {op}: {source}")]
-    Kernel { op: String, source: io::Error },
-    #[error("nftables {op}: malformed answer from the kernel")]
-    Malformed { op: String },
-}
-
-impl Error {
-    pub fn errno(&self) -> Option<i32> {
-        match self {
-            Error::Kernel { source, .. } => source.raw_os_error(),
-            _ => None,
-        }
-    }
-}
-
-type Result<T> = std::result::Result<T, Error>;
-
 /// A NETLINK_NETFILTER socket in the calling thread's namespace.
 pub struct Nfnl {
-    sock: Socket,
-    seq: u32,
+    conn: Conn,
 }
 
+/// One nfnetlink message of nf_tables: the type (subsystem and message),
+/// the `nfgenmsg` header (family, resource id) and the attributes. Framed by
+/// the kernel transport, so it is only the payload.
 struct Message {
     ty: u16,
+    /// NLM_F_* of the request (the header is the transport's).
     flags: u16,
     family: u8,
     res_id: u16,
     attrs: Attrs,
 }
+
+/// sizeof(struct nfgenmsg)
+const NFGENMSG_LEN: usize = 4;
 
 impl Message {
     fn new(m: u16, flags: u16, family: u8) -> Message {
@@ -424,17 +402,63 @@ impl Message {
         }
     }
 
-    fn encode(&self, seq: u32, out: &mut Vec<u8>) {
-        let len = 16 + 4 + self.attrs.b.len();
-        out.extend_from_slice(&(len as u32).to_ne_bytes());
-        out.extend_from_slice(&self.ty.to_ne_bytes());
-        out.extend_from_slice(&(self.flags | NLM_F_REQUEST).to_ne_bytes());
-        out.extend_from_slice(&seq.to_ne_bytes());
-        out.extend_from_slice(&0u32.to_ne_bytes());
-        out.push(self.family);
-        out.push(0); // NFNETLINK_V0
-        out.extend_from_slice(&self.res_id.to_be_bytes());
-        out.extend_from_slice(&self.attrs.b);
+    /// NFNL_MSG_BATCH_BEGIN or _END of an nf_tables transaction.
+    fn batch_marker(ty: u16) -> Message {
+        Message {
+            ty,
+            flags: 0,
+            family: 0,
+            res_id: NFNL_SUBSYS_NFTABLES,
+            attrs: Attrs::default(),
+        }
+    }
+
+    /// The nf_tables message (NFT_MSG_*) of an answer.
+    fn nft_msg(&self) -> u16 {
+        self.ty & 0xff
+    }
+}
+
+impl NetlinkSerializable for Message {
+    fn message_type(&self) -> u16 {
+        self.ty
+    }
+
+    fn buffer_len(&self) -> usize {
+        NFGENMSG_LEN + self.attrs.b.len()
+    }
+
+    fn serialize(&self, out: &mut [u8]) {
+        out[0] = self.family;
+        out[1] = 0; // NFNETLINK_V0
+        out[2..4].copy_from_slice(&self.res_id.to_be_bytes());
+        out[NFGENMSG_LEN..].copy_from_slice(&self.attrs.b);
+    }
+}
+
+impl NetlinkDeserializable for Message {
+    type Error = DecodeError;
+
+    fn deserialize(
+        header: &NetlinkHeader,
+        payload: &[u8],
+    ) -> std::result::Result<Self, DecodeError> {
+        if payload.len() < NFGENMSG_LEN {
+            return Err(DecodeError::from(format!(
+                "nfnetlink message of {} bytes has no nfgenmsg header",
+                payload.len()
+            )));
+        }
+        Ok(Message {
+            ty: header.message_type,
+            flags: header.flags,
+            family: payload[0],
+            res_id: u16::from_be_bytes([payload[2], payload[3]]),
+            attrs: Attrs {
+                b: payload[NFGENMSG_LEN..].to_vec(),
+                open: vec![],
+            },
+        })
     }
 }
 
@@ -487,132 +511,34 @@ fn parse_comment(udata: &[u8]) -> Option<String> {
 }
 
 impl Nfnl {
+    /// A NETLINK_NETFILTER socket in the calling thread's namespace.
     pub fn new() -> Result<Nfnl> {
-        let mut sock = Socket::new(NETLINK_NETFILTER).map_err(Error::Socket)?;
-        sock.bind_auto().map_err(Error::Socket)?;
-        sock.connect(&SocketAddr::new(0, 0))
-            .map_err(Error::Socket)?;
-        // never hang on a kernel that does not answer
-        let tv = libc::timeval {
-            tv_sec: Duration::from_secs(5).as_secs() as _,
-            tv_usec: 0,
-        };
-        // SAFETY: setsockopt with a valid fd and a properly sized timeval.
-        unsafe {
-            use std::os::fd::AsRawFd;
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                &tv as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as u32,
-            );
-        }
-        Ok(Nfnl { sock, seq: 0 })
+        Ok(Nfnl {
+            conn: Conn::open(NETLINK_NETFILTER)?,
+        })
     }
 
-    fn next_seq(&mut self) -> u32 {
-        self.seq = self.seq.wrapping_add(1);
-        self.seq
-    }
-
-    /// Receives until every sequence number in `pending` is acked; collects
-    /// data messages (for dumps) into `out`. Returns the first error.
-    fn recv_until(
-        &mut self,
-        op: &str,
-        mut pending: Vec<u32>,
-        dump: bool,
-        out: &mut Vec<(u16, Vec<u8>)>,
-    ) -> Result<()> {
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut first_err: Option<Error> = None;
-        while !pending.is_empty() {
-            let n = self
-                .sock
-                .recv(&mut &mut buf[..], 0)
-                .map_err(Error::Socket)?;
-            let mut off = 0;
-            while off + 16 <= n {
-                let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap()) as usize;
-                let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
-                let flags = u16::from_ne_bytes([buf[off + 6], buf[off + 7]]);
-                let seq = u32::from_ne_bytes(buf[off + 8..off + 12].try_into().unwrap());
-                if len < 16 || off + len > n {
-                    return Err(Error::Malformed { op: op.into() });
-                }
-                let body = &buf[off + 16..off + len];
-                off += (len + 3) & !3;
-                if !pending.contains(&seq) {
-                    continue;
-                }
-                match ty {
-                    NLMSG_ERROR => {
-                        let code = i32::from_ne_bytes(
-                            body[..4]
-                                .try_into()
-                                .map_err(|_| Error::Malformed { op: op.into() })?,
-                        );
-                        pending.retain(|s| *s != seq);
-                        if code != 0 && first_err.is_none() {
-                            first_err = Some(Error::Kernel {
-                                op: op.into(),
-                                source: io::Error::from_raw_os_error(-code),
-                            });
-                        }
-                    }
-                    NLMSG_DONE => pending.retain(|s| *s != seq),
-                    _ => {
-                        if body.len() >= 4 {
-                            out.push((ty & 0xff, body[4..].to_vec()));
-                        }
-                        if !dump && flags & NLM_F_MULTI == 0 {
-                            // single answer to a GET; its ACK follows
-                        }
-                    }
-                }
-            }
-        }
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-
-    /// Sends `msgs` as one transaction; all or nothing.
+    /// Sends `msgs` (each with its flags) as one transaction: all or nothing.
     fn batch(&mut self, op: &str, msgs: Vec<Message>) -> Result<()> {
-        let mut out = Vec::with_capacity(1024);
-        let mut begin = Message::new(0, 0, 0);
-        begin.ty = NFNL_MSG_BATCH_BEGIN;
-        begin.res_id = NFNL_SUBSYS_NFTABLES;
-        let s = self.next_seq();
-        begin.encode(s, &mut out);
-        let mut pending = vec![];
-        for mut m in msgs {
-            m.flags |= NLM_F_ACK;
-            let s = self.next_seq();
-            pending.push(s);
-            m.encode(s, &mut out);
-        }
-        let mut end = Message::new(0, 0, 0);
-        end.ty = NFNL_MSG_BATCH_END;
-        end.res_id = NFNL_SUBSYS_NFTABLES;
-        let s = self.next_seq();
-        end.encode(s, &mut out);
-        self.sock.send(&out, 0).map_err(Error::Socket)?;
-        self.recv_until(op, pending, false, &mut vec![])
+        let begin = Message::batch_marker(NFNL_MSG_BATCH_BEGIN);
+        let end = Message::batch_marker(NFNL_MSG_BATCH_END);
+        let msgs = std::iter::once((begin, 0))
+            .chain(msgs.into_iter().map(|m| {
+                let flags = m.flags | NLM_F_ACK;
+                (m, flags)
+            }))
+            .chain(std::iter::once((end, 0)));
+        self.conn.batch(&format!("nftables {op}"), msgs)
     }
 
+    /// A GET (or with `dump`, a dump); the answers as (NFT_MSG_*, attributes).
     fn get(&mut self, op: &str, m: Message, dump: bool) -> Result<Vec<(u16, Vec<u8>)>> {
-        let mut out = Vec::new();
-        let s = self.next_seq();
-        let mut m = m;
-        m.flags |= if dump { NLM_F_DUMP } else { NLM_F_ACK };
-        let mut bytes = Vec::new();
-        m.encode(s, &mut bytes);
-        self.sock.send(&bytes, 0).map_err(Error::Socket)?;
-        self.recv_until(op, vec![s], dump, &mut out)?;
-        Ok(out)
+        let flags = m.flags | if dump { NLM_F_DUMP } else { NLM_F_ACK };
+        let answers = self.conn.request(&format!("nftables {op}"), m, flags)?;
+        Ok(answers
+            .into_iter()
+            .map(|a| (a.nft_msg(), a.attrs.b))
+            .collect())
     }
 
     /// Whether set `set` exists in `table`.
@@ -621,7 +547,7 @@ impl Nfnl {
         m.attrs.str(1, table).str(2, set);
         match self.get(&format!("get set {table} {set}"), m, false) {
             Ok(_) => Ok(true),
-            Err(e) if matches!(e.errno(), Some(libc::ENOENT)) => Ok(false),
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -709,7 +635,7 @@ impl Nfnl {
 
     /// NEWRULE appending `r` to `chain`.
     fn rule_msg(family: u8, table: &str, chain: &str, r: &RuleSpec) -> Message {
-        let mut m = Message::new(msg::NEWRULE, NLM_F_CREATE | 0x800 /* APPEND */, family);
+        let mut m = Message::new(msg::NEWRULE, NLM_F_CREATE | NLM_F_APPEND, family);
         m.attrs.str(1, table).str(2, chain);
         m.attrs.begin(4);
         for e in &r.exprs {
@@ -759,7 +685,7 @@ impl Nfnl {
         m.attrs.str(1, table);
         match self.batch(&format!("delete table {table}"), vec![m]) {
             Ok(()) => Ok(true),
-            Err(e) if matches!(e.errno(), Some(libc::ENOENT)) => Ok(false),
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -770,7 +696,7 @@ impl Nfnl {
         m.attrs.str(1, table);
         let answers = match self.get(&format!("list rules of {table}"), m, true) {
             Ok(a) => a,
-            Err(e) if matches!(e.errno(), Some(libc::ENOENT)) => return Ok(vec![]),
+            Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(vec![]),
             Err(e) => return Err(e),
         };
         let mut out = vec![];
@@ -847,7 +773,7 @@ impl Nfnl {
         let m = Self::elem_msg(msg::DELSETELEM, family, table, set, &[key.to_vec()]);
         match self.batch(&format!("delete element from {table} {set}"), vec![m]) {
             Ok(()) => Ok(true),
-            Err(e) if matches!(e.errno(), Some(libc::ENOENT)) => Ok(false),
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -858,7 +784,7 @@ impl Nfnl {
         m.attrs.str(1, table).str(2, set);
         let answers = match self.get(&format!("list elements of {table} {set}"), m, true) {
             Ok(a) => a,
-            Err(e) if matches!(e.errno(), Some(libc::ENOENT)) => return Ok(vec![]),
+            Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(vec![]),
             Err(e) => return Err(e),
         };
         let mut out = vec![];
