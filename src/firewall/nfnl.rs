@@ -7,13 +7,13 @@
 //! plugin on the host and the agent in a `FROM scratch` image both work, and a
 //! per-pod element costs one netlink round trip instead of a process spawn.
 
-use crate::kernel::netlink::Conn;
+use crate::kernel::netlink::{Conn, Wire};
 use crate::kernel::Result;
 use netlink_packet_core::{
     DecodeError, NetlinkDeserializable, NetlinkHeader, NetlinkSerializable, NLA_F_NESTED,
     NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP,
 };
-use netlink_sys::protocols::NETLINK_NETFILTER;
+use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 16;
@@ -371,9 +371,10 @@ fn parse_counter(exprs: &[u8]) -> Option<(u64, u64)> {
     None
 }
 
-/// A NETLINK_NETFILTER socket in the calling thread's namespace.
-pub struct Nfnl {
-    conn: Conn,
+/// A NETLINK_NETFILTER socket in the calling thread's namespace (or, in
+/// unit tests, a fake wire).
+pub struct Nfnl<W = Socket> {
+    conn: Conn<W>,
 }
 
 /// One nfnetlink message of nf_tables: the type (subsystem and message),
@@ -516,6 +517,14 @@ impl Nfnl {
         Ok(Nfnl {
             conn: Conn::open(NETLINK_NETFILTER)?,
         })
+    }
+}
+
+impl<W: Wire> Nfnl<W> {
+    pub fn with_wire(wire: W) -> Nfnl<W> {
+        Nfnl {
+            conn: Conn::with_wire(wire),
+        }
     }
 
     /// Sends `msgs` (each with its flags) as one transaction: all or nothing.
@@ -890,5 +899,174 @@ mod tests {
             let b = &a.b[..cut.min(a.b.len())];
             let _ = attrs(b).count();
         }
+    }
+
+    use crate::kernel::netlink::fake::{ack, done, nlmsg, split, Fake};
+    use netlink_packet_core::{NLM_F_MULTIPART, NLM_F_REQUEST};
+
+    /// An nf_tables message as the kernel sends it.
+    fn answer(m: u16, flags: u16, seq: u32, family: u8, a: &Attrs) -> Vec<u8> {
+        let mut p = vec![family, 0, 0, 0];
+        p.extend_from_slice(&a.b);
+        nlmsg((NFNL_SUBSYS_NFTABLES << 8) | m, flags, seq, &p)
+    }
+
+    fn nft(m: u16) -> u16 {
+        (NFNL_SUBSYS_NFTABLES << 8) | m
+    }
+
+    #[test]
+    fn a_table_goes_out_as_one_batch_between_begin_and_end() {
+        let spec = TableSpec {
+            family: NFPROTO_IPV4,
+            name: "ros2_cni".into(),
+            sets: vec![SetSpec {
+                name: "groups".into(),
+                key_type: TYPE_IPADDR,
+                key_len: 4,
+                dynamic_timeout_ms: None,
+            }],
+            chains: vec![ChainSpec {
+                name: "pre".into(),
+                hook: Some((NF_INET_PRE_ROUTING, -150)),
+                rules: vec![RuleSpec {
+                    comment: "ros2-cni v1 ttl".into(),
+                    exprs: vec![Expr::Counter],
+                }],
+            }],
+        };
+        let mut nf = Nfnl::with_wire(Fake::default());
+        // begin (1), table, set, chain, flush, rule (2..=6), end (7)
+        for seq in 2..=6 {
+            nf.conn.wire().answers.push_back(ack(seq, 0));
+        }
+        nf.apply_table(&spec).unwrap();
+        let sent = nf.conn.wire().sent.clone();
+        assert_eq!(sent.len(), 1, "one datagram");
+        let msgs = split(&sent[0]);
+        let types: Vec<u16> = msgs.iter().map(|m| m.0).collect();
+        assert_eq!(
+            types,
+            [
+                NFNL_MSG_BATCH_BEGIN,
+                nft(msg::NEWTABLE),
+                nft(msg::NEWSET),
+                nft(msg::NEWCHAIN),
+                nft(msg::DELRULE),
+                nft(msg::NEWRULE),
+                NFNL_MSG_BATCH_END
+            ]
+        );
+        let seqs: Vec<u32> = msgs.iter().map(|m| m.2).collect();
+        assert_eq!(seqs, [1, 2, 3, 4, 5, 6, 7]);
+        // the markers: nfgenmsg with res_id NFNL_SUBSYS_NFTABLES (big-endian), no ack
+        for m in [&msgs[0], &msgs[6]] {
+            assert_eq!(m.1, NLM_F_REQUEST);
+            assert_eq!(m.3, [0, 0, 0, 10]);
+        }
+        // every change asks for an ack
+        assert!(msgs[1..6].iter().all(|m| m.1 & NLM_F_ACK != 0));
+        assert_eq!(
+            msgs[5].1,
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND
+        );
+        assert_eq!(msgs[1].3[0], NFPROTO_IPV4);
+        let first = attrs(&msgs[1].3[NFGENMSG_LEN..]).next().unwrap();
+        assert_eq!((first.0, cstr(first.1).as_str()), (1, "ros2_cni"));
+    }
+
+    #[test]
+    fn missing_objects_are_false_or_empty_and_other_errors_keep_op_and_errno() {
+        let mut nf = Nfnl::with_wire(Fake::default());
+        // delete table: begin 1, DELTABLE 2, end 3
+        nf.conn.wire().answers.push_back(ack(2, -libc::ENOENT));
+        assert!(!nf.delete_table(NFPROTO_BRIDGE, "ros2_cni").unwrap());
+        // delete element: begin 4, DELSETELEM 5, end 6
+        nf.conn.wire().answers.push_back(ack(5, -libc::EPERM));
+        let e = nf
+            .delete_element(NFPROTO_BRIDGE, "ros2_cni", "pods", &[1, 2])
+            .unwrap_err();
+        assert_eq!(e.errno(), Some(libc::EPERM));
+        assert!(
+            e.to_string()
+                .starts_with("nftables delete element from ros2_cni pods: "),
+            "{e}"
+        );
+        // set_exists: a GET with ack (7)
+        let mut set = Attrs::default();
+        set.str(1, "ros2_cni").str(2, "pods");
+        let mut d = answer(msg::NEWSET, 0, 7, NFPROTO_BRIDGE, &set);
+        d.extend(ack(7, 0));
+        nf.conn.wire().answers.push_back(d);
+        assert!(nf.set_exists(NFPROTO_BRIDGE, "ros2_cni", "pods").unwrap());
+        nf.conn.wire().answers.push_back(ack(8, -libc::ENOENT));
+        assert!(!nf.set_exists(NFPROTO_BRIDGE, "ros2_cni", "pods").unwrap());
+        nf.conn.wire().answers.push_back(ack(9, -libc::ENOENT));
+        assert!(nf
+            .elements(NFPROTO_BRIDGE, "ros2_cni", "pods")
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn dumped_rules_come_back_with_chain_handle_comment_and_counter() {
+        let mut rule = Attrs::default();
+        rule.str(1, "ros2_cni")
+            .str(2, "fwd")
+            .put(3, &42u64.to_be_bytes())
+            .begin(4)
+            .begin(1)
+            .str(1, "counter")
+            .begin(2)
+            .put(1, &1500u64.to_be_bytes()) // NFTA_COUNTER_BYTES
+            .put(2, &3u64.to_be_bytes()) // NFTA_COUNTER_PACKETS
+            .end()
+            .end()
+            .end()
+            .put(7, &comment_udata("ros2-cni v1 fwd"));
+        let mut other = Attrs::default();
+        other.str(1, "someone_else").str(2, "x");
+        let mut nf = Nfnl::with_wire(Fake::default());
+        let mut d = answer(msg::NEWRULE, NLM_F_MULTIPART, 1, NFPROTO_IPV4, &rule);
+        d.extend(answer(
+            msg::NEWRULE,
+            NLM_F_MULTIPART,
+            1,
+            NFPROTO_IPV4,
+            &other,
+        ));
+        nf.conn.wire().answers.push_back(d);
+        nf.conn.wire().answers.push_back(done(1, 0));
+        let rules = nf.rules(NFPROTO_IPV4, "ros2_cni").unwrap();
+        assert_eq!(
+            rules,
+            [DumpedRule {
+                chain: "fwd".into(),
+                handle: 42,
+                comment: Some("ros2-cni v1 fwd".into()),
+                counter: Some((3, 1500)),
+            }]
+        );
+        let sent = split(&nf.conn.wire().sent[0]);
+        assert_eq!(sent[0].0, nft(msg::GETRULE));
+        assert_eq!(sent[0].1, NLM_F_REQUEST | NLM_F_DUMP);
+    }
+
+    #[test]
+    fn dumped_set_elements_come_back_as_keys() {
+        let mut nf = Nfnl::with_wire(Fake::default());
+        let mut a = Attrs::default();
+        a.str(1, "ros2_cni").str(2, "groups").begin(3);
+        for k in [[239, 255, 0, 1], [239, 255, 0, 2]] {
+            a.begin(1).data_value(1, &k).end();
+        }
+        a.end();
+        let mut d = answer(msg::NEWSETELEM, NLM_F_MULTIPART, 1, NFPROTO_IPV4, &a);
+        d.extend(done(1, 0));
+        nf.conn.wire().answers.push_back(d);
+        assert_eq!(
+            nf.elements(NFPROTO_IPV4, "ros2_cni", "groups").unwrap(),
+            [vec![239, 255, 0, 1], vec![239, 255, 0, 2]]
+        );
     }
 }

@@ -139,6 +139,12 @@ impl<W: Wire> Conn<W> {
         }
     }
 
+    /// The wire, for tests that look at what was sent.
+    #[cfg(test)]
+    pub fn wire(&mut self) -> &mut W {
+        &mut self.wire
+    }
+
     fn next_seq(&mut self) -> u32 {
         self.seq = self.seq.wrapping_add(1);
         self.seq
@@ -315,21 +321,19 @@ fn align(len: usize) -> usize {
     (len + 3) & !3
 }
 
+/// A fake wire for unit tests of everything on the transport.
 #[cfg(test)]
-mod tests {
-    //! The transport against a fake wire: requests as the kernel would see
-    //! them, answers as the kernel would send them.
-    use super::*;
-    use netlink_packet_core::{NLM_F_CREATE, NLM_F_MULTIPART};
-    use netlink_packet_route::link::{LinkAttribute, LinkMessage};
-    use netlink_packet_route::RouteNetlinkMessage;
+pub mod fake {
+    use super::{align, Wire};
+    use netlink_packet_core::NLM_F_MULTIPART;
     use std::collections::VecDeque;
+    use std::io;
 
     /// Records what is sent; answers from a queue of datagrams.
     #[derive(Default)]
-    struct Fake {
-        sent: Vec<Vec<u8>>,
-        answers: VecDeque<Vec<u8>>,
+    pub struct Fake {
+        pub sent: Vec<Vec<u8>>,
+        pub answers: VecDeque<Vec<u8>>,
     }
 
     impl Wire for Fake {
@@ -349,7 +353,7 @@ mod tests {
     }
 
     /// One kernel message: header, then payload.
-    fn nlmsg(ty: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+    pub fn nlmsg(ty: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
         let len = 16 + payload.len();
         let mut v = Vec::with_capacity(align(len));
         v.extend_from_slice(&(len as u32).to_ne_bytes());
@@ -363,15 +367,41 @@ mod tests {
     }
 
     /// NLMSG_ERROR with `code` (0: an ack) and the request's header.
-    fn ack(seq: u32, code: i32) -> Vec<u8> {
+    pub fn ack(seq: u32, code: i32) -> Vec<u8> {
         let mut p = code.to_ne_bytes().to_vec();
         p.extend_from_slice(&[0; 16]);
         nlmsg(2, 0, seq, &p)
     }
 
-    fn done(seq: u32, code: i32) -> Vec<u8> {
+    pub fn done(seq: u32, code: i32) -> Vec<u8> {
         nlmsg(3, NLM_F_MULTIPART, seq, &code.to_ne_bytes())
     }
+
+    /// The messages of one sent datagram as (type, flags, seq, payload).
+    pub fn split(datagram: &[u8]) -> Vec<(u16, u16, u32, Vec<u8>)> {
+        let mut out = vec![];
+        let mut b = datagram;
+        while b.len() >= 16 {
+            let len = u32::from_ne_bytes(b[..4].try_into().unwrap()) as usize;
+            let ty = u16::from_ne_bytes([b[4], b[5]]);
+            let flags = u16::from_ne_bytes([b[6], b[7]]);
+            let seq = u32::from_ne_bytes(b[8..12].try_into().unwrap());
+            out.push((ty, flags, seq, b[16..len].to_vec()));
+            b = &b[align(len).min(b.len())..];
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The transport against a fake wire: requests as the kernel would see
+    //! them, answers as the kernel would send them.
+    use super::fake::{ack, done, nlmsg, Fake};
+    use super::*;
+    use netlink_packet_core::{NLM_F_CREATE, NLM_F_MULTIPART};
+    use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+    use netlink_packet_route::RouteNetlinkMessage;
 
     /// RTM_NEWLINK for link `name`.
     fn link(seq: u32, flags: u16, name: &str) -> Vec<u8> {

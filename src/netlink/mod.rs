@@ -17,7 +17,7 @@ pub mod tc;
 
 pub use crate::kernel::netns::{self, Netns};
 
-use crate::kernel::netlink::Conn;
+use crate::kernel::netlink::{Conn, Wire};
 use crate::kernel::Result;
 
 use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE};
@@ -36,7 +36,7 @@ use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_sys::protocols::NETLINK_ROUTE;
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 
@@ -136,9 +136,10 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(out)
 }
 
-/// A blocking rtnetlink socket in one network namespace.
-pub struct Handle {
-    conn: Conn,
+/// A blocking rtnetlink socket in one network namespace (or, in unit
+/// tests, a fake wire).
+pub struct Handle<W = Socket> {
+    conn: Conn<W>,
 }
 
 impl Handle {
@@ -154,6 +155,14 @@ impl Handle {
         Ok(Handle {
             conn: Conn::open_in(NETLINK_ROUTE, ns)?,
         })
+    }
+}
+
+impl<W: Wire> Handle<W> {
+    pub fn with_wire(wire: W) -> Handle<W> {
+        Handle {
+            conn: Conn::with_wire(wire),
+        }
     }
 
     /// Sends a request and collects its answers (see [`crate::kernel::netlink`]).
@@ -668,5 +677,29 @@ mod tests {
         assert_eq!(parse_mac("0e:2c:c0:a8:01"), None);
         assert_eq!(parse_mac("0e:2c:c0:a8:01:a0:ff"), None);
         assert_eq!(parse_mac("zz:2c:c0:a8:01:a0"), None);
+    }
+
+    #[test]
+    fn missing_objects_are_none_or_false_and_errors_name_the_operation() {
+        use crate::kernel::netlink::fake::{ack, Fake};
+        let mut h = Handle::with_wire(Fake::default());
+        h.conn.wire().answers.push_back(ack(1, -libc::ENODEV));
+        assert_eq!(h.link_by_name("nope").unwrap(), None);
+        h.conn.wire().answers.push_back(ack(2, -libc::ESRCH));
+        let ip = Ipv4Addr::new(10, 0, 0, 5);
+        assert!(!h.delete_route(ip, 32, 7).unwrap());
+        h.conn.wire().answers.push_back(ack(3, -libc::EPERM));
+        let e = h.replace_route(ip, 32, 7).unwrap_err();
+        assert_eq!(e.errno(), Some(libc::EPERM));
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "add route 10.0.0.5/32 dev #7: {}",
+                std::io::Error::from_raw_os_error(libc::EPERM)
+            )
+        );
+        // tc: a clsact qdisc that is already there is fine
+        h.conn.wire().answers.push_back(ack(4, -libc::EEXIST));
+        h.ensure_clsact(7).unwrap();
     }
 }
