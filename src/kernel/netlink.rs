@@ -114,9 +114,11 @@ impl Conn<Socket> {
         );
         nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::ReceiveTimeout, &tv)
             .map_err(|e| err(e.into()))?;
-        // extended error messages and strict dump filtering: both optional,
-        // older kernels answer without them
+        // extended error messages, errors that echo only the request's
+        // header (not a whole batch message) and strict dump filtering: all
+        // optional, older kernels answer without them
         let _ = sock.set_ext_ack(true);
+        let _ = sock.set_cap_ack(true);
         if protocol == netlink_sys::protocols::NETLINK_ROUTE {
             let _ = sock.set_netlink_get_strict_chk(true);
         }
@@ -547,6 +549,25 @@ mod tests {
         c.wire.answers.push_back(vec![0; RECV_BUF + 1]);
         let e = c.request("dump", get_link(), NLM_F_DUMP).unwrap_err();
         assert!(matches!(e, Error::Decode { .. }), "{e}");
+    }
+
+    #[test]
+    fn every_real_socket_has_the_receive_timeout() {
+        // read-only: opens sockets in the test's namespace and changes nothing
+        use netlink_sys::protocols::{NETLINK_NETFILTER, NETLINK_ROUTE};
+        use nix::sys::socket::{getsockopt, sockopt::ReceiveTimeout};
+        for proto in [NETLINK_ROUTE, NETLINK_NETFILTER] {
+            let c = Conn::open(proto).unwrap();
+            let tv = getsockopt(&c.wire, ReceiveTimeout).unwrap();
+            assert_eq!(
+                Duration::from_micros(tv.tv_sec() as u64 * 1_000_000 + tv.tv_usec() as u64),
+                RECV_TIMEOUT
+            );
+        }
+        // and a real dump goes through it
+        let mut c = Conn::open(NETLINK_ROUTE).unwrap();
+        let links = c.request("dump links", get_link(), NLM_F_DUMP).unwrap();
+        assert!(names(&links).iter().any(|n| n == "lo"));
     }
 
     #[test]
