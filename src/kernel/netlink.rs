@@ -39,16 +39,19 @@ pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The size of the receive buffer: larger than any datagram the kernel
 /// sends (dump parts are at most 32 KiB); a larger one is reported as
-/// truncated, never silently cut.
+/// truncated, never silently cut. The buffer is never zeroed: the socket
+/// writes into its spare capacity (zeroing 64 KiB per socket was most of the
+/// transport's user-space instructions on a pod's ADD).
 const RECV_BUF: usize = 64 * 1024;
 
 /// What a connection sends and receives datagrams through: the netlink
 /// socket, or a fake in unit tests.
 pub trait Wire {
     fn send(&mut self, datagram: &[u8]) -> io::Result<()>;
-    /// Reads one datagram into `buf` and returns its full length, which
-    /// exceeds `buf.len()` if the datagram did not fit.
-    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Reads one datagram into the spare capacity of `buf` (empty) and
+    /// returns its full length, which exceeds `buf.len()` if the datagram
+    /// did not fit.
+    fn recv(&mut self, buf: &mut Vec<u8>) -> io::Result<usize>;
 }
 
 impl Wire for Socket {
@@ -63,9 +66,10 @@ impl Wire for Socket {
         Ok(())
     }
 
-    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        // MSG_TRUNC: the kernel returns the datagram's real length
-        Socket::recv(self, &mut &mut buf[..], libc::MSG_TRUNC)
+    fn recv(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        // MSG_TRUNC: the kernel returns the datagram's real length; the
+        // bytes go into the spare capacity (no reallocation: it is not full)
+        Socket::recv(self, buf, libc::MSG_TRUNC)
     }
 }
 
@@ -137,7 +141,7 @@ impl<W: Wire> Conn<W> {
         Conn {
             wire,
             seq: 0,
-            buf: vec![0; RECV_BUF],
+            buf: Vec::with_capacity(RECV_BUF),
         }
     }
 
@@ -251,6 +255,7 @@ impl<W: Wire> Conn<W> {
 
     /// One datagram into the buffer; its length.
     fn recv(&mut self, op: &str) -> Result<usize> {
+        self.buf.clear();
         let n = self.wire.recv(&mut self.buf).map_err(|source| {
             if matches!(
                 source.kind(),
@@ -272,7 +277,7 @@ impl<W: Wire> Conn<W> {
                 op: op.to_owned(),
                 msg: format!(
                     "a datagram of {n} bytes exceeds the {} byte buffer",
-                    self.buf.len()
+                    self.buf.capacity()
                 ),
             });
         }
@@ -343,13 +348,13 @@ pub mod fake {
             self.sent.push(datagram.to_vec());
             Ok(())
         }
-        fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        fn recv(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
             let Some(d) = self.answers.pop_front() else {
                 // what a socket with SO_RCVTIMEO reports when it expires
                 return Err(io::Error::from_raw_os_error(libc::EAGAIN));
             };
-            let n = d.len().min(buf.len());
-            buf[..n].copy_from_slice(&d[..n]);
+            let n = d.len().min(buf.capacity() - buf.len());
+            buf.extend_from_slice(&d[..n]);
             Ok(d.len())
         }
     }
