@@ -35,7 +35,7 @@ fn sock(tb: &Testbed, node: usize) -> std::path::PathBuf {
 }
 
 fn answers(tb: &Testbed, node: usize) -> Option<u64> {
-    ros2_cni::agent::status::query(&sock(tb, node), "status")
+    ros2_cni::api::exchange(&sock(tb, node), "status")
         .ok()
         .and_then(|v| v["pid"].as_u64())
 }
@@ -93,7 +93,7 @@ fn agent_exits_when_a_task_panics() {
     let pid = agent.0.id() as u64;
     wait_for(10, "agent up", || answers(&tb, 1) == Some(pid));
     // a task panics while holding the state lock
-    let _ = ros2_cni::agent::status::query(&sock(&tb, 1), "test-panic");
+    let _ = ros2_cni::api::exchange(&sock(&tb, 1), "test-panic");
     let deadline = Instant::now() + Duration::from_secs(5);
     let status = loop {
         if let Some(s) = agent.0.try_wait().unwrap() {

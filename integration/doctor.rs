@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 fn participants(tb: &Testbed, node: usize) -> Vec<Value> {
     let sock = tb.node(node).data_dir.join("ros2-cni/agent.sock");
-    ros2_cni::agent::status::query(&sock, "participants").unwrap()["participants"]
+    ros2_cni::api::exchange(&sock, "participants").unwrap()["participants"]
         .as_array()
         .cloned()
         .unwrap_or_default()

@@ -812,7 +812,7 @@ fn agent_reapplies_after_a_calico_rewrite_and_uninstalls_on_exit() {
         .unwrap();
     let sock = t.data.join("agent.sock");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while ros2_cni::agent::status::query(&sock, "status").is_err() {
+    while ros2_cni::api::exchange(&sock, "status").is_err() {
         assert!(
             std::time::Instant::now() < deadline,
             "agent did not start: {}",
@@ -821,7 +821,7 @@ fn agent_reapplies_after_a_calico_rewrite_and_uninstalls_on_exit() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     // the watcher's first pass (the entry is already in place)
-    while ros2_cni::agent::status::query(&sock, "status").unwrap()["install"]["unchanged"].as_u64()
+    while ros2_cni::api::exchange(&sock, "status").unwrap()["install"]["unchanged"].as_u64()
         < Some(1)
     {
         assert!(

@@ -1,10 +1,11 @@
 //! `ros2-cni doctor`: what the node looks like, and why discovery fails.
 //!
-//! It gathers the agent's status and participant table, the conflist entry,
-//! the attached pods, and turns them into findings: each a plain-language
-//! cause and a fix, with a stable code (see docs/troubleshooting.md).
+//! It gathers the agent's status and participant table (through
+//! [`crate::api`]), the conflist entry, the attached pods, and turns them
+//! into findings: each a plain-language cause and a fix, with a stable code
+//! (see docs/troubleshooting.md).
 
-use crate::agent::status::query;
+use crate::api::{self, DiscoveryLimits, Participant, Participants, Pressure, Relay, Status};
 use crate::config::{Config, Mode};
 use crate::ipam::Store;
 use ipnet::Ipv4Net;
@@ -13,6 +14,11 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How long after its last drop a pod (or the uplink) still counts as
+/// "being limited".
+pub const RECENT: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -46,13 +52,29 @@ pub struct Inputs {
     pub mode: Option<Mode>,
     pub raise_ttl: bool,
     /// The agent's status document, or why it could not be had.
-    pub status: Result<Value, String>,
+    pub status: Result<Status, String>,
     /// The agent's participant document.
-    pub participants: Option<Value>,
+    pub participants: Option<Participants>,
     /// (conflist path, has a ros2-cni entry), when a conf dir was looked at.
     pub conflist: Option<(PathBuf, bool)>,
     /// Attached pods: (name, address, netns path, has its interface: None if the netns is gone).
     pub pods: Vec<PodCheck>,
+}
+
+impl Inputs {
+    /// The participants in the agent's table (none without one).
+    fn participants(&self) -> &[Participant] {
+        self.participants
+            .as_ref()
+            .map_or(&[], |p| p.participants.as_slice())
+    }
+
+    /// The multicast senders in the agent's table.
+    fn sources(&self) -> &[api::Source] {
+        self.participants
+            .as_ref()
+            .map_or(&[], |p| p.sources.as_slice())
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -66,62 +88,57 @@ pub struct PodCheck {
     pub has_interface: Option<bool>,
 }
 
-fn pod_label(p: &Value) -> String {
-    match p["pod"].as_str() {
+fn pod_label(p: &Participant) -> String {
+    match &p.pod {
         Some(pod) => format!("pod {pod}"),
-        None => format!(
-            "{} on {}",
-            p["source"].as_str().unwrap_or("?"),
-            p["seenOn"].as_str().unwrap_or("?")
-        ),
+        None => format!("{} on {}", p.source, p.seen_on),
     }
 }
 
-fn participant_label(p: &Value) -> String {
-    let name = p["name"]
-        .as_str()
+fn domain_label(p: &Participant) -> String {
+    p.domain.map_or_else(|| "?".into(), |d| d.to_string())
+}
+
+fn participant_label(p: &Participant) -> String {
+    let name = p
+        .name
+        .as_ref()
         .map(|n| format!(" \"{n}\""))
         .unwrap_or_default();
     format!(
         "participant {}{} ({}, domain {})",
-        p["guidPrefix"].as_str().unwrap_or("?"),
+        p.guid_prefix,
         name,
-        p["vendor"].as_str().unwrap_or("?"),
-        p["domain"]
-            .as_u64()
-            .map(|d| d.to_string())
-            .unwrap_or_else(|| "?".into())
+        p.vendor,
+        domain_label(p)
     )
 }
 
 /// MULTICAST_PRESSURE: the agent sees a flood of multicast to groups that
 /// are not routed, naming the interface and the sources (with the pod each
 /// source belongs to, when it is one).
-fn multicast_pressure(inp: &Inputs, p: &Value) -> Option<Finding> {
-    if p["active"] != true {
+fn multicast_pressure(inp: &Inputs, p: &Pressure) -> Option<Finding> {
+    if !p.active {
         return None;
     }
-    let iface = p["interface"]
-        .as_str()
+    let iface = p
+        .interface
+        .as_deref()
         .unwrap_or("an interface not sampled yet");
-    let rate = p["notRtpsPerSecond"].as_u64().unwrap_or(0);
-    let sources: Vec<String> = p["sources"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let rate = p.not_rtps_per_second;
+    let sources: Vec<String> = p
+        .sources
+        .iter()
         .map(|s| {
-            let ip = s["source"].as_str().unwrap_or("?");
             let pod = inp
                 .pods
                 .iter()
-                .find(|c| c.ip.to_string() == ip)
+                .find(|c| c.ip == s.source)
                 .map(|c| format!(" (pod {})", c.pod))
                 .unwrap_or_default();
             format!(
-                "{ip}{pod} on {}: {} packets to {} groups",
-                s["interface"].as_str().unwrap_or("?"),
-                s["packets"].as_u64().unwrap_or(0),
-                s["groups"].as_u64().unwrap_or(0)
+                "{}{pod} on {}: {} packets to {} groups",
+                s.source, s.interface, s.packets, s.groups
             )
         })
         .collect();
@@ -145,113 +162,152 @@ fn multicast_pressure(inp: &Inputs, p: &Value) -> Option<Finding> {
 /// What `ros2-cni doctor` says about the relay, from the status document's
 /// `relay` part: the peers, whether each answers, and the participants
 /// (by address) this node's pods hear only through the relay.
-fn relay_findings(relay: &Value) -> Vec<Finding> {
+fn relay_findings(relay: &Relay) -> Vec<Finding> {
     let mut out = vec![];
-    let peers = relay["peers"].as_array().cloned().unwrap_or_default();
-    if peers.is_empty() {
+    if relay.peers.is_empty() {
         return out;
     }
-    if let Some(p) = relay["problem"].as_str() {
-        out.push(Finding {
-            code: "RELAY_DOWN",
-            severity: Severity::Error,
-            message: format!(
+    if let Some(p) = &relay.problem {
+        out.push(Finding::new(
+            "RELAY_DOWN",
+            Severity::Error,
+            format!(
                 "The RTPS relay cannot run ({p}): peers get none of this node's pods' discovery. \
                  Fix: free the port or change relayPort on every node."
             ),
-        });
+        ));
     }
     let mut lines = vec![];
     let mut relayed_only = vec![];
-    for p in &peers {
-        let addr = p["address"].as_str().unwrap_or("?");
-        let reachable = p["reachable"] == true;
+    for p in &relay.peers {
+        let addr = p.address;
         lines.push(format!(
             "{addr} (via {}, {}, sent {}, received {})",
-            p["via"].as_str().unwrap_or("?"),
-            if reachable {
+            p.via,
+            if p.reachable {
                 "reachable"
             } else {
                 "not heard from"
             },
-            p["sent"],
-            p["received"]
+            p.sent,
+            p.received
         ));
-        if !reachable {
-            out.push(Finding {
-                code: "RELAY_PEER_UNREACHABLE",
-                severity: Severity::Warning,
-                message: format!(
+        if !p.reachable {
+            out.push(Finding::new(
+                "RELAY_PEER_UNREACHABLE",
+                Severity::Warning,
+                format!(
                     "Relay peer {addr} has not been heard from in {} s: its agent is down, the address is \
                      wrong, or UDP {} is filtered between the nodes. Its pods and this node's do not discover \
                      each other through the relay.",
                     crate::relay::PEER_TIMEOUT.as_secs(),
-                    relay["port"]
+                    relay.port
                 ),
-            });
+            ));
         }
-        for src in p["sources"].as_array().into_iter().flatten() {
-            relayed_only.push(format!("{} (from {addr})", src.as_str().unwrap_or("?")));
-        }
+        relayed_only.extend(p.sources.iter().map(|src| format!("{src} (from {addr})")));
     }
-    out.push(Finding {
-        code: "RELAY_PEERS",
-        severity: Severity::Info,
-        message: format!("Relay peers: {}.", lines.join("; ")),
-    });
+    out.push(Finding::new(
+        "RELAY_PEERS",
+        Severity::Info,
+        format!("Relay peers: {}.", lines.join("; ")),
+    ));
     if !relayed_only.is_empty() {
-        out.push(Finding {
-            code: "RELAY_ONLY_PARTICIPANTS",
-            severity: Severity::Info,
-            message: format!(
+        out.push(Finding::new(
+            "RELAY_ONLY_PARTICIPANTS",
+            Severity::Info,
+            format!(
                 "Participants this node's pods hear only through the relay (they are not in the \
                  participant table, which sees this node's own traffic): {}.",
                 relayed_only.join(", ")
             ),
-        });
+        ));
     }
     out
 }
 
 /// Turns what was gathered into findings, most severe first.
 pub fn findings(inp: &Inputs) -> Vec<Finding> {
-    let mut out = vec![];
-    match &inp.status {
-        Err(why) => out.push(Finding::new(
-            "AGENT_DOWN",
-            Severity::Error,
-            format!(
-                "The ros2-cni agent does not answer ({why}). Pods still get ros0 and unicast works, but no RTPS \
-                 multicast is routed between this node's pods and other computers. Fix: start it (kubectl -n \
-                 kube-system get ds ros2-cni; or systemctl start ros2-cni-agent) and check its log."
-            ),
-        )),
-        Ok(st) => {
-            for p in st["problems"].as_array().into_iter().flatten() {
-                out.push(Finding::new(
-                    "AGENT_PROBLEM",
-                    Severity::Warning,
-                    format!("The agent reports: {}", p.as_str().unwrap_or_default()),
-                ));
-            }
-            if let Some(f) = multicast_pressure(inp, &st["multicastPressure"]) {
-                out.push(f);
-            }
-            out.extend(relay_findings(&st["relay"]));
-        }
+    let mut out = agent_findings(inp);
+    out.extend(conflist_finding(inp));
+    out.extend(pod_findings(inp));
+    out.extend(locator_findings(inp));
+    out.extend(ttl1_findings(inp));
+    if let Ok(st) = &inp.status {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        out.extend(limit_findings(&st.discovery_limits, now));
     }
-    if let Some((file, false)) = &inp.conflist {
+    out.extend(domain_finding(inp.participants()));
+    if inp.status.is_ok() && inp.participants().is_empty() {
         out.push(Finding::new(
-            "CONFLIST_ENTRY_MISSING",
-            Severity::Error,
-            format!(
-                "{} has no ros2-cni entry: pods started now get no ros0. Cause: the primary plugin's installer \
-                 (calico-node) rewrote the file while no agent was watching it. Fix: run `ros2-cni install` or \
-                 start the agent with --cni-conf-dir.",
-                file.display()
-            ),
+            "NO_PARTICIPANTS",
+            Severity::Info,
+            "The agent has seen no DDS participant announce itself on this node yet (SPDP to the RTPS groups). \
+             Start a ROS 2 node in an opted-in pod, or check `groups`."
+                .into(),
         ));
     }
+    out.sort_by_key(|f| f.severity);
+    out
+}
+
+/// AGENT_DOWN, or what the agent itself reports: its problems, multicast
+/// pressure, the relay.
+fn agent_findings(inp: &Inputs) -> Vec<Finding> {
+    let st = match &inp.status {
+        Err(why) => {
+            return vec![Finding::new(
+                "AGENT_DOWN",
+                Severity::Error,
+                format!(
+                    "The ros2-cni agent does not answer ({why}). Pods still get ros0 and unicast works, but no RTPS \
+                     multicast is routed between this node's pods and other computers. Fix: start it (kubectl -n \
+                     kube-system get ds ros2-cni; or systemctl start ros2-cni-agent) and check its log."
+                ),
+            )]
+        }
+        Ok(st) => st,
+    };
+    let mut out: Vec<Finding> = st
+        .problems
+        .iter()
+        .map(|p| {
+            Finding::new(
+                "AGENT_PROBLEM",
+                Severity::Warning,
+                format!("The agent reports: {p}"),
+            )
+        })
+        .collect();
+    out.extend(multicast_pressure(inp, &st.multicast_pressure));
+    if let Some(relay) = &st.relay {
+        out.extend(relay_findings(relay));
+    }
+    out
+}
+
+/// CONFLIST_ENTRY_MISSING.
+fn conflist_finding(inp: &Inputs) -> Option<Finding> {
+    let Some((file, false)) = &inp.conflist else {
+        return None;
+    };
+    Some(Finding::new(
+        "CONFLIST_ENTRY_MISSING",
+        Severity::Error,
+        format!(
+            "{} has no ros2-cni entry: pods started now get no ros0. Cause: the primary plugin's installer \
+             (calico-node) rewrote the file while no agent was watching it. Fix: run `ros2-cni install` or \
+             start the agent with --cni-conf-dir.",
+            file.display()
+        ),
+    ))
+}
+
+/// POD_WITHOUT_INTERFACE and STALE_ATTACHMENT.
+fn pod_findings(inp: &Inputs) -> Vec<Finding> {
+    let mut out = vec![];
     for p in &inp.pods {
         match p.has_interface {
             Some(false) => out.push(Finding::new(
@@ -276,83 +332,64 @@ pub fn findings(inp: &Inputs) -> Vec<Finding> {
             Some(true) => {}
         }
     }
-    let parts: Vec<Value> = inp
-        .participants
-        .as_ref()
-        .and_then(|d| d["participants"].as_array().cloned())
-        .unwrap_or_default();
-    if let Some(subnet) = inp.subnet {
-        for p in &parts {
-            let unicast: Vec<(Ipv4Addr, u64)> = p["locators"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|l| {
-                    l["kind"].as_str().is_some_and(|k| k.ends_with("_unicast"))
-                        && l["transport"] == "udpv4"
-                })
-                .filter_map(|l| Some((l["address"].as_str()?.parse().ok()?, l["port"].as_u64()?)))
-                .filter(|(a, _): &(Ipv4Addr, u64)| !a.is_loopback() && !a.is_unspecified())
-                .collect();
-            if !unicast.is_empty() && !unicast.iter().any(|(a, _)| subnet.contains(a)) {
-                let addrs: BTreeSet<String> =
-                    unicast.iter().map(|(a, p)| format!("{a}:{p}")).collect();
-                out.push(Finding::new(
-                    "UNREACHABLE_LOCATORS",
-                    Severity::Error,
-                    format!(
-                        "{} in {} advertises only {}, outside the robot LAN {subnet}: other computers cannot \
-                         answer it (these are primary-network or masqueraded addresses). Cause: DDS is bound to \
-                         the pod's primary interface (e.g. CYCLONEDDS_URI naming eth0, a Fast DDS interface \
-                         whitelist, or primaryMulticast with default settings). Fix: let DDS use ros0 — remove the \
-                         interface pin or name ros0.",
-                        participant_label(p),
-                        pod_label(p),
-                        addrs.into_iter().collect::<Vec<_>>().join(", ")
-                    ),
-                ));
-            }
+    out
+}
+
+/// A participant's UDPv4 unicast locators, loopback and unspecified left out.
+fn unicast_v4(p: &Participant) -> Vec<(Ipv4Addr, u32)> {
+    p.locators
+        .iter()
+        .filter(|l| l.is_unicast() && l.transport == "udpv4")
+        .filter_map(|l| Some((l.address.as_deref()?.parse().ok()?, l.port)))
+        .filter(|(a, _): &(Ipv4Addr, u32)| !a.is_loopback() && !a.is_unspecified())
+        .collect()
+}
+
+/// UNREACHABLE_LOCATORS: participants that advertise no address on the robot LAN.
+fn locator_findings(inp: &Inputs) -> Vec<Finding> {
+    let Some(subnet) = inp.subnet else {
+        return vec![];
+    };
+    let mut out = vec![];
+    for p in inp.participants() {
+        let unicast = unicast_v4(p);
+        if unicast.is_empty() || unicast.iter().any(|(a, _)| subnet.contains(a)) {
+            continue;
         }
+        let addrs: BTreeSet<String> = unicast.iter().map(|(a, p)| format!("{a}:{p}")).collect();
+        out.push(Finding::new(
+            "UNREACHABLE_LOCATORS",
+            Severity::Error,
+            format!(
+                "{} in {} advertises only {}, outside the robot LAN {subnet}: other computers cannot \
+                 answer it (these are primary-network or masqueraded addresses). Cause: DDS is bound to \
+                 the pod's primary interface (e.g. CYCLONEDDS_URI naming eth0, a Fast DDS interface \
+                 whitelist, or primaryMulticast with default settings). Fix: let DDS use ros0 — remove the \
+                 interface pin or name ros0.",
+                participant_label(p),
+                pod_label(p),
+                addrs.into_iter().collect::<Vec<_>>().join(", ")
+            ),
+        ));
     }
-    // TTL-1 discovery that is not forwarded
-    let routes: Vec<Value> = inp
-        .status
-        .as_ref()
-        .ok()
-        .and_then(|s| s["routes"].as_array().cloned())
-        .unwrap_or_default();
-    let routing = inp
-        .status
-        .as_ref()
-        .ok()
-        .is_some_and(|s| s["routing"] == true);
-    let (uplink, node_dev) = inp
-        .status
-        .as_ref()
-        .ok()
-        .map(|s| {
-            (
-                s["uplink"].as_str().unwrap_or("").to_owned(),
-                s["nodeDevice"].as_str().unwrap_or("").to_owned(),
-            )
-        })
-        .unwrap_or_default();
-    let sources: Vec<Value> = inp
-        .participants
-        .as_ref()
-        .and_then(|d| d["sources"].as_array().cloned())
-        .unwrap_or_default();
-    for s in sources.iter().filter(|s| s["ttl"] == 1) {
-        let (src, grp, ifname) = (
-            s["source"].as_str().unwrap_or(""),
-            s["group"].as_str().unwrap_or(""),
-            s["interface"].as_str().unwrap_or(""),
-        );
+    out
+}
+
+/// TTL1_NOT_FORWARDED: TTL-1 discovery that no multicast route carries,
+/// with its likely cause.
+fn ttl1_findings(inp: &Inputs) -> Vec<Finding> {
+    let st = inp.status.as_ref().ok();
+    let routes = st.map_or(&[][..], |s| s.routes.as_slice());
+    let routing = st.is_some_and(|s| s.routing);
+    let (uplink, node_dev) = st.map_or(("", ""), |s| (s.uplink.as_str(), s.node_device.as_str()));
+    let mut out = vec![];
+    for s in inp.sources().iter().filter(|s| s.ttl == 1) {
+        let (src, grp, ifname) = (s.source, s.group, s.interface.as_str());
         let forwarded = routes.iter().any(|r| {
-            (r["source"] == src || r["source"] == "0.0.0.0")
-                && r["group"] == grp
-                && r["oifs"].as_array().is_some_and(|o| !o.is_empty())
-                && r["packets"].as_u64() > Some(0)
+            (r.source == src || r.source.is_unspecified())
+                && r.group == grp
+                && !r.oifs.is_empty()
+                && r.packets > 0
         });
         let on_ros_path = ifname == uplink
             || ifname == node_dev
@@ -386,56 +423,115 @@ pub fn findings(inp: &Inputs) -> Vec<Finding> {
             ),
         ));
     }
-    if let Ok(st) = &inp.status {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        for (code, msg) in crate::agent::limits::findings(st, now) {
-            out.push(Finding::new(code, Severity::Warning, msg));
-        }
+    out
+}
+
+/// DOMAINS_DIFFER: participants in more than one DDS domain.
+fn domain_finding(parts: &[Participant]) -> Option<Finding> {
+    let mut domains: BTreeMap<u32, usize> = BTreeMap::new();
+    for d in parts.iter().filter_map(|p| p.domain) {
+        *domains.entry(d).or_default() += 1;
     }
-    let mut domains: BTreeMap<u64, usize> = BTreeMap::new();
-    for p in &parts {
-        if let Some(d) = p["domain"].as_u64() {
-            *domains.entry(d).or_default() += 1;
-        }
+    if domains.len() < 2 {
+        return None;
     }
-    if domains.len() > 1 {
-        let list: Vec<String> = domains
-            .iter()
-            .map(|(d, n)| format!("domain {d} ({n})"))
-            .collect();
-        out.push(Finding::new(
-            "DOMAINS_DIFFER",
-            Severity::Warning,
+    let list: Vec<String> = domains
+        .iter()
+        .map(|(d, n)| format!("domain {d} ({n})"))
+        .collect();
+    Some(Finding::new(
+        "DOMAINS_DIFFER",
+        Severity::Warning,
+        format!(
+            "Participants are in different DDS domains: {}. Participants only discover others in the same \
+             domain. If they were meant to meet, set the same ROS_DOMAIN_ID everywhere.",
+            list.join(", ")
+        ),
+    ))
+}
+
+/// POD_RATE_LIMITED and UPLINK_RATE_LIMITED, from the status'
+/// `discoveryLimits` at unix time `now`: each pod, and the uplink, whose
+/// limit dropped something within [`RECENT`].
+fn limit_findings(lim: &DiscoveryLimits, now: u64) -> Vec<Finding> {
+    let recent = |t: Option<u64>| t.is_some_and(|t| now.saturating_sub(t) <= RECENT.as_secs());
+    let ago = |t: Option<u64>| now.saturating_sub(t.unwrap_or(now));
+    let limit = |l: Option<api::Limit>| {
+        l.map_or_else(
+            || "off".to_owned(),
+            |l| format!("{}/s, burst {}", l.rate, l.burst),
+        )
+    };
+    let warn = |code, message| Finding::new(code, Severity::Warning, message);
+    let mut out = vec![];
+    for p in lim.pods.iter().filter(|p| recent(p.last_limited)) {
+        let name = if p.namespace.is_empty() {
+            p.pod.clone()
+        } else {
+            format!("{}/{}", p.namespace, p.pod)
+        };
+        out.push(warn(
+            "POD_RATE_LIMITED",
             format!(
-                "Participants are in different DDS domains: {}. Participants only discover others in the same \
-                 domain. If they were meant to meet, set the same ROS_DOMAIN_ID everywhere.",
-                list.join(", ")
+                "Pod {name} ({}) sends RTPS discovery multicast faster than podDiscoveryRate allows ({}): \
+                 {} datagrams dropped so far, {} per second lately, the last {} s ago. Its own discovery \
+                 suffers (its announcements are dropped in the same proportion); the LAN and the other pods \
+                 do not. Cause: something in the pod sends to the SPDP port in a loop (a crash-looping \
+                 participant, a tool, a misconfigured DDS). Fix: stop it; if the rate is real (hundreds of \
+                 participants in one pod), raise podDiscoveryRate and podDiscoveryBurst in the agent's config \
+                 (SIGHUP applies it).",
+                p.ip,
+                limit(lim.pod),
+                p.limited_packets,
+                p.limited_per_second,
+                ago(p.last_limited),
             ),
         ));
     }
-    if inp.status.is_ok() && parts.is_empty() {
-        out.push(Finding::new(
-            "NO_PARTICIPANTS",
-            Severity::Info,
-            "The agent has seen no DDS participant announce itself on this node yet (SPDP to the RTPS groups). \
-             Start a ROS 2 node in an opted-in pod, or check `groups`."
-                .into(),
+    let iface = lim.uplink_interface.as_deref().unwrap_or("?");
+    if recent(lim.uplink_sender_last_limited) {
+        out.push(warn(
+            "UPLINK_RATE_LIMITED",
+            format!(
+                "A sender on the LAN sends RTPS discovery multicast into the uplink {iface} faster than \
+                 podDiscoveryRate allows one sender ({}): {} datagrams dropped so far, the last {} s ago. \
+                 Other senders are not affected. Cause: a host on the LAN that does not run ros2-cni sends \
+                 discovery in a loop (computers running ros2-cni limit their own pods). Fix: find it \
+                 (tcpdump -ni {iface} udp port 7400) and stop it; if its traffic is real (one host running \
+                 hundreds of participants), raise podDiscoveryRate and podDiscoveryBurst.",
+                limit(lim.pod),
+                lim.uplink_sender_limited_packets,
+                ago(lim.uplink_sender_last_limited),
+            ),
         ));
     }
-    out.sort_by_key(|f| f.severity);
+    if recent(lim.uplink_last_limited) {
+        out.push(warn(
+            "UPLINK_RATE_LIMITED",
+            format!(
+                "More RTPS discovery multicast arrives on the uplink {iface}, all senders together, than \
+                 uplinkDiscoveryRate allows ({}): {} datagrams dropped so far, the last {} s ago. While it \
+                 lasts, discovery from other computers reaches this node's pods only in part. Cause: many \
+                 senders at once (a fleet booting), or many flooding hosts. Fix: find the senders \
+                 (tcpdump -ni {iface} udp port 7400); if the traffic is real, raise uplinkDiscoveryRate and \
+                 uplinkDiscoveryBurst.",
+                limit(lim.uplink),
+                lim.uplink_limited_packets,
+                ago(lim.uplink_last_limited),
+            ),
+        ));
+    }
     out
 }
 
 /// Gathers the inputs on this node.
 pub fn gather(cfg: &Config, conf_dir: Option<&Path>) -> Inputs {
     let sock = cfg.agent_socket();
-    let status = query(&sock, "status").map_err(|e| e.to_string());
+    let status = api::status(&sock).map_err(|e| e.to_string());
     let participants = status
         .as_ref()
         .ok()
-        .and_then(|_| query(&sock, "participants").ok());
+        .and_then(|_| api::participants(&sock).ok());
     let conflist = conf_dir.and_then(|d| {
         let file = crate::install::choose_conf(d, None).ok()?;
         let text = std::fs::read_to_string(&file).ok()?;
@@ -485,14 +581,14 @@ pub fn report(inp: &Inputs) -> Value {
     let st = inp.status.as_ref().ok();
     json!({
         "agent": match &inp.status {
-            Ok(s) => json!({"running": true, "pid": s["pid"], "mode": s["mode"], "uplink": s["uplink"],
-                            "healthy": s["healthy"], "restarts": s["restarts"], "pods": s["pods"]}),
+            Ok(s) => json!({"running": true, "pid": s.pid, "mode": s.mode, "uplink": s.uplink,
+                            "healthy": s.healthy, "restarts": s.restarts, "pods": s.pods}),
             Err(e) => json!({"running": false, "error": e}),
         },
         "conflist": inp.conflist.as_ref().map(|(f, has)| json!({"file": f, "entry": has})),
         "pods": inp.pods,
-        "routes": st.map(|s| s["routes"].clone()).unwrap_or(json!([])),
-        "participants": inp.participants.as_ref().map(|p| p["participants"].clone()).unwrap_or(json!([])),
+        "routes": st.map_or(&[][..], |s| s.routes.as_slice()),
+        "participants": inp.participants(),
         "findings": findings(inp),
     })
 }
@@ -500,15 +596,14 @@ pub fn report(inp: &Inputs) -> Value {
 /// The human-readable report.
 pub fn render(inp: &Inputs) -> String {
     let mut o = String::new();
-    let r = report(inp);
     match &inp.status {
         Ok(s) => o.push_str(&format!(
             "agent: running (pid {}), mode {}, uplink {}, {} pod(s), {} multicast route(s)\n",
-            s["pid"],
-            s["mode"].as_str().unwrap_or("?"),
-            s["uplink"].as_str().unwrap_or("?"),
-            s["pods"],
-            s["routes"].as_array().map_or(0, |r| r.len())
+            s.pid,
+            s.mode,
+            s.uplink,
+            s.pods,
+            s.routes.len()
         )),
         Err(e) => o.push_str(&format!("agent: NOT RUNNING ({e})\n")),
     }
@@ -532,26 +627,22 @@ pub fn render(inp: &Inputs) -> String {
         };
         o.push_str(&format!("  {:<32} {:<16} {}\n", p.pod, p.ip, state));
     }
-    let parts = r["participants"].as_array().cloned().unwrap_or_default();
+    let parts = inp.participants();
     o.push_str(&format!("participants ({}):\n", parts.len()));
-    for p in &parts {
-        let locs: BTreeSet<String> = p["locators"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|l| l["kind"].as_str().is_some_and(|k| k.ends_with("_unicast")))
-            .map(|l| format!("{}:{}", l["address"].as_str().unwrap_or("?"), l["port"]))
+    for p in parts {
+        let locs: BTreeSet<String> = p
+            .locators
+            .iter()
+            .filter(|l| l.is_unicast())
+            .map(|l| format!("{}:{}", l.address.as_deref().unwrap_or("?"), l.port))
             .collect();
         o.push_str(&format!(
             "  {} {:<12} domain {:<3} {:<28} seen on {:<14} unicast {}\n",
-            p["guidPrefix"].as_str().unwrap_or("?"),
-            p["vendor"].as_str().unwrap_or("?"),
-            p["domain"]
-                .as_u64()
-                .map(|d| d.to_string())
-                .unwrap_or_else(|| "?".into()),
-            p["pod"].as_str().or(p["name"].as_str()).unwrap_or("-"),
-            p["seenOn"].as_str().unwrap_or("?"),
+            p.guid_prefix,
+            p.vendor,
+            domain_label(p),
+            p.pod.as_deref().or(p.name.as_deref()).unwrap_or("-"),
+            p.seen_on,
             locs.into_iter().collect::<Vec<_>>().join(" ")
         ));
     }
@@ -570,16 +661,33 @@ pub fn render(inp: &Inputs) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::{Locator, Peer, PressureSource, Route, Source};
+
+    /// A routing agent on eth0 and ros2br0 with nothing to report.
+    fn status() -> Status {
+        Status {
+            routing: true,
+            uplink: "eth0".into(),
+            node_device: "ros2br0".into(),
+            ..Default::default()
+        }
+    }
+
+    fn table(participants: Vec<Participant>, sources: Vec<Source>) -> Option<Participants> {
+        Some(Participants {
+            participants,
+            sources,
+            ..Default::default()
+        })
+    }
 
     fn base() -> Inputs {
         Inputs {
             subnet: Some("192.168.1.0/24".parse().unwrap()),
             mode: Some(Mode::Routed),
             raise_ttl: true,
-            status: Ok(
-                json!({"routing": true, "uplink": "eth0", "nodeDevice": "ros2br0", "problems": [], "routes": []}),
-            ),
-            participants: Some(json!({"participants": [], "sources": []})),
+            status: Ok(status()),
+            participants: table(vec![], vec![]),
             conflist: None,
             pods: vec![],
         }
@@ -589,10 +697,37 @@ mod tests {
         findings(i).into_iter().map(|f| f.code).collect()
     }
 
-    fn participant(addr: &str, domain: u64) -> Value {
-        json!({"guidPrefix": "0110aabb", "vendor": "Eclipse Cyclone DDS", "domain": domain, "pod": "robots/talker",
-               "seenOn": "veth1", "source": format!("{addr}:7400"),
-               "locators": [{"kind": "metatraffic_unicast", "transport": "udpv4", "address": addr, "port": 7410}]})
+    fn locator(kind: &str, addr: &str, port: u32) -> Locator {
+        Locator {
+            kind: kind.into(),
+            transport: "udpv4".into(),
+            address: Some(addr.into()),
+            port,
+        }
+    }
+
+    fn participant(addr: &str, domain: u32) -> Participant {
+        Participant {
+            guid_prefix: "0110aabb".into(),
+            vendor: "Eclipse Cyclone DDS".into(),
+            domain: Some(domain),
+            pod: Some("robots/talker".into()),
+            seen_on: "veth1".into(),
+            source: format!("{addr}:7400"),
+            locators: vec![locator("metatraffic_unicast", addr, 7410)],
+            ..Default::default()
+        }
+    }
+
+    fn ttl1_source(ifname: &str) -> Source {
+        Source {
+            source: "192.168.1.160".parse().unwrap(),
+            group: "239.255.0.1".parse().unwrap(),
+            interface: ifname.into(),
+            ttl: 1,
+            packets: 1,
+            last_seen: 0,
+        }
     }
 
     #[test]
@@ -606,7 +741,7 @@ mod tests {
     #[test]
     fn primary_network_locators_are_named() {
         let mut i = base();
-        i.participants = Some(json!({"participants": [participant("10.1.1.5", 0)], "sources": []}));
+        i.participants = table(vec![participant("10.1.1.5", 0)], vec![]);
         let f = findings(&i);
         assert_eq!(f[0].code, "UNREACHABLE_LOCATORS");
         assert!(
@@ -616,16 +751,19 @@ mod tests {
         );
         // one reachable locator is enough
         let mut p = participant("10.1.1.5", 0);
-        p["locators"].as_array_mut().unwrap().push(json!({"kind": "default_unicast", "transport": "udpv4", "address": "192.168.1.160", "port": 7411}));
-        i.participants = Some(json!({"participants": [p], "sources": []}));
+        p.locators
+            .push(locator("default_unicast", "192.168.1.160", 7411));
+        i.participants = table(vec![p], vec![]);
         assert!(!codes(&i).contains(&"UNREACHABLE_LOCATORS"));
     }
 
     #[test]
     fn ttl1_not_forwarded_and_its_cause() {
         let mut i = base();
-        i.participants = Some(json!({"participants": [participant("192.168.1.160", 0)],
-            "sources": [{"source": "192.168.1.160", "group": "239.255.0.1", "interface": "r2c0123", "ttl": 1}]}));
+        i.participants = table(
+            vec![participant("192.168.1.160", 0)],
+            vec![ttl1_source("r2c0123")],
+        );
         i.raise_ttl = false;
         let f: Vec<_> = findings(&i)
             .into_iter()
@@ -634,18 +772,30 @@ mod tests {
         assert_eq!(f.len(), 1);
         assert!(f[0].message.contains("raiseTtl"), "{}", f[0].message);
         // forwarded: no finding
-        i.status = Ok(
-            json!({"routing": true, "uplink": "eth0", "nodeDevice": "ros2br0", "problems": [],
-            "routes": [{"source": "192.168.1.160", "group": "239.255.0.1", "oifs": ["eth0"], "packets": 4}]}),
-        );
+        i.status = Ok(Status {
+            routes: vec![Route {
+                source: "192.168.1.160".parse().unwrap(),
+                group: "239.255.0.1".parse().unwrap(),
+                iif: String::new(),
+                oifs: vec!["eth0".into()],
+                packets: 4,
+                bytes: 0,
+                wrong_if: 0,
+            }],
+            ..status()
+        });
         assert!(!codes(&i).contains(&"TTL1_NOT_FORWARDED"));
     }
 
     #[test]
     fn domains_and_pods_and_conflist() {
         let mut i = base();
-        i.participants = Some(
-            json!({"participants": [participant("192.168.1.160", 0), participant("192.168.1.161", 5)], "sources": []}),
+        i.participants = table(
+            vec![
+                participant("192.168.1.160", 0),
+                participant("192.168.1.161", 5),
+            ],
+            vec![],
         );
         i.conflist = Some((PathBuf::from("/x/10-calico.conflist"), false));
         i.pods = vec![PodCheck {
@@ -669,10 +819,10 @@ mod tests {
     #[test]
     fn agent_problems_and_stale_attachments() {
         let mut i = base();
-        i.status = Ok(
-            json!({"routing": true, "uplink": "eth0", "nodeDevice": "ros2br0", "routes": [],
-            "problems": ["multicast VIFs: Address already in use"]}),
-        );
+        i.status = Ok(Status {
+            problems: vec!["multicast VIFs: Address already in use".into()],
+            ..status()
+        });
         i.pods = vec![PodCheck {
             pod: "robots/gone".into(),
             ip: "192.168.1.161".parse().unwrap(),
@@ -707,11 +857,21 @@ mod tests {
     #[test]
     fn multicast_pressure_names_the_interface_and_the_pod() {
         let mut i = base();
-        i.status = Ok(
-            json!({"routing": true, "uplink": "eth0", "nodeDevice": "ros2br0", "problems": [], "routes": [],
-                "multicastPressure": {"notRtpsPerSecond": 9000, "active": true, "interface": "ros2br0",
-                    "sources": [{"source": "192.168.1.160", "interface": "ros2br0", "groups": 4000, "packets": 1800}]}}),
-        );
+        i.status = Ok(Status {
+            multicast_pressure: Pressure {
+                not_rtps_per_second: 9000,
+                active: true,
+                interface: Some("ros2br0".into()),
+                sources: vec![PressureSource {
+                    source: "192.168.1.160".parse().unwrap(),
+                    interface: "ros2br0".into(),
+                    groups: 4000,
+                    packets: 1800,
+                }],
+                ..Default::default()
+            },
+            ..status()
+        });
         i.pods = vec![PodCheck {
             pod: "robots/flood".into(),
             ip: "192.168.1.160".parse().unwrap(),
@@ -733,16 +893,23 @@ mod tests {
             p.message
         );
         // no pressure: no finding
-        i.status = Ok(json!({"routing": true, "problems": [], "routes": [],
-            "multicastPressure": {"notRtpsPerSecond": 3, "active": false, "interface": null, "sources": []}}));
+        i.status = Ok(Status {
+            multicast_pressure: Pressure {
+                not_rtps_per_second: 3,
+                ..Default::default()
+            },
+            ..status()
+        });
         assert!(!findings(&i).iter().any(|f| f.code == "MULTICAST_PRESSURE"));
     }
 
     #[test]
     fn ttl1_causes_wrong_interface_no_routing_no_route_and_macvlan() {
         let ttl1 = |ifname: &str| {
-            json!({"participants": [participant("192.168.1.160", 0)],
-                "sources": [{"source": "192.168.1.160", "group": "239.255.0.1", "interface": ifname, "ttl": 1}]})
+            table(
+                vec![participant("192.168.1.160", 0)],
+                vec![ttl1_source(ifname)],
+            )
         };
         let message = |i: &Inputs| {
             findings(i)
@@ -752,17 +919,18 @@ mod tests {
         };
         let mut i = base();
         // arriving on a primary-network veth: DDS uses the wrong interface
-        i.participants = Some(ttl1("cali1234"));
+        i.participants = ttl1("cali1234");
         let m = message(&i).expect("finding");
         assert!(
             m.contains("cali1234") && m.contains("wrong interface"),
             "{m}"
         );
         // on the bridge, but the agent does not route
-        i.participants = Some(ttl1("ros2br0"));
-        i.status = Ok(
-            json!({"routing": false, "uplink": "eth0", "nodeDevice": "ros2br0", "problems": [], "routes": []}),
-        );
+        i.participants = ttl1("ros2br0");
+        i.status = Ok(Status {
+            routing: false,
+            ..status()
+        });
         let m = message(&i).expect("finding");
         assert!(m.contains("does not route"), "{m}");
         // routing, raiseTtl on, but no route carries it
@@ -772,7 +940,7 @@ mod tests {
         // a macvlan node: L2 carries it, nothing is meant to be forwarded
         i.mode = Some(Mode::Macvlan);
         assert_eq!(message(&i), None);
-        i.participants = Some(ttl1("cali1234"));
+        i.participants = ttl1("cali1234");
         assert!(
             message(&i).is_some(),
             "the wrong interface is still wrong on macvlan"
@@ -786,11 +954,27 @@ mod tests {
 
     #[test]
     fn doctor_names_peers_unreachable_ones_and_relayed_sources() {
-        let relay = json!({"port": 7399, "peers": [
-            {"address": "192.168.0.12", "via": "relay", "reachable": true, "sent": 3, "received": 4,
-             "sources": ["192.168.2.5"]},
-            {"address": "192.168.0.99", "via": "relay", "reachable": false, "sent": 3, "received": 0,
-             "sources": []}]});
+        let peer = |address: &str, reachable: bool, received: u64, sources: &[&str]| Peer {
+            address: address.parse().unwrap(),
+            via: "relay".into(),
+            sent: 3,
+            sent_bytes: 0,
+            received,
+            received_bytes: 0,
+            dropped: 0,
+            last_seen: None,
+            last_error: None,
+            sources: sources.iter().map(|s| s.parse().unwrap()).collect(),
+            reachable,
+        };
+        let relay = Relay {
+            port: 7399,
+            peers: vec![
+                peer("192.168.0.12", true, 4, &["192.168.2.5"]),
+                peer("192.168.0.99", false, 0, &[]),
+            ],
+            ..Default::default()
+        };
         let f = relay_findings(&relay);
         let codes: Vec<_> = f.iter().map(|f| f.code).collect();
         assert_eq!(
@@ -803,6 +987,64 @@ mod tests {
         );
         assert!(f[0].message.contains("192.168.0.99"));
         assert!(f[2].message.contains("192.168.2.5 (from 192.168.0.12)"));
-        assert!(relay_findings(&json!({"peers": []})).is_empty());
+        assert!(relay_findings(&Relay::default()).is_empty());
+    }
+
+    #[test]
+    fn findings_name_recently_limited_pods_and_the_key() {
+        // the status' part, read as doctor reads it
+        let limits_of = |st: &Value| -> DiscoveryLimits {
+            match &st["discoveryLimits"] {
+                Value::Null => DiscoveryLimits::default(),
+                v => serde_json::from_value(v.clone()).unwrap(),
+            }
+        };
+        // moved here from agent::limits::tests with the findings
+        let mut st = json!({"discoveryLimits": {
+            "pod": {"rate": 200, "burst": 1000},
+            "uplink": {"rate": 2000, "burst": 10000},
+            "pods": [
+                {"namespace": "robots", "pod": "flooder", "port": "r2c0aaa", "ip": "192.168.1.5", "limitedPackets": 4711,
+                 "limitedPerSecond": 900.0, "lastLimited": 1000},
+                {"namespace": "robots", "pod": "old", "port": "r2c0bbb", "ip": "192.168.1.6", "limitedPackets": 5,
+                 "limitedPerSecond": 0.0, "lastLimited": 100},
+                {"namespace": "robots", "pod": "quiet", "port": "r2c0ccc", "ip": "192.168.1.7", "limitedPackets": 0,
+                 "limitedPerSecond": 0.0, "lastLimited": null}],
+            "uplinkLimitedPackets": 0, "uplinkLastLimited": null}});
+        let f = limit_findings(&limits_of(&st), 1010);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].code, "POD_RATE_LIMITED");
+        for want in [
+            "robots/flooder",
+            "4711",
+            "podDiscoveryRate",
+            "200/s, burst 1000",
+            "10 s ago",
+        ] {
+            assert!(f[0].message.contains(want), "{want}: {}", f[0].message);
+        }
+        st["discoveryLimits"]["uplinkLastLimited"] = json!(1005);
+        st["discoveryLimits"]["uplinkLimitedPackets"] = json!(99);
+        st["discoveryLimits"]["uplinkInterface"] = json!("eth0");
+        let f = limit_findings(&limits_of(&st), 1010);
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert_eq!(f[1].code, "UPLINK_RATE_LIMITED");
+        assert!(
+            f[1].message.contains("eth0") && f[1].message.contains("uplinkDiscoveryRate"),
+            "{}",
+            f[1].message
+        );
+        st["discoveryLimits"]["uplinkSenderLastLimited"] = json!(1009);
+        let f = limit_findings(&limits_of(&st), 1010);
+        assert_eq!(f.len(), 3, "{f:?}");
+        assert!(
+            f[1].message.contains("one sender") && f[1].message.contains("podDiscoveryRate"),
+            "{}",
+            f[1].message
+        );
+        assert!(
+            limit_findings(&limits_of(&json!({"pid": 1})), 0).is_empty(),
+            "an older agent's status"
+        );
     }
 }

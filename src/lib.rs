@@ -2,6 +2,7 @@
 //! interface on the robot LAN, and a node agent that routes RTPS multicast.
 
 pub mod agent;
+pub mod api;
 pub mod cni;
 pub mod config;
 pub mod dataplane;

@@ -8,16 +8,13 @@
 //! rules it replaced had counted, so the totals in the status and the metrics
 //! only ever grow while the agent runs.
 
+use crate::api;
 use crate::config::Config;
 use crate::firewall::limits::{self as fw, Limit};
 use crate::firewall::nfnl::{DumpedRule, Nfnl};
 use crate::ipam::Attachment;
-use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-/// How long after its last drop a pod still counts as "being limited".
-pub const RECENT: Duration = Duration::from_secs(300);
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// Packets one limit rule dropped, carried across replacements of the rule.
 #[derive(Debug, Clone, Default)]
@@ -181,30 +178,39 @@ impl LimitState {
     }
 
     /// `discoveryLimits` in the status document.
-    pub fn status_json(&self) -> Value {
-        let limit = |l: Option<Limit>| l.map(|l| json!({"rate": l.rate, "burst": l.burst}));
-        let pods: Vec<Value> = self
+    pub fn to_api(&self) -> api::DiscoveryLimits {
+        let limit = |l: Option<Limit>| {
+            l.map(|l| api::Limit {
+                rate: l.rate,
+                burst: l.burst,
+            })
+        };
+        let tenths = |x: f64| (x * 10.0).round() / 10.0;
+        let pods = self
             .pods
             .iter()
-            .map(|(port, p)| {
-                json!({"namespace": p.namespace, "pod": p.pod, "port": port, "ip": p.ip,
-                       "limitedPackets": p.drops.total,
-                       "limitedPerSecond": (p.drops.per_second * 10.0).round() / 10.0,
-                       "lastLimited": p.drops.last_increase})
+            .map(|(port, p)| api::PodLimited {
+                namespace: p.namespace.clone(),
+                pod: p.pod.clone(),
+                port: port.clone(),
+                ip: p.ip.clone(),
+                limited_packets: p.drops.total,
+                limited_per_second: tenths(p.drops.per_second),
+                last_limited: p.drops.last_increase,
             })
             .collect();
-        json!({
-            "pod": limit(self.pod_limit),
-            "uplink": limit(self.uplink_limit),
-            "uplinkInterface": self.uplink_name,
-            "pods": pods,
-            "unlistedLimitedPackets": self.unlisted.total,
-            "uplinkLimitedPackets": self.uplink.total,
-            "uplinkLimitedPerSecond": (self.uplink.per_second * 10.0).round() / 10.0,
-            "uplinkLastLimited": self.uplink.last_increase,
-            "uplinkSenderLimitedPackets": self.uplink_senders.total,
-            "uplinkSenderLastLimited": self.uplink_senders.last_increase,
-        })
+        api::DiscoveryLimits {
+            pod: limit(self.pod_limit),
+            uplink: limit(self.uplink_limit),
+            uplink_interface: self.uplink_name.clone(),
+            pods,
+            unlisted_limited_packets: self.unlisted.total,
+            uplink_limited_packets: self.uplink.total,
+            uplink_limited_per_second: tenths(self.uplink.per_second),
+            uplink_last_limited: self.uplink.last_increase,
+            uplink_sender_limited_packets: self.uplink_senders.total,
+            uplink_sender_last_limited: self.uplink_senders.last_increase,
+        }
     }
 
     /// The counters on the metrics page.
@@ -247,134 +253,10 @@ impl LimitState {
     }
 }
 
-/// Doctor's findings from the status document's `discoveryLimits` at unix
-/// time `now`: (code, message) of each pod, and of the uplink, whose limit
-/// dropped something within [`RECENT`].
-pub fn findings(status: &Value, now: u64) -> Vec<(&'static str, String)> {
-    let lim = &status["discoveryLimits"];
-    let recent = |v: &Value| {
-        v.as_u64()
-            .is_some_and(|t| now.saturating_sub(t) <= RECENT.as_secs())
-    };
-    let ago = |v: &Value| now.saturating_sub(v.as_u64().unwrap_or(now));
-    let limit = |l: &Value| format!("{}/s, burst {}", l["rate"], l["burst"]);
-    let mut out = vec![];
-    for p in lim["pods"].as_array().into_iter().flatten() {
-        if !recent(&p["lastLimited"]) {
-            continue;
-        }
-        let name = match p["namespace"].as_str().filter(|n| !n.is_empty()) {
-            Some(ns) => format!("{ns}/{}", p["pod"].as_str().unwrap_or("?")),
-            None => p["pod"].as_str().unwrap_or("?").to_owned(),
-        };
-        out.push((
-            "POD_RATE_LIMITED",
-            format!(
-                "Pod {name} ({}) sends RTPS discovery multicast faster than podDiscoveryRate allows ({}): \
-                 {} datagrams dropped so far, {} per second lately, the last {} s ago. Its own discovery \
-                 suffers (its announcements are dropped in the same proportion); the LAN and the other pods \
-                 do not. Cause: something in the pod sends to the SPDP port in a loop (a crash-looping \
-                 participant, a tool, a misconfigured DDS). Fix: stop it; if the rate is real (hundreds of \
-                 participants in one pod), raise podDiscoveryRate and podDiscoveryBurst in the agent's config \
-                 (SIGHUP applies it).",
-                p["ip"].as_str().unwrap_or("?"),
-                limit(&lim["pod"]),
-                p["limitedPackets"],
-                p["limitedPerSecond"],
-                ago(&p["lastLimited"]),
-            ),
-        ));
-    }
-    let iface = lim["uplinkInterface"].as_str().unwrap_or("?");
-    if recent(&lim["uplinkSenderLastLimited"]) {
-        out.push((
-            "UPLINK_RATE_LIMITED",
-            format!(
-                "A sender on the LAN sends RTPS discovery multicast into the uplink {iface} faster than \
-                 podDiscoveryRate allows one sender ({}): {} datagrams dropped so far, the last {} s ago. \
-                 Other senders are not affected. Cause: a host on the LAN that does not run ros2-cni sends \
-                 discovery in a loop (computers running ros2-cni limit their own pods). Fix: find it \
-                 (tcpdump -ni {iface} udp port 7400) and stop it; if its traffic is real (one host running \
-                 hundreds of participants), raise podDiscoveryRate and podDiscoveryBurst.",
-                limit(&lim["pod"]),
-                lim["uplinkSenderLimitedPackets"],
-                ago(&lim["uplinkSenderLastLimited"]),
-            ),
-        ));
-    }
-    if recent(&lim["uplinkLastLimited"]) {
-        out.push((
-            "UPLINK_RATE_LIMITED",
-            format!(
-                "More RTPS discovery multicast arrives on the uplink {iface}, all senders together, than \
-                 uplinkDiscoveryRate allows ({}): {} datagrams dropped so far, the last {} s ago. While it \
-                 lasts, discovery from other computers reaches this node's pods only in part. Cause: many \
-                 senders at once (a fleet booting), or many flooding hosts. Fix: find the senders \
-                 (tcpdump -ni {iface} udp port 7400); if the traffic is real, raise uplinkDiscoveryRate and \
-                 uplinkDiscoveryBurst.",
-                limit(&lim["uplink"]),
-                lim["uplinkLimitedPackets"],
-                ago(&lim["uplinkLastLimited"]),
-            ),
-        ));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn findings_name_recently_limited_pods_and_the_key() {
-        let st = json!({"discoveryLimits": {
-            "pod": {"rate": 200, "burst": 1000},
-            "uplink": {"rate": 2000, "burst": 10000},
-            "pods": [
-                {"namespace": "robots", "pod": "flooder", "ip": "192.168.1.5", "limitedPackets": 4711,
-                 "limitedPerSecond": 900.0, "lastLimited": 1000},
-                {"namespace": "robots", "pod": "old", "ip": "192.168.1.6", "limitedPackets": 5,
-                 "limitedPerSecond": 0.0, "lastLimited": 100},
-                {"namespace": "robots", "pod": "quiet", "ip": "192.168.1.7", "limitedPackets": 0,
-                 "limitedPerSecond": 0.0, "lastLimited": null}],
-            "uplinkLimitedPackets": 0, "uplinkLastLimited": null}});
-        let f = findings(&st, 1010);
-        assert_eq!(f.len(), 1, "{f:?}");
-        assert_eq!(f[0].0, "POD_RATE_LIMITED");
-        for want in [
-            "robots/flooder",
-            "4711",
-            "podDiscoveryRate",
-            "200/s, burst 1000",
-            "10 s ago",
-        ] {
-            assert!(f[0].1.contains(want), "{want}: {}", f[0].1);
-        }
-        let mut st = st;
-        st["discoveryLimits"]["uplinkLastLimited"] = json!(1005);
-        st["discoveryLimits"]["uplinkLimitedPackets"] = json!(99);
-        st["discoveryLimits"]["uplinkInterface"] = json!("eth0");
-        let f = findings(&st, 1010);
-        assert_eq!(f.len(), 2, "{f:?}");
-        assert_eq!(f[1].0, "UPLINK_RATE_LIMITED");
-        assert!(
-            f[1].1.contains("eth0") && f[1].1.contains("uplinkDiscoveryRate"),
-            "{}",
-            f[1].1
-        );
-        st["discoveryLimits"]["uplinkSenderLastLimited"] = json!(1009);
-        let f = findings(&st, 1010);
-        assert_eq!(f.len(), 3, "{f:?}");
-        assert!(
-            f[1].1.contains("one sender") && f[1].1.contains("podDiscoveryRate"),
-            "{}",
-            f[1].1
-        );
-        assert!(
-            findings(&json!({}), 0).is_empty(),
-            "an older agent's status"
-        );
-    }
+    use std::time::Duration;
 
     #[test]
     fn totals_survive_replaced_rules_and_only_grow() {

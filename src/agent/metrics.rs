@@ -59,7 +59,7 @@ impl prometheus_client::collector::Collector for Collector {
         let st = self.0.lock().unwrap();
         let mut pkts = vec![];
         let mut bytes = vec![];
-        for ((g, d), (p, b)) in &st.forwarded {
+        for ((g, d), (p, b)) in &st.counters.forwarded {
             let labels = l(&[("group", g.to_string()), ("direction", d.to_string())]);
             pkts.push((labels.clone(), *p));
             bytes.push((labels, *b));
@@ -84,7 +84,7 @@ impl prometheus_client::collector::Collector for Collector {
             &[
                 (l(&[("reason", "not_rtps".into())]), not_rtps),
                 (l(&[("reason", "wrong_interface".into())]), wrong_if),
-                (l(&[("reason", "spoofed".into())]), st.spoofed_drops),
+                (l(&[("reason", "spoofed".into())]), st.counters.spoofed_drops),
             ],
         )?;
         counter(
@@ -103,20 +103,20 @@ impl prometheus_client::collector::Collector for Collector {
             &mut enc,
             "ros2cni_ttl_raised_packets",
             "RTPS packets whose TTL was raised from 1 to 2",
-            &[(vec![], st.ttl_raised)],
+            &[(vec![], st.counters.ttl_raised)],
         )?;
         st.limits.encode_metrics(&mut enc)?;
         counter(
             &mut enc,
             "ros2cni_agent_restarts",
             "Times the agent was started before this run",
-            &[(vec![], st.restarts)],
+            &[(vec![], st.counters.restarts)],
         )?;
         gauge(
             &mut enc,
             "ros2cni_participants",
             "DDS participants seen announcing on this node",
-            st.table.len() as i64,
+            st.discovery.table.len() as i64,
         )?;
         gauge(
             &mut enc,
@@ -128,7 +128,7 @@ impl prometheus_client::collector::Collector for Collector {
             &mut enc,
             "ros2cni_pods_attached",
             "Pods with a ros2-cni interface on this node",
-            st.pods as i64,
+            st.counters.pods as i64,
         )?;
         if let Some(r) = &st.relay {
             r.encode_metrics(&mut enc)?;

@@ -25,6 +25,7 @@ pub mod pods;
 pub mod pressure;
 pub mod status;
 
+use crate::api;
 use crate::config::{Config, Mode};
 use crate::dataplane::macvlan::{ensure_shim, refuse_wireless};
 use crate::dataplane::routed::{ensure_bridge, resolve_uplink};
@@ -32,7 +33,6 @@ use crate::firewall::{self, nfnl::Nfnl};
 use crate::mroute::socket::{Incoming, MrouteSocket};
 use crate::mroute::{Role, Router, Vif};
 use crate::netlink::{Handle, Link};
-use serde_json::{json, Value};
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -120,7 +120,8 @@ impl InstallHook {
     }
 }
 
-/// Everything the agent knows, behind one lock.
+/// Everything the agent knows, behind one lock: what it was configured
+/// with, the kernel objects it owns, and one part per concern.
 pub struct State {
     pub cfg: Config,
     pub config_path: PathBuf,
@@ -130,29 +131,18 @@ pub struct State {
     pub uplink: Link,
     /// The node device pods are reached through: bridge or macvlan shim.
     pub node_dev: Link,
-    pub started: SystemTime,
-    pub restarts: u64,
-    pub pods: usize,
-    pub spoofed_drops: u64,
-    pub ttl_raised: u64,
-    /// RTPS multicast forwarded, per (group, direction), from the counters
-    /// of `ip ros2_cni_count`.
-    pub forwarded: firewall::Forwarded,
+    /// What the status and the metrics report as counts.
+    pub counters: Counters,
+    /// When the periodic work of the reconcile pass was last done.
+    schedule: Schedule,
+    /// SPDP capture on every interface, and what it saw.
+    pub discovery: Discovery,
     /// Multicast to other groups arriving now, and where from.
     pub pressure: pressure::Pressure,
-    /// Records and leases changed before this are durable (synced).
-    synced_until: SystemTime,
+    /// The problems of the last reconcile pass (empty: healthy).
     pub problems: Vec<String>,
-    pub reloads: u64,
-    last_expire: Instant,
-    last_report: Option<Instant>,
-    reports_sent: u64,
     /// Counters of the conflist watcher, when the agent keeps the entry installed.
     pub install: Option<Arc<crate::install::WatchStats>>,
-    /// SPDP capture on every interface, and what it saw.
-    pub capture: Option<observe::Capture>,
-    pub table: observe::Table,
-    ifnames: std::collections::HashMap<u32, String>,
     attachments_mtime: Option<SystemTime>,
     /// The attachment records, re-read when their directory changes.
     pub records: Vec<crate::ipam::Attachment>,
@@ -164,6 +154,39 @@ pub struct State {
     pub relay: Option<crate::relay::Relay>,
     /// `dataDir/agent.lock`, held while this agent runs: one agent per node.
     _instance: Option<std::fs::File>,
+}
+
+/// The agent's counts, as the status and the metrics report them.
+#[derive(Debug)]
+pub struct Counters {
+    pub started: SystemTime,
+    pub restarts: u64,
+    pub reloads: u64,
+    /// Pods attached (records).
+    pub pods: usize,
+    pub spoofed_drops: u64,
+    pub ttl_raised: u64,
+    /// RTPS multicast forwarded, per (group, direction), from the counters
+    /// of `ip ros2_cni_count`.
+    pub forwarded: firewall::Forwarded,
+    pub reports_sent: u64,
+}
+
+/// When the reconcile pass last did its periodic work.
+struct Schedule {
+    /// Records and leases changed before this are durable (synced).
+    synced_until: SystemTime,
+    last_expire: Instant,
+    last_report: Option<Instant>,
+}
+
+/// What the agent sees of discovery: the capture socket, the participant
+/// table it fills, and the interface names it has looked up.
+#[derive(Default)]
+pub struct Discovery {
+    pub capture: Option<observe::Capture>,
+    pub table: observe::Table,
+    ifnames: std::collections::HashMap<u32, String>,
 }
 
 impl State {
@@ -349,29 +372,31 @@ pub fn start(opts: &Options) -> Result<State, AgentError> {
     let restarts = count_start(&cfg.data_dir);
     tracing::info!(uplink = %uplink.name, node_dev = %node_dev.name, restarts, "agent started");
     Ok(State {
-        pods: pods_attached(&cfg.data_dir),
+        counters: Counters {
+            started: SystemTime::now(),
+            restarts,
+            reloads: 0,
+            pods: pods_attached(&cfg.data_dir),
+            spoofed_drops: 0,
+            ttl_raised: 0,
+            forwarded: Default::default(),
+            reports_sent: 0,
+        },
         cfg,
         config_path: opts.config.clone(),
         node: opts.node.clone(),
         router,
         uplink,
         node_dev,
-        started: SystemTime::now(),
-        restarts,
-        spoofed_drops: 0,
-        ttl_raised: 0,
-        forwarded: Default::default(),
+        schedule: Schedule {
+            synced_until: UNIX_EPOCH,
+            last_expire: Instant::now(),
+            last_report: None,
+        },
+        discovery: Discovery::default(),
         pressure: Default::default(),
-        synced_until: UNIX_EPOCH,
         problems: vec![],
-        reloads: 0,
-        last_expire: Instant::now(),
-        last_report: None,
-        reports_sent: 0,
         install: None,
-        capture: None,
-        table: observe::Table::default(),
-        ifnames: Default::default(),
         attachments_mtime: None,
         records: vec![],
         fastpath: Default::default(),
@@ -381,7 +406,7 @@ pub fn start(opts: &Options) -> Result<State, AgentError> {
     })
     .map(|mut st| {
         match observe::Capture::open(&st.cfg.groups) {
-            Ok(c) => st.capture = Some(c),
+            Ok(c) => st.discovery.capture = Some(c),
             Err(e) => st
                 .problems
                 .push(format!("cannot watch discovery traffic (AF_PACKET): {e}")),
@@ -392,8 +417,10 @@ pub fn start(opts: &Options) -> Result<State, AgentError> {
 
 /// Reads captured discovery traffic into the participant table.
 pub fn handle_capture(st: &mut State) {
-    let Some(cap) = st.capture.take() else { return };
-    let names = &mut st.ifnames;
+    let Some(cap) = st.discovery.capture.take() else {
+        return;
+    };
+    let names = &mut st.discovery.ifnames;
     let mut lookup = |i: u32| -> Option<String> {
         if let Some(n) = names.get(&i) {
             return Some(n.clone());
@@ -402,8 +429,8 @@ pub fn handle_capture(st: &mut State) {
         names.insert(i, n.clone());
         Some(n)
     };
-    cap.drain(&mut st.table, &mut lookup);
-    st.capture = Some(cap);
+    cap.drain(&mut st.discovery.table, &mut lookup);
+    st.discovery.capture = Some(cap);
 }
 
 /// The attachment records and which pod an address or host port belongs to
@@ -425,8 +452,8 @@ fn refresh_pod_names(st: &mut State) {
     if list.unreadable.is_empty() {
         st.attachments_mtime = mtime;
     }
-    st.table.pods_by_ip.clear();
-    st.table.pods_by_port.clear();
+    st.discovery.table.pods_by_ip.clear();
+    st.discovery.table.pods_by_port.clear();
     st.records = list.records.iter().map(|(_, a)| a.clone()).collect();
     for (_, a) in list.records {
         let name = if a.pod_name.is_empty() {
@@ -434,14 +461,17 @@ fn refresh_pod_names(st: &mut State) {
         } else {
             format!("{}/{}", a.pod_namespace, a.pod_name)
         };
-        st.table.pods_by_ip.insert(a.ip, name.clone());
+        st.discovery.table.pods_by_ip.insert(a.ip, name.clone());
         for ip in &a.primary_ips {
             if let Some(ip) = ip.split('/').next().and_then(|s| s.parse().ok()) {
-                st.table.pods_by_ip.insert(ip, name.clone());
+                st.discovery.table.pods_by_ip.insert(ip, name.clone());
             }
         }
         if !a.host_if.is_empty() {
-            st.table.pods_by_port.insert(a.host_if.clone(), name);
+            st.discovery
+                .table
+                .pods_by_port
+                .insert(a.host_if.clone(), name);
         }
     }
 }
@@ -459,11 +489,11 @@ pub fn report_groups(st: &mut State) {
     }
     for g in st.cfg.groups.clone() {
         match router.kernel().send_report(st.uplink.index, g) {
-            Ok(()) => st.reports_sent += 1,
+            Ok(()) => st.counters.reports_sent += 1,
             Err(e) => tracing::warn!(group = %g, "IGMP report on {}: {e}", st.uplink.name),
         }
     }
-    st.last_report = Some(Instant::now());
+    st.schedule.last_report = Some(Instant::now());
 }
 
 /// Reads and applies every pending upcall.
@@ -552,7 +582,7 @@ impl Pass {
             records: st.records.clone(),
             routed: st.router.is_some(),
             fastpath: st.fastpath.clone(),
-            synced_until: st.synced_until,
+            synced_until: st.schedule.synced_until,
             sample: match &st.router {
                 Some(r) if st.pressure.sample_due() => r
                     .vifs()
@@ -674,7 +704,7 @@ impl Done {
                     match router.set_vifs(vifs_for(&uplink, &node_dev)) {
                         Ok(true) => {
                             tracing::info!(uplink = %uplink.name, bridge = %node_dev.name, "interfaces changed: multicast routes rebuilt");
-                            st.last_report = None;
+                            st.schedule.last_report = None;
                         }
                         Ok(false) => {}
                         Err(e) => problems.push(format!("multicast VIFs: {e}")),
@@ -702,31 +732,31 @@ impl Done {
         }
         let now = Instant::now();
         // twice at start (a report can be lost), then every REPORT_INTERVAL
-        let due = match st.last_report {
+        let due = match st.schedule.last_report {
             None => true,
             Some(t) => {
                 now.duration_since(t) >= REPORT_INTERVAL
-                    || (st.reports_sent <= st.cfg.groups.len() as u64)
+                    || (st.counters.reports_sent <= st.cfg.groups.len() as u64)
             }
         };
         if due {
             report_groups(st);
         }
-        if now.duration_since(st.last_expire) >= Duration::from_secs(10) {
+        if now.duration_since(st.schedule.last_expire) >= Duration::from_secs(10) {
             let idle = Duration::from_secs(st.cfg.mfc_idle_seconds);
             let n = st.router.as_mut().map_or(0, |r| r.expire(now, idle));
             if n > 0 {
                 tracing::debug!("expired {n} idle multicast route(s)");
             }
-            st.last_expire = now;
+            st.schedule.last_expire = now;
         }
-        st.pods = self.pods;
-        st.table.expire(now);
-        st.ifnames.clear();
-        st.spoofed_drops = self.spoofed_drops.unwrap_or(st.spoofed_drops);
-        st.synced_until = self.synced_until;
+        st.counters.pods = self.pods;
+        st.discovery.table.expire(now);
+        st.discovery.ifnames.clear();
+        st.counters.spoofed_drops = self.spoofed_drops.unwrap_or(st.counters.spoofed_drops);
+        st.schedule.synced_until = self.synced_until;
         if let Some(f) = self.forwarded {
-            st.forwarded = f;
+            st.counters.forwarded = f;
         }
         if let Some(router) = &st.router {
             let not_rtps = router.dropped().0;
@@ -734,7 +764,7 @@ impl Done {
                 tracing::warn!("{msg}");
             }
         }
-        st.ttl_raised = self.ttl_raised.unwrap_or(st.ttl_raised);
+        st.counters.ttl_raised = self.ttl_raised.unwrap_or(st.counters.ttl_raised);
         if problems != st.problems {
             for p in &problems {
                 tracing::warn!("{p}");
@@ -791,14 +821,14 @@ fn reload_config(st: &mut State) -> bool {
                 st.fastpath.remove(&st.uplink);
             }
             st.fastpath.reset();
-            if let Some(c) = &st.capture {
+            if let Some(c) = &st.discovery.capture {
                 if let Err(e) = c.set_filter(&cfg.groups) {
                     tracing::warn!("capture filter for the new groups: {e}");
                 }
             }
             st.cfg = cfg;
-            st.reloads += 1;
-            st.last_report = None; // report the (new) groups at once
+            st.counters.reloads += 1;
+            st.schedule.last_report = None; // report the (new) groups at once
             tracing::info!(groups = ?st.cfg.groups, "configuration reloaded");
             true
         }
@@ -840,67 +870,97 @@ fn unix_secs(t: SystemTime) -> u64 {
 }
 
 /// The status document served on the agent socket.
-pub fn status_json(st: &State) -> Value {
+pub fn status_reply(st: &State) -> api::Status {
     let (vifs, routes, forwarded, (not_rtps, wrong_if)) = match &st.router {
         None => (vec![], vec![], vec![], (0, 0)),
         Some(r) => (
-            r.vifs()
-                .iter()
-                .enumerate()
-                .map(|(i, v)| {
-                    let c = r.kernel().vif_count_or_default(i as u16);
-                    json!({"vif": i, "name": v.name, "ifindex": v.ifindex,
-                           "role": match v.role { Role::Uplink => "uplink", Role::Pods => "pods" },
-                           "inPackets": c.in_packets, "outPackets": c.out_packets})
-                })
-                .collect::<Vec<_>>(),
+            vifs(r),
             r.routes(),
-            st.forwarded
-                .iter()
-                .map(|((g, d), (p, b))| json!({"group": g, "direction": d, "packets": p, "bytes": b}))
-                .collect::<Vec<_>>(),
+            forwarded(&st.counters.forwarded),
             r.dropped(),
         ),
     };
-    json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "pid": std::process::id(),
-        "node": st.cfg.node_name.clone().or_else(|| st.node.clone()),
-        "mode": st.cfg.mode.as_str(),
-        "uplink": st.uplink.name,
-        "nodeDevice": st.node_dev.name,
-        "routing": st.router.is_some(),
-        "subnet": st.cfg.subnet.to_string(),
-        "pool": st.cfg.pool.map(|p| p.to_string()),
-        "groups": st.cfg.groups,
-        "startedAt": unix_secs(st.started),
-        "restarts": st.restarts,
-        "reloads": st.reloads,
-        "pods": st.pods,
-        "vifs": vifs,
-        "routes": routes,
-        "forwarded": forwarded,
-        "dropped": {"notRtps": not_rtps, "wrongInterface": wrong_if, "spoofed": st.spoofed_drops},
-        "ttlRaised": st.ttl_raised,
-        "upcalls": st.router.as_ref().map_or(0, |r| r.upcalls()),
-        "multicastPressure": st.pressure.to_json(),
-        "discoveryLimits": st.limits.status_json(),
-        "igmpReportsSent": st.reports_sent,
-        "participants": st.table.len(),
-        "fastPath": {
-            "enabled": st.cfg.fast_path && st.router.is_some(),
-            "lan": st.fastpath.lan_attached(),
-            "pods": st.fastpath.attached_pods(),
-            "unavailable": st.fastpath.unavailable,
+    api::Status {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        pid: std::process::id(),
+        node: st.cfg.node_name.clone().or_else(|| st.node.clone()),
+        mode: st.cfg.mode.as_str().to_owned(),
+        uplink: st.uplink.name.clone(),
+        node_device: st.node_dev.name.clone(),
+        routing: st.router.is_some(),
+        subnet: st.cfg.subnet.to_string(),
+        pool: st.cfg.pool.map(|p| p.to_string()),
+        groups: st.cfg.groups.clone(),
+        started_at: unix_secs(st.counters.started),
+        restarts: st.counters.restarts,
+        reloads: st.counters.reloads,
+        pods: st.counters.pods as u64,
+        vifs,
+        routes,
+        forwarded,
+        dropped: api::Dropped {
+            not_rtps,
+            wrong_interface: wrong_if,
+            spoofed: st.counters.spoofed_drops,
         },
-        "relay": st.relay.as_ref().map(|r| r.to_json()),
-        "install": st.install.as_ref().map(|w| {
+        ttl_raised: st.counters.ttl_raised,
+        upcalls: st.router.as_ref().map_or(0, |r| r.upcalls()),
+        multicast_pressure: st.pressure.to_api(),
+        discovery_limits: st.limits.to_api(),
+        igmp_reports_sent: st.counters.reports_sent,
+        participants: st.discovery.table.len() as u64,
+        fast_path: api::FastPath {
+            enabled: st.cfg.fast_path && st.router.is_some(),
+            lan: st.fastpath.lan_attached(),
+            pods: st.fastpath.attached_pods() as u64,
+            unavailable: st.fastpath.unavailable.clone(),
+        },
+        relay: st.relay.as_ref().map(|r| r.to_api()),
+        install: st.install.as_ref().map(|w| {
             use std::sync::atomic::Ordering::Relaxed;
-            json!({"applied": w.applied.load(Relaxed), "unchanged": w.unchanged.load(Relaxed), "errors": w.errors.load(Relaxed)})
+            api::Install {
+                applied: w.applied.load(Relaxed),
+                unchanged: w.unchanged.load(Relaxed),
+                errors: w.errors.load(Relaxed),
+            }
         }),
-        "healthy": st.problems.is_empty(),
-        "problems": st.problems,
-    })
+        healthy: st.problems.is_empty(),
+        problems: st.problems.clone(),
+    }
+}
+
+/// The router's VIFs with their counters.
+fn vifs(r: &Router<MrouteSocket>) -> Vec<api::Vif> {
+    r.vifs()
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let c = r.kernel().vif_count_or_default(i as u16);
+            api::Vif {
+                vif: i as u16,
+                name: v.name.clone(),
+                ifindex: v.ifindex,
+                role: match v.role {
+                    Role::Uplink => "uplink",
+                    Role::Pods => "pods",
+                }
+                .to_owned(),
+                in_packets: c.in_packets,
+                out_packets: c.out_packets,
+            }
+        })
+        .collect()
+}
+
+fn forwarded(f: &firewall::Forwarded) -> Vec<api::Forwarded> {
+    f.iter()
+        .map(|((group, direction), (packets, bytes))| api::Forwarded {
+            group: *group,
+            direction: (*direction).to_owned(),
+            packets: *packets,
+            bytes: *bytes,
+        })
+        .collect()
 }
 
 impl MrouteSocket {
@@ -911,14 +971,20 @@ impl MrouteSocket {
 }
 
 /// The participant table document (`participants` on the status socket).
-pub fn participants_json(st: &State) -> Value {
-    json!({
-        "node": st.cfg.node_name.clone().or_else(|| st.node.clone()),
-        "subnet": st.cfg.subnet.to_string(),
-        "participants": st.table.participants(),
-        "sources": st.table.sources(),
-        "malformed": st.table.malformed,
-    })
+pub fn participants_reply(st: &State) -> api::Participants {
+    api::Participants {
+        node: st.cfg.node_name.clone().or_else(|| st.node.clone()),
+        subnet: st.cfg.subnet.to_string(),
+        participants: st
+            .discovery
+            .table
+            .participants()
+            .into_iter()
+            .cloned()
+            .collect(),
+        sources: st.discovery.table.sources().into_iter().cloned().collect(),
+        malformed: st.discovery.table.malformed,
+    }
 }
 
 /// A task that ended by panicking: the agent stops (exit code 70 through the
@@ -1008,81 +1074,144 @@ impl AsRawFd for Fd {
     }
 }
 
+fn io_err(what: &str) -> impl FnOnce(std::io::Error) -> AgentError {
+    let what = what.to_owned();
+    move |source| AgentError::Io { what, source }
+}
+
+/// Runs the agent's tasks and its main loop until a signal ends it or a
+/// task dies; then stops the tasks and shuts down.
 async fn serve(state: State, period: Duration, reinstall: Reinstall) -> Result<(), AgentError> {
-    use tokio::io::unix::AsyncFd;
-    use tokio::signal::unix::{signal, SignalKind};
-
     let sock_path = state.cfg.agent_socket();
-    let metrics_addr = state.cfg.metrics_address.clone();
-    let fd = state.mroute_fd();
-    let cap_fd = state.capture.as_ref().map(|c| c.raw_fd());
     let state = Arc::new(Mutex::new(state));
-    let io_err = |what: &str| {
-        let what = what.to_owned();
-        move |source| AgentError::Io { what, source }
-    };
+    let mut tasks = Tasks::spawn(&state, &sock_path).await?;
+    let outcome = main_loop(&state, &mut tasks, &sock_path, period, &reinstall).await;
+    tasks.stop().await;
+    shutdown(&mut state.lock().unwrap());
+    outcome
+}
 
-    let mut status_task = tokio::spawn(status::serve(sock_path.clone(), state.clone()));
-    let metrics_task = if metrics_addr.is_empty() {
-        None
-    } else {
-        let listener = tokio::net::TcpListener::bind(&metrics_addr)
-            .await
-            .map_err(io_err(&format!("metrics address {metrics_addr}")))?;
-        tracing::info!("metrics on http://{metrics_addr}/metrics");
-        Some(tokio::spawn(metrics::serve(listener, state.clone())))
-    };
+/// The tasks that run beside the main loop.
+struct Tasks {
+    status: tokio::task::JoinHandle<()>,
+    metrics: Option<tokio::task::JoinHandle<()>>,
+    /// None once it has ended (it is not awaited twice).
+    upcalls: Option<tokio::task::JoinHandle<()>>,
+    capture: Option<tokio::task::JoinHandle<()>>,
+}
 
-    // SAFETY: the fd belongs to the router's MrouteSocket, which lives in
-    // `state` until after the task that polls it (below) is aborted and
-    // awaited; it is never replaced.
-    let upcalls = match fd {
-        Some(fd) => Some(
+impl Tasks {
+    /// Starts the status socket, the metrics listener, the upcall reader
+    /// (routed mode) and the discovery capture reader.
+    async fn spawn(state: &Arc<Mutex<State>>, sock_path: &Path) -> Result<Tasks, AgentError> {
+        use tokio::io::unix::AsyncFd;
+        let (metrics_addr, fd, cap_fd) = {
+            let st = state.lock().unwrap();
+            let cap_fd = st.discovery.capture.as_ref().map(|c| c.raw_fd());
+            (st.cfg.metrics_address.clone(), st.mroute_fd(), cap_fd)
+        };
+        let status = tokio::spawn(status::serve(sock_path.to_owned(), state.clone()));
+        let metrics = if metrics_addr.is_empty() {
+            None
+        } else {
+            let listener = tokio::net::TcpListener::bind(&metrics_addr)
+                .await
+                .map_err(io_err(&format!("metrics address {metrics_addr}")))?;
+            tracing::info!("metrics on http://{metrics_addr}/metrics");
+            Some(tokio::spawn(metrics::serve(listener, state.clone())))
+        };
+        let readable = |fd: RawFd, what: &str| {
+            // SAFETY: see the callers: each fd outlives the task that polls it.
             unsafe { AsyncFd::register_with_interest(Fd(fd), tokio::io::Interest::READABLE) }
-                .map_err(|e| io_err("multicast routing socket")(e.into_parts().1))?,
-        ),
-        None => None,
-    };
-    // SAFETY: the fd belongs to the Capture in `state`, which is only taken
-    // out for a drain under the lock and always put back; the task that
-    // polls it is aborted and awaited before `state` is shut down.
-    let captured = match cap_fd {
-        Some(fd) => Some(
-            unsafe { AsyncFd::register_with_interest(Fd(fd), tokio::io::Interest::READABLE) }
-                .map_err(|e| io_err("capture socket")(e.into_parts().1))?,
-        ),
-        None => None,
-    };
-    // discovery traffic is read in batches, at most every DRAIN_EVERY
-    let capture_task = captured.map(|afd| {
-        let st = state.clone();
-        tokio::spawn(async move {
-            while let Ok(mut guard) = afd.readable().await {
-                handle_capture(&mut st.lock().unwrap());
-                guard.clear_ready();
-                tokio::time::sleep(observe::DRAIN_EVERY).await;
-            }
+                .map_err(|e| io_err(what)(e.into_parts().1))
+        };
+        // the fd belongs to the router's MrouteSocket, which lives in
+        // `state` until after the task that polls it is aborted and awaited
+        // (stop); it is never replaced.
+        let upcalls = match fd {
+            Some(fd) => Some(upcall_task(
+                readable(fd, "multicast routing socket")?,
+                state,
+            )),
+            None => None,
+        };
+        // the fd belongs to the Capture in `state`, which is only taken out
+        // for a drain under the lock and always put back; the task that
+        // polls it is aborted and awaited before `state` is shut down.
+        let capture = match cap_fd {
+            Some(fd) => Some(capture_task(readable(fd, "capture socket")?, state)),
+            None => None,
+        };
+        Ok(Tasks {
+            status,
+            metrics,
+            upcalls,
+            capture,
         })
-    });
-    // upcalls (new sources) are served by a task of their own, so they never
-    // wait for the loop below (a reconcile pass, a reload)
-    let mut upcall_task = upcalls.map(|afd| {
-        let st = state.clone();
-        tokio::spawn(async move {
-            loop {
-                match afd.readable().await {
-                    Ok(mut guard) => {
-                        handle_upcalls(&mut st.lock().unwrap());
-                        guard.clear_ready();
-                    }
-                    Err(e) => {
-                        tracing::error!("multicast routing socket: {e}");
-                        return;
-                    }
+    }
+
+    /// Aborts every task; those that poll a descriptor in the state are
+    /// awaited, so that the state may be shut down after.
+    async fn stop(self) {
+        self.status.abort();
+        if let Some(t) = self.metrics {
+            t.abort();
+        }
+        for t in [self.upcalls, self.capture].into_iter().flatten() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+/// Discovery traffic is read in batches, at most every DRAIN_EVERY.
+fn capture_task(
+    afd: tokio::io::unix::AsyncFd<Fd>,
+    state: &Arc<Mutex<State>>,
+) -> tokio::task::JoinHandle<()> {
+    let st = state.clone();
+    tokio::spawn(async move {
+        while let Ok(mut guard) = afd.readable().await {
+            handle_capture(&mut st.lock().unwrap());
+            guard.clear_ready();
+            tokio::time::sleep(observe::DRAIN_EVERY).await;
+        }
+    })
+}
+
+/// Upcalls (new sources) are served by a task of their own, so they never
+/// wait for the main loop (a reconcile pass, a reload).
+fn upcall_task(
+    afd: tokio::io::unix::AsyncFd<Fd>,
+    state: &Arc<Mutex<State>>,
+) -> tokio::task::JoinHandle<()> {
+    let st = state.clone();
+    tokio::spawn(async move {
+        loop {
+            match afd.readable().await {
+                Ok(mut guard) => {
+                    handle_upcalls(&mut st.lock().unwrap());
+                    guard.clear_ready();
+                }
+                Err(e) => {
+                    tracing::error!("multicast routing socket: {e}");
+                    return;
                 }
             }
-        })
-    });
+        }
+    })
+}
+
+/// Reconciles every `period`, reloads on SIGHUP, ends on SIGTERM/SIGINT or
+/// when the status or upcall task ends.
+async fn main_loop(
+    state: &Arc<Mutex<State>>,
+    tasks: &mut Tasks,
+    sock_path: &Path,
+    period: Duration,
+    reinstall: &Reinstall,
+) -> Result<(), AgentError> {
+    use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup()).map_err(io_err("SIGHUP handler"))?;
     let mut term = signal(SignalKind::terminate()).map_err(io_err("SIGTERM handler"))?;
     let mut int = signal(SignalKind::interrupt()).map_err(io_err("SIGINT handler"))?;
@@ -1092,7 +1221,6 @@ async fn serve(state: State, period: Duration, reinstall: Reinstall) -> Result<(
     if let Some(n) = &notify {
         n.send("READY=1");
     }
-
     let mut upcall_done = false;
     let outcome = loop {
         tokio::select! {
@@ -1103,9 +1231,9 @@ async fn serve(state: State, period: Duration, reinstall: Reinstall) -> Result<(
                 }
                 // systemd's watchdog is fed only while the status socket answers
                 if let Some(n) = notify.clone() {
-                    let sock = sock_path.clone();
+                    let sock = sock_path.to_owned();
                     tokio::task::spawn_blocking(move || {
-                        if status::query(&sock, "status").is_ok() {
+                        if crate::api::status(&sock).is_ok() {
                             n.send("WATCHDOG=1");
                         }
                     });
@@ -1123,27 +1251,17 @@ async fn serve(state: State, period: Duration, reinstall: Reinstall) -> Result<(
             _ = int.recv() => break Ok(()),
             // a task that ends (rather than panics) leaves the agent deaf:
             // stop, so that the supervisor restarts it
-            r = &mut status_task => {
+            r = &mut tasks.status => {
                 break Err(AgentError::Setup(format!("the status socket task ended: {r:?}")));
             }
-            Some(r) = async { match upcall_task.as_mut() { Some(t) => Some(t.await), None => std::future::pending().await } } => {
+            Some(r) = async { match tasks.upcalls.as_mut() { Some(t) => Some(t.await), None => std::future::pending().await } } => {
                 upcall_done = true;
                 break Err(AgentError::Setup(format!("the multicast upcall task ended: {r:?}")));
             }
         }
     };
-    status_task.abort();
-    if let Some(t) = metrics_task {
-        t.abort();
+    if upcall_done {
+        tasks.upcalls = None; // ended: not to be awaited again
     }
-    if let Some(t) = upcall_task.filter(|_| !upcall_done) {
-        t.abort();
-        let _ = t.await;
-    }
-    if let Some(t) = capture_task {
-        t.abort();
-        let _ = t.await;
-    }
-    shutdown(&mut state.lock().unwrap());
     outcome
 }

@@ -11,80 +11,49 @@
 //! taps run), and the pod is named from its address. Each sender is parsed at
 //! most twice a second; the table and the per-source records are bounded.
 
+use crate::kernel::packet::{attach_filter, packet_socket, PACKET_OUTGOING};
 use crate::rtps::{self, spdp, GuidPrefix};
-use serde::Serialize;
 use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const MAX_PARTICIPANTS: usize = 4096;
 const MAX_SOURCES: usize = 8192;
 const PARSE_EVERY: Duration = Duration::from_millis(500);
-const PACKET_OUTGOING: u8 = 4;
 /// The agent reads captured frames at most this often: one wake-up per batch
 /// instead of one per packet (what is missed between batches waits in the
 /// socket buffer; announcements are periodic anyway).
 pub const DRAIN_EVERY: Duration = Duration::from_millis(50);
 
 /// One advertised locator, as reported.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct LocatorInfo {
-    /// metatraffic_unicast, metatraffic_multicast, default_unicast, default_multicast
-    pub kind: &'static str,
-    /// udpv4, udpv6 or the numeric kind
-    pub transport: String,
-    pub address: Option<String>,
-    pub port: u32,
-}
+pub use crate::api::Locator as LocatorInfo;
+/// A DDS participant seen on this node, as reported.
+pub use crate::api::Participant;
+/// A sender of RTPS multicast, by source address and group, as reported.
+pub use crate::api::Source;
 
-/// A DDS participant seen on this node.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Participant {
-    pub guid_prefix: String,
-    pub vendor: &'static str,
-    pub vendor_id: String,
-    pub domain: Option<u32>,
-    pub name: Option<String>,
-    pub locators: Vec<LocatorInfo>,
-    /// The interface it was seen on.
-    pub seen_on: String,
-    /// Where its announcements come from.
-    pub source: String,
-    /// The pod it belongs to, when the source is one of this node's pods.
-    pub pod: Option<String>,
-    /// IP TTL of its last announcement on arrival.
-    pub ttl: u8,
-    pub lease_seconds: Option<f64>,
-    pub first_seen: u64,
-    pub last_seen: u64,
-    #[serde(skip)]
+/// A participant and when it was last heard.
+#[derive(Debug, Clone)]
+struct Heard {
+    p: Participant,
     last_seen_at: Instant,
 }
 
-/// A sender of RTPS multicast, by source address and group.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Source {
-    pub source: Ipv4Addr,
-    pub group: Ipv4Addr,
-    pub interface: String,
-    pub ttl: u8,
-    pub packets: u64,
-    pub last_seen: u64,
-    #[serde(skip)]
+/// A sender and when it was last heard and parsed.
+#[derive(Debug, Clone)]
+struct Sender {
+    s: Source,
     last_parsed: Option<Instant>,
-    #[serde(skip)]
     last_seen_at: Instant,
 }
 
 /// The participant table.
 #[derive(Debug, Default)]
 pub struct Table {
-    participants: HashMap<GuidPrefix, Participant>,
-    sources: HashMap<(Ipv4Addr, u16, Ipv4Addr), Source>,
+    participants: HashMap<GuidPrefix, Heard>,
+    sources: HashMap<(Ipv4Addr, u16, Ipv4Addr), Sender>,
     /// Pod of an address (ros0 or primary), refreshed by the agent.
     pub pods_by_ip: HashMap<Ipv4Addr, String>,
     /// Pod of a host-side port name (routed mode).
@@ -124,20 +93,22 @@ impl Table {
         if !self.sources.contains_key(&key) && self.sources.len() >= MAX_SOURCES {
             return;
         }
-        let s = self.sources.entry(key).or_insert_with(|| Source {
-            source: *seen.src.ip(),
-            group: *seen.dst.ip(),
-            interface: seen.ifname.to_owned(),
-            ttl: seen.ttl,
-            packets: 0,
-            last_seen: 0,
+        let s = self.sources.entry(key).or_insert_with(|| Sender {
+            s: Source {
+                source: *seen.src.ip(),
+                group: *seen.dst.ip(),
+                interface: seen.ifname.to_owned(),
+                ttl: seen.ttl,
+                packets: 0,
+                last_seen: 0,
+            },
             last_parsed: None,
             last_seen_at: now,
         });
-        s.packets += 1;
-        s.ttl = seen.ttl;
-        if s.interface != seen.ifname {
-            s.interface = seen.ifname.to_owned();
+        s.s.packets += 1;
+        s.s.ttl = seen.ttl;
+        if s.s.interface != seen.ifname {
+            s.s.interface = seen.ifname.to_owned();
         }
         s.last_seen_at = now;
         if s.last_parsed
@@ -147,7 +118,7 @@ impl Table {
         }
         s.last_parsed = Some(now);
         // wall-clock time only when parsing (at most twice a second per sender)
-        s.last_seen = unix_secs(SystemTime::now());
+        s.s.last_seen = unix_secs(SystemTime::now());
         let msg = match rtps::parse_message(payload) {
             Ok(m) => m,
             Err(_) => {
@@ -176,7 +147,7 @@ impl Table {
             let locators = p
                 .locators()
                 .map(|(pid, l)| LocatorInfo {
-                    kind: locator_kind(pid),
+                    kind: locator_kind(pid).to_owned(),
                     transport: match l.kind {
                         rtps::LocatorKind::UdpV4 => "udpv4".into(),
                         rtps::LocatorKind::UdpV6 => "udpv6".into(),
@@ -190,25 +161,27 @@ impl Table {
             let first = self
                 .participants
                 .get(&p.guid_prefix)
-                .map_or(wall, |o| o.first_seen);
+                .map_or(wall, |o| o.p.first_seen);
             self.participants.insert(
                 p.guid_prefix,
-                Participant {
-                    guid_prefix: p.guid_prefix.to_string(),
-                    vendor: p.vendor_id.name(),
-                    vendor_id: format!("{:04x}", p.vendor_id.0),
-                    domain: p.domain(SocketAddr::V4(seen.dst)),
-                    name: p.entity_name.clone().filter(|n| !n.is_empty()),
-                    locators,
-                    seen_on: seen.ifname.to_owned(),
-                    source: seen.src.to_string(),
-                    pod: pod.clone(),
-                    ttl: seen.ttl,
-                    lease_seconds: p
-                        .lease_duration
-                        .map(|t| t.seconds as f64 + t.fraction as f64 / 4294967296.0),
-                    first_seen: first,
-                    last_seen: wall,
+                Heard {
+                    p: Participant {
+                        guid_prefix: p.guid_prefix.to_string(),
+                        vendor: p.vendor_id.name().to_owned(),
+                        vendor_id: format!("{:04x}", p.vendor_id.0),
+                        domain: p.domain(SocketAddr::V4(seen.dst)),
+                        name: p.entity_name.clone().filter(|n| !n.is_empty()),
+                        locators,
+                        seen_on: seen.ifname.to_owned(),
+                        source: seen.src.to_string(),
+                        pod: pod.clone(),
+                        ttl: seen.ttl,
+                        lease_seconds: p
+                            .lease_duration
+                            .map(|t| t.seconds as f64 + t.fraction as f64 / 4294967296.0),
+                        first_seen: first,
+                        last_seen: wall,
+                    },
                     last_seen_at: now,
                 },
             );
@@ -219,7 +192,7 @@ impl Table {
     /// minute), and senders silent for five minutes.
     pub fn expire(&mut self, now: Instant) {
         self.participants.retain(|_, p| {
-            let lease = p.lease_seconds.unwrap_or(30.0).clamp(1.0, 3600.0);
+            let lease = p.p.lease_seconds.unwrap_or(30.0).clamp(1.0, 3600.0);
             let keep = Duration::from_secs_f64((2.0 * lease).max(60.0));
             now.duration_since(p.last_seen_at) < keep
         });
@@ -228,13 +201,13 @@ impl Table {
     }
 
     pub fn participants(&self) -> Vec<&Participant> {
-        let mut v: Vec<_> = self.participants.values().collect();
+        let mut v: Vec<_> = self.participants.values().map(|h| &h.p).collect();
         v.sort_by(|a, b| (a.domain, &a.guid_prefix).cmp(&(b.domain, &b.guid_prefix)));
         v
     }
 
     pub fn sources(&self) -> Vec<&Source> {
-        let mut v: Vec<_> = self.sources.values().collect();
+        let mut v: Vec<_> = self.sources.values().map(|s| &s.s).collect();
         v.sort_by_key(|s| (s.group, s.source));
         v
     }
@@ -248,124 +221,9 @@ impl Table {
     }
 }
 
-/// A classic BPF program: accept IPv4 UDP to one of `groups`, drop the rest.
-pub fn bpf_filter(groups: &[Ipv4Addr]) -> Vec<libc::sock_filter> {
-    let f = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
-    const LDH_ABS: u16 = 0x28;
-    const LDB_ABS: u16 = 0x30;
-    const LD_ABS: u16 = 0x20;
-    const JEQ_K: u16 = 0x15;
-    const RET_K: u16 = 0x06;
-    // ancillary data: the packet type (SKF_AD_OFF + SKF_AD_PKTTYPE)
-    const AD_PKTTYPE: u32 = 0xffff_f000 + 4;
-    const PRE: usize = 7;
-    let groups: Vec<Ipv4Addr> = groups.iter().take(200).copied().collect();
-    // layout: 0 ld pkttype, 1 jeq outgoing -> drop, 2 ldh ethertype, 3 jeq ipv4,
-    // 4 ldb proto, 5 jeq udp, 6 ld dst, 7.. one jeq per group, accept, drop
-    let accept = PRE + groups.len();
-    let drop = accept + 1;
-    let to_drop = |at: usize| (drop - at - 1) as u8;
-    let mut p = vec![
-        f(LDB_ABS, 0, 0, AD_PKTTYPE),
-        f(JEQ_K, to_drop(1), 0, PACKET_OUTGOING as u32),
-        f(LDH_ABS, 0, 0, 12),
-        f(JEQ_K, 0, to_drop(3), 0x0800),
-        f(LDB_ABS, 0, 0, 23),
-        f(JEQ_K, 0, to_drop(5), 17),
-        f(LD_ABS, 0, 0, 30),
-    ];
-    for (i, g) in groups.iter().enumerate() {
-        let at = PRE + i;
-        let jf = if i + 1 == groups.len() {
-            to_drop(at)
-        } else {
-            0
-        };
-        p.push(f(JEQ_K, (accept - at - 1) as u8, jf, u32::from(*g)));
-    }
-    p.push(f(RET_K, 0, 0, 0x0004_0000));
-    p.push(f(RET_K, 0, 0, 0));
-    p
-}
-
 /// The capture socket.
 pub struct Capture {
     fd: OwnedFd,
-}
-
-/// A non-blocking AF_PACKET socket for IPv4 frames: `kind` is SOCK_RAW
-/// (with the Ethernet header) or SOCK_DGRAM (the IPv4 packet alone). Used
-/// by the discovery capture, the relay and the pressure sampler.
-pub fn packet_socket(kind: libc::c_int) -> io::Result<OwnedFd> {
-    // SAFETY: socket(2); the descriptor is owned right away.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            kind | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            i32::from((libc::ETH_P_IP as u16).to_be()),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// The link-layer address of `ifindex` for IPv4 (and `mac`, to send to).
-pub fn sockaddr_ll(ifindex: u32, mac: Option<[u8; 6]>) -> libc::sockaddr_ll {
-    // SAFETY: sockaddr_ll is plain data; all-zero is valid.
-    let mut a: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    a.sll_family = libc::AF_PACKET as u16;
-    a.sll_protocol = (libc::ETH_P_IP as u16).to_be();
-    a.sll_ifindex = ifindex as i32;
-    if let Some(m) = mac {
-        a.sll_halen = 6;
-        a.sll_addr[..6].copy_from_slice(&m);
-    }
-    a
-}
-
-/// Binds a packet socket to one interface.
-pub fn bind_packet(fd: RawFd, ifindex: u32) -> io::Result<()> {
-    let a = sockaddr_ll(ifindex, None);
-    // SAFETY: bind with a sockaddr_ll of the right size.
-    let rc = unsafe {
-        libc::bind(
-            fd,
-            &a as *const _ as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
-/// Attaches (or replaces) [`bpf_filter`] for `groups` on a packet socket.
-pub fn attach_filter(fd: RawFd, groups: &[Ipv4Addr]) -> io::Result<()> {
-    let prog = bpf_filter(groups);
-    let fprog = libc::sock_fprog {
-        len: prog.len() as u16,
-        filter: prog.as_ptr() as *mut libc::sock_filter,
-    };
-    // SAFETY: SO_ATTACH_FILTER with a sock_fprog pointing at `prog`, alive for the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
-            &fprog as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::sock_fprog>() as u32,
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
 }
 
 impl Capture {
@@ -578,28 +436,5 @@ mod tests {
         assert_eq!(t.len(), 1);
         t.expire(now + Duration::from_secs(61));
         assert_eq!(t.len(), 0, "20 s lease: gone after a minute");
-    }
-
-    #[test]
-    fn bpf_jumps_land_on_accept_or_drop() {
-        for n in 1..5 {
-            let groups: Vec<Ipv4Addr> = (0..n).map(|i| Ipv4Addr::new(239, 255, 0, i + 1)).collect();
-            let p = bpf_filter(&groups);
-            let accept = p.len() - 2;
-            let drop = p.len() - 1;
-            for (i, ins) in p.iter().enumerate() {
-                if ins.code == 0x15 {
-                    let t = i + 1 + ins.jt as usize;
-                    let f = i + 1 + ins.jf as usize;
-                    assert!(t <= drop && f <= drop, "jump out of the program at {i}");
-                    if i >= 7 {
-                        assert_eq!(t, accept, "a matching group is accepted");
-                    }
-                }
-            }
-            // outgoing frames drop; the last group's mismatch drops
-            assert_eq!(2 + p[1].jt as usize, drop);
-            assert_eq!(7 + n as usize + p[6 + n as usize].jf as usize, drop);
-        }
     }
 }

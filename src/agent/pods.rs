@@ -13,26 +13,12 @@
 //! element each wait out an RCU grace period in the kernel (15-25 ms), which
 //! need not sit on the pod's deletion path.
 
+use crate::api::Handoff;
 use crate::firewall::{self, nfnl::Nfnl};
 use crate::ipam::Attachment;
 use crate::netlink::{parse_mac, Handle, Link, Netns};
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
-
-/// Work a DEL hands to the agent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Handoff {
-    /// The link to delete: its index and name, in `netns` ("" = the node's).
-    pub ifindex: u32,
-    pub name: String,
-    #[serde(default)]
-    pub netns: String,
-    /// The anti-spoofing element (port, MAC, IPv4) to delete, if any.
-    #[serde(default)]
-    pub element: Option<(String, String, Ipv4Addr)>,
-}
 
 /// Runs a handoff: deletes the link by index (a new link with the same name
 /// is left alone), then the element unless a link by its port name exists

@@ -24,15 +24,8 @@ const RESAMPLE: Duration = Duration::from_secs(6);
 const SAMPLE_TIME: Duration = Duration::from_millis(150);
 const SAMPLE_PACKETS: usize = 4000;
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Source {
-    pub source: Ipv4Addr,
-    /// The interface it arrived on.
-    pub interface: String,
-    /// Distinct groups it sent to in the sample.
-    pub groups: usize,
-    pub packets: u64,
-}
+/// A source of pressure, as the status reports it.
+pub use crate::api::PressureSource as Source;
 
 #[derive(Debug, Default)]
 pub struct Pressure {
@@ -108,15 +101,19 @@ impl Pressure {
         log
     }
 
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "notRtpsPerSecond": self.rate,
-            "threshold": PRESSURE_PPS,
-            "active": self.active,
-            "interface": self.interface,
-            "sources": self.sources,
-            "since": self.since.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs()),
-        })
+    /// `multicastPressure` in the status.
+    pub fn to_api(&self) -> crate::api::Pressure {
+        crate::api::Pressure {
+            not_rtps_per_second: self.rate,
+            threshold: PRESSURE_PPS,
+            active: self.active,
+            interface: self.interface.clone(),
+            sources: self.sources.clone(),
+            since: self
+                .since
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_secs()),
+        }
     }
 }
 
@@ -154,10 +151,10 @@ pub fn sample_interfaces(ifaces: &[(u32, String)], groups: &[Ipv4Addr]) -> Vec<S
 pub fn sample_sources(ifindex: u32, ifname: &str, groups: &[Ipv4Addr]) -> Vec<Source> {
     use std::collections::{BTreeMap, BTreeSet};
     use std::os::fd::AsRawFd;
-    let Ok(fd) = super::observe::packet_socket(libc::SOCK_DGRAM) else {
+    let Ok(fd) = crate::kernel::packet::packet_socket(libc::SOCK_DGRAM) else {
         return vec![];
     };
-    if super::observe::bind_packet(fd.as_raw_fd(), ifindex).is_err() {
+    if crate::kernel::packet::bind_packet(fd.as_raw_fd(), ifindex).is_err() {
         return vec![];
     }
     let mut per: BTreeMap<Ipv4Addr, (u64, BTreeSet<Ipv4Addr>)> = BTreeMap::new();
@@ -204,7 +201,7 @@ pub fn sample_sources(ifindex: u32, ifname: &str, groups: &[Ipv4Addr]) -> Vec<So
         .map(|(source, (packets, g))| Source {
             source,
             interface: ifname.to_owned(),
-            groups: g.len(),
+            groups: g.len() as u64,
             packets,
         })
         .collect();
@@ -246,7 +243,10 @@ mod tests {
         );
         assert_eq!(p.interface.as_deref(), Some("ros2br0"));
         assert!(!p.sample_due(), "sampled just now");
-        assert_eq!(p.to_json()["sources"][0]["groups"], 4000);
+        assert_eq!(
+            serde_json::to_value(p.to_api()).unwrap()["sources"][0]["groups"],
+            4000
+        );
         // quiet again
         let log = p.update(t0 + Duration::from_secs(6), 20_010, None);
         assert_eq!(log.as_deref(), Some("multicast pressure ended"));

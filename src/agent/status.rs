@@ -1,11 +1,11 @@
 //! The agent's health socket: a Unix socket (mode 0600, root only) in the data
-//! dir. A client writes one command line (`status`) and reads one JSON document.
+//! dir. A client writes one request line and reads one JSON document; the
+//! protocol's types and the client are in [`crate::api`].
 
 use super::State;
-use serde_json::Value;
-use std::io::{Read, Write};
+use crate::api::{reply_line, ErrorReply, Queued, Request};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -40,48 +40,41 @@ pub async fn serve(path: PathBuf, state: Arc<Mutex<State>>) {
                 continue;
             }
         };
-        let state = state.clone();
-        tokio::spawn(async move {
-            let (rd, mut wr) = stream.into_split();
-            let mut line = String::new();
-            let mut rd = BufReader::new(rd);
-            let _ = tokio::time::timeout(Duration::from_secs(1), rd.read_line(&mut line)).await;
-            let line = line.trim();
-            if let Some(job) = line.strip_prefix("teardown ") {
-                let doc = match serde_json::from_str::<super::pods::Handoff>(job) {
-                    Ok(h) => {
-                        // the kernel waits out grace periods here: off the caller's path
-                        tokio::task::spawn_blocking(move || {
-                            if let Err(e) = super::pods::run_handoff(&h) {
-                                tracing::warn!(link = %h.name, "handed-over teardown: {e}");
-                            }
-                        });
-                        serde_json::json!({"queued": true})
-                    }
-                    Err(e) => serde_json::json!({"error": format!("bad teardown request: {e}")}),
-                };
-                let _ = wr.write_all(format!("{doc}\n").as_bytes()).await;
-                let _ = wr.shutdown().await;
-                return;
-            }
-            if line == "test-panic"
-                && std::env::var("ROS2_CNI_TEST_PANIC").is_ok_and(|v| v == "agent")
-            {
-                // tests only: a task that panics holding the state lock
-                let _held = state.lock().unwrap();
-                panic!("panic requested through ROS2_CNI_TEST_PANIC");
-            }
-            let doc = match line {
-                "" | "status" => super::status_json(&state.lock().unwrap()),
-                "participants" => super::participants_json(&state.lock().unwrap()),
-                other => serde_json::json!({
-                    "error": format!("unknown command \"{other}\" (try \"status\" or \"participants\")")
-                }),
-            };
-            let _ = wr.write_all(format!("{doc}\n").as_bytes()).await;
-            let _ = wr.shutdown().await;
-        });
+        tokio::spawn(answer(stream, state.clone()));
     }
+}
+
+/// Reads one request line and writes one reply.
+async fn answer(stream: tokio::net::UnixStream, state: Arc<Mutex<State>>) {
+    let (rd, mut wr) = stream.into_split();
+    let mut line = String::new();
+    let mut rd = BufReader::new(rd);
+    let _ = tokio::time::timeout(Duration::from_secs(1), rd.read_line(&mut line)).await;
+    if line.trim() == "test-panic"
+        && std::env::var("ROS2_CNI_TEST_PANIC").is_ok_and(|v| v == "agent")
+    {
+        // tests only: a task that panics holding the state lock
+        let _held = state.lock().unwrap();
+        panic!("panic requested through ROS2_CNI_TEST_PANIC");
+    }
+    let reply = match Request::parse(&line) {
+        Ok(Request::Teardown(h)) => {
+            // the kernel waits out grace periods here: off the caller's path
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = super::pods::run_handoff(&h) {
+                    tracing::warn!(link = %h.name, "handed-over teardown: {e}");
+                }
+            });
+            reply_line(&Queued { queued: true })
+        }
+        Ok(Request::Status) => reply_line(&super::status_reply(&state.lock().unwrap())),
+        Ok(Request::Participants) => reply_line(&super::participants_reply(&state.lock().unwrap())),
+        Err(e) => reply_line(&ErrorReply {
+            error: e.to_string(),
+        }),
+    };
+    let _ = wr.write_all(reply.as_bytes()).await;
+    let _ = wr.shutdown().await;
 }
 
 /// Pauses after a failed accept (EMFILE, ENFILE, ENOMEM, ...), doubling
@@ -108,37 +101,4 @@ impl AcceptBackoff {
         self.pause = Some(pause);
         tokio::time::sleep(pause).await;
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum QueryError {
-    #[error("no agent answers on {path}: {source}")]
-    Unreachable {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("the agent on {path} sent an unreadable answer: {msg}")]
-    Garbled { path: String, msg: String },
-}
-
-/// Asks the agent at `path` (blocking, 2 s timeout). Used by the plugin's
-/// STATUS and by `doctor`.
-pub fn query(path: &Path, cmd: &str) -> Result<Value, QueryError> {
-    let unreachable = |source| QueryError::Unreachable {
-        path: path.display().to_string(),
-        source,
-    };
-    let mut s = std::os::unix::net::UnixStream::connect(path).map_err(unreachable)?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))
-        .map_err(unreachable)?;
-    s.set_write_timeout(Some(Duration::from_secs(2)))
-        .map_err(unreachable)?;
-    s.write_all(format!("{cmd}\n").as_bytes())
-        .map_err(unreachable)?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).map_err(unreachable)?;
-    serde_json::from_str(buf.trim()).map_err(|e| QueryError::Garbled {
-        path: path.display().to_string(),
-        msg: e.to_string(),
-    })
 }

@@ -24,21 +24,15 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         (None, Some(c)) => ros2_cni::agent::load_config(&c, a.node.as_deref())?.agent_socket(),
         (None, None) => unreachable!("clap requires one of them"),
     };
-    match ros2_cni::agent::status::query(&sock, "status") {
-        Ok(v) if v["pid"].is_number() => {
+    // an answer that is not a status (no pid, ...) is an error here too
+    match ros2_cni::api::status(&sock) {
+        Ok(st) => {
             println!(
                 "ok: the agent (pid {}) answers on {}",
-                v["pid"],
+                st.pid,
                 sock.display()
             );
             Ok(0)
-        }
-        Ok(v) => {
-            eprintln!(
-                "ros2-cni: health: unexpected answer on {}: {v}",
-                sock.display()
-            );
-            Ok(1)
         }
         Err(e) => {
             eprintln!("ros2-cni: health: {e}");

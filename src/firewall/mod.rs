@@ -46,143 +46,165 @@ fn comment(name: &str) -> String {
     format!("ros2-cni {RULES_VERSION} {name}")
 }
 
-/// The anti-spoofing table for pod ports on the node bridge.
+/// The anti-spoofing table for pod ports on the node bridge: the set of
+/// allowed (port, MAC, IPv4), a hook that sends every frame from a pod port
+/// to `pod_in`, and `pod_in`, which accepts IPv4 and ARP frames whose key is
+/// in the set and counts and drops everything else.
 pub fn pod_guard_spec() -> TableSpec {
-    let ether_type = |t: [u8; 2]| {
-        [
-            Expr::Payload {
-                base: PayloadBase::Link,
-                offset: 12,
-                len: 2,
-                dreg: R0,
+    TableSpec {
+        family: NFPROTO_BRIDGE,
+        name: TABLE.into(),
+        sets: vec![pods_set()],
+        chains: vec![
+            ChainSpec {
+                name: "pod_in".into(),
+                hook: None,
+                rules: vec![pod_ip_rule(), pod_arp_rule(), pod_drop_rule()],
             },
-            Expr::CmpEq {
-                sreg: R0,
-                data: t.to_vec(),
+            ChainSpec {
+                name: "prerouting".into(),
+                hook: Some((NF_INET_PRE_ROUTING, -200)),
+                rules: vec![pod_ports_rule()],
             },
-        ]
-    };
-    let mut ip = ether_type([0x08, 0x00]).to_vec();
-    ip.extend([
-        Expr::Meta {
-            key: MetaKey::IifName,
-            dreg: R0,
-        },
-        Expr::Payload {
-            base: PayloadBase::Link,
-            offset: 6,
-            len: 6,
-            dreg: R_MAC,
-        },
-        Expr::Payload {
-            base: PayloadBase::Network,
-            offset: 12,
-            len: 4,
-            dreg: R_IP,
-        },
-        Expr::Lookup {
-            sreg: R0,
-            set: PODS_SET.into(),
-        },
-        Expr::Verdict {
-            code: NF_ACCEPT,
-            chain: None,
-        },
-    ]);
-    let mut arp = ether_type([0x08, 0x06]).to_vec();
-    arp.extend([
-        Expr::Meta {
-            key: MetaKey::IifName,
-            dreg: R0,
-        },
-        Expr::Payload {
-            base: PayloadBase::Link,
-            offset: 6,
-            len: 6,
-            dreg: R_MAC,
-        },
-        Expr::Payload {
-            base: PayloadBase::Network,
-            offset: 14,
-            len: 4,
-            dreg: R_IP,
-        },
-        Expr::Lookup {
-            sreg: R0,
-            set: PODS_SET.into(),
-        },
-        // the sender hardware address inside the ARP body must match too
+        ],
+    }
+}
+
+/// The `pods` set; its key layout is [`pod_key`]'s.
+fn pods_set() -> SetSpec {
+    SetSpec {
+        name: PODS_SET.into(),
+        key_type: concat_type(&[TYPE_IFNAME, TYPE_ETHERADDR, TYPE_IPADDR]),
+        key_len: 28,
+        dynamic_timeout_ms: None,
+    }
+}
+
+/// IPv4 from a pod port: accepted if (port, source MAC, source address) is
+/// in `pods`.
+fn pod_ip_rule() -> RuleSpec {
+    let mut exprs = ether_type_is([0x08, 0x00]).to_vec();
+    exprs.extend(load_pod_key(12));
+    exprs.extend([in_pods(), accept()]);
+    RuleSpec {
+        comment: comment("pod-ip"),
+        exprs,
+    }
+}
+
+/// ARP from a pod port: accepted if (port, source MAC, sender protocol
+/// address) is in `pods` and so is (port, sender hardware address, sender
+/// protocol address): the ARP body may not claim another MAC than the frame.
+fn pod_arp_rule() -> RuleSpec {
+    let mut exprs = ether_type_is([0x08, 0x06]).to_vec();
+    exprs.extend(load_pod_key(14));
+    exprs.push(in_pods());
+    // the sender hardware address inside the ARP body must match too
+    exprs.extend([
         Expr::Payload {
             base: PayloadBase::Network,
             offset: 8,
             len: 6,
             dreg: R_MAC,
         },
-        Expr::Lookup {
-            sreg: R0,
-            set: PODS_SET.into(),
-        },
-        Expr::Verdict {
-            code: NF_ACCEPT,
-            chain: None,
-        },
+        in_pods(),
+        accept(),
     ]);
-    TableSpec {
-        family: NFPROTO_BRIDGE,
-        name: TABLE.into(),
-        sets: vec![SetSpec {
-            name: PODS_SET.into(),
-            key_type: concat_type(&[TYPE_IFNAME, TYPE_ETHERADDR, TYPE_IPADDR]),
-            key_len: 28,
-            dynamic_timeout_ms: None,
-        }],
-        chains: vec![
-            ChainSpec {
-                name: "pod_in".into(),
-                hook: None,
-                rules: vec![
-                    RuleSpec {
-                        comment: comment("pod-ip"),
-                        exprs: ip,
-                    },
-                    RuleSpec {
-                        comment: comment("pod-arp"),
-                        exprs: arp,
-                    },
-                    RuleSpec {
-                        comment: comment("pod-drop"),
-                        exprs: vec![
-                            Expr::Counter,
-                            Expr::Verdict {
-                                code: NF_DROP,
-                                chain: None,
-                            },
-                        ],
-                    },
-                ],
-            },
-            ChainSpec {
-                name: "prerouting".into(),
-                hook: Some((NF_INET_PRE_ROUTING, -200)),
-                rules: vec![RuleSpec {
-                    comment: comment("pod-ports"),
-                    exprs: vec![
-                        Expr::Meta {
-                            key: MetaKey::IifName,
-                            dreg: R0,
-                        },
-                        Expr::CmpEq {
-                            sreg: R0,
-                            data: HOST_VETH_PREFIX.as_bytes().to_vec(),
-                        },
-                        Expr::Verdict {
-                            code: NFT_JUMP,
-                            chain: Some("pod_in".into()),
-                        },
-                    ],
-                }],
+    RuleSpec {
+        comment: comment("pod-arp"),
+        exprs,
+    }
+}
+
+/// Whatever else comes from a pod port (IPv6, spoofed frames): counted
+/// (the spoofed-drops figure) and dropped.
+fn pod_drop_rule() -> RuleSpec {
+    RuleSpec {
+        comment: comment("pod-drop"),
+        exprs: vec![
+            Expr::Counter,
+            Expr::Verdict {
+                code: NF_DROP,
+                chain: None,
             },
         ],
+    }
+}
+
+/// Frames entering the bridge from a pod port (host veth names start with
+/// [`HOST_VETH_PREFIX`]) go to `pod_in`.
+fn pod_ports_rule() -> RuleSpec {
+    RuleSpec {
+        comment: comment("pod-ports"),
+        exprs: vec![
+            Expr::Meta {
+                key: MetaKey::IifName,
+                dreg: R0,
+            },
+            Expr::CmpEq {
+                sreg: R0,
+                data: HOST_VETH_PREFIX.as_bytes().to_vec(),
+            },
+            Expr::Verdict {
+                code: NFT_JUMP,
+                chain: Some("pod_in".into()),
+            },
+        ],
+    }
+}
+
+/// The frame's Ethernet type is `t`.
+fn ether_type_is(t: [u8; 2]) -> [Expr; 2] {
+    [
+        Expr::Payload {
+            base: PayloadBase::Link,
+            offset: 12,
+            len: 2,
+            dreg: R0,
+        },
+        Expr::CmpEq {
+            sreg: R0,
+            data: t.to_vec(),
+        },
+    ]
+}
+
+/// Loads a `pods` key into the registers from R0 on: the input port's
+/// name, the frame's source MAC, and the IPv4 address at `ip_offset` in the
+/// network header (12: IPv4 source; 14: ARP sender protocol address).
+fn load_pod_key(ip_offset: u32) -> [Expr; 3] {
+    [
+        Expr::Meta {
+            key: MetaKey::IifName,
+            dreg: R0,
+        },
+        Expr::Payload {
+            base: PayloadBase::Link,
+            offset: 6,
+            len: 6,
+            dreg: R_MAC,
+        },
+        Expr::Payload {
+            base: PayloadBase::Network,
+            offset: ip_offset,
+            len: 4,
+            dreg: R_IP,
+        },
+    ]
+}
+
+/// The key loaded from R0 on is in `pods` (else the rule stops here).
+fn in_pods() -> Expr {
+    Expr::Lookup {
+        sreg: R0,
+        set: PODS_SET.into(),
+    }
+}
+
+fn accept() -> Expr {
+    Expr::Verdict {
+        code: NF_ACCEPT,
+        chain: None,
     }
 }
 

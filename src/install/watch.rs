@@ -111,7 +111,7 @@ impl Watcher {
         let (s, st) = (stop.clone(), stats.clone());
         let thread = std::thread::Builder::new()
             .name("ros2-cni-install-watch".into())
-            .spawn(move || run(inotify, Some(wd), bin_wd, target, opts, s, st))
+            .spawn(move || Loop::new(inotify, wd, bin_wd, target, opts, s, st).run())
             .map_err(|e| {
                 InstallError::io("cannot start the watcher thread for", Path::new(""), e)
             })?;
@@ -169,146 +169,225 @@ fn is_conf_name(name: &std::ffi::OsStr) -> bool {
         .is_some_and(|e| super::conflist::CONF_EXTENSIONS.contains(&e))
 }
 
-fn run(
+/// The watcher thread's state.
+struct Loop {
     inotify: Inotify,
-    mut wd: Option<WatchDescriptor>,
+    /// The conf dir's watch; `None` while the directory is gone (removed or
+    /// replaced) and not watched again yet.
+    wd: Option<WatchDescriptor>,
+    /// The bin dir's watch, when the binary is kept in place too.
     bin_wd: Option<WatchDescriptor>,
     target: Target,
     opts: WatchOptions,
     stop: Arc<AtomicBool>,
     stats: Arc<WatchStats>,
-) {
-    let dir = target.conf_dir.display().to_string();
-    tracing::info!(conf_dir = %dir, node = %target.entry.node, "watching the CNI conf dir to keep the ros2-cni entry in place");
-    let mut due = Some(Instant::now());
-    let mut next_resync = Instant::now() + opts.resync;
-    let mut last_error: Option<String> = None;
-    let mut first = true;
-    while !stop.load(Ordering::Relaxed) {
-        stats.wakeups.fetch_add(1, Ordering::Relaxed);
+    /// When the next apply is due (debounced events, retries); `None`: no
+    /// change seen since the last apply.
+    due: Option<Instant>,
+    next_resync: Instant,
+    /// The last apply error, logged once until it changes or clears.
+    last_error: Option<String>,
+    /// Before the first apply: logs say "inserted"/"installed" rather than
+    /// "re-applied"/"re-installed".
+    first: bool,
+}
+
+impl Loop {
+    /// The state before the first pass: an apply due at once (the entry is
+    /// put in place right away), the resync one period away.
+    fn new(
+        inotify: Inotify,
+        wd: WatchDescriptor,
+        bin_wd: Option<WatchDescriptor>,
+        target: Target,
+        opts: WatchOptions,
+        stop: Arc<AtomicBool>,
+        stats: Arc<WatchStats>,
+    ) -> Loop {
+        let next_resync = Instant::now() + opts.resync;
+        Loop {
+            inotify,
+            wd: Some(wd),
+            bin_wd,
+            target,
+            opts,
+            stop,
+            stats,
+            due: Some(Instant::now()),
+            next_resync,
+            last_error: None,
+            first: true,
+        }
+    }
+
+    /// Until stopped: wait for events (at most a tick), keep the conf dir
+    /// watched, and apply when an apply is due or the resync comes round.
+    fn run(mut self) {
+        let dir = self.target.conf_dir.display().to_string();
+        tracing::info!(conf_dir = %dir, node = %self.target.entry.node, "watching the CNI conf dir to keep the ros2-cni entry in place");
+        while !self.stop.load(Ordering::Relaxed) {
+            self.stats.wakeups.fetch_add(1, Ordering::Relaxed);
+            if self.wait_for_events() {
+                self.read_events(&dir);
+            }
+            if !self.watch_again() {
+                continue; // not there yet: try again next tick
+            }
+            let now = Instant::now();
+            let resync = now >= self.next_resync;
+            if !(resync || self.due.is_some_and(|d| now >= d)) {
+                continue;
+            }
+            self.due = None;
+            self.next_resync = now + self.opts.resync;
+            self.keep_binary();
+            self.keep_entry();
+            self.first = false;
+        }
+        tracing::info!(conf_dir = %dir, "stopped watching the CNI conf dir");
+    }
+
+    /// Polls inotify until an event, the tick, the resync or a due apply;
+    /// true if events are ready.
+    fn wait_for_events(&self) -> bool {
         let now = Instant::now();
-        let mut wait = opts.tick.min(next_resync.saturating_duration_since(now));
+        let mut wait = self
+            .opts
+            .tick
+            .min(self.next_resync.saturating_duration_since(now));
         // while the conf dir is gone, an apply that is due waits for it: a
         // tick between attempts to watch it again, never a busy loop
-        if let Some(d) = due.filter(|_| wd.is_some()) {
+        if let Some(d) = self.due.filter(|_| self.wd.is_some()) {
             wait = wait.min(d.saturating_duration_since(now));
         }
         let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
-        let mut fds = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
-        let ready = poll(&mut fds, PollTimeout::from(ms)).unwrap_or(0);
-        if ready > 0 {
-            let mut lost = false;
-            let mut relevant = false;
-            while let Ok(events) = inotify.read_events() {
-                if events.is_empty() {
-                    break;
-                }
-                for ev in events {
-                    if Some(ev.wd) == wd
-                        && ev.mask.intersects(
-                            AddWatchFlags::IN_IGNORED
-                                | AddWatchFlags::IN_DELETE_SELF
-                                | AddWatchFlags::IN_MOVE_SELF,
-                        )
-                    {
-                        lost = true;
-                    }
-                    let name = ev.name.as_deref();
-                    let ours = if bin_wd.is_some() && Some(ev.wd) == bin_wd {
-                        name.is_some_and(|n| n == BINARY_NAME)
-                    } else {
-                        name.is_some_and(is_conf_name)
-                    };
-                    if ev.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) || ours {
-                        relevant = true;
-                    }
-                }
+        let mut fds = [PollFd::new(self.inotify.as_fd(), PollFlags::POLLIN)];
+        poll(&mut fds, PollTimeout::from(ms)).unwrap_or(0) > 0
+    }
+
+    /// Reads every pending event. An event on one of our names (or a queue
+    /// overflow) schedules an apply after the debounce, unless one is
+    /// already due; losing the conf dir drops its watch and schedules one too.
+    fn read_events(&mut self, dir: &str) {
+        let mut lost = false;
+        let mut relevant = false;
+        while let Ok(events) = self.inotify.read_events() {
+            if events.is_empty() {
+                break;
             }
-            if lost {
-                tracing::warn!(conf_dir = %dir, "the conf dir was removed or replaced; watching it again");
-                if let Some(w) = wd.take() {
-                    let _ = inotify.rm_watch(w);
-                }
-                relevant = true;
-            }
-            if relevant && due.is_none() {
-                due = Some(Instant::now() + opts.debounce);
+            for ev in events {
+                lost |= Some(ev.wd) == self.wd && ev.mask.intersects(DIR_GONE);
+                relevant |= ev.mask.contains(AddWatchFlags::IN_Q_OVERFLOW)
+                    || self.is_ours(ev.wd, ev.name.as_deref());
             }
         }
-        if wd.is_none() {
-            match inotify.add_watch(&target.conf_dir, MASK) {
-                Ok(w) => {
-                    wd = Some(w);
-                    due.get_or_insert(Instant::now());
-                }
-                Err(_) => continue, // not there yet: try again next tick
+        if lost {
+            tracing::warn!(conf_dir = %dir, "the conf dir was removed or replaced; watching it again");
+            if let Some(w) = self.wd.take() {
+                let _ = self.inotify.rm_watch(w);
+            }
+            relevant = true;
+        }
+        if relevant && self.due.is_none() {
+            self.due = Some(Instant::now() + self.opts.debounce);
+        }
+    }
+
+    /// Whether an event names a file we keep: our binary in the bin dir, a
+    /// conf file in the conf dir.
+    fn is_ours(&self, wd: WatchDescriptor, name: Option<&std::ffi::OsStr>) -> bool {
+        if self.bin_wd.is_some() && Some(wd) == self.bin_wd {
+            name.is_some_and(|n| n == BINARY_NAME)
+        } else {
+            name.is_some_and(is_conf_name)
+        }
+    }
+
+    /// Makes sure the conf dir is watched; watching it again makes an apply
+    /// due at once. False while the directory is not there.
+    fn watch_again(&mut self) -> bool {
+        if self.wd.is_some() {
+            return true;
+        }
+        match self.inotify.add_watch(&self.target.conf_dir, MASK) {
+            Ok(w) => {
+                self.wd = Some(w);
+                self.due.get_or_insert(Instant::now());
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Puts the binary back if it is missing or differs; retries on error.
+    fn keep_binary(&mut self) {
+        let Some((bin_dir, source)) = &self.target.binary else {
+            return;
+        };
+        match install_binary(bin_dir, source) {
+            Ok(true) => {
+                self.stats.applied.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    dest = %bin_dir.join(BINARY_NAME).display(),
+                    "{} the ros2-cni binary",
+                    if self.first { "installed" } else { "re-installed" }
+                );
+            }
+            Ok(false) => {}
+            Err(e) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("cannot keep the ros2-cni binary in place: {e}");
+                self.due = Some(Instant::now() + self.opts.retry);
             }
         }
-        let now = Instant::now();
-        let resync = now >= next_resync;
-        if !(resync || due.is_some_and(|d| now >= d)) {
-            continue;
-        }
-        due = None;
-        next_resync = now + opts.resync;
-        if let Some((bin_dir, source)) = &target.binary {
-            match install_binary(bin_dir, source) {
-                Ok(true) => {
-                    stats.applied.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(
-                        dest = %bin_dir.join(BINARY_NAME).display(),
-                        "{} the ros2-cni binary",
-                        if first { "installed" } else { "re-installed" }
-                    );
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    stats.errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!("cannot keep the ros2-cni binary in place: {e}");
-                    due = Some(Instant::now() + opts.retry);
-                }
-            }
-        }
-        match apply(&target) {
+    }
+
+    /// Applies the entry and counts the result; retries on error.
+    fn keep_entry(&mut self) {
+        let node = &self.target.entry.node;
+        match apply(&self.target) {
             Ok(a) if a.change == Change::Unchanged => {
-                stats.unchanged.fetch_add(1, Ordering::Relaxed);
-                if last_error.take().is_some() {
+                self.stats.unchanged.fetch_add(1, Ordering::Relaxed);
+                if self.last_error.take().is_some() {
                     tracing::info!(file = %a.file.display(), "the ros2-cni entry is in place again");
                 }
                 tracing::debug!(file = %a.file.display(), "ros2-cni entry in place");
             }
             Ok(a) => {
-                stats.applied.fetch_add(1, Ordering::Relaxed);
-                last_error = None;
+                self.stats.applied.fetch_add(1, Ordering::Relaxed);
+                self.last_error = None;
                 let how = if a.change == Change::Inserted {
                     "inserted"
                 } else {
                     "updated"
                 };
-                if first {
-                    tracing::info!(file = %a.file.display(), node = %target.entry.node, "ros2-cni entry {how}");
+                if self.first {
+                    tracing::info!(file = %a.file.display(), node = %node, "ros2-cni entry {how}");
                 } else {
                     tracing::info!(
                         file = %a.file.display(),
-                        node = %target.entry.node,
+                        node = %node,
                         "re-applied the ros2-cni entry ({how}) after another writer changed the file"
                     );
                 }
             }
             Err(e) => {
-                stats.errors.fetch_add(1, Ordering::Relaxed);
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
                 let msg = e.to_string();
-                if last_error.as_deref() != Some(&msg) {
+                if self.last_error.as_deref() != Some(&msg) {
                     tracing::error!("cannot keep the ros2-cni entry in place: {msg}");
                 }
-                last_error = Some(msg);
-                due = Some(Instant::now() + opts.retry);
+                self.last_error = Some(msg);
+                self.due = Some(Instant::now() + self.opts.retry);
             }
         }
-        first = false;
     }
-    tracing::info!(conf_dir = %dir, "stopped watching the CNI conf dir");
 }
+
+/// Events that say the watched directory itself is gone.
+const DIR_GONE: AddWatchFlags = AddWatchFlags::IN_IGNORED
+    .union(AddWatchFlags::IN_DELETE_SELF)
+    .union(AddWatchFlags::IN_MOVE_SELF);
 
 #[cfg(test)]
 mod tests {

@@ -1,4 +1,6 @@
-//! The kernel layer: what every kernel access shares.
+//! The kernel layer: small modules that each own one kind of kernel object
+//! and know nothing of pods, the agent or the plugin, and what every kernel
+//! access shares.
 //!
 //! - [`netlink`]: the one netlink transport (socket per protocol, optionally
 //!   opened inside a network namespace, sequence numbers, acks, errors,
@@ -7,6 +9,7 @@
 //!   nf_tables (`crate::firewall::nfnl`).
 //! - [`netns`]: network namespaces by path, and running code inside one on a
 //!   thread of its own.
+//! - [`packet`]: packet sockets (open, bind, the RTPS BPF filter).
 //! - [`Error`]: the one error of a kernel operation. It keeps what was asked
 //!   ("add route 10.0.0.5/32 dev #7") and the errno the kernel answered, so
 //!   callers decide on [`Error::is_not_found`] / [`Error::is_exists`] /
@@ -14,6 +17,7 @@
 
 pub mod netlink;
 pub mod netns;
+pub mod packet;
 
 use std::io;
 use std::time::Duration;

@@ -3,6 +3,7 @@
 pub mod interrupt;
 pub mod matrix;
 pub mod probe;
+pub mod probers;
 pub mod run;
 pub mod spdp_probe;
 pub mod testbed;

@@ -10,7 +10,11 @@
 //! implement [`Prober`] for a new type — announce in `req.to`'s namespace,
 //! listen in `req.from`'s, use `req.domain` for the ports, give up after
 //! `req.timeout` or as soon as `req.cancel` is set — and return it from
-//! [`select_prober`].
+//! `select_prober` in [`super::probers`].
+//!
+//! This module names no prober but its own: the others (e.g.
+//! [`super::spdp_probe`]) import the trait from here, and only
+//! [`super::probers`] knows them all.
 
 use super::testbed::{LabError, Result};
 use std::io::{BufRead, BufReader};
@@ -97,22 +101,6 @@ pub fn in_path(tool: &str) -> bool {
             })
         })
         .unwrap_or(false)
-}
-
-/// The prober the lab uses: the first one whose tools are here, or what to
-/// install. A new prober goes into this list (the built-in one last, as the
-/// fallback that needs nothing).
-pub fn select_prober() -> std::result::Result<Box<dyn Prober>, Unavailable> {
-    if in_path("ddsperf") && in_path("timeout") && have_ddsperf() {
-        return Ok(Box::new(Ddsperf::for_lab()));
-    }
-    // no Cyclone DDS here: the lab's own SPDP announcer/listener
-    Ok(Box::new(super::spdp_probe::SpdpProber))
-}
-
-/// The lab's own SPDP prober even where ddsperf exists (`lab --prober spdp`).
-pub fn spdp_prober() -> Box<dyn Prober> {
-    Box::new(super::spdp_probe::SpdpProber)
 }
 
 /// Real Cyclone DDS: `ddsperf pong` in the target, `ddsperf ping` in the source.

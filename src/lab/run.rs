@@ -8,7 +8,8 @@
 
 use super::interrupt::{exit_code, Interrupt};
 use super::matrix::{MacvlanRun, Matrix, Pair, RelayScenario, Report};
-use super::probe::{in_path, select_prober, Cancel, Endpoint, ProbeRequest, Prober, Unavailable};
+use super::probe::{in_path, Cancel, Endpoint, ProbeRequest, Prober, Unavailable};
+use super::probers::select_prober;
 use super::testbed::{
     self, dir_for_prefix, namespaces_of, pid_alive, remove_ns_and_processes, sh, unique_prefix,
     LabError, Options, PodSpec, Primary, Result, Testbed, KEPT_MARKER, LAPTOP_IP,
@@ -405,113 +406,275 @@ fn build(
     Ok(tb)
 }
 
-fn building(opts: &LabOptions, primary: Primary) -> String {
-    format!(
-        "building a LAN switch{}, {} robot computer{} (primary network: {}) and a laptop",
-        if opts.wifi {
-            " with the Wi-Fi rule"
-        } else {
-            ""
-        },
-        opts.nodes,
-        if opts.nodes == 1 { "" } else { "s" },
-        primary.name()
-    )
+/// One test bed of the lab: what is built, attached and probed on it.
+/// Every bed goes through the same steps ([`bed_run`]); this says how
+/// they differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bed {
+    /// Agents, pods with ros0 attached through ros2-cni, and the laptop.
+    Ros2Cni,
+    /// The comparison: no agent, pods with the primary eth0 plus a
+    /// reference macvlan `net1` (what a Multus user adds), and the laptop.
+    Macvlan,
+    /// One configuration of `--relay`: agents configured for it, pods
+    /// through ros2-cni, no laptop.
+    Relay(RelayConfig),
 }
 
-/// Pods with ros0 on every node, attached through ros2-cni, as probe endpoints.
+impl Bed {
+    /// The word that starts its progress lines.
+    fn tag(self) -> &'static str {
+        match self {
+            Bed::Ros2Cni => "ros2-cni",
+            Bed::Macvlan => "macvlan",
+            Bed::Relay(c) => c.name(),
+        }
+    }
+
+    /// What `--keep` calls the bed.
+    fn kept_as(self) -> &'static str {
+        match self {
+            Bed::Macvlan => "macvlan comparison",
+            _ => self.tag(),
+        }
+    }
+
+    fn building(self, opts: &LabOptions, primary: Primary) -> String {
+        match self {
+            Bed::Relay(_) => format!(
+                "building a LAN switch that drops all IPv4 multicast with n1-n{} on it, a router and a second LAN ({}) with n{} (primary network: {}); no laptop",
+                opts.nodes - 1,
+                testbed::SUBNET2,
+                opts.nodes,
+                primary.name()
+            ),
+            _ => format!(
+                "building a LAN switch{}, {} robot computer{} (primary network: {}) and a laptop",
+                if opts.wifi {
+                    " with the Wi-Fi rule"
+                } else {
+                    ""
+                },
+                opts.nodes,
+                if opts.nodes == 1 { "" } else { "s" },
+                primary.name()
+            ),
+        }
+    }
+
+    /// Whether the bed runs an agent on every node.
+    fn has_agents(self) -> bool {
+        self != Bed::Macvlan
+    }
+
+    fn starting_agents(self, opts: &LabOptions) -> String {
+        let how = match self {
+            Bed::Relay(RelayConfig::MulticastOnly) => " (no relay peers, lanMulticast true)",
+            Bed::Relay(RelayConfig::Relay) => " (peers: every other node, lanMulticast false)",
+            _ => "",
+        };
+        format!("starting {} agent(s){how}", opts.nodes)
+    }
+
+    fn attaching(self, opts: &LabOptions) -> String {
+        let pods = opts.nodes * opts.pods_per_node;
+        match self {
+            Bed::Macvlan => format!(
+                "attaching {pods} pod(s): primary eth0 + reference macvlan net1 (host-local {}-{} on every node)",
+                MACVLAN_RANGE.0, MACVLAN_RANGE.1
+            ),
+            _ => format!("attaching {pods} pod(s) through ros2-cni"),
+        }
+    }
+
+    /// Whether the laptop is one of the probed hosts.
+    fn has_laptop(self) -> bool {
+        !matches!(self, Bed::Relay(_))
+    }
+
+    /// Where discovery is expected to fail, these probes mostly wait out
+    /// the timeout: the time estimate and the progress line say so.
+    fn failures_expected(self) -> Option<&'static str> {
+        match self {
+            Bed::Macvlan => Some("; failures are expected"),
+            Bed::Relay(RelayConfig::MulticastOnly) => Some("; failures across nodes are expected"),
+            _ => None,
+        }
+    }
+
+    fn probing(self, opts: &LabOptions, prober: &dyn Prober) -> String {
+        let per_probe = match self.failures_expected() {
+            Some(_) => opts.timeout as f64 + 1.0,
+            None => 1.5,
+        };
+        format!(
+            "probing {} ordered pairs with {}, {} at a time (up to {} s each; {}{})",
+            opts.pairs(),
+            prober.name(),
+            opts.parallel.min(opts.pairs()),
+            opts.timeout,
+            opts.estimate(per_probe),
+            self.failures_expected().unwrap_or("")
+        )
+    }
+}
+
+/// What one bed gave.
+struct BedRun {
+    matrix: Matrix,
+    /// The pods, with their address on the LAN (ros0 or the macvlan).
+    pods: Vec<Endpoint>,
+    /// Frames the switch dropped: multicast for the relay beds, the Wi-Fi
+    /// rule's otherwise (None without it).
+    drops: Option<u64>,
+}
+
+/// One bed, start to end: build it, start the agents, attach the pods,
+/// probe every ordered pair of hosts. The bed is removed (unless kept) when
+/// this returns.
+fn bed_run(
+    opts: &LabOptions,
+    primary: Primary,
+    prober: &dyn Prober,
+    cancel: &Cancel,
+    kept: &mut Vec<KeptBed>,
+    bed: Bed,
+    num: &Numbering,
+) -> Result<BedRun> {
+    let tag = bed.tag();
+    progress(&format!("{tag}: {}", bed.building(opts, primary)));
+    let tb = build(opts, primary, bed.kept_as(), kept)?;
+    check(cancel)?;
+    if bed.has_agents() {
+        progress(&format!("{tag}: {}", bed.starting_agents(opts)));
+        start_agents(&tb, bed, cancel, opts.keep, kept)?;
+    }
+    progress(&format!("{tag}: {}", bed.attaching(opts)));
+    let pods = attach_pods(&tb, opts, bed, cancel, kept)?;
+    let mut hosts = pods.clone();
+    if bed.has_laptop() {
+        hosts.push(laptop(&tb)?);
+    }
+    progress(&format!("{tag}: {}", bed.probing(opts, prober)));
+    let matrix = probe_matrix(
+        prober,
+        &hosts,
+        Duration::from_secs(opts.timeout),
+        opts.parallel,
+        cancel,
+        num,
+        &progress,
+    )?;
+    let drops = match bed {
+        Bed::Relay(_) => tb.multicast_drops().ok(),
+        _ if opts.wifi => tb.wifi_drops().ok(),
+        _ => None,
+    };
+    Ok(BedRun {
+        matrix,
+        pods,
+        drops,
+    })
+}
+
+/// An agent on every node (configured for the relay configuration, if
+/// any); with `--keep`, their pids go into the kept bed.
+fn start_agents(
+    tb: &Testbed,
+    bed: Bed,
+    cancel: &Cancel,
+    keep: bool,
+    kept: &mut [KeptBed],
+) -> Result<()> {
+    let mut agents = vec![];
+    for n in &tb.nodes {
+        if let Bed::Relay(config) = bed {
+            tb.set_node_config(n.idx, relay_node_config(tb, n.idx, config));
+        }
+        agents.push(tb.start_agent(n, &json!({"logLevel": "info"}))?);
+        check(cancel)?;
+    }
+    if keep {
+        if let Some(k) = kept.last_mut() {
+            k.agents = agents;
+        }
+    }
+    Ok(())
+}
+
+/// Every node's pods, as probe endpoints; with `--keep`, their namespaces
+/// go into the kept bed.
 fn attach_pods(
     tb: &Testbed,
     opts: &LabOptions,
+    bed: Bed,
     cancel: &Cancel,
     kept: &mut [KeptBed],
 ) -> Result<Vec<Endpoint>> {
     let mut hosts = vec![];
     for i in 1..=opts.nodes {
         for j in 1..=opts.pods_per_node {
-            let pod = tb.add_pod(&PodSpec::new(&pod_label(i, j), i))?;
-            let ip = pod.ros_ip.ok_or_else(|| {
-                LabError(format!(
-                    "pod {} got no ros0 address: {}",
-                    pod.name, pod.result
-                ))
-            })?;
+            let pod = match bed {
+                Bed::Macvlan => macvlan_pod(tb, i, j)?,
+                _ => ros2cni_pod(tb, i, j)?,
+            };
             if opts.keep {
                 if let Some(k) = kept.last_mut() {
                     k.pods.push(pod.ns.clone());
                 }
             }
-            hosts.push(Endpoint {
-                label: pod.name,
-                ns: pod.ns,
-                lan_ip: Some(ip),
-            });
+            hosts.push(pod);
             check(cancel)?;
         }
     }
     Ok(hosts)
 }
 
-/// The ros2-cni run: agents, pods with ros0, the matrix.
-fn ros2cni_run(
-    opts: &LabOptions,
-    primary: Primary,
-    prober: &dyn Prober,
-    cancel: &Cancel,
-    kept: &mut Vec<KeptBed>,
-) -> Result<(Matrix, Option<u64>)> {
-    progress(&format!("ros2-cni: {}", building(opts, primary)));
-    let tb = build(opts, primary, "ros2-cni", kept)?;
-    check(cancel)?;
-    progress(&format!("ros2-cni: starting {} agent(s)", opts.nodes));
-    let mut agents = vec![];
-    for n in &tb.nodes {
-        agents.push(tb.start_agent(n, &json!({"logLevel": "info"}))?);
-        check(cancel)?;
-    }
-    if opts.keep {
-        if let Some(k) = kept.last_mut() {
-            k.agents = agents;
-        }
-    }
-    progress(&format!(
-        "ros2-cni: attaching {} pod(s) through ros2-cni",
-        opts.nodes * opts.pods_per_node
-    ));
-    let mut hosts = attach_pods(&tb, opts, cancel, kept)?;
-    hosts.push(laptop(&tb)?);
-    progress(&format!(
-        "ros2-cni: probing {} ordered pairs with {}, {} at a time (up to {} s each; {})",
-        opts.pairs(),
-        prober.name(),
-        opts.parallel.min(opts.pairs()),
-        opts.timeout,
-        opts.estimate(1.5)
-    ));
-    let m = probe_matrix(
-        prober,
-        &hosts,
-        Duration::from_secs(opts.timeout),
-        opts.parallel,
-        cancel,
-        &Numbering {
-            tag: "",
-            before: 0,
-            of: opts.pairs()
-                * if macvlan_unavailable(opts).is_none() {
-                    2
-                } else {
-                    1
-                },
-        },
-        &progress,
-    )?;
-    let drops = if opts.wifi {
-        tb.wifi_drops().ok()
-    } else {
-        None
-    };
-    Ok((m, drops))
+/// Pod `j` of node `i`, attached through ros2-cni: its ros0 address.
+fn ros2cni_pod(tb: &Testbed, i: usize, j: usize) -> Result<Endpoint> {
+    let pod = tb.add_pod(&PodSpec::new(&pod_label(i, j), i))?;
+    let ip = pod.ros_ip.ok_or_else(|| {
+        LabError(format!(
+            "pod {} got no ros0 address: {}",
+            pod.name, pod.result
+        ))
+    })?;
+    Ok(Endpoint {
+        label: pod.name,
+        ns: pod.ns,
+        lan_ip: Some(ip),
+    })
+}
+
+/// Pod `j` of node `i` with the primary network only, then the reference
+/// macvlan as `net1`: its macvlan address.
+fn macvlan_pod(tb: &Testbed, i: usize, j: usize) -> Result<Endpoint> {
+    let mut spec = PodSpec::new(&pod_label(i, j), i);
+    spec.chain_ros2cni = false;
+    let pod = tb.add_pod(&spec)?;
+    let r = tb.attach_extra(&pod, "macvlan", "net1", &macvlan_conf(&tb.node(i).data_dir))?;
+    let ip: Ipv4Addr = r
+        .json()
+        .filter(|_| r.success)
+        .and_then(|v| {
+            v["ips"][0]["address"]
+                .as_str()?
+                .split('/')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .ok_or_else(|| {
+            LabError(format!(
+                "macvlan ADD for {} failed: {} {}",
+                pod.name, r.stdout, r.stderr
+            ))
+        })?;
+    Ok(Endpoint {
+        label: pod.name,
+        ns: pod.ns,
+        lan_ip: Some(ip),
+    })
 }
 
 /// The two configurations `--relay` compares, on identical test beds.
@@ -562,84 +725,6 @@ pub fn relay_node_config(tb: &Testbed, idx: usize, config: RelayConfig) -> serde
     c
 }
 
-fn building_relay(opts: &LabOptions, primary: Primary) -> String {
-    format!(
-        "building a LAN switch that drops all IPv4 multicast with n1-n{} on it, a router and a second LAN ({}) with n{} (primary network: {}); no laptop",
-        opts.nodes - 1,
-        testbed::SUBNET2,
-        opts.nodes,
-        primary.name()
-    )
-}
-
-/// One bed of the relay scenario in `config`: agents, pods, the matrix, and
-/// the multicast frames the switch dropped meanwhile.
-fn relay_bed_run(
-    opts: &LabOptions,
-    primary: Primary,
-    prober: &dyn Prober,
-    cancel: &Cancel,
-    kept: &mut Vec<KeptBed>,
-    config: RelayConfig,
-    num: &Numbering,
-) -> Result<(Matrix, Option<u64>)> {
-    let tag = config.name();
-    progress(&format!("{tag}: {}", building_relay(opts, primary)));
-    let tb = build(opts, primary, tag, kept)?;
-    check(cancel)?;
-    progress(&format!(
-        "{tag}: starting {} agent(s) ({})",
-        opts.nodes,
-        match config {
-            RelayConfig::MulticastOnly => "no relay peers, lanMulticast true",
-            RelayConfig::Relay => "peers: every other node, lanMulticast false",
-        }
-    ));
-    let mut agents = vec![];
-    for n in &tb.nodes {
-        tb.set_node_config(n.idx, relay_node_config(&tb, n.idx, config));
-        agents.push(tb.start_agent(n, &json!({"logLevel": "info"}))?);
-        check(cancel)?;
-    }
-    if opts.keep {
-        if let Some(k) = kept.last_mut() {
-            k.agents = agents;
-        }
-    }
-    progress(&format!(
-        "{tag}: attaching {} pod(s) through ros2-cni",
-        opts.nodes * opts.pods_per_node
-    ));
-    let hosts = attach_pods(&tb, opts, cancel, kept)?;
-    let per_probe = match config {
-        RelayConfig::MulticastOnly => opts.timeout as f64 + 1.0,
-        RelayConfig::Relay => 1.5,
-    };
-    progress(&format!(
-        "{tag}: probing {} ordered pairs with {}, {} at a time (up to {} s each; {}{})",
-        opts.pairs(),
-        prober.name(),
-        opts.parallel.min(opts.pairs()),
-        opts.timeout,
-        opts.estimate(per_probe),
-        if config == RelayConfig::MulticastOnly {
-            "; failures across nodes are expected"
-        } else {
-            ""
-        }
-    ));
-    let m = probe_matrix(
-        prober,
-        &hosts,
-        Duration::from_secs(opts.timeout),
-        opts.parallel,
-        cancel,
-        num,
-        &progress,
-    )?;
-    Ok((m, tb.multicast_drops().ok()))
-}
-
 /// `--relay`: the multicast-only configuration, then the relay one, each on
 /// its own identical test bed.
 fn relay_scenario(
@@ -650,26 +735,26 @@ fn relay_scenario(
     kept: &mut Vec<KeptBed>,
 ) -> Result<Report> {
     let pairs = opts.pairs();
-    let (multicast_only, multicast_only_drops) = relay_bed_run(
+    let multicast_only = bed_run(
         opts,
         primary,
         prober,
         cancel,
         kept,
-        RelayConfig::MulticastOnly,
+        Bed::Relay(RelayConfig::MulticastOnly),
         &Numbering {
             tag: "multicast-only ",
             before: 0,
             of: 2 * pairs,
         },
     )?;
-    let (relay, relay_drops) = relay_bed_run(
+    let relay = bed_run(
         opts,
         primary,
         prober,
         cancel,
         kept,
-        RelayConfig::Relay,
+        Bed::Relay(RelayConfig::Relay),
         &Numbering {
             tag: "relay ",
             before: pairs,
@@ -683,13 +768,13 @@ fn relay_scenario(
         prober: prober.name().into(),
         primary: primary.name().into(),
         timeout_seconds: opts.timeout,
-        ros2cni: relay,
+        ros2cni: relay.matrix,
         ros2cni_wifi_drops: None,
         macvlan: Err("not part of the relay scenario (--relay)".into()),
         relay: Some(RelayScenario {
-            multicast_only,
-            multicast_only_drops,
-            relay_drops,
+            multicast_only: multicast_only.matrix,
+            multicast_only_drops: multicast_only.drops,
+            relay_drops: relay.drops,
             lan_nodes: (1..opts.nodes).map(|i| format!("n{i}")).collect(),
             second_subnet: testbed::SUBNET2.into(),
             second_subnet_nodes: vec![format!("n{}", opts.nodes)],
@@ -738,95 +823,37 @@ fn macvlan_conf(node_data_dir: &Path) -> serde_json::Value {
     })
 }
 
-/// The comparison: pods with the primary eth0 plus a macvlan `net1`, no agent.
-fn macvlan_run(
+/// The macvlan bed, numbered after the ros2-cni one, with the addresses
+/// host-local gave.
+fn macvlan_comparison(
     opts: &LabOptions,
     primary: Primary,
     prober: &dyn Prober,
     cancel: &Cancel,
     kept: &mut Vec<KeptBed>,
 ) -> Result<MacvlanRun> {
-    progress(&format!("macvlan: {}", building(opts, primary)));
-    let tb = build(opts, primary, "macvlan comparison", kept)?;
-    check(cancel)?;
-    progress(&format!(
-        "macvlan: attaching {} pod(s): primary eth0 + reference macvlan net1 (host-local {}-{} on every node)",
-        opts.nodes * opts.pods_per_node,
-        MACVLAN_RANGE.0,
-        MACVLAN_RANGE.1
-    ));
-    let mut hosts = vec![];
-    let mut addresses = vec![];
-    for i in 1..=opts.nodes {
-        for j in 1..=opts.pods_per_node {
-            let mut spec = PodSpec::new(&pod_label(i, j), i);
-            spec.chain_ros2cni = false;
-            let pod = tb.add_pod(&spec)?;
-            let r =
-                tb.attach_extra(&pod, "macvlan", "net1", &macvlan_conf(&tb.node(i).data_dir))?;
-            let ip: Ipv4Addr = r
-                .json()
-                .filter(|_| r.success)
-                .and_then(|v| {
-                    v["ips"][0]["address"]
-                        .as_str()?
-                        .split('/')
-                        .next()?
-                        .parse()
-                        .ok()
-                })
-                .ok_or_else(|| {
-                    LabError(format!(
-                        "macvlan ADD for {} failed: {} {}",
-                        pod.name, r.stdout, r.stderr
-                    ))
-                })?;
-            if opts.keep {
-                if let Some(k) = kept.last_mut() {
-                    k.pods.push(pod.ns.clone());
-                }
-            }
-            addresses.push((pod.name.clone(), ip));
-            hosts.push(Endpoint {
-                label: pod.name,
-                ns: pod.ns,
-                lan_ip: Some(ip),
-            });
-            check(cancel)?;
-        }
-    }
-    hosts.push(laptop(&tb)?);
-    progress(&format!(
-        "macvlan: probing {} ordered pairs with {}, {} at a time (up to {} s each; {}; failures are expected)",
-        opts.pairs(),
-        prober.name(),
-        opts.parallel.min(opts.pairs()),
-        opts.timeout,
-        opts.estimate(opts.timeout as f64 + 1.0)
-    ));
-    let matrix = probe_matrix(
+    let b = bed_run(
+        opts,
+        primary,
         prober,
-        &hosts,
-        Duration::from_secs(opts.timeout),
-        opts.parallel,
         cancel,
+        kept,
+        Bed::Macvlan,
         &Numbering {
             tag: "macvlan ",
             before: opts.pairs(),
             of: 2 * opts.pairs(),
         },
-        &progress,
     )?;
-    let wifi_drops = if opts.wifi {
-        tb.wifi_drops().ok()
-    } else {
-        None
-    };
     Ok(MacvlanRun {
-        matrix,
-        addresses,
+        matrix: b.matrix,
+        addresses: b
+            .pods
+            .into_iter()
+            .filter_map(|p| Some((p.label, p.lan_ip?)))
+            .collect(),
         range: format!("{}-{}", MACVLAN_RANGE.0, MACVLAN_RANGE.1),
-        wifi_drops,
+        wifi_drops: b.drops,
     })
 }
 
@@ -854,10 +881,24 @@ pub fn run(
     if opts.relay {
         return relay_scenario(opts, primary, prober, cancel, kept);
     }
-    let (ros2cni, ros2cni_wifi_drops) = ros2cni_run(opts, primary, prober, cancel, kept)?;
-    let macvlan = match macvlan_unavailable(opts) {
+    let pairs = opts.pairs();
+    let macvlan_reason = macvlan_unavailable(opts);
+    let ros2cni = bed_run(
+        opts,
+        primary,
+        prober,
+        cancel,
+        kept,
+        Bed::Ros2Cni,
+        &Numbering {
+            tag: "",
+            before: 0,
+            of: pairs * if macvlan_reason.is_none() { 2 } else { 1 },
+        },
+    )?;
+    let macvlan = match macvlan_reason {
         Some(reason) => Err(reason),
-        None => Ok(macvlan_run(opts, primary, prober, cancel, kept)?),
+        None => Ok(macvlan_comparison(opts, primary, prober, cancel, kept)?),
     };
     Ok(Report {
         nodes: opts.nodes,
@@ -866,8 +907,8 @@ pub fn run(
         prober: prober.name().into(),
         primary: primary.name().into(),
         timeout_seconds: opts.timeout,
-        ros2cni,
-        ros2cni_wifi_drops,
+        ros2cni: ros2cni.matrix,
+        ros2cni_wifi_drops: ros2cni.drops,
         macvlan,
         relay: None,
     })
@@ -1064,7 +1105,7 @@ pub fn main(opts: LabOptions) -> i32 {
     }
     let missing = missing_tools(opts.wifi || opts.relay);
     let chosen = if opts.spdp_prober {
-        Ok(super::probe::spdp_prober())
+        Ok(super::probers::spdp_prober())
     } else {
         select_prober()
     };

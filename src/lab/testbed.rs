@@ -458,144 +458,166 @@ impl Testbed {
         sh(&["ip", "-n", sw, "link", "set", "br0", "up"]).map(|_| ())
     }
 
+    /// Builds the whole bed: the switch (and the second LAN with its router),
+    /// the nodes, the routes between their pod ranges, the laptop, Wi-Fi.
     fn build(&mut self) -> Result<()> {
-        let p = self.opts.prefix.clone();
         self.add_switch(&self.switch)?;
         if !self.opts.second_lan.is_empty() {
-            // a second LAN and a router with a leg on each, .1 on both
-            let (sw2, rt) = (format!("{p}sw2"), format!("{p}rt"));
-            self.add_switch(&sw2)?;
-            self.add_ns(&rt)?;
-            self.plug_as(
-                &self.switch,
-                &rt,
-                "rt",
-                "eth0",
-                Ipv4Addr::new(192, 168, 0, 1),
-            )?;
-            self.plug_as(&sw2, &rt, "rt", "eth1", Ipv4Addr::new(192, 168, 16, 1))?;
-            ns_sh(&rt, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
-            self.switch2 = Some(sw2);
-            self.router = Some(rt);
+            self.add_second_lan()?;
         }
         for i in 1..=self.opts.nodes {
-            let ns = format!("{p}n{i}");
-            self.add_ns(&ns)?;
-            let second = self.opts.second_lan.contains(&i);
-            let (ip, gw, subnet, pool) = if second {
-                (
-                    Ipv4Addr::new(192, 168, 16, 10 + i as u8),
-                    "192.168.16.1",
-                    SUBNET2,
-                    format!("192.168.{}.0/24", 16 + i),
-                )
-            } else {
-                (
-                    Ipv4Addr::new(192, 168, 0, 10 + i as u8),
-                    "192.168.0.1",
-                    SUBNET,
-                    format!("192.168.{i}.0/24"),
-                )
-            };
-            let port = format!("n{i}");
-            let sw = if second {
-                self.switch2.clone().unwrap()
-            } else {
-                self.switch.clone()
-            };
-            let mac = self.plug_as(&sw, &ns, &port, "eth0", ip)?;
-            ns_sh(&ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
-            // a default route, so "uplink" can default to it; it leads to the
-            // router when there is one, nowhere otherwise
-            sh(&[
-                "ip", "-n", &ns, "route", "add", "default", "via", gw, "dev", "eth0", "onlink",
-            ])?;
-            let data_dir = self.dir.join(format!("n{i}"));
-            std::fs::create_dir_all(&data_dir).map_err(|e| err(e.to_string()))?;
-            self.nodes.push(Node {
-                idx: i,
-                ns,
-                ip,
-                mac,
-                data_dir,
-                pool,
-                pod_cidr: format!("10.1.{i}.0/24"),
-                port,
-                subnet: subnet.to_owned(),
-            });
+            let node = self.add_node(i)?;
+            self.nodes.push(node);
         }
-        // Calico stand-in: routes between the nodes' pod ranges, no NAT inside 10.1.0.0/16
         for n in &self.nodes {
-            for m in self.nodes.iter().filter(|m| m.idx != n.idx) {
-                // another LAN's node: through the default route (the router)
-                if m.subnet == n.subnet {
-                    sh(&[
-                        "ip",
-                        "-n",
-                        &n.ns,
-                        "route",
-                        "add",
-                        &m.pod_cidr,
-                        "via",
-                        &m.ip.to_string(),
-                    ])?;
-                }
-            }
-            if let Some(rt) = &self.router {
-                sh(&[
-                    "ip",
-                    "-n",
-                    rt,
-                    "route",
-                    "add",
-                    &n.pod_cidr,
-                    "via",
-                    &n.ip.to_string(),
-                ])?;
-            }
-            ns_sh(
-                &n.ns,
-                &[
-                    "iptables",
-                    "-t",
-                    "nat",
-                    "-I",
-                    "POSTROUTING",
-                    "-s",
-                    "10.1.0.0/16",
-                    "-d",
-                    "10.1.0.0/16",
-                    "-j",
-                    "RETURN",
-                ],
-            )?;
-            if self.opts.primary == Primary::Builtin {
-                // what ptp's ipMasq does per pod, once per node
-                ns_sh(
-                    &n.ns,
-                    &[
-                        "iptables",
-                        "-t",
-                        "nat",
-                        "-A",
-                        "POSTROUTING",
-                        "-s",
-                        &n.pod_cidr,
-                        "-j",
-                        "MASQUERADE",
-                    ],
-                )?;
-            }
+            self.route_pod_ranges(n)?;
         }
         *self.builtin_next.lock().unwrap() = vec![2; self.nodes.len()];
         if self.opts.laptop {
-            let ns = format!("{p}lap");
+            let ns = format!("{}lap", self.opts.prefix);
             self.add_ns(&ns)?;
             self.plug(&ns, "lap", LAPTOP_IP)?;
             self.laptop = Some(ns);
         }
         if self.opts.wifi {
             self.set_wifi(true)?;
+        }
+        Ok(())
+    }
+
+    /// A second LAN and a router with a leg on each, .1 on both.
+    fn add_second_lan(&mut self) -> Result<()> {
+        let p = &self.opts.prefix;
+        let (sw2, rt) = (format!("{p}sw2"), format!("{p}rt"));
+        self.add_switch(&sw2)?;
+        self.add_ns(&rt)?;
+        self.plug_as(
+            &self.switch,
+            &rt,
+            "rt",
+            "eth0",
+            Ipv4Addr::new(192, 168, 0, 1),
+        )?;
+        self.plug_as(&sw2, &rt, "rt", "eth1", Ipv4Addr::new(192, 168, 16, 1))?;
+        ns_sh(&rt, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        self.switch2 = Some(sw2);
+        self.router = Some(rt);
+        Ok(())
+    }
+
+    /// Node `i` (from 1): a namespace plugged into its LAN's switch as
+    /// `eth0`, forwarding, with a default route via the LAN's .1 and a data
+    /// directory.
+    fn add_node(&self, i: usize) -> Result<Node> {
+        let ns = format!("{}n{i}", self.opts.prefix);
+        self.add_ns(&ns)?;
+        let second = self.opts.second_lan.contains(&i);
+        let (ip, gw, subnet, pool) = if second {
+            (
+                Ipv4Addr::new(192, 168, 16, 10 + i as u8),
+                "192.168.16.1",
+                SUBNET2,
+                format!("192.168.{}.0/24", 16 + i),
+            )
+        } else {
+            (
+                Ipv4Addr::new(192, 168, 0, 10 + i as u8),
+                "192.168.0.1",
+                SUBNET,
+                format!("192.168.{i}.0/24"),
+            )
+        };
+        let port = format!("n{i}");
+        let sw = if second {
+            self.switch2.as_deref().unwrap()
+        } else {
+            &self.switch
+        };
+        let mac = self.plug_as(sw, &ns, &port, "eth0", ip)?;
+        ns_sh(&ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        // a default route, so "uplink" can default to it; it leads to the
+        // router when there is one, nowhere otherwise
+        sh(&[
+            "ip", "-n", &ns, "route", "add", "default", "via", gw, "dev", "eth0", "onlink",
+        ])?;
+        let data_dir = self.dir.join(format!("n{i}"));
+        std::fs::create_dir_all(&data_dir).map_err(|e| err(e.to_string()))?;
+        Ok(Node {
+            idx: i,
+            ns,
+            ip,
+            mac,
+            data_dir,
+            pool,
+            pod_cidr: format!("10.1.{i}.0/24"),
+            port,
+            subnet: subnet.to_owned(),
+        })
+    }
+
+    /// Calico stand-in for node `n`: routes to the pod ranges of the nodes
+    /// on its LAN (another LAN's go through the default route, the router,
+    /// which learns `n`'s range here), no NAT inside 10.1.0.0/16, and with
+    /// the built-in primary the masquerade ptp's ipMasq would add.
+    fn route_pod_ranges(&self, n: &Node) -> Result<()> {
+        for m in self.nodes.iter().filter(|m| m.idx != n.idx) {
+            if m.subnet == n.subnet {
+                sh(&[
+                    "ip",
+                    "-n",
+                    &n.ns,
+                    "route",
+                    "add",
+                    &m.pod_cidr,
+                    "via",
+                    &m.ip.to_string(),
+                ])?;
+            }
+        }
+        if let Some(rt) = &self.router {
+            sh(&[
+                "ip",
+                "-n",
+                rt,
+                "route",
+                "add",
+                &n.pod_cidr,
+                "via",
+                &n.ip.to_string(),
+            ])?;
+        }
+        ns_sh(
+            &n.ns,
+            &[
+                "iptables",
+                "-t",
+                "nat",
+                "-I",
+                "POSTROUTING",
+                "-s",
+                "10.1.0.0/16",
+                "-d",
+                "10.1.0.0/16",
+                "-j",
+                "RETURN",
+            ],
+        )?;
+        if self.opts.primary == Primary::Builtin {
+            // what ptp's ipMasq does per pod, once per node
+            ns_sh(
+                &n.ns,
+                &[
+                    "iptables",
+                    "-t",
+                    "nat",
+                    "-A",
+                    "POSTROUTING",
+                    "-s",
+                    &n.pod_cidr,
+                    "-j",
+                    "MASQUERADE",
+                ],
+            )?;
         }
         Ok(())
     }
@@ -1205,7 +1227,7 @@ impl Testbed {
         let sock = node.data_dir.join("ros2-cni").join("agent.sock");
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if crate::agent::status::query(&sock, "status").is_ok_and(|v| v["pid"].is_number()) {
+            if crate::api::status(&sock).is_ok_and(|s| s.pid > 0) {
                 return Ok(pid);
             }
             if self.wait_exit(pid, Duration::from_millis(50)).is_some() {
@@ -1223,10 +1245,15 @@ impl Testbed {
         )))
     }
 
-    /// The agent's status document for `node`.
+    /// The agent's status document for `node`, as on the wire (tests
+    /// assert on its keys); it must also read as an [`crate::api::Status`].
     pub fn agent_status(&self, node: &Node) -> Result<Value> {
         let sock = node.data_dir.join("ros2-cni").join("agent.sock");
-        crate::agent::status::query(&sock, "status").map_err(|e| err(e.to_string()))
+        let v = crate::api::exchange(&sock, &crate::api::Request::Status.line())
+            .map_err(|e| err(e.to_string()))?;
+        serde_json::from_value::<crate::api::Status>(v.clone())
+            .map_err(|e| err(format!("the agent's status is not an api::Status: {e}")))?;
+        Ok(v)
     }
 
     pub fn log(&self, log: &str) -> String {

@@ -120,19 +120,8 @@ pub enum Decision {
     Ignore(&'static str),
 }
 
-/// One multicast route as reported in status and metrics.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct RouteInfo {
-    /// 0.0.0.0: every source.
-    pub source: Ipv4Addr,
-    pub group: Ipv4Addr,
-    /// The VIFs a packet may arrive on (and leaves on the others of).
-    pub iif: String,
-    pub oifs: Vec<String>,
-    pub packets: u64,
-    pub bytes: u64,
-    pub wrong_if: u64,
-}
+/// One multicast route as reported in status (the protocol's type).
+pub use crate::api::Route as RouteInfo;
 
 /// The VIF index the catch-all (*,*) entry names as its parent: no VIF has
 /// it, so the kernel never forwards anything the catch-all matches.

@@ -3,7 +3,7 @@
 //! Stdout carries only protocol JSON (a result, VERSION's answer, or an
 //! error); logs go to `logFile` or stderr.
 
-use crate::agent::pods::Handoff;
+use crate::api::{self, Handoff};
 use crate::cni::{env::Command, CniError, Code, Env, Interface, PrevResult, Result, Version};
 use crate::config::{Config, ANNOTATIONS_CAPABILITY, OPT_IN_ANNOTATION};
 use crate::dataplane::{
@@ -494,10 +494,7 @@ fn handoff_for(
 
 /// Gives `h` to the agent; false when no agent takes it.
 fn hand_over(sock: &Path, h: &Handoff) -> bool {
-    let Ok(job) = serde_json::to_string(h) else {
-        return false;
-    };
-    crate::agent::status::query(sock, &format!("teardown {job}")).is_ok_and(|v| v["queued"] == true)
+    api::teardown(sock, h).unwrap_or(false)
 }
 
 /// Tears down a recorded attachment and releases its address. The slow
@@ -796,7 +793,7 @@ fn status(cfg: &Config) -> Result<()> {
         )));
     }
     // ADD works without the agent, but discovery across computers does not
-    if let Err(e) = crate::agent::status::query(&cfg.agent_socket(), "status") {
+    if let Err(e) = api::status(&cfg.agent_socket()) {
         return Err(CniError::new(
             Code::LimitedConnectivity,
             format!(

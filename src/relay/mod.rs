@@ -34,7 +34,6 @@ use crate::config::{Config, Pool};
 use crate::netlink::Link;
 use ipnet::Ipv4Net;
 use serde::Serialize;
-use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
@@ -116,6 +115,23 @@ pub struct PeerStats {
 const MAX_SOURCES: usize = 256;
 
 impl PeerStats {
+    /// As the status reports it.
+    pub fn to_api(&self) -> crate::api::Peer {
+        crate::api::Peer {
+            address: self.address,
+            via: self.via.to_owned(),
+            sent: self.sent,
+            sent_bytes: self.sent_bytes,
+            received: self.received,
+            received_bytes: self.received_bytes,
+            dropped: self.dropped,
+            last_seen: self.last_seen,
+            last_error: self.last_error.clone(),
+            sources: self.sources.clone(),
+            reachable: self.reachable(),
+        }
+    }
+
     fn new(address: Ipv4Addr) -> PeerStats {
         PeerStats {
             address,
@@ -224,29 +240,24 @@ impl Relay {
     }
 
     /// The relay's part of the status document.
-    pub fn to_json(&self) -> Value {
+    pub fn to_api(&self) -> crate::api::Relay {
         let set = self.shared.settings.lock().unwrap().clone();
         let st = self.shared.stats.lock().unwrap();
-        let peers: Vec<Value> = st
-            .peers
-            .values()
-            .map(|p| {
-                let mut v = serde_json::to_value(p).unwrap_or(Value::Null);
-                v["reachable"] = json!(p.reachable());
-                v
-            })
-            .collect();
-        json!({
-            "active": st.active,
-            "port": set.port,
-            "lanMulticast": set.lan_multicast,
-            "captured": st.captured,
-            "notPeer": st.not_peer,
-            "lastNotPeer": st.last_not_peer,
-            "rejected": st.rejected,
-            "problem": st.problem,
-            "peers": peers,
-        })
+        crate::api::Relay {
+            active: st.active,
+            port: set.port,
+            lan_multicast: set.lan_multicast,
+            captured: st.captured,
+            not_peer: st.not_peer,
+            last_not_peer: st.last_not_peer,
+            rejected: st
+                .rejected
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), *v))
+                .collect(),
+            problem: st.problem.clone(),
+            peers: st.peers.values().map(PeerStats::to_api).collect(),
+        }
     }
 
     /// Prometheus series of the relay.
@@ -368,193 +379,275 @@ impl View {
     }
 }
 
+/// The relay thread's working state between wake-ups.
+struct Loop {
+    /// The settings generation `view` was built from.
+    gen: u64,
+    view: View,
+    /// `None` while there are no peers or the sockets could not be opened.
+    socks: Option<Socks>,
+    /// When to try opening the sockets again after a failure.
+    next_open: Instant,
+    next_hello: Instant,
+    bufs: Buffers,
+}
+
+/// Buffers reused for every packet, so the loop does not allocate.
+struct Buffers {
+    /// A captured Ethernet frame (largest IPv4 packet + Ethernet header).
+    cap: Vec<u8>,
+    /// A received relay datagram.
+    udp: Vec<u8>,
+    /// A datagram to send to the peers.
+    out: Vec<u8>,
+    /// A packet to put on the bridge.
+    pkt: Vec<u8>,
+}
+
+impl Buffers {
+    fn new() -> Buffers {
+        Buffers {
+            cap: vec![0u8; 65_536 + 14],
+            udp: vec![0u8; 65_536],
+            out: Vec::with_capacity(65_536),
+            pkt: Vec::with_capacity(65_536),
+        }
+    }
+}
+
+/// The relay thread: until stopped, follow the settings, keep the sockets
+/// open while there are peers, and move packets both ways. Each wake-up
+/// (at most every 200 ms) handles at most [`BATCH`] packets per direction.
 fn run(shared: &Shared) {
-    let mut gen = 0;
-    let mut view = View::new(shared.settings.lock().unwrap().clone());
-    let mut socks: Option<Socks> = None;
-    let mut next_open = Instant::now();
-    let mut next_hello = Instant::now();
-    let mut cap_buf = vec![0u8; 65_536 + 14];
-    let mut udp_buf = vec![0u8; 65_536];
-    let mut out = Vec::with_capacity(65_536);
-    let mut pkt = Vec::with_capacity(65_536);
+    let mut lp = Loop {
+        gen: 0,
+        view: View::new(shared.settings.lock().unwrap().clone()),
+        socks: None,
+        next_open: Instant::now(),
+        next_hello: Instant::now(),
+        bufs: Buffers::new(),
+    };
     while !shared.stop.load(Ordering::SeqCst) {
         let g = shared.generation.load(Ordering::SeqCst);
-        if g != gen {
-            gen = g;
-            view = View::new(shared.settings.lock().unwrap().clone());
-            let mut st = shared.stats.lock().unwrap();
-            st.peers.retain(|a, _| view.peers.contains(a));
-            for p in &view.peers {
-                let e = st.peers.entry(*p).or_insert_with(|| PeerStats::new(*p));
-                e.via = if view.set.via_lan(*p) { "lan" } else { "relay" };
-            }
-            drop(st);
-            if let Some(s) = socks.as_mut() {
-                let reopen = s.port != view.set.port
-                    || (s.capture.ifindex() != view.set.bridge
-                        && s.capture.bind(view.set.bridge).is_err())
-                    || s.capture.set_filter(&view.set.groups).is_err();
-                if reopen || view.peers.is_empty() {
-                    socks = None;
-                }
-            }
-            next_open = Instant::now();
-            next_hello = Instant::now();
+        if g != lp.gen {
+            lp.gen = g;
+            follow_settings(shared, &mut lp);
         }
-        if socks.is_none() && !view.peers.is_empty() && Instant::now() >= next_open {
-            let r = Socks::open(&view.set);
-            let mut st = shared.stats.lock().unwrap();
-            match r {
-                Ok(s) => {
-                    tracing::info!(peers = ?view.peers, port = view.set.port, "RTPS relay active");
-                    socks = Some(s);
-                    st.problem = None;
-                }
-                Err(e) => {
-                    let msg = format!("relay port {}: {e}", view.set.port);
-                    if st.problem.as_ref() != Some(&msg) {
-                        tracing::warn!("{msg}");
-                    }
-                    st.problem = Some(msg);
-                    next_open = Instant::now() + Duration::from_secs(1);
-                }
-            }
+        if lp.socks.is_none() && !lp.view.peers.is_empty() && Instant::now() >= lp.next_open {
+            open_sockets(shared, &mut lp);
         }
-        shared.stats.lock().unwrap().active = socks.is_some();
-        let Some(s) = &socks else {
+        shared.stats.lock().unwrap().active = lp.socks.is_some();
+        let Some(s) = &lp.socks else {
             std::thread::sleep(Duration::from_millis(200));
             continue;
         };
-        let mut fds = [
-            libc::pollfd {
-                fd: s.capture.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: s.udp.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: poll(2) on two valid descriptors.
-        unsafe { libc::poll(fds.as_mut_ptr(), 2, 200) };
-        // out: the pods' packets to the relayed peers
-        for _ in 0..BATCH {
-            let ip = match s.capture.recv(&mut cap_buf) {
-                Ok(Some(ip)) => ip,
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::debug!("relay capture: {e}");
-                    break;
-                }
-            };
-            if wire::check_ip(ip, &view.set.groups).is_err() {
-                continue;
-            }
-            wire::encode(ip, &mut out);
-            wire::fix_udp_checksum(&mut out[wire::HEADER_LEN..]);
-            let mut st = shared.stats.lock().unwrap();
-            st.captured += 1;
-            for to in &view.relayed {
-                let r = s.udp.send_to(&out, to);
-                let SocketAddr::V4(a) = to else { continue };
-                if let Some(p) = st.peers.get_mut(a.ip()) {
-                    match r {
-                        Ok(_) => {
-                            p.sent += 1;
-                            p.sent_bytes += ip.len() as u64;
-                        }
-                        Err(e) => {
-                            p.dropped += 1;
-                            p.last_error = Some(e.to_string());
-                        }
-                    }
-                }
-            }
+        wait_readable(s, 200);
+        relay_out(shared, &lp.view, s, &mut lp.bufs);
+        deliver_in(shared, &lp.view, s, &mut lp.bufs);
+        if Instant::now() >= lp.next_hello {
+            send_hellos(&lp.view, s);
+            lp.next_hello = Instant::now() + HELLO_EVERY;
         }
-        // in: peers' packets to the pods
-        for _ in 0..BATCH {
-            let (n, from) = match s.udp.recv_from(&mut udp_buf) {
-                Ok(x) => x,
-                Err(_) => break,
-            };
-            let SocketAddr::V4(from) = from else { continue };
-            let mut st = shared.stats.lock().unwrap();
-            if !view.peers.contains(from.ip()) {
-                st.not_peer += 1;
-                st.last_not_peer = Some(*from.ip());
-                continue;
+    }
+}
+
+/// New settings: rebuild the view, keep the counters of the peers that
+/// remain, and keep the sockets only if they still fit (same port, the
+/// capture moved to the new bridge and filter). Opening and greeting are
+/// then due at once.
+fn follow_settings(shared: &Shared, lp: &mut Loop) {
+    lp.view = View::new(shared.settings.lock().unwrap().clone());
+    let view = &lp.view;
+    let mut st = shared.stats.lock().unwrap();
+    st.peers.retain(|a, _| view.peers.contains(a));
+    for p in &view.peers {
+        let e = st.peers.entry(*p).or_insert_with(|| PeerStats::new(*p));
+        e.via = if view.set.via_lan(*p) { "lan" } else { "relay" };
+    }
+    drop(st);
+    if let Some(s) = lp.socks.as_mut() {
+        let reopen = s.port != view.set.port
+            || (s.capture.ifindex() != view.set.bridge && s.capture.bind(view.set.bridge).is_err())
+            || s.capture.set_filter(&view.set.groups).is_err();
+        if reopen || view.peers.is_empty() {
+            lp.socks = None;
+        }
+    }
+    lp.next_open = Instant::now();
+    lp.next_hello = Instant::now();
+}
+
+/// Opens the sockets; on failure records the problem (logged once per
+/// distinct message) and retries after a second.
+fn open_sockets(shared: &Shared, lp: &mut Loop) {
+    let r = Socks::open(&lp.view.set);
+    let mut st = shared.stats.lock().unwrap();
+    match r {
+        Ok(s) => {
+            tracing::info!(peers = ?lp.view.peers, port = lp.view.set.port, "RTPS relay active");
+            lp.socks = Some(s);
+            st.problem = None;
+        }
+        Err(e) => {
+            let msg = format!("relay port {}: {e}", lp.view.set.port);
+            if st.problem.as_ref() != Some(&msg) {
+                tracing::warn!("{msg}");
             }
-            let d = &udp_buf[..n];
-            let hello = d.len() == wire::HEADER_LEN
-                && &d[..4] == wire::MAGIC
-                && d[4] == wire::VERSION
-                && d[5] & FLAG_HELLO != 0;
-            let verdict = if hello {
-                Ok(None)
-            } else {
-                wire::decode(d, &view.set.groups).and_then(|i| {
-                    if view.set.pool.is_some_and(|p| p.contains(i.src)) {
-                        Err(wire::Reject::Source)
-                    } else {
-                        Ok(Some(i))
+            st.problem = Some(msg);
+            lp.next_open = Instant::now() + Duration::from_secs(1);
+        }
+    }
+}
+
+/// Waits up to `timeout_ms` for the capture or the UDP socket to be readable.
+fn wait_readable(s: &Socks, timeout_ms: i32) {
+    let mut fds = [
+        libc::pollfd {
+            fd: s.capture.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: s.udp.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    // SAFETY: poll(2) on two valid descriptors.
+    unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
+}
+
+/// Out: the pods' captured packets to every relayed peer.
+fn relay_out(shared: &Shared, view: &View, s: &Socks, b: &mut Buffers) {
+    for _ in 0..BATCH {
+        let ip = match s.capture.recv(&mut b.cap) {
+            Ok(Some(ip)) => ip,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::debug!("relay capture: {e}");
+                break;
+            }
+        };
+        if wire::check_ip(ip, &view.set.groups).is_err() {
+            continue;
+        }
+        wire::encode(ip, &mut b.out);
+        wire::fix_udp_checksum(&mut b.out[wire::HEADER_LEN..]);
+        let mut st = shared.stats.lock().unwrap();
+        st.captured += 1;
+        for to in &view.relayed {
+            let r = s.udp.send_to(&b.out, to);
+            let SocketAddr::V4(a) = to else { continue };
+            if let Some(p) = st.peers.get_mut(a.ip()) {
+                match r {
+                    Ok(_) => {
+                        p.sent += 1;
+                        p.sent_bytes += ip.len() as u64;
                     }
-                })
-            };
-            let now = Instant::now();
-            let mut rejected = None;
-            if let Some(p) = st.peers.get_mut(from.ip()) {
-                p.last_seen_at = Some(now);
-                p.last_seen = Some(unix_now());
-                match verdict {
-                    Ok(None) => {}
-                    Ok(Some(i)) => {
-                        wire::for_pods(i.ip, &mut pkt);
-                        match s
-                            .inject
-                            .send(view.set.bridge, wire::group_mac(i.group), &pkt)
-                        {
-                            Ok(()) => {
-                                if p.sources.len() < MAX_SOURCES {
-                                    p.sources.insert(i.src);
-                                }
-                                p.received += 1;
-                                p.received_bytes += pkt.len() as u64;
-                            }
-                            Err(e) => {
-                                p.dropped += 1;
-                                p.last_error = Some(format!("delivering to the pods: {e}"));
-                            }
-                        }
-                    }
-                    Err(r) => {
+                    Err(e) => {
                         p.dropped += 1;
-                        rejected = Some(r);
+                        p.last_error = Some(e.to_string());
                     }
                 }
             }
-            if let Some(r) = rejected {
-                *st.rejected.entry(r.as_str()).or_default() += 1;
+        }
+    }
+}
+
+/// In: the peers' datagrams to the pods. Only configured peers are heard;
+/// any datagram from one (hello or packet, good or bad) counts as a sign
+/// of life.
+fn deliver_in(shared: &Shared, view: &View, s: &Socks, b: &mut Buffers) {
+    for _ in 0..BATCH {
+        let Ok((n, from)) = s.udp.recv_from(&mut b.udp) else {
+            break;
+        };
+        let SocketAddr::V4(from) = from else { continue };
+        let mut st = shared.stats.lock().unwrap();
+        if !view.peers.contains(from.ip()) {
+            st.not_peer += 1;
+            st.last_not_peer = Some(*from.ip());
+            continue;
+        }
+        let verdict = classify(&b.udp[..n], &view.set);
+        let mut rejected = None;
+        if let Some(p) = st.peers.get_mut(from.ip()) {
+            p.last_seen_at = Some(Instant::now());
+            p.last_seen = Some(unix_now());
+            match verdict {
+                Ok(None) => {}
+                Ok(Some(i)) => to_pods(view, s, i, &mut b.pkt, p),
+                Err(r) => {
+                    p.dropped += 1;
+                    rejected = Some(r);
+                }
             }
         }
-        if Instant::now() >= next_hello {
-            let hello = [
-                wire::MAGIC[0],
-                wire::MAGIC[1],
-                wire::MAGIC[2],
-                wire::MAGIC[3],
-                wire::VERSION,
-                FLAG_HELLO,
-                0,
-                0,
-            ];
-            for p in &view.peers {
-                let _ = s.udp.send_to(&hello, SocketAddrV4::new(*p, view.set.port));
-            }
-            next_hello = Instant::now() + HELLO_EVERY;
+        if let Some(r) = rejected {
+            *st.rejected.entry(r.as_str()).or_default() += 1;
         }
+    }
+}
+
+/// What a peer's datagram is: a hello (`Ok(None)`), a packet for the pods,
+/// or rejected. A peer may not send packets from this node's own pool.
+fn classify<'a>(d: &'a [u8], set: &Settings) -> Result<Option<wire::Inner<'a>>, wire::Reject> {
+    if is_hello(d) {
+        return Ok(None);
+    }
+    let i = wire::decode(d, &set.groups)?;
+    if set.pool.is_some_and(|p| p.contains(i.src)) {
+        return Err(wire::Reject::Source);
+    }
+    Ok(Some(i))
+}
+
+/// The header-only datagram peers greet each other with.
+const HELLO: [u8; wire::HEADER_LEN] = [
+    wire::MAGIC[0],
+    wire::MAGIC[1],
+    wire::MAGIC[2],
+    wire::MAGIC[3],
+    wire::VERSION,
+    FLAG_HELLO,
+    0,
+    0,
+];
+
+fn is_hello(d: &[u8]) -> bool {
+    d.len() == wire::HEADER_LEN
+        && &d[..4] == wire::MAGIC
+        && d[4] == wire::VERSION
+        && d[5] & FLAG_HELLO != 0
+}
+
+/// Puts a peer's packet on the bridge as TTL-1 Ethernet multicast (see the
+/// module doc: the pods get it, the node's IP stack does not) and counts it.
+fn to_pods(view: &View, s: &Socks, i: wire::Inner, pkt: &mut Vec<u8>, p: &mut PeerStats) {
+    wire::for_pods(i.ip, pkt);
+    match s
+        .inject
+        .send(view.set.bridge, wire::group_mac(i.group), pkt)
+    {
+        Ok(()) => {
+            if p.sources.len() < MAX_SOURCES {
+                p.sources.insert(i.src);
+            }
+            p.received += 1;
+            p.received_bytes += pkt.len() as u64;
+        }
+        Err(e) => {
+            p.dropped += 1;
+            p.last_error = Some(format!("delivering to the pods: {e}"));
+        }
+    }
+}
+
+/// Greets every peer, relayed or reached by LAN, so each can tell this
+/// node is alive even when its pods are quiet.
+fn send_hellos(view: &View, s: &Socks) {
+    for p in &view.peers {
+        let _ = s.udp.send_to(&HELLO, SocketAddrV4::new(*p, view.set.port));
     }
 }
 

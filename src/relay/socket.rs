@@ -6,7 +6,7 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-use crate::agent::observe::{attach_filter, bind_packet, packet_socket, sockaddr_ll as sll};
+use crate::kernel::packet::{attach_filter, bind_packet, packet_socket, sockaddr_ll as sll};
 
 /// Captures IPv4 frames arriving on one interface (the bridge: what pods
 /// send), filtered to UDP to the relayed groups, outgoing frames excluded

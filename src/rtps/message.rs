@@ -295,139 +295,191 @@ pub fn parse_message(bytes: &[u8]) -> Result<Message<'_>> {
     })
 }
 
-fn too_short(sm_id: u8, body: &[u8], offset: usize, need: usize) -> Result<()> {
-    if body.len() < need {
-        return Err(ParseError::new(
-            offset,
-            ErrorKind::SubmessageTooShort {
-                id: sm_id,
-                len: body.len(),
-                need,
-            },
-        ));
-    }
-    Ok(())
+/// One submessage's body, where it is in the message, and its flags.
+struct Body<'a> {
+    id: u8,
+    flags: u8,
+    bytes: &'a [u8],
+    /// Offset of `bytes` in the message, for error positions.
+    offset: usize,
 }
 
-fn parse_body<'a>(
-    sm_id: u8,
-    flags: u8,
-    body: &'a [u8],
-    offset: usize,
-) -> Result<SubmessageKind<'a>> {
-    let endian = endian_of(flags);
-    let mut r = Reader::new(body, offset, endian);
-    let entity = |r: &mut Reader<'a>, what| r.array(what).map(EntityId);
+impl<'a> Body<'a> {
+    /// A reader over the body once it holds the `need` octets of the
+    /// submessage's fixed fields; a shorter body is an error, so the reads
+    /// of the fixed fields that follow cannot run past it.
+    fn fixed(&self, need: usize) -> Result<Reader<'a>> {
+        if self.bytes.len() < need {
+            return Err(ParseError::new(
+                self.offset,
+                ErrorKind::SubmessageTooShort {
+                    id: self.id,
+                    len: self.bytes.len(),
+                    need,
+                },
+            ));
+        }
+        Ok(Reader::new(self.bytes, self.offset, endian_of(self.flags)))
+    }
+
+    fn flag(&self, f: u8) -> bool {
+        self.flags & f != 0
+    }
+}
+
+fn entity(r: &mut Reader<'_>, what: &'static str) -> Result<EntityId> {
+    r.array(what).map(EntityId)
+}
+
+/// Parses a submessage's body by its id; ids this parser does not know are
+/// [`SubmessageKind::Other`], not errors.
+fn parse_body(sm_id: u8, flags: u8, body: &[u8], offset: usize) -> Result<SubmessageKind<'_>> {
+    let b = Body {
+        id: sm_id,
+        flags,
+        bytes: body,
+        offset,
+    };
     Ok(match sm_id {
         id::PAD => SubmessageKind::Pad,
-        id::INFO_TS => {
-            if flags & flag::INVALIDATE != 0 {
-                SubmessageKind::InfoTs(None)
-            } else {
-                too_short(sm_id, body, offset, 8)?;
-                let seconds = r.i32("timestamp")?;
-                let fraction = r.u32("timestamp")?;
-                SubmessageKind::InfoTs(Some(Time { seconds, fraction }))
-            }
-        }
-        id::INFO_DST => {
-            too_short(sm_id, body, offset, 12)?;
-            SubmessageKind::InfoDst(GuidPrefix(r.array("guid prefix")?))
-        }
-        id::INFO_SRC => {
-            too_short(sm_id, body, offset, 20)?;
-            r.skip(4, "unused")?;
-            let [major, minor] = r.array("protocol version")?;
-            let vendor: [u8; 2] = r.array("vendor id")?;
-            SubmessageKind::InfoSrc(InfoSrc {
-                version: ProtocolVersion { major, minor },
-                vendor_id: VendorId(u16::from_be_bytes(vendor)),
-                guid_prefix: GuidPrefix(r.array("guid prefix")?),
-            })
-        }
-        id::HEARTBEAT => {
-            too_short(sm_id, body, offset, 28)?;
-            SubmessageKind::Heartbeat(Heartbeat {
-                reader_id: entity(&mut r, "readerId")?,
-                writer_id: entity(&mut r, "writerId")?,
-                first_sn: r.sequence_number("firstSN")?,
-                last_sn: r.sequence_number("lastSN")?,
-                count: r.u32("count")?,
-                is_final: flags & flag::FINAL != 0,
-                liveliness: flags & flag::LIVELINESS != 0,
-            })
-        }
-        id::ACKNACK => {
-            too_short(sm_id, body, offset, 24)?;
-            let reader_id = entity(&mut r, "readerId")?;
-            let writer_id = entity(&mut r, "writerId")?;
-            let reader_sn_state = sn_set(&mut r)?;
-            SubmessageKind::AckNack(AckNack {
-                reader_id,
-                writer_id,
-                reader_sn_state,
-                count: r.u32("count")?,
-                is_final: flags & flag::FINAL != 0,
-            })
-        }
-        id::GAP => {
-            too_short(sm_id, body, offset, 28)?;
-            SubmessageKind::Gap(Gap {
-                reader_id: entity(&mut r, "readerId")?,
-                writer_id: entity(&mut r, "writerId")?,
-                gap_start: r.sequence_number("gapStart")?,
-                gap_list: sn_set(&mut r)?,
-            })
-        }
-        id::DATA => {
-            too_short(sm_id, body, offset, 20)?;
-            let extra_flags = r.u16("extraFlags")?;
-            let otiq = r.u16("octetsToInlineQos")?;
-            let reader_id = entity(&mut r, "readerId")?;
-            let writer_id = entity(&mut r, "writerId")?;
-            let writer_sn = r.sequence_number("writerSN")?;
-            let (inline_qos, rest, rest_offset) = inline_qos(flags, body, offset, otiq, 16)?;
-            let key = flags & flag::KEY != 0;
-            let has_payload = flags & (flag::DATA | flag::KEY) != 0;
-            SubmessageKind::Data(Data {
-                extra_flags,
-                reader_id,
-                writer_id,
-                writer_sn,
-                inline_qos,
-                payload: has_payload.then_some(rest),
-                payload_offset: rest_offset,
-                key,
-            })
-        }
-        id::DATA_FRAG => {
-            too_short(sm_id, body, offset, 32)?;
-            let extra_flags = r.u16("extraFlags")?;
-            let otiq = r.u16("octetsToInlineQos")?;
-            let reader_id = entity(&mut r, "readerId")?;
-            let writer_id = entity(&mut r, "writerId")?;
-            let writer_sn = r.sequence_number("writerSN")?;
-            let fragment_starting_num = r.u32("fragmentStartingNum")?;
-            let fragments_in_submessage = r.u16("fragmentsInSubmessage")?;
-            let fragment_size = r.u16("fragmentSize")?;
-            let sample_size = r.u32("sampleSize")?;
-            let (inline_qos, rest, rest_offset) = inline_qos(flags, body, offset, otiq, 28)?;
-            SubmessageKind::DataFrag(DataFrag {
-                extra_flags,
-                reader_id,
-                writer_id,
-                writer_sn,
-                fragment_starting_num,
-                fragments_in_submessage,
-                fragment_size,
-                sample_size,
-                inline_qos,
-                fragments: rest,
-                fragments_offset: rest_offset,
-                key: flags & flag::FRAG_KEY != 0,
-            })
-        }
+        id::INFO_TS => SubmessageKind::InfoTs(info_ts(&b)?),
+        id::INFO_DST => SubmessageKind::InfoDst(GuidPrefix(b.fixed(12)?.array("guid prefix")?)),
+        id::INFO_SRC => SubmessageKind::InfoSrc(info_src(&b)?),
+        id::HEARTBEAT => SubmessageKind::Heartbeat(heartbeat(&b)?),
+        id::ACKNACK => SubmessageKind::AckNack(acknack(&b)?),
+        id::GAP => SubmessageKind::Gap(gap(&b)?),
+        id::DATA => SubmessageKind::Data(data(&b)?),
+        id::DATA_FRAG => SubmessageKind::DataFrag(data_frag(&b)?),
         _ => SubmessageKind::Other,
+    })
+}
+
+/// INFO_TS: a timestamp, or none when the invalidate flag is set (then the
+/// body may be empty).
+fn info_ts(b: &Body) -> Result<Option<Time>> {
+    if b.flag(flag::INVALIDATE) {
+        return Ok(None);
+    }
+    let mut r = b.fixed(8)?;
+    let seconds = r.i32("timestamp")?;
+    let fraction = r.u32("timestamp")?;
+    Ok(Some(Time { seconds, fraction }))
+}
+
+fn info_src(b: &Body) -> Result<InfoSrc> {
+    let mut r = b.fixed(20)?;
+    r.skip(4, "unused")?;
+    let [major, minor] = r.array("protocol version")?;
+    let vendor: [u8; 2] = r.array("vendor id")?;
+    Ok(InfoSrc {
+        version: ProtocolVersion { major, minor },
+        vendor_id: VendorId(u16::from_be_bytes(vendor)),
+        guid_prefix: GuidPrefix(r.array("guid prefix")?),
+    })
+}
+
+fn heartbeat(b: &Body) -> Result<Heartbeat> {
+    let mut r = b.fixed(28)?;
+    Ok(Heartbeat {
+        reader_id: entity(&mut r, "readerId")?,
+        writer_id: entity(&mut r, "writerId")?,
+        first_sn: r.sequence_number("firstSN")?,
+        last_sn: r.sequence_number("lastSN")?,
+        count: r.u32("count")?,
+        is_final: b.flag(flag::FINAL),
+        liveliness: b.flag(flag::LIVELINESS),
+    })
+}
+
+fn acknack(b: &Body) -> Result<AckNack> {
+    let mut r = b.fixed(24)?;
+    let reader_id = entity(&mut r, "readerId")?;
+    let writer_id = entity(&mut r, "writerId")?;
+    let reader_sn_state = sn_set(&mut r)?;
+    Ok(AckNack {
+        reader_id,
+        writer_id,
+        reader_sn_state,
+        count: r.u32("count")?,
+        is_final: b.flag(flag::FINAL),
+    })
+}
+
+fn gap(b: &Body) -> Result<Gap> {
+    let mut r = b.fixed(28)?;
+    Ok(Gap {
+        reader_id: entity(&mut r, "readerId")?,
+        writer_id: entity(&mut r, "writerId")?,
+        gap_start: r.sequence_number("gapStart")?,
+        gap_list: sn_set(&mut r)?,
+    })
+}
+
+/// The fields DATA and DATA_FRAG both start with.
+struct DataHead {
+    extra_flags: u16,
+    /// octetsToInlineQos, see [`inline_qos`].
+    otiq: u16,
+    reader_id: EntityId,
+    writer_id: EntityId,
+    writer_sn: i64,
+}
+
+impl DataHead {
+    fn read(r: &mut Reader<'_>) -> Result<DataHead> {
+        Ok(DataHead {
+            extra_flags: r.u16("extraFlags")?,
+            otiq: r.u16("octetsToInlineQos")?,
+            reader_id: entity(r, "readerId")?,
+            writer_id: entity(r, "writerId")?,
+            writer_sn: r.sequence_number("writerSN")?,
+        })
+    }
+}
+
+/// DATA: 16 octets of fixed fields after octetsToInlineQos, then the
+/// inline QoS (if flagged), then the payload (if the DATA or KEY flag says
+/// there is one).
+fn data<'a>(b: &Body<'a>) -> Result<Data<'a>> {
+    let mut r = b.fixed(20)?;
+    let h = DataHead::read(&mut r)?;
+    let (inline_qos, rest, rest_offset) = inline_qos(b.flags, b.bytes, b.offset, h.otiq, 16)?;
+    let has_payload = b.flag(flag::DATA | flag::KEY);
+    Ok(Data {
+        extra_flags: h.extra_flags,
+        reader_id: h.reader_id,
+        writer_id: h.writer_id,
+        writer_sn: h.writer_sn,
+        inline_qos,
+        payload: has_payload.then_some(rest),
+        payload_offset: rest_offset,
+        key: b.flag(flag::KEY),
+    })
+}
+
+/// DATA_FRAG: 28 octets of fixed fields after octetsToInlineQos, then the
+/// inline QoS (if flagged), then the fragments.
+fn data_frag<'a>(b: &Body<'a>) -> Result<DataFrag<'a>> {
+    let mut r = b.fixed(32)?;
+    let h = DataHead::read(&mut r)?;
+    let fragment_starting_num = r.u32("fragmentStartingNum")?;
+    let fragments_in_submessage = r.u16("fragmentsInSubmessage")?;
+    let fragment_size = r.u16("fragmentSize")?;
+    let sample_size = r.u32("sampleSize")?;
+    let (inline_qos, rest, rest_offset) = inline_qos(b.flags, b.bytes, b.offset, h.otiq, 28)?;
+    Ok(DataFrag {
+        extra_flags: h.extra_flags,
+        reader_id: h.reader_id,
+        writer_id: h.writer_id,
+        writer_sn: h.writer_sn,
+        fragment_starting_num,
+        fragments_in_submessage,
+        fragment_size,
+        sample_size,
+        inline_qos,
+        fragments: rest,
+        fragments_offset: rest_offset,
+        key: b.flag(flag::FRAG_KEY),
     })
 }
 
