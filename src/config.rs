@@ -72,6 +72,8 @@ const OUR_KEYS: &[&str] = &[
     "peers",
     "lanMulticast",
     "relayPort",
+    "domains",
+    "defaultDomains",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -218,6 +220,9 @@ pub struct Config {
     pub fast_path: bool,
     /// Agent (routed mode): rate limits on RTPS discovery multicast.
     pub limits: crate::firewall::limits::Limits,
+    /// Discovery isolation (`domains`, `defaultDomains`): which ROS domains
+    /// each namespace's pods may use; None when neither key is set.
+    pub domains: Option<Domains>,
     /// Agent: the other nodes' uplink addresses the RTPS relay serves
     /// (`peers`, plus every other node entry's `address`).
     pub peers: Vec<Ipv4Addr>,
@@ -230,6 +235,94 @@ pub struct Config {
     /// The other subnets of the cluster (nodes' own `subnet`s): the plugin
     /// routes them through the pod's LAN interface.
     pub other_subnets: Vec<Ipv4Net>,
+}
+
+/// `domains` and `defaultDomains`: the ROS domains (0–232) each namespace's
+/// pods may use (docs/config.md).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Domains {
+    pub by_namespace: BTreeMap<String, Vec<u16>>,
+    /// For namespaces not listed; None: every domain.
+    pub default: Option<Vec<u16>>,
+}
+
+/// Whether `s` is a DNS-1123 label (a Kubernetes namespace name).
+pub fn is_dns1123_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+fn domain_list(key: &str, v: &Value) -> Result<Vec<u16>, CniError> {
+    let max = crate::firewall::domains::MAX_DOMAIN;
+    let arr = v.as_array().ok_or_else(|| {
+        invalid(
+            key,
+            format!("expected a list of ROS domain IDs (0 to {max}), got {v}"),
+        )
+    })?;
+    let mut out = vec![];
+    for d in arr {
+        let id = d.as_u64().filter(|n| *n <= u64::from(max)).ok_or_else(|| {
+            invalid(
+                key,
+                format!("{d} is not a ROS domain ID (a whole number from 0 to {max})"),
+            )
+        })?;
+        out.push(id as u16);
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+impl Domains {
+    pub fn from_map(m: &Map<String, Value>) -> Result<Option<Domains>, CniError> {
+        let mut d = Domains::default();
+        let mut set = false;
+        match m.get("domains") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(o)) => {
+                set = true;
+                for (ns, v) in o {
+                    if !is_dns1123_label(ns) {
+                        return Err(invalid(
+                            "domains",
+                            format!("\"{ns}\" is not a namespace name (a DNS-1123 label: lowercase letters, digits and '-', at most 63)"),
+                        ));
+                    }
+                    d.by_namespace
+                        .insert(ns.clone(), domain_list(&format!("domains.{ns}"), v)?);
+                }
+            }
+            Some(v) => {
+                return Err(invalid(
+                    "domains",
+                    format!("expected an object mapping namespaces to lists of ROS domain IDs, e.g. {{\"team-a\": [0]}}, got {v}"),
+                ))
+            }
+        }
+        match m.get("defaultDomains") {
+            None | Some(Value::Null) => {}
+            Some(v) => {
+                set = true;
+                d.default = Some(domain_list("defaultDomains", v)?);
+            }
+        }
+        Ok(set.then_some(d))
+    }
+
+    /// The domains a namespace's pods may use; None: every domain.
+    pub fn allowed(&self, namespace: &str) -> Option<&[u16]> {
+        self.by_namespace
+            .get(namespace)
+            .or(self.default.as_ref())
+            .map(Vec::as_slice)
+    }
 }
 
 fn invalid(key: &str, msg: impl fmt::Display) -> CniError {
@@ -722,6 +815,7 @@ impl Config {
             raise_ttl: get_bool(m, "raiseTtl")?.unwrap_or(true),
             fast_path: get_bool(m, "fastPath")?.unwrap_or(true),
             limits: crate::firewall::limits::Limits::from_map(m)?,
+            domains: Domains::from_map(m)?,
             peers,
             node_address,
             lan_multicast: get_bool(m, "lanMulticast")?.unwrap_or(true),
@@ -910,6 +1004,57 @@ mod tests {
                       "b": {"podRange": "192.168.1.176/28", "address": "192.168.1.11"}}});
         let e = Config::from_value(&v, false, Some("a")).unwrap_err();
         assert!(e.msg.contains("nodes.b.address"), "{}", e.msg);
+    }
+
+    #[test]
+    fn domains_parse_validate_and_name_the_key() {
+        let c = Config::from_value(&base(), true, None).unwrap();
+        assert_eq!(c.domains, None, "unset: no policy");
+        let mut v = base();
+        v["domains"] = json!({"team-a": [0], "team-b": [2, 1, 1]});
+        let d = Config::from_value(&v, true, None).unwrap().domains.unwrap();
+        assert_eq!(d.allowed("team-a"), Some(&[0u16][..]));
+        assert_eq!(d.allowed("team-b"), Some(&[1u16, 2][..]));
+        assert_eq!(d.allowed("other"), None, "no defaultDomains: every domain");
+        v["defaultDomains"] = json!([232]);
+        let d = Config::from_value(&v, true, None).unwrap().domains.unwrap();
+        assert_eq!(d.allowed("other"), Some(&[232u16][..]));
+        // cluster form: the same top-level key
+        let mut v = base();
+        v.as_object_mut().unwrap().remove("podRange");
+        v["nodes"] = json!({"robot-1": "192.168.1.160/28"});
+        v["domains"] = json!({"team-a": [0]});
+        let c = Config::from_value(&v, true, Some("robot-1")).unwrap();
+        assert_eq!(c.domains.unwrap().allowed("team-a"), Some(&[0u16][..]));
+        for (key, val, names, says) in [
+            ("domains", json!([0]), "domains", "object"),
+            ("domains", json!({"Team_A": [0]}), "domains", "DNS-1123"),
+            (
+                "domains",
+                json!({"team-a": [233]}),
+                "domains.team-a",
+                "0 to 232",
+            ),
+            ("domains", json!({"team-a": 0}), "domains.team-a", "list"),
+            (
+                "domains",
+                json!({"team-a": [-1]}),
+                "domains.team-a",
+                "0 to 232",
+            ),
+            ("defaultDomains", json!(["0"]), "defaultDomains", "0 to 232"),
+        ] {
+            let mut v = base();
+            v[key] = val.clone();
+            let e = Config::from_value(&v, true, None).unwrap_err();
+            assert_eq!(e.code, Code::InvalidConfig, "{key}={val}: {}", e.msg);
+            assert!(
+                e.msg.starts_with(names) && e.msg.contains(says),
+                "{key}={val}: {}",
+                e.msg
+            );
+        }
+        assert!(is_dns1123_label("a-1") && !is_dns1123_label("-a") && !is_dns1123_label(""));
     }
 
     #[test]

@@ -436,6 +436,7 @@ fn add(cfg: &Config, env: &Env, raw: &Value, version: Version) -> Result<Output>
         }
         return Err(err);
     }
+    add_domain_rules(cfg, &att);
     tracing::info!(
         container = %env.container_id,
         pod = %format!("{}/{}", att.pod_namespace, att.pod_name),
@@ -454,6 +455,33 @@ fn add(cfg: &Config, env: &Env, raw: &Value, version: Version) -> Result<Output>
         net,
     );
     Ok(Output::Json(prev.to_version(version)))
+}
+
+/// With a domain policy in force (the agent has made its table), the pod's
+/// rules, so that it is held to its namespace's domains from its first
+/// packet rather than from the agent's next pass (until then its port is
+/// unlisted, and the table's default deny drops all its RTPS-range UDP).
+/// A failure is only logged: the default deny holds until the agent adds them.
+fn add_domain_rules(cfg: &Config, att: &crate::ipam::Attachment) {
+    let Some(d) = &cfg.domains else { return };
+    if cfg.mode != crate::config::Mode::Routed || att.host_if.is_empty() {
+        return;
+    }
+    let p = crate::firewall::domains::PodPolicy {
+        port: att.host_if.clone(),
+        allowed: d.allowed(&att.pod_namespace).map(<[u16]>::to_vec),
+    };
+    let r = crate::firewall::nfnl::Nfnl::new()
+        .and_then(|mut nl| crate::firewall::domains::add_pod(&mut nl, &p));
+    match r {
+        Ok(true) => {
+            tracing::debug!(port = %p.port, allowed = ?p.allowed, "domain policy rules added")
+        }
+        Ok(false) => tracing::debug!("no domain policy table on this node (agent not running yet)"),
+        Err(e) => {
+            tracing::warn!(port = %p.port, "domain policy rules (the agent adds them within its next pass): {e}")
+        }
+    }
 }
 
 /// The per-pod steps whose kernel work waits out an RCU grace period
