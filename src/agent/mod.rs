@@ -41,8 +41,20 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    // The layers' errors are kept whole (variant, errno) but not chained
+    // as `source`: their messages already carry their cause, and the
+    // command line prints the whole chain.
     #[error("{0}")]
-    Config(String),
+    Config(crate::config::Error),
+    /// The cluster config the install hook keeps the conflist entry of.
+    #[error("{0}")]
+    Install(crate::install::InstallError),
+    /// Node-wide setup the plugin relies on too (uplink, bridge, shim).
+    #[error("{0}")]
+    Node(crate::dataplane::Error),
+    /// A kernel operation (rtnetlink, tc or nf_tables).
+    #[error("{0}")]
+    Kernel(crate::kernel::Error),
     #[error("{0}")]
     Setup(String),
     #[error("multicast routing: {0} (is another multicast router such as smcroute or pimd running in this network namespace?)")]
@@ -55,11 +67,21 @@ pub enum AgentError {
     },
 }
 
-impl From<crate::cni::CniError> for AgentError {
-    fn from(e: crate::cni::CniError) -> Self {
-        AgentError::Setup(e.to_string())
-    }
+macro_rules! agent_error_from {
+    ($($t:ty => $v:ident),*) => {$(
+        impl From<$t> for AgentError {
+            fn from(e: $t) -> Self {
+                AgentError::$v(e)
+            }
+        }
+    )*};
 }
+agent_error_from!(
+    crate::config::Error => Config,
+    crate::install::InstallError => Install,
+    crate::dataplane::Error => Node,
+    crate::kernel::Error => Kernel
+);
 
 /// Command-line options of `ros2-cni agent`.
 #[derive(Debug, Clone, Default)]
@@ -85,8 +107,7 @@ impl InstallHook {
     /// owner (calico-node's install-cni) rewrites it.
     fn watch(&self, opts: &Options) -> Result<crate::install::Watcher, AgentError> {
         use crate::install::{Entry, Target, WatchOptions, Watcher};
-        let entry = Entry::from_config_file(&opts.config, opts.node.as_deref())
-            .map_err(|e| AgentError::Config(e.to_string()))?;
+        let entry = Entry::from_config_file(&opts.config, opts.node.as_deref())?;
         let mut target = Target::new(&self.conf_dir, entry);
         if let Some(bin) = &self.bin_dir {
             let exe = std::env::current_exe().map_err(|e| AgentError::Io {
@@ -95,8 +116,7 @@ impl InstallHook {
             })?;
             target = target.with_binary(bin, exe);
         }
-        Watcher::spawn(target, WatchOptions::default())
-            .map_err(|e| AgentError::Setup(e.to_string()))
+        Ok(Watcher::spawn(target, WatchOptions::default())?)
     }
 
     fn uninstall(&self, data_dir: &Path) {
@@ -200,25 +220,21 @@ impl State {
     }
 }
 
-fn setup_err(e: impl std::fmt::Display) -> AgentError {
-    AgentError::Setup(e.to_string())
-}
-
 /// Loads the config the agent runs with.
 pub fn load_config(path: &Path, node: Option<&str>) -> Result<Config, AgentError> {
-    Config::from_file(path, node).map_err(|e| AgentError::Config(e.to_string()))
+    Ok(Config::from_file(path, node)?)
 }
 
 /// Node-wide state the plugin relies on, created if missing; returns
 /// (uplink, node device).
 fn ensure_node(cfg: &Config) -> Result<(Link, Link), AgentError> {
-    let mut nl = Handle::new().map_err(setup_err)?;
+    let mut nl = Handle::new()?;
     let uplink = resolve_uplink(&mut nl, cfg)?;
-    let mut nf = Nfnl::new().map_err(setup_err)?;
+    let mut nf = Nfnl::new()?;
     if cfg.mode == Mode::Macvlan {
         let shim = ensure_shim(&mut nl, &uplink)?;
         // a node switched from routed mode must not keep raising TTLs
-        if firewall::remove_ttl_rule(&mut nf).map_err(setup_err)? {
+        if firewall::remove_ttl_rule(&mut nf)? {
             tracing::info!("macvlan mode: removed the RTPS TTL rule");
         }
         let _ = nf.delete_table(firewall::nfnl::NFPROTO_IPV4, firewall::COUNT_TABLE);
@@ -226,23 +242,21 @@ fn ensure_node(cfg: &Config) -> Result<(Link, Link), AgentError> {
         return Ok((uplink, shim));
     }
     let bridge = ensure_bridge(&mut nl, &cfg.bridge, &uplink.name)?;
-    if firewall::ensure_table(&mut nf, &firewall::pod_guard_spec()).map_err(setup_err)? {
+    if firewall::ensure_table(&mut nf, &firewall::pod_guard_spec())? {
         tracing::info!("created the anti-spoofing table bridge {}", firewall::TABLE);
     }
     let count = firewall::count_spec(&cfg.groups, &uplink.name, &bridge.name);
-    if firewall::ensure_table(&mut nf, &count).map_err(setup_err)? {
+    if firewall::ensure_table(&mut nf, &count)? {
         tracing::debug!(
             "forward counters for the RTPS groups applied (ip {})",
             firewall::COUNT_TABLE
         );
     }
     if !cfg.raise_ttl {
-        if firewall::remove_ttl_rule(&mut nf).map_err(setup_err)? {
+        if firewall::remove_ttl_rule(&mut nf)? {
             tracing::info!("raiseTtl is false: removed the RTPS TTL rule");
         }
-    } else if firewall::ensure_ttl_rule(&mut nf, &[&uplink.name, &cfg.bridge], &cfg.groups)
-        .map_err(setup_err)?
-    {
+    } else if firewall::ensure_ttl_rule(&mut nf, &[&uplink.name, &cfg.bridge], &cfg.groups)? {
         tracing::info!(groups = ?cfg.groups, "applied the RTPS TTL rule (ip {})", firewall::TABLE);
     }
     Ok((uplink, bridge))
@@ -350,7 +364,7 @@ fn open_mroute() -> Result<MrouteSocket, AgentError> {
 /// Builds the state: node-wide setup, multicast routing, group membership.
 pub fn start(opts: &Options) -> Result<State, AgentError> {
     let cfg = load_config(&opts.config, opts.node.as_deref())?;
-    cfg.pool().map_err(|e| AgentError::Config(e.msg))?;
+    cfg.pool()?;
     let instance = lock_instance(&cfg.data_dir)?;
     let (uplink, node_dev) = ensure_node(&cfg)?;
     let router = match cfg.mode {

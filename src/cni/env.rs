@@ -1,7 +1,31 @@
 //! The CNI_* environment, validated per command as the reference `skel` does.
 
-use super::error::{CniError, Result};
 use std::collections::BTreeMap;
+
+/// A CNI_* variable that is missing or invalid; the message names it. The
+/// plugin's edge answers every one with code 4 (invalid environment).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "CNI_COMMAND: unknown command \"{0}\" (expected ADD, DEL, CHECK, VERSION, GC or STATUS)"
+    )]
+    UnknownCommand(String),
+    #[error("{name} is required for {command} but is not set")]
+    Missing {
+        name: &'static str,
+        command: &'static str,
+    },
+    #[error("CNI_ARGS: invalid pair \"{0}\" (expected KEY=VALUE)")]
+    ArgsPair(String),
+    #[error("CNI_ARGS: empty key in \"{0}\"")]
+    ArgsEmptyKey(String),
+    #[error("CNI_CONTAINERID: invalid characters in \"{0}\"")]
+    ContainerId(String),
+    #[error("CNI_IFNAME: {0}")]
+    IfName(#[from] crate::ifname::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
@@ -22,11 +46,7 @@ impl Command {
             "VERSION" => Command::Version,
             "GC" => Command::Gc,
             "STATUS" => Command::Status,
-            other => {
-                return Err(CniError::env(format!(
-                    "CNI_COMMAND: unknown command \"{other}\" (expected ADD, DEL, CHECK, VERSION, GC or STATUS)"
-                )))
-            }
+            other => return Err(Error::UnknownCommand(other.to_owned())),
         })
     }
 
@@ -66,13 +86,13 @@ impl Env {
     /// Reads the environment for `cmd` through `get` (std::env::var in
     /// production, a map in tests).
     pub fn from_lookup(cmd: Command, get: impl Fn(&str) -> Option<String>) -> Result<Env> {
-        let need = |name: &str, required: bool| -> Result<String> {
+        let need = |name: &'static str, required: bool| -> Result<String> {
             match get(name) {
                 Some(v) if !v.is_empty() => Ok(v),
-                _ if required => Err(CniError::env(format!(
-                    "{name} is required for {} but is not set",
-                    cmd.as_str()
-                ))),
+                _ if required => Err(Error::Missing {
+                    name,
+                    command: cmd.as_str(),
+                }),
                 _ => Ok(String::new()),
             }
         };
@@ -88,7 +108,7 @@ impl Env {
         };
         if add_check_del {
             validate_container_id(&env.container_id)?;
-            validate_ifname("CNI_IFNAME", &env.ifname).map_err(CniError::env)?;
+            crate::ifname::check(&env.ifname)?;
         }
         Ok(env)
     }
@@ -100,12 +120,10 @@ pub fn parse_args(s: &str) -> Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for pair in s.split(';').filter(|p| !p.is_empty()) {
         let Some((k, v)) = pair.split_once('=') else {
-            return Err(CniError::env(format!(
-                "CNI_ARGS: invalid pair \"{pair}\" (expected KEY=VALUE)"
-            )));
+            return Err(Error::ArgsPair(pair.to_owned()));
         };
         if k.is_empty() {
-            return Err(CniError::env(format!("CNI_ARGS: empty key in \"{pair}\"")));
+            return Err(Error::ArgsEmptyKey(pair.to_owned()));
         }
         out.insert(k.to_string(), v.to_string());
     }
@@ -119,40 +137,13 @@ fn validate_container_id(id: &str) -> Result<()> {
     if first_ok && rest_ok {
         Ok(())
     } else {
-        Err(CniError::env(format!(
-            "CNI_CONTAINERID: invalid characters in \"{id}\""
-        )))
+        Err(Error::ContainerId(id.to_owned()))
     }
-}
-
-/// Linux interface name rules: 1-15 bytes, no '/', ':' or whitespace, not "." or "..".
-pub fn validate_ifname(field: &str, name: &str) -> std::result::Result<(), String> {
-    if name.is_empty() {
-        return Err(format!("{field}: interface name is empty"));
-    }
-    if name.len() > 15 {
-        return Err(format!(
-            "{field}: interface name \"{name}\" is longer than 15 bytes"
-        ));
-    }
-    if name == "." || name == ".." {
-        return Err(format!("{field}: interface name \"{name}\" is not allowed"));
-    }
-    if name
-        .chars()
-        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
-    {
-        return Err(format!(
-            "{field}: interface name \"{name}\" contains '/', ':' or whitespace"
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cni::error::Code;
     use std::collections::HashMap;
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
@@ -195,8 +186,8 @@ mod tests {
         ] {
             let pairs: Vec<_> = FULL.iter().copied().filter(|(k, _)| *k != var).collect();
             let err = Env::from_lookup(cmd, env_of(&pairs)).unwrap_err();
-            assert_eq!(err.code, Code::InvalidEnv);
-            assert!(err.msg.contains(var), "{}", err.msg);
+            assert!(matches!(err, Error::Missing { .. }), "{err}");
+            assert!(err.to_string().contains(var), "{err}");
         }
     }
 
@@ -222,14 +213,14 @@ mod tests {
         let mut pairs = FULL.to_vec();
         pairs[0] = ("CNI_CONTAINERID", "../etc");
         let err = Env::from_lookup(Command::Add, env_of(&pairs)).unwrap_err();
-        assert!(err.msg.contains("CNI_CONTAINERID"));
+        assert!(err.to_string().contains("CNI_CONTAINERID"));
         let mut pairs = FULL.to_vec();
         pairs[2] = ("CNI_IFNAME", "a-very-long-interface");
         let err = Env::from_lookup(Command::Add, env_of(&pairs)).unwrap_err();
-        assert!(err.msg.contains("CNI_IFNAME"));
+        assert!(err.to_string().contains("CNI_IFNAME"));
         let mut pairs = FULL.to_vec();
         pairs[4] = ("CNI_ARGS", "IgnoreUnknown=1;garbage");
         let err = Env::from_lookup(Command::Add, env_of(&pairs)).unwrap_err();
-        assert!(err.msg.contains("CNI_ARGS"));
+        assert!(err.to_string().contains("CNI_ARGS"));
     }
 }

@@ -1,8 +1,9 @@
-//! CNI error codes and the error type every plugin operation returns.
+//! CNI error codes and the wire error the plugin prints.
 //!
 //! The spec's well-known codes are 1-11 and 50/51; 100 and up are ours. Every
 //! error is printed as `{cniVersion, code, msg, details}` on stdout and the
-//! process exits non-zero.
+//! process exits non-zero. The layers below the plugin have their own error
+//! types; src/plugin/error.rs maps them to these codes.
 
 use serde::Serialize;
 
@@ -97,25 +98,6 @@ impl CniError {
             v["details"] = serde_json::Value::String(self.details.clone());
         }
         v
-    }
-}
-
-impl From<crate::kernel::Error> for CniError {
-    fn from(e: crate::kernel::Error) -> Self {
-        CniError::kernel(e.to_string())
-    }
-}
-
-impl From<crate::ipam::Error> for CniError {
-    fn from(e: crate::ipam::Error) -> Self {
-        use crate::ipam::Error as E;
-        let code = match &e {
-            E::LockTimeout { .. } => Code::TryAgainLater,
-            E::Exhausted { .. } => Code::PoolExhausted,
-            E::AlreadyAttached { .. } => Code::AlreadyAttached,
-            E::Io { .. } => Code::Io,
-        };
-        CniError::new(code, e.to_string())
     }
 }
 

@@ -20,7 +20,7 @@ use super::routed::resolve_uplink;
 use super::{
     apply_common, check_common, node_link, undo_common, AddRequest, Dataplane, Kernel, Step,
 };
-use crate::cni::{CniError, Code, Result};
+use super::{config_err, Error, Result};
 use crate::config::Config;
 use crate::ipam::Attachment;
 use crate::netlink::{parse_mac, sysctl, Handle, Link};
@@ -40,15 +40,12 @@ pub fn is_wireless(ifname: &str) -> bool {
 /// Refuses a wireless uplink unless `force`.
 pub fn refuse_wireless(cfg: &Config, uplink: &str) -> Result<()> {
     if !cfg.force && is_wireless(uplink) {
-        return Err(CniError::new(
-            Code::Refused,
-            format!(
+        return Err(Error::Refused(format!(
                 "mode: \"macvlan\" cannot work on {uplink}, a wireless interface: an access point accepts \
                  frames only from the station's own MAC, so macvlan pods would lose all traffic. Use \
                  \"mode\": \"routed\" on this node (or set \"force\": true if the link really carries \
                  foreign MACs, e.g. 4-address/WDS)"
-            ),
-        ));
+        )));
     }
     Ok(())
 }
@@ -70,10 +67,13 @@ pub fn ensure_shim(node: &mut Handle, uplink: &Link) -> Result<Link> {
         }
         // a shim of another uplink, or a foreign link with our name
         if l.kind.as_deref() != Some("macvlan") {
-            return Err(CniError::invalid_config(format!(
-                "mode: macvlan needs the interface name {SHIM}, but a {} by that name exists",
-                l.kind.as_deref().unwrap_or("link")
-            )));
+            return Err(config_err(
+                "mode",
+                format!(
+                    "macvlan needs the interface name {SHIM}, but a {} by that name exists",
+                    l.kind.as_deref().unwrap_or("link")
+                ),
+            ));
         }
         node.delete_link(l.index)?;
     }
@@ -84,7 +84,7 @@ pub fn ensure_shim(node: &mut Handle, uplink: &Link) -> Result<Link> {
     }
     let l = node
         .link_by_name(SHIM)?
-        .ok_or_else(|| CniError::kernel(format!("{SHIM} vanished after creation")))?;
+        .ok_or_else(|| Error::Missing(format!("{SHIM} vanished after creation")))?;
     node.set_no_ipv6_addresses(l.index)?;
     // answer ARP only for what is routed through the shim: the pods asking
     // for the node's address, never the LAN (which eth0 answers)
@@ -125,7 +125,7 @@ impl Dataplane for Macvlan {
 
     fn ensure_node(&self, k: &mut Kernel, _cfg: &Config, uplink: &str) -> Result<()> {
         let up = k.link(uplink)?.ok_or_else(|| {
-            CniError::invalid_config(format!("uplink: interface \"{uplink}\" does not exist"))
+            config_err("uplink", format!("interface \"{uplink}\" does not exist"))
         })?;
         let shim = ensure_shim(k.node()?, &up)?;
         k.remember(&shim);

@@ -8,12 +8,49 @@
 pub mod macvlan;
 pub mod routed;
 
-use crate::cni::{CniError, Code, Result};
 use crate::config::{Config, Mode};
 use crate::firewall::nfnl::Nfnl;
 use crate::ipam::Attachment;
 use crate::netlink::{format_mac, parse_mac, Handle, Link, Netns};
 use std::net::Ipv4Addr;
+
+/// Why a pod's data plane could not be set up or torn down. The kernel's
+/// errors keep their operation and errno; the plugin's edge maps each
+/// variant to a CNI code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The node does not match the config (an uplink that does not exist, a
+    /// bridge name taken by a NIC, a pool holding the node's address).
+    #[error("{field}: {msg}")]
+    Config { field: &'static str, msg: String },
+    /// A setup this node refuses (macvlan on a wireless uplink).
+    #[error("{0}")]
+    Refused(String),
+    /// The pod has no interface CNI_IFNAME.
+    #[error("CNI_IFNAME: the pod has no interface \"{0}\"")]
+    NoPrimary(String),
+    /// The pod's host-side link exists already (another ADD made it).
+    #[error("link {0} already exists on the node")]
+    LinkExists(String),
+    /// A link that must be there is not (not recorded, gone, never appeared).
+    #[error("{0}")]
+    Missing(String),
+    /// Some undo steps failed: each one, named.
+    #[error("teardown incomplete: {}", .0.join("; "))]
+    Teardown(Vec<String>),
+    /// A kernel operation (rtnetlink, tc or nf_tables) failed.
+    #[error(transparent)]
+    Kernel(#[from] crate::kernel::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn config_err(field: &'static str, msg: impl Into<String>) -> Error {
+    Error::Config {
+        field,
+        msg: msg.into(),
+    }
+}
 
 /// The route every attached pod gets for multicast.
 pub const MULTICAST_NET: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 0);
@@ -161,10 +198,10 @@ pub fn for_mode(mode: Mode) -> &'static dyn Dataplane {
 /// error naming `what` is missing.
 pub(crate) fn node_link(k: &mut Kernel, name: &str, what: &str) -> Result<Link> {
     if name.is_empty() {
-        return Err(CniError::kernel(format!("{what} is not recorded")));
+        return Err(Error::Missing(format!("{what} is not recorded")));
     }
     k.link(name)?
-        .ok_or_else(|| CniError::kernel(format!("{what} {name} is missing")))
+        .ok_or_else(|| Error::Missing(format!("{what} {name} is missing")))
 }
 
 /// Applies one of the steps all modes share; Ok(false) if `step` is not one.
@@ -179,7 +216,7 @@ pub(crate) fn apply_common(
     match step {
         Step::PodConfig => {
             let l = pod.link_by_name(&att.pod_if)?.ok_or_else(|| {
-                CniError::kernel(format!("{} did not appear in the pod", att.pod_if))
+                Error::Missing(format!("{} did not appear in the pod", att.pod_if))
             })?;
             pod.set_no_ipv6_addresses(l.index)?;
             pod.add_address(l.index, att.ip, att.prefix_len)?;
@@ -194,15 +231,9 @@ pub(crate) fn apply_common(
         }
         Step::PrimaryMulticastOff => {
             if !req.cfg.primary_multicast {
-                let l = pod.link_by_name(req.primary_if)?.ok_or_else(|| {
-                    CniError::new(
-                        Code::InvalidEnv,
-                        format!(
-                            "CNI_IFNAME: the pod has no interface \"{}\"",
-                            req.primary_if
-                        ),
-                    )
-                })?;
+                let l = pod
+                    .link_by_name(req.primary_if)?
+                    .ok_or_else(|| Error::NoPrimary(req.primary_if.to_owned()))?;
                 // ADD recorded a prediction; this is what actually happens
                 att.cleared_multicast = l.has_multicast();
                 if l.has_multicast() {
@@ -393,16 +424,13 @@ pub fn undo_all(
     let mut errors = vec![];
     for step in done.iter().rev() {
         if let Err(e) = dp.undo(k, pod.as_deref_mut(), att, *step) {
-            errors.push(format!("{step:?}: {}", e.msg));
+            errors.push(format!("{step:?}: {e}"));
         }
     }
     if errors.is_empty() {
         Ok(())
     } else {
-        Err(CniError::kernel(format!(
-            "teardown incomplete: {}",
-            errors.join("; ")
-        )))
+        Err(Error::Teardown(errors))
     }
 }
 

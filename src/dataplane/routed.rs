@@ -15,7 +15,7 @@
 use super::{
     apply_common, check_common, node_link, undo_common, AddRequest, Dataplane, Kernel, Step,
 };
-use crate::cni::{CniError, Code, Result};
+use super::{config_err, Error, Result};
 use crate::config::Config;
 use crate::firewall;
 use crate::ipam::Attachment;
@@ -29,11 +29,15 @@ pub struct Routed;
 pub fn resolve_uplink(node: &mut Handle, cfg: &Config) -> Result<Link> {
     let link = match &cfg.uplink {
         Some(name) => node.link_by_name(name)?.ok_or_else(|| {
-            CniError::invalid_config(format!("uplink: interface \"{name}\" does not exist on this node"))
+            config_err(
+                "uplink",
+                format!("interface \"{name}\" does not exist on this node"),
+            )
         })?,
         None => node.default_route_link()?.ok_or_else(|| {
-            CniError::invalid_config(
-                "uplink: not set, and this node has no IPv4 default route to take it from; set \"uplink\"",
+            config_err(
+                "uplink",
+                "not set, and this node has no IPv4 default route to take it from; set \"uplink\"",
             )
         })?,
     };
@@ -44,16 +48,23 @@ pub fn resolve_uplink(node: &mut Handle, cfg: &Config) -> Result<Link> {
         .filter(|a| cfg.subnet.contains(a))
         .collect();
     if in_subnet.is_empty() {
-        return Err(CniError::invalid_config(format!(
-            "uplink: {} has no IPv4 address in subnet {} (it has: {}); is \"subnet\" the robot LAN?",
-            link.name,
-            cfg.subnet,
-            if addrs.is_empty() {
-                "none".to_owned()
-            } else {
-                addrs.iter().map(|(a, p)| format!("{a}/{p}")).collect::<Vec<_>>().join(", ")
-            }
-        )));
+        return Err(config_err(
+            "uplink",
+            format!(
+                "{} has no IPv4 address in subnet {} (it has: {}); is \"subnet\" the robot LAN?",
+                link.name,
+                cfg.subnet,
+                if addrs.is_empty() {
+                    "none".to_owned()
+                } else {
+                    addrs
+                        .iter()
+                        .map(|(a, p)| format!("{a}/{p}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            ),
+        ));
     }
     let pools: Vec<_> = cfg
         .pool
@@ -62,8 +73,8 @@ pub fn resolve_uplink(node: &mut Handle, cfg: &Config) -> Result<Link> {
         .collect();
     for a in &in_subnet {
         if let Some(p) = pools.iter().find(|p| p.contains(*a)) {
-            return Err(CniError::invalid_config(format!(
-                "podRange: the node's own address {a} on {} lies inside pool {p}; pools must exclude node addresses",
+            return Err(config_err("podRange", format!(
+                "the node's own address {a} on {} lies inside pool {p}; pools must exclude node addresses",
                 link.name
             )));
         }
@@ -87,9 +98,10 @@ fn link_of(node: &mut Handle, name: &str) -> Result<Option<Link>> {
 /// Shared by the plugin (every ADD) and the agent (start-up).
 pub fn ensure_bridge(node: &mut Handle, bridge: &str, uplink: &str) -> Result<Link> {
     if bridge == uplink {
-        return Err(CniError::invalid_config(format!(
-            "bridge: \"{bridge}\" is this node's uplink; the node bridge needs a name of its own"
-        )));
+        return Err(config_err(
+            "bridge",
+            format!("\"{bridge}\" is this node's uplink; the node bridge needs a name of its own"),
+        ));
     }
     let link = match node.link_by_name(bridge)? {
         Some(l) => l,
@@ -100,7 +112,7 @@ pub fn ensure_bridge(node: &mut Handle, bridge: &str, uplink: &str) -> Result<Li
                 Err(e) => return Err(e.into()),
             };
             let l = node.link_by_name(bridge)?.ok_or_else(|| {
-                CniError::kernel(format!("bridge {bridge} vanished after creation"))
+                Error::Missing(format!("bridge {bridge} vanished after creation"))
             })?;
             if created {
                 node.set_no_ipv6_addresses(l.index)?;
@@ -111,21 +123,25 @@ pub fn ensure_bridge(node: &mut Handle, bridge: &str, uplink: &str) -> Result<Li
     // a link without a kind is a physical NIC (or lo): not ours to turn into
     // a router port
     if link.kind.as_deref() != Some("bridge") {
-        return Err(CniError::invalid_config(format!(
-            "bridge: \"{bridge}\" exists on this node but is {}, not a bridge",
-            link.kind.as_deref().map_or(
-                "a device without a link kind (a NIC?)".to_owned(),
-                |k| format!("a {k}")
-            )
-        )));
+        return Err(config_err(
+            "bridge",
+            format!(
+                "\"{bridge}\" exists on this node but is {}, not a bridge",
+                link.kind.as_deref().map_or(
+                    "a device without a link kind (a NIC?)".to_owned(),
+                    |k| format!("a {k}")
+                )
+            ),
+        ));
     }
     if !link.is_up() {
         node.set_up(link.index)?;
     }
     let up = node.link_by_name(uplink)?.ok_or_else(|| {
-        CniError::invalid_config(format!(
-            "uplink: interface \"{uplink}\" does not exist on this node"
-        ))
+        config_err(
+            "uplink",
+            format!("interface \"{uplink}\" does not exist on this node"),
+        )
     })?;
     // read /proc/sys (readable everywhere), write through netlink only what differs
     let is = |key: String, want: &str| sysctl::read(&key).map(|v| v == want).unwrap_or(false);
@@ -201,10 +217,7 @@ impl Dataplane for Routed {
                     .create_veth(&att.host_if, br.index, &att.pod_if, mac, req.netns, mtu)
                     .map_err(|e| {
                         if e.is_exists() {
-                            CniError::new(
-                                Code::AlreadyAttached,
-                                format!("link {} already exists on the node", att.host_if),
-                            )
+                            Error::LinkExists(att.host_if.clone())
                         } else {
                             e.into()
                         }
@@ -214,7 +227,7 @@ impl Dataplane for Routed {
             Step::HostPort => {
                 let node = k.node()?;
                 let h = node.link_by_name(&att.host_if)?.ok_or_else(|| {
-                    CniError::kernel(format!("{} vanished after creation", att.host_if))
+                    Error::Missing(format!("{} vanished after creation", att.host_if))
                 })?;
                 node.set_no_ipv6_addresses(h.index)?;
                 node.set_up(h.index)?;

@@ -211,8 +211,19 @@ impl Asm {
 const BPF_PROG_LOAD: libc::c_long = 5;
 pub const PROG_TYPE_SCHED_CLS: u32 = 3;
 
+/// A program the kernel refused: the errno of bpf(BPF_PROG_LOAD) and the
+/// tail of the verifier's log.
+#[derive(Debug, thiserror::Error)]
+#[error("loading BPF program {name}: {source}; verifier: {verifier}")]
+pub struct LoadError {
+    pub name: String,
+    #[source]
+    pub source: io::Error,
+    pub verifier: String,
+}
+
 /// Loads a program; on failure the verifier's log is in the error.
-pub fn load(prog_type: u32, insns: &[Insn], name: &str) -> io::Result<OwnedFd> {
+pub fn load(prog_type: u32, insns: &[Insn], name: &str) -> Result<OwnedFd, LoadError> {
     let bytes: Vec<u8> = insns.iter().flat_map(|i| i.to_bytes()).collect();
     // the programs are ours; the helpers they call (fib lookup) need a GPL-compatible declaration
     let license = b"Dual MIT/GPL\0";
@@ -252,13 +263,11 @@ pub fn load(prog_type: u32, insns: &[Insn], name: &str) -> io::Result<OwnedFd> {
     let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
     let text = String::from_utf8_lossy(&log[..end]);
     let tail: Vec<&str> = text.lines().rev().take(6).collect();
-    Err(io::Error::new(
-        err.kind(),
-        format!(
-            "loading BPF program {name}: {err}; verifier: {}",
-            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-        ),
-    ))
+    Err(LoadError {
+        name: name.to_owned(),
+        source: err,
+        verifier: tail.into_iter().rev().collect::<Vec<_>>().join(" | "),
+    })
 }
 
 #[cfg(test)]

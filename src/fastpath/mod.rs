@@ -264,18 +264,42 @@ pub struct FastPath {
     pub unavailable: Option<String>,
 }
 
+/// Why a program could not be put on a device; keeps the kernel's errno.
+#[derive(Debug, thiserror::Error)]
+enum AttachError {
+    #[error(transparent)]
+    Load(#[from] asm::LoadError),
+    #[error(transparent)]
+    Tc(#[from] crate::kernel::Error),
+}
+
+impl AttachError {
+    fn errno(&self) -> Option<i32> {
+        match self {
+            AttachError::Load(e) => e.source.raw_os_error(),
+            AttachError::Tc(e) => e.errno(),
+        }
+    }
+
+    /// The kernel refuses BPF here (no CAP_BPF/CAP_NET_ADMIN, or a kernel
+    /// without the helpers): the fast path stays off for good.
+    fn is_refused(&self) -> bool {
+        matches!(self.errno(), Some(libc::EPERM) | Some(libc::EINVAL))
+    }
+}
+
 fn load_and_attach(
     node: &mut Handle,
     dev: &Link,
     insns: &[Insn],
     prog: &str,
     filter: &str,
-) -> Result<(), String> {
-    let fd = asm::load(asm::PROG_TYPE_SCHED_CLS, insns, prog).map_err(|e| e.to_string())?;
-    node.ensure_clsact(dev.index).map_err(|e| e.to_string())?;
-    node.attach_ingress_bpf(dev.index, PRIO, fd.as_fd(), filter)
-        .map_err(|e| e.to_string())
+) -> Result<(), AttachError> {
+    let fd = asm::load(asm::PROG_TYPE_SCHED_CLS, insns, prog)?;
+    node.ensure_clsact(dev.index)?;
+    node.attach_ingress_bpf(dev.index, PRIO, fd.as_fd(), filter)?;
     // the filter holds the program; our descriptor closes here
+    Ok(())
 }
 
 /// Whether `dev` already carries our filter `name` (an agent restart adopts it).
@@ -307,7 +331,7 @@ impl FastPath {
             if !carries(&mut node, uplink, &lan_name) {
                 let insns = lan_program(uplink.index, bridge.index);
                 if let Err(e) = load_and_attach(&mut node, uplink, &insns, "r2c_lan", &lan_name) {
-                    self.unavailable = Some(e);
+                    self.unavailable = Some(e.to_string());
                     return done;
                 }
                 done.push(format!("fast path for the LAN on {}", uplink.name));
@@ -335,8 +359,8 @@ impl FastPath {
                 let insns =
                     pod_program(PodId { mac, ip: a.ip }, bridge.index, uplink.index, policed);
                 if let Err(e) = load_and_attach(&mut node, dev, &insns, "r2c_pod", &pod_name) {
-                    if e.contains("Operation not permitted") || e.contains("Invalid argument") {
-                        self.unavailable = Some(e);
+                    if e.is_refused() {
+                        self.unavailable = Some(e.to_string());
                         return done;
                     }
                     // the veth went away meanwhile: try again next time

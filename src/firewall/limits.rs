@@ -28,8 +28,6 @@ use super::nfnl::{
     TYPE_INET_SERVICE, TYPE_IPADDR,
 };
 use super::{ifname_key, Error, HOST_VETH_PREFIX};
-use crate::cni::{CniError, Code};
-use serde_json::{Map, Value};
 use std::net::Ipv4Addr;
 
 pub const TABLE: &str = "ros2_cni_limits";
@@ -52,8 +50,8 @@ pub const DEFAULT_POD_RATE: u32 = 200;
 pub const DEFAULT_POD_BURST: u32 = 1000;
 pub const DEFAULT_UPLINK_RATE: u32 = 2000;
 pub const DEFAULT_UPLINK_BURST: u32 = 10000;
-const MAX_RATE: u32 = 10_000_000;
-const MAX_BURST: u32 = 10_000_000;
+pub const MAX_RATE: u32 = 10_000_000;
+pub const MAX_BURST: u32 = 10_000_000;
 
 /// Highest DDS domain id whose port block fits under 65535.
 pub const MAX_DOMAIN: u16 = 232;
@@ -96,68 +94,22 @@ pub struct Limits {
     pub uplink: Limit,
 }
 
+impl Limits {
+    pub const DEFAULT: Limits = Limits {
+        pod: Limit {
+            rate: DEFAULT_POD_RATE,
+            burst: DEFAULT_POD_BURST,
+        },
+        uplink: Limit {
+            rate: DEFAULT_UPLINK_RATE,
+            burst: DEFAULT_UPLINK_BURST,
+        },
+    };
+}
+
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            pod: Limit {
-                rate: DEFAULT_POD_RATE,
-                burst: DEFAULT_POD_BURST,
-            },
-            uplink: Limit {
-                rate: DEFAULT_UPLINK_RATE,
-                burst: DEFAULT_UPLINK_BURST,
-            },
-        }
-    }
-}
-
-fn invalid(key: &str, msg: impl std::fmt::Display) -> CniError {
-    CniError::new(Code::InvalidConfig, format!("{key}: {msg}"))
-}
-
-fn get_count(
-    m: &Map<String, Value>,
-    key: &str,
-    default: u32,
-    max: u32,
-) -> std::result::Result<u32, CniError> {
-    match m.get(key) {
-        None | Some(Value::Null) => Ok(default),
-        Some(v) => v
-            .as_u64()
-            .filter(|n| *n <= u64::from(max))
-            .map(|n| n as u32)
-            .ok_or_else(|| {
-                invalid(
-                    key,
-                    format!("expected a whole number from 0 to {max}, got {v}"),
-                )
-            }),
-    }
-}
-
-impl Limits {
-    /// Reads the four keys of a config object (defaults for missing ones).
-    pub fn from_map(m: &Map<String, Value>) -> std::result::Result<Limits, CniError> {
-        let d = Limits::default();
-        let one = |rate_key: &str,
-                   burst_key: &str,
-                   def: Limit|
-         -> std::result::Result<Limit, CniError> {
-            let rate = get_count(m, rate_key, def.rate, MAX_RATE)?;
-            let burst = get_count(m, burst_key, def.burst, MAX_BURST)?;
-            if rate > 0 && burst == 0 {
-                return Err(invalid(
-                    burst_key,
-                    format!("must be at least 1 while {rate_key} is on (0 turns the limit off: set {rate_key} to 0)"),
-                ));
-            }
-            Ok(Limit { rate, burst })
-        };
-        Ok(Limits {
-            pod: one("podDiscoveryRate", "podDiscoveryBurst", d.pod)?,
-            uplink: one("uplinkDiscoveryRate", "uplinkDiscoveryBurst", d.uplink)?,
-        })
+        Limits::DEFAULT
     }
 }
 
@@ -605,58 +557,12 @@ pub fn remove(nl: &mut Nfnl) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn spdp_ports_are_one_per_domain() {
         let p: Vec<u16> = spdp_ports().collect();
         assert_eq!(p.len(), 233);
         assert_eq!((p[0], p[1], p[232]), (7400, 7650, 65400));
-    }
-
-    #[test]
-    fn keys_default_validate_and_name_the_key() {
-        let m = |v: Value| v.as_object().unwrap().clone();
-        // docs/config.md's defaults column
-        assert_eq!(
-            Limits::from_map(&m(json!({}))).unwrap(),
-            Limits {
-                pod: Limit {
-                    rate: 200,
-                    burst: 1000
-                },
-                uplink: Limit {
-                    rate: 2000,
-                    burst: 10000
-                }
-            }
-        );
-        let l = Limits::from_map(&m(
-            json!({"podDiscoveryRate": 0, "uplinkDiscoveryBurst": 5}),
-        ))
-        .unwrap();
-        assert!(!l.pod.is_on() && l.uplink.is_on());
-        assert_eq!(l.uplink.burst, 5);
-        for (key, v, says) in [
-            ("podDiscoveryRate", json!(-1), "whole number"),
-            ("podDiscoveryRate", json!(1.5), "whole number"),
-            ("podDiscoveryBurst", json!("10"), "whole number"),
-            ("uplinkDiscoveryRate", json!(20_000_000), "10000000"),
-            ("podDiscoveryBurst", json!(0), "at least 1"),
-            ("uplinkDiscoveryBurst", json!(0), "at least 1"),
-        ] {
-            let mut o = Map::new();
-            o.insert(key.into(), v.clone());
-            let e = Limits::from_map(&o).unwrap_err();
-            assert_eq!(e.code, Code::InvalidConfig);
-            assert!(
-                e.msg.starts_with(key) && e.msg.contains(says),
-                "{key}={v}: {}",
-                e.msg
-            );
-        }
-        // burst 0 is fine once the limit is off
-        Limits::from_map(&m(json!({"podDiscoveryRate": 0, "podDiscoveryBurst": 0}))).unwrap();
     }
 
     #[test]

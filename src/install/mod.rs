@@ -152,7 +152,7 @@ impl Entry {
             msg: format!(
                 "cluster config {}: {} (or pass --node with the name used there)",
                 path.display(),
-                e.msg
+                e
             ),
         })?;
         let m = raw.as_object().expect("validated as an object");

@@ -3,6 +3,8 @@
 //! Stdout carries only protocol JSON (a result, VERSION's answer, or an
 //! error); logs go to `logFile` or stderr.
 
+mod error;
+
 use crate::api::{self, Handoff};
 use crate::cni::{env::Command, CniError, Code, Env, Interface, PrevResult, Result, Version};
 use crate::config::{Config, ANNOTATIONS_CAPABILITY, OPT_IN_ANNOTATION};
@@ -201,7 +203,7 @@ impl TeardownConfig {
                 let td = TeardownConfig {
                     data_dir,
                     if_name: s("ifName")
-                        .filter(|n| crate::cni::env::validate_ifname("ifName", n).is_ok())
+                        .filter(|n| crate::ifname::check(n).is_ok())
                         .unwrap_or(crate::config::DEFAULT_IFNAME)
                         .to_owned(),
                     name: s("name").unwrap_or_default().to_owned(),
@@ -410,7 +412,7 @@ fn add(cfg: &Config, env: &Env, raw: &Value, version: Version) -> Result<Output>
                 crate::faults::point(&format!("ADD step {step:?}"));
             }
             Err(e) => {
-                failure = Some((*step, e));
+                failure = Some((*step, CniError::from(e)));
                 break;
             }
         }
@@ -805,10 +807,11 @@ fn gc(cfg: &TeardownConfig, raw: &Value) -> Result<()> {
 
 fn status(cfg: &Config) -> Result<()> {
     let unavailable = |msg: String| CniError::new(Code::NotAvailable, msg);
-    let pool = cfg.pool().map_err(|e| unavailable(e.msg))?;
+    let pool = cfg.pool().map_err(|e| unavailable(e.to_string()))?;
     let dp = dataplane::for_mode(cfg.mode);
     let mut k = Kernel::new();
-    dp.preflight(&mut k, cfg).map_err(|e| unavailable(e.msg))?;
+    dp.preflight(&mut k, cfg)
+        .map_err(|e| unavailable(e.to_string()))?;
     let store = Store::new(&cfg.data_dir);
     store
         .check_writable()
