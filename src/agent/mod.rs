@@ -52,10 +52,9 @@ pub enum AgentError {
     /// Node-wide setup the plugin relies on too (uplink, bridge, shim).
     #[error("{0}")]
     Node(crate::dataplane::Error),
+    /// A kernel operation (rtnetlink, tc or nf_tables).
     #[error("{0}")]
-    Netlink(crate::netlink::Error),
-    #[error("{0}")]
-    Firewall(crate::firewall::Error),
+    Kernel(crate::kernel::Error),
     #[error("{0}")]
     Setup(String),
     #[error("multicast routing: {0} (is another multicast router such as smcroute or pimd running in this network namespace?)")]
@@ -81,8 +80,7 @@ agent_error_from!(
     crate::config::Error => Config,
     crate::install::InstallError => Install,
     crate::dataplane::Error => Node,
-    crate::netlink::Error => Netlink,
-    crate::firewall::Error => Firewall
+    crate::kernel::Error => Kernel
 );
 
 /// Command-line options of `ros2-cni agent`.

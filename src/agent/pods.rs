@@ -71,7 +71,7 @@ struct Seen {
 }
 
 fn read(node: &mut Handle, nf: Option<&mut Nfnl>) -> Result<Seen, String> {
-    let e = |x: crate::netlink::Error| x.to_string();
+    let e = |x: crate::kernel::Error| x.to_string();
     Ok(Seen {
         links: node
             .links()

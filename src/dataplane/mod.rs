@@ -38,10 +38,9 @@ pub enum Error {
     /// Some undo steps failed: each one, named.
     #[error("teardown incomplete: {}", .0.join("; "))]
     Teardown(Vec<String>),
+    /// A kernel operation (rtnetlink, tc or nf_tables) failed.
     #[error(transparent)]
-    Netlink(#[from] crate::netlink::Error),
-    #[error(transparent)]
-    Firewall(#[from] crate::firewall::Error),
+    Kernel(#[from] crate::kernel::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -270,7 +270,7 @@ enum AttachError {
     #[error(transparent)]
     Load(#[from] asm::LoadError),
     #[error(transparent)]
-    Tc(#[from] crate::netlink::Error),
+    Tc(#[from] crate::kernel::Error),
 }
 
 impl AttachError {

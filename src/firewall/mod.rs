@@ -26,7 +26,7 @@ use nfnl::{
 };
 use std::net::Ipv4Addr;
 
-pub use nfnl::Error;
+use crate::kernel::Error;
 
 pub const TABLE: &str = "ros2_cni";
 pub const PODS_SET: &str = "pods";
