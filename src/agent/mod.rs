@@ -30,10 +30,11 @@ use crate::api;
 use crate::config::{Config, Mode};
 use crate::dataplane::macvlan::{ensure_shim, refuse_wireless};
 use crate::dataplane::routed::{ensure_bridge, resolve_uplink};
-use crate::firewall::{self, nfnl::Nfnl};
-use crate::mroute::socket::{Incoming, MrouteSocket};
+use crate::firewall;
+use crate::kernel::mroute::{Incoming, MrouteSocket};
+use crate::kernel::nft::Nfnl;
+use crate::kernel::rtnl::{Handle, Link};
 use crate::mroute::{Role, Router, Vif};
-use crate::netlink::{Handle, Link};
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -237,7 +238,7 @@ fn ensure_node(cfg: &Config) -> Result<(Link, Link), AgentError> {
         if firewall::remove_ttl_rule(&mut nf)? {
             tracing::info!("macvlan mode: removed the RTPS TTL rule");
         }
-        let _ = nf.delete_table(firewall::nfnl::NFPROTO_IPV4, firewall::COUNT_TABLE);
+        let _ = nf.delete_table(crate::kernel::nft::NFPROTO_IPV4, firewall::COUNT_TABLE);
         refuse_wireless(cfg, &uplink.name)?;
         return Ok((uplink, shim));
     }
@@ -873,7 +874,7 @@ pub fn shutdown(st: &mut State) {
             let _ = router.kernel().send_leave(st.uplink.index, g);
         }
         if let Ok(mut nf) = Nfnl::new() {
-            let _ = nf.delete_table(firewall::nfnl::NFPROTO_IPV4, firewall::COUNT_TABLE);
+            let _ = nf.delete_table(crate::kernel::nft::NFPROTO_IPV4, firewall::COUNT_TABLE);
         }
     }
     let _ = std::fs::remove_file(st.cfg.agent_socket());
@@ -983,8 +984,8 @@ fn forwarded(f: &firewall::Forwarded) -> Vec<api::Forwarded> {
 }
 
 impl MrouteSocket {
-    fn vif_count_or_default(&self, vif: u16) -> crate::mroute::VifCount {
-        use crate::mroute::Mroute;
+    fn vif_count_or_default(&self, vif: u16) -> crate::kernel::mroute::VifCount {
+        use crate::kernel::mroute::Mroute;
         self.vif_count(vif).unwrap_or_default()
     }
 }

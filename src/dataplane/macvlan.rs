@@ -23,7 +23,8 @@ use super::{
 use super::{config_err, Error, Result};
 use crate::config::Config;
 use crate::ipam::Attachment;
-use crate::netlink::{parse_mac, sysctl, Handle, Link};
+use crate::kernel::rtnl::{parse_mac, Handle, Link};
+use crate::kernel::sysctl;
 use std::path::Path;
 
 pub struct Macvlan;

@@ -9,9 +9,10 @@ pub mod macvlan;
 pub mod routed;
 
 use crate::config::{Config, Mode};
-use crate::firewall::nfnl::Nfnl;
 use crate::ipam::Attachment;
-use crate::netlink::{format_mac, parse_mac, Handle, Link, Netns};
+use crate::kernel::netns::Netns;
+use crate::kernel::nft::Nfnl;
+use crate::kernel::rtnl::{format_mac, parse_mac, Handle, Link};
 use std::net::Ipv4Addr;
 
 /// Why a pod's data plane could not be set up or torn down. The kernel's

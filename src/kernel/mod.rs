@@ -1,23 +1,37 @@
-//! The kernel layer: small modules that each own one kind of kernel object
-//! and know nothing of pods, the agent or the plugin, and what every kernel
-//! access shares.
+//! The kernel layer: everything that talks to the kernel, in small modules
+//! that each own one kind of kernel object and know nothing of pods, the
+//! agent or the plugin, and what every kernel access shares. Nothing here
+//! imports a module above it.
 //!
 //! - [`netlink`]: the one netlink transport (socket per protocol, optionally
 //!   opened inside a network namespace, sequence numbers, acks, errors,
 //!   multi-part dumps, nfnetlink batches, a receive timeout on every socket),
-//!   used by the rtnetlink handle (`crate::netlink`, tc included) and by
-//!   nf_tables (`crate::firewall::nfnl`).
-//! - [`netns`]: network namespaces by path, and running code inside one on a
-//!   thread of its own.
+//!   unit-tested against a fake wire that [`rtnl`] and [`nft`] take too.
+//! - [`rtnl`]: links, addresses, routes, neighbours and devconf over
+//!   rtnetlink (`Handle`); [`tc`]: clsact qdiscs and BPF filters on it.
+//! - [`nft`]: nf_tables tables, sets, chains, rules and elements (the
+//!   attribute encoder and decoder; no `nft` binary).
+//! - [`mroute`]: IPv4 multicast routing (MRT_* on a raw IGMP socket) behind
+//!   the `Mroute` trait, whose fake lives with the routing logic in
+//!   `crate::mroute`.
+//! - [`bpf`]: loading BPF programs (bpf(BPF_PROG_LOAD)).
 //! - [`packet`]: packet sockets (open, bind, the RTPS BPF filter).
+//! - [`netns`]: network namespaces by path, and running code inside one on a
+//!   thread of its own; [`sysctl`]: /proc/sys reads.
 //! - [`Error`]: the one error of a kernel operation. It keeps what was asked
 //!   ("add route 10.0.0.5/32 dev #7") and the errno the kernel answered, so
 //!   callers decide on [`Error::is_not_found`] / [`Error::is_exists`] /
 //!   [`Error::errno`], never on message text.
 
+pub mod bpf;
+pub mod mroute;
 pub mod netlink;
 pub mod netns;
+pub mod nft;
 pub mod packet;
+pub mod rtnl;
+pub mod sysctl;
+pub mod tc;
 
 use std::io;
 use std::time::Duration;

@@ -12,7 +12,8 @@ use crate::dataplane::{
     self, host_veth_name, pod_mac, pod_mac_ip, undo_all, AddRequest, Kernel, Step,
 };
 use crate::ipam::{attachment_key, lock_timeout, Attachment, Store};
-use crate::netlink::{format_mac, Handle, Netns};
+use crate::kernel::netns::Netns;
+use crate::kernel::rtnl::{format_mac, Handle};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::path::Path;
@@ -473,7 +474,7 @@ fn add_domain_rules(cfg: &Config, att: &crate::ipam::Attachment) {
         port: att.host_if.clone(),
         allowed: d.allowed(&att.pod_namespace).map(<[u16]>::to_vec),
     };
-    let r = crate::firewall::nfnl::Nfnl::new()
+    let r = crate::kernel::nft::Nfnl::new()
         .and_then(|mut nl| crate::firewall::domains::add_pod(&mut nl, &p));
     match r {
         Ok(true) => {

@@ -12,10 +12,7 @@
 //! there and hands it back; the socket stays bound to that namespace wherever
 //! it is used afterwards. No other thread ever changes namespace.
 
-pub mod sysctl;
-pub mod tc;
-
-pub use crate::kernel::netns::{self, Netns};
+use crate::kernel::netns::Netns;
 
 use crate::kernel::netlink::{Conn, Wire};
 use crate::kernel::Result;
@@ -176,11 +173,15 @@ impl<W: Wire> Handle<W> {
     }
 
     /// A change, acknowledged.
-    fn request(&mut self, op: &str, msg: RouteNetlinkMessage, flags: u16) -> Result<()> {
+    pub(super) fn request(&mut self, op: &str, msg: RouteNetlinkMessage, flags: u16) -> Result<()> {
         self.exchange(op, msg, flags | NLM_F_ACK).map(|_| ())
     }
 
-    fn dump(&mut self, op: &str, msg: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>> {
+    pub(super) fn dump(
+        &mut self,
+        op: &str,
+        msg: RouteNetlinkMessage,
+    ) -> Result<Vec<RouteNetlinkMessage>> {
         self.exchange(op, msg, NLM_F_DUMP)
     }
 

@@ -1,6 +1,6 @@
 //! tc over rtnetlink: a clsact qdisc and direct-action BPF filters on ingress.
 
-use super::Handle;
+use super::rtnl::Handle;
 use crate::kernel::netlink::Wire;
 use crate::kernel::Result;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
