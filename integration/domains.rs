@@ -388,8 +388,11 @@ fn the_fast_path_is_unchanged_without_a_policy_and_cannot_bypass_one() {
     // by one that hands its UDP to policed ports to the bridge
     tb.agent_config(tb.node(1), &policy()).unwrap();
     unsafe { libc::kill(agent as i32, libc::SIGHUP) };
+    // the program is replaced during the agent's pass, the status lists the
+    // policy when the pass is done: wait for both
     wait_for(3, "the policed program replaces the pod's", || {
         bpf_filters(&n1, &port).iter().any(|f| f.ends_with("_d"))
+            && host_port(&tb, 1, "a1").is_some()
     });
     assert_eq!(host_port(&tb, 1, "a1").as_deref(), Some(port.as_str()));
     bridge_count(&n1, "pol", &port, ip_of(&a1), 7660);
