@@ -7,11 +7,12 @@ mod error;
 
 use crate::api::{self, Handoff};
 use crate::cni::{env::Command, CniError, Code, Env, Interface, PrevResult, Result, Version};
-use crate::config::{Config, ANNOTATIONS_CAPABILITY, OPT_IN_ANNOTATION};
+use crate::config::{Config, Mode, Pool, ANNOTATIONS_CAPABILITY, OPT_IN_ANNOTATION};
 use crate::dataplane::{
-    self, host_veth_name, pod_mac, pod_mac_ip, undo_all, AddRequest, Kernel, Step,
+    self, host_veth_name, pod_mac, pod_mac_ip, undo_all, AddFacts, AddPlan, AddRequest, Dataplane,
+    Kernel, Step,
 };
-use crate::ipam::{attachment_key, lock_timeout, Attachment, Store};
+use crate::ipam::{attachment_key, lock_timeout, Attachment, AttachmentLock, Store};
 use crate::netlink::{format_mac, Handle, Netns};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -87,61 +88,96 @@ pub fn run(cmd: &str, stdin: &[u8], getenv: impl Fn(&str) -> Option<String>) -> 
         // lets the tests prove that a panic still yields an error JSON
         panic!("panic requested through ROS2_CNI_TEST_PANIC");
     }
-    if cmd == Command::Version {
-        return Ok(Output::Json(json!({
-            "cniVersion": Version::LATEST.as_str(),
-            "supportedVersions": crate::cni::version::SUPPORTED,
-        })));
-    }
-    let env = Env::from_lookup(cmd, &getenv)?;
-    let raw: Value = serde_json::from_slice(stdin).map_err(|e| {
-        CniError::new(
-            Code::Decode,
-            format!("config on stdin is not valid JSON: {e}"),
-        )
-    })?;
-    let version_s = raw
-        .get("cniVersion")
-        .and_then(Value::as_str)
-        .ok_or_else(|| CniError::invalid_config("cniVersion: missing or not a string"))?;
-    let version = Version::parse(version_s)?;
+    // VERSION needs neither environment nor config; the others read both
+    let request = || Request::read(cmd, stdin, &getenv);
     // ADD, CHECK and STATUS validate the whole config; DEL and GC must not
     // fail because it stopped validating since ADD (runtimes stop the DEL
     // chain at the first failure, so the primary plugin's DEL would not run
     // either): they tear down from the records
-    let strict = || Config::from_value(&raw, true, None);
+    let strict = |raw: &Value| Config::from_value(raw, true, None);
     match cmd {
-        Command::Add => add(&strict()?, &env, &raw, version),
-        Command::Del => del(&TeardownConfig::from_raw(&raw)?, &env).map(|_| Output::Nothing),
+        Command::Version => Ok(Output::Json(json!({
+            "cniVersion": Version::LATEST.as_str(),
+            "supportedVersions": crate::cni::version::SUPPORTED,
+        }))),
+        Command::Add => {
+            let r = request()?;
+            add(&strict(&r.raw)?, &r.env, &r.raw, r.version)
+        }
+        Command::Del => {
+            let r = request()?;
+            del(&TeardownConfig::from_raw(&r.raw)?, &r.env).map(|_| Output::Nothing)
+        }
         Command::Gc => {
-            if !version.allows_gc_and_status() {
+            let r = request()?;
+            if !r.version.allows_gc_and_status() {
                 return Err(CniError::new(
                     Code::IncompatibleVersion,
-                    format!("config version {version} does not allow GC (needs 1.1.0)"),
+                    format!(
+                        "config version {} does not allow GC (needs 1.1.0)",
+                        r.version
+                    ),
                 ));
             }
-            gc(&TeardownConfig::from_raw(&raw)?, &raw).map(|_| Output::Nothing)
+            gc(&TeardownConfig::from_raw(&r.raw)?, &r.raw).map(|_| Output::Nothing)
         }
         Command::Check => {
-            let cfg = strict()?;
-            if !version.allows_check() {
+            let r = request()?;
+            let cfg = strict(&r.raw)?;
+            if !r.version.allows_check() {
                 return Err(CniError::new(
                     Code::IncompatibleVersion,
-                    format!("config version {version} does not allow CHECK (needs 0.4.0 or later)"),
+                    format!(
+                        "config version {} does not allow CHECK (needs 0.4.0 or later)",
+                        r.version
+                    ),
                 ));
             }
-            check(&cfg, &env, &raw).map(|_| Output::Nothing)
+            check(&cfg, &r.env, &r.raw).map(|_| Output::Nothing)
         }
         Command::Status => {
-            if !version.allows_gc_and_status() {
+            let r = request()?;
+            if !r.version.allows_gc_and_status() {
                 return Err(CniError::new(
                     Code::IncompatibleVersion,
-                    format!("config version {version} does not allow STATUS (needs 1.1.0)"),
+                    format!(
+                        "config version {} does not allow STATUS (needs 1.1.0)",
+                        r.version
+                    ),
                 ));
             }
-            status(&strict()?).map(|_| Output::Nothing)
+            status(&strict(&r.raw)?).map(|_| Output::Nothing)
         }
-        Command::Version => unreachable!("handled above"),
+    }
+}
+
+/// What every command but VERSION reads: the environment, and the config
+/// on stdin with its version.
+struct Request {
+    env: Env,
+    raw: Value,
+    version: Version,
+}
+
+impl Request {
+    fn read(
+        cmd: Command,
+        stdin: &[u8],
+        getenv: impl Fn(&str) -> Option<String>,
+    ) -> Result<Request> {
+        let env = Env::from_lookup(cmd, &getenv)?;
+        let raw: Value = serde_json::from_slice(stdin).map_err(|e| {
+            CniError::new(
+                Code::Decode,
+                format!("config on stdin is not valid JSON: {e}"),
+            )
+        })?;
+        let version_s = raw
+            .get("cniVersion")
+            .and_then(Value::as_str)
+            .ok_or_else(|| CniError::invalid_config("cniVersion: missing or not a string"))?;
+        let version = Version::parse(version_s)?;
+        Ok(Request { env, raw, version })
     }
 }
 
@@ -266,178 +302,12 @@ fn add(cfg: &Config, env: &Env, raw: &Value, version: Version) -> Result<Output>
         return Ok(Output::Json(prev_v.clone()));
     }
     init_logging(cfg);
-
-    // ---- validate everything before changing anything ----
-    if cfg.if_name == env.ifname {
-        return Err(CniError::invalid_config(format!(
-            "ifName: \"{}\" is the chain's CNI_IFNAME (the primary interface); choose another name",
-            cfg.if_name
-        )));
-    }
-    let pool = cfg.pool()?;
-    check_pod_netns(&env.netns)?;
-    let netns = open_netns(&env.netns)?;
-    let dp = dataplane::for_mode(cfg.mode);
-    let mut k = Kernel::new();
-    let uplink = dp.preflight(&mut k, cfg)?;
-    let mut pod = Handle::open_in(&netns)?;
-    // ours (our MACs start 0e:2c): left by a DEL whose link deletion the agent
-    // has not run yet (DEL then ADD in one netns), removed below once the
-    // record check has shown this attachment is not live
-    let store = Store::new(&cfg.data_dir);
-    store.init()?;
-    let key = attachment_key(&env.container_id, &env.ifname);
-    // held until ADD returns: a second ADD of this container (a runtime
-    // retrying after its own timeout) waits, then finds the record
-    let _busy = store.lock_attachment(&key, lock_timeout())?;
-    let mut leftover_pod_link = None;
-    if let Some(l) = pod.link_by_name(&cfg.if_name)? {
-        let ours = l.mac.and_then(pod_mac_ip);
-        // the MAC carries the address: is it leased to another attachment
-        // of this very pod (another network)? Then this ros0 is live. (If
-        // the address went to another pod since, this one is a leftover.)
-        let holder = ours.and_then(|ip| {
-            let other = store.leased_to_another(ip, &key)?;
-            let rec = store.get(&other).ok().flatten()?;
-            (rec.netns == env.netns && rec.pod_if == cfg.if_name).then_some(other)
-        });
-        if let Some(other) = holder {
-            return Err(CniError::new(
-                Code::AlreadyAttached,
-                format!(
-                    "the pod's \"{}\" (ifName) belongs to another live attachment ({other})",
-                    cfg.if_name
-                ),
-            ));
-        } else if ours.is_some() {
-            leftover_pod_link = Some(l.index);
-        } else {
-            return Err(CniError::new(
-                Code::AlreadyAttached,
-                format!(
-                    "the pod already has an interface named \"{}\" (ifName)",
-                    cfg.if_name
-                ),
-            ));
-        }
-    }
-    // whether PrimaryMulticastOff will clear the flag: recorded with the
-    // address, so the record written at allocation is usually final
-    let mut clears_multicast = false;
-    if !cfg.primary_multicast {
-        match pod.link_by_name(&env.ifname)? {
-            None => {
-                return Err(CniError::env(format!(
-                "CNI_IFNAME: the pod has no interface \"{}\"; the primary plugin must run first",
-                env.ifname
-            )))
-            }
-            Some(l) => clears_multicast = l.has_multicast(),
-        }
-    }
-    if store.get(&key)?.is_some() {
-        return Err(CniError::new(
-            Code::AlreadyAttached,
-            format!(
-                "container {} ({}) is already attached; DEL it first",
-                env.container_id, env.ifname
-            ),
-        ));
-    }
-
-    // ---- change things ----
-    if let Some(index) = leftover_pod_link {
-        tracing::warn!(
-            "removing a leftover {} from an earlier attachment",
-            cfg.if_name
-        );
-        pod.delete_link(index)?;
-    }
-    if cfg.mode == crate::config::Mode::Routed {
-        // a host end without a record: left by a DEL whose link deletion the
-        // agent has not run yet; the name is this attachment's, so take it back
-        let host_if = host_veth_name(&env.container_id, &env.ifname);
-        if let Some(l) = k.node()?.link_by_name(&host_if)? {
-            tracing::warn!("removing leftover link {host_if} from an earlier attachment");
-            k.node()?.delete_link(l.index)?;
-        }
-    }
-    dp.ensure_node(&mut k, cfg, &uplink)?;
-    let make = |ip| Attachment {
-        container_id: env.container_id.clone(),
-        ifname: env.ifname.clone(),
-        pod_if: cfg.if_name.clone(),
-        netns: env.netns.clone(),
-        ip,
-        prefix_len: cfg.prefix_len(),
-        mac: format_mac(&pod_mac(ip)),
-        host_if: match cfg.mode {
-            crate::config::Mode::Routed => host_veth_name(&env.container_id, &env.ifname),
-            crate::config::Mode::Macvlan => String::new(),
-        },
-        node_dev: dp.node_dev(cfg).to_owned(),
-        uplink: uplink.clone(),
-        mode: cfg.mode.as_str().into(),
-        cleared_multicast: clears_multicast,
-        primary_ips: prev
-            .find_interface(&env.ifname, &env.netns)
-            .map(|i| prev.ips_of(i))
-            .unwrap_or_default(),
-        pod_namespace: env.pod_namespace().unwrap_or_default().into(),
-        pod_name: env.pod_name().unwrap_or_default().into(),
-        network: cfg.name.clone().unwrap_or_default(),
-    };
-    let lock = store.lock(lock_timeout())?;
-    let allocated = match store.allocate(&lock, &pool, &cfg.subnet, &key, make) {
-        // leases left by killed invocations are taken back, then it is tried once more
-        Err(crate::ipam::Error::Exhausted { .. }) if !store.reclaim(&lock)?.is_empty() => {
-            store.allocate(&lock, &pool, &cfg.subnet, &key, make)
-        }
-        r => r,
-    };
-    drop(lock);
-    let mut att = allocated?;
-    let recorded = att.clone();
-    let req = AddRequest {
-        cfg,
-        netns: &netns,
-        primary_if: &env.ifname,
-    };
-    let mut done: Vec<Step> = vec![];
-    let mut failure = None;
-    for step in dp.steps() {
-        match dp.apply(&mut k, &mut pod, &req, &mut att, *step) {
-            Ok(()) => {
-                done.push(*step);
-                crate::faults::point(&format!("ADD step {step:?}"));
-            }
-            Err(e) => {
-                failure = Some((*step, CniError::from(e)));
-                break;
-            }
-        }
-    }
-    // rewrite the record only if a step changed it (the MULTICAST flag
-    // changed between validation and the step): a rewrite is a file create
-    // and a rename over the old record, whose blocks are freed
-    if failure.is_none() && att != recorded {
-        let rewritten = store
-            .lock(lock_timeout())
-            .and_then(|_lock| store.write_attachment(&key, &att));
-        if let Err(e) = rewritten {
-            failure = Some((Step::Guard, e.into()));
-        }
-    }
-    if let Some((step, err)) = failure {
-        tracing::warn!(?step, "ADD failed, undoing {} step(s): {err}", done.len());
-        if let Err(u) = undo_all(dp, &mut k, Some(&mut pod), &att, &done) {
-            tracing::error!("rollback incomplete: {u}");
-        }
-        if let Ok(lock) = store.lock(lock_timeout()) {
-            let _ = store.release(&lock, &key, Some(att.ip));
-        }
-        return Err(err);
-    }
+    // read: validate everything before changing anything
+    let mut read = AddRead::read(cfg, env)?;
+    // plan: pure
+    let plan = dataplane::plan::add(read.dp, &read.facts);
+    // apply, with undo in reverse on failure
+    let att = read.apply(cfg, env, &prev, &plan)?;
     tracing::info!(
         container = %env.container_id,
         pod = %format!("{}/{}", att.pod_namespace, att.pod_name),
@@ -458,10 +328,271 @@ fn add(cfg: &Config, env: &Env, raw: &Value, version: Version) -> Result<Output>
     Ok(Output::Json(prev.to_version(version)))
 }
 
-/// The per-pod steps whose kernel work waits out an RCU grace period
-/// (RTM_DELLINK: 15-25 ms; an nf_tables element delete: ~12 ms at socket close).
-fn is_slow(step: &Step) -> bool {
-    matches!(step, Step::Link | Step::Guard)
+/// What ADD read and validated before changing anything: the handles it
+/// goes on with, and the kernel's state its plan depends on.
+struct AddRead {
+    dp: &'static dyn Dataplane,
+    pool: Pool,
+    netns: Netns,
+    k: Kernel,
+    uplink: String,
+    pod: Handle,
+    store: Store,
+    key: String,
+    /// Held until ADD returns: a second ADD of this container (a runtime
+    /// retrying after its own timeout) waits, then finds the record.
+    _busy: AttachmentLock,
+    /// Whether PrimaryMulticastOff will clear the flag: recorded with the
+    /// address, so the record written at allocation is usually final.
+    clears_multicast: bool,
+    facts: AddFacts,
+}
+
+impl AddRead {
+    fn read(cfg: &Config, env: &Env) -> Result<AddRead> {
+        if cfg.if_name == env.ifname {
+            return Err(CniError::invalid_config(format!(
+                "ifName: \"{}\" is the chain's CNI_IFNAME (the primary interface); choose another name",
+                cfg.if_name
+            )));
+        }
+        let pool = cfg.pool()?;
+        check_pod_netns(&env.netns)?;
+        let netns = open_netns(&env.netns)?;
+        let dp = dataplane::for_mode(cfg.mode);
+        let mut k = Kernel::new();
+        let uplink = dp.preflight(&mut k, cfg)?;
+        let mut pod = Handle::open_in(&netns)?;
+        let store = Store::new(&cfg.data_dir);
+        store.init()?;
+        let key = attachment_key(&env.container_id, &env.ifname);
+        let busy = store.lock_attachment(&key, lock_timeout())?;
+        let leftover_pod_link = leftover_pod_link(cfg, env, &mut pod, &store, &key)?;
+        let clears_multicast = primary_clears_multicast(cfg, env, &mut pod)?;
+        if store.get(&key)?.is_some() {
+            return Err(CniError::new(
+                Code::AlreadyAttached,
+                format!(
+                    "container {} ({}) is already attached; DEL it first",
+                    env.container_id, env.ifname
+                ),
+            ));
+        }
+        // a host end without a record: left by a DEL whose link deletion the
+        // agent has not run yet; the name is this attachment's, so take it back
+        let leftover_host_link = match cfg.mode {
+            Mode::Routed => {
+                let host_if = host_veth_name(&env.container_id, &env.ifname);
+                k.node()?
+                    .link_by_name(&host_if)?
+                    .map(|l| (host_if, l.index))
+            }
+            Mode::Macvlan => None,
+        };
+        Ok(AddRead {
+            dp,
+            pool,
+            netns,
+            k,
+            uplink,
+            pod,
+            store,
+            key,
+            _busy: busy,
+            clears_multicast,
+            facts: AddFacts {
+                leftover_pod_link,
+                leftover_host_link,
+            },
+        })
+    }
+
+    /// Carries out `plan`: the preparations, the address, then the steps;
+    /// on a failure, undoes the steps done in reverse and releases the address.
+    fn apply(
+        &mut self,
+        cfg: &Config,
+        env: &Env,
+        prev: &PrevResult,
+        plan: &AddPlan,
+    ) -> Result<Attachment> {
+        for p in &plan.prepare {
+            p.apply(&mut self.k, &mut self.pod, cfg, &self.uplink)?;
+        }
+        let mut att = self.allocate(cfg, env, prev)?;
+        let recorded = att.clone();
+        let req = AddRequest {
+            cfg,
+            netns: &self.netns,
+            primary_if: &env.ifname,
+        };
+        let (done, failed) =
+            dataplane::apply_all(&mut self.k, &mut self.pod, &req, &mut att, &plan.steps);
+        let mut failure = failed.map(|(step, e)| (step, CniError::from(e)));
+        // rewrite the record only if a step changed it (the MULTICAST flag
+        // changed between validation and the step): a rewrite is a file create
+        // and a rename over the old record, whose blocks are freed
+        if failure.is_none() && att != recorded {
+            let rewritten = self
+                .store
+                .lock(lock_timeout())
+                .and_then(|_lock| self.store.write_attachment(&self.key, &att));
+            if let Err(e) = rewritten {
+                failure = Some((Step::Guard, e.into()));
+            }
+        }
+        match failure {
+            None => Ok(att),
+            Some((step, err)) => Err(self.roll_back(&att, &done, step, err)),
+        }
+    }
+
+    /// Leases an address and writes the record (taking back leases left by
+    /// killed invocations if the pool is full).
+    fn allocate(&self, cfg: &Config, env: &Env, prev: &PrevResult) -> Result<Attachment> {
+        let make = |ip| {
+            new_attachment(
+                cfg,
+                env,
+                self.dp,
+                &self.uplink,
+                prev,
+                self.clears_multicast,
+                ip,
+            )
+        };
+        let lock = self.store.lock(lock_timeout())?;
+        let allocated = match self
+            .store
+            .allocate(&lock, &self.pool, &cfg.subnet, &self.key, make)
+        {
+            // leases left by killed invocations are taken back, then it is tried once more
+            Err(crate::ipam::Error::Exhausted { .. }) if !self.store.reclaim(&lock)?.is_empty() => {
+                self.store
+                    .allocate(&lock, &self.pool, &cfg.subnet, &self.key, make)
+            }
+            r => r,
+        };
+        drop(lock);
+        Ok(allocated?)
+    }
+
+    /// Undoes `done` in reverse and releases the address; returns `err`.
+    fn roll_back(
+        &mut self,
+        att: &Attachment,
+        done: &[Step],
+        step: Step,
+        err: CniError,
+    ) -> CniError {
+        tracing::warn!(
+            step = step.name(),
+            "ADD failed, undoing {} step(s): {err}",
+            done.len()
+        );
+        if let Err(u) = undo_all(&mut self.k, Some(&mut self.pod), att, done) {
+            tracing::error!("rollback incomplete: {u}");
+        }
+        if let Ok(lock) = self.store.lock(lock_timeout()) {
+            let _ = self.store.release(&lock, &self.key, Some(att.ip));
+        }
+        err
+    }
+}
+
+/// A pod interface named ifName already there: ours (our MACs start 0e:2c)
+/// and not live, it is a leftover of a DEL whose link deletion the agent has
+/// not run yet (DEL then ADD in one netns), to be removed (its index);
+/// anything else is an error.
+fn leftover_pod_link(
+    cfg: &Config,
+    env: &Env,
+    pod: &mut Handle,
+    store: &Store,
+    key: &str,
+) -> Result<Option<u32>> {
+    let Some(l) = pod.link_by_name(&cfg.if_name)? else {
+        return Ok(None);
+    };
+    let ours = l.mac.and_then(pod_mac_ip);
+    // the MAC carries the address: is it leased to another attachment
+    // of this very pod (another network)? Then this ros0 is live. (If
+    // the address went to another pod since, this one is a leftover.)
+    let holder = ours.and_then(|ip| {
+        let other = store.leased_to_another(ip, key)?;
+        let rec = store.get(&other).ok().flatten()?;
+        (rec.netns == env.netns && rec.pod_if == cfg.if_name).then_some(other)
+    });
+    if let Some(other) = holder {
+        Err(CniError::new(
+            Code::AlreadyAttached,
+            format!(
+                "the pod's \"{}\" (ifName) belongs to another live attachment ({other})",
+                cfg.if_name
+            ),
+        ))
+    } else if ours.is_some() {
+        Ok(Some(l.index))
+    } else {
+        Err(CniError::new(
+            Code::AlreadyAttached,
+            format!(
+                "the pod already has an interface named \"{}\" (ifName)",
+                cfg.if_name
+            ),
+        ))
+    }
+}
+
+/// Whether PrimaryMulticastOff will clear the primary interface's flag;
+/// the primary interface must exist when the flag is to go.
+fn primary_clears_multicast(cfg: &Config, env: &Env, pod: &mut Handle) -> Result<bool> {
+    if cfg.primary_multicast {
+        return Ok(false);
+    }
+    match pod.link_by_name(&env.ifname)? {
+        None => Err(CniError::env(format!(
+            "CNI_IFNAME: the pod has no interface \"{}\"; the primary plugin must run first",
+            env.ifname
+        ))),
+        Some(l) => Ok(l.has_multicast()),
+    }
+}
+
+/// The record of a new attachment at `ip`.
+fn new_attachment(
+    cfg: &Config,
+    env: &Env,
+    dp: &dyn Dataplane,
+    uplink: &str,
+    prev: &PrevResult,
+    clears_multicast: bool,
+    ip: std::net::Ipv4Addr,
+) -> Attachment {
+    Attachment {
+        container_id: env.container_id.clone(),
+        ifname: env.ifname.clone(),
+        pod_if: cfg.if_name.clone(),
+        netns: env.netns.clone(),
+        ip,
+        prefix_len: cfg.prefix_len(),
+        mac: format_mac(&pod_mac(ip)),
+        host_if: match cfg.mode {
+            Mode::Routed => host_veth_name(&env.container_id, &env.ifname),
+            Mode::Macvlan => String::new(),
+        },
+        node_dev: dp.node_dev(cfg).to_owned(),
+        uplink: uplink.to_owned(),
+        mode: cfg.mode.as_str().into(),
+        cleared_multicast: clears_multicast,
+        primary_ips: prev
+            .find_interface(&env.ifname, &env.netns)
+            .map(|i| prev.ips_of(i))
+            .unwrap_or_default(),
+        pod_namespace: env.pod_namespace().unwrap_or_default().into(),
+        pod_name: env.pod_name().unwrap_or_default().into(),
+        network: cfg.name.clone().unwrap_or_default(),
+    }
 }
 
 /// What the agent is asked to finish for `att`: the link (by index, so a new
@@ -525,21 +656,21 @@ pub fn teardown(
     } else {
         None
     };
-    let (slow, mut fast): (Vec<Step>, Vec<Step>) = dp.steps().iter().copied().partition(is_slow);
     // the address already leased to another pod: an earlier DEL released it
     // and was cut short before removing this record; the node's entries for
     // that address are the new pod's now
-    if let Some(owner) = store.leased_to_another(att.ip, key) {
+    let reused_by = store.leased_to_another(att.ip, key);
+    if let Some(owner) = &reused_by {
         tracing::warn!(ip = %att.ip, %owner, "address reused since: leaving its node entries alone");
-        fast.retain(|s| !matches!(s, Step::HostRoute | Step::HostNeigh | Step::ProxyNeigh));
     }
-    undo_all(dp, &mut k, pod.as_mut(), att, &fast)?;
+    let plan = dataplane::plan::teardown(dp, reused_by.is_some());
+    undo_all(&mut k, pod.as_mut(), att, &plan.fast)?;
     let handed = match handoff_for(att, &mut k, pod.as_mut(), ns_path)? {
         Some(h) => hand_over(agent_sock, &h),
         None => false,
     };
     if !handed {
-        undo_all(dp, &mut k, pod.as_mut(), att, &slow)?;
+        undo_all(&mut k, pod.as_mut(), att, &plan.slow)?;
     }
     let lock = store.lock(lock_timeout())?;
     store.release(&lock, key, Some(att.ip))?;
@@ -639,7 +770,7 @@ fn check(cfg: &Config, env: &Env, raw: &Value) -> Result<()> {
     let mut pod = Handle::open_in(&netns)?;
     let dp = dataplane::for_attachment(&att);
     let mut k = Kernel::new();
-    diffs.extend(dp.check(&mut k, &mut pod, cfg, &att)?);
+    diffs.extend(dataplane::check(dp, &mut k, &mut pod, cfg, &att)?);
     if diffs.is_empty() {
         Ok(())
     } else {
