@@ -8,6 +8,7 @@ mod antispoof;
 mod common;
 mod dds;
 mod doctor;
+mod domains;
 mod hostile;
 mod install;
 mod lab;

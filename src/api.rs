@@ -150,6 +150,12 @@ pub struct Status {
     pub multicast_pressure: Pressure,
     #[serde(default)]
     pub discovery_limits: DiscoveryLimits,
+    /// The domain policy (`domains`); None: no policy in force.
+    #[serde(default)]
+    pub domain_policy: Option<DomainPolicy>,
+    /// Per-pod discovery datagrams sent and received.
+    #[serde(default)]
+    pub discovery_datagrams: Vec<PodDiscovery>,
     #[serde(default)]
     pub igmp_reports_sent: u64,
     /// How many participants the table holds.
@@ -275,6 +281,49 @@ pub struct PodLimited {
     pub limited_packets: u64,
     pub limited_per_second: f64,
     pub last_limited: Option<u64>,
+}
+
+/// The domain policy in force and what it dropped.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[serde(default)]
+pub struct DomainPolicy {
+    pub pods: Vec<PodDomains>,
+    /// From and to pod ports not listed yet (default deny).
+    pub unlisted_sent_dropped: u64,
+    pub unlisted_received_dropped: u64,
+}
+
+/// One pod under the domain policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[serde(default)]
+pub struct PodDomains {
+    pub namespace: String,
+    pub pod: String,
+    /// The host-side port.
+    pub port: String,
+    pub ip: String,
+    /// None: every domain.
+    pub allowed_domains: Option<Vec<u16>>,
+    /// Domains it sent to and may not use (last five minutes).
+    pub blocked_domains: Vec<u16>,
+    pub sent_dropped: u64,
+    pub received_dropped: u64,
+    /// Unix times of the reads that saw the counts grow.
+    pub last_sent_dropped: Option<u64>,
+    pub last_received_dropped: Option<u64>,
+}
+
+/// A pod's RTPS discovery datagrams (UDP to a multicast group on an SPDP port).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[serde(default)]
+pub struct PodDiscovery {
+    pub namespace: String,
+    pub pod: String,
+    pub sent: u64,
+    pub received: u64,
 }
 
 /// The tc/BPF fast path.

@@ -238,6 +238,9 @@ pub fn findings(inp: &Inputs) -> Vec<Finding> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         out.extend(limit_findings(&st.discovery_limits, now));
+        if let Some(dp) = &st.domain_policy {
+            out.extend(domain_blocked_findings(dp, now, inp.participants()));
+        }
     }
     out.extend(domain_finding(inp.participants()));
     if inp.status.is_ok() && inp.participants().is_empty() {
@@ -448,6 +451,68 @@ fn domain_finding(parts: &[Participant]) -> Option<Finding> {
             list.join(", ")
         ),
     ))
+}
+
+/// DOMAIN_BLOCKED, from the status' `domainPolicy` at unix time `now`: each
+/// pod whose datagrams to a domain its namespace does not allow were dropped
+/// within [`RECENT`], with the domains the policy recorded it trying (and
+/// those of its participants the discovery table saw, if any).
+fn domain_blocked_findings(
+    dp: &api::DomainPolicy,
+    now: u64,
+    parts: &[Participant],
+) -> Vec<Finding> {
+    let recent = |t: Option<u64>| t.is_some_and(|t| now.saturating_sub(t) <= RECENT.as_secs());
+    let list = |v: &[u16]| v.iter().map(u16::to_string).collect::<Vec<_>>().join(", ");
+    let mut out = vec![];
+    for p in dp.pods.iter().filter(|p| recent(p.last_sent_dropped)) {
+        let name = if p.namespace.is_empty() {
+            p.pod.clone()
+        } else {
+            format!("{}/{}", p.namespace, p.pod)
+        };
+        let allowed = p.allowed_domains.clone().unwrap_or_default();
+        let mut wrong: Vec<u16> = p
+            .blocked_domains
+            .iter()
+            .copied()
+            .chain(
+                parts
+                    .iter()
+                    .filter(|x| x.pod.as_deref() == Some(name.as_str()))
+                    .filter_map(|x| x.domain.and_then(|d| u16::try_from(d).ok())),
+            )
+            .filter(|d| !allowed.contains(d))
+            .collect();
+        wrong.sort_unstable();
+        wrong.dedup();
+        let domain = if wrong.is_empty() {
+            "another domain".to_owned()
+        } else {
+            format!("domain {}", list(&wrong))
+        };
+        out.push(Finding::new(
+            "DOMAIN_BLOCKED",
+            Severity::Warning,
+            format!(
+                "Pod {name} ({}) sends RTPS for {domain}, which its namespace may not use \
+                 (domains allows {}): {} datagrams dropped so far, the last {} s ago. It discovers \
+                 no one there and no one discovers it. Fix: set ROS_DOMAIN_ID in the pod to an \
+                 allowed domain, or allow the domain for namespace \"{}\" in `domains` \
+                 (SIGHUP applies it).",
+                p.ip,
+                if allowed.is_empty() {
+                    "none".to_owned()
+                } else {
+                    list(&allowed)
+                },
+                p.sent_dropped,
+                now.saturating_sub(p.last_sent_dropped.unwrap_or(now)),
+                p.namespace,
+            ),
+        ));
+    }
+    out
 }
 
 /// POD_RATE_LIMITED and UPLINK_RATE_LIMITED, from the status'
@@ -988,6 +1053,43 @@ mod tests {
         assert!(f[0].message.contains("192.168.0.99"));
         assert!(f[2].message.contains("192.168.2.5 (from 192.168.0.12)"));
         assert!(relay_findings(&Relay::default()).is_empty());
+    }
+
+    #[test]
+    fn domain_blocked_names_the_pod_the_domain_and_the_count() {
+        let dp: api::DomainPolicy = serde_json::from_value(json!({"pods": [
+            {"namespace": "team-b", "pod": "stray", "ip": "192.168.1.5", "allowedDomains": [1],
+             "sentDropped": 42, "receivedDropped": 0, "lastSentDropped": 1000},
+            {"namespace": "team-a", "pod": "ok", "ip": "192.168.1.6", "allowedDomains": [0],
+             "sentDropped": 0, "receivedDropped": 7, "lastSentDropped": null}]}))
+        .unwrap();
+        let seen: Participant = serde_json::from_value(json!({
+            "guidPrefix": "01", "vendor": "x", "vendorId": "0110", "domain": 0,
+            "locators": [], "seenOn": "r2c1", "source": "192.168.1.5:1", "pod": "team-b/stray",
+            "ttl": 1, "leaseSeconds": null, "firstSeen": 0, "lastSeen": 0, "name": null}))
+        .unwrap();
+        let f = domain_blocked_findings(&dp, 1010, std::slice::from_ref(&seen));
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].code, "DOMAIN_BLOCKED");
+        for want in [
+            "team-b/stray",
+            "for domain 0,",
+            "allows 1",
+            "42 datagrams",
+            "10 s ago",
+        ] {
+            assert!(f[0].message.contains(want), "{want}: {}", f[0].message);
+        }
+        assert!(
+            domain_blocked_findings(&dp, 5000, &[]).is_empty(),
+            "old drops"
+        );
+        // the domain from the policy's own record, without a participant seen
+        let mut dp2 = dp.clone();
+        dp2.pods[0].blocked_domains = vec![7];
+        let f = domain_blocked_findings(&dp2, 1010, &[]);
+        assert!(f[0].message.contains("for domain 7,"), "{}", f[0].message);
+        assert!(domain_blocked_findings(&api::DomainPolicy::default(), 0, &[]).is_empty());
     }
 
     #[test]

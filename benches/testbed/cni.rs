@@ -21,6 +21,40 @@ fn bed(plan: &Plan) -> Testbed {
     tb
 }
 
+/// The namespace held to a domain policy in sections 1 and 4.
+pub const POLICED_NS: &str = "bench-policed";
+
+/// `domains` with one namespace, [`POLICED_NS`], held to domain 0 (pods of
+/// other namespaces may use every domain).
+pub fn domain_policy() -> serde_json::Value {
+    serde_json::json!({"domains": {POLICED_NS: [0]}})
+}
+
+/// `production_extra` with [`domain_policy`].
+pub fn policy_extra() -> serde_json::Value {
+    let mut e = crate::pods::production_extra();
+    e.as_object_mut()
+        .unwrap()
+        .extend(domain_policy().as_object().unwrap().clone());
+    e
+}
+
+/// Like `ros2_cycle`, for a pod of a namespace held to a domain policy that
+/// the node's agent enforces: ADD also adds the pod's two rules and lists
+/// its port in the agent's table (`src/firewall/domains.rs`).
+fn ros2_cycle_policed(lab: &Lab, name: &str) -> (Run, Run) {
+    let mut p = lab.primary_pod(name, 1, true);
+    p.spec.k8s_namespace = POLICED_NS.into();
+    p.spec.extra = policy_extra();
+    let add = lab.ros2("ADD", &p, &p.pod.result);
+    must(&add, "ros2-cni ADD (policed)");
+    let res = add.json().expect("ADD prints a result");
+    let del = lab.ros2("DEL", &p, &res);
+    must(&del, "ros2-cni DEL (policed)");
+    lab.remove(&p);
+    (add, del)
+}
+
 fn ms(runs: &[Run]) -> Vec<f64> {
     runs.iter().map(Run::wall_ms).collect()
 }
@@ -102,9 +136,18 @@ pub fn per_pod(plan: &Plan) -> Section {
          process (children included: host-local). The **passthrough** is ros2-cni ADD for a pod \
          that did not opt in (prevResult printed back unchanged); its own work is measured three \
          ways against `/bin/true` started identically: wall via `ip netns exec`, wall via a \
-         direct fork + setns(CLONE_NEWNET) + exec (no mount-namespace work), and CPU time.",
+         direct fork + setns(CLONE_NEWNET) + exec (no mount-namespace work), and CPU time. \
+         **Domain policy**: the node's agent enforces `domains` for one namespace; each \
+         iteration also times, alternating which goes first, ADD of a pod of that namespace \
+         (config with `domains`: the plugin adds the pod's two rules and lists its port) and \
+         ADD of a pod without a policy (config without `domains`, as in the main figures).",
     );
-    let tb = bed(plan);
+    let tb = plan.bed(1, false);
+    // the agent enforces a policy for one namespace (its table exists); the
+    // pods of the main figures are of another namespace, and their config has
+    // no `domains`: the plugin does for them exactly what it does without one
+    tb.start_agent(tb.node(1), &policy_extra())
+        .expect("start the agent");
     let lab = Lab::new(&tb);
     let node_ns = tb.node(1).ns.clone();
     let node_file = ns_file(&node_ns);
@@ -134,6 +177,7 @@ pub fn per_pod(plan: &Plan) -> Section {
 
     let (mut r_add, mut r_del, mut m_add, mut m_del) = (vec![], vec![], vec![], vec![]);
     let mut r_del_nolink = vec![];
+    let (mut pol_add, mut plain_add) = (vec![], vec![]);
     let alts: Vec<(String, Lab)> = plan
         .alt_plugins
         .iter()
@@ -170,6 +214,16 @@ pub fn per_pod(plan: &Plan) -> Section {
         m_del.push(md);
         p_ipn.push(passthrough(Via::IpNetnsExec(&node_ns)));
         r_del_nolink.push(ros2_cycle_link_gone(&lab, &format!("g{i}")));
+        // ADD with a domain policy in force vs without, interleaved
+        let (pa, plain) = if i % 2 == 0 {
+            let a = ros2_cycle_policed(&lab, &format!("d{i}")).0;
+            (a, ros2_cycle(&lab, &format!("n{i}")).0)
+        } else {
+            let b = ros2_cycle(&lab, &format!("n{i}")).0;
+            (ros2_cycle_policed(&lab, &format!("d{i}")).0, b)
+        };
+        pol_add.push(pa);
+        plain_add.push(plain);
         for (j, (_, alt)) in alts.iter().enumerate() {
             let (aa, ad) = ros2_cycle(alt, &format!("a{j}x{i}"));
             a_add[j].push(aa);
@@ -221,6 +275,10 @@ pub fn per_pod(plan: &Plan) -> Section {
     s.value("ros2-cni DEL, net of `ip netns exec`", "ms", &rdn);
     s.value("reference DEL, net of `ip netns exec`", "ms", &mdn);
     s.ratio("ADD ros2-cni / reference, net", &ran, &man);
+    let (pa, na) = (ms(&pol_add), ms(&plain_add));
+    s.value("ros2-cni ADD, pod held to a domain policy", "ms", &pa);
+    s.value("ros2-cni ADD, same iterations, no policy", "ms", &na);
+    let pol_ratio = s.ratio("ADD with a domain policy / without", &pa, &na);
     s.ratio("DEL ros2-cni / reference, net", &rdn, &mdn);
     let rdg = ms(&r_del_nolink);
     s.value(
@@ -313,6 +371,14 @@ pub fn per_pod(plan: &Plan) -> Section {
         Cmp::AtMost,
         0.25,
         "ratio of median wall times, both incl. `ip netns exec`",
+    );
+    s.goal(
+        "ADD with a domain policy in force ≤ 1.05× without",
+        pol_ratio,
+        "×",
+        Cmp::AtMost,
+        1.05,
+        "ratio of median wall times, interleaved in the same iterations",
     );
     s.goal(
         "passthrough: ≤ 1 ms of its own work",

@@ -27,6 +27,8 @@ pub struct Paths {
     /// The same pods' primary interfaces (ptp, the Calico stand-in): context
     /// for throughput and UDP round trips (DDS never uses them: no MULTICAST).
     pub primary: Path,
+    /// The agents' pids (node 1, node 2), for SIGHUP.
+    pub agents: Vec<u32>,
 }
 
 pub const ROS2: &str = "ros2-cni pod ↔ pod (ros0)";
@@ -36,10 +38,12 @@ pub const PRIMARY: &str = "primary eth0 pod ↔ pod (ptp, the Calico stand-in)";
 
 pub fn build(plan: &Plan) -> Paths {
     let tb = plan.bed(2, false);
-    for i in 1..=2 {
-        tb.start_agent(tb.node(i), &production_extra())
-            .expect("agent");
-    }
+    let agents = (1..=2)
+        .map(|i| {
+            tb.start_agent(tb.node(i), &production_extra())
+                .expect("agent")
+        })
+        .collect();
     let a = tb
         .add_pod(&PodSpec::new("a", 1).extra(production_extra()))
         .expect("pod a");
@@ -61,7 +65,53 @@ pub fn build(plan: &Plan) -> Paths {
         (NODE, n1.ns.clone(), n2.ns.clone(), n2.ip),
     ];
     let primary = (PRIMARY, a.ns.clone(), b.ns.clone(), b_primary);
-    Paths { tb, paths, primary }
+    Paths {
+        tb,
+        paths,
+        primary,
+        agents,
+    }
+}
+
+/// Puts both agents under `domains` holding the ros2-cni pods' namespace to
+/// domain 0 (`on`), or under no policy, by SIGHUP; waits until the nodes
+/// show it: the table there or gone, the pods' programs replaced.
+fn set_domain_policy(p: &Paths, on: bool) {
+    use ros2_cni::lab::testbed::ns_sh;
+    let mut extra = production_extra();
+    if on {
+        extra["domains"] = serde_json::json!({"robots": [0]});
+    }
+    for (i, pid) in p.agents.iter().enumerate() {
+        p.tb.agent_config(p.tb.node(i + 1), &extra)
+            .expect("agent config");
+        // SAFETY: a signal to the agent this run started
+        unsafe { libc::kill(*pid as i32, libc::SIGHUP) };
+    }
+    let shows = |i: usize| {
+        let ns = &p.tb.node(i).ns;
+        let table = ns_sh(ns, &["nft", "list", "table", "bridge", "ros2_cni_domains"]).is_ok();
+        let links = ns_sh(ns, &["ip", "-o", "link", "show"]).unwrap_or_default();
+        let progs_ok = links
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n))
+            .filter(|n| n.starts_with("r2c"))
+            .all(|dev| {
+                let f =
+                    ns_sh(ns, &["tc", "filter", "show", "dev", dev, "ingress"]).unwrap_or_default();
+                f.contains("r2c_pod_") && f.contains("_d ") == on
+            });
+        table == on && progs_ok
+    };
+    let t = std::time::Instant::now();
+    while !(shows(1) && shows(2)) {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "the domain policy (on: {on}) did not apply within 10 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 /// One iperf3 TCP run from `a` to `b_ip` (server in `b`): (Gbit/s, retransmits).
@@ -258,7 +308,11 @@ pub fn datapath(plan: &Plan, p: &Paths) -> Section {
              12-byte samples) for {} s per repetition, the first one-second report dropped; a \
              repetition's figure is the median of its per-second median round trips; {} \
              repetitions. **UDP echo**: {} round trips of 64 bytes between two sockets of this \
-             program, per repetition the median (a cross-check without DDS).",
+             program, per repetition the median (a cross-check without DDS). **Domain policy**: per \
+             repetition, the ros2-cni pods' throughput again with both agents enforcing \
+             `domains` (the pods' namespace held to domain 0: their programs check UDP ports, \
+             the bridge runs the policy's chains) and without (SIGHUP between, applied before \
+             timing), alternating which goes first.",
             plan.iperf_secs, plan.iperf_runs, plan.rtt_secs, plan.rtt_runs, plan.udp_rtts
         ),
     );
@@ -296,6 +350,37 @@ pub fn datapath(plan: &Plan, p: &Paths) -> Section {
             &retr[i],
         );
     }
+    // the same ros2-cni pods with a domain policy in force (their namespace
+    // held to domain 0) vs without, interleaved, alternating which goes first
+    let (mut with_pol, mut without_pol) = (vec![], vec![]);
+    for rep in 0..plan.iperf_runs * usize::from(have_iperf) {
+        let (_, a, b, ip) = all[0];
+        for on in [rep % 2 == 0, rep % 2 != 0] {
+            set_domain_policy(p, on);
+            let g = iperf(&p.tb, a, b, *ip, plan.iperf_secs).map_or(f64::NAN, |x| x.0);
+            if on {
+                with_pol.push(g);
+            } else {
+                without_pol.push(g);
+            }
+        }
+    }
+    set_domain_policy(p, false);
+    s.value(
+        "iperf3 TCP: ros2-cni pod ↔ pod, domain policy in force",
+        "Gbit/s",
+        &with_pol,
+    );
+    s.value(
+        "iperf3 TCP: ros2-cni pod ↔ pod, no policy (same repetitions)",
+        "Gbit/s",
+        &without_pol,
+    );
+    let pol_ratio = s.ratio(
+        "throughput with a domain policy / without",
+        &with_pol,
+        &without_pol,
+    );
     let thr_vs_mv = s.ratio("throughput ros2-cni / macvlan", &gbps[0], &gbps[1]);
     s.ratio("throughput ros2-cni / node ↔ node", &gbps[0], &gbps[2]);
     s.ratio("throughput macvlan / node ↔ node", &gbps[1], &gbps[2]);
@@ -396,6 +481,14 @@ pub fn datapath(plan: &Plan, p: &Paths) -> Section {
         Cmp::AtLeast,
         0.9,
         "ratio of median iperf3 throughputs",
+    );
+    s.goal(
+        "throughput with a domain policy in force ≥ 0.95× without",
+        pol_ratio,
+        "×",
+        Cmp::AtLeast,
+        0.95,
+        "ratio of median iperf3 throughputs, interleaved in the same run",
     );
     s.goal(
         "≤ 15 µs added round trip vs node ↔ node",

@@ -106,6 +106,8 @@ impl prometheus_client::collector::Collector for Collector {
             &[(vec![], st.counters.ttl_raised)],
         )?;
         st.limits.encode_metrics(&mut enc)?;
+        st.domains.encode_metrics(&mut enc)?;
+        st.counts.encode_metrics(&mut enc)?;
         counter(
             &mut enc,
             "ros2cni_agent_restarts",

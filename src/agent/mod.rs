@@ -18,6 +18,7 @@
 //! SIGHUP reloads the config; SIGTERM/SIGINT remove only what the agent alone
 //! needs (TTL rule, multicast routes, its socket) and keep pod-facing state.
 
+pub mod domains;
 pub mod limits;
 pub mod metrics;
 pub mod observe;
@@ -172,6 +173,10 @@ pub struct State {
     pub fastpath: crate::fastpath::FastPath,
     /// The discovery rate limits and what they dropped.
     pub limits: limits::LimitState,
+    /// The domain policy and what it dropped.
+    pub domains: domains::DomainState,
+    /// Per-pod discovery datagrams sent and received.
+    pub counts: domains::DiscoveryCounts,
     /// The RTPS relay to the peers (routed mode).
     pub relay: Option<crate::relay::Relay>,
     /// `dataDir/agent.lock`, held while this agent runs: one agent per node.
@@ -417,6 +422,8 @@ pub fn start(opts: &Options) -> Result<State, AgentError> {
         records: vec![],
         fastpath: Default::default(),
         limits: Default::default(),
+        domains: Default::default(),
+        counts: Default::default(),
         relay,
         _instance: Some(instance),
     })
@@ -572,6 +579,8 @@ struct Pass {
     sample: Vec<(u32, String)>,
     synced_until: SystemTime,
     limits: limits::LimitState,
+    domains: domains::DomainState,
+    counts: domains::DiscoveryCounts,
 }
 
 /// What it found and did, to be written back.
@@ -588,6 +597,8 @@ struct Done {
     sampled: Option<Vec<pressure::Source>>,
     synced_until: SystemTime,
     limits: limits::LimitState,
+    domains: domains::DomainState,
+    counts: domains::DiscoveryCounts,
 }
 
 impl Pass {
@@ -608,46 +619,20 @@ impl Pass {
                 _ => vec![],
             },
             limits: st.limits.clone(),
+            domains: st.domains.clone(),
+            counts: st.counts.clone(),
         }
     }
 
     /// The kernel work, without the state.
     fn run(mut self) -> Done {
-        // the plugin does not sync its records (that would cost every pod's
-        // start a disk flush): they become durable here, within a period
-        let started = SystemTime::now();
-        let synced_until =
-            match crate::ipam::Store::new(&self.cfg.data_dir).sync_changed(self.synced_until) {
-                Ok(n) => {
-                    if n > 0 {
-                        tracing::debug!("synced {n} attachment record(s) and lease(s) to disk");
-                    }
-                    // a file written while we looked is synced next time
-                    started - Duration::from_secs(1)
-                }
-                Err(e) => {
-                    tracing::warn!("syncing the attachment records: {e}");
-                    self.synced_until
-                }
-            };
+        let synced_until = sync_records(&self.cfg.data_dir, self.synced_until);
         let node = ensure_node(&self.cfg).map_err(|e| e.to_string());
         let (mut repairs, mut pod_problems) = (vec![], vec![]);
         let mut became_unavailable = false;
         if let Ok((uplink, node_dev)) = &node {
             let store = crate::ipam::Store::new(&self.cfg.data_dir);
-            // leases and temporary records left by killed plugin invocations
-            if store.may_need_reclaim() {
-                match store
-                    .lock(Duration::from_millis(200))
-                    .and_then(|lock| store.reclaim(&lock))
-                {
-                    Ok(r) if !r.is_empty() => {
-                        tracing::warn!(reclaimed = ?r, "reclaimed leases left by killed plugin invocations")
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::debug!("reclaiming leftover leases: {e}"),
-                }
-            }
+            reclaim_leftovers(&store);
             // the records, complete, or why not: leftovers are only removed
             // when every record could be read
             let mut fresh = || match store.list() {
@@ -674,7 +659,16 @@ impl Pass {
             );
             if self.routed && self.cfg.fast_path {
                 let before = self.fastpath.unavailable.is_some();
-                for what in self.fastpath.reconcile(&self.records, uplink, node_dev) {
+                let police = |a: &crate::ipam::Attachment| {
+                    self.cfg
+                        .domains
+                        .as_ref()
+                        .is_some_and(|d| d.allowed(&a.pod_namespace).is_some())
+                };
+                for what in self
+                    .fastpath
+                    .reconcile(&self.records, uplink, node_dev, &police)
+                {
                     tracing::debug!("attached the {what}");
                 }
                 became_unavailable = !before && self.fastpath.unavailable.is_some();
@@ -694,6 +688,9 @@ impl Pass {
         let uplink = node.as_ref().ok().map(|(u, _)| u.name.as_str());
         self.limits
             .reconcile(&self.cfg, &self.records, uplink, self.routed);
+        self.domains
+            .reconcile(&self.cfg, &self.records, self.routed);
+        self.counts.reconcile(&self.records, self.routed);
         Done {
             node,
             repairs,
@@ -707,6 +704,8 @@ impl Pass {
             sampled,
             synced_until,
             limits: self.limits,
+            domains: self.domains,
+            counts: self.counts,
         }
     }
 }
@@ -740,6 +739,10 @@ impl Done {
         problems.extend(self.pod_problems);
         problems.extend(self.limits.problem.clone());
         st.limits = self.limits;
+        problems.extend(self.domains.problem.clone());
+        st.domains = self.domains;
+        problems.extend(self.counts.problem.clone());
+        st.counts = self.counts;
         st.fastpath = self.fastpath;
         if self.fastpath_became_unavailable {
             if let Some(why) = &st.fastpath.unavailable {
@@ -923,6 +926,8 @@ pub fn status_reply(st: &State) -> api::Status {
         upcalls: st.router.as_ref().map_or(0, |r| r.upcalls()),
         multicast_pressure: st.pressure.to_api(),
         discovery_limits: st.limits.to_api(),
+        domain_policy: st.domains.to_api(),
+        discovery_datagrams: st.counts.to_api(),
         igmp_reports_sent: st.counters.reports_sent,
         participants: st.discovery.table.len() as u64,
         fast_path: api::FastPath {
@@ -1280,4 +1285,43 @@ async fn main_loop(
         tasks.upcalls = None; // ended: not to be awaited again
     }
     outcome
+}
+
+/// Syncs the attachment records and leases changed since `since` to disk
+/// and returns the new mark. The plugin does not sync its records (that
+/// would cost every pod's start a disk flush): they become durable here,
+/// within a period.
+fn sync_records(data_dir: &std::path::Path, since: SystemTime) -> SystemTime {
+    let started = SystemTime::now();
+    match crate::ipam::Store::new(data_dir).sync_changed(since) {
+        Ok(n) => {
+            if n > 0 {
+                tracing::debug!("synced {n} attachment record(s) and lease(s) to disk");
+            }
+            // a file written while we looked is synced next time
+            started - Duration::from_secs(1)
+        }
+        Err(e) => {
+            tracing::warn!("syncing the attachment records: {e}");
+            since
+        }
+    }
+}
+
+/// Takes back leases and temporary records left by killed plugin
+/// invocations (best effort: a busy pool lock waits for the next pass).
+fn reclaim_leftovers(store: &crate::ipam::Store) {
+    if !store.may_need_reclaim() {
+        return;
+    }
+    match store
+        .lock(Duration::from_millis(200))
+        .and_then(|lock| store.reclaim(&lock))
+    {
+        Ok(r) if !r.is_empty() => {
+            tracing::warn!(reclaimed = ?r, "reclaimed leases left by killed plugin invocations")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::debug!("reclaiming leftover leases: {e}"),
+    }
 }

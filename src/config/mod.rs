@@ -239,6 +239,9 @@ pub struct Config {
     pub fast_path: bool,
     /// Agent (routed mode): rate limits on RTPS discovery multicast.
     pub limits: crate::firewall::limits::Limits,
+    /// Discovery isolation (`domains`, `defaultDomains`): which ROS domains
+    /// each namespace's pods may use; None when neither key is set.
+    pub domains: Option<Domains>,
     /// Agent: the other nodes' uplink addresses the RTPS relay serves
     /// (`peers`, plus every other node entry's `address`).
     pub peers: Vec<Ipv4Addr>,
@@ -251,6 +254,36 @@ pub struct Config {
     /// The other subnets of the cluster (nodes' own `subnet`s): the plugin
     /// routes them through the pod's LAN interface.
     pub other_subnets: Vec<Ipv4Net>,
+}
+
+/// `domains` and `defaultDomains`: the ROS domains (0–232) each namespace's
+/// pods may use (docs/config.md).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Domains {
+    pub by_namespace: BTreeMap<String, Vec<u16>>,
+    /// For namespaces not listed; None: every domain.
+    pub default: Option<Vec<u16>>,
+}
+
+/// Whether `s` is a DNS-1123 label (a Kubernetes namespace name).
+pub fn is_dns1123_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+impl Domains {
+    /// The domains a namespace's pods may use; None: every domain.
+    pub fn allowed(&self, namespace: &str) -> Option<&[u16]> {
+        self.by_namespace
+            .get(namespace)
+            .or(self.default.as_ref())
+            .map(Vec::as_slice)
+    }
 }
 
 /// Where the node name comes from when the config does not say.
@@ -563,6 +596,57 @@ mod tests {
         let e = cni(Config::from_value(&v, false, Some("a")).unwrap_err());
         assert_eq!(e.code, Code::UnsupportedField);
         assert!(e.msg.contains("nodes.a.adress"), "{}", e.msg);
+    }
+
+    #[test]
+    fn domains_parse_validate_and_name_the_key() {
+        let c = Config::from_value(&base(), true, None).unwrap();
+        assert_eq!(c.domains, None, "unset: no policy");
+        let mut v = base();
+        v["domains"] = json!({"team-a": [0], "team-b": [2, 1, 1]});
+        let d = Config::from_value(&v, true, None).unwrap().domains.unwrap();
+        assert_eq!(d.allowed("team-a"), Some(&[0u16][..]));
+        assert_eq!(d.allowed("team-b"), Some(&[1u16, 2][..]));
+        assert_eq!(d.allowed("other"), None, "no defaultDomains: every domain");
+        v["defaultDomains"] = json!([232]);
+        let d = Config::from_value(&v, true, None).unwrap().domains.unwrap();
+        assert_eq!(d.allowed("other"), Some(&[232u16][..]));
+        // cluster form: the same top-level key
+        let mut v = base();
+        v.as_object_mut().unwrap().remove("podRange");
+        v["nodes"] = json!({"robot-1": "192.168.1.160/28"});
+        v["domains"] = json!({"team-a": [0]});
+        let c = Config::from_value(&v, true, Some("robot-1")).unwrap();
+        assert_eq!(c.domains.unwrap().allowed("team-a"), Some(&[0u16][..]));
+        for (key, val, names, says) in [
+            ("domains", json!([0]), "domains", "object"),
+            ("domains", json!({"Team_A": [0]}), "domains", "DNS-1123"),
+            (
+                "domains",
+                json!({"team-a": [233]}),
+                "domains.team-a",
+                "0 to 232",
+            ),
+            ("domains", json!({"team-a": 0}), "domains.team-a", "list"),
+            (
+                "domains",
+                json!({"team-a": [-1]}),
+                "domains.team-a",
+                "0 to 232",
+            ),
+            ("defaultDomains", json!(["0"]), "defaultDomains", "0 to 232"),
+        ] {
+            let mut v = base();
+            v[key] = val.clone();
+            let e = cni(Config::from_value(&v, true, None).unwrap_err());
+            assert_eq!(e.code, Code::InvalidConfig, "{key}={val}: {}", e.msg);
+            assert!(
+                e.msg.starts_with(names) && e.msg.contains(says),
+                "{key}={val}: {}",
+                e.msg
+            );
+        }
+        assert!(is_dns1123_label("a-1") && !is_dns1123_label("-a") && !is_dns1123_label(""));
     }
 
     #[test]

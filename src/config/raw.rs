@@ -2,6 +2,7 @@
 //! carries it, and the check for unknown keys that runs before it.
 
 use super::{invalid, Error, CNI_KEYS};
+use crate::firewall::domains::MAX_DOMAIN;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
@@ -61,6 +62,8 @@ pub struct Raw {
     pub(super) peers: Option<Vec<String>>,
     pub(super) lan_multicast: Option<bool>,
     pub(super) relay_port: Option<Whole>,
+    pub(super) domains: Option<DomainMap>,
+    pub(super) default_domains: Option<DomainList>,
 }
 
 /// A node entry of the cluster form, object shape.
@@ -121,6 +124,86 @@ impl<'de> Deserialize<'de> for Whole {
                 u64::try_from(n)
                     .map(Whole)
                     .map_err(|_| E::invalid_value(de::Unexpected::Signed(n), &self))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `domains`: namespace -> the ROS domains its pods may use.
+#[derive(Debug)]
+pub(super) struct DomainMap(pub(super) Vec<(String, DomainList)>);
+
+impl<'de> Deserialize<'de> for DomainMap {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = DomainMap;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(
+                    "an object mapping namespaces to lists of ROS domain IDs, e.g. {\"team-a\": [0]}",
+                )
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<DomainMap, A::Error> {
+                let mut out = vec![];
+                while let Some(e) = m.next_entry::<String, DomainList>()? {
+                    out.push(e);
+                }
+                Ok(DomainMap(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// A list of ROS domain IDs (0 to MAX_DOMAIN), sorted, without repeats.
+#[derive(Debug)]
+pub(super) struct DomainList(pub(super) Vec<u16>);
+
+impl<'de> Deserialize<'de> for DomainList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = DomainList;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                write!(f, "a list of ROS domain IDs (0 to {MAX_DOMAIN})")
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut s: A) -> Result<DomainList, A::Error> {
+                let mut out = vec![];
+                while let Some(DomainId(d)) = s.next_element()? {
+                    out.push(d);
+                }
+                out.sort_unstable();
+                out.dedup();
+                Ok(DomainList(out))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+struct DomainId(u16);
+
+impl<'de> Deserialize<'de> for DomainId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = DomainId;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                write!(f, "a ROS domain ID (a whole number from 0 to {MAX_DOMAIN})")
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<DomainId, E> {
+                u16::try_from(n)
+                    .ok()
+                    .filter(|d| *d <= MAX_DOMAIN)
+                    .map(DomainId)
+                    .ok_or_else(|| E::invalid_value(de::Unexpected::Unsigned(n), &self))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<DomainId, E> {
+                match u64::try_from(n) {
+                    Ok(n) => self.visit_u64(n),
+                    Err(_) => Err(E::invalid_value(de::Unexpected::Signed(n), &self)),
+                }
             }
         }
         d.deserialize_any(V)

@@ -1,11 +1,11 @@
 //! [`Raw::validate`]: every value checked, each error naming its key;
 //! defaults filled in; this node's view of the cluster form resolved.
 
-use super::raw::{RawNode, Whole};
+use super::raw::{DomainList, DomainMap, RawNode, Whole};
 use super::{
-    default_node_name, invalid, Config, Error, LogFormat, Mode, NodeEntry, Pool, Raw,
-    DEFAULT_BRIDGE, DEFAULT_DATA_DIR, DEFAULT_GROUP, DEFAULT_IFNAME, DEFAULT_METRICS_ADDRESS,
-    DEFAULT_MFC_IDLE_SECONDS, DEFAULT_RELAY_PORT,
+    default_node_name, invalid, is_dns1123_label, Config, Domains, Error, LogFormat, Mode,
+    NodeEntry, Pool, Raw, DEFAULT_BRIDGE, DEFAULT_DATA_DIR, DEFAULT_GROUP, DEFAULT_IFNAME,
+    DEFAULT_METRICS_ADDRESS, DEFAULT_MFC_IDLE_SECONDS, DEFAULT_RELAY_PORT,
 };
 use ipnet::Ipv4Net;
 use std::collections::BTreeMap;
@@ -393,6 +393,32 @@ fn resolve_node(
     })
 }
 
+/// `domains` and `defaultDomains` (their values were read by serde: lists
+/// of domain IDs 0 to 232, sorted, no repeats); the namespaces must be
+/// namespace names. None when neither key is set.
+fn check_domains(
+    domains: Option<DomainMap>,
+    default: Option<DomainList>,
+) -> Result<Option<Domains>, Error> {
+    if domains.is_none() && default.is_none() {
+        return Ok(None);
+    }
+    let mut d = Domains {
+        default: default.map(|DomainList(l)| l),
+        ..Domains::default()
+    };
+    for (ns, DomainList(l)) in domains.map(|DomainMap(m)| m).unwrap_or_default() {
+        if !is_dns1123_label(&ns) {
+            return Err(invalid(
+                "domains",
+                format!("\"{ns}\" is not a namespace name (a DNS-1123 label: lowercase letters, digits and '-', at most 63)"),
+            ));
+        }
+        d.by_namespace.insert(ns, l);
+    }
+    Ok(Some(d))
+}
+
 impl Raw {
     /// The one validation step: every value checked (each error names its
     /// key), defaults filled in, this node's view resolved.
@@ -481,6 +507,7 @@ impl Raw {
             raise_ttl: self.raise_ttl.unwrap_or(true),
             fast_path: self.fast_path.unwrap_or(true),
             limits,
+            domains: check_domains(self.domains, self.default_domains)?,
             peers,
             node_address,
             lan_multicast: self.lan_multicast.unwrap_or(true),

@@ -77,7 +77,9 @@ pub enum Cond {
 pub enum Alu {
     Add = 0x00,
     Sub = 0x10,
+    Or = 0x40,
     And = 0x50,
+    Lsh = 0x60,
     Mov = 0xb0,
 }
 

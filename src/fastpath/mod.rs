@@ -16,7 +16,11 @@
 //!   bridge's nft set). Unicast whose route leaves through the uplink, with a
 //!   resolved neighbour, TTL > 1, no IP options or fragments and a size the
 //!   uplink takes, gets TTL − 1, the next hop's MACs and goes straight out of
-//!   the uplink. Everything else (tagged frames, ARP, multicast, other pods
+//!   the uplink — except, for a pod held to a domain policy (`domains`),
+//!   UDP to a policed port (7400 and up, less the kernel's ephemeral range),
+//!   which takes the normal path so that the policy
+//!   (`src/firewall/domains.rs`) sees it; pods under no policy get a program
+//!   without that check. Everything else (tagged frames, ARP, multicast, other pods
 //!   on the node, the node itself, unresolved neighbours) continues to the
 //!   bridge as before.
 //! - `r2c_lan` on the uplink (tc ingress): unicast to one of this node's pods
@@ -69,7 +73,7 @@ pub struct PodId {
 /// Both programs: forward eligible unicast arriving here (FIB lookup as if
 /// it arrived on `fib_in`) to `out` when the FIB agrees; `pod` adds the
 /// anti-spoofing check.
-fn forwarder(fib_in: u32, out: u32, pod: Option<PodId>) -> Vec<Insn> {
+fn forwarder(fib_in: u32, out: u32, pod: Option<PodId>, police: bool) -> Vec<Insn> {
     let mut a = Asm::new();
     // Only plain, untagged IPv4 is ours; every other frame goes to the normal
     // path unchanged and is never redirected, because a redirect keeps what
@@ -100,22 +104,7 @@ fn forwarder(fib_in: u32, out: u32, pod: Option<PodId>) -> Vec<Insn> {
         .ldx(Size::H, R5, R2, 12)
         .jmp_k(Cond::Ne, R5, 0x0008, "pass");
     if let Some(p) = pod {
-        a.ldx(Size::W, R5, R2, 6)
-            .jmp32_k(
-                Cond::Ne,
-                R5,
-                u32::from_le_bytes([p.mac[0], p.mac[1], p.mac[2], p.mac[3]]),
-                "drop",
-            )
-            .ldx(Size::H, R5, R2, 10)
-            .jmp_k(
-                Cond::Ne,
-                R5,
-                u16::from_le_bytes([p.mac[4], p.mac[5]]) as i32,
-                "drop",
-            )
-            .ldx(Size::W, R5, R2, 26)
-            .jmp32_k(Cond::Ne, R5, u32::from_le_bytes(p.ip.octets()), "drop");
+        drop_unless_from(&mut a, &p);
     }
     // plain unicast only: no IP options, no fragments, not multicast/broadcast, TTL > 1
     a.ldx(Size::B, R5, R2, 14)
@@ -128,6 +117,9 @@ fn forwarder(fib_in: u32, out: u32, pod: Option<PodId>) -> Vec<Insn> {
         .ldx(Size::B, R7, R2, 22)
         .jmp_k(Cond::Le, R7, 1, "pass")
         .ldx(Size::H, R8, R2, 22);
+    if police {
+        leave_policed_ports_to_the_normal_path(&mut a);
+    }
     for off in (0..8).map(|i| FIB + 8 * i) {
         a.st(Size::DW, R10, off, 0);
     }
@@ -187,20 +179,74 @@ fn forwarder(fib_in: u32, out: u32, pod: Option<PodId>) -> Vec<Insn> {
     a.finish()
 }
 
-/// The program for a pod's host veth.
-pub fn pod_program(pod: PodId, bridge: u32, uplink: u32) -> Vec<Insn> {
-    forwarder(bridge, uplink, Some(pod))
+/// Drops a frame whose source MAC or IPv4 source is not the pod's (R2: the
+/// packet data, checked long enough by the caller).
+fn drop_unless_from(a: &mut Asm, p: &PodId) {
+    a.ldx(Size::W, R5, R2, 6)
+        .jmp32_k(
+            Cond::Ne,
+            R5,
+            u32::from_le_bytes([p.mac[0], p.mac[1], p.mac[2], p.mac[3]]),
+            "drop",
+        )
+        .ldx(Size::H, R5, R2, 10)
+        .jmp_k(
+            Cond::Ne,
+            R5,
+            u16::from_le_bytes([p.mac[4], p.mac[5]]) as i32,
+            "drop",
+        )
+        .ldx(Size::W, R5, R2, 26)
+        .jmp32_k(Cond::Ne, R5, u32::from_le_bytes(p.ip.octets()), "drop");
+}
+
+/// For a pod held to a domain policy: UDP to a policed port (the RTPS range
+/// 7400 and up, less the kernel's ephemeral range, see
+/// src/firewall/domains.rs) takes the normal path, where the bridge's domain
+/// policy sees it; a redirect would skip it. Pods under no policy (and every
+/// pod when `domains` is unset) get no such check. Everything else goes on
+/// at the label "fib".
+fn leave_policed_ports_to_the_normal_path(a: &mut Asm) {
+    let (eph_lo, eph_hi) = crate::firewall::domains::EPHEMERAL;
+    a.ldx(Size::B, R5, R2, 23)
+        .jmp_k(Cond::Ne, R5, 17, "fib")
+        .mov_x(R4, R2)
+        .alu_k(Alu::Add, R4, 38)
+        .jmp_x(Cond::Gt, R4, R3, "pass")
+        // the destination port, big-endian in the data (IHL is 5 here)
+        .ldx(Size::B, R5, R2, 36)
+        .alu_k(Alu::Lsh, R5, 8)
+        .ldx(Size::B, R4, R2, 37)
+        .alu_x(Alu::Or, R5, R4)
+        .jmp_k(
+            Cond::Lt,
+            R5,
+            i32::from(crate::firewall::domains::RTPS_FIRST_PORT),
+            "fib",
+        )
+        .jmp_k(Cond::Lt, R5, i32::from(eph_lo), "pass")
+        .jmp_k(Cond::Gt, R5, i32::from(eph_hi), "pass")
+        .label("fib");
+}
+
+/// The program for a pod's host veth; `police`: the pod is held to a domain
+/// policy, so its UDP to policed ports is left to the normal path.
+pub fn pod_program(pod: PodId, bridge: u32, uplink: u32, police: bool) -> Vec<Insn> {
+    forwarder(bridge, uplink, Some(pod), police)
 }
 
 /// The program for the uplink.
 pub fn lan_program(uplink: u32, bridge: u32) -> Vec<Insn> {
-    forwarder(uplink, bridge, None)
+    forwarder(uplink, bridge, None, false)
 }
 
 /// Filter names carry the interface indexes the program was built for, so
 /// a re-created bridge or uplink is noticed and the program rebuilt.
-pub fn pod_filter_name(bridge: u32, uplink: u32) -> String {
-    format!("r2c_pod_{bridge}_{uplink}")
+/// A policed pod's program has its own name, so a policy change (SIGHUP)
+/// replaces the program.
+pub fn pod_filter_name(bridge: u32, uplink: u32, police: bool) -> String {
+    let p = if police { "_d" } else { "" };
+    format!("r2c_pod_{bridge}_{uplink}{p}")
 }
 
 pub fn lan_filter_name(uplink: u32, bridge: u32) -> String {
@@ -271,6 +317,7 @@ impl FastPath {
         records: &[Attachment],
         uplink: &Link,
         bridge: &Link,
+        police: &dyn Fn(&Attachment) -> bool,
     ) -> Vec<String> {
         let mut done = vec![];
         if self.unavailable.is_some() {
@@ -293,7 +340,6 @@ impl FastPath {
         }
         let Ok(links) = node.links() else { return done };
         let by_name: HashMap<&str, &Link> = links.iter().map(|l| (l.name.as_str(), l)).collect();
-        let pod_name = pod_filter_name(bridge.index, uplink.index);
         let mut live = std::collections::HashSet::new();
         for a in records
             .iter()
@@ -304,11 +350,14 @@ impl FastPath {
                 continue;
             };
             live.insert(dev.index);
+            let policed = police(a);
+            let pod_name = pod_filter_name(bridge.index, uplink.index, policed);
             if self.pods.get(&dev.index) == Some(&pod_name) {
                 continue;
             }
             if !carries(&mut node, dev, &pod_name) {
-                let insns = pod_program(PodId { mac, ip: a.ip }, bridge.index, uplink.index);
+                let insns =
+                    pod_program(PodId { mac, ip: a.ip }, bridge.index, uplink.index, policed);
                 if let Err(e) = load_and_attach(&mut node, dev, &insns, "r2c_pod", &pod_name) {
                     if e.is_refused() {
                         self.unavailable = Some(e.to_string());
@@ -368,7 +417,11 @@ mod tests {
             mac: [0x0e, 0x2c, 192, 168, 1, 10],
             ip: Ipv4Addr::new(192, 168, 1, 10),
         };
-        for p in [pod_program(pod, 5, 2), lan_program(2, 5)] {
+        for p in [
+            pod_program(pod, 5, 2, false),
+            pod_program(pod, 5, 2, true),
+            lan_program(2, 5),
+        ] {
             assert!(p.len() < 200);
             for (i, ins) in p.iter().enumerate() {
                 let class = ins.code & 0x07;
@@ -386,12 +439,42 @@ mod tests {
     }
 
     #[test]
+    fn only_a_policed_pods_program_leaves_rtps_range_udp_to_the_normal_path() {
+        let pod = PodId {
+            mac: [0x0e, 0x2c, 192, 168, 1, 10],
+            ip: Ipv4Addr::new(192, 168, 1, 10),
+        };
+        // a load of the UDP destination port's bytes (offsets 36, 37)
+        let reads_dport = |p: &[Insn]| p.iter().any(|i| i.code == 0x71 && i.off == 36);
+        assert!(
+            !reads_dport(&pod_program(pod, 5, 2, false)),
+            "no policy: UDP to any port may take the fast path"
+        );
+        assert!(!reads_dport(&lan_program(2, 5)));
+        let p = pod_program(pod, 5, 2, true);
+        assert!(reads_dport(&p));
+        let (lo, hi) = crate::firewall::domains::EPHEMERAL;
+        for port in [7400, i32::from(lo), i32::from(hi)] {
+            assert!(
+                p.iter().any(|i| i.code & 0x07 == 0x05 && i.imm == port),
+                "compares against {port}"
+            );
+        }
+        assert_ne!(pod_filter_name(5, 2, true), pod_filter_name(5, 2, false));
+        assert!(pod_program(pod, 5, 2, false).len() < p.len());
+    }
+
+    #[test]
     fn frames_with_a_vlan_tag_in_the_metadata_or_not_ipv4_in_the_data_pass() {
         let pod = PodId {
             mac: [0x0e, 0x2c, 192, 168, 1, 10],
             ip: Ipv4Addr::new(192, 168, 1, 10),
         };
-        for p in [pod_program(pod, 5, 2), lan_program(2, 5)] {
+        for p in [
+            pod_program(pod, 5, 2, false),
+            pod_program(pod, 5, 2, true),
+            lan_program(2, 5),
+        ] {
             let target = |i: usize| (i as isize + 1 + p[i].off as isize) as usize;
             let passes = |i: usize| {
                 let t = target(i);
@@ -426,7 +509,7 @@ mod tests {
             mac: [0x0e, 0x2c, 0xc0, 0xa8, 0x01, 0x0a],
             ip: Ipv4Addr::new(192, 168, 1, 10),
         };
-        let p = pod_program(pod, 5, 2);
+        let p = pod_program(pod, 5, 2, false);
         // the MAC's first 4 bytes have the top bit set as a little-endian u32
         let mac_lo = u32::from_le_bytes([0x0e, 0x2c, 0xc0, 0xa8]);
         assert!(

@@ -14,6 +14,8 @@
 //!   RTPS group and direction, for what the multicast router forwarded (its
 //!   (*,G) entries count both directions together).
 
+pub mod counts;
+pub mod domains;
 pub mod limits;
 pub mod nfnl;
 

@@ -123,6 +123,14 @@ pub enum Expr {
         chain: Option<String>,
     },
     Counter,
+    /// `REG in FROM-TO` (or, with `neq`, not in it): compared as bytes, so
+    /// big-endian values (ports) compare as numbers.
+    Range {
+        sreg: u32,
+        from: Vec<u8>,
+        to: Vec<u8>,
+        neq: bool,
+    },
     /// `limit rate [over] RATE/UNIT burst BURST packets`: with `over`, the
     /// rule goes on only for packets beyond the rate (the usual "drop the
     /// excess"); without, only for packets within it. A token bucket of
@@ -212,6 +220,7 @@ fn encode_expr_body(a: &mut Attrs, e: &Expr) {
         Expr::Lookup { .. } => "lookup",
         Expr::Immediate { .. } | Expr::Verdict { .. } => "immediate",
         Expr::Counter => "counter",
+        Expr::Range { .. } => "range",
         Expr::Limit { .. } => "limit",
         Expr::DynsetUpdate { .. } => "dynset",
     };
@@ -266,6 +275,18 @@ fn encode_expr_body(a: &mut Attrs, e: &Expr) {
         }
         Expr::Counter => {
             a.put(1, &0u64.to_be_bytes()).put(2, &0u64.to_be_bytes());
+        }
+        Expr::Range {
+            sreg,
+            from,
+            to,
+            neq,
+        } => {
+            // NFTA_RANGE_SREG, _OP (NFT_RANGE_EQ/NEQ), _FROM_DATA, _TO_DATA
+            a.be32(1, *sreg)
+                .be32(2, u32::from(*neq))
+                .data_value(3, from)
+                .data_value(4, to);
         }
         Expr::Limit {
             rate,

@@ -31,6 +31,8 @@ pub(super) fn add(cfg: &Config, env: &Env, raw: &Value, version: Version) -> Res
     let plan = dataplane::plan::add(read.dp, &read.facts);
     // apply, with undo in reverse on failure
     let att = read.apply(cfg, env, &prev, &plan)?;
+    // best effort, never undone: the agent adds what this misses
+    add_domain_rules(cfg, &att);
     tracing::info!(
         container = %env.container_id,
         pod = %format!("{}/{}", att.pod_namespace, att.pod_name),
@@ -315,5 +317,32 @@ fn new_attachment(
         pod_namespace: env.pod_namespace().unwrap_or_default().into(),
         pod_name: env.pod_name().unwrap_or_default().into(),
         network: cfg.name.clone().unwrap_or_default(),
+    }
+}
+
+/// With a domain policy in force (the agent has made its table), the pod's
+/// rules, so that it is held to its namespace's domains from its first
+/// packet rather than from the agent's next pass (until then its port is
+/// unlisted, and the table's default deny drops all its RTPS-range UDP).
+/// A failure is only logged: the default deny holds until the agent adds them.
+fn add_domain_rules(cfg: &Config, att: &Attachment) {
+    let Some(d) = &cfg.domains else { return };
+    if cfg.mode != Mode::Routed || att.host_if.is_empty() {
+        return;
+    }
+    let p = crate::firewall::domains::PodPolicy {
+        port: att.host_if.clone(),
+        allowed: d.allowed(&att.pod_namespace).map(<[u16]>::to_vec),
+    };
+    let r = crate::firewall::nfnl::Nfnl::new()
+        .and_then(|mut nl| crate::firewall::domains::add_pod(&mut nl, &p));
+    match r {
+        Ok(true) => {
+            tracing::debug!(port = %p.port, allowed = ?p.allowed, "domain policy rules added")
+        }
+        Ok(false) => tracing::debug!("no domain policy table on this node (agent not running yet)"),
+        Err(e) => {
+            tracing::warn!(port = %p.port, "domain policy rules (the agent adds them within its next pass): {e}")
+        }
     }
 }
