@@ -236,7 +236,7 @@ fn ttl1_rtps_arrives_exactly_once_everywhere_and_other_groups_stay_local() {
 /// A raw IGMP socket in `ns`: sees every IGMP packet there.
 fn igmp_socket(ns: &str) -> std::os::fd::OwnedFd {
     use std::os::fd::FromRawFd;
-    let n = ros2_cni::netlink::Netns::open(format!("/var/run/netns/{ns}")).unwrap();
+    let n = ros2_cni::kernel::netns::Netns::open(format!("/var/run/netns/{ns}")).unwrap();
     n.run(|| {
         // SAFETY: a raw socket we own; the options are plain ints.
         unsafe {
@@ -326,7 +326,7 @@ fn agent_reports_membership_on_the_uplink_and_answers_queries() {
         node.ip
     );
     // a general query from the laptop is answered at once
-    let q = ros2_cni::mroute::socket::igmp_v2(0x11, Ipv4Addr::UNSPECIFIED);
+    let q = ros2_cni::kernel::mroute::igmp_v2(0x11, Ipv4Addr::UNSPECIFIED);
     {
         use std::os::fd::AsRawFd;
         let ifaddr = libc::in_addr {

@@ -7,8 +7,8 @@
 //! a pod.
 
 use crate::common::*;
+use ros2_cni::kernel::netns::Netns;
 use ros2_cni::lab::testbed::{ip_json, nft_json, ns_sh, udp_in, Pod, LAPTOP_IP};
-use ros2_cni::netlink::Netns;
 use serde_json::json;
 use std::net::{Ipv4Addr, Ipv6Addr, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

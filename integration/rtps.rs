@@ -820,7 +820,7 @@ fn announce_until_answered(
     p: &spdp::ParticipantData,
     endian: Endian,
 ) -> Option<rtps::Header> {
-    let ns = ros2_cni::netlink::Netns::open(format!("/var/run/netns/{}", pair.a)).unwrap();
+    let ns = ros2_cni::kernel::netns::Netns::open(format!("/var/run/netns/{}", pair.a)).unwrap();
     let p = p.clone();
     ns.run(move || {
         let listen_at = p.metatraffic_unicast_locators[0].socket_addr().unwrap();

@@ -612,9 +612,9 @@ pub fn gather(cfg: &Config, conf_dir: Option<&Path>) -> Inputs {
         .records
         .into_iter()
         .map(|(_, a)| {
-            let has_interface = crate::netlink::Netns::open(&a.netns)
+            let has_interface = crate::kernel::netns::Netns::open(&a.netns)
                 .ok()
-                .and_then(|ns| crate::netlink::Handle::open_in(&ns).ok())
+                .and_then(|ns| crate::kernel::rtnl::Handle::open_in(&ns).ok())
                 .and_then(|mut h| h.link_by_name(&a.pod_if).ok())
                 .map(|l| l.is_some());
             PodCheck {

@@ -17,7 +17,6 @@ pub mod kernel;
 pub mod lab;
 pub mod logging;
 pub mod mroute;
-pub mod netlink;
 pub mod plugin;
 pub mod relay;
 pub mod rtps;

@@ -7,8 +7,8 @@ use super::limits::Drops;
 use crate::api;
 use crate::config::Config;
 use crate::firewall::domains::{self as fw, PodPolicy, FROM_POD, TO_POD};
-use crate::firewall::nfnl::{DumpedRule, Nfnl};
 use crate::ipam::Attachment;
+use crate::kernel::nft::{DumpedRule, Nfnl};
 use std::collections::BTreeMap;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 

@@ -11,8 +11,8 @@
 use crate::api;
 use crate::config::Config;
 use crate::firewall::limits::{self as fw, Limit};
-use crate::firewall::nfnl::{DumpedRule, Nfnl};
 use crate::ipam::Attachment;
+use crate::kernel::nft::{DumpedRule, Nfnl};
 use std::collections::BTreeMap;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 

@@ -30,10 +30,11 @@ use crate::api;
 use crate::config::{Config, Mode};
 use crate::dataplane::macvlan::{ensure_shim, refuse_wireless};
 use crate::dataplane::routed::{ensure_bridge, resolve_uplink};
-use crate::firewall::{self, nfnl::Nfnl};
-use crate::mroute::socket::{Incoming, MrouteSocket};
+use crate::firewall;
+use crate::kernel::mroute::{Incoming, MrouteSocket};
+use crate::kernel::nft::Nfnl;
+use crate::kernel::rtnl::{Handle, Link};
 use crate::mroute::{Role, Router, Vif};
-use crate::netlink::{Handle, Link};
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -52,10 +53,9 @@ pub enum AgentError {
     /// Node-wide setup the plugin relies on too (uplink, bridge, shim).
     #[error("{0}")]
     Node(crate::dataplane::Error),
+    /// A kernel operation (rtnetlink, tc or nf_tables).
     #[error("{0}")]
-    Netlink(crate::netlink::Error),
-    #[error("{0}")]
-    Firewall(crate::firewall::Error),
+    Kernel(crate::kernel::Error),
     #[error("{0}")]
     Setup(String),
     #[error("multicast routing: {0} (is another multicast router such as smcroute or pimd running in this network namespace?)")]
@@ -81,8 +81,7 @@ agent_error_from!(
     crate::config::Error => Config,
     crate::install::InstallError => Install,
     crate::dataplane::Error => Node,
-    crate::netlink::Error => Netlink,
-    crate::firewall::Error => Firewall
+    crate::kernel::Error => Kernel
 );
 
 /// Command-line options of `ros2-cni agent`.
@@ -239,7 +238,7 @@ fn ensure_node(cfg: &Config) -> Result<(Link, Link), AgentError> {
         if firewall::remove_ttl_rule(&mut nf)? {
             tracing::info!("macvlan mode: removed the RTPS TTL rule");
         }
-        let _ = nf.delete_table(firewall::nfnl::NFPROTO_IPV4, firewall::COUNT_TABLE);
+        let _ = nf.delete_table(crate::kernel::nft::NFPROTO_IPV4, firewall::COUNT_TABLE);
         refuse_wireless(cfg, &uplink.name)?;
         return Ok((uplink, shim));
     }
@@ -875,7 +874,7 @@ pub fn shutdown(st: &mut State) {
             let _ = router.kernel().send_leave(st.uplink.index, g);
         }
         if let Ok(mut nf) = Nfnl::new() {
-            let _ = nf.delete_table(firewall::nfnl::NFPROTO_IPV4, firewall::COUNT_TABLE);
+            let _ = nf.delete_table(crate::kernel::nft::NFPROTO_IPV4, firewall::COUNT_TABLE);
         }
     }
     let _ = std::fs::remove_file(st.cfg.agent_socket());
@@ -985,8 +984,8 @@ fn forwarded(f: &firewall::Forwarded) -> Vec<api::Forwarded> {
 }
 
 impl MrouteSocket {
-    fn vif_count_or_default(&self, vif: u16) -> crate::mroute::VifCount {
-        use crate::mroute::Mroute;
+    fn vif_count_or_default(&self, vif: u16) -> crate::kernel::mroute::VifCount {
+        use crate::kernel::mroute::Mroute;
         self.vif_count(vif).unwrap_or_default()
     }
 }

@@ -11,7 +11,7 @@
 //! taps run), and the pod is named from its address. Each sender is parsed at
 //! most twice a second; the table and the per-source records are bounded.
 
-use crate::kernel::packet::{attach_filter, packet_socket, PACKET_OUTGOING};
+use crate::kernel::packet::{attach_filter, packet_socket};
 use crate::rtps::{self, spdp, GuidPrefix};
 use std::collections::HashMap;
 use std::io;
@@ -249,30 +249,15 @@ impl Capture {
     pub fn drain(&self, table: &mut Table, ifname: &mut dyn FnMut(u32) -> Option<String>) {
         let mut buf = [0u8; 9216];
         let now = Instant::now();
-        loop {
-            // SAFETY: recvfrom into a stack buffer with a sockaddr_ll out-parameter.
-            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-            let n = unsafe {
-                libc::recvfrom(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr() as *mut libc::c_void,
-                    buf.len(),
-                    0,
-                    &mut sll as *mut _ as *mut libc::sockaddr,
-                    &mut len,
-                )
-            };
-            if n <= 0 {
-                return;
-            }
-            if sll.sll_pkttype == PACKET_OUTGOING {
+        // an error ends the batch like an empty queue: the next one retries
+        while let Ok(Some(r)) = crate::kernel::packet::recv(self.fd.as_raw_fd(), &mut buf) {
+            if r.outgoing {
                 continue;
             }
-            let Some(name) = ifname(sll.sll_ifindex as u32) else {
+            let Some(name) = ifname(r.ifindex) else {
                 continue;
             };
-            if let Some((seen_src, seen_dst, ttl, payload)) = udp_of(&buf[..n as usize]) {
+            if let Some((seen_src, seen_dst, ttl, payload)) = udp_of(r.data(&buf)) {
                 let seen = Seen {
                     ifname: &name,
                     src: seen_src,

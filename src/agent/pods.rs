@@ -14,9 +14,11 @@
 //! need not sit on the pod's deletion path.
 
 use crate::api::Handoff;
-use crate::firewall::{self, nfnl::Nfnl};
+use crate::firewall;
 use crate::ipam::Attachment;
-use crate::netlink::{parse_mac, Handle, Link, Netns};
+use crate::kernel::netns::Netns;
+use crate::kernel::nft::Nfnl;
+use crate::kernel::rtnl::{parse_mac, Handle, Link};
 use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
@@ -71,7 +73,7 @@ struct Seen {
 }
 
 fn read(node: &mut Handle, nf: Option<&mut Nfnl>) -> Result<Seen, String> {
-    let e = |x: crate::netlink::Error| x.to_string();
+    let e = |x: crate::kernel::Error| x.to_string();
     Ok(Seen {
         links: node
             .links()

@@ -162,25 +162,12 @@ pub fn sample_sources(ifindex: u32, ifname: &str, groups: &[Ipv4Addr]) -> Vec<So
     let start = Instant::now();
     let mut read = 0;
     while start.elapsed() < SAMPLE_TIME && read < SAMPLE_PACKETS {
-        // SAFETY: recvfrom into a stack buffer with a sockaddr_ll out-parameter.
-        let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-        let n = unsafe {
-            libc::recvfrom(
-                fd.as_raw_fd(),
-                buf.as_mut_ptr() as *mut libc::c_void,
-                buf.len(),
-                libc::MSG_TRUNC,
-                &mut from as *mut _ as *mut libc::sockaddr,
-                &mut len,
-            )
-        };
-        if n < 0 {
+        let Ok(Some(r)) = crate::kernel::packet::recv(fd.as_raw_fd(), &mut buf) else {
             std::thread::sleep(Duration::from_millis(2));
             continue;
-        }
+        };
         read += 1;
-        if from.sll_pkttype == libc::PACKET_OUTGOING || (n as usize) < 20 {
+        if r.outgoing || r.len < 20 {
             continue;
         }
         let src = Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]);

@@ -21,7 +21,8 @@ use super::{config_err, Error, Result};
 use super::{node_link, AddRequest, Dataplane, Kernel, Observed, Prepare, Step};
 use crate::config::Config;
 use crate::ipam::Attachment;
-use crate::netlink::{sysctl, Handle, Link};
+use crate::kernel::rtnl::{Handle, Link};
+use crate::kernel::sysctl;
 use std::path::Path;
 
 pub struct Macvlan;

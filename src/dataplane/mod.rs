@@ -16,9 +16,10 @@ pub use plan::{AddFacts, AddPlan, Prepare, TeardownPlan};
 pub use step::{Observed, Step};
 
 use crate::config::{Config, Mode};
-use crate::firewall::nfnl::Nfnl;
 use crate::ipam::Attachment;
-use crate::netlink::{Handle, Link, Netns};
+use crate::kernel::netns::Netns;
+use crate::kernel::nft::Nfnl;
+use crate::kernel::rtnl::{Handle, Link};
 use std::net::Ipv4Addr;
 
 /// Why a pod's data plane could not be set up or torn down. The kernel's
@@ -45,10 +46,9 @@ pub enum Error {
     /// Some undo steps failed: each one, named.
     #[error("teardown incomplete: {}", .0.join("; "))]
     Teardown(Vec<String>),
+    /// A kernel operation (rtnetlink, tc or nf_tables) failed.
     #[error(transparent)]
-    Netlink(#[from] crate::netlink::Error),
-    #[error(transparent)]
-    Firewall(#[from] crate::firewall::Error),
+    Kernel(#[from] crate::kernel::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -4,7 +4,7 @@
 
 use super::{Dataplane, Kernel, Result, Step};
 use crate::config::Config;
-use crate::netlink::Handle;
+use crate::kernel::rtnl::Handle;
 
 /// Work ADD does before the attachment's own steps. None of it is undone on
 /// failure: a leftover stays removed, and node-wide state serves every pod.

@@ -17,7 +17,8 @@ use super::{node_link, AddRequest, Dataplane, Kernel, Observed, Prepare, Step};
 use crate::config::Config;
 use crate::firewall;
 use crate::ipam::Attachment;
-use crate::netlink::{parse_mac, sysctl, Handle, Link};
+use crate::kernel::rtnl::{parse_mac, Handle, Link};
+use crate::kernel::sysctl;
 use std::net::Ipv4Addr;
 
 pub struct Routed;

@@ -7,7 +7,7 @@
 use super::{macvlan, node_link, routed, AddRequest, Error, Kernel, Result, MULTICAST_NET};
 use crate::config::Config;
 use crate::ipam::Attachment;
-use crate::netlink::{format_mac, parse_mac, Handle, Link, Neigh4, Route4};
+use crate::kernel::rtnl::{format_mac, parse_mac, Handle, Link, Neigh4, Route4};
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 

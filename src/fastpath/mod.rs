@@ -36,7 +36,7 @@
 pub mod asm;
 
 use crate::ipam::Attachment;
-use crate::netlink::{parse_mac, Handle, Link};
+use crate::kernel::rtnl::{parse_mac, Handle, Link};
 use asm::{helper, Alu, Asm, Cond, Insn, Size, R0, R1, R10, R2, R3, R4, R5, R6, R7, R8};
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -268,9 +268,9 @@ pub struct FastPath {
 #[derive(Debug, thiserror::Error)]
 enum AttachError {
     #[error(transparent)]
-    Load(#[from] asm::LoadError),
+    Load(#[from] crate::kernel::bpf::LoadError),
     #[error(transparent)]
-    Tc(#[from] crate::netlink::Error),
+    Tc(#[from] crate::kernel::Error),
 }
 
 impl AttachError {
@@ -295,7 +295,8 @@ fn load_and_attach(
     prog: &str,
     filter: &str,
 ) -> Result<(), AttachError> {
-    let fd = asm::load(asm::PROG_TYPE_SCHED_CLS, insns, prog)?;
+    let encoded: Vec<[u8; 8]> = insns.iter().map(|i| i.to_bytes()).collect();
+    let fd = crate::kernel::bpf::load(crate::kernel::bpf::PROG_TYPE_SCHED_CLS, &encoded, prog)?;
     node.ensure_clsact(dev.index)?;
     node.attach_ingress_bpf(dev.index, PRIO, fd.as_fd(), filter)?;
     // the filter holds the program; our descriptor closes here

@@ -21,11 +21,11 @@
 //! plugin does not, so ADD does no extra work), so the first reconcile
 //! period of a pod's discovery is not counted.
 
-use super::nfnl::{
+use super::{ifname_key, Error};
+use crate::kernel::nft::{
     ChainSpec, DumpedRule, Edit, Expr, MetaKey, Nfnl, PayloadBase, RuleSpec, SetSpec, TableSpec,
     NFPROTO_BRIDGE, NFT_GOTO, NF_INET_PRE_ROUTING, REG32_00, TYPE_INET_SERVICE,
 };
-use super::{ifname_key, Error};
 
 pub const TABLE: &str = "ros2_cni_counts";
 const PORTS_SET: &str = "spdp_ports";

@@ -34,12 +34,12 @@
 //! so it cannot bypass these rules; pods under no policy, and every pod when
 //! `domains` is unset, keep the fast path for all their traffic.
 
-use super::nfnl::{
+use super::{ifname_key, Error, HOST_VETH_PREFIX};
+use crate::kernel::nft::{
     ChainSpec, DumpedRule, Edit, Expr, MetaKey, Nfnl, PayloadBase, RuleSpec, SetSpec, TableSpec,
     NFPROTO_BRIDGE, NFT_GOTO, NF_ACCEPT, NF_DROP, NF_INET_PRE_ROUTING, REG32_00, TYPE_IFNAME,
     TYPE_INET_SERVICE, TYPE_IPADDR,
 };
-use super::{ifname_key, Error, HOST_VETH_PREFIX};
 
 pub const TABLE: &str = "ros2_cni_domains";
 const LISTED_SET: &str = "listed";

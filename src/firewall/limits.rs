@@ -22,12 +22,12 @@
 //!   (`iifname UPLINK ... limit rate over N/second ... counter drop`), before
 //!   multicast routing hands it to the pods.
 
-use super::nfnl::{
+use super::{ifname_key, Error, HOST_VETH_PREFIX};
+use crate::kernel::nft::{
     ChainSpec, DumpedRule, Edit, Expr, MetaKey, Nfnl, PayloadBase, RuleSpec, SetSpec, TableSpec,
     NFPROTO_BRIDGE, NFPROTO_IPV4, NFT_GOTO, NF_DROP, NF_INET_PRE_ROUTING, REG32_00, TYPE_IFNAME,
     TYPE_INET_SERVICE, TYPE_IPADDR,
 };
-use super::{ifname_key, Error, HOST_VETH_PREFIX};
 use std::net::Ipv4Addr;
 
 pub const TABLE: &str = "ros2_cni_limits";

@@ -17,16 +17,15 @@
 pub mod counts;
 pub mod domains;
 pub mod limits;
-pub mod nfnl;
 
-use nfnl::{
+use crate::kernel::nft::{
     concat_type, ChainSpec, Expr, MetaKey, Nfnl, PayloadBase, RuleSpec, SetSpec, TableSpec,
     NFPROTO_BRIDGE, NFPROTO_IPV4, NFT_JUMP, NF_ACCEPT, NF_DROP, NF_INET_FORWARD,
     NF_INET_PRE_ROUTING, REG32_00, TYPE_ETHERADDR, TYPE_IFNAME, TYPE_IPADDR,
 };
 use std::net::Ipv4Addr;
 
-pub use nfnl::Error;
+use crate::kernel::Error;
 
 pub const TABLE: &str = "ros2_cni";
 pub const PODS_SET: &str = "pods";

@@ -521,7 +521,7 @@ pub fn uninstall(u: &Uninstall) -> Result<Uninstalled, InstallError> {
 /// error.
 pub fn check_host(cfg: &Config) -> Result<Vec<String>, InstallError> {
     let mut warnings = Vec::new();
-    let mut h = match crate::netlink::Handle::new() {
+    let mut h = match crate::kernel::rtnl::Handle::new() {
         Ok(h) => h,
         Err(e) => {
             warnings.push(format!("cannot check this node's addresses: {e}"));

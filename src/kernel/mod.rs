@@ -1,5 +1,138 @@
-//! The kernel layer: small modules that each own one kind of kernel object
-//! and know nothing of pods, the agent or the plugin. (It grows into the one
-//! kernel layer of issue 13; today it holds packet sockets.)
+//! The kernel layer: everything that talks to the kernel, in small modules
+//! that each own one kind of kernel object and know nothing of pods, the
+//! agent or the plugin, and what every kernel access shares. Nothing here
+//! imports a module above it.
+//!
+//! - [`netlink`]: the one netlink transport (socket per protocol, optionally
+//!   opened inside a network namespace, sequence numbers, acks, errors,
+//!   multi-part dumps, nfnetlink batches, a receive timeout on every socket),
+//!   unit-tested against a fake wire that [`rtnl`] and [`nft`] take too.
+//! - [`rtnl`]: links, addresses, routes, neighbours and devconf over
+//!   rtnetlink (`Handle`); [`tc`]: clsact qdiscs and BPF filters on it.
+//! - [`nft`]: nf_tables tables, sets, chains, rules and elements (the
+//!   attribute encoder and decoder; no `nft` binary).
+//! - [`mroute`]: IPv4 multicast routing (MRT_* on a raw IGMP socket) behind
+//!   the `Mroute` trait, whose fake lives with the routing logic in
+//!   `crate::mroute`.
+//! - [`bpf`]: loading BPF programs (bpf(BPF_PROG_LOAD)).
+//! - [`packet`]: packet sockets (open, bind, the RTPS BPF filter).
+//! - [`netns`]: network namespaces by path, and running code inside one on a
+//!   thread of its own; [`sysctl`]: /proc/sys reads.
+//! - [`Error`]: the one error of a kernel operation. It keeps what was asked
+//!   ("add route 10.0.0.5/32 dev #7") and the errno the kernel answered, so
+//!   callers decide on [`Error::is_not_found`] / [`Error::is_exists`] /
+//!   [`Error::errno`], never on message text.
 
+pub mod bpf;
+pub mod mroute;
+pub mod netlink;
+pub mod netns;
+pub mod nft;
 pub mod packet;
+pub mod rtnl;
+pub mod sysctl;
+pub mod tc;
+
+use std::io;
+use std::time::Duration;
+
+/// A failed kernel operation.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The kernel answered the request with an error (an errno).
+    #[error("{op}: {source}")]
+    Kernel {
+        op: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The socket itself failed (open, bind, send, receive).
+    #[error("{op}: netlink socket: {source}")]
+    Socket {
+        op: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel did not answer within the socket's receive timeout.
+    #[error("{op}: no answer from the kernel within {}s", timeout.as_secs_f32())]
+    Timeout { op: String, timeout: Duration },
+    /// The kernel's answer could not be decoded.
+    #[error("{op}: cannot decode the kernel's answer: {msg}")]
+    Decode { op: String, msg: String },
+    /// A network namespace could not be opened or entered.
+    #[error("network namespace {path}: {source}")]
+    Netns {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn kernel(op: &str, errno: i32) -> Error {
+        Error::Kernel {
+            op: op.to_owned(),
+            source: io::Error::from_raw_os_error(errno),
+        }
+    }
+
+    /// The errno the kernel answered, if this is the kernel's answer.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Error::Kernel { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+
+    /// The object asked for (link, route, neighbour, table, set, element) is
+    /// not there.
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self.errno(),
+            Some(libc::ENOENT) | Some(libc::ENODEV) | Some(libc::ESRCH) | Some(libc::EADDRNOTAVAIL)
+        )
+    }
+
+    /// The object to create is already there.
+    pub fn is_exists(&self) -> bool {
+        self.errno() == Some(libc::EEXIST)
+    }
+
+    /// What was asked of the kernel, when known.
+    pub fn op(&self) -> Option<&str> {
+        match self {
+            Error::Kernel { op, .. }
+            | Error::Socket { op, .. }
+            | Error::Timeout { op, .. }
+            | Error::Decode { op, .. } => Some(op),
+            Error::Netns { .. } => None,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errno_helpers_read_only_the_kernels_answer() {
+        let e = Error::kernel("delete route 10.0.0.5/32 dev #7", libc::ESRCH);
+        assert_eq!(e.errno(), Some(libc::ESRCH));
+        assert!(e.is_not_found());
+        assert!(!e.is_exists());
+        assert_eq!(e.op(), Some("delete route 10.0.0.5/32 dev #7"));
+        assert!(e
+            .to_string()
+            .starts_with("delete route 10.0.0.5/32 dev #7: "));
+        assert!(Error::kernel("create bridge b", libc::EEXIST).is_exists());
+        // a socket failing with ENOENT is no answer about the object
+        let s = Error::Socket {
+            op: "open".into(),
+            source: io::Error::from_raw_os_error(libc::ENOENT),
+        };
+        assert_eq!(s.errno(), None);
+        assert!(!s.is_not_found());
+    }
+}

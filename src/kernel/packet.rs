@@ -101,6 +101,94 @@ pub fn bind_packet(fd: RawFd, ifindex: u32) -> io::Result<()> {
     }
 }
 
+/// One frame read from a packet socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    /// The frame's whole length; more than the buffer when it was cut.
+    pub len: usize,
+    /// The interface it was seen on.
+    pub ifindex: u32,
+    /// Sent by this host (PACKET_OUTGOING), not received.
+    pub outgoing: bool,
+}
+
+impl Received {
+    /// The part of the frame that fit into `buf`.
+    pub fn data<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
+        &buf[..self.len.min(buf.len())]
+    }
+
+    /// The frame did not fit into a buffer of `cap` bytes.
+    pub fn truncated(&self, cap: usize) -> bool {
+        self.len > cap
+    }
+}
+
+/// Reads one pending frame into `buf`; `None` when nothing is pending
+/// (the sockets are non-blocking). An interrupted call is retried.
+pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<Received>> {
+    loop {
+        // SAFETY: sockaddr_ll is plain data; all-zero is valid.
+        let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        // SAFETY: recvfrom into `buf` (its length given) with a sockaddr_ll
+        // out-parameter of the size passed.
+        let n = unsafe {
+            libc::recvfrom(
+                fd,
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+                libc::MSG_TRUNC,
+                &mut from as *mut _ as *mut libc::sockaddr,
+                &mut len,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock => Ok(None),
+                io::ErrorKind::Interrupted => continue,
+                _ => Err(e),
+            };
+        }
+        return Ok(Some(Received {
+            len: n as usize,
+            ifindex: from.sll_ifindex as u32,
+            outgoing: from.sll_pkttype == libc::PACKET_OUTGOING,
+        }));
+    }
+}
+
+/// Sends `data` (an IPv4 packet, on a SOCK_DGRAM socket) out of `ifindex`
+/// to the link-layer address `mac`, without blocking.
+pub fn send(fd: RawFd, ifindex: u32, mac: [u8; 6], data: &[u8]) -> io::Result<()> {
+    let a = sockaddr_ll(ifindex, Some(mac));
+    // SAFETY: sendto with `data` (its length given) and a sockaddr_ll of the
+    // size passed.
+    let n = unsafe {
+        libc::sendto(
+            fd,
+            data.as_ptr() as *const libc::c_void,
+            data.len(),
+            libc::MSG_DONTWAIT,
+            &a as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Sets the socket's receive buffer (SO_RCVBUF), so that a burst waits
+/// rather than being lost.
+pub fn set_receive_buffer(fd: &OwnedFd, bytes: usize) -> io::Result<()> {
+    nix::sys::socket::setsockopt(fd, nix::sys::socket::sockopt::RcvBuf, &bytes)
+        .map_err(io::Error::from)
+}
+
 /// Attaches (or replaces) [`bpf_filter`] for `groups` on a packet socket.
 pub fn attach_filter(fd: RawFd, groups: &[Ipv4Addr]) -> io::Result<()> {
     let prog = bpf_filter(groups);

@@ -18,7 +18,7 @@
 
 use super::probe::{Outcome, ProbeRequest, Prober};
 use super::testbed::{socket_reuse, LabError, Result};
-use crate::netlink::Netns;
+use crate::kernel::netns::Netns;
 use crate::rtps::{self, spdp, GuidPrefix, Locator, VendorId};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -56,7 +56,7 @@ fn guid_for(domain: u32) -> GuidPrefix {
 /// inside the namespace).
 fn default_interface_address() -> std::io::Result<Ipv4Addr> {
     let no = |what: &str| std::io::Error::new(std::io::ErrorKind::NotFound, what.to_owned());
-    let mut h = crate::netlink::Handle::new().map_err(|e| no(&e.to_string()))?;
+    let mut h = crate::kernel::rtnl::Handle::new().map_err(|e| no(&e.to_string()))?;
     let mut links = h.links().map_err(|e| no(&e.to_string()))?;
     links.sort_by_key(|l| l.index);
     for l in links {

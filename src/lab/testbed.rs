@@ -19,7 +19,7 @@
 //! removed on drop, including processes started inside the namespaces.
 //! Used by the integration tests and by `ros2-cni lab`.
 
-use crate::netlink::Netns;
+use crate::kernel::netns::Netns;
 use serde_json::{json, Value};
 use std::io::Write;
 use std::net::{Ipv4Addr, UdpSocket};

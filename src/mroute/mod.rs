@@ -24,62 +24,13 @@
 //!
 //! Everything that talks to the kernel sits behind the [`Mroute`] trait.
 
-pub mod socket;
+use crate::kernel::mroute::{Mroute, Upcall, UpcallKind};
 
+use crate::kernel::mroute::MAXVIFS;
 use std::collections::BTreeMap;
 use std::io;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpcallKind {
-    NoCache,
-    WrongVif,
-    WholePacket,
-    WrongVifWholePacket,
-}
-
-/// A message from the kernel's multicast router.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Upcall {
-    pub kind: UpcallKind,
-    pub vif: u16,
-    pub src: Ipv4Addr,
-    pub group: Ipv4Addr,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SgCount {
-    pub packets: u64,
-    pub bytes: u64,
-    pub wrong_if: u64,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct VifCount {
-    pub in_packets: u64,
-    pub out_packets: u64,
-    pub in_bytes: u64,
-    pub out_bytes: u64,
-}
-
-/// The kernel side: MRT_* socket options and SIOCGET*CNT ioctls.
-pub trait Mroute {
-    fn add_vif(&mut self, vif: u16, ifindex: u32, threshold: u8) -> io::Result<()>;
-    fn del_vif(&mut self, vif: u16) -> io::Result<()>;
-    /// `oifs`: (vif, TTL threshold) pairs; a packet leaves on a VIF when its TTL exceeds the threshold.
-    fn add_mfc(
-        &mut self,
-        src: Ipv4Addr,
-        group: Ipv4Addr,
-        parent: u16,
-        oifs: &[(u16, u8)],
-    ) -> io::Result<()>;
-    fn del_mfc(&mut self, src: Ipv4Addr, group: Ipv4Addr, parent: u16) -> io::Result<()>;
-    fn sg_count(&self, src: Ipv4Addr, group: Ipv4Addr) -> io::Result<SgCount>;
-    fn vif_count(&self, vif: u16) -> io::Result<VifCount>;
-}
-
 /// What a VIF connects to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Role {
@@ -125,7 +76,7 @@ pub use crate::api::Route as RouteInfo;
 
 /// The VIF index the catch-all (*,*) entry names as its parent: no VIF has
 /// it, so the kernel never forwards anything the catch-all matches.
-pub const NO_VIF: u16 = (socket::MAXVIFS - 1) as u16;
+pub const NO_VIF: u16 = (MAXVIFS - 1) as u16;
 
 /// The RTPS multicast router for one node.
 pub struct Router<M: Mroute> {
@@ -373,6 +324,7 @@ impl<M: Mroute> Router<M> {
 pub mod fake {
     //! A kernel stand-in that records what it was told.
     use super::*;
+    use crate::kernel::mroute::{SgCount, VifCount};
     use std::cell::RefCell;
     use std::collections::HashMap;
 
@@ -509,6 +461,7 @@ pub mod fake {
 mod tests {
     use super::fake::FakeMroute;
     use super::*;
+    use crate::kernel::mroute::SgCount;
 
     const SPDP: Ipv4Addr = Ipv4Addr::new(239, 255, 0, 1);
     const SSDP: Ipv4Addr = Ipv4Addr::new(239, 255, 255, 250);

@@ -10,7 +10,8 @@ use crate::dataplane::{
     Kernel, Step,
 };
 use crate::ipam::{attachment_key, lock_timeout, Attachment, AttachmentLock, Store};
-use crate::netlink::{format_mac, Handle, Netns};
+use crate::kernel::netns::Netns;
+use crate::kernel::rtnl::{format_mac, Handle};
 use serde_json::Value;
 
 pub(super) fn add(cfg: &Config, env: &Env, raw: &Value, version: Version) -> Result<Output> {
@@ -334,7 +335,7 @@ fn add_domain_rules(cfg: &Config, att: &Attachment) {
         port: att.host_if.clone(),
         allowed: d.allowed(&att.pod_namespace).map(<[u16]>::to_vec),
     };
-    let r = crate::firewall::nfnl::Nfnl::new()
+    let r = crate::kernel::nft::Nfnl::new()
         .and_then(|mut nl| crate::firewall::domains::add_pod(&mut nl, &p));
     match r {
         Ok(true) => {

@@ -1,7 +1,7 @@
 //! The plugin's edge: every layer's error becomes the CNI error the runtime
 //! reads (code, msg, details), here and nowhere else. The layers below keep
 //! their own types (config::Error names the key, ipam::Error the lease,
-//! netlink::Error the operation and errno, ...) and know nothing of CNI codes.
+//! kernel::Error the operation and errno, ...) and know nothing of CNI codes.
 
 use crate::cni::{CniError, Code};
 
@@ -58,20 +58,14 @@ impl From<crate::dataplane::Error> for CniError {
             E::Refused(_) => Code::Refused,
             E::NoPrimary(_) => Code::InvalidEnv,
             E::LinkExists(_) => Code::AlreadyAttached,
-            E::Missing(_) | E::Teardown(_) | E::Netlink(_) | E::Firewall(_) => Code::Kernel,
+            E::Missing(_) | E::Teardown(_) | E::Kernel(_) => Code::Kernel,
         };
         CniError::new(code, e.to_string())
     }
 }
 
-impl From<crate::netlink::Error> for CniError {
-    fn from(e: crate::netlink::Error) -> Self {
-        CniError::kernel(e.to_string())
-    }
-}
-
-impl From<crate::firewall::Error> for CniError {
-    fn from(e: crate::firewall::Error) -> Self {
+impl From<crate::kernel::Error> for CniError {
+    fn from(e: crate::kernel::Error) -> Self {
         CniError::kernel(e.to_string())
     }
 }

@@ -11,7 +11,8 @@ use crate::cni::{env::Command, CniError, Code, Env, PrevResult, Result, Version}
 use crate::config::{Config, ANNOTATIONS_CAPABILITY, OPT_IN_ANNOTATION};
 use crate::dataplane::{self, host_veth_name, pod_mac_ip, undo_all, Kernel};
 use crate::ipam::{attachment_key, lock_timeout, Attachment, Store};
-use crate::netlink::{Handle, Netns};
+use crate::kernel::netns::Netns;
+use crate::kernel::rtnl::Handle;
 use add::add;
 use serde_json::{json, Value};
 use std::io::{Read, Write};

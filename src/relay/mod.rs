@@ -31,7 +31,7 @@ pub mod socket;
 pub mod wire;
 
 use crate::config::{Config, Pool};
-use crate::netlink::Link;
+use crate::kernel::rtnl::Link;
 use ipnet::Ipv4Net;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -356,7 +356,7 @@ struct View {
 
 impl View {
     fn new(set: Arc<Settings>) -> View {
-        let own: Vec<Ipv4Addr> = crate::netlink::Handle::new()
+        let own: Vec<Ipv4Addr> = crate::kernel::rtnl::Handle::new()
             .and_then(|mut h| h.addresses4(set.uplink))
             .map(|v| v.into_iter().map(|(a, _)| a).collect())
             .unwrap_or_default();

@@ -6,7 +6,7 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-use crate::kernel::packet::{attach_filter, bind_packet, packet_socket, sockaddr_ll as sll};
+use crate::kernel::packet::{self, attach_filter, bind_packet, packet_socket};
 
 /// Captures IPv4 frames arriving on one interface (the bridge: what pods
 /// send), filtered to UDP to the relayed groups, outgoing frames excluded
@@ -23,18 +23,9 @@ impl Capture {
         c.set_filter(groups)?;
         let mut c = c;
         c.bind(ifindex)?;
-        // a burst of announcements waits here, not lost
-        let size: libc::c_int = 4 << 20;
-        // SAFETY: setsockopt with an int.
-        unsafe {
-            libc::setsockopt(
-                c.fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
-                &size as *const _ as *const libc::c_void,
-                4,
-            );
-        }
+        // a burst of announcements waits here, not lost (best effort, as
+        // before: the default buffer still works)
+        let _ = packet::set_receive_buffer(&c.fd, 4 << 20);
         Ok(c)
     }
 
@@ -57,33 +48,13 @@ impl Capture {
     /// when nothing is pending. Outgoing frames are skipped.
     pub fn recv<'a>(&self, buf: &'a mut [u8]) -> io::Result<Option<&'a [u8]>> {
         loop {
-            // SAFETY: sockaddr_ll is plain data.
-            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-            // SAFETY: recvfrom into `buf` with a sockaddr_ll out-parameter.
-            let n = unsafe {
-                libc::recvfrom(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr() as *mut libc::c_void,
-                    buf.len(),
-                    libc::MSG_TRUNC,
-                    &mut from as *mut _ as *mut libc::sockaddr,
-                    &mut len,
-                )
+            let Some(r) = packet::recv(self.fd.as_raw_fd(), buf)? else {
+                return Ok(None);
             };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                return match e.kind() {
-                    io::ErrorKind::WouldBlock => Ok(None),
-                    io::ErrorKind::Interrupted => continue,
-                    _ => Err(e),
-                };
-            }
-            let n = n as usize;
-            if from.sll_pkttype == libc::PACKET_OUTGOING || n > buf.len() || n < 14 {
+            if r.outgoing || r.truncated(buf.len()) || r.len < 14 {
                 continue; // ours, or truncated
             }
-            return Ok(Some(&buf[14..n]));
+            return Ok(Some(&buf[14..r.len]));
         }
     }
 }
@@ -110,23 +81,7 @@ impl Inject {
     }
 
     pub fn send(&self, ifindex: u32, mac: [u8; 6], ip: &[u8]) -> io::Result<()> {
-        let a = sll(ifindex, Some(mac));
-        // SAFETY: sendto with `ip` and a sockaddr_ll of the right size.
-        let n = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                ip.as_ptr() as *const libc::c_void,
-                ip.len(),
-                libc::MSG_DONTWAIT,
-                &a as *const _ as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        packet::send(self.fd.as_raw_fd(), ifindex, mac, ip)
     }
 }
 

@@ -5,10 +5,58 @@
 //! long as it is open; closing it (also on kill -9) flushes every VIF and MFC
 //! entry, which is what makes the agent restart-safe.
 
-use super::{Mroute, SgCount, Upcall, UpcallKind, VifCount};
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpcallKind {
+    NoCache,
+    WrongVif,
+    WholePacket,
+    WrongVifWholePacket,
+}
+
+/// A message from the kernel's multicast router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Upcall {
+    pub kind: UpcallKind,
+    pub vif: u16,
+    pub src: Ipv4Addr,
+    pub group: Ipv4Addr,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SgCount {
+    pub packets: u64,
+    pub bytes: u64,
+    pub wrong_if: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VifCount {
+    pub in_packets: u64,
+    pub out_packets: u64,
+    pub in_bytes: u64,
+    pub out_bytes: u64,
+}
+
+/// The kernel side: MRT_* socket options and SIOCGET*CNT ioctls.
+pub trait Mroute {
+    fn add_vif(&mut self, vif: u16, ifindex: u32, threshold: u8) -> io::Result<()>;
+    fn del_vif(&mut self, vif: u16) -> io::Result<()>;
+    /// `oifs`: (vif, TTL threshold) pairs; a packet leaves on a VIF when its TTL exceeds the threshold.
+    fn add_mfc(
+        &mut self,
+        src: Ipv4Addr,
+        group: Ipv4Addr,
+        parent: u16,
+        oifs: &[(u16, u8)],
+    ) -> io::Result<()>;
+    fn del_mfc(&mut self, src: Ipv4Addr, group: Ipv4Addr, parent: u16) -> io::Result<()>;
+    fn sg_count(&self, src: Ipv4Addr, group: Ipv4Addr) -> io::Result<SgCount>;
+    fn vif_count(&self, vif: u16) -> io::Result<VifCount>;
+}
 
 const MRT_INIT: libc::c_int = 200;
 const MRT_DONE: libc::c_int = 201;

@@ -7,24 +7,17 @@
 //! plugin on the host and the agent in a `FROM scratch` image both work, and a
 //! per-pod element costs one netlink round trip instead of a process spawn.
 
-use std::io;
-use std::time::Duration;
+use crate::kernel::netlink::{Conn, Wire};
+use crate::kernel::Result;
+use netlink_packet_core::{
+    DecodeError, NetlinkDeserializable, NetlinkHeader, NetlinkSerializable, NLA_F_NESTED,
+    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP,
+};
+use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
 
-use netlink_sys::{Socket, SocketAddr};
-
-const NETLINK_NETFILTER: isize = 12;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 16;
 const NFNL_MSG_BATCH_END: u16 = 17;
-
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_MULTI: u16 = 0x2;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_CREATE: u16 = 0x400;
-const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLA_F_NESTED: u16 = 0x8000;
 
 pub const NFPROTO_IPV4: u8 = 2;
 pub const NFPROTO_BRIDGE: u8 = 7;
@@ -399,40 +392,26 @@ fn parse_counter(exprs: &[u8]) -> Option<(u64, u64)> {
     None
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("nftables netlink socket: {0}")]
-    Socket(io::Error),
-    #[error("nftables {op}: {source}")]
-    Kernel { op: String, source: io::Error },
-    #[error("nftables {op}: malformed answer from the kernel")]
-    Malformed { op: String },
+/// A NETLINK_NETFILTER socket in the calling thread's namespace (or, in
+/// unit tests, a fake wire).
+pub struct Nfnl<W = Socket> {
+    conn: Conn<W>,
 }
 
-impl Error {
-    pub fn errno(&self) -> Option<i32> {
-        match self {
-            Error::Kernel { source, .. } => source.raw_os_error(),
-            _ => None,
-        }
-    }
-}
-
-type Result<T> = std::result::Result<T, Error>;
-
-/// A NETLINK_NETFILTER socket in the calling thread's namespace.
-pub struct Nfnl {
-    sock: Socket,
-    seq: u32,
-}
-
+/// One nfnetlink message of nf_tables: the type (subsystem and message),
+/// the `nfgenmsg` header (family, resource id) and the attributes. Framed by
+/// the kernel transport, so it is only the payload.
 struct Message {
     ty: u16,
+    /// NLM_F_* of the request (the header is the transport's).
     flags: u16,
     family: u8,
     res_id: u16,
     attrs: Attrs,
 }
+
+/// sizeof(struct nfgenmsg)
+const NFGENMSG_LEN: usize = 4;
 
 impl Message {
     fn new(m: u16, flags: u16, family: u8) -> Message {
@@ -445,17 +424,63 @@ impl Message {
         }
     }
 
-    fn encode(&self, seq: u32, out: &mut Vec<u8>) {
-        let len = 16 + 4 + self.attrs.b.len();
-        out.extend_from_slice(&(len as u32).to_ne_bytes());
-        out.extend_from_slice(&self.ty.to_ne_bytes());
-        out.extend_from_slice(&(self.flags | NLM_F_REQUEST).to_ne_bytes());
-        out.extend_from_slice(&seq.to_ne_bytes());
-        out.extend_from_slice(&0u32.to_ne_bytes());
-        out.push(self.family);
-        out.push(0); // NFNETLINK_V0
-        out.extend_from_slice(&self.res_id.to_be_bytes());
-        out.extend_from_slice(&self.attrs.b);
+    /// NFNL_MSG_BATCH_BEGIN or _END of an nf_tables transaction.
+    fn batch_marker(ty: u16) -> Message {
+        Message {
+            ty,
+            flags: 0,
+            family: 0,
+            res_id: NFNL_SUBSYS_NFTABLES,
+            attrs: Attrs::default(),
+        }
+    }
+
+    /// The nf_tables message (NFT_MSG_*) of an answer.
+    fn nft_msg(&self) -> u16 {
+        self.ty & 0xff
+    }
+}
+
+impl NetlinkSerializable for Message {
+    fn message_type(&self) -> u16 {
+        self.ty
+    }
+
+    fn buffer_len(&self) -> usize {
+        NFGENMSG_LEN + self.attrs.b.len()
+    }
+
+    fn serialize(&self, out: &mut [u8]) {
+        out[0] = self.family;
+        out[1] = 0; // NFNETLINK_V0
+        out[2..4].copy_from_slice(&self.res_id.to_be_bytes());
+        out[NFGENMSG_LEN..].copy_from_slice(&self.attrs.b);
+    }
+}
+
+impl NetlinkDeserializable for Message {
+    type Error = DecodeError;
+
+    fn deserialize(
+        header: &NetlinkHeader,
+        payload: &[u8],
+    ) -> std::result::Result<Self, DecodeError> {
+        if payload.len() < NFGENMSG_LEN {
+            return Err(DecodeError::from(format!(
+                "nfnetlink message of {} bytes has no nfgenmsg header",
+                payload.len()
+            )));
+        }
+        Ok(Message {
+            ty: header.message_type,
+            flags: header.flags,
+            family: payload[0],
+            res_id: u16::from_be_bytes([payload[2], payload[3]]),
+            attrs: Attrs {
+                b: payload[NFGENMSG_LEN..].to_vec(),
+                open: vec![],
+            },
+        })
     }
 }
 
@@ -508,132 +533,42 @@ fn parse_comment(udata: &[u8]) -> Option<String> {
 }
 
 impl Nfnl {
+    /// A NETLINK_NETFILTER socket in the calling thread's namespace.
     pub fn new() -> Result<Nfnl> {
-        let mut sock = Socket::new(NETLINK_NETFILTER).map_err(Error::Socket)?;
-        sock.bind_auto().map_err(Error::Socket)?;
-        sock.connect(&SocketAddr::new(0, 0))
-            .map_err(Error::Socket)?;
-        // never hang on a kernel that does not answer
-        let tv = libc::timeval {
-            tv_sec: Duration::from_secs(5).as_secs() as _,
-            tv_usec: 0,
-        };
-        // SAFETY: setsockopt with a valid fd and a properly sized timeval.
-        unsafe {
-            use std::os::fd::AsRawFd;
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                &tv as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as u32,
-            );
-        }
-        Ok(Nfnl { sock, seq: 0 })
+        Ok(Nfnl {
+            conn: Conn::open(NETLINK_NETFILTER)?,
+        })
     }
+}
 
-    fn next_seq(&mut self) -> u32 {
-        self.seq = self.seq.wrapping_add(1);
-        self.seq
-    }
-
-    /// Receives until every sequence number in `pending` is acked; collects
-    /// data messages (for dumps) into `out`. Returns the first error.
-    fn recv_until(
-        &mut self,
-        op: &str,
-        mut pending: Vec<u32>,
-        dump: bool,
-        out: &mut Vec<(u16, Vec<u8>)>,
-    ) -> Result<()> {
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut first_err: Option<Error> = None;
-        while !pending.is_empty() {
-            let n = self
-                .sock
-                .recv(&mut &mut buf[..], 0)
-                .map_err(Error::Socket)?;
-            let mut off = 0;
-            while off + 16 <= n {
-                let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap()) as usize;
-                let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
-                let flags = u16::from_ne_bytes([buf[off + 6], buf[off + 7]]);
-                let seq = u32::from_ne_bytes(buf[off + 8..off + 12].try_into().unwrap());
-                if len < 16 || off + len > n {
-                    return Err(Error::Malformed { op: op.into() });
-                }
-                let body = &buf[off + 16..off + len];
-                off += (len + 3) & !3;
-                if !pending.contains(&seq) {
-                    continue;
-                }
-                match ty {
-                    NLMSG_ERROR => {
-                        let code = i32::from_ne_bytes(
-                            body[..4]
-                                .try_into()
-                                .map_err(|_| Error::Malformed { op: op.into() })?,
-                        );
-                        pending.retain(|s| *s != seq);
-                        if code != 0 && first_err.is_none() {
-                            first_err = Some(Error::Kernel {
-                                op: op.into(),
-                                source: io::Error::from_raw_os_error(-code),
-                            });
-                        }
-                    }
-                    NLMSG_DONE => pending.retain(|s| *s != seq),
-                    _ => {
-                        if body.len() >= 4 {
-                            out.push((ty & 0xff, body[4..].to_vec()));
-                        }
-                        if !dump && flags & NLM_F_MULTI == 0 {
-                            // single answer to a GET; its ACK follows
-                        }
-                    }
-                }
-            }
-        }
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(()),
+impl<W: Wire> Nfnl<W> {
+    pub fn with_wire(wire: W) -> Nfnl<W> {
+        Nfnl {
+            conn: Conn::with_wire(wire),
         }
     }
 
-    /// Sends `msgs` as one transaction; all or nothing.
+    /// Sends `msgs` (each with its flags) as one transaction: all or nothing.
     fn batch(&mut self, op: &str, msgs: Vec<Message>) -> Result<()> {
-        let mut out = Vec::with_capacity(1024);
-        let mut begin = Message::new(0, 0, 0);
-        begin.ty = NFNL_MSG_BATCH_BEGIN;
-        begin.res_id = NFNL_SUBSYS_NFTABLES;
-        let s = self.next_seq();
-        begin.encode(s, &mut out);
-        let mut pending = vec![];
-        for mut m in msgs {
-            m.flags |= NLM_F_ACK;
-            let s = self.next_seq();
-            pending.push(s);
-            m.encode(s, &mut out);
-        }
-        let mut end = Message::new(0, 0, 0);
-        end.ty = NFNL_MSG_BATCH_END;
-        end.res_id = NFNL_SUBSYS_NFTABLES;
-        let s = self.next_seq();
-        end.encode(s, &mut out);
-        self.sock.send(&out, 0).map_err(Error::Socket)?;
-        self.recv_until(op, pending, false, &mut vec![])
+        let begin = Message::batch_marker(NFNL_MSG_BATCH_BEGIN);
+        let end = Message::batch_marker(NFNL_MSG_BATCH_END);
+        let msgs = std::iter::once((begin, 0))
+            .chain(msgs.into_iter().map(|m| {
+                let flags = m.flags | NLM_F_ACK;
+                (m, flags)
+            }))
+            .chain(std::iter::once((end, 0)));
+        self.conn.batch(&format!("nftables {op}"), msgs)
     }
 
+    /// A GET (or with `dump`, a dump); the answers as (NFT_MSG_*, attributes).
     fn get(&mut self, op: &str, m: Message, dump: bool) -> Result<Vec<(u16, Vec<u8>)>> {
-        let mut out = Vec::new();
-        let s = self.next_seq();
-        let mut m = m;
-        m.flags |= if dump { NLM_F_DUMP } else { NLM_F_ACK };
-        let mut bytes = Vec::new();
-        m.encode(s, &mut bytes);
-        self.sock.send(&bytes, 0).map_err(Error::Socket)?;
-        self.recv_until(op, vec![s], dump, &mut out)?;
-        Ok(out)
+        let flags = m.flags | if dump { NLM_F_DUMP } else { NLM_F_ACK };
+        let answers = self.conn.request(&format!("nftables {op}"), m, flags)?;
+        Ok(answers
+            .into_iter()
+            .map(|a| (a.nft_msg(), a.attrs.b))
+            .collect())
     }
 
     /// Whether set `set` exists in `table`.
@@ -642,7 +577,7 @@ impl Nfnl {
         m.attrs.str(1, table).str(2, set);
         match self.get(&format!("get set {table} {set}"), m, false) {
             Ok(_) => Ok(true),
-            Err(e) if matches!(e.errno(), Some(libc::ENOENT)) => Ok(false),
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -730,7 +665,7 @@ impl Nfnl {
 
     /// NEWRULE appending `r` to `chain`.
     fn rule_msg(family: u8, table: &str, chain: &str, r: &RuleSpec) -> Message {
-        let mut m = Message::new(msg::NEWRULE, NLM_F_CREATE | 0x800 /* APPEND */, family);
+        let mut m = Message::new(msg::NEWRULE, NLM_F_CREATE | NLM_F_APPEND, family);
         m.attrs.str(1, table).str(2, chain);
         m.attrs.begin(4);
         for e in &r.exprs {
@@ -780,7 +715,7 @@ impl Nfnl {
         m.attrs.str(1, table);
         match self.batch(&format!("delete table {table}"), vec![m]) {
             Ok(()) => Ok(true),
-            Err(e) if matches!(e.errno(), Some(libc::ENOENT)) => Ok(false),
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -791,7 +726,7 @@ impl Nfnl {
         m.attrs.str(1, table);
         let answers = match self.get(&format!("list rules of {table}"), m, true) {
             Ok(a) => a,
-            Err(e) if matches!(e.errno(), Some(libc::ENOENT)) => return Ok(vec![]),
+            Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(vec![]),
             Err(e) => return Err(e),
         };
         let mut out = vec![];
@@ -868,7 +803,7 @@ impl Nfnl {
         let m = Self::elem_msg(msg::DELSETELEM, family, table, set, &[key.to_vec()]);
         match self.batch(&format!("delete element from {table} {set}"), vec![m]) {
             Ok(()) => Ok(true),
-            Err(e) if matches!(e.errno(), Some(libc::ENOENT)) => Ok(false),
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -879,7 +814,7 @@ impl Nfnl {
         m.attrs.str(1, table).str(2, set);
         let answers = match self.get(&format!("list elements of {table} {set}"), m, true) {
             Ok(a) => a,
-            Err(e) if matches!(e.errno(), Some(libc::ENOENT)) => return Ok(vec![]),
+            Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(vec![]),
             Err(e) => return Err(e),
         };
         let mut out = vec![];
@@ -985,5 +920,174 @@ mod tests {
             let b = &a.b[..cut.min(a.b.len())];
             let _ = attrs(b).count();
         }
+    }
+
+    use crate::kernel::netlink::fake::{ack, done, nlmsg, split, Fake};
+    use netlink_packet_core::{NLM_F_MULTIPART, NLM_F_REQUEST};
+
+    /// An nf_tables message as the kernel sends it.
+    fn answer(m: u16, flags: u16, seq: u32, family: u8, a: &Attrs) -> Vec<u8> {
+        let mut p = vec![family, 0, 0, 0];
+        p.extend_from_slice(&a.b);
+        nlmsg((NFNL_SUBSYS_NFTABLES << 8) | m, flags, seq, &p)
+    }
+
+    fn nft(m: u16) -> u16 {
+        (NFNL_SUBSYS_NFTABLES << 8) | m
+    }
+
+    #[test]
+    fn a_table_goes_out_as_one_batch_between_begin_and_end() {
+        let spec = TableSpec {
+            family: NFPROTO_IPV4,
+            name: "ros2_cni".into(),
+            sets: vec![SetSpec {
+                name: "groups".into(),
+                key_type: TYPE_IPADDR,
+                key_len: 4,
+                dynamic_timeout_ms: None,
+            }],
+            chains: vec![ChainSpec {
+                name: "pre".into(),
+                hook: Some((NF_INET_PRE_ROUTING, -150)),
+                rules: vec![RuleSpec {
+                    comment: "ros2-cni v1 ttl".into(),
+                    exprs: vec![Expr::Counter],
+                }],
+            }],
+        };
+        let mut nf = Nfnl::with_wire(Fake::default());
+        // begin (1), table, set, chain, flush, rule (2..=6), end (7)
+        for seq in 2..=6 {
+            nf.conn.wire().answers.push_back(ack(seq, 0));
+        }
+        nf.apply_table(&spec).unwrap();
+        let sent = nf.conn.wire().sent.clone();
+        assert_eq!(sent.len(), 1, "one datagram");
+        let msgs = split(&sent[0]);
+        let types: Vec<u16> = msgs.iter().map(|m| m.0).collect();
+        assert_eq!(
+            types,
+            [
+                NFNL_MSG_BATCH_BEGIN,
+                nft(msg::NEWTABLE),
+                nft(msg::NEWSET),
+                nft(msg::NEWCHAIN),
+                nft(msg::DELRULE),
+                nft(msg::NEWRULE),
+                NFNL_MSG_BATCH_END
+            ]
+        );
+        let seqs: Vec<u32> = msgs.iter().map(|m| m.2).collect();
+        assert_eq!(seqs, [1, 2, 3, 4, 5, 6, 7]);
+        // the markers: nfgenmsg with res_id NFNL_SUBSYS_NFTABLES (big-endian), no ack
+        for m in [&msgs[0], &msgs[6]] {
+            assert_eq!(m.1, NLM_F_REQUEST);
+            assert_eq!(m.3, [0, 0, 0, 10]);
+        }
+        // every change asks for an ack
+        assert!(msgs[1..6].iter().all(|m| m.1 & NLM_F_ACK != 0));
+        assert_eq!(
+            msgs[5].1,
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND
+        );
+        assert_eq!(msgs[1].3[0], NFPROTO_IPV4);
+        let first = attrs(&msgs[1].3[NFGENMSG_LEN..]).next().unwrap();
+        assert_eq!((first.0, cstr(first.1).as_str()), (1, "ros2_cni"));
+    }
+
+    #[test]
+    fn missing_objects_are_false_or_empty_and_other_errors_keep_op_and_errno() {
+        let mut nf = Nfnl::with_wire(Fake::default());
+        // delete table: begin 1, DELTABLE 2, end 3
+        nf.conn.wire().answers.push_back(ack(2, -libc::ENOENT));
+        assert!(!nf.delete_table(NFPROTO_BRIDGE, "ros2_cni").unwrap());
+        // delete element: begin 4, DELSETELEM 5, end 6
+        nf.conn.wire().answers.push_back(ack(5, -libc::EPERM));
+        let e = nf
+            .delete_element(NFPROTO_BRIDGE, "ros2_cni", "pods", &[1, 2])
+            .unwrap_err();
+        assert_eq!(e.errno(), Some(libc::EPERM));
+        assert!(
+            e.to_string()
+                .starts_with("nftables delete element from ros2_cni pods: "),
+            "{e}"
+        );
+        // set_exists: a GET with ack (7)
+        let mut set = Attrs::default();
+        set.str(1, "ros2_cni").str(2, "pods");
+        let mut d = answer(msg::NEWSET, 0, 7, NFPROTO_BRIDGE, &set);
+        d.extend(ack(7, 0));
+        nf.conn.wire().answers.push_back(d);
+        assert!(nf.set_exists(NFPROTO_BRIDGE, "ros2_cni", "pods").unwrap());
+        nf.conn.wire().answers.push_back(ack(8, -libc::ENOENT));
+        assert!(!nf.set_exists(NFPROTO_BRIDGE, "ros2_cni", "pods").unwrap());
+        nf.conn.wire().answers.push_back(ack(9, -libc::ENOENT));
+        assert!(nf
+            .elements(NFPROTO_BRIDGE, "ros2_cni", "pods")
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn dumped_rules_come_back_with_chain_handle_comment_and_counter() {
+        let mut rule = Attrs::default();
+        rule.str(1, "ros2_cni")
+            .str(2, "fwd")
+            .put(3, &42u64.to_be_bytes())
+            .begin(4)
+            .begin(1)
+            .str(1, "counter")
+            .begin(2)
+            .put(1, &1500u64.to_be_bytes()) // NFTA_COUNTER_BYTES
+            .put(2, &3u64.to_be_bytes()) // NFTA_COUNTER_PACKETS
+            .end()
+            .end()
+            .end()
+            .put(7, &comment_udata("ros2-cni v1 fwd"));
+        let mut other = Attrs::default();
+        other.str(1, "someone_else").str(2, "x");
+        let mut nf = Nfnl::with_wire(Fake::default());
+        let mut d = answer(msg::NEWRULE, NLM_F_MULTIPART, 1, NFPROTO_IPV4, &rule);
+        d.extend(answer(
+            msg::NEWRULE,
+            NLM_F_MULTIPART,
+            1,
+            NFPROTO_IPV4,
+            &other,
+        ));
+        nf.conn.wire().answers.push_back(d);
+        nf.conn.wire().answers.push_back(done(1, 0));
+        let rules = nf.rules(NFPROTO_IPV4, "ros2_cni").unwrap();
+        assert_eq!(
+            rules,
+            [DumpedRule {
+                chain: "fwd".into(),
+                handle: 42,
+                comment: Some("ros2-cni v1 fwd".into()),
+                counter: Some((3, 1500)),
+            }]
+        );
+        let sent = split(&nf.conn.wire().sent[0]);
+        assert_eq!(sent[0].0, nft(msg::GETRULE));
+        assert_eq!(sent[0].1, NLM_F_REQUEST | NLM_F_DUMP);
+    }
+
+    #[test]
+    fn dumped_set_elements_come_back_as_keys() {
+        let mut nf = Nfnl::with_wire(Fake::default());
+        let mut a = Attrs::default();
+        a.str(1, "ros2_cni").str(2, "groups").begin(3);
+        for k in [[239, 255, 0, 1], [239, 255, 0, 2]] {
+            a.begin(1).data_value(1, &k).end();
+        }
+        a.end();
+        let mut d = answer(msg::NEWSETELEM, NLM_F_MULTIPART, 1, NFPROTO_IPV4, &a);
+        d.extend(done(1, 0));
+        nf.conn.wire().answers.push_back(d);
+        assert_eq!(
+            nf.elements(NFPROTO_IPV4, "ros2_cni", "groups").unwrap(),
+            [vec![239, 255, 0, 1], vec![239, 255, 0, 2]]
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! The only place that talks rtnetlink.
 //!
 //! A [`Handle`] is a synchronous NETLINK_ROUTE socket bound to one network
-//! namespace. The plugin path needs a handful of requests per pod, so a
+//! namespace, on the one netlink transport ([`crate::kernel::netlink`]:
+//! receive timeout, acks, dumps) with its errors ([`crate::kernel::Error`]:
+//! the operation and the errno). The plugin path needs a handful of requests per pod, so a
 //! blocking socket and the message types of `netlink-packet-route` (the crate
 //! under `rtnetlink`) are all it takes: no async runtime on the pod's start path.
 //!
@@ -10,16 +12,12 @@
 //! there and hands it back; the socket stays bound to that namespace wherever
 //! it is used afterwards. No other thread ever changes namespace.
 
-pub mod netns;
-pub mod sysctl;
-pub mod tc;
+use crate::kernel::netns::Netns;
 
-pub use netns::Netns;
+use crate::kernel::netlink::{Conn, Wire};
+use crate::kernel::Result;
 
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
-    NLM_F_REPLACE, NLM_F_REQUEST,
-};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
     AfSpecInet, AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InetDevConf, InfoBridge, InfoData,
@@ -35,54 +33,9 @@ use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("netlink socket: {0}")]
-    Socket(#[source] std::io::Error),
-    #[error("{op}: {source}")]
-    Kernel {
-        op: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{op}: cannot decode the kernel's answer: {msg}")]
-    Decode { op: String, msg: String },
-    #[error("network namespace {path}: {source}")]
-    Netns {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    Other(String),
-}
-
-impl Error {
-    /// The errno the kernel returned, if this is a kernel error.
-    pub fn errno(&self) -> Option<i32> {
-        match self {
-            Error::Kernel { source, .. } => source.raw_os_error(),
-            _ => None,
-        }
-    }
-
-    pub fn is_not_found(&self) -> bool {
-        matches!(
-            self.errno(),
-            Some(libc::ENOENT) | Some(libc::ENODEV) | Some(libc::ESRCH) | Some(libc::EADDRNOTAVAIL)
-        )
-    }
-
-    pub fn is_exists(&self) -> bool {
-        self.errno() == Some(libc::EEXIST)
-    }
-}
-
-pub type Result<T> = std::result::Result<T, Error>;
 
 /// What we need to know about a link.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,110 +133,55 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(out)
 }
 
-/// A blocking rtnetlink socket in one network namespace.
-pub struct Handle {
-    sock: Socket,
-    seq: u32,
-    buf: Vec<u8>,
+/// A blocking rtnetlink socket in one network namespace (or, in unit
+/// tests, a fake wire).
+pub struct Handle<W = Socket> {
+    conn: Conn<W>,
 }
 
 impl Handle {
     /// A socket in the calling thread's network namespace.
     pub fn new() -> Result<Handle> {
-        let mut sock = Socket::new(NETLINK_ROUTE).map_err(Error::Socket)?;
-        sock.bind_auto().map_err(Error::Socket)?;
-        sock.connect(&SocketAddr::new(0, 0))
-            .map_err(Error::Socket)?;
-        // ask for extended error messages and strict dump filtering; both optional
-        let _ = sock.set_ext_ack(true);
-        let _ = sock.set_netlink_get_strict_chk(true);
         Ok(Handle {
-            sock,
-            seq: 1,
-            buf: vec![0; 64 * 1024],
+            conn: Conn::open(NETLINK_ROUTE)?,
         })
     }
 
     /// A socket in `ns`, opened on a dedicated thread that entered `ns`.
     pub fn open_in(ns: &Netns) -> Result<Handle> {
-        ns.run(Handle::new)?
+        Ok(Handle {
+            conn: Conn::open_in(NETLINK_ROUTE, ns)?,
+        })
+    }
+}
+
+impl<W: Wire> Handle<W> {
+    pub fn with_wire(wire: W) -> Handle<W> {
+        Handle {
+            conn: Conn::with_wire(wire),
+        }
     }
 
-    fn send(&mut self, msg: RouteNetlinkMessage, flags: u16) -> Result<u32> {
-        let mut hdr = NetlinkHeader::default();
-        hdr.flags = NLM_F_REQUEST | flags;
-        self.seq = self.seq.wrapping_add(1);
-        hdr.sequence_number = self.seq;
-        let mut req = NetlinkMessage::new(hdr, NetlinkPayload::from(msg));
-        req.finalize();
-        let mut out = vec![0; req.header.length as usize];
-        req.serialize(&mut out);
-        self.sock.send(&out, 0).map_err(Error::Socket)?;
-        Ok(self.seq)
-    }
-
-    /// Sends a request and collects its answers until ACK or DONE.
+    /// Sends a request and collects its answers (see [`crate::kernel::netlink`]).
     fn exchange(
         &mut self,
         op: &str,
         msg: RouteNetlinkMessage,
         flags: u16,
     ) -> Result<Vec<RouteNetlinkMessage>> {
-        let seq = self.send(msg, flags)?;
-        let mut out = Vec::new();
-        loop {
-            let n = self
-                .sock
-                .recv(&mut &mut self.buf[..], 0)
-                .map_err(Error::Socket)?;
-            let mut off = 0;
-            while off < n {
-                let msg: NetlinkMessage<RouteNetlinkMessage> =
-                    NetlinkMessage::deserialize(&self.buf[off..n]).map_err(|e| Error::Decode {
-                        op: op.to_owned(),
-                        msg: e.to_string(),
-                    })?;
-                let len = msg.header.length as usize;
-                if len == 0 {
-                    break;
-                }
-                off += (len + 3) & !3;
-                if msg.header.sequence_number != seq {
-                    continue;
-                }
-                match msg.payload {
-                    NetlinkPayload::Done(_) => return Ok(out),
-                    NetlinkPayload::Error(e) => {
-                        return match e.code {
-                            None => Ok(out),
-                            Some(code) => Err(Error::Kernel {
-                                op: op.to_owned(),
-                                source: std::io::Error::from_raw_os_error(-code.get()),
-                            }),
-                        }
-                    }
-                    NetlinkPayload::InnerMessage(m) => {
-                        out.push(m);
-                        if msg.header.flags & netlink_packet_core::NLM_F_MULTIPART == 0
-                            && flags & NLM_F_DUMP == 0
-                        {
-                            // a single answer to a GET; the kernel sends no ACK after it unless asked
-                            if flags & NLM_F_ACK == 0 {
-                                return Ok(out);
-                            }
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
+        self.conn.request(op, msg, flags)
     }
 
-    fn request(&mut self, op: &str, msg: RouteNetlinkMessage, flags: u16) -> Result<()> {
+    /// A change, acknowledged.
+    pub(super) fn request(&mut self, op: &str, msg: RouteNetlinkMessage, flags: u16) -> Result<()> {
         self.exchange(op, msg, flags | NLM_F_ACK).map(|_| ())
     }
 
-    fn dump(&mut self, op: &str, msg: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>> {
+    pub(super) fn dump(
+        &mut self,
+        op: &str,
+        msg: RouteNetlinkMessage,
+    ) -> Result<Vec<RouteNetlinkMessage>> {
         self.exchange(op, msg, NLM_F_DUMP)
     }
 
@@ -780,5 +678,29 @@ mod tests {
         assert_eq!(parse_mac("0e:2c:c0:a8:01"), None);
         assert_eq!(parse_mac("0e:2c:c0:a8:01:a0:ff"), None);
         assert_eq!(parse_mac("zz:2c:c0:a8:01:a0"), None);
+    }
+
+    #[test]
+    fn missing_objects_are_none_or_false_and_errors_name_the_operation() {
+        use crate::kernel::netlink::fake::{ack, Fake};
+        let mut h = Handle::with_wire(Fake::default());
+        h.conn.wire().answers.push_back(ack(1, -libc::ENODEV));
+        assert_eq!(h.link_by_name("nope").unwrap(), None);
+        h.conn.wire().answers.push_back(ack(2, -libc::ESRCH));
+        let ip = Ipv4Addr::new(10, 0, 0, 5);
+        assert!(!h.delete_route(ip, 32, 7).unwrap());
+        h.conn.wire().answers.push_back(ack(3, -libc::EPERM));
+        let e = h.replace_route(ip, 32, 7).unwrap_err();
+        assert_eq!(e.errno(), Some(libc::EPERM));
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "add route 10.0.0.5/32 dev #7: {}",
+                std::io::Error::from_raw_os_error(libc::EPERM)
+            )
+        );
+        // tc: a clsact qdisc that is already there is fine
+        h.conn.wire().answers.push_back(ack(4, -libc::EEXIST));
+        h.ensure_clsact(7).unwrap();
     }
 }

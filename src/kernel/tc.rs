@@ -1,6 +1,8 @@
 //! tc over rtnetlink: a clsact qdisc and direct-action BPF filters on ingress.
 
-use super::{Error, Handle, Result};
+use super::rtnl::Handle;
+use crate::kernel::netlink::Wire;
+use crate::kernel::Result;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::tc::{
     TcAttribute, TcBpfFlags, TcFilterBpfOption, TcHandle, TcHeader, TcMessage, TcOption,
@@ -25,7 +27,7 @@ pub struct BpfFilter {
     pub name: String,
 }
 
-impl Handle {
+impl<W: Wire> Handle<W> {
     /// Adds the clsact qdisc to link `index` unless it has one.
     pub fn ensure_clsact(&mut self, index: u32) -> Result<()> {
         let mut m = TcMessage::default();
@@ -141,11 +143,5 @@ impl Handle {
             Err(e) if e.is_not_found() || e.errno() == Some(libc::EINVAL) => Ok(false),
             Err(e) => Err(e),
         }
-    }
-}
-
-impl From<std::io::Error> for Error {
-    fn from(e: std::io::Error) -> Self {
-        Error::Other(e.to_string())
     }
 }
