@@ -17,13 +17,11 @@
 //!   own MAC), naming routed mode as the fix, unless `force` is set.
 
 use super::routed::resolve_uplink;
-use super::{
-    apply_common, check_common, node_link, undo_common, AddRequest, Dataplane, Kernel, Step,
-};
 use super::{config_err, Error, Result};
+use super::{node_link, AddRequest, Dataplane, Kernel, Observed, Prepare, Step};
 use crate::config::Config;
 use crate::ipam::Attachment;
-use crate::kernel::rtnl::{parse_mac, Handle, Link};
+use crate::kernel::rtnl::{Handle, Link};
 use crate::kernel::sysctl;
 use std::path::Path;
 
@@ -105,7 +103,7 @@ pub fn ensure_shim(node: &mut Handle, uplink: &Link) -> Result<Link> {
 impl Dataplane for Macvlan {
     fn steps(&self) -> &'static [Step] {
         &[
-            Step::Link,
+            Step::MacvlanChild,
             Step::PodConfig,
             Step::PrimaryMulticastOff,
             Step::HostRoute,
@@ -124,80 +122,18 @@ impl Dataplane for Macvlan {
         Ok(up.name)
     }
 
-    fn ensure_node(&self, k: &mut Kernel, _cfg: &Config, uplink: &str) -> Result<()> {
-        let up = k.link(uplink)?.ok_or_else(|| {
-            config_err("uplink", format!("interface \"{uplink}\" does not exist"))
-        })?;
-        let shim = ensure_shim(k.node()?, &up)?;
-        k.remember(&shim);
-        Ok(())
+    fn node_setup(&self) -> Prepare {
+        Prepare::Shim
     }
 
-    fn apply(
+    /// The shim: there, a macvlan of the uplink, up.
+    fn check_node(
         &self,
-        k: &mut Kernel,
-        pod: &mut Handle,
-        req: &AddRequest,
-        att: &mut Attachment,
-        step: Step,
-    ) -> Result<()> {
-        if apply_common(k, pod, req, att, step)? {
-            return Ok(());
-        }
-        match step {
-            Step::Link => {
-                let mac = parse_mac(&att.mac).expect("attachment MAC is ours");
-                let up = node_link(k, &att.uplink, "uplink")?;
-                k.node()?
-                    .create_macvlan(&att.pod_if, up.index, mac, Some(req.netns))?;
-            }
-            other => unreachable!("macvlan mode has no step {other:?}"),
-        }
-        Ok(())
-    }
-
-    fn undo(
-        &self,
-        k: &mut Kernel,
-        pod: Option<&mut Handle>,
+        o: &mut Observed,
         att: &Attachment,
-        step: Step,
+        diffs: &mut Vec<String>,
     ) -> Result<()> {
-        match step {
-            Step::Link => {
-                // the macvlan lives in the pod; with the pod's netns gone it is gone too
-                if let Some(pod) = pod {
-                    if let Some(l) = pod.link_by_name(&att.pod_if)? {
-                        if l.kind.as_deref() == Some("macvlan") {
-                            pod.delete_link(l.index)?;
-                        }
-                    }
-                }
-                Ok(())
-            }
-            other => undo_common(k, pod, att, other).map(|_| ()),
-        }
-    }
-
-    fn check(
-        &self,
-        k: &mut Kernel,
-        pod: &mut Handle,
-        cfg: &Config,
-        att: &Attachment,
-    ) -> Result<Vec<String>> {
-        let mut diffs = check_common(k, pod, cfg, att)?;
-        if let Some(l) = pod.link_by_name(&att.pod_if)? {
-            if l.kind.as_deref() != Some("macvlan") {
-                diffs.push(format!(
-                    "pod interface {} is a {}, not a macvlan",
-                    att.pod_if,
-                    l.kind.as_deref().unwrap_or("link")
-                ));
-            }
-        }
-        let node = k.node()?;
-        match (node.link_by_name(SHIM)?, node.link_by_name(&att.uplink)?) {
+        match (o.node_link(SHIM)?, o.node_link(&att.uplink)?) {
             (None, _) => diffs.push(format!("node shim {SHIM} is missing")),
             (_, None) => diffs.push(format!("uplink {} is missing", att.uplink)),
             (Some(s), Some(up)) => {
@@ -212,6 +148,60 @@ impl Dataplane for Macvlan {
                 }
             }
         }
-        Ok(diffs)
+        Ok(())
     }
+}
+
+/// [`Prepare::Shim`]: the shim on `uplink`, remembered for the steps.
+pub(super) fn ensure_node(k: &mut Kernel, uplink: &str) -> Result<()> {
+    let up = k
+        .link(uplink)?
+        .ok_or_else(|| config_err("uplink", format!("interface \"{uplink}\" does not exist")))?;
+    let shim = ensure_shim(k.node()?, &up)?;
+    k.remember(&shim);
+    Ok(())
+}
+
+/// [`Step::MacvlanChild`]
+pub(super) fn create_child(
+    k: &mut Kernel,
+    req: &AddRequest,
+    att: &Attachment,
+    mac: [u8; 6],
+) -> Result<()> {
+    let up = node_link(k, &att.uplink, "uplink")?;
+    k.node()?
+        .create_macvlan(&att.pod_if, up.index, mac, Some(req.netns))?;
+    Ok(())
+}
+
+/// Undoes [`Step::MacvlanChild`]: the macvlan lives in the pod; with the
+/// pod's netns gone it is gone too.
+pub(super) fn delete_child(pod: Option<&mut Handle>, att: &Attachment) -> Result<()> {
+    if let Some(pod) = pod {
+        if let Some(l) = pod.link_by_name(&att.pod_if)? {
+            if l.kind.as_deref() == Some("macvlan") {
+                pod.delete_link(l.index)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks [`Step::MacvlanChild`]: the pod's interface is a macvlan.
+pub(super) fn check_child(
+    o: &mut Observed,
+    att: &Attachment,
+    diffs: &mut Vec<String>,
+) -> Result<()> {
+    if let Some(l) = o.pod_link(&att.pod_if)? {
+        if l.kind.as_deref() != Some("macvlan") {
+            diffs.push(format!(
+                "pod interface {} is a {}, not a macvlan",
+                att.pod_if,
+                l.kind.as_deref().unwrap_or("link")
+            ));
+        }
+    }
+    Ok(())
 }

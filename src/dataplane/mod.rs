@@ -1,18 +1,25 @@
 //! What a pod gets, per mode, behind one trait.
 //!
-//! Each mode sets up an attachment as a list of [`Step`]s. ADD records every
-//! step it completes; if a later step fails, the completed ones are undone in
-//! reverse. DEL and GC undo all steps of a recorded attachment, tolerating
-//! whatever is already gone. One teardown function per step serves both.
+//! Each mode sets up an attachment as a list of [`Step`]s, each of which
+//! knows its apply, undo and check ([`step`]). ADD reads, then plans
+//! ([`plan`], pure), then applies: it records every step it completes; if a
+//! later step fails, the completed ones are undone in reverse. DEL and GC
+//! undo all steps of a recorded attachment, tolerating whatever is already
+//! gone. One undo per step serves both.
 
 pub mod macvlan;
+pub mod plan;
 pub mod routed;
+pub mod step;
+
+pub use plan::{AddFacts, AddPlan, Prepare, TeardownPlan};
+pub use step::{Observed, Step};
 
 use crate::config::{Config, Mode};
 use crate::ipam::Attachment;
 use crate::kernel::netns::Netns;
 use crate::kernel::nft::Nfnl;
-use crate::kernel::rtnl::{format_mac, parse_mac, Handle, Link};
+use crate::kernel::rtnl::{Handle, Link};
 use std::net::Ipv4Addr;
 
 /// Why a pod's data plane could not be set up or torn down. The kernel's
@@ -55,27 +62,6 @@ fn config_err(field: &'static str, msg: impl Into<String>) -> Error {
 
 /// The route every attached pod gets for multicast.
 pub const MULTICAST_NET: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 0);
-
-/// One piece of per-pod state, in the order ADD creates it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
-    /// The pod's LAN interface (veth pair, or macvlan child) exists.
-    Link,
-    /// The host end: no IPv6 addresses, up (goes with the link).
-    HostPort,
-    /// Its address, up state and multicast route in the pod (go with the link).
-    PodConfig,
-    /// The pod's primary interface lost its MULTICAST flag.
-    PrimaryMulticastOff,
-    /// Node: host route to the pod's address.
-    HostRoute,
-    /// Node: permanent neighbour entry for the pod.
-    HostNeigh,
-    /// Node: proxy ARP entry on the uplink.
-    ProxyNeigh,
-    /// Node: anti-spoofing set element.
-    Guard,
-}
 
 /// Kernel handles for one invocation, opened on first use.
 pub struct Kernel {
@@ -147,40 +133,16 @@ pub trait Dataplane {
     /// returns the uplink to use. Also STATUS's check.
     fn preflight(&self, k: &mut Kernel, cfg: &Config) -> Result<String>;
 
-    /// Creates node-wide state if missing (idempotent, never undone).
-    fn ensure_node(&self, k: &mut Kernel, cfg: &Config, uplink: &str) -> Result<()>;
-
-    /// Performs `step` for `att` in `pod` (a handle in the pod's namespace).
-    fn apply(
-        &self,
-        k: &mut Kernel,
-        pod: &mut Handle,
-        req: &AddRequest,
-        att: &mut Attachment,
-        step: Step,
-    ) -> Result<()>;
-
-    /// Undoes `step`; state that is already gone is fine. `pod` is None when
-    /// the pod's namespace no longer exists.
-    fn undo(
-        &self,
-        k: &mut Kernel,
-        pod: Option<&mut Handle>,
-        att: &Attachment,
-        step: Step,
-    ) -> Result<()>;
-
-    /// Differences between the kernel and what ADD made, each naming the item.
-    fn check(
-        &self,
-        k: &mut Kernel,
-        pod: &mut Handle,
-        cfg: &Config,
-        att: &Attachment,
-    ) -> Result<Vec<String>>;
+    /// The node-wide state this mode needs (made if missing, never undone).
+    fn node_setup(&self) -> Prepare;
 
     /// The steps of this mode, in ADD order.
     fn steps(&self) -> &'static [Step];
+
+    /// Differences between the node-wide state and what this mode needs,
+    /// beyond what its steps check.
+    fn check_node(&self, o: &mut Observed, att: &Attachment, diffs: &mut Vec<String>)
+        -> Result<()>;
 
     /// The node device pods are reached through (bridge or shim).
     fn node_dev<'a>(&self, cfg: &'a Config) -> &'a str;
@@ -205,176 +167,44 @@ pub(crate) fn node_link(k: &mut Kernel, name: &str, what: &str) -> Result<Link> 
         .ok_or_else(|| Error::Missing(format!("{what} {name} is missing")))
 }
 
-/// Applies one of the steps all modes share; Ok(false) if `step` is not one.
-pub(crate) fn apply_common(
+/// Applies `steps` in order for `att`, passing a fault point after each.
+/// Returns the steps done and, if one failed, that step and its error (the
+/// steps after it are not tried).
+pub fn apply_all(
     k: &mut Kernel,
     pod: &mut Handle,
     req: &AddRequest,
     att: &mut Attachment,
-    step: Step,
-) -> Result<bool> {
-    let mac = parse_mac(&att.mac).expect("attachment MAC is ours");
-    match step {
-        Step::PodConfig => {
-            let l = pod.link_by_name(&att.pod_if)?.ok_or_else(|| {
-                Error::Missing(format!("{} did not appear in the pod", att.pod_if))
-            })?;
-            pod.set_no_ipv6_addresses(l.index)?;
-            pod.add_address(l.index, att.ip, att.prefix_len)?;
-            pod.set_up(l.index)?;
-            pod.replace_route(MULTICAST_NET, 4, l.index)?;
-            // other subnets of the cluster: through ros0 too (the node
-            // answers ARP for them and routes them, no NAT)
-            let routed = req.cfg.mode == crate::config::Mode::Routed;
-            for sn in req.cfg.other_subnets.iter().filter(|_| routed) {
-                pod.replace_route(sn.network(), sn.prefix_len(), l.index)?;
+    steps: &[Step],
+) -> (Vec<Step>, Option<(Step, Error)>) {
+    let mut done = Vec::with_capacity(steps.len());
+    for step in steps {
+        match step.apply(k, pod, req, att) {
+            Ok(()) => {
+                done.push(*step);
+                crate::faults::point(&format!("ADD step {}", step.name()));
             }
+            Err(e) => return (done, Some((*step, e))),
         }
-        Step::PrimaryMulticastOff => {
-            if !req.cfg.primary_multicast {
-                let l = pod
-                    .link_by_name(req.primary_if)?
-                    .ok_or_else(|| Error::NoPrimary(req.primary_if.to_owned()))?;
-                // ADD recorded a prediction; this is what actually happens
-                att.cleared_multicast = l.has_multicast();
-                if l.has_multicast() {
-                    pod.set_multicast(l.index, false)?;
-                }
-            }
-        }
-        Step::HostRoute => {
-            let dev = node_link(k, &att.node_dev, "node device")?;
-            k.node()?.replace_route(att.ip, 32, dev.index)?;
-        }
-        Step::HostNeigh => {
-            let dev = node_link(k, &att.node_dev, "node device")?;
-            k.node()?.add_permanent_neigh(att.ip, mac, dev.index)?;
-        }
-        _ => return Ok(false),
     }
-    Ok(true)
+    (done, None)
 }
 
-/// Undoes one of the shared steps; Ok(false) if `step` is not one.
-pub(crate) fn undo_common(
-    k: &mut Kernel,
-    pod: Option<&mut Handle>,
-    att: &Attachment,
-    step: Step,
-) -> Result<bool> {
-    match step {
-        Step::PodConfig => {} // goes with the link
-        Step::PrimaryMulticastOff => {
-            if let (true, Some(pod)) = (att.cleared_multicast, pod) {
-                if let Some(l) = pod.link_by_name(&att.ifname)? {
-                    pod.set_multicast(l.index, true)?;
-                }
-            }
-        }
-        Step::HostRoute => {
-            let node = k.node()?;
-            if let Some(dev) = node.link_by_name(&att.node_dev)? {
-                node.delete_route(att.ip, 32, dev.index)?;
-            }
-        }
-        Step::HostNeigh => {
-            let node = k.node()?;
-            if let Some(dev) = node.link_by_name(&att.node_dev)? {
-                node.delete_neigh(att.ip, dev.index)?;
-            }
-        }
-        _ => return Ok(false),
-    }
-    Ok(true)
-}
-
-/// What CHECK verifies for every mode: the pod's interface, address, routes
-/// and primary MULTICAST flag; the node's route and neighbour entry.
-pub(crate) fn check_common(
+/// What CHECK finds missing: each of the mode's steps reads what it should
+/// have made, then the mode checks its node-wide state.
+pub fn check(
+    dp: &dyn Dataplane,
     k: &mut Kernel,
     pod: &mut Handle,
     cfg: &Config,
     att: &Attachment,
 ) -> Result<Vec<String>> {
+    let mut o = Observed::new(k, pod);
     let mut diffs = vec![];
-    let mac = parse_mac(&att.mac).unwrap_or_default();
-    match pod.link_by_name(&att.pod_if)? {
-        None => diffs.push(format!("pod interface {} is missing", att.pod_if)),
-        Some(l) => {
-            if !l.is_up() {
-                diffs.push(format!("pod interface {} is down", att.pod_if));
-            }
-            if l.mac != Some(mac) {
-                diffs.push(format!(
-                    "pod interface {} has MAC {}, expected {}",
-                    att.pod_if,
-                    l.mac.map(|m| format_mac(&m)).unwrap_or_default(),
-                    att.mac
-                ));
-            }
-            let addrs = pod.addresses4(l.index)?;
-            if !addrs.contains(&(att.ip, att.prefix_len)) {
-                diffs.push(format!(
-                    "pod interface {} lacks address {}/{} (has {:?})",
-                    att.pod_if, att.ip, att.prefix_len, addrs
-                ));
-            }
-            let routes = pod.routes4()?;
-            let has = |dst: Ipv4Addr, len: u8| {
-                routes
-                    .iter()
-                    .any(|r| r.dst == dst && r.prefix_len == len && r.oif == Some(l.index))
-            };
-            if !has(MULTICAST_NET, 4) {
-                diffs.push(format!(
-                    "pod route 224.0.0.0/4 dev {} is missing",
-                    att.pod_if
-                ));
-            }
-            if !has(cfg.subnet.network(), cfg.subnet.prefix_len()) {
-                diffs.push(format!(
-                    "pod route {} dev {} is missing",
-                    cfg.subnet, att.pod_if
-                ));
-            }
-        }
+    for step in dp.steps() {
+        step.check(&mut o, cfg, att, &mut diffs)?;
     }
-    if !cfg.primary_multicast {
-        if let Some(l) = pod.link_by_name(&att.ifname)? {
-            if l.has_multicast() {
-                diffs.push(format!(
-                    "pod interface {} has the MULTICAST flag (primaryMulticast is false)",
-                    att.ifname
-                ));
-            }
-        }
-    }
-    let node = k.node()?;
-    match node.link_by_name(&att.node_dev)? {
-        None => diffs.push(format!("node device {} is missing", att.node_dev)),
-        Some(dev) => {
-            let routes = node.routes4()?;
-            if !routes
-                .iter()
-                .any(|r| r.dst == att.ip && r.prefix_len == 32 && r.oif == Some(dev.index))
-            {
-                diffs.push(format!(
-                    "node route {}/32 dev {} is missing",
-                    att.ip, att.node_dev
-                ));
-            }
-            let neighs = node.neighbours4(false)?;
-            if !neighs
-                .iter()
-                .any(|n| n.ip == att.ip && n.ifindex == dev.index && n.mac == Some(mac))
-            {
-                diffs.push(format!(
-                    "node neighbour {} lladdr {} dev {} is missing",
-                    att.ip, att.mac, att.node_dev
-                ));
-            }
-        }
-    }
+    dp.check_node(&mut o, att, &mut diffs)?;
     Ok(diffs)
 }
 
@@ -416,7 +246,6 @@ pub fn pod_mac_ip(mac: [u8; 6]) -> Option<std::net::Ipv4Addr> {
 
 /// Undoes `done` steps in reverse, collecting (not stopping at) failures.
 pub fn undo_all(
-    dp: &dyn Dataplane,
     k: &mut Kernel,
     mut pod: Option<&mut Handle>,
     att: &Attachment,
@@ -424,8 +253,8 @@ pub fn undo_all(
 ) -> Result<()> {
     let mut errors = vec![];
     for step in done.iter().rev() {
-        if let Err(e) = dp.undo(k, pod.as_deref_mut(), att, *step) {
-            errors.push(format!("{step:?}: {e}"));
+        if let Err(e) = step.undo(k, pod.as_deref_mut(), att) {
+            errors.push(format!("{}: {e}", step.name()));
         }
     }
     if errors.is_empty() {

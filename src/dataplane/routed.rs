@@ -12,10 +12,8 @@
 //! - the `bridge ros2_cni` table drops frames from a pod port unless they carry
 //!   that pod's MAC and address.
 
-use super::{
-    apply_common, check_common, node_link, undo_common, AddRequest, Dataplane, Kernel, Step,
-};
 use super::{config_err, Error, Result};
+use super::{node_link, AddRequest, Dataplane, Kernel, Observed, Prepare, Step};
 use crate::config::Config;
 use crate::firewall;
 use crate::ipam::Attachment;
@@ -171,7 +169,7 @@ pub fn ensure_bridge(node: &mut Handle, bridge: &str, uplink: &str) -> Result<Li
 impl Dataplane for Routed {
     fn steps(&self) -> &'static [Step] {
         &[
-            Step::Link,
+            Step::VethPair,
             Step::HostPort,
             Step::PodConfig,
             Step::PrimaryMulticastOff,
@@ -192,142 +190,163 @@ impl Dataplane for Routed {
         Ok(up.name)
     }
 
-    fn ensure_node(&self, k: &mut Kernel, cfg: &Config, uplink: &str) -> Result<()> {
-        let br = ensure_bridge(k.node()?, &cfg.bridge, uplink)?;
-        k.remember(&br);
-        Ok(())
+    fn node_setup(&self) -> Prepare {
+        Prepare::Bridge
     }
 
-    fn apply(
-        &self,
-        k: &mut Kernel,
-        pod: &mut Handle,
-        req: &AddRequest,
-        att: &mut Attachment,
-        step: Step,
-    ) -> Result<()> {
-        if apply_common(k, pod, req, att, step)? {
-            return Ok(());
-        }
-        let mac = parse_mac(&att.mac).expect("attachment MAC is ours");
-        match step {
-            Step::Link => {
-                let br = node_link(k, &att.node_dev, "bridge")?;
-                let mtu = k.link(&att.uplink)?.and_then(|l| l.mtu);
-                k.node()?
-                    .create_veth(&att.host_if, br.index, &att.pod_if, mac, req.netns, mtu)
-                    .map_err(|e| {
-                        if e.is_exists() {
-                            Error::LinkExists(att.host_if.clone())
-                        } else {
-                            e.into()
-                        }
-                    })?;
-                // from here on the link is ours to undo, even if bringing it up fails
-            }
-            Step::HostPort => {
-                let node = k.node()?;
-                let h = node.link_by_name(&att.host_if)?.ok_or_else(|| {
-                    Error::Missing(format!("{} vanished after creation", att.host_if))
-                })?;
-                node.set_no_ipv6_addresses(h.index)?;
-                node.set_up(h.index)?;
-            }
-            Step::ProxyNeigh => {
-                let up = node_link(k, &att.uplink, "uplink")?;
-                k.node()?.add_proxy_neigh(att.ip, up.index)?;
-            }
-            Step::Guard => {
-                firewall::allow_pod(k.nf()?, &att.host_if, mac, att.ip)?;
-            }
-            other => unreachable!("routed mode has no step {other:?}"),
-        }
+    /// The bridge is checked by the steps (node device, bridge port).
+    fn check_node(&self, _: &mut Observed, _: &Attachment, _: &mut Vec<String>) -> Result<()> {
         Ok(())
     }
+}
 
-    fn undo(
-        &self,
-        k: &mut Kernel,
-        pod: Option<&mut Handle>,
-        att: &Attachment,
-        step: Step,
-    ) -> Result<()> {
-        if undo_common(k, pod, att, step)? {
-            return Ok(());
-        }
-        match step {
-            Step::Link => {
-                k.node()?.delete_link_by_name(&att.host_if)?;
+/// [`Prepare::Bridge`]: the bridge, remembered for the steps.
+pub(super) fn ensure_node(k: &mut Kernel, cfg: &Config, uplink: &str) -> Result<()> {
+    let br = ensure_bridge(k.node()?, &cfg.bridge, uplink)?;
+    k.remember(&br);
+    Ok(())
+}
+
+// ---- routed mode's steps (see Step) ----
+
+/// [`Step::VethPair`]
+pub(super) fn create_veth(
+    k: &mut Kernel,
+    req: &AddRequest,
+    att: &Attachment,
+    mac: [u8; 6],
+) -> Result<()> {
+    let br = node_link(k, &att.node_dev, "bridge")?;
+    let mtu = k.link(&att.uplink)?.and_then(|l| l.mtu);
+    k.node()?
+        .create_veth(&att.host_if, br.index, &att.pod_if, mac, req.netns, mtu)
+        .map_err(|e| {
+            if e.is_exists() {
+                Error::LinkExists(att.host_if.clone())
+            } else {
+                e.into()
             }
-            Step::HostPort => {} // goes with the link
-            Step::ProxyNeigh => {
-                let node = k.node()?;
-                if let Some(up) = link_of(node, &att.uplink)? {
-                    node.delete_proxy_neigh(att.ip, up.index)?;
-                }
-            }
-            Step::Guard => {
-                if let Some(mac) = parse_mac(&att.mac) {
-                    firewall::forget_pod(k.nf()?, &att.host_if, mac, att.ip)?;
-                }
-            }
-            other => unreachable!("routed mode has no step {other:?}"),
-        }
-        Ok(())
+        })?;
+    // from here on the link is ours to undo, even if bringing it up fails
+    Ok(())
+}
+
+/// [`Step::HostPort`]
+pub(super) fn set_up_host_port(k: &mut Kernel, att: &Attachment) -> Result<()> {
+    let node = k.node()?;
+    let h = node
+        .link_by_name(&att.host_if)?
+        .ok_or_else(|| Error::Missing(format!("{} vanished after creation", att.host_if)))?;
+    node.set_no_ipv6_addresses(h.index)?;
+    node.set_up(h.index)?;
+    Ok(())
+}
+
+/// [`Step::ProxyNeigh`]
+pub(super) fn add_proxy_neigh(k: &mut Kernel, att: &Attachment) -> Result<()> {
+    let up = node_link(k, &att.uplink, "uplink")?;
+    k.node()?.add_proxy_neigh(att.ip, up.index)?;
+    Ok(())
+}
+
+/// Undoes [`Step::ProxyNeigh`].
+pub(super) fn delete_proxy_neigh(k: &mut Kernel, att: &Attachment) -> Result<()> {
+    let node = k.node()?;
+    if let Some(up) = link_of(node, &att.uplink)? {
+        node.delete_proxy_neigh(att.ip, up.index)?;
     }
+    Ok(())
+}
 
-    fn check(
-        &self,
-        k: &mut Kernel,
-        pod: &mut Handle,
-        cfg: &Config,
-        att: &Attachment,
-    ) -> Result<Vec<String>> {
-        let mut diffs = check_common(k, pod, cfg, att)?;
-        let mac = parse_mac(&att.mac).unwrap_or_default();
-        let node = k.node()?;
-        if let (Some(br), Some(h)) = (
-            node.link_by_name(&att.node_dev)?,
-            node.link_by_name(&att.host_if)?,
-        ) {
-            if h.controller != Some(br.index) {
-                diffs.push(format!(
-                    "host interface {} is not a port of {}",
-                    att.host_if, att.node_dev
-                ));
-            }
-            if !h.is_up() {
-                diffs.push(format!("host interface {} is down", att.host_if));
-            }
-        } else if node.link_by_name(&att.host_if)?.is_none() {
-            diffs.push(format!("host interface {} is missing", att.host_if));
-        }
-        match node.link_by_name(&att.uplink)? {
-            None => diffs.push(format!("uplink {} is missing", att.uplink)),
-            Some(up) => {
-                let proxies = node.neighbours4(true)?;
-                if !proxies
-                    .iter()
-                    .any(|n| n.ip == att.ip && n.ifindex == up.index)
-                {
-                    diffs.push(format!(
-                        "proxy neighbour {} dev {} is missing",
-                        att.ip, att.uplink
-                    ));
-                }
-            }
-        }
-        let allowed = firewall::allowed_pods(k.nf()?)?;
-        if !allowed.contains(&(att.host_if.clone(), mac, att.ip)) {
+/// [`Step::Guard`]
+pub(super) fn allow_pod(k: &mut Kernel, att: &Attachment, mac: [u8; 6]) -> Result<()> {
+    firewall::allow_pod(k.nf()?, &att.host_if, mac, att.ip)?;
+    Ok(())
+}
+
+/// Undoes [`Step::Guard`].
+pub(super) fn forget_pod(k: &mut Kernel, att: &Attachment) -> Result<()> {
+    if let Some(mac) = parse_mac(&att.mac) {
+        firewall::forget_pod(k.nf()?, &att.host_if, mac, att.ip)?;
+    }
+    Ok(())
+}
+
+/// Checks [`Step::VethPair`]'s host end: there, and a port of the bridge.
+pub(super) fn check_veth(
+    o: &mut Observed,
+    att: &Attachment,
+    diffs: &mut Vec<String>,
+) -> Result<()> {
+    let Some(h) = o.node_link(&att.host_if)? else {
+        diffs.push(format!("host interface {} is missing", att.host_if));
+        return Ok(());
+    };
+    if let Some(br) = o.node_link(&att.node_dev)? {
+        if h.controller != Some(br.index) {
             diffs.push(format!(
-                "nft element {} . {} . {} is missing from bridge {} {}",
-                att.host_if,
-                att.mac,
-                att.ip,
-                firewall::TABLE,
-                firewall::PODS_SET
+                "host interface {} is not a port of {}",
+                att.host_if, att.node_dev
             ));
         }
-        Ok(diffs)
     }
+    Ok(())
+}
+
+/// Checks [`Step::HostPort`]: the host end is up (where it is a port).
+pub(super) fn check_host_port(
+    o: &mut Observed,
+    att: &Attachment,
+    diffs: &mut Vec<String>,
+) -> Result<()> {
+    if let (Some(_), Some(h)) = (o.node_link(&att.node_dev)?, o.node_link(&att.host_if)?) {
+        if !h.is_up() {
+            diffs.push(format!("host interface {} is down", att.host_if));
+        }
+    }
+    Ok(())
+}
+
+/// Checks [`Step::ProxyNeigh`].
+pub(super) fn check_proxy_neigh(
+    o: &mut Observed,
+    att: &Attachment,
+    diffs: &mut Vec<String>,
+) -> Result<()> {
+    let Some(up) = o.node_link(&att.uplink)? else {
+        diffs.push(format!("uplink {} is missing", att.uplink));
+        return Ok(());
+    };
+    if !o
+        .neighbours(true)?
+        .iter()
+        .any(|n| n.ip == att.ip && n.ifindex == up.index)
+    {
+        diffs.push(format!(
+            "proxy neighbour {} dev {} is missing",
+            att.ip, att.uplink
+        ));
+    }
+    Ok(())
+}
+
+/// Checks [`Step::Guard`].
+pub(super) fn check_guard(
+    o: &mut Observed,
+    att: &Attachment,
+    diffs: &mut Vec<String>,
+) -> Result<()> {
+    let mac = parse_mac(&att.mac).unwrap_or_default();
+    let key = (att.host_if.clone(), mac, att.ip);
+    if !o.allowed_pods()?.contains(&key) {
+        diffs.push(format!(
+            "nft element {} . {} . {} is missing from bridge {} {}",
+            att.host_if,
+            att.mac,
+            att.ip,
+            firewall::TABLE,
+            firewall::PODS_SET
+        ));
+    }
+    Ok(())
 }

@@ -3,17 +3,17 @@
 //! Stdout carries only protocol JSON (a result, VERSION's answer, or an
 //! error); logs go to `logFile` or stderr.
 
+mod add;
 mod error;
 
 use crate::api::{self, Handoff};
-use crate::cni::{env::Command, CniError, Code, Env, Interface, PrevResult, Result, Version};
+use crate::cni::{env::Command, CniError, Code, Env, PrevResult, Result, Version};
 use crate::config::{Config, ANNOTATIONS_CAPABILITY, OPT_IN_ANNOTATION};
-use crate::dataplane::{
-    self, host_veth_name, pod_mac, pod_mac_ip, undo_all, AddRequest, Kernel, Step,
-};
+use crate::dataplane::{self, host_veth_name, pod_mac_ip, undo_all, Kernel};
 use crate::ipam::{attachment_key, lock_timeout, Attachment, Store};
 use crate::kernel::netns::Netns;
-use crate::kernel::rtnl::{format_mac, Handle};
+use crate::kernel::rtnl::Handle;
+use add::add;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::path::Path;
@@ -88,61 +88,96 @@ pub fn run(cmd: &str, stdin: &[u8], getenv: impl Fn(&str) -> Option<String>) -> 
         // lets the tests prove that a panic still yields an error JSON
         panic!("panic requested through ROS2_CNI_TEST_PANIC");
     }
-    if cmd == Command::Version {
-        return Ok(Output::Json(json!({
-            "cniVersion": Version::LATEST.as_str(),
-            "supportedVersions": crate::cni::version::SUPPORTED,
-        })));
-    }
-    let env = Env::from_lookup(cmd, &getenv)?;
-    let raw: Value = serde_json::from_slice(stdin).map_err(|e| {
-        CniError::new(
-            Code::Decode,
-            format!("config on stdin is not valid JSON: {e}"),
-        )
-    })?;
-    let version_s = raw
-        .get("cniVersion")
-        .and_then(Value::as_str)
-        .ok_or_else(|| CniError::invalid_config("cniVersion: missing or not a string"))?;
-    let version = Version::parse(version_s)?;
+    // VERSION needs neither environment nor config; the others read both
+    let request = || Request::read(cmd, stdin, &getenv);
     // ADD, CHECK and STATUS validate the whole config; DEL and GC must not
     // fail because it stopped validating since ADD (runtimes stop the DEL
     // chain at the first failure, so the primary plugin's DEL would not run
     // either): they tear down from the records
-    let strict = || Config::from_value(&raw, true, None);
+    let strict = |raw: &Value| Config::from_value(raw, true, None);
     match cmd {
-        Command::Add => add(&strict()?, &env, &raw, version),
-        Command::Del => del(&TeardownConfig::from_raw(&raw)?, &env).map(|_| Output::Nothing),
+        Command::Version => Ok(Output::Json(json!({
+            "cniVersion": Version::LATEST.as_str(),
+            "supportedVersions": crate::cni::version::SUPPORTED,
+        }))),
+        Command::Add => {
+            let r = request()?;
+            add(&strict(&r.raw)?, &r.env, &r.raw, r.version)
+        }
+        Command::Del => {
+            let r = request()?;
+            del(&TeardownConfig::from_raw(&r.raw)?, &r.env).map(|_| Output::Nothing)
+        }
         Command::Gc => {
-            if !version.allows_gc_and_status() {
+            let r = request()?;
+            if !r.version.allows_gc_and_status() {
                 return Err(CniError::new(
                     Code::IncompatibleVersion,
-                    format!("config version {version} does not allow GC (needs 1.1.0)"),
+                    format!(
+                        "config version {} does not allow GC (needs 1.1.0)",
+                        r.version
+                    ),
                 ));
             }
-            gc(&TeardownConfig::from_raw(&raw)?, &raw).map(|_| Output::Nothing)
+            gc(&TeardownConfig::from_raw(&r.raw)?, &r.raw).map(|_| Output::Nothing)
         }
         Command::Check => {
-            let cfg = strict()?;
-            if !version.allows_check() {
+            let r = request()?;
+            let cfg = strict(&r.raw)?;
+            if !r.version.allows_check() {
                 return Err(CniError::new(
                     Code::IncompatibleVersion,
-                    format!("config version {version} does not allow CHECK (needs 0.4.0 or later)"),
+                    format!(
+                        "config version {} does not allow CHECK (needs 0.4.0 or later)",
+                        r.version
+                    ),
                 ));
             }
-            check(&cfg, &env, &raw).map(|_| Output::Nothing)
+            check(&cfg, &r.env, &r.raw).map(|_| Output::Nothing)
         }
         Command::Status => {
-            if !version.allows_gc_and_status() {
+            let r = request()?;
+            if !r.version.allows_gc_and_status() {
                 return Err(CniError::new(
                     Code::IncompatibleVersion,
-                    format!("config version {version} does not allow STATUS (needs 1.1.0)"),
+                    format!(
+                        "config version {} does not allow STATUS (needs 1.1.0)",
+                        r.version
+                    ),
                 ));
             }
-            status(&strict()?).map(|_| Output::Nothing)
+            status(&strict(&r.raw)?).map(|_| Output::Nothing)
         }
-        Command::Version => unreachable!("handled above"),
+    }
+}
+
+/// What every command but VERSION reads: the environment, and the config
+/// on stdin with its version.
+struct Request {
+    env: Env,
+    raw: Value,
+    version: Version,
+}
+
+impl Request {
+    fn read(
+        cmd: Command,
+        stdin: &[u8],
+        getenv: impl Fn(&str) -> Option<String>,
+    ) -> Result<Request> {
+        let env = Env::from_lookup(cmd, &getenv)?;
+        let raw: Value = serde_json::from_slice(stdin).map_err(|e| {
+            CniError::new(
+                Code::Decode,
+                format!("config on stdin is not valid JSON: {e}"),
+            )
+        })?;
+        let version_s = raw
+            .get("cniVersion")
+            .and_then(Value::as_str)
+            .ok_or_else(|| CniError::invalid_config("cniVersion: missing or not a string"))?;
+        let version = Version::parse(version_s)?;
+        Ok(Request { env, raw, version })
     }
 }
 
@@ -255,244 +290,6 @@ fn check_pod_netns(path: &str) -> Result<()> {
     Ok(())
 }
 
-fn add(cfg: &Config, env: &Env, raw: &Value, version: Version) -> Result<Output> {
-    let prev_v = raw.get("prevResult").filter(|v| !v.is_null()).ok_or_else(|| {
-        CniError::invalid_config(
-            "prevResult: missing; ros2-cni is a chained plugin and must follow the primary plugin (e.g. calico) in a conflist",
-        )
-    })?;
-    let mut prev = PrevResult::parse(prev_v)?;
-    if !opted_in(cfg, env, raw) {
-        // not ours: hand the chain's result on untouched
-        return Ok(Output::Json(prev_v.clone()));
-    }
-    init_logging(cfg);
-
-    // ---- validate everything before changing anything ----
-    if cfg.if_name == env.ifname {
-        return Err(CniError::invalid_config(format!(
-            "ifName: \"{}\" is the chain's CNI_IFNAME (the primary interface); choose another name",
-            cfg.if_name
-        )));
-    }
-    let pool = cfg.pool()?;
-    check_pod_netns(&env.netns)?;
-    let netns = open_netns(&env.netns)?;
-    let dp = dataplane::for_mode(cfg.mode);
-    let mut k = Kernel::new();
-    let uplink = dp.preflight(&mut k, cfg)?;
-    let mut pod = Handle::open_in(&netns)?;
-    // ours (our MACs start 0e:2c): left by a DEL whose link deletion the agent
-    // has not run yet (DEL then ADD in one netns), removed below once the
-    // record check has shown this attachment is not live
-    let store = Store::new(&cfg.data_dir);
-    store.init()?;
-    let key = attachment_key(&env.container_id, &env.ifname);
-    // held until ADD returns: a second ADD of this container (a runtime
-    // retrying after its own timeout) waits, then finds the record
-    let _busy = store.lock_attachment(&key, lock_timeout())?;
-    let mut leftover_pod_link = None;
-    if let Some(l) = pod.link_by_name(&cfg.if_name)? {
-        let ours = l.mac.and_then(pod_mac_ip);
-        // the MAC carries the address: is it leased to another attachment
-        // of this very pod (another network)? Then this ros0 is live. (If
-        // the address went to another pod since, this one is a leftover.)
-        let holder = ours.and_then(|ip| {
-            let other = store.leased_to_another(ip, &key)?;
-            let rec = store.get(&other).ok().flatten()?;
-            (rec.netns == env.netns && rec.pod_if == cfg.if_name).then_some(other)
-        });
-        if let Some(other) = holder {
-            return Err(CniError::new(
-                Code::AlreadyAttached,
-                format!(
-                    "the pod's \"{}\" (ifName) belongs to another live attachment ({other})",
-                    cfg.if_name
-                ),
-            ));
-        } else if ours.is_some() {
-            leftover_pod_link = Some(l.index);
-        } else {
-            return Err(CniError::new(
-                Code::AlreadyAttached,
-                format!(
-                    "the pod already has an interface named \"{}\" (ifName)",
-                    cfg.if_name
-                ),
-            ));
-        }
-    }
-    // whether PrimaryMulticastOff will clear the flag: recorded with the
-    // address, so the record written at allocation is usually final
-    let mut clears_multicast = false;
-    if !cfg.primary_multicast {
-        match pod.link_by_name(&env.ifname)? {
-            None => {
-                return Err(CniError::env(format!(
-                "CNI_IFNAME: the pod has no interface \"{}\"; the primary plugin must run first",
-                env.ifname
-            )))
-            }
-            Some(l) => clears_multicast = l.has_multicast(),
-        }
-    }
-    if store.get(&key)?.is_some() {
-        return Err(CniError::new(
-            Code::AlreadyAttached,
-            format!(
-                "container {} ({}) is already attached; DEL it first",
-                env.container_id, env.ifname
-            ),
-        ));
-    }
-
-    // ---- change things ----
-    if let Some(index) = leftover_pod_link {
-        tracing::warn!(
-            "removing a leftover {} from an earlier attachment",
-            cfg.if_name
-        );
-        pod.delete_link(index)?;
-    }
-    if cfg.mode == crate::config::Mode::Routed {
-        // a host end without a record: left by a DEL whose link deletion the
-        // agent has not run yet; the name is this attachment's, so take it back
-        let host_if = host_veth_name(&env.container_id, &env.ifname);
-        if let Some(l) = k.node()?.link_by_name(&host_if)? {
-            tracing::warn!("removing leftover link {host_if} from an earlier attachment");
-            k.node()?.delete_link(l.index)?;
-        }
-    }
-    dp.ensure_node(&mut k, cfg, &uplink)?;
-    let make = |ip| Attachment {
-        container_id: env.container_id.clone(),
-        ifname: env.ifname.clone(),
-        pod_if: cfg.if_name.clone(),
-        netns: env.netns.clone(),
-        ip,
-        prefix_len: cfg.prefix_len(),
-        mac: format_mac(&pod_mac(ip)),
-        host_if: match cfg.mode {
-            crate::config::Mode::Routed => host_veth_name(&env.container_id, &env.ifname),
-            crate::config::Mode::Macvlan => String::new(),
-        },
-        node_dev: dp.node_dev(cfg).to_owned(),
-        uplink: uplink.clone(),
-        mode: cfg.mode.as_str().into(),
-        cleared_multicast: clears_multicast,
-        primary_ips: prev
-            .find_interface(&env.ifname, &env.netns)
-            .map(|i| prev.ips_of(i))
-            .unwrap_or_default(),
-        pod_namespace: env.pod_namespace().unwrap_or_default().into(),
-        pod_name: env.pod_name().unwrap_or_default().into(),
-        network: cfg.name.clone().unwrap_or_default(),
-    };
-    let lock = store.lock(lock_timeout())?;
-    let allocated = match store.allocate(&lock, &pool, &cfg.subnet, &key, make) {
-        // leases left by killed invocations are taken back, then it is tried once more
-        Err(crate::ipam::Error::Exhausted { .. }) if !store.reclaim(&lock)?.is_empty() => {
-            store.allocate(&lock, &pool, &cfg.subnet, &key, make)
-        }
-        r => r,
-    };
-    drop(lock);
-    let mut att = allocated?;
-    let recorded = att.clone();
-    let req = AddRequest {
-        cfg,
-        netns: &netns,
-        primary_if: &env.ifname,
-    };
-    let mut done: Vec<Step> = vec![];
-    let mut failure = None;
-    for step in dp.steps() {
-        match dp.apply(&mut k, &mut pod, &req, &mut att, *step) {
-            Ok(()) => {
-                done.push(*step);
-                crate::faults::point(&format!("ADD step {step:?}"));
-            }
-            Err(e) => {
-                failure = Some((*step, CniError::from(e)));
-                break;
-            }
-        }
-    }
-    // rewrite the record only if a step changed it (the MULTICAST flag
-    // changed between validation and the step): a rewrite is a file create
-    // and a rename over the old record, whose blocks are freed
-    if failure.is_none() && att != recorded {
-        let rewritten = store
-            .lock(lock_timeout())
-            .and_then(|_lock| store.write_attachment(&key, &att));
-        if let Err(e) = rewritten {
-            failure = Some((Step::Guard, e.into()));
-        }
-    }
-    if let Some((step, err)) = failure {
-        tracing::warn!(?step, "ADD failed, undoing {} step(s): {err}", done.len());
-        if let Err(u) = undo_all(dp, &mut k, Some(&mut pod), &att, &done) {
-            tracing::error!("rollback incomplete: {u}");
-        }
-        if let Ok(lock) = store.lock(lock_timeout()) {
-            let _ = store.release(&lock, &key, Some(att.ip));
-        }
-        return Err(err);
-    }
-    add_domain_rules(cfg, &att);
-    tracing::info!(
-        container = %env.container_id,
-        pod = %format!("{}/{}", att.pod_namespace, att.pod_name),
-        ip = %att.ip,
-        "attached {} via {}",
-        att.pod_if,
-        att.host_if
-    );
-    let net = ipnet::IpNet::V4(ipnet::Ipv4Net::new(att.ip, att.prefix_len).expect("valid prefix"));
-    prev.push_attachment(
-        &Interface {
-            name: att.pod_if.clone(),
-            mac: att.mac.clone(),
-            sandbox: env.netns.clone(),
-        },
-        net,
-    );
-    Ok(Output::Json(prev.to_version(version)))
-}
-
-/// With a domain policy in force (the agent has made its table), the pod's
-/// rules, so that it is held to its namespace's domains from its first
-/// packet rather than from the agent's next pass (until then its port is
-/// unlisted, and the table's default deny drops all its RTPS-range UDP).
-/// A failure is only logged: the default deny holds until the agent adds them.
-fn add_domain_rules(cfg: &Config, att: &crate::ipam::Attachment) {
-    let Some(d) = &cfg.domains else { return };
-    if cfg.mode != crate::config::Mode::Routed || att.host_if.is_empty() {
-        return;
-    }
-    let p = crate::firewall::domains::PodPolicy {
-        port: att.host_if.clone(),
-        allowed: d.allowed(&att.pod_namespace).map(<[u16]>::to_vec),
-    };
-    let r = crate::kernel::nft::Nfnl::new()
-        .and_then(|mut nl| crate::firewall::domains::add_pod(&mut nl, &p));
-    match r {
-        Ok(true) => {
-            tracing::debug!(port = %p.port, allowed = ?p.allowed, "domain policy rules added")
-        }
-        Ok(false) => tracing::debug!("no domain policy table on this node (agent not running yet)"),
-        Err(e) => {
-            tracing::warn!(port = %p.port, "domain policy rules (the agent adds them within its next pass): {e}")
-        }
-    }
-}
-
-/// The per-pod steps whose kernel work waits out an RCU grace period
-/// (RTM_DELLINK: 15-25 ms; an nf_tables element delete: ~12 ms at socket close).
-fn is_slow(step: &Step) -> bool {
-    matches!(step, Step::Link | Step::Guard)
-}
-
 /// What the agent is asked to finish for `att`: the link (by index, so a new
 /// link by the same name is safe) and the anti-spoofing element.
 fn handoff_for(
@@ -554,21 +351,21 @@ pub fn teardown(
     } else {
         None
     };
-    let (slow, mut fast): (Vec<Step>, Vec<Step>) = dp.steps().iter().copied().partition(is_slow);
     // the address already leased to another pod: an earlier DEL released it
     // and was cut short before removing this record; the node's entries for
     // that address are the new pod's now
-    if let Some(owner) = store.leased_to_another(att.ip, key) {
+    let reused_by = store.leased_to_another(att.ip, key);
+    if let Some(owner) = &reused_by {
         tracing::warn!(ip = %att.ip, %owner, "address reused since: leaving its node entries alone");
-        fast.retain(|s| !matches!(s, Step::HostRoute | Step::HostNeigh | Step::ProxyNeigh));
     }
-    undo_all(dp, &mut k, pod.as_mut(), att, &fast)?;
+    let plan = dataplane::plan::teardown(dp, reused_by.is_some());
+    undo_all(&mut k, pod.as_mut(), att, &plan.fast)?;
     let handed = match handoff_for(att, &mut k, pod.as_mut(), ns_path)? {
         Some(h) => hand_over(agent_sock, &h),
         None => false,
     };
     if !handed {
-        undo_all(dp, &mut k, pod.as_mut(), att, &slow)?;
+        undo_all(&mut k, pod.as_mut(), att, &plan.slow)?;
     }
     let lock = store.lock(lock_timeout())?;
     store.release(&lock, key, Some(att.ip))?;
@@ -668,7 +465,7 @@ fn check(cfg: &Config, env: &Env, raw: &Value) -> Result<()> {
     let mut pod = Handle::open_in(&netns)?;
     let dp = dataplane::for_attachment(&att);
     let mut k = Kernel::new();
-    diffs.extend(dp.check(&mut k, &mut pod, cfg, &att)?);
+    diffs.extend(dataplane::check(dp, &mut k, &mut pod, cfg, &att)?);
     if diffs.is_empty() {
         Ok(())
     } else {
