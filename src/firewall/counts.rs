@@ -21,10 +21,10 @@
 //! plugin does not, so ADD does no extra work), so the first reconcile
 //! period of a pod's discovery is not counted.
 
-use super::{ifname_key, Error};
+use super::{expr, ifname_key, Error};
 use crate::kernel::nft::{
-    ChainSpec, DumpedRule, Edit, Expr, MetaKey, Nfnl, PayloadBase, RuleSpec, SetSpec, TableSpec,
-    NFPROTO_BRIDGE, NFT_GOTO, NF_INET_PRE_ROUTING, REG32_00, TYPE_INET_SERVICE,
+    ChainSpec, DumpedRule, Edit, Expr, MetaKey, Nfnl, RuleSpec, SetSpec, TableSpec, NFPROTO_BRIDGE,
+    NFT_GOTO, NF_INET_PRE_ROUTING, REG32_00, TYPE_INET_SERVICE,
 };
 
 pub const TABLE: &str = "ros2_cni_counts";
@@ -72,50 +72,22 @@ fn pod_rule(chain: &str, port: &str) -> RuleSpec {
 
 /// IPv4 UDP to a multicast group on an SPDP port (first fragments only).
 fn discovery_match() -> Vec<Expr> {
-    vec![
-        Expr::Payload {
-            base: PayloadBase::Link,
-            offset: 12,
-            len: 2,
-            dreg: R0,
-        },
-        Expr::CmpEq {
-            sreg: R0,
-            data: vec![0x08, 0x00],
-        },
-        Expr::Payload {
-            base: PayloadBase::Network,
-            offset: 9,
-            len: 1,
-            dreg: R0,
-        },
-        Expr::CmpEq {
-            sreg: R0,
-            data: vec![17],
-        },
-        Expr::Payload {
-            base: PayloadBase::Network,
-            offset: 16,
-            len: 4,
-            dreg: R0,
-        },
+    let mut v = expr::ipv4_udp(true);
+    v.extend([
+        expr::ip_daddr(),
         Expr::Range {
             sreg: R0,
             from: vec![224, 0, 0, 0],
             to: vec![239, 255, 255, 255],
             neq: false,
         },
-        Expr::Payload {
-            base: PayloadBase::Transport,
-            offset: 2,
-            len: 2,
-            dreg: R0,
-        },
+        expr::udp_dport(),
         Expr::Lookup {
             sreg: R0,
             set: PORTS_SET.into(),
         },
-    ]
+    ]);
+    v
 }
 
 /// The whole table for the pods' host ports.

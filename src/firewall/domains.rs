@@ -34,7 +34,7 @@
 //! so it cannot bypass these rules; pods under no policy, and every pod when
 //! `domains` is unset, keep the fast path for all their traffic.
 
-use super::{ifname_key, Error, HOST_VETH_PREFIX};
+use super::{expr, ifname_key, Error, HOST_VETH_PREFIX};
 use crate::kernel::nft::{
     ChainSpec, DumpedRule, Edit, Expr, MetaKey, Nfnl, PayloadBase, RuleSpec, SetSpec, TableSpec,
     NFPROTO_BRIDGE, NFT_GOTO, NF_ACCEPT, NF_DROP, NF_INET_PRE_ROUTING, REG32_00, TYPE_IFNAME,
@@ -135,42 +135,17 @@ pub fn is_unlisted(r: &DumpedRule) -> bool {
 }
 
 fn udp_rtps_match() -> Vec<Expr> {
-    vec![
-        Expr::Payload {
-            base: PayloadBase::Link,
-            offset: 12,
-            len: 2,
-            dreg: R0,
-        },
-        Expr::CmpEq {
-            sreg: R0,
-            data: vec![0x08, 0x00],
-        },
-        Expr::Payload {
-            base: PayloadBase::Network,
-            offset: 9,
-            len: 1,
-            dreg: R0,
-        },
-        Expr::CmpEq {
-            sreg: R0,
-            data: vec![17],
-        },
-        // first fragments only: later ones carry no UDP header, and the
-        // transport payload load does not match them
-        Expr::Payload {
-            base: PayloadBase::Transport,
-            offset: 2,
-            len: 2,
-            dreg: R0,
-        },
+    let mut v = expr::ipv4_udp(true);
+    v.extend([
+        expr::udp_dport(),
         Expr::Range {
             sreg: R0,
             from: RTPS_FIRST_PORT.to_be_bytes().to_vec(),
             to: 65535u16.to_be_bytes().to_vec(),
             neq: false,
         },
-    ]
+    ]);
+    v
 }
 
 fn dev_key(chain: &str) -> MetaKey {

@@ -22,7 +22,7 @@
 //!   (`iifname UPLINK ... limit rate over N/second ... counter drop`), before
 //!   multicast routing hands it to the pods.
 
-use super::{ifname_key, Error, HOST_VETH_PREFIX};
+use super::{expr, ifname_key, Error, HOST_VETH_PREFIX};
 use crate::kernel::nft::{
     ChainSpec, DumpedRule, Edit, Expr, MetaKey, Nfnl, PayloadBase, RuleSpec, SetSpec, TableSpec,
     NFPROTO_BRIDGE, NFPROTO_IPV4, NFT_GOTO, NF_DROP, NF_INET_PRE_ROUTING, REG32_00, TYPE_IFNAME,
@@ -166,48 +166,14 @@ pub fn is_uplink_sender(r: &DumpedRule) -> bool {
 /// UDP to an RTPS group and an SPDP port (IPv4, first fragments only: later
 /// fragments carry no UDP header).
 fn discovery_match(bridge: bool) -> Vec<Expr> {
-    let mut v = vec![];
-    if bridge {
-        v.extend([
-            Expr::Payload {
-                base: PayloadBase::Link,
-                offset: 12,
-                len: 2,
-                dreg: R0,
-            },
-            Expr::CmpEq {
-                sreg: R0,
-                data: vec![0x08, 0x00],
-            },
-        ]);
-    }
+    let mut v = expr::ipv4_udp(bridge);
     v.extend([
-        Expr::Payload {
-            base: PayloadBase::Network,
-            offset: 9,
-            len: 1,
-            dreg: R0,
-        },
-        Expr::CmpEq {
-            sreg: R0,
-            data: vec![17],
-        },
-        Expr::Payload {
-            base: PayloadBase::Network,
-            offset: 16,
-            len: 4,
-            dreg: R0,
-        },
+        expr::ip_daddr(),
         Expr::Lookup {
             sreg: R0,
             set: GROUPS_SET.into(),
         },
-        Expr::Payload {
-            base: PayloadBase::Transport,
-            offset: 2,
-            len: 2,
-            dreg: R0,
-        },
+        expr::udp_dport(),
         Expr::Lookup {
             sreg: R0,
             set: PORTS_SET.into(),

@@ -16,6 +16,7 @@
 
 pub mod counts;
 pub mod domains;
+pub mod expr;
 pub mod limits;
 
 use crate::kernel::nft::{
@@ -23,6 +24,7 @@ use crate::kernel::nft::{
     NFPROTO_BRIDGE, NFPROTO_IPV4, NFT_JUMP, NF_ACCEPT, NF_DROP, NF_INET_FORWARD,
     NF_INET_PRE_ROUTING, REG32_00, TYPE_ETHERADDR, TYPE_IFNAME, TYPE_IPADDR,
 };
+use expr::ether_type_is;
 use std::net::Ipv4Addr;
 
 use crate::kernel::Error;
@@ -152,22 +154,6 @@ fn pod_ports_rule() -> RuleSpec {
             },
         ],
     }
-}
-
-/// The frame's Ethernet type is `t`.
-fn ether_type_is(t: [u8; 2]) -> [Expr; 2] {
-    [
-        Expr::Payload {
-            base: PayloadBase::Link,
-            offset: 12,
-            len: 2,
-            dreg: R0,
-        },
-        Expr::CmpEq {
-            sreg: R0,
-            data: t.to_vec(),
-        },
-    ]
 }
 
 /// Loads a `pods` key into the registers from R0 on: the input port's
