@@ -3,14 +3,14 @@
 //! the config every reconcile pass (and at once on SIGHUP), and the counts of
 //! what they dropped, carried across replaced rules as for the rate limits.
 
-use super::limits::Drops;
+use super::limits::{rule_of, unix_now, Drops};
 use crate::api;
 use crate::config::Config;
 use crate::firewall::domains::{self as fw, PodPolicy, FROM_POD, TO_POD};
 use crate::ipam::Attachment;
-use crate::kernel::nft::{DumpedRule, Nfnl};
+use crate::kernel::nft::Nfnl;
 use std::collections::BTreeMap;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 /// One attached pod under the policy.
 #[derive(Debug, Clone, Default)]
@@ -37,19 +37,6 @@ pub struct DomainState {
     pub unlisted_to: Drops,
     pub in_force: bool,
     pub problem: Option<String>,
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-fn rule_of(rules: &[DumpedRule], f: impl Fn(&DumpedRule) -> bool) -> Option<(u64, u64)> {
-    rules
-        .iter()
-        .find(|r| f(r))
-        .map(|r| (r.handle, r.counter.map_or(0, |c| c.0)))
 }
 
 /// The policy of each record's pod under `cfg` (routed pods only).
@@ -86,11 +73,7 @@ impl DomainState {
         for a in records.iter().filter(|a| !a.host_if.is_empty()) {
             let mut p: PodDomains = self.pods.remove(&a.host_if).unwrap_or_default();
             p.namespace = a.pod_namespace.clone();
-            p.pod = if a.pod_name.is_empty() {
-                a.container_id.chars().take(12).collect()
-            } else {
-                a.pod_name.clone()
-            };
+            p.pod = a.pod_label();
             p.ip = a.ip.to_string();
             p.allowed = want
                 .iter()
@@ -168,23 +151,15 @@ impl DomainState {
         &self,
         enc: &mut prometheus_client::encoding::DescriptorEncoder,
     ) -> Result<(), std::fmt::Error> {
-        use super::metrics::{counter, l};
+        use super::metrics::counter;
         if !self.in_force {
             return Ok(());
         }
-        let mut rows = vec![];
-        for p in self.pods.values() {
-            for (dir, d) in [("sent", &p.sent), ("received", &p.received)] {
-                rows.push((
-                    l(&[
-                        ("namespace", p.namespace.clone()),
-                        ("pod", p.pod.clone()),
-                        ("direction", dir.into()),
-                    ]),
-                    d.total,
-                ));
-            }
-        }
+        let rows = per_direction(
+            self.pods
+                .values()
+                .map(|p| (&p.namespace, &p.pod, &p.sent, &p.received)),
+        );
         counter(
             enc,
             "ros2cni_pod_domain_dropped_packets",
@@ -198,6 +173,27 @@ impl DomainState {
             &[(vec![], self.unlisted_from.total + self.unlisted_to.total)],
         )
     }
+}
+
+/// Metric series per pod and direction (labels namespace, pod, direction
+/// "sent" / "received") from each pod's two counters.
+fn per_direction<'a>(
+    pods: impl Iterator<Item = (&'a String, &'a String, &'a Drops, &'a Drops)>,
+) -> Vec<(super::metrics::Labels, u64)> {
+    let mut rows = vec![];
+    for (namespace, pod, sent, received) in pods {
+        for (dir, d) in [("sent", sent), ("received", received)] {
+            rows.push((
+                super::metrics::l(&[
+                    ("namespace", namespace.clone()),
+                    ("pod", pod.clone()),
+                    ("direction", dir.into()),
+                ]),
+                d.total,
+            ));
+        }
+    }
+    rows
 }
 
 /// One pod's discovery datagrams (`src/firewall/counts.rs`).
@@ -248,11 +244,7 @@ impl DiscoveryCounts {
         for a in live {
             let mut p = self.pods.remove(&a.host_if).unwrap_or_default();
             p.namespace = a.pod_namespace.clone();
-            p.pod = if a.pod_name.is_empty() {
-                a.container_id.chars().take(12).collect()
-            } else {
-                a.pod_name.clone()
-            };
+            p.pod = a.pod_label();
             let of = |chain: &str| {
                 rule_of(&before, |r| {
                     r.comment.as_deref().and_then(fc::pod_of_comment)
@@ -282,20 +274,12 @@ impl DiscoveryCounts {
         &self,
         enc: &mut prometheus_client::encoding::DescriptorEncoder,
     ) -> Result<(), std::fmt::Error> {
-        use super::metrics::{counter, l};
-        let mut rows = vec![];
-        for p in self.pods.values() {
-            for (dir, d) in [("sent", &p.sent), ("received", &p.received)] {
-                rows.push((
-                    l(&[
-                        ("namespace", p.namespace.clone()),
-                        ("pod", p.pod.clone()),
-                        ("direction", dir.into()),
-                    ]),
-                    d.total,
-                ));
-            }
-        }
+        use super::metrics::counter;
+        let rows = per_direction(
+            self.pods
+                .values()
+                .map(|p| (&p.namespace, &p.pod, &p.sent, &p.received)),
+        );
         counter(
             enc,
             "ros2cni_pod_discovery_datagrams",

@@ -96,14 +96,16 @@ pub struct LimitState {
     pub problem: Option<String>,
 }
 
-fn rule_of(rules: &[DumpedRule], f: impl Fn(&DumpedRule) -> bool) -> Option<(u64, u64)> {
+/// The handle and packet counter of the first rule `f` picks (the agent's
+/// per-pod tables: limits, domains, counts).
+pub(super) fn rule_of(rules: &[DumpedRule], f: impl Fn(&DumpedRule) -> bool) -> Option<(u64, u64)> {
     rules
         .iter()
         .find(|r| f(r))
         .map(|r| (r.handle, r.counter.map_or(0, |c| c.0)))
 }
 
-fn unix_now() -> u64 {
+pub(super) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -138,11 +140,7 @@ impl LimitState {
         for a in records.iter().filter(|a| !a.host_if.is_empty()) {
             let mut p = self.pods.remove(&a.host_if).unwrap_or_default();
             p.namespace = a.pod_namespace.clone();
-            p.pod = if a.pod_name.is_empty() {
-                a.container_id.chars().take(12).collect()
-            } else {
-                a.pod_name.clone()
-            };
+            p.pod = a.pod_label();
             p.ip = a.ip.to_string();
             pods.insert(a.host_if.clone(), p);
         }

@@ -110,6 +110,18 @@ pub struct Attachment {
     pub network: String,
 }
 
+impl Attachment {
+    /// The pod's name for metrics and status: K8S_POD_NAME, or the first 12
+    /// characters of the container id when the runtime passed no name.
+    pub fn pod_label(&self) -> String {
+        if self.pod_name.is_empty() {
+            self.container_id.chars().take(12).collect()
+        } else {
+            self.pod_name.clone()
+        }
+    }
+}
+
 /// The key of an attachment: container id and the chain's CNI_IFNAME.
 pub fn attachment_key(container_id: &str, ifname: &str) -> String {
     format!("{container_id}_{ifname}")
