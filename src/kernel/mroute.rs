@@ -122,6 +122,20 @@ pub struct MrouteSocket {
 }
 
 impl MrouteSocket {
+    /// One of the multicast router's counter ioctls, filling `req` in place.
+    ///
+    /// # Safety
+    /// `req` must be laid out as the structure `request` takes.
+    unsafe fn counter_ioctl<T>(&self, request: libc::c_ulong, req: &mut T) -> io::Result<()> {
+        // SAFETY: the caller vouches for the layout; `req` is alive and
+        // writable for the call.
+        let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), request as _, req as *mut T) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Opens the raw IGMP socket and becomes the multicast router. Fails with
     /// EADDRINUSE when another router (smcroute, pimd, a second agent) owns it.
     pub fn open() -> io::Result<MrouteSocket> {
@@ -419,17 +433,8 @@ impl Mroute for MrouteSocket {
             bytecnt: 0,
             wrong_if: 0,
         };
-        // SAFETY: ioctl with a properly laid out sioc_sg_req.
-        let rc = unsafe {
-            libc::ioctl(
-                self.fd.as_raw_fd(),
-                SIOCGETSGCNT as _,
-                &mut r as *mut SiocSgReq,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        // SAFETY: SIOCGETSGCNT takes a struct sioc_sg_req, which SiocSgReq lays out.
+        unsafe { self.counter_ioctl(SIOCGETSGCNT, &mut r)? };
         Ok(SgCount {
             packets: r.pktcnt as _,
             bytes: r.bytecnt as _,
@@ -445,17 +450,8 @@ impl Mroute for MrouteSocket {
             ibytes: 0,
             obytes: 0,
         };
-        // SAFETY: ioctl with a properly laid out sioc_vif_req.
-        let rc = unsafe {
-            libc::ioctl(
-                self.fd.as_raw_fd(),
-                SIOCGETVIFCNT as _,
-                &mut r as *mut SiocVifReq,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        // SAFETY: SIOCGETVIFCNT takes a struct sioc_vif_req, which SiocVifReq lays out.
+        unsafe { self.counter_ioctl(SIOCGETVIFCNT, &mut r)? };
         Ok(VifCount {
             in_packets: r.icount as _,
             out_packets: r.ocount as _,

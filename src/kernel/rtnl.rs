@@ -190,28 +190,18 @@ impl<W: Wire> Handle<W> {
     pub fn link_by_name(&mut self, name: &str) -> Result<Option<Link>> {
         let mut m = LinkMessage::default();
         m.attributes.push(LinkAttribute::IfName(name.to_owned()));
-        match self.exchange(
-            &format!("get link {name}"),
-            RouteNetlinkMessage::GetLink(m),
-            0,
-        ) {
-            Ok(v) => Ok(v.into_iter().find_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
-                _ => None,
-            })),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.get_link(&format!("get link {name}"), m)
     }
 
     pub fn link_by_index(&mut self, index: u32) -> Result<Option<Link>> {
         let mut m = LinkMessage::default();
         m.header.index = index;
-        match self.exchange(
-            &format!("get link #{index}"),
-            RouteNetlinkMessage::GetLink(m),
-            0,
-        ) {
+        self.get_link(&format!("get link #{index}"), m)
+    }
+
+    /// One RTM_GETLINK; a link that is not there is `None`.
+    fn get_link(&mut self, op: &str, m: LinkMessage) -> Result<Option<Link>> {
+        match self.exchange(op, RouteNetlinkMessage::GetLink(m), 0) {
             Ok(v) => Ok(v.into_iter().find_map(|m| match m {
                 RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
                 _ => None,
