@@ -62,7 +62,7 @@ pub fn main() -> i32 {
         Cmd::Doctor(a) => match doctor::run(a) {
             Ok(code) => Ok(code),
             Err(e) => {
-                eprintln!("ros2-cni: doctor: {e:#}");
+                eprintln!("ros2-cni: doctor: {}", chain(&e));
                 return 2;
             }
         },
@@ -71,8 +71,46 @@ pub fn main() -> i32 {
     match r {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("ros2-cni: {e:#}");
+            eprintln!("ros2-cni: {}", chain(&e));
             1
         }
+    }
+}
+
+/// An error and its causes on one line, like `{:#}`, but a cause whose text
+/// the message already carries is not repeated: the layers' errors include
+/// their source in their own text (the plugin's CNI messages need that).
+fn chain(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chain;
+    use anyhow::Context;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let io = std::io::Error::from_raw_os_error(libc::EACCES);
+        let inner = ros2_cni::kernel::Error::Kernel {
+            op: "RTM_NEWLINK ros0".into(),
+            source: io,
+        };
+        let e = Err::<(), _>(inner).context("creating ros0").unwrap_err();
+        let text = chain(&e);
+        assert_eq!(text.matches("Permission denied").count(), 1, "once: {text}");
+        assert!(text.starts_with("creating ros0: "), "{text}");
+        // a cause the message does not carry is still shown
+        let plain =
+            anyhow::anyhow!(std::io::Error::from_raw_os_error(libc::ENOENT)).context("reading /x");
+        assert!(chain(&plain).ends_with("No such file or directory (os error 2)"));
     }
 }
