@@ -508,21 +508,21 @@ fn sighup_reloads_and_sigterm_keeps_pods_connected() {
     tb.agent_config(n1, &json!({"groups": ["239.255.0.1", "239.255.0.2"]}))
         .unwrap();
     tb.signal(agent1, nix::sys::signal::Signal::SIGHUP);
-    std::thread::sleep(Duration::from_millis(500));
-    let mut g = groups(&n1.ns);
-    g.sort();
-    assert_eq!(
-        g,
-        vec!["239.255.0.1", "239.255.0.2"],
-        "reload applied the new group to the TTL rule"
-    );
+    wait_for(3, "reload applied the new group to the TTL rule", || {
+        let mut g = groups(&n1.ns);
+        g.sort();
+        g == ["239.255.0.1", "239.255.0.2"]
+    });
     let st = tb.agent_status(n1).unwrap();
     assert_eq!(st["reloads"], 1);
     assert_eq!(st["groups"], json!(["239.255.0.1", "239.255.0.2"]));
     // a broken config file is refused and the agent keeps running
     std::fs::write(n1.data_dir.join("agent.json"), b"{not json").unwrap();
     tb.signal(agent1, nix::sys::signal::Signal::SIGHUP);
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for(3, "the failed reload in the log", || {
+        tb.log("agent-n1")
+            .contains("reload failed, keeping the running configuration")
+    });
     assert_eq!(
         tb.agent_status(n1).unwrap()["reloads"],
         1,

@@ -68,8 +68,9 @@ fn agent_keeps_serving_with_a_closed_stderr() {
         Some(pid),
         "the status socket still answers"
     );
-    let st = tb.agent_status(tb.node(1)).unwrap();
-    assert_eq!(st["reloads"], 3, "the reloads were served: {st}");
+    wait_for(5, "the three reloads were served", || {
+        tb.agent_status(tb.node(1)).unwrap()["reloads"] == 3
+    });
     let m = http_get(&tb.node(1).ns, "127.0.0.1:9531", "/metrics").unwrap();
     assert!(m.contains("ros2cni_"), "metrics still answer: {m}");
     assert!(
