@@ -11,6 +11,7 @@ mod doctor;
 mod domains;
 mod hostile;
 mod install;
+mod kernel;
 mod lab;
 mod libcni;
 mod limits;

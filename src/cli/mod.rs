@@ -103,6 +103,7 @@ mod tests {
         let inner = ros2_cni::kernel::Error::Kernel {
             op: "RTM_NEWLINK ros0".into(),
             source: io,
+            detail: None,
         };
         let e = Err::<(), _>(inner).context("creating ros0").unwrap_err();
         let text = chain(&e);

@@ -39,12 +39,14 @@ use std::time::Duration;
 /// A failed kernel operation.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The kernel answered the request with an error (an errno).
-    #[error("{op}: {source}")]
+    /// The kernel answered the request with an error (an errno), and, where
+    /// the kernel explained it (netlink extended ack), its message.
+    #[error("{op}: {source}{}", said(detail))]
     Kernel {
         op: String,
         #[source]
         source: io::Error,
+        detail: Option<String>,
     },
     /// The socket itself failed (open, bind, send, receive).
     #[error("{op}: netlink socket: {source}")]
@@ -68,11 +70,29 @@ pub enum Error {
     },
 }
 
+/// The kernel's own explanation, as iproute2 shows it ("Error: ...").
+fn said(detail: &Option<String>) -> String {
+    detail
+        .as_deref()
+        .map(|d| format!("; the kernel says: {d}"))
+        .unwrap_or_default()
+}
+
 impl Error {
-    pub(crate) fn kernel(op: &str, errno: i32) -> Error {
+    /// The kernel's answer: its errno and its extended-ack message, if any.
+    pub(crate) fn kernel(op: &str, errno: i32, detail: Option<String>) -> Error {
         Error::Kernel {
             op: op.to_owned(),
             source: io::Error::from_raw_os_error(errno),
+            detail,
+        }
+    }
+
+    /// The kernel's own explanation of its answer (netlink extended ack).
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            Error::Kernel { detail, .. } => detail.as_deref(),
+            _ => None,
         }
     }
 
@@ -118,7 +138,7 @@ mod tests {
 
     #[test]
     fn errno_helpers_read_only_the_kernels_answer() {
-        let e = Error::kernel("delete route 10.0.0.5/32 dev #7", libc::ESRCH);
+        let e = Error::kernel("delete route 10.0.0.5/32 dev #7", libc::ESRCH, None);
         assert_eq!(e.errno(), Some(libc::ESRCH));
         assert!(e.is_not_found());
         assert!(!e.is_exists());
@@ -126,7 +146,7 @@ mod tests {
         assert!(e
             .to_string()
             .starts_with("delete route 10.0.0.5/32 dev #7: "));
-        assert!(Error::kernel("create bridge b", libc::EEXIST).is_exists());
+        assert!(Error::kernel("create bridge b", libc::EEXIST, None).is_exists());
         // a socket failing with ENOENT is no answer about the object
         let s = Error::Socket {
             op: "open".into(),

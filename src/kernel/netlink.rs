@@ -25,7 +25,8 @@ use super::netns::Netns;
 use super::{Error, Result};
 use netlink_packet_core::{
     NetlinkBuffer, NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-    NetlinkSerializable, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+    NetlinkSerializable, NlasIterator, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_DUMP,
+    NLM_F_REQUEST,
 };
 use netlink_sys::{Socket, SocketAddr};
 use std::io;
@@ -242,7 +243,7 @@ impl<W: Wire> Conn<W> {
                         continue;
                     }
                     Answer::End(None) => None,
-                    Answer::End(Some(errno)) => Some(Error::kernel(op, errno)),
+                    Answer::End(Some((errno, said))) => Some(Error::kernel(op, errno, said)),
                 };
                 waiting.swap_remove(i);
                 if first_err.is_none() {
@@ -289,8 +290,9 @@ impl<W: Wire> Conn<W> {
 enum Answer<M> {
     /// A data message (a dump part, the answer to a GET).
     Data(M),
-    /// The request's end: its ack or `NLMSG_DONE` (None), or its errno.
-    End(Option<i32>),
+    /// The request's end: its ack or `NLMSG_DONE` (None), or its errno
+    /// and the kernel's extended-ack message.
+    End(Option<(i32, Option<String>)>),
 }
 
 /// Parses the message at the start of `b`: its length, and unless its
@@ -315,12 +317,41 @@ fn parse_one<M: NetlinkDeserializable>(
     let msg = NetlinkMessage::<M>::deserialize(&b[..len]).map_err(decode)?;
     let answer = match msg.payload {
         NetlinkPayload::InnerMessage(m) => Answer::Data(m),
-        NetlinkPayload::Error(e) => Answer::End(e.code.map(|c| -c.get())),
-        NetlinkPayload::Done(d) => Answer::End((d.code < 0).then_some(-d.code)),
+        NetlinkPayload::Error(e) => Answer::End(
+            e.code
+                .map(|c| (-c.get(), ext_ack_message(msg.header.flags, &e.header))),
+        ),
+        NetlinkPayload::Done(d) => Answer::End((d.code < 0).then_some((-d.code, None))),
         // NOOP, OVERRUN: nothing for the request
         _ => return Ok((len, None)),
     };
     Ok((len, Some((seq, answer))))
+}
+
+/// NLMSGERR_ATTR_MSG: the extended ack's text.
+const NLMSGERR_ATTR_MSG: u16 = 1;
+
+/// The text of an error's extended ack (`NETLINK_EXT_ACK`), if it has one.
+/// `payload` follows the error code: the echoed request (only its header
+/// when `NLM_F_CAPPED`), then, with `NLM_F_ACK_TLVS`, the attributes.
+fn ext_ack_message(flags: u16, payload: &[u8]) -> Option<String> {
+    if flags & NLM_F_ACK_TLVS == 0 || payload.len() < 16 {
+        return None;
+    }
+    let echoed = if flags & NLM_F_CAPPED != 0 {
+        16
+    } else {
+        align(u32::from_ne_bytes(payload[..4].try_into().ok()?) as usize)
+    };
+    NlasIterator::new(payload.get(echoed..)?)
+        .filter_map(std::result::Result::ok)
+        .find(|nla| nla.kind() == NLMSGERR_ATTR_MSG)
+        .map(|nla| {
+            let v = nla.value();
+            let end = v.iter().position(|&b| b == 0).unwrap_or(v.len());
+            String::from_utf8_lossy(&v[..end]).into_owned()
+        })
+        .filter(|m| !m.is_empty())
 }
 
 /// NLMSG_ALIGN.
@@ -473,6 +504,71 @@ mod tests {
         assert!(e.is_exists());
         assert_eq!(e.op(), Some("create bridge ros2br0"));
         assert!(c.wire.answers.is_empty());
+    }
+
+    /// NLMSG_ERROR `code` with `flags`, echoing `echoed`, then a
+    /// NLMSGERR_ATTR_MSG attribute carrying `text` (NUL-terminated).
+    fn ext_ack(seq: u32, code: i32, flags: u16, echoed: &[u8], text: &str) -> Vec<u8> {
+        let mut p = code.to_ne_bytes().to_vec();
+        p.extend_from_slice(echoed);
+        let value = [text.as_bytes(), &[0]].concat();
+        p.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
+        p.extend_from_slice(&NLMSGERR_ATTR_MSG.to_ne_bytes());
+        p.extend_from_slice(&value);
+        p.resize(align(p.len()), 0);
+        nlmsg(2, flags, seq, &p)
+    }
+
+    #[test]
+    fn the_kernels_extended_ack_message_is_kept_with_the_errno() {
+        let mut c = Conn::with_wire(Fake::default());
+        let text = "Device for nexthop is not up";
+        // capped: only the request's header is echoed
+        let capped = ext_ack(
+            1,
+            -libc::ENETDOWN,
+            NLM_F_ACK_TLVS | NLM_F_CAPPED,
+            &[0; 16],
+            text,
+        );
+        c.wire.answers.push_back(capped);
+        let e = c.request("add route", get_link(), NLM_F_ACK).unwrap_err();
+        assert_eq!(e.errno(), Some(libc::ENETDOWN));
+        assert_eq!(e.detail(), Some(text));
+        assert!(
+            e.to_string()
+                .ends_with("; the kernel says: Device for nexthop is not up"),
+            "{e}"
+        );
+        // not capped: the whole request (here 24 bytes) is echoed first
+        let mut echoed = 24u32.to_ne_bytes().to_vec();
+        echoed.resize(24, 0);
+        c.wire
+            .answers
+            .push_back(ext_ack(2, -libc::EINVAL, NLM_F_ACK_TLVS, &echoed, text));
+        let e = c.request("add route", get_link(), NLM_F_ACK).unwrap_err();
+        assert_eq!(e.detail(), Some(text));
+        // without NLM_F_ACK_TLVS the bytes are not read as attributes
+        c.wire
+            .answers
+            .push_back(ext_ack(3, -libc::EINVAL, NLM_F_CAPPED, &[0; 16], text));
+        let e = c.request("add route", get_link(), NLM_F_ACK).unwrap_err();
+        assert_eq!((e.errno(), e.detail()), (Some(libc::EINVAL), None));
+        assert!(e.to_string().ends_with("(os error 22)"), "{e}");
+        // a truncated attribute area is no message, and no panic
+        let mut cut = ext_ack(
+            4,
+            -libc::EINVAL,
+            NLM_F_ACK_TLVS | NLM_F_CAPPED,
+            &[0; 16],
+            text,
+        );
+        cut.truncate(16 + 4 + 16 + 6);
+        let len = cut.len() as u32;
+        cut[..4].copy_from_slice(&len.to_ne_bytes());
+        c.wire.answers.push_back(cut);
+        let e = c.request("add route", get_link(), NLM_F_ACK).unwrap_err();
+        assert_eq!((e.errno(), e.detail()), (Some(libc::EINVAL), None));
     }
 
     #[test]

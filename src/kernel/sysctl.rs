@@ -19,5 +19,6 @@ pub fn read(key: &str) -> Result<String> {
         .map_err(|source| Error::Kernel {
             op: format!("sysctl {key}"),
             source,
+            detail: None,
         })
 }
