@@ -11,7 +11,8 @@ fn a_refused_request_carries_the_kernels_own_explanation() {
     let tb = bed(1);
     let ns = Netns::open(format!("/var/run/netns/{}", tb.node(1).ns)).unwrap();
     let mut h = Handle::open_in(&ns).unwrap();
-    h.create_bridge("r2tx0", [0x02, 0, 0, 0, 0x7e, 0x01]).unwrap();
+    h.create_bridge("r2tx0", [0x02, 0, 0, 0, 0x7e, 0x01])
+        .unwrap();
     let link = h.link_by_name("r2tx0").unwrap().expect("the new bridge");
     assert!(!link.is_up());
     // a route through a link that is down: iproute2 prints the same text as
@@ -24,4 +25,9 @@ fn a_refused_request_carries_the_kernels_own_explanation() {
     let said = e.detail().expect("the kernel's extended ack");
     assert!(said.contains("not up"), "{said}");
     assert!(e.to_string().contains(said), "{e}");
+    // and the link by name as well as by number
+    assert_eq!(
+        e.op().unwrap(),
+        format!("add route 10.9.0.0/24 dev r2tx0 (#{})", link.index)
+    );
 }

@@ -19,9 +19,10 @@
 //! - [`netns`]: network namespaces by path, and running code inside one on a
 //!   thread of its own; [`sysctl`]: /proc/sys reads.
 //! - [`Error`]: the one error of a kernel operation. It keeps what was asked
-//!   ("add route 10.0.0.5/32 dev #7") and the errno the kernel answered, so
-//!   callers decide on [`Error::is_not_found`] / [`Error::is_exists`] /
-//!   [`Error::errno`], never on message text.
+//!   ("add route 10.0.0.5/32 dev #7"; rtnetlink and tc add the link's name
+//!   on failure), the errno the kernel answered and the kernel's extended-ack
+//!   text if it sent one, so callers decide on [`Error::is_not_found`] /
+//!   [`Error::is_exists`] / [`Error::errno`], never on message text.
 
 pub mod bpf;
 pub mod mroute;
@@ -116,6 +117,18 @@ impl Error {
     /// The object to create is already there.
     pub fn is_exists(&self) -> bool {
         self.errno() == Some(libc::EEXIST)
+    }
+
+    /// The same error with its operation's text rewritten by `f`.
+    pub(crate) fn map_op(mut self, f: impl FnOnce(&str) -> String) -> Error {
+        match &mut self {
+            Error::Kernel { op, .. }
+            | Error::Socket { op, .. }
+            | Error::Timeout { op, .. }
+            | Error::Decode { op, .. } => *op = f(op),
+            Error::Netns { .. } => {}
+        }
+        self
     }
 
     /// What was asked of the kernel, when known.

@@ -15,7 +15,7 @@
 use crate::kernel::netns::Netns;
 
 use crate::kernel::netlink::{Conn, Wire};
-use crate::kernel::Result;
+use crate::kernel::{Error, Result};
 
 use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
@@ -36,6 +36,15 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
+
+/// The link index in an operation's text: the digits after its first '#'.
+fn link_index_in(op: &str) -> Option<u32> {
+    let digits = &op[op.find('#')? + 1..];
+    let end = digits
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(digits.len());
+    digits[..end].parse().ok()
+}
 
 /// What we need to know about a link.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,13 +172,47 @@ impl<W: Wire> Handle<W> {
     }
 
     /// Sends a request and collects its answers (see [`crate::kernel::netlink`]).
+    /// A failed request that names a link by index ("link #7") names it by
+    /// name too ("link r2c1a2b3c4 (#7)"), looked up only then.
     fn exchange(
         &mut self,
         op: &str,
         msg: RouteNetlinkMessage,
         flags: u16,
     ) -> Result<Vec<RouteNetlinkMessage>> {
-        self.conn.request(op, msg, flags)
+        match self.conn.request(op, msg, flags) {
+            // "not there" and "already there" are answers callers expect
+            // and handle; no lookup for them
+            Err(e) if !e.is_not_found() && !e.is_exists() => Err(self.name_link(e)),
+            r => r,
+        }
+    }
+
+    /// `e` with the first "#<index>" in its operation followed by the link's
+    /// name, if the link is there to ask (one RTM_GETLINK, no retry).
+    fn name_link(&mut self, e: Error) -> Error {
+        let Some(index) = e.op().and_then(link_index_in) else {
+            return e;
+        };
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        let name = self
+            .conn
+            .request("get link name", RouteNetlinkMessage::GetLink(m), 0)
+            .ok()
+            .and_then(|v| {
+                v.into_iter().find_map(|m| match m {
+                    RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l).name),
+                    _ => None,
+                })
+            })
+            .filter(|n| !n.is_empty());
+        match name {
+            Some(name) => {
+                e.map_op(|op| op.replacen(&format!("#{index}"), &format!("{name} (#{index})"), 1))
+            }
+            None => e,
+        }
     }
 
     /// A change, acknowledged.
@@ -679,18 +722,56 @@ mod tests {
         h.conn.wire().answers.push_back(ack(2, -libc::ESRCH));
         let ip = Ipv4Addr::new(10, 0, 0, 5);
         assert!(!h.delete_route(ip, 32, 7).unwrap());
+        // a failure names the link: one RTM_GETLINK for #7 after it
         h.conn.wire().answers.push_back(ack(3, -libc::EPERM));
+        h.conn
+            .wire()
+            .answers
+            .push_back(new_link(4, 7, "r2c0a1b2c3"));
         let e = h.replace_route(ip, 32, 7).unwrap_err();
         assert_eq!(e.errno(), Some(libc::EPERM));
         assert_eq!(
             e.to_string(),
             format!(
-                "add route 10.0.0.5/32 dev #7: {}",
+                "add route 10.0.0.5/32 dev r2c0a1b2c3 (#7): {}",
                 std::io::Error::from_raw_os_error(libc::EPERM)
             )
         );
-        // tc: a clsact qdisc that is already there is fine
-        h.conn.wire().answers.push_back(ack(4, -libc::EEXIST));
+        // a link that is gone keeps its number
+        h.conn.wire().answers.push_back(ack(5, -libc::EPERM));
+        h.conn.wire().answers.push_back(ack(6, -libc::ENODEV));
+        let e = h.set_up(7).unwrap_err();
+        assert_eq!(e.op(), Some("set flags of link #7"));
+        // tc: a clsact qdisc that is already there is fine, and asks nothing
+        h.conn.wire().answers.push_back(ack(7, -libc::EEXIST));
         h.ensure_clsact(7).unwrap();
+        let sent = h.conn.wire().sent.len();
+        assert_eq!(sent, 7, "no lookup after the not-found and exists answers");
+    }
+
+    #[test]
+    fn the_link_index_is_read_from_the_operation() {
+        assert_eq!(link_index_in("add route 10.0.0.5/32 dev #7"), Some(7));
+        assert_eq!(link_index_in("set flags of link #123 now"), Some(123));
+        assert_eq!(link_index_in("dump links"), None);
+        assert_eq!(link_index_in("odd #"), None);
+    }
+
+    /// RTM_NEWLINK answering `seq` for link `index` named `name`.
+    fn new_link(seq: u32, index: u32, name: &str) -> Vec<u8> {
+        use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload};
+        let mut l = LinkMessage::default();
+        l.header.index = index;
+        l.attributes.push(LinkAttribute::IfName(name.into()));
+        let mut hdr = NetlinkHeader::default();
+        hdr.sequence_number = seq;
+        let mut m = NetlinkMessage::new(
+            hdr,
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)),
+        );
+        m.finalize();
+        let mut out = vec![0; m.buffer_len()];
+        m.serialize(&mut out);
+        out
     }
 }
