@@ -33,7 +33,7 @@ pub(super) fn add(cfg: &Config, env: &Env, raw: &Value, version: Version) -> Res
     // apply, with undo in reverse on failure
     let att = read.apply(cfg, env, &prev, &plan)?;
     // best effort, never undone: the agent adds what this misses
-    add_domain_rules(cfg, &att);
+    add_domain_rules(cfg, &att, &mut read.k);
     tracing::info!(
         container = %env.container_id,
         pod = %format!("{}/{}", att.pod_namespace, att.pod_name),
@@ -326,7 +326,7 @@ fn new_attachment(
 /// packet rather than from the agent's next pass (until then its port is
 /// unlisted, and the table's default deny drops all its RTPS-range UDP).
 /// A failure is only logged: the default deny holds until the agent adds them.
-fn add_domain_rules(cfg: &Config, att: &Attachment) {
+fn add_domain_rules(cfg: &Config, att: &Attachment, k: &mut Kernel) {
     let Some(d) = &cfg.domains else { return };
     if cfg.mode != Mode::Routed || att.host_if.is_empty() {
         return;
@@ -335,8 +335,10 @@ fn add_domain_rules(cfg: &Config, att: &Attachment) {
         port: att.host_if.clone(),
         allowed: d.allowed(&att.pod_namespace).map(<[u16]>::to_vec),
     };
-    let r = crate::kernel::nft::Nfnl::new()
-        .and_then(|mut nl| crate::firewall::domains::add_pod(&mut nl, &p));
+    // the invocation's nf_tables socket (the guard step opened it)
+    let r = k
+        .nf()
+        .and_then(|nl| Ok(crate::firewall::domains::add_pod(nl, &p)?));
     match r {
         Ok(true) => {
             tracing::debug!(port = %p.port, allowed = ?p.allowed, "domain policy rules added")
