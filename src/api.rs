@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How long a client waits for the agent to take its request and answer.
 pub const TIMEOUT: Duration = Duration::from_secs(2);
@@ -449,6 +449,17 @@ pub struct Source {
 }
 
 /// A reply as one line: the JSON document and a newline.
+/// Times in the protocol (`startedAt`, `lastSeen`, ...) are whole seconds
+/// since the Unix epoch; a time before it is 0.
+pub fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Now, in the protocol's seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    unix_secs(SystemTime::now())
+}
+
 pub fn reply_line<T: Serialize>(reply: &T) -> String {
     let mut s = serde_json::to_string(reply).expect("replies always serialize");
     s.push('\n');

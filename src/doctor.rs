@@ -234,9 +234,7 @@ pub fn findings(inp: &Inputs) -> Vec<Finding> {
     out.extend(locator_findings(inp));
     out.extend(ttl1_findings(inp));
     if let Ok(st) = &inp.status {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = crate::api::unix_now();
         out.extend(limit_findings(&st.discovery_limits, now));
         if let Some(dp) = &st.domain_policy {
             out.extend(domain_blocked_findings(dp, now, inp.participants()));

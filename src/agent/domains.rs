@@ -3,8 +3,9 @@
 //! the config every reconcile pass (and at once on SIGHUP), and the counts of
 //! what they dropped, carried across replaced rules as for the rate limits.
 
-use super::limits::{rule_of, unix_now, Drops};
+use super::limits::{rule_of, Drops};
 use crate::api;
+use crate::api::unix_now;
 use crate::config::Config;
 use crate::firewall::domains::{self as fw, PodPolicy, FROM_POD, TO_POD};
 use crate::ipam::Attachment;

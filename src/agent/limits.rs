@@ -9,12 +9,13 @@
 //! only ever grow while the agent runs.
 
 use crate::api;
+use crate::api::unix_now;
 use crate::config::Config;
 use crate::firewall::limits::{self as fw, Limit};
 use crate::ipam::Attachment;
 use crate::kernel::nft::{DumpedRule, Nfnl};
 use std::collections::BTreeMap;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 /// Packets one limit rule dropped, carried across replacements of the rule.
 #[derive(Debug, Clone, Default)]
@@ -103,12 +104,6 @@ pub(super) fn rule_of(rules: &[DumpedRule], f: impl Fn(&DumpedRule) -> bool) -> 
         .iter()
         .find(|r| f(r))
         .map(|r| (r.handle, r.counter.map_or(0, |c| c.0)))
-}
-
-pub(super) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 impl LimitState {

@@ -881,12 +881,6 @@ pub fn shutdown(st: &mut State) {
     tracing::info!("stopped; pods keep their interfaces and unicast connectivity");
 }
 
-fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// The status document served on the agent socket.
 pub fn status_reply(st: &State) -> api::Status {
     let (vifs, routes, forwarded, (not_rtps, wrong_if)) = match &st.router {
@@ -909,7 +903,7 @@ pub fn status_reply(st: &State) -> api::Status {
         subnet: st.cfg.subnet.to_string(),
         pool: st.cfg.pool.map(|p| p.to_string()),
         groups: st.cfg.groups.clone(),
-        started_at: unix_secs(st.counters.started),
+        started_at: crate::api::unix_secs(st.counters.started),
         restarts: st.counters.restarts,
         reloads: st.counters.reloads,
         pods: st.counters.pods as u64,

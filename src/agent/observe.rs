@@ -11,13 +11,14 @@
 //! taps run), and the pod is named from its address. Each sender is parsed at
 //! most twice a second; the table and the per-source records are bounded.
 
+use crate::api::unix_now;
 use crate::kernel::packet::{attach_filter, packet_socket};
 use crate::rtps::{self, spdp, GuidPrefix};
 use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const MAX_PARTICIPANTS: usize = 4096;
 const MAX_SOURCES: usize = 8192;
@@ -59,12 +60,6 @@ pub struct Table {
     /// Pod of a host-side port name (routed mode).
     pub pods_by_port: HashMap<String, String>,
     pub malformed: u64,
-}
-
-fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn locator_kind(pid: u16) -> &'static str {
@@ -118,7 +113,7 @@ impl Table {
         }
         s.last_parsed = Some(now);
         // wall-clock time only when parsing (at most twice a second per sender)
-        s.s.last_seen = unix_secs(SystemTime::now());
+        s.s.last_seen = unix_now();
         let msg = match rtps::parse_message(payload) {
             Ok(m) => m,
             Err(_) => {
@@ -157,7 +152,7 @@ impl Table {
                     port: l.port,
                 })
                 .collect();
-            let wall = unix_secs(SystemTime::now());
+            let wall = unix_now();
             let first = self
                 .participants
                 .get(&p.guid_prefix)

@@ -30,6 +30,7 @@
 pub mod socket;
 pub mod wire;
 
+use crate::api::unix_now;
 use crate::config::{Config, Pool};
 use crate::kernel::rtnl::Link;
 use ipnet::Ipv4Net;
@@ -39,7 +40,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// How often a header-only hello goes to each peer.
 pub const HELLO_EVERY: Duration = Duration::from_secs(5);
@@ -182,13 +183,6 @@ struct Shared {
 pub struct Relay {
     shared: Arc<Shared>,
     thread: Option<std::thread::JoinHandle<()>>,
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 impl Relay {
