@@ -415,6 +415,28 @@ pub mod fake {
         nlmsg(3, NLM_F_MULTIPART, seq, &code.to_ne_bytes())
     }
 
+    /// RTM_NEWLINK answering `seq` (with `flags`) for link `index` `name`.
+    pub fn new_link(seq: u32, flags: u16, index: u32, name: &str) -> Vec<u8> {
+        use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload};
+        use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+        use netlink_packet_route::RouteNetlinkMessage;
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes.push(LinkAttribute::IfName(name.into()));
+        let mut hdr = NetlinkHeader::default();
+        hdr.sequence_number = seq;
+        hdr.flags = flags;
+        let mut msg = NetlinkMessage::new(
+            hdr,
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)),
+        );
+        msg.finalize();
+        let mut v = vec![0; msg.buffer_len()];
+        msg.serialize(&mut v);
+        v.resize(align(v.len()), 0);
+        v
+    }
+
     /// The messages of one sent datagram as (type, flags, seq, payload).
     pub fn split(datagram: &[u8]) -> Vec<(u16, u16, u32, Vec<u8>)> {
         let mut out = vec![];
@@ -435,29 +457,11 @@ pub mod fake {
 mod tests {
     //! The transport against a fake wire: requests as the kernel would see
     //! them, answers as the kernel would send them.
-    use super::fake::{ack, done, nlmsg, Fake};
+    use super::fake::{ack, done, new_link, nlmsg, Fake};
     use super::*;
     use netlink_packet_core::{NLM_F_CREATE, NLM_F_MULTIPART};
     use netlink_packet_route::link::{LinkAttribute, LinkMessage};
     use netlink_packet_route::RouteNetlinkMessage;
-
-    /// RTM_NEWLINK for link `name`.
-    fn link(seq: u32, flags: u16, name: &str) -> Vec<u8> {
-        let mut m = LinkMessage::default();
-        m.attributes.push(LinkAttribute::IfName(name.into()));
-        let mut hdr = NetlinkHeader::default();
-        hdr.sequence_number = seq;
-        hdr.flags = flags;
-        let mut msg = NetlinkMessage::new(
-            hdr,
-            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)),
-        );
-        msg.finalize();
-        let mut v = vec![0; msg.buffer_len()];
-        msg.serialize(&mut v);
-        v.resize(align(v.len()), 0);
-        v
-    }
 
     fn names(v: &[RouteNetlinkMessage]) -> Vec<String> {
         v.iter()
@@ -574,10 +578,10 @@ mod tests {
     #[test]
     fn a_dump_collects_every_part_across_datagrams_until_done() {
         let mut c = Conn::with_wire(Fake::default());
-        let mut first = link(1, NLM_F_MULTIPART, "lo");
-        first.extend(link(1, NLM_F_MULTIPART, "eth0"));
+        let mut first = new_link(1, NLM_F_MULTIPART, 0, "lo");
+        first.extend(new_link(1, NLM_F_MULTIPART, 0, "eth0"));
         c.wire.answers.push_back(first);
-        let mut second = link(1, NLM_F_MULTIPART, "ros2br0");
+        let mut second = new_link(1, NLM_F_MULTIPART, 0, "ros2br0");
         second.extend(done(1, 0));
         c.wire.answers.push_back(second);
         let got = c.request("dump links", get_link(), NLM_F_DUMP).unwrap();
@@ -587,7 +591,7 @@ mod tests {
     #[test]
     fn an_error_code_in_done_fails_the_dump() {
         let mut c = Conn::with_wire(Fake::default());
-        let mut d = link(1, NLM_F_MULTIPART, "lo");
+        let mut d = new_link(1, NLM_F_MULTIPART, 0, "lo");
         d.extend(done(1, -libc::EINVAL));
         c.wire.answers.push_back(d);
         let e = c.request("dump", get_link(), NLM_F_DUMP).unwrap_err();
@@ -597,7 +601,7 @@ mod tests {
     #[test]
     fn a_get_without_ack_ends_with_its_one_answer() {
         let mut c = Conn::with_wire(Fake::default());
-        c.wire.answers.push_back(link(1, 0, "ros2br0"));
+        c.wire.answers.push_back(new_link(1, 0, 0, "ros2br0"));
         let got = c.request("get link", get_link(), 0).unwrap();
         assert_eq!(names(&got), ["ros2br0"]);
         c.wire.answers.push_back(ack(2, -libc::ENODEV));
@@ -675,7 +679,7 @@ mod tests {
     fn garbage_is_a_decode_error_never_a_panic() {
         for cut in 0..40 {
             let mut c = Conn::with_wire(Fake::default());
-            let mut d = link(1, 0, "ros2br0");
+            let mut d = new_link(1, 0, 0, "ros2br0");
             d.truncate(cut);
             c.wire.answers.push_back(d);
             let _ = c.request("get link", get_link(), 0);

@@ -715,7 +715,7 @@ mod tests {
 
     #[test]
     fn missing_objects_are_none_or_false_and_errors_name_the_operation() {
-        use crate::kernel::netlink::fake::{ack, Fake};
+        use crate::kernel::netlink::fake::{ack, new_link, Fake};
         let mut h = Handle::with_wire(Fake::default());
         h.conn.wire().answers.push_back(ack(1, -libc::ENODEV));
         assert_eq!(h.link_by_name("nope").unwrap(), None);
@@ -727,7 +727,7 @@ mod tests {
         h.conn
             .wire()
             .answers
-            .push_back(new_link(4, 7, "r2c0a1b2c3"));
+            .push_back(new_link(4, 0, 7, "r2c0a1b2c3"));
         let e = h.replace_route(ip, 32, 7).unwrap_err();
         assert_eq!(e.errno(), Some(libc::EPERM));
         assert_eq!(
@@ -755,23 +755,5 @@ mod tests {
         assert_eq!(link_index_in("set flags of link #123 now"), Some(123));
         assert_eq!(link_index_in("dump links"), None);
         assert_eq!(link_index_in("odd #"), None);
-    }
-
-    /// RTM_NEWLINK answering `seq` for link `index` named `name`.
-    fn new_link(seq: u32, index: u32, name: &str) -> Vec<u8> {
-        use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload};
-        let mut l = LinkMessage::default();
-        l.header.index = index;
-        l.attributes.push(LinkAttribute::IfName(name.into()));
-        let mut hdr = NetlinkHeader::default();
-        hdr.sequence_number = seq;
-        let mut m = NetlinkMessage::new(
-            hdr,
-            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)),
-        );
-        m.finalize();
-        let mut out = vec![0; m.buffer_len()];
-        m.serialize(&mut out);
-        out
     }
 }
