@@ -672,17 +672,51 @@ fn ignore_missing(e: std::io::Error) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    fn tmp() -> PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "r2c-ipam-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        fs::create_dir_all(&d).unwrap();
-        d
+    /// A store in a fresh directory, removed when dropped (by a failing
+    /// test too), with a pool in 192.168.1.0/24.
+    struct Fixture {
+        dir: PathBuf,
+        s: Store,
+        pool: Pool,
+        subnet: Ipv4Net,
+    }
+
+    impl Fixture {
+        fn new(range: &str) -> Fixture {
+            let dir = std::env::temp_dir().join(format!(
+                "r2c-ipam-{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos()
+            ));
+            fs::create_dir_all(&dir).unwrap();
+            let s = Store::new(&dir);
+            s.init().unwrap();
+            Fixture {
+                dir,
+                s,
+                pool: Pool::parse(range).unwrap(),
+                subnet: "192.168.1.0/24".parse().unwrap(),
+            }
+        }
+
+        fn lock(&self) -> Lock {
+            self.s.lock(Duration::from_secs(1)).unwrap()
+        }
+
+        /// Allocates an address for `key`, recorded with [`att`].
+        fn alloc(&self, l: &Lock, key: &str) -> Result<Attachment> {
+            self.s
+                .allocate(l, &self.pool, &self.subnet, key, |ip| att(key, ip))
+        }
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
     }
 
     fn att(key: &str, ip: Ipv4Addr) -> Attachment {
@@ -708,119 +742,76 @@ mod tests {
 
     #[test]
     fn allocate_release_roundrobin_and_exhaust() {
-        let dir = tmp();
-        let s = Store::new(&dir);
-        s.init().unwrap();
-        let pool = Pool::parse("192.168.1.254-192.168.1.255").unwrap();
-        let subnet: Ipv4Net = "192.168.1.0/24".parse().unwrap();
-        let l = s.lock(Duration::from_secs(1)).unwrap();
-        let a = s
-            .allocate(&l, &pool, &subnet, "a", |ip| att("a", ip))
-            .unwrap();
+        let f = Fixture::new("192.168.1.254-192.168.1.255");
+        let s = &f.s;
+        let l = f.lock();
+        let a = f.alloc(&l, "a").unwrap();
         assert_eq!(a.ip, Ipv4Addr::new(192, 168, 1, 254));
         // .255 is the broadcast address: never handed out
-        let e = s
-            .allocate(&l, &pool, &subnet, "b", |ip| att("b", ip))
-            .unwrap_err();
+        let e = f.alloc(&l, "b").unwrap_err();
         assert!(matches!(e, Error::Exhausted { used: 1, .. }), "{e}");
         assert_eq!(s.get("a").unwrap().unwrap(), a);
         s.release(&l, "a", Some(a.ip)).unwrap();
         s.release(&l, "a", Some(a.ip)).unwrap();
         assert!(s.get("a").unwrap().is_none());
         assert_eq!(s.leased().unwrap(), 0);
-        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn last_hint_is_rewritten_in_place() {
-        let dir = tmp();
-        let s = Store::new(&dir);
-        s.init().unwrap();
+        let f = Fixture::new("192.168.1.9-192.168.1.101");
+        let dir = &f.dir;
         // a hint as older releases wrote it: longer than the next one, unpadded
         fs::write(dir.join("last"), "192.168.1.100").unwrap();
-        let pool = Pool::parse("192.168.1.9-192.168.1.101").unwrap();
-        let subnet: Ipv4Net = "192.168.1.0/24".parse().unwrap();
-        let l = s.lock(Duration::from_secs(1)).unwrap();
-        let a = s
-            .allocate(&l, &pool, &subnet, "a", |ip| att("a", ip))
-            .unwrap();
+        let l = f.lock();
+        let a = f.alloc(&l, "a").unwrap();
         assert_eq!(a.ip, Ipv4Addr::new(192, 168, 1, 101));
         // wraps around to the start; the shorter address leaves no residue
-        let b = s
-            .allocate(&l, &pool, &subnet, "b", |ip| att("b", ip))
-            .unwrap();
+        let b = f.alloc(&l, "b").unwrap();
         assert_eq!(b.ip, Ipv4Addr::new(192, 168, 1, 9));
         let hint = fs::read_to_string(dir.join("last")).unwrap();
         assert_eq!(hint.trim(), "192.168.1.9");
         assert_eq!(hint.len(), 16, "fixed width, overwritten in place");
-        let c = s
-            .allocate(&l, &pool, &subnet, "c", |ip| att("c", ip))
-            .unwrap();
+        let c = f.alloc(&l, "c").unwrap();
         assert_eq!(c.ip, Ipv4Addr::new(192, 168, 1, 10));
-        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn next_address_after_last() {
-        let dir = tmp();
-        let s = Store::new(&dir);
-        s.init().unwrap();
-        let pool = Pool::parse("192.168.1.10-192.168.1.12").unwrap();
-        let subnet: Ipv4Net = "192.168.1.0/24".parse().unwrap();
-        let l = s.lock(Duration::from_secs(1)).unwrap();
-        let a = s
-            .allocate(&l, &pool, &subnet, "a", |ip| att("a", ip))
-            .unwrap();
+        let f = Fixture::new("192.168.1.10-192.168.1.12");
+        let s = &f.s;
+        let l = f.lock();
+        let a = f.alloc(&l, "a").unwrap();
         s.release(&l, "a", Some(a.ip)).unwrap();
-        let b = s
-            .allocate(&l, &pool, &subnet, "b", |ip| att("b", ip))
-            .unwrap();
+        let b = f.alloc(&l, "b").unwrap();
         assert_eq!(
             b.ip,
             Ipv4Addr::new(192, 168, 1, 11),
             "released address is not reused at once"
         );
-        let c = s
-            .allocate(&l, &pool, &subnet, "c", |ip| att("c", ip))
-            .unwrap();
-        let d = s
-            .allocate(&l, &pool, &subnet, "d", |ip| att("d", ip))
-            .unwrap();
+        let c = f.alloc(&l, "c").unwrap();
+        let d = f.alloc(&l, "d").unwrap();
         assert_eq!((c.ip.octets()[3], d.ip.octets()[3]), (12, 10));
         assert_eq!(s.list().unwrap().records.len(), 3);
-        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn release_leaves_foreign_lease() {
-        let dir = tmp();
-        let s = Store::new(&dir);
-        s.init().unwrap();
-        let pool = Pool::parse("192.168.1.10-192.168.1.10").unwrap();
-        let subnet: Ipv4Net = "192.168.1.0/24".parse().unwrap();
-        let l = s.lock(Duration::from_secs(1)).unwrap();
-        let a = s
-            .allocate(&l, &pool, &subnet, "a", |ip| att("a", ip))
-            .unwrap();
+        let f = Fixture::new("192.168.1.10-192.168.1.10");
+        let s = &f.s;
+        let l = f.lock();
+        let a = f.alloc(&l, "a").unwrap();
         s.release(&l, "other", Some(a.ip)).unwrap();
         assert_eq!(s.leased().unwrap(), 1);
-        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn damaged_records_are_listed_apart_and_forgotten_by_key() {
-        let dir = tmp();
-        let s = Store::new(&dir);
-        s.init().unwrap();
-        let pool = Pool::parse("192.168.1.10-192.168.1.20").unwrap();
-        let subnet: Ipv4Net = "192.168.1.0/24".parse().unwrap();
-        let l = s.lock(Duration::from_secs(1)).unwrap();
-        let a = s
-            .allocate(&l, &pool, &subnet, "a", |ip| att("a", ip))
-            .unwrap();
-        let b = s
-            .allocate(&l, &pool, &subnet, "b", |ip| att("b", ip))
-            .unwrap();
+        let f = Fixture::new("192.168.1.10-192.168.1.20");
+        let (s, dir) = (&f.s, &f.dir);
+        let l = f.lock();
+        let a = f.alloc(&l, "a").unwrap();
+        let b = f.alloc(&l, "b").unwrap();
         fs::write(dir.join("attachments/b.json"), b"").unwrap();
         let listing = s.list().unwrap();
         assert_eq!(listing.records, vec![("a".to_owned(), a.clone())]);
@@ -833,20 +824,14 @@ mod tests {
         assert!(s.get("b").unwrap().is_none());
         assert_eq!(s.lease_owner(a.ip).as_deref(), Some("a"), "a untouched");
         assert!(s.list().unwrap().unreadable.is_empty());
-        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn an_empty_lease_is_released_with_its_record() {
-        let dir = tmp();
-        let s = Store::new(&dir);
-        s.init().unwrap();
-        let pool = Pool::parse("192.168.1.10-192.168.1.10").unwrap();
-        let subnet: Ipv4Net = "192.168.1.0/24".parse().unwrap();
-        let l = s.lock(Duration::from_secs(1)).unwrap();
-        let a = s
-            .allocate(&l, &pool, &subnet, "a", |ip| att("a", ip))
-            .unwrap();
+        let f = Fixture::new("192.168.1.10-192.168.1.10");
+        let (s, dir) = (&f.s, &f.dir);
+        let l = f.lock();
+        let a = f.alloc(&l, "a").unwrap();
         // a crash cut the lease's write short
         fs::write(dir.join(format!("leases/{}", a.ip)), b"").unwrap();
         s.release(&l, "a", Some(a.ip)).unwrap();
@@ -854,44 +839,35 @@ mod tests {
         // and one without any record (the crash came before the record):
         // the next allocation takes the address back
         fs::write(dir.join(format!("leases/{}", a.ip)), b"").unwrap();
-        let b = s
-            .allocate(&l, &pool, &subnet, "b", |ip| att("b", ip))
-            .unwrap();
+        let b = f.alloc(&l, "b").unwrap();
         assert_eq!(b.ip, a.ip);
         assert_eq!(s.lease_owner(b.ip).as_deref(), Some("b"));
-        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn lock_times_out() {
-        let dir = tmp();
-        let s = Store::new(&dir);
-        s.init().unwrap();
-        let _held = s.lock(Duration::from_secs(1)).unwrap();
+        let f = Fixture::new("192.168.1.10-192.168.1.10");
+        let s = &f.s;
+        let _held = f.lock();
         let e = match s.lock(Duration::from_millis(50)) {
             Err(e) => e,
             Ok(_) => panic!("second lock must not be granted"),
         };
         assert!(matches!(e, Error::LockTimeout { .. }));
-        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn sync_changed_syncs_what_changed_since() {
-        let d = tmp();
-        let store = Store::new(&d);
-        store.init().unwrap();
+        let f = Fixture::new("192.168.1.160/30");
+        let store = &f.s;
         let before = std::time::SystemTime::now() - Duration::from_secs(2);
-        let lock = store.lock(Duration::from_secs(1)).unwrap();
-        let pool: Pool = Pool::parse("192.168.1.160/30").unwrap();
-        let subnet: Ipv4Net = "192.168.1.0/24".parse().unwrap();
+        let lock = f.lock();
         store
-            .allocate(&lock, &pool, &subnet, "c1_eth0", |ip| att("c1", ip))
+            .allocate(&lock, &f.pool, &f.subnet, "c1_eth0", |ip| att("c1", ip))
             .unwrap();
         // the record and its lease
         assert_eq!(store.sync_changed(before).unwrap(), 2);
         let later = std::time::SystemTime::now() + Duration::from_secs(3600);
         assert_eq!(store.sync_changed(later).unwrap(), 0, "nothing new");
-        fs::remove_dir_all(&d).unwrap();
     }
 }
