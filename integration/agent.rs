@@ -869,15 +869,7 @@ fn ping_ttl(from: &str, to: Ipv4Addr) -> Option<u32> {
 }
 
 fn forwarded(ns: &str) -> u64 {
-    let j = ros2_cni::lab::testbed::nft_json(ns, &["table", "ip", "r2ctest"]).unwrap();
-    j["nftables"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i["rule"]["expr"].as_array())
-        .flatten()
-        .filter_map(|e| e["counter"]["packets"].as_u64())
-        .sum()
+    ros2_cni::lab::testbed::nft_table_packets(ns, "ip", "r2ctest").unwrap()
 }
 
 #[test]

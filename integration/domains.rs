@@ -314,22 +314,11 @@ fn bridge_count(ns: &str, tag: &str, iif: &str, src: Ipv4Addr, port: u16) {
     let rules = format!(
         "table bridge r2t_{tag} {{\n chain pre {{\n  type filter hook prerouting priority -400; policy accept;\n  iifname \"{iif}\" ip saddr {src} udp dport {port} counter\n }}\n}}\n"
     );
-    let path = std::env::temp_dir().join(format!("r2t-{tag}-{ns}.nft"));
-    std::fs::write(&path, rules).unwrap();
-    ns_sh(ns, &["nft", "-f", path.to_str().unwrap()]).unwrap();
-    let _ = std::fs::remove_file(path);
+    ros2_cni::lab::testbed::nft_load(ns, tag, &rules).unwrap();
 }
 
 fn bridge_counted(ns: &str, tag: &str) -> u64 {
-    let j =
-        ros2_cni::lab::testbed::nft_json(ns, &["table", "bridge", &format!("r2t_{tag}")]).unwrap();
-    j["nftables"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|i| i["rule"]["expr"].as_array().cloned().unwrap_or_default())
-        .filter_map(|e| e["counter"]["packets"].as_u64())
-        .sum()
+    ros2_cni::lab::testbed::nft_table_packets(ns, "bridge", &format!("r2t_{tag}")).unwrap()
 }
 
 #[test]

@@ -93,21 +93,11 @@ fn count_in(ns: &str, family: &str, src: Ipv4Addr, port: u16, iif: Option<&str>)
     let rules = format!(
         "table {family} r2t_count {{\n chain pre {{\n  type filter hook prerouting priority -400; policy accept;\n  {iif}ip saddr {src} udp dport {port} counter\n }}\n}}\n"
     );
-    let path = std::env::temp_dir().join(format!("r2t-count-{ns}-{family}.nft"));
-    std::fs::write(&path, rules).unwrap();
-    ns_sh(ns, &["nft", "-f", path.to_str().unwrap()]).unwrap();
-    let _ = std::fs::remove_file(path);
+    ros2_cni::lab::testbed::nft_load(ns, &format!("count-{family}"), &rules).unwrap();
 }
 
 fn counted(ns: &str, family: &str) -> u64 {
-    let j = ros2_cni::lab::testbed::nft_json(ns, &["table", family, "r2t_count"]).unwrap();
-    j["nftables"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|i| i["rule"]["expr"].as_array().cloned().unwrap_or_default())
-        .filter_map(|e| e["counter"]["packets"].as_u64())
-        .sum()
+    ros2_cni::lab::testbed::nft_table_packets(ns, family, "r2t_count").unwrap()
 }
 
 /// utime + stime of a process, in seconds.
@@ -429,10 +419,7 @@ fn many_lan_senders_together_are_held_to_the_uplink_limit() {
         .unwrap();
     }
     let rules = "table ip r2t_count {\n chain pre {\n  type filter hook prerouting priority -400; policy accept;\n  ip saddr 192.168.0.201-192.168.0.206 udp dport 7400 counter\n }\n}\n";
-    let path = std::env::temp_dir().join(format!("r2t-count-{}.nft", a1.ns));
-    std::fs::write(&path, rules).unwrap();
-    ns_sh(&a1.ns, &["nft", "-f", path.to_str().unwrap()]).unwrap();
-    let _ = std::fs::remove_file(path);
+    ros2_cni::lab::testbed::nft_load(&a1.ns, "count", rules).unwrap();
     let f = flood_and_measure(&agents, &lap, &senders, 4.0);
     std::thread::sleep(Duration::from_millis(300));
     let got = counted(&a1.ns, "ip");

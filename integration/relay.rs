@@ -18,9 +18,7 @@ const RELAY_PORT: u16 = 7399;
 /// counting RTPS groups (239.255.0.0/16) and other multicast apart.
 pub fn drop_multicast(tb: &Testbed) {
     let rules = "table bridge sw {\n chain drop_mc {\n  type filter hook forward priority 0; policy accept;\n  ip daddr 239.255.0.0/16 counter drop\n  ip daddr 224.0.0.0/4 counter drop\n }\n}\n";
-    let path = tb.dir.join("sw.nft");
-    std::fs::write(&path, rules).unwrap();
-    ns_sh(&tb.switch, &["nft", "-f", path.to_str().unwrap()]).unwrap();
+    ros2_cni::lab::testbed::nft_load(&tb.switch, "sw", rules).unwrap();
 }
 
 /// Frames to RTPS groups the switch was offered (and dropped).

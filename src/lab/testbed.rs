@@ -252,6 +252,29 @@ pub fn nft_json(ns: &str, args: &[&str]) -> Result<Value> {
     serde_json::from_str(&out).map_err(|e| err(format!("nft -j list {}: {e}", args.join(" "))))
 }
 
+/// Loads `rules` (the nft CLI's syntax) into `ns` with `nft -f`, through a
+/// file in the temp dir named after `ns` and `tag`, removed afterwards.
+pub fn nft_load(ns: &str, tag: &str, rules: &str) -> Result<()> {
+    let path = std::env::temp_dir().join(format!("r2t-{tag}-{ns}.nft"));
+    std::fs::write(&path, rules).map_err(|e| err(format!("{}: {e}", path.display())))?;
+    let r = ns_sh(ns, &["nft", "-f", &path.to_string_lossy()]);
+    let _ = std::fs::remove_file(&path);
+    r.map(|_| ())
+}
+
+/// The packets counted by every counter in table `family name` of `ns`.
+pub fn nft_table_packets(ns: &str, family: &str, name: &str) -> Result<u64> {
+    let j = nft_json(ns, &["table", family, name])?;
+    Ok(j["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["rule"]["expr"].as_array())
+        .flatten()
+        .filter_map(|e| e["counter"]["packets"].as_u64())
+        .sum())
+}
+
 /// Whether a process with this pid exists.
 pub fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
@@ -638,22 +661,12 @@ impl Testbed {
             ));
         }
         rules.push_str(" }\n}\n");
-        let path = self.dir.join("wifi.nft");
-        std::fs::write(&path, rules).map_err(|e| err(e.to_string()))?;
-        ns_sh(&self.switch, &["nft", "-f", path.to_str().unwrap()])?;
-        Ok(())
+        nft_load(&self.switch, "wifi", &rules)
     }
 
     /// Frames the Wi-Fi rule dropped so far.
     pub fn wifi_drops(&self) -> Result<u64> {
-        let j = nft_json(&self.switch, &["table", "bridge", "wifi"])?;
-        let mut n = 0;
-        for item in j["nftables"].as_array().into_iter().flatten() {
-            for e in item["rule"]["expr"].as_array().into_iter().flatten() {
-                n += e["counter"]["packets"].as_u64().unwrap_or(0);
-            }
-        }
-        Ok(n)
+        nft_table_packets(&self.switch, "bridge", "wifi")
     }
 
     /// Makes the LAN switch drop every IPv4 multicast frame between its
@@ -661,22 +674,12 @@ impl Testbed {
     /// counting what it drops.
     pub fn drop_multicast(&self) -> Result<()> {
         let rules = "table bridge nomcast {\n chain drop_mc {\n  type filter hook forward priority 0; policy accept;\n  ip daddr 224.0.0.0/4 counter drop\n }\n}\n";
-        let path = self.dir.join("nomcast.nft");
-        std::fs::write(&path, rules).map_err(|e| err(e.to_string()))?;
-        ns_sh(&self.switch, &["nft", "-f", path.to_str().unwrap()])?;
-        Ok(())
+        nft_load(&self.switch, "nomcast", rules)
     }
 
     /// IPv4 multicast frames the switch dropped so far (`drop_multicast`).
     pub fn multicast_drops(&self) -> Result<u64> {
-        let j = nft_json(&self.switch, &["table", "bridge", "nomcast"])?;
-        let mut n = 0;
-        for item in j["nftables"].as_array().into_iter().flatten() {
-            for e in item["rule"]["expr"].as_array().into_iter().flatten() {
-                n += e["counter"]["packets"].as_u64().unwrap_or(0);
-            }
-        }
-        Ok(n)
+        nft_table_packets(&self.switch, "bridge", "nomcast")
     }
 
     pub fn node(&self, idx: usize) -> &Node {
