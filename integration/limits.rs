@@ -3,7 +3,7 @@
 //! the graph keeps discovering, and the agent says who is being limited.
 
 use crate::common::*;
-use ros2_cni::lab::probe::ddsperf_probe;
+use ros2_cni::lab::probe::{ddsperf_probe, Discovery};
 use ros2_cni::lab::testbed::{http_get, ns_sh, Pod, Testbed, LAPTOP_IP};
 use serde_json::{json, Value};
 use std::net::Ipv4Addr;
@@ -133,6 +133,24 @@ struct Flooded {
 }
 
 /// Floods from `ns` for `secs` while measuring the agents' CPU.
+/// What every flood test asks: each agent under 25% of a core during the
+/// flood, and the probe pair discovering within 2 s while it went on.
+fn held_during_the_flood(f: &Flooded, d: &Discovery) {
+    for (i, c) in f.cpu.iter().enumerate() {
+        assert!(
+            *c < 0.25,
+            "agent on node {} used {:.0}% of a core during the flood",
+            i + 1,
+            c * 100.0
+        );
+    }
+    assert!(
+        d.discovered() && d.seconds.is_some_and(|s| s < 2.0),
+        "a1 and b1 must still discover each other within 2 s during the flood:\n{}",
+        d.output
+    );
+}
+
 fn flood_and_measure(agents: &[u32], ns: &str, locals: &[Ipv4Addr], secs: f64) -> Flooded {
     let cpu0: Vec<f64> = agents.iter().map(|p| cpu_seconds(*p)).collect();
     let t0 = Instant::now();
@@ -223,19 +241,7 @@ fn a_pod_flooding_discovery_is_limited_at_its_node_and_discovery_goes_on() {
             "nothing reached {what}: the limit must pass traffic within the rate"
         );
     }
-    for (i, c) in f.cpu.iter().enumerate() {
-        assert!(
-            *c < 0.25,
-            "agent on node {} used {:.0}% of a core during the flood",
-            i + 1,
-            c * 100.0
-        );
-    }
-    assert!(
-        d.discovered() && d.seconds.is_some_and(|s| s < 2.0),
-        "a1 and b1 must still discover each other within 2 s during the flood:\n{}",
-        d.output
-    );
+    held_during_the_flood(&f, &d);
 
     // the agent's account: status, metrics, doctor
     let mut st = Value::Null;
@@ -349,20 +355,8 @@ fn a_lan_host_flooding_discovery_is_held_to_one_senders_limit_and_discovery_goes
             i + 1
         );
     }
-    for (i, c) in f.cpu.iter().enumerate() {
-        assert!(
-            *c < 0.25,
-            "agent on node {} used {:.0}% of a core during the flood",
-            i + 1,
-            c * 100.0
-        );
-    }
     // the other computers' discovery has buckets of its own
-    assert!(
-        d.discovered() && d.seconds.is_some_and(|s| s < 2.0),
-        "a1 and b1 must still discover each other within 2 s during the flood:\n{}",
-        d.output
-    );
+    held_during_the_flood(&f, &d);
     let mut st = Value::Null;
     wait_for(10, "the uplink's drops in the status", || {
         st = tb.agent_status(tb.node(2)).unwrap();

@@ -5,7 +5,7 @@
 use crate::agent::{exactly_once, receivers, send_and_count, Sender};
 use crate::common::*;
 use crate::dds::fastdds_pair;
-use ros2_cni::lab::probe::ddsperf_probe;
+use ros2_cni::lab::probe::{ddsperf_probe, Discovery};
 use ros2_cni::lab::testbed::{drain, mcast_receiver, nft_json, ns_sh, udp_in, Testbed, LAPTOP_IP};
 use serde_json::{json, Value};
 use std::net::Ipv4Addr;
@@ -13,6 +13,20 @@ use std::time::{Duration, Instant};
 
 const SPDP: Ipv4Addr = Ipv4Addr::new(239, 255, 0, 1);
 const RELAY_PORT: u16 = 7399;
+
+/// ddsperf probes (10 s each) between the pairs `(name, from, to, domain)`,
+/// all at once.
+fn probe_pairs(pairs: &[(&str, &String, &String, u32)]) -> Vec<Discovery> {
+    std::thread::scope(|s| {
+        let hs: Vec<_> = pairs
+            .iter()
+            .map(|(_, x, y, dom)| {
+                s.spawn(move || ddsperf_probe(x, y, *dom, Duration::from_secs(10)).unwrap())
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
 
 /// Makes the LAN switch drop every IPv4 multicast frame between its ports,
 /// counting RTPS groups (239.255.0.0/16) and other multicast apart.
@@ -114,15 +128,7 @@ fn dds_discovers_through_the_relay_across_a_switch_that_drops_multicast() {
         ("b1 -> c1", &b1.ns, &c1.ns, 32),
         ("c1 -> a1", &c1.ns, &a1.ns, 33),
     ];
-    let results: Vec<_> = std::thread::scope(|s| {
-        let hs: Vec<_> = pairs
-            .iter()
-            .map(|(_, x, y, dom)| {
-                s.spawn(move || ddsperf_probe(x, y, *dom, Duration::from_secs(10)).unwrap())
-            })
-            .collect();
-        hs.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let results = probe_pairs(&pairs);
     for ((name, ..), d) in pairs.iter().zip(&results) {
         assert!(
             d.discovered(),
@@ -470,15 +476,7 @@ fn pods_on_two_subnets_behind_a_router_discover_and_reach_each_other_without_nat
         ("a1 -> c1 (other subnet)", &a1.ns, &c1.ns, 42),
         ("c1 -> b1 (other subnet)", &c1.ns, &b1.ns, 43),
     ];
-    let results: Vec<_> = std::thread::scope(|s| {
-        let hs: Vec<_> = pairs
-            .iter()
-            .map(|(_, x, y, dom)| {
-                s.spawn(move || ddsperf_probe(x, y, *dom, Duration::from_secs(10)).unwrap())
-            })
-            .collect();
-        hs.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let results = probe_pairs(&pairs);
     for ((name, ..), d) in pairs.iter().zip(&results) {
         assert!(d.discovered(), "{name}: no discovery:\n{}", d.output);
         eprintln!("{name}: discovered after {:.2} s", d.seconds.unwrap());
