@@ -148,6 +148,31 @@ fn assert_nothing_left(pid: u32, watched: (bool, BTreeMap<Proc, String>)) {
     assert!(dirs.is_empty(), "directories left behind: {dirs:?}");
 }
 
+/// Runs `ros2-cni lab ARGS` (with `--json`) to its end (at most 120 s) with a
+/// watcher on its processes: stdout parsed, the lab's pid and what the
+/// watcher saw. Fails on a non-zero exit, or on stdout that is not only JSON.
+fn lab_json(args: &[&str]) -> (Value, u32, (bool, BTreeMap<Proc, String>)) {
+    require_root();
+    let started = Instant::now();
+    let mut child = lab(args);
+    let pid = child.id();
+    let watcher = Watcher::start(pid);
+    let stderr = Stderr::collect(&mut child);
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(120));
+    let watched = watcher.finish();
+    eprintln!("lab {} took {:?}", args.join(" "), started.elapsed());
+    assert!(
+        status.success(),
+        "exit {status}; stderr:\n{}\nstdout:\n{stdout}",
+        stderr.text()
+    );
+    let v = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("stdout is only JSON ({e}):\n{stdout}"));
+    (v, pid, watched)
+}
+
 fn lab(args: &[&str]) -> Child {
     Command::new(BIN)
         .arg("lab")
@@ -215,24 +240,7 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
 
 #[test]
 fn lab_json_on_two_nodes_with_wifi_discovers_every_pair_and_leaves_nothing() {
-    require_root();
-    let started = Instant::now();
-    let mut child = lab(&["--nodes", "2", "--wifi", "--json"]);
-    let pid = child.id();
-    let watcher = Watcher::start(pid);
-    let stderr = Stderr::collect(&mut child);
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
-    let status = wait_exit(&mut child, Duration::from_secs(120));
-    let watched = watcher.finish();
-    eprintln!("lab --nodes 2 --wifi --json took {:?}", started.elapsed());
-    assert!(
-        status.success(),
-        "exit {status}; stderr:\n{}\nstdout:\n{stdout}",
-        stderr.text()
-    );
-    let v: Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("stdout is only JSON ({e}):\n{stdout}"));
+    let (v, pid, watched) = lab_json(&["--nodes", "2", "--wifi", "--json"]);
     assert_eq!(v["nodes"], 2);
     assert_eq!(v["podsPerNode"], 1);
     assert_eq!(v["wifi"], true);
@@ -402,8 +410,7 @@ fn builtin_primary_wires_pods_like_calico() {
 #[test]
 fn lab_with_its_own_spdp_prober_discovers_every_ros2_cni_pair_and_no_macvlan_pair() {
     // the prober used where Cyclone DDS is not installed
-    require_root();
-    let mut child = lab(&[
+    let (v, pid, watched) = lab_json(&[
         "--nodes",
         "2",
         "--wifi",
@@ -413,19 +420,6 @@ fn lab_with_its_own_spdp_prober_discovers_every_ros2_cni_pair_and_no_macvlan_pai
         "--timeout",
         "3",
     ]);
-    let pid = child.id();
-    let watcher = Watcher::start(pid);
-    let stderr = Stderr::collect(&mut child);
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
-    let status = wait_exit(&mut child, Duration::from_secs(120));
-    let watched = watcher.finish();
-    assert!(
-        status.success(),
-        "exit {status}; stderr:\n{}\nstdout:\n{stdout}",
-        stderr.text()
-    );
-    let v: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(v["prober"], "spdp");
     let pairs = v["pairs"].as_array().unwrap();
     assert_eq!(pairs.len(), 6);
@@ -541,24 +535,7 @@ fn lab_keep_leaves_the_lab_running_and_cleanup_removes_it() {
 
 #[test]
 fn lab_relay_scenario_fails_with_multicast_only_and_discovers_every_pod_pair_by_relay() {
-    require_root();
-    let started = Instant::now();
-    let mut child = lab(&["--relay", "--json"]);
-    let pid = child.id();
-    let watcher = Watcher::start(pid);
-    let stderr = Stderr::collect(&mut child);
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
-    let status = wait_exit(&mut child, Duration::from_secs(120));
-    let watched = watcher.finish();
-    eprintln!("lab --relay --json took {:?}", started.elapsed());
-    assert!(
-        status.success(),
-        "exit {status}; stderr:\n{}\nstdout:\n{stdout}",
-        stderr.text()
-    );
-    let v: Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("stdout is only JSON ({e}):\n{stdout}"));
+    let (v, pid, watched) = lab_json(&["--relay", "--json"]);
     assert_eq!(v["scenario"], "relay");
     assert_eq!(v["nodes"], 3, "--relay defaults to 3 nodes");
     assert_eq!(v["prober"], "ddsperf");
