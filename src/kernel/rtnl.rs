@@ -181,9 +181,12 @@ impl<W: Wire> Handle<W> {
         flags: u16,
     ) -> Result<Vec<RouteNetlinkMessage>> {
         match self.conn.request(op, msg, flags) {
-            // "not there" and "already there" are answers callers expect
-            // and handle; no lookup for them
-            Err(e) if !e.is_not_found() && !e.is_exists() => Err(self.name_link(e)),
+            // only when the kernel answered (a socket that failed or timed
+            // out would only fail or time out again), and not for "not
+            // there" and "already there", answers callers expect and handle
+            Err(e @ Error::Kernel { .. }) if !e.is_not_found() && !e.is_exists() => {
+                Err(self.name_link(e))
+            }
             r => r,
         }
     }
@@ -737,16 +740,20 @@ mod tests {
                 std::io::Error::from_raw_os_error(libc::EPERM)
             )
         );
+        // no answer: no second request to name the link (it would wait too)
+        let e = h.set_up(7).unwrap_err();
+        assert!(matches!(e, Error::Timeout { .. }), "{e}");
+        assert_eq!(h.conn.wire().sent.len(), 5, "one request, no lookup");
         // a link that is gone keeps its number
-        h.conn.wire().answers.push_back(ack(5, -libc::EPERM));
-        h.conn.wire().answers.push_back(ack(6, -libc::ENODEV));
+        h.conn.wire().answers.push_back(ack(6, -libc::EPERM));
+        h.conn.wire().answers.push_back(ack(7, -libc::ENODEV));
         let e = h.set_up(7).unwrap_err();
         assert_eq!(e.op(), Some("set flags of link #7"));
         // tc: a clsact qdisc that is already there is fine, and asks nothing
-        h.conn.wire().answers.push_back(ack(7, -libc::EEXIST));
+        h.conn.wire().answers.push_back(ack(8, -libc::EEXIST));
         h.ensure_clsact(7).unwrap();
         let sent = h.conn.wire().sent.len();
-        assert_eq!(sent, 7, "no lookup after the not-found and exists answers");
+        assert_eq!(sent, 8, "no lookup after the not-found and exists answers");
     }
 
     #[test]
