@@ -448,7 +448,6 @@ pub struct Source {
     pub last_seen: u64,
 }
 
-/// A reply as one line: the JSON document and a newline.
 /// Times in the protocol (`startedAt`, `lastSeen`, ...) are whole seconds
 /// since the Unix epoch; a time before it is 0.
 pub fn unix_secs(t: SystemTime) -> u64 {
@@ -460,6 +459,7 @@ pub fn unix_now() -> u64 {
     unix_secs(SystemTime::now())
 }
 
+/// A reply as one line: the JSON document and a newline.
 pub fn reply_line<T: Serialize>(reply: &T) -> String {
     let mut s = serde_json::to_string(reply).expect("replies always serialize");
     s.push('\n');
