@@ -34,7 +34,7 @@
 //! so it cannot bypass these rules; pods under no policy, and every pod when
 //! `domains` is unset, keep the fast path for all their traffic.
 
-use super::{expr, ifname_key, Error, HOST_VETH_PREFIX};
+use super::{expr, ifname_key, same_rules, Error, HOST_VETH_PREFIX};
 use crate::kernel::nft::{
     ChainSpec, DumpedRule, Edit, Expr, MetaKey, Nfnl, PayloadBase, RuleSpec, SetSpec, TableSpec,
     NFPROTO_BRIDGE, NFT_GOTO, NF_ACCEPT, NF_DROP, NF_INET_PRE_ROUTING, REG32_00, TYPE_IFNAME,
@@ -413,18 +413,7 @@ pub fn sync(nl: &mut Nfnl, pods: Option<&[PodPolicy]>) -> Result<Vec<DumpedRule>
     };
     let spec = spec(pods);
     let per_pod = |c: &str| c == FROM_POD || c == TO_POD;
-    let fixed = |rules: &mut dyn Iterator<Item = (String, Option<String>)>| {
-        let mut v: Vec<_> = rules.filter(|(c, _)| !per_pod(c)).collect();
-        v.sort();
-        v
-    };
-    let want_fixed = fixed(&mut spec.chains.iter().flat_map(|c| {
-        c.rules
-            .iter()
-            .map(move |r| (c.name.clone(), Some(r.comment.clone())))
-    }));
-    let have_fixed = fixed(&mut have.iter().map(|r| (r.chain.clone(), r.comment.clone())));
-    if want_fixed != have_fixed || !nl.set_exists(NFPROTO_BRIDGE, TABLE, LISTED_SET)? {
+    if !same_rules(&spec, &have, per_pod) || !nl.set_exists(NFPROTO_BRIDGE, TABLE, LISTED_SET)? {
         nl.apply_table(&spec)?;
     }
     let mut edits = vec![];

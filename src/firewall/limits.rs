@@ -22,7 +22,7 @@
 //!   (`iifname UPLINK ... limit rate over N/second ... counter drop`), before
 //!   multicast routing hands it to the pods.
 
-use super::{expr, ifname_key, Error, HOST_VETH_PREFIX};
+use super::{expr, ifname_key, same_rules, Error, HOST_VETH_PREFIX};
 use crate::kernel::nft::{
     ChainSpec, DumpedRule, Edit, Expr, MetaKey, Nfnl, PayloadBase, RuleSpec, SetSpec, TableSpec,
     NFPROTO_BRIDGE, NFPROTO_IPV4, NFT_GOTO, NF_DROP, NF_INET_PRE_ROUTING, REG32_00, TYPE_IFNAME,
@@ -419,19 +419,8 @@ pub fn sync_pod_limits(
         return Ok(have);
     }
     let spec = pod_limits_spec(l, ports);
-    let fixed = |rules: &mut dyn Iterator<Item = (String, Option<String>)>| {
-        let mut v: Vec<_> = rules.filter(|(c, _)| c != PER_POD).collect();
-        v.sort();
-        v
-    };
-    let want_fixed = fixed(&mut spec.chains.iter().flat_map(|c| {
-        c.rules
-            .iter()
-            .map(move |r| (c.name.clone(), Some(r.comment.clone())))
-    }));
-    let have_fixed = fixed(&mut have.iter().map(|r| (r.chain.clone(), r.comment.clone())));
     let mut edits = vec![];
-    if want_fixed != have_fixed || !sets_exist(nl, NFPROTO_BRIDGE, true)? {
+    if !same_rules(&spec, &have, |c| c == PER_POD) || !sets_exist(nl, NFPROTO_BRIDGE, true)? {
         // missing or changed: the whole table in one transaction
         nl.apply_table(&spec)?;
     } else {

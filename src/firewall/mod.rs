@@ -20,8 +20,8 @@ pub mod expr;
 pub mod limits;
 
 use crate::kernel::nft::{
-    concat_type, ChainSpec, Expr, MetaKey, Nfnl, PayloadBase, RuleSpec, SetSpec, TableSpec,
-    NFPROTO_BRIDGE, NFPROTO_IPV4, NFT_JUMP, NF_ACCEPT, NF_DROP, NF_INET_FORWARD,
+    concat_type, ChainSpec, DumpedRule, Expr, MetaKey, Nfnl, PayloadBase, RuleSpec, SetSpec,
+    TableSpec, NFPROTO_BRIDGE, NFPROTO_IPV4, NFT_JUMP, NF_ACCEPT, NF_DROP, NF_INET_FORWARD,
     NF_INET_PRE_ROUTING, REG32_00, TYPE_ETHERADDR, TYPE_IFNAME, TYPE_IPADDR,
 };
 use expr::ether_type_is;
@@ -266,19 +266,35 @@ pub fn ttl_spec() -> TableSpec {
     }
 }
 
+/// Whether the kernel's rules `have` are exactly `spec`'s, compared by
+/// chain and comment, leaving out the chains `per_pod` names (those a sync
+/// edits rule by rule).
+fn same_rules(spec: &TableSpec, have: &[DumpedRule], per_pod: impl Fn(&str) -> bool) -> bool {
+    let mut want: Vec<(&str, Option<&str>)> = spec
+        .chains
+        .iter()
+        .filter(|c| !per_pod(&c.name))
+        .flat_map(|c| {
+            c.rules
+                .iter()
+                .map(|r| (c.name.as_str(), Some(r.comment.as_str())))
+        })
+        .collect();
+    let mut have: Vec<(&str, Option<&str>)> = have
+        .iter()
+        .filter(|r| !per_pod(&r.chain))
+        .map(|r| (r.chain.as_str(), r.comment.as_deref()))
+        .collect();
+    want.sort();
+    have.sort();
+    want == have
+}
+
 /// Applies `spec` unless the kernel already holds exactly its rules and sets.
 /// Returns whether anything was written.
 pub fn ensure_table(nl: &mut Nfnl, spec: &TableSpec) -> Result<bool> {
     let have = nl.rules(spec.family, &spec.name)?;
-    let mut want = vec![];
-    for c in &spec.chains {
-        for r in &c.rules {
-            want.push((c.name.clone(), Some(r.comment.clone())));
-        }
-    }
-    let mut have: Vec<_> = have.into_iter().map(|r| (r.chain, r.comment)).collect();
-    have.sort();
-    want.sort();
+    let rules_ok = same_rules(spec, &have, |_| false);
     let sets_ok = spec
         .sets
         .iter()
@@ -286,7 +302,7 @@ pub fn ensure_table(nl: &mut Nfnl, spec: &TableSpec) -> Result<bool> {
         .collect::<Result<Vec<_>>>()?
         .into_iter()
         .all(|b| b);
-    if have == want && sets_ok {
+    if rules_ok && sets_ok {
         return Ok(false);
     }
     nl.apply_table(spec)?;

@@ -34,7 +34,6 @@ use crate::api::unix_now;
 use crate::config::{Config, Pool};
 use crate::kernel::rtnl::Link;
 use ipnet::Ipv4Net;
-use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
@@ -89,8 +88,7 @@ impl Settings {
 }
 
 /// Counters of one peer.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone)]
 pub struct PeerStats {
     pub address: Ipv4Addr,
     /// "relay" or "lan": how this node's pods' RTPS reaches the peer.
@@ -108,7 +106,6 @@ pub struct PeerStats {
     /// Source addresses of the packets this peer relayed (bounded): the
     /// participants this node's pods know only through the relay.
     pub sources: std::collections::BTreeSet<Ipv4Addr>,
-    #[serde(skip)]
     last_seen_at: Option<Instant>,
 }
 
@@ -219,18 +216,6 @@ impl Relay {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-    }
-
-    /// The peers with their counters.
-    pub fn peers(&self) -> Vec<PeerStats> {
-        self.shared
-            .stats
-            .lock()
-            .unwrap()
-            .peers
-            .values()
-            .cloned()
-            .collect()
     }
 
     /// The relay's part of the status document.
