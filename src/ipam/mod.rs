@@ -157,6 +157,19 @@ impl Drop for AttachmentLock {
 }
 
 /// flock(LOCK_EX) on `file`, polling up to `timeout`.
+/// Opens (creating) the lock file at `path` and takes its lock, waiting up
+/// to `timeout`.
+fn open_locked(path: &Path, timeout: Duration) -> Result<File> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(io("open", path))?;
+    lock_file(&file, path, timeout)?;
+    Ok(file)
+}
+
 fn lock_file(file: &File, path: &Path, timeout: Duration) -> Result<()> {
     let start = Instant::now();
     let mut pause = Duration::from_micros(200);
@@ -233,13 +246,7 @@ impl Store {
     /// Takes the pool lock, waiting up to `timeout`.
     pub fn lock(&self, timeout: Duration) -> Result<Lock> {
         let path = self.dir.join("lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io("open", &path))?;
-        lock_file(&file, &path, timeout)?;
+        let file = open_locked(&path, timeout)?;
         Ok(Lock { _file: file })
     }
 
@@ -256,14 +263,8 @@ impl Store {
         let path = dir.join(key);
         let start = Instant::now();
         loop {
-            let file = OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)
-                .map_err(io("open", &path))?;
             let left = timeout.saturating_sub(start.elapsed());
-            lock_file(&file, &path, left)?;
+            let file = open_locked(&path, left)?;
             // the holder before us may have removed the file: ours must
             // still be the one at the path
             let held = file.metadata().map_err(io("stat", &path))?;
