@@ -412,12 +412,14 @@ impl FastPath {
 mod tests {
     use super::*;
 
+    const POD: PodId = PodId {
+        mac: [0x0e, 0x2c, 192, 168, 1, 10],
+        ip: Ipv4Addr::new(192, 168, 1, 10),
+    };
+
     #[test]
     fn programs_end_every_path_and_jumps_stay_inside() {
-        let pod = PodId {
-            mac: [0x0e, 0x2c, 192, 168, 1, 10],
-            ip: Ipv4Addr::new(192, 168, 1, 10),
-        };
+        let pod = POD;
         for p in [
             pod_program(pod, 5, 2, false),
             pod_program(pod, 5, 2, true),
@@ -441,10 +443,7 @@ mod tests {
 
     #[test]
     fn only_a_policed_pods_program_leaves_rtps_range_udp_to_the_normal_path() {
-        let pod = PodId {
-            mac: [0x0e, 0x2c, 192, 168, 1, 10],
-            ip: Ipv4Addr::new(192, 168, 1, 10),
-        };
+        let pod = POD;
         // a load of the UDP destination port's bytes (offsets 36, 37)
         let reads_dport = |p: &[Insn]| p.iter().any(|i| i.code == 0x71 && i.off == 36);
         assert!(
@@ -467,10 +466,7 @@ mod tests {
 
     #[test]
     fn frames_with_a_vlan_tag_in_the_metadata_or_not_ipv4_in_the_data_pass() {
-        let pod = PodId {
-            mac: [0x0e, 0x2c, 192, 168, 1, 10],
-            ip: Ipv4Addr::new(192, 168, 1, 10),
-        };
+        let pod = POD;
         for p in [
             pod_program(pod, 5, 2, false),
             pod_program(pod, 5, 2, true),
@@ -506,10 +502,7 @@ mod tests {
 
     #[test]
     fn the_pod_program_checks_mac_and_address_with_32_bit_compares() {
-        let pod = PodId {
-            mac: [0x0e, 0x2c, 0xc0, 0xa8, 0x01, 0x0a],
-            ip: Ipv4Addr::new(192, 168, 1, 10),
-        };
+        let pod = POD;
         let p = pod_program(pod, 5, 2, false);
         // the MAC's first 4 bytes have the top bit set as a little-endian u32
         let mac_lo = u32::from_le_bytes([0x0e, 0x2c, 0xc0, 0xa8]);
