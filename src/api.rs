@@ -121,6 +121,9 @@ pub struct Status {
     pub node_device: String,
     /// Whether the agent routes multicast (routed mode).
     pub routing: bool,
+    /// Which multicast forwarder runs and why (none in macvlan mode).
+    #[serde(default)]
+    pub forwarder: ForwarderInfo,
     pub subnet: String,
     pub pool: Option<String>,
     #[serde(default)]
@@ -181,6 +184,15 @@ pub struct Vif {
     pub role: String,
     pub in_packets: u64,
     pub out_packets: u64,
+}
+
+/// The multicast forwarder: `kind` "kernel" (the kernel's multicast
+/// routing) or "nftables" (dup rules), None when the agent forwards nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ForwarderInfo {
+    pub kind: Option<String>,
+    pub reason: String,
 }
 
 /// One multicast route with its kernel counters (keys as the kernel's

@@ -10,6 +10,7 @@ pub mod doctor;
 pub mod fastpath;
 pub mod faults;
 pub mod firewall;
+pub mod forward;
 pub mod ifname;
 pub mod install;
 pub mod ipam;

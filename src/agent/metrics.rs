@@ -76,7 +76,7 @@ impl prometheus_client::collector::Collector for Collector {
             "RTPS multicast bytes forwarded, per group and direction",
             &bytes,
         )?;
-        let (not_rtps, wrong_if) = st.router.as_ref().map_or((0, 0), |r| r.dropped());
+        let (not_rtps, wrong_if) = st.forwarder.as_ref().map_or((0, 0), |f| f.dropped());
         counter(
             &mut enc,
             "ros2cni_dropped_packets",
@@ -91,7 +91,7 @@ impl prometheus_client::collector::Collector for Collector {
             &mut enc,
             "ros2cni_multicast_upcalls",
             "Upcalls from the kernel's multicast router (none expected: the routes are static)",
-            &[(vec![], st.router.as_ref().map_or(0, |r| r.upcalls()))],
+            &[(vec![], st.forwarder.as_ref().map_or(0, |f| f.upcalls()))],
         )?;
         gauge(
             &mut enc,
@@ -123,9 +123,20 @@ impl prometheus_client::collector::Collector for Collector {
         gauge(
             &mut enc,
             "ros2cni_multicast_routes",
-            "Multicast routes installed in the kernel: one (*,G) per RTPS group and one catch-all",
-            st.router.as_ref().map_or(0, |r| r.len()) as i64,
+            "Multicast forwarding entries in place: one per RTPS group (and the kernel forwarder's catch-all)",
+            st.forwarder.as_ref().map_or(0, |f| f.route_count()) as i64,
         )?;
+        {
+            let kind = st.forwarder.as_ref().map_or("none", |f| f.kind().as_str());
+            let g = ConstGauge::new(1i64);
+            let mut m = enc.encode_descriptor(
+                "ros2cni_forwarder",
+                "The multicast forwarder this agent runs (kernel: the kernel's multicast routing; nftables: dup rules, for kernels without CONFIG_IP_MROUTE; none: macvlan mode)",
+                None,
+                g.metric_type(),
+            )?;
+            g.encode(m.encode_family(&l(&[("forwarder", kind.to_owned())]))?)?;
+        }
         gauge(
             &mut enc,
             "ros2cni_pods_attached",

@@ -1,9 +1,10 @@
 //! The node agent: `ros2-cni agent --config FILE [--node NAME]`.
 //!
-//! One per robot computer. On a routed-mode node it owns the namespace's IPv4
-//! multicast routing for the RTPS groups (VIFs: uplink and node bridge), the
-//! TTL 1 → 2 rule for those groups and group membership on the uplink (for
-//! IGMP-snooping switches). On a macvlan-mode node pods are on the wire and L2
+//! One per robot computer. On a routed-mode node it runs the multicast
+//! forwarder for the RTPS groups between the uplink and the node bridge
+//! (`src/forward`: the kernel's multicast routing where the kernel has it,
+//! else nftables dup rules), the TTL 1 → 2 rule for those groups and group
+//! membership on the uplink (for IGMP-snooping switches). On a macvlan-mode node pods are on the wire and L2
 //! already carries their multicast, so it routes nothing (forwarding as well
 //! would duplicate every packet) and serves health, status and metrics. Either
 //! way it re-creates whatever node-wide state the plugin relies on if it goes
@@ -11,9 +12,10 @@
 //!
 //! Restart-safe: everything is derived from the config, the kernel and the
 //! data dir. Killed with -9, the kernel drops its multicast routes (the routing
-//! socket closes) but leaves pods, the bridge, proxy entries and the
-//! anti-spoofing table alone, so unicast never stops; on restart multicast
-//! routes come back as it starts (they are static: one per RTPS group).
+//! socket closes; the nftables forwarder's rules stay) but leaves pods, the
+//! bridge, proxy entries and the anti-spoofing table alone, so unicast never
+//! stops; on restart multicast routes come back as it starts (they are
+//! static: one per RTPS group).
 //!
 //! SIGHUP reloads the config; SIGTERM/SIGINT remove only what the agent alone
 //! needs (TTL rule, multicast routes, its socket) and keep pod-facing state.
@@ -31,10 +33,10 @@ use crate::config::{Config, Mode};
 use crate::dataplane::macvlan::{ensure_shim, refuse_wireless};
 use crate::dataplane::routed::{ensure_bridge, resolve_uplink};
 use crate::firewall;
-use crate::kernel::mroute::{Incoming, MrouteSocket};
+use crate::forward::{self, Forwarder};
+use crate::kernel::mroute::Incoming;
 use crate::kernel::nft::Nfnl;
 use crate::kernel::rtnl::{Handle, Link};
-use crate::mroute::{Role, Router, Vif};
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -58,8 +60,9 @@ pub enum AgentError {
     Kernel(crate::kernel::Error),
     #[error("{0}")]
     Setup(String),
-    #[error("multicast routing: {0} (is another multicast router such as smcroute or pimd running in this network namespace?)")]
-    Mroute(std::io::Error),
+    /// No multicast forwarder could start.
+    #[error("{0}")]
+    Forward(crate::forward::Error),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -148,8 +151,10 @@ pub struct State {
     pub cfg: Config,
     pub config_path: PathBuf,
     pub node: Option<String>,
-    /// The multicast router (routed mode only).
-    pub router: Option<Router<MrouteSocket>>,
+    /// The multicast forwarder (routed mode only).
+    pub forwarder: Option<Box<dyn Forwarder>>,
+    /// Why that forwarder (or none) runs.
+    pub forwarder_reason: String,
     pub uplink: Link,
     /// The node device pods are reached through: bridge or macvlan shim.
     pub node_dev: Link,
@@ -202,7 +207,6 @@ pub struct Counters {
 struct Schedule {
     /// Records and leases changed before this are durable (synced).
     synced_until: SystemTime,
-    last_expire: Instant,
     last_report: Option<Instant>,
 }
 
@@ -217,7 +221,14 @@ pub struct Discovery {
 
 impl State {
     pub fn mroute_fd(&self) -> Option<RawFd> {
-        self.router.as_ref().map(|r| r.kernel().raw_fd())
+        self.forwarder
+            .as_ref()
+            .and_then(|f| f.socket())
+            .map(|s| s.raw_fd())
+    }
+
+    fn forwarder_kind(&self) -> Option<forward::Kind> {
+        self.forwarder.as_ref().map(|f| f.kind())
     }
 }
 
@@ -238,20 +249,13 @@ fn ensure_node(cfg: &Config) -> Result<(Link, Link), AgentError> {
         if firewall::remove_ttl_rule(&mut nf)? {
             tracing::info!("macvlan mode: removed the RTPS TTL rule");
         }
-        let _ = nf.delete_table(crate::kernel::nft::NFPROTO_IPV4, firewall::COUNT_TABLE);
+        let _ = forward::remove_tables(&mut nf);
         refuse_wireless(cfg, &uplink.name)?;
         return Ok((uplink, shim));
     }
     let bridge = ensure_bridge(&mut nl, &cfg.bridge, &uplink.name)?;
     if firewall::ensure_table(&mut nf, &firewall::pod_guard_spec())? {
         tracing::info!("created the anti-spoofing table bridge {}", firewall::TABLE);
-    }
-    let count = firewall::count_spec(&cfg.groups, &uplink.name, &bridge.name);
-    if firewall::ensure_table(&mut nf, &count)? {
-        tracing::debug!(
-            "forward counters for the RTPS groups applied (ip {})",
-            firewall::COUNT_TABLE
-        );
     }
     if !cfg.raise_ttl {
         if firewall::remove_ttl_rule(&mut nf)? {
@@ -261,21 +265,6 @@ fn ensure_node(cfg: &Config) -> Result<(Link, Link), AgentError> {
         tracing::info!(groups = ?cfg.groups, "applied the RTPS TTL rule (ip {})", firewall::TABLE);
     }
     Ok((uplink, bridge))
-}
-
-fn vifs_for(uplink: &Link, bridge: &Link) -> Vec<Vif> {
-    vec![
-        Vif {
-            name: uplink.name.clone(),
-            ifindex: uplink.index,
-            role: Role::Uplink,
-        },
-        Vif {
-            name: bridge.name.clone(),
-            ifindex: bridge.index,
-            role: Role::Pods,
-        },
-    ]
 }
 
 /// Counts agent starts in `dataDir/agent.starts`; returns previous starts.
@@ -345,21 +334,23 @@ fn lock_instance(data_dir: &Path) -> Result<std::fs::File, AgentError> {
     Ok(f)
 }
 
-/// Opens the multicast routing socket. A killed agent's socket is released
-/// only once that process is gone: EADDRINUSE is retried for a while.
-fn open_mroute() -> Result<MrouteSocket, AgentError> {
-    let start = Instant::now();
-    loop {
-        match MrouteSocket::open() {
-            Err(e)
-                if e.raw_os_error() == Some(libc::EADDRINUSE)
-                    && start.elapsed() < INSTANCE_WAIT =>
-            {
-                std::thread::sleep(Duration::from_millis(50))
-            }
-            r => return r.map_err(AgentError::Mroute),
-        }
-    }
+/// Starts the multicast forwarder `cfg` asks for (routed mode): the kernel's
+/// or nftables', with the reason; its nf_tables side is made at once.
+fn start_forwarder(
+    cfg: &Config,
+    uplink: &Link,
+    node_dev: &Link,
+) -> Result<(Box<dyn Forwarder>, String), AgentError> {
+    let (mut fwd, why) = forward::open(cfg.multicast_forwarder, &cfg.groups, INSTANCE_WAIT)
+        .map_err(AgentError::Forward)?;
+    let kernel = |e| AgentError::Forward(forward::Error::Kernel(e));
+    fwd.set_lan_multicast(cfg.lan_multicast).map_err(kernel)?;
+    fwd.set_interfaces(uplink, node_dev).map_err(kernel)?;
+    let seen = forward::sync_tables(&mut Nfnl::new()?, fwd.kind(), cfg, uplink, node_dev)
+        .map_err(|e| AgentError::Forward(forward::nft_unsupported(fwd.kind(), e)))?;
+    fwd.observe(&seen);
+    tracing::info!(groups = ?cfg.groups, forwarder = fwd.kind().as_str(), "forwarding RTPS multicast between {} and {}: {why}", uplink.name, node_dev.name);
+    Ok((fwd, why))
 }
 
 /// Builds the state: node-wide setup, multicast routing, group membership.
@@ -368,25 +359,20 @@ pub fn start(opts: &Options) -> Result<State, AgentError> {
     cfg.pool()?;
     let instance = lock_instance(&cfg.data_dir)?;
     let (uplink, node_dev) = ensure_node(&cfg)?;
-    let router = match cfg.mode {
+    let (forwarder, forwarder_reason) = match cfg.mode {
         Mode::Routed => {
-            let sock = open_mroute()?;
-            let mut router = Router::new(sock, cfg.groups.clone());
-            router
-                .set_lan_multicast(cfg.lan_multicast)
-                .map_err(AgentError::Mroute)?;
-            router
-                .set_vifs(vifs_for(&uplink, &node_dev))
-                .map_err(AgentError::Mroute)?;
-            tracing::info!(groups = ?cfg.groups, "routing RTPS multicast between {} and {}", uplink.name, node_dev.name);
-            Some(router)
+            let (f, why) = start_forwarder(&cfg, &uplink, &node_dev)?;
+            (Some(f), why)
         }
         Mode::Macvlan => {
             tracing::info!("macvlan mode: pods are on the wire, multicast needs no routing here");
-            None
+            (
+                None,
+                "macvlan mode: the pods are on the wire, L2 carries their multicast".into(),
+            )
         }
     };
-    let relay = router
+    let relay = forwarder
         .as_ref()
         .map(|_| crate::relay::Relay::start(crate::relay::Settings::new(&cfg, &uplink, &node_dev)));
     let restarts = count_start(&cfg.data_dir);
@@ -405,12 +391,12 @@ pub fn start(opts: &Options) -> Result<State, AgentError> {
         cfg,
         config_path: opts.config.clone(),
         node: opts.node.clone(),
-        router,
+        forwarder,
+        forwarder_reason,
         uplink,
         node_dev,
         schedule: Schedule {
             synced_until: UNIX_EPOCH,
-            last_expire: Instant::now(),
             last_report: None,
         },
         discovery: Discovery::default(),
@@ -505,12 +491,14 @@ pub const REPORT_INTERVAL: Duration = Duration::from_secs(60);
 /// Announces membership of the RTPS groups on the uplink so IGMP-snooping
 /// switches deliver them to this node.
 pub fn report_groups(st: &mut State) {
-    let Some(router) = &st.router else { return };
+    let Some(sock) = st.forwarder.as_ref().and_then(|f| f.socket()) else {
+        return;
+    };
     if !st.cfg.lan_multicast {
         return; // the node takes no part in LAN multicast
     }
     for g in st.cfg.groups.clone() {
-        match router.kernel().send_report(st.uplink.index, g) {
+        match sock.send_report(st.uplink.index, g) {
             Ok(()) => st.counters.reports_sent += 1,
             Err(e) => tracing::warn!(group = %g, "IGMP report on {}: {e}", st.uplink.name),
         }
@@ -521,10 +509,10 @@ pub fn report_groups(st: &mut State) {
 /// Reads and applies every pending upcall.
 pub fn handle_upcalls(st: &mut State) {
     loop {
-        let Some(router) = st.router.as_mut() else {
+        let Some(sock) = st.forwarder.as_ref().and_then(|f| f.socket()) else {
             return;
         };
-        match router.kernel().read() {
+        match sock.read() {
             Ok(Some(Incoming::Query { ifindex, group })) => {
                 let answer = ifindex == st.uplink.index
                     && (group.is_unspecified() || st.cfg.groups.contains(&group));
@@ -533,7 +521,12 @@ pub fn handle_upcalls(st: &mut State) {
                     report_groups(st);
                 }
             }
-            Ok(Some(Incoming::Upcall(up))) => match router.handle(up, Instant::now()) {
+            Ok(Some(Incoming::Upcall(up))) => match st
+                .forwarder
+                .as_mut()
+                .map(|f| f.handle_upcall(up))
+                .unwrap_or(Ok(crate::mroute::Decision::Ignore("no forwarder")))
+            {
                 Ok(d) => {
                     tracing::debug!(src = %up.src, group = %up.group, vif = up.vif, "unexpected multicast upcall: {d:?}")
                 }
@@ -573,6 +566,8 @@ struct Pass {
     cfg: Config,
     records: Vec<crate::ipam::Attachment>,
     routed: bool,
+    /// The forwarder whose nf_tables side the pass keeps in step.
+    forwarder: Option<forward::Kind>,
     fastpath: crate::fastpath::FastPath,
     /// Interfaces to sample for the sources of a multicast flood.
     sample: Vec<(u32, String)>,
@@ -592,7 +587,7 @@ struct Done {
     pods: usize,
     spoofed_drops: Option<u64>,
     ttl_raised: Option<u64>,
-    forwarded: Option<firewall::Forwarded>,
+    seen: Option<Result<forward::Seen, String>>,
     sampled: Option<Vec<pressure::Source>>,
     synced_until: SystemTime,
     limits: limits::LimitState,
@@ -606,11 +601,12 @@ impl Pass {
         Pass {
             cfg: st.cfg.clone(),
             records: st.records.clone(),
-            routed: st.router.is_some(),
+            routed: st.forwarder.is_some(),
+            forwarder: st.forwarder_kind(),
             fastpath: st.fastpath.clone(),
             synced_until: st.schedule.synced_until,
-            sample: match &st.router {
-                Some(r) if st.pressure.sample_due() => r
+            sample: match &st.forwarder {
+                Some(f) if st.pressure.sample_due() => f
                     .vifs()
                     .iter()
                     .map(|v| (v.ifindex, v.name.clone()))
@@ -674,12 +670,21 @@ impl Pass {
             }
         }
         let nf = Nfnl::new().ok();
-        let (spoofed_drops, ttl_raised, forwarded) = match nf {
-            Some(mut nf) => (
-                firewall::spoofed_drops(&mut nf).ok(),
-                firewall::ttl_raised(&mut nf).ok(),
-                firewall::forwarded(&mut nf).ok(),
-            ),
+        let (spoofed_drops, ttl_raised, seen) = match nf {
+            Some(mut nf) => {
+                let seen = match (&node, self.forwarder) {
+                    (Ok((uplink, node_dev)), Some(kind)) => Some(
+                        forward::sync_tables(&mut nf, kind, &self.cfg, uplink, node_dev)
+                            .map_err(|e| forward::nft_unsupported(kind, e).to_string()),
+                    ),
+                    _ => None,
+                };
+                (
+                    firewall::spoofed_drops(&mut nf).ok(),
+                    firewall::ttl_raised(&mut nf).ok(),
+                    seen,
+                )
+            }
             None => (None, None, None),
         };
         let sampled = (!self.sample.is_empty())
@@ -699,7 +704,7 @@ impl Pass {
             pods: pods_attached(&self.cfg.data_dir),
             spoofed_drops,
             ttl_raised,
-            forwarded,
+            seen,
             sampled,
             synced_until,
             limits: self.limits,
@@ -714,14 +719,14 @@ impl Done {
         let mut problems = vec![];
         match self.node {
             Ok((uplink, node_dev)) => {
-                if let Some(router) = st.router.as_mut() {
-                    match router.set_vifs(vifs_for(&uplink, &node_dev)) {
+                if let Some(fwd) = st.forwarder.as_mut() {
+                    match fwd.set_interfaces(&uplink, &node_dev) {
                         Ok(true) => {
                             tracing::info!(uplink = %uplink.name, bridge = %node_dev.name, "interfaces changed: multicast routes rebuilt");
                             st.schedule.last_report = None;
                         }
                         Ok(false) => {}
-                        Err(e) => problems.push(format!("multicast VIFs: {e}")),
+                        Err(e) => problems.push(format!("multicast forwarder interfaces: {e}")),
                     }
                 }
                 if let Some(r) = &st.relay {
@@ -760,24 +765,23 @@ impl Done {
         if due {
             report_groups(st);
         }
-        if now.duration_since(st.schedule.last_expire) >= Duration::from_secs(10) {
-            let idle = Duration::from_secs(st.cfg.mfc_idle_seconds);
-            let n = st.router.as_mut().map_or(0, |r| r.expire(now, idle));
-            if n > 0 {
-                tracing::debug!("expired {n} idle multicast route(s)");
-            }
-            st.schedule.last_expire = now;
-        }
         st.counters.pods = self.pods;
         st.discovery.table.expire(now);
         st.discovery.ifnames.clear();
         st.counters.spoofed_drops = self.spoofed_drops.unwrap_or(st.counters.spoofed_drops);
         st.schedule.synced_until = self.synced_until;
-        if let Some(f) = self.forwarded {
-            st.counters.forwarded = f;
+        match self.seen {
+            Some(Ok(seen)) => {
+                if let Some(f) = st.forwarder.as_mut() {
+                    f.observe(&seen);
+                }
+                st.counters.forwarded = seen.forwarded;
+            }
+            Some(Err(e)) => problems.push(format!("multicast forwarder: {e}")),
+            None => {}
         }
-        if let Some(router) = &st.router {
-            let not_rtps = router.dropped().0;
+        if let Some(fwd) = &st.forwarder {
+            let not_rtps = fwd.dropped().0;
             if let Some(msg) = st.pressure.update(now, not_rtps, self.sampled) {
                 tracing::warn!("{msg}");
             }
@@ -824,8 +828,8 @@ fn reload_config(st: &mut State) -> bool {
             false
         }
         Ok(cfg) => {
-            if let Some(r) = st.router.as_mut() {
-                if let Err(e) = r.set_groups(cfg.groups.clone()) {
+            if let Some(r) = st.forwarder.as_mut() {
+                if let Err(e) = r.set_groups(&cfg.groups) {
                     tracing::error!("multicast routes for the new groups: {e}");
                 }
                 if let Err(e) = r.set_lan_multicast(cfg.lan_multicast) {
@@ -863,18 +867,20 @@ pub fn shutdown(st: &mut State) {
     if let Some(r) = st.relay.as_mut() {
         r.stop();
     }
-    if let Some(router) = st.router.as_mut() {
-        router.flush();
+    if let Some(fwd) = st.forwarder.as_mut() {
+        fwd.stop();
         if let Ok(mut nf) = Nfnl::new() {
             if let Err(e) = firewall::remove_ttl_rule(&mut nf) {
                 tracing::warn!("removing the TTL rule: {e}");
             }
+            if let Err(e) = forward::remove_tables(&mut nf) {
+                tracing::warn!("removing the forwarder's tables: {e}");
+            }
         }
-        for g in st.cfg.groups.clone() {
-            let _ = router.kernel().send_leave(st.uplink.index, g);
-        }
-        if let Ok(mut nf) = Nfnl::new() {
-            let _ = nf.delete_table(crate::kernel::nft::NFPROTO_IPV4, firewall::COUNT_TABLE);
+        if let Some(sock) = fwd.socket() {
+            for g in &st.cfg.groups {
+                let _ = sock.send_leave(st.uplink.index, *g);
+            }
         }
     }
     let _ = std::fs::remove_file(st.cfg.agent_socket());
@@ -883,13 +889,13 @@ pub fn shutdown(st: &mut State) {
 
 /// The status document served on the agent socket.
 pub fn status_reply(st: &State) -> api::Status {
-    let (vifs, routes, forwarded, (not_rtps, wrong_if)) = match &st.router {
+    let (vifs, routes, forwarded, (not_rtps, wrong_if)) = match &st.forwarder {
         None => (vec![], vec![], vec![], (0, 0)),
-        Some(r) => (
-            vifs(r),
-            r.routes(),
+        Some(f) => (
+            f.vifs(),
+            f.routes(),
             forwarded(&st.counters.forwarded),
-            r.dropped(),
+            f.dropped(),
         ),
     };
     api::Status {
@@ -899,7 +905,11 @@ pub fn status_reply(st: &State) -> api::Status {
         mode: st.cfg.mode.as_str().to_owned(),
         uplink: st.uplink.name.clone(),
         node_device: st.node_dev.name.clone(),
-        routing: st.router.is_some(),
+        routing: st.forwarder.is_some(),
+        forwarder: api::ForwarderInfo {
+            kind: st.forwarder_kind().map(|k| k.as_str().to_owned()),
+            reason: st.forwarder_reason.clone(),
+        },
         subnet: st.cfg.subnet.to_string(),
         pool: st.cfg.pool.map(|p| p.to_string()),
         groups: st.cfg.groups.clone(),
@@ -916,7 +926,7 @@ pub fn status_reply(st: &State) -> api::Status {
             spoofed: st.counters.spoofed_drops,
         },
         ttl_raised: st.counters.ttl_raised,
-        upcalls: st.router.as_ref().map_or(0, |r| r.upcalls()),
+        upcalls: st.forwarder.as_ref().map_or(0, |f| f.upcalls()),
         multicast_pressure: st.pressure.to_api(),
         discovery_limits: st.limits.to_api(),
         domain_policy: st.domains.to_api(),
@@ -924,7 +934,7 @@ pub fn status_reply(st: &State) -> api::Status {
         igmp_reports_sent: st.counters.reports_sent,
         participants: st.discovery.table.len() as u64,
         fast_path: api::FastPath {
-            enabled: st.cfg.fast_path && st.router.is_some(),
+            enabled: st.cfg.fast_path && st.forwarder.is_some(),
             lan: st.fastpath.lan_attached(),
             pods: st.fastpath.attached_pods() as u64,
             unavailable: st.fastpath.unavailable.clone(),
@@ -943,29 +953,6 @@ pub fn status_reply(st: &State) -> api::Status {
     }
 }
 
-/// The router's VIFs with their counters.
-fn vifs(r: &Router<MrouteSocket>) -> Vec<api::Vif> {
-    r.vifs()
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            let c = r.kernel().vif_count_or_default(i as u16);
-            api::Vif {
-                vif: i as u16,
-                name: v.name.clone(),
-                ifindex: v.ifindex,
-                role: match v.role {
-                    Role::Uplink => "uplink",
-                    Role::Pods => "pods",
-                }
-                .to_owned(),
-                in_packets: c.in_packets,
-                out_packets: c.out_packets,
-            }
-        })
-        .collect()
-}
-
 fn forwarded(f: &firewall::Forwarded) -> Vec<api::Forwarded> {
     f.iter()
         .map(|((group, direction), (packets, bytes))| api::Forwarded {
@@ -975,13 +962,6 @@ fn forwarded(f: &firewall::Forwarded) -> Vec<api::Forwarded> {
             bytes: *bytes,
         })
         .collect()
-}
-
-impl MrouteSocket {
-    fn vif_count_or_default(&self, vif: u16) -> crate::kernel::mroute::VifCount {
-        use crate::kernel::mroute::Mroute;
-        self.vif_count(vif).unwrap_or_default()
-    }
 }
 
 /// The participant table document (`participants` on the status socket).

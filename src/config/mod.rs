@@ -251,6 +251,9 @@ pub struct Config {
     pub lan_multicast: bool,
     /// Agent: UDP port of the relay (`relayPort`).
     pub relay_port: u16,
+    /// Agent (routed mode): which multicast forwarder runs
+    /// (`multicastForwarder`: auto, kernel or nftables).
+    pub multicast_forwarder: crate::forward::Choice,
     /// The other subnets of the cluster (nodes' own `subnet`s): the plugin
     /// routes them through the pod's LAN interface.
     pub other_subnets: Vec<Ipv4Net>,
@@ -386,6 +389,29 @@ mod tests {
         assert!(c.peers.is_empty());
         assert!(c.lan_multicast);
         assert_eq!(c.relay_port, 7399);
+        assert_eq!(c.multicast_forwarder, crate::forward::Choice::Auto);
+    }
+
+    #[test]
+    fn multicast_forwarder_is_one_of_three_names() {
+        use crate::forward::Choice;
+        for (name, want) in [
+            ("auto", Choice::Auto),
+            ("kernel", Choice::Kernel),
+            ("nftables", Choice::Nftables),
+        ] {
+            let mut v = base();
+            v["multicastForwarder"] = json!(name);
+            let c = Config::from_value(&v, true, None).unwrap();
+            assert_eq!(c.multicast_forwarder, want);
+        }
+        for bad in [json!("ipmr"), json!(true)] {
+            let mut v = base();
+            v["multicastForwarder"] = bad.clone();
+            let e = cni(Config::from_value(&v, true, None).unwrap_err());
+            assert_eq!(e.code, Code::InvalidConfig, "{bad}: {}", e.msg);
+            assert!(e.msg.contains("multicastForwarder"), "{bad}: {}", e.msg);
+        }
     }
 
     #[test]

@@ -61,6 +61,7 @@ pub struct Raw {
     pub(super) uplink_discovery_burst: Option<Whole>,
     pub(super) peers: Option<Vec<String>>,
     pub(super) lan_multicast: Option<bool>,
+    pub(super) multicast_forwarder: Option<String>,
     pub(super) relay_port: Option<Whole>,
     pub(super) domains: Option<DomainMap>,
     pub(super) default_domains: Option<DomainList>,

@@ -470,6 +470,15 @@ impl Raw {
         let (peers, node_address) = relay_peers(self.peers, &nodes, node_name.as_deref())?;
         let other_subnets = other_subnets(&nodes, top_subnet, subnet);
         let relay_port = parse_relay_port(self.relay_port)?;
+        let multicast_forwarder = match self.multicast_forwarder.as_deref() {
+            None => crate::forward::Choice::Auto,
+            Some(s) => crate::forward::Choice::parse(s).ok_or_else(|| {
+                invalid(
+                    "multicastForwarder",
+                    format!("\"{s}\" (expected \"auto\", \"kernel\" or \"nftables\")"),
+                )
+            })?,
+        };
         let limits = crate::firewall::limits::Limits {
             pod: parse_limit(
                 ("podDiscoveryRate", self.pod_discovery_rate),
@@ -512,6 +521,7 @@ impl Raw {
             node_address,
             lan_multicast: self.lan_multicast.unwrap_or(true),
             relay_port,
+            multicast_forwarder,
             other_subnets,
         })
     }

@@ -10,12 +10,15 @@
 //! - `ip ros2_cni` (agent-owned): for packets entering from `uplink` or the
 //!   bridge addressed to an RTPS group, TTL 1 becomes 2, so the multicast router
 //!   forwards Fast DDS / Connext discovery (sent with TTL 1) one hop.
-//! - `ip ros2_cni_count` (agent-owned): counters on the forward hook, one per
-//!   RTPS group and direction, for what the multicast router forwarded (its
-//!   (*,G) entries count both directions together).
+//! - `ip ros2_cni_count` (agent-owned, kernel forwarder): counters on the
+//!   forward hook, one per RTPS group and direction, for what the multicast
+//!   router forwarded (its (*,G) entries count both directions together).
+//! - `ip ros2_cni_fwd` (agent-owned, nftables forwarder): the forwarder for
+//!   kernels without multicast routing ([`dup`]).
 
 pub mod counts;
 pub mod domains;
+pub mod dup;
 pub mod expr;
 pub mod limits;
 
@@ -481,11 +484,17 @@ pub fn count_spec(groups: &[Ipv4Addr], uplink: &str, bridge: &str) -> TableSpec 
 /// (group, direction) -> (packets, bytes) forwarded.
 pub type Forwarded = std::collections::BTreeMap<(Ipv4Addr, &'static str), (u64, u64)>;
 
-/// What was forwarded, from the counters.
+/// What the kernel forwarder forwarded, from the counters of `ip ros2_cni_count`.
 pub fn forwarded(nl: &mut Nfnl) -> Result<Forwarded> {
+    Ok(forwarded_of(&nl.rules(NFPROTO_IPV4, COUNT_TABLE)?))
+}
+
+/// (group, direction) -> (packets, bytes) from rules whose comments read
+/// `fwd GROUP DIRECTION ...` (the count table's and the nftables forwarder's).
+fn forwarded_of(rules: &[DumpedRule]) -> Forwarded {
     let prefix = comment("fwd ");
     let mut out = std::collections::BTreeMap::new();
-    for r in nl.rules(NFPROTO_IPV4, COUNT_TABLE)? {
+    for r in rules {
         let Some(rest) = r.comment.as_deref().and_then(|c| c.strip_prefix(&prefix)) else {
             continue;
         };
@@ -501,7 +510,7 @@ pub fn forwarded(nl: &mut Nfnl) -> Result<Forwarded> {
         t.0 += p;
         t.1 += b;
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]

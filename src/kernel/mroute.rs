@@ -116,9 +116,13 @@ fn be(a: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(a.octets())
 }
 
-/// The owner of the namespace's multicast routing table.
+/// A raw IGMP socket: the owner of the namespace's multicast routing table
+/// ([`MrouteSocket::open`]), or only the agent's IGMP voice and ears
+/// ([`MrouteSocket::open_igmp`]: membership reports and queries, no routing).
 pub struct MrouteSocket {
     fd: OwnedFd,
+    /// MRT_INIT succeeded on it.
+    router: bool,
 }
 
 impl MrouteSocket {
@@ -137,8 +141,31 @@ impl MrouteSocket {
     }
 
     /// Opens the raw IGMP socket and becomes the multicast router. Fails with
-    /// EADDRINUSE when another router (smcroute, pimd, a second agent) owns it.
+    /// EADDRINUSE when another router (smcroute, pimd, a second agent) owns
+    /// it, and with ENOPROTOOPT when the kernel has no multicast routing
+    /// (`CONFIG_IP_MROUTE` not set).
     pub fn open() -> io::Result<MrouteSocket> {
+        let mut s = Self::open_igmp()?;
+        s.setsockopt(MRT_INIT, &1i32)?;
+        s.router = true;
+        Ok(s)
+    }
+
+    /// Whether the kernel would let this namespace route multicast: Err
+    /// with ENOPROTOOPT when it has no multicast routing. Ok also when
+    /// another router holds it (EADDRINUSE: the kernel has it).
+    pub fn probe() -> io::Result<()> {
+        match Self::open() {
+            Ok(_) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Opens the raw IGMP socket without becoming the multicast router: for
+    /// membership reports and queries on a node whose forwarder is not the
+    /// kernel's.
+    pub fn open_igmp() -> io::Result<MrouteSocket> {
         // SAFETY: plain socket(2) call; the fd is owned right away.
         let fd = unsafe {
             libc::socket(
@@ -153,8 +180,8 @@ impl MrouteSocket {
         // SAFETY: fd is a fresh, valid descriptor we own.
         let s = MrouteSocket {
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            router: false,
         };
-        s.setsockopt(MRT_INIT, &1i32)?;
         // to know where IGMP queries arrive; reports leave with TTL 1, a Router
         // Alert option, and are not looped back to us
         s.setsockopt(libc::IP_PKTINFO, &1i32)?;
@@ -356,7 +383,9 @@ pub fn parse_upcall(b: &[u8]) -> Option<Upcall> {
 impl Drop for MrouteSocket {
     fn drop(&mut self) {
         // closing would flush too; MRT_DONE says so explicitly
-        let _ = self.setsockopt(MRT_DONE, &0i32);
+        if self.router {
+            let _ = self.setsockopt(MRT_DONE, &0i32);
+        }
     }
 }
 

@@ -143,6 +143,13 @@ pub enum Expr {
         sreg: u32,
         expr: Box<Expr>,
     },
+    /// `dup to ADDR device DEV` (ip family, nft_dup_ipv4): a copy of the
+    /// packet is routed to the address in `addr_reg` out of the interface
+    /// whose index is in `dev_reg` (native byte order), the original goes on.
+    Dup {
+        addr_reg: u32,
+        dev_reg: u32,
+    },
 }
 
 /// Builds netlink attributes into a byte buffer.
@@ -216,6 +223,7 @@ fn encode_expr_body(a: &mut Attrs, e: &Expr) {
         Expr::Range { .. } => "range",
         Expr::Limit { .. } => "limit",
         Expr::DynsetUpdate { .. } => "dynset",
+        Expr::Dup { .. } => "dup",
     };
     a.str(1, name); // NFTA_EXPR_NAME
     a.begin(2); // NFTA_EXPR_DATA
@@ -300,6 +308,10 @@ fn encode_expr_body(a: &mut Attrs, e: &Expr) {
             a.begin(7);
             encode_expr_body(a, expr);
             a.end();
+        }
+        Expr::Dup { addr_reg, dev_reg } => {
+            // NFTA_DUP_SREG_ADDR, NFTA_DUP_SREG_DEV
+            a.be32(1, *addr_reg).be32(2, *dev_reg);
         }
     }
     a.end(); // EXPR_DATA
