@@ -425,6 +425,10 @@ fn kill_9_and_restart_keeps_unicast_and_restores_multicast_within_2s() {
         "multicast works before the kill"
     );
     assert!(plugin_status(&tb, 1).success);
+    let forwarder = tb.agent_status(tb.node(1)).unwrap()["forwarder"]["kind"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
 
     // unicast a1 -> b1, 20 pings a second, across the kill and the restart
     let pinger = tb
@@ -454,15 +458,27 @@ fn kill_9_and_restart_keeps_unicast_and_restores_multicast_within_2s() {
         "STATUS reports the dead agent: {}",
         st.stdout
     );
-    let mroutes = ros2_cni::lab::testbed::ns_sh(&tb.node(1).ns, &["ip", "mroute", "show"]).unwrap();
-    assert!(
-        mroutes.trim().is_empty(),
-        "the kernel flushed the dead agent's routes: {mroutes}"
-    );
-    assert!(
-        first_arrival(&a1, &b1, Duration::from_millis(800)).is_none(),
-        "no multicast routing while the agent is down"
-    );
+    match forwarder.as_str() {
+        // the kernel flushes a dead router's routes with its socket
+        "kernel" => {
+            let mroutes =
+                ros2_cni::lab::testbed::ns_sh(&tb.node(1).ns, &["ip", "mroute", "show"]).unwrap();
+            assert!(
+                mroutes.trim().is_empty(),
+                "the kernel flushed the dead agent's routes: {mroutes}"
+            );
+            assert!(
+                first_arrival(&a1, &b1, Duration::from_millis(800)).is_none(),
+                "no multicast routing while the agent is down"
+            );
+        }
+        // the nftables forwarder's rules are the kernel's: they outlive the agent
+        "nftables" => assert!(
+            first_arrival(&a1, &b1, Duration::from_secs(2)).is_some(),
+            "the nftables forwarder keeps forwarding while the agent is down"
+        ),
+        other => panic!("unknown forwarder {other:?}"),
+    }
 
     let t0 = std::time::Instant::now();
     tb.start_agent(tb.node(1), &json!({})).unwrap();
@@ -598,6 +614,12 @@ fn sighup_reloads_and_sigterm_keeps_pods_connected() {
         !tables.contains("table ip ros2_cni\n"),
         "the agent-only TTL table is gone: {tables}"
     );
+    for forwarder_table in ["table ip ros2_cni_fwd\n", "table ip ros2_cni_count\n"] {
+        assert!(
+            !tables.contains(forwarder_table),
+            "the forwarder's tables are gone: {tables}"
+        );
+    }
     assert!(
         tables.contains("table bridge ros2_cni\n"),
         "pod-facing anti-spoofing stays: {tables}"

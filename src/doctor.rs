@@ -59,6 +59,66 @@ pub struct Inputs {
     pub conflist: Option<(PathBuf, bool)>,
     /// Attached pods: (name, address, netns path, has its interface: None if the netns is gone).
     pub pods: Vec<PodCheck>,
+    /// What this node's kernel offers.
+    pub kernel: KernelCheck,
+}
+
+/// What the kernel offers ros2-cni, probed on this node.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct KernelCheck {
+    /// `uname -r`.
+    pub release: String,
+    /// IPv4 multicast routing (`CONFIG_IP_MROUTE`): None when it could not
+    /// be told; Some(Err) says why not.
+    pub multicast_routing: Option<Result<(), String>>,
+}
+
+impl KernelCheck {
+    pub fn probe() -> KernelCheck {
+        KernelCheck {
+            release: nix::sys::utsname::uname()
+                .map(|u| u.release().to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            multicast_routing: Some(crate::kernel::mroute::MrouteSocket::probe().map_err(|e| {
+                if e.raw_os_error() == Some(libc::ENOPROTOOPT) {
+                    format!("not built in (CONFIG_IP_MROUTE is not set; MRT_INIT: {e})")
+                } else {
+                    format!("MRT_INIT: {e}")
+                }
+            })),
+        }
+    }
+}
+
+/// The kernel section: what the kernel offers, which forwarder and fast
+/// path run, and why.
+fn kernel_lines(inp: &Inputs) -> Vec<String> {
+    let mut out = vec![format!("kernel: Linux {}", inp.kernel.release)];
+    out.push(match &inp.kernel.multicast_routing {
+        Some(Ok(())) => "  multicast routing (CONFIG_IP_MROUTE): available".into(),
+        Some(Err(why)) => format!("  multicast routing (CONFIG_IP_MROUTE): {why}"),
+        None => "  multicast routing (CONFIG_IP_MROUTE): not probed".into(),
+    });
+    if let Ok(st) = &inp.status {
+        out.push(match &st.forwarder.kind {
+            Some(k) => format!("  forwarder: {k} ({})", st.forwarder.reason),
+            None if st.forwarder.reason.is_empty() => "  forwarder: none".into(),
+            None => format!("  forwarder: none ({})", st.forwarder.reason),
+        });
+        let fp = &st.fast_path;
+        out.push(match (&fp.unavailable, fp.enabled) {
+            (Some(why), _) => format!(
+                "  fast path (tc cls_bpf, BPF): unavailable, pods use the normal path: {why}"
+            ),
+            (None, false) => "  fast path (tc cls_bpf, BPF): off".into(),
+            (None, true) => format!(
+                "  fast path (tc cls_bpf, BPF): {} on the uplink, {} pod(s)",
+                if fp.lan { "attached" } else { "not attached" },
+                fp.pods
+            ),
+        });
+    }
+    out
 }
 
 impl Inputs {
@@ -636,6 +696,7 @@ pub fn gather(cfg: &Config, conf_dir: Option<&Path>) -> Inputs {
         participants,
         conflist,
         pods,
+        kernel: KernelCheck::probe(),
     }
 }
 
@@ -651,6 +712,16 @@ pub fn report(inp: &Inputs) -> Value {
         "conflist": inp.conflist.as_ref().map(|(f, has)| json!({"file": f, "entry": has})),
         "pods": inp.pods,
         "routes": st.map_or(&[][..], |s| s.routes.as_slice()),
+        "kernel": {
+            "release": inp.kernel.release,
+            "multicastRouting": match &inp.kernel.multicast_routing {
+                Some(Ok(())) => json!(true),
+                Some(Err(why)) => json!({"available": false, "why": why}),
+                None => Value::Null,
+            },
+            "forwarder": st.map(|s| &s.forwarder),
+            "fastPath": st.map(|s| &s.fast_path),
+        },
         "participants": inp.participants(),
         "findings": findings(inp),
     })
@@ -669,6 +740,10 @@ pub fn render(inp: &Inputs) -> String {
             s.routes.len()
         )),
         Err(e) => o.push_str(&format!("agent: NOT RUNNING ({e})\n")),
+    }
+    for line in kernel_lines(inp) {
+        o.push_str(&line);
+        o.push('\n');
     }
     if let Some((f, has)) = &inp.conflist {
         o.push_str(&format!(
@@ -753,7 +828,45 @@ mod tests {
             participants: table(vec![], vec![]),
             conflist: None,
             pods: vec![],
+            kernel: KernelCheck::default(),
         }
+    }
+
+    #[test]
+    fn the_kernel_section_says_what_the_kernel_offers_and_which_forwarder_runs() {
+        let mut i = base();
+        i.kernel = KernelCheck {
+            release: "6.18.44".into(),
+            multicast_routing: Some(Err(
+                "not built in (CONFIG_IP_MROUTE is not set; MRT_INIT: Protocol not available (os error 92))".into(),
+            )),
+        };
+        if let Ok(st) = i.status.as_mut() {
+            st.forwarder = api::ForwarderInfo {
+                kind: Some("nftables".into()),
+                reason: "the kernel has no IPv4 multicast routing".into(),
+            };
+            st.fast_path.unavailable = Some("attach BPF filter: no cls_bpf".into());
+        }
+        let text = render(&i);
+        assert!(text.contains("kernel: Linux 6.18.44"), "{text}");
+        assert!(
+            text.contains("multicast routing (CONFIG_IP_MROUTE): not built in"),
+            "{text}"
+        );
+        assert!(
+            text.contains("forwarder: nftables (the kernel has no IPv4 multicast routing)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("fast path (tc cls_bpf, BPF): unavailable, pods use the normal path"),
+            "{text}"
+        );
+        let j = report(&i);
+        assert_eq!(j["kernel"]["forwarder"]["kind"], "nftables");
+        assert_eq!(j["kernel"]["multicastRouting"]["available"], false);
+        i.kernel.multicast_routing = Some(Ok(()));
+        assert!(render(&i).contains("multicast routing (CONFIG_IP_MROUTE): available"));
     }
 
     fn codes(i: &Inputs) -> Vec<&'static str> {

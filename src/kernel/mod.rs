@@ -42,7 +42,7 @@ use std::time::Duration;
 pub enum Error {
     /// The kernel answered the request with an error (an errno), and, where
     /// the kernel explained it (netlink extended ack), its message.
-    #[error("{op}: {source}{}", said(detail))]
+    #[error("{op}: {source}{}{}", said(detail), missing_feature(op, source.raw_os_error()))]
     Kernel {
         op: String,
         #[source]
@@ -69,6 +69,36 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+}
+
+/// What a refusal of an operation the kernel does not support means for
+/// ros2-cni: the kernel option missing, what ros2-cni does without it, and
+/// what the user loses. Matched on the operation and the errno the kernel
+/// answers for an unknown link kind, qdisc, filter or nf_tables family.
+fn missing_feature(op: &str, errno: Option<i32>) -> String {
+    let unsupported = matches!(
+        errno,
+        Some(libc::EOPNOTSUPP) | Some(libc::EAFNOSUPPORT) | Some(libc::ENOENT)
+    );
+    if !unsupported {
+        return String::new();
+    }
+    let hint = if op.starts_with("create bridge") && errno == Some(libc::EOPNOTSUPP) {
+        "this kernel has no bridge (CONFIG_BRIDGE): routed mode cannot run here; macvlan mode (wired LANs) needs no bridge"
+    } else if op.starts_with("create veth") && errno == Some(libc::EOPNOTSUPP) {
+        "this kernel has no veth pairs (CONFIG_VETH): routed mode cannot run here; macvlan mode (wired LANs) needs none"
+    } else if op.starts_with("create macvlan") && errno == Some(libc::EOPNOTSUPP) {
+        "this kernel has no macvlan (CONFIG_MACVLAN): macvlan mode cannot run here; use routed mode"
+    } else if op.starts_with("add clsact qdisc") {
+        "this kernel has no clsact qdisc (CONFIG_NET_SCH_INGRESS): no fast path; pods use the normal routed path, complete but slower"
+    } else if op.starts_with("attach BPF filter") {
+        "this kernel has no tc BPF classifier (CONFIG_NET_CLS_BPF) or refuses BPF (CONFIG_BPF_SYSCALL, CAP_BPF): no fast path; pods use the normal routed path, complete but slower"
+    } else if op.starts_with("nftables") && errno == Some(libc::EAFNOSUPPORT) {
+        "this kernel lacks an nf_tables family ros2-cni needs (CONFIG_NF_TABLES_BRIDGE for the pods' anti-spoofing table, CONFIG_NF_TABLES_IPV4 for the node's tables)"
+    } else {
+        return String::new();
+    };
+    format!(" ({hint})")
 }
 
 /// The kernel's own explanation, as iproute2 shows it ("Error: ...").
@@ -167,5 +197,60 @@ mod tests {
         };
         assert_eq!(s.errno(), None);
         assert!(!s.is_not_found());
+    }
+
+    #[test]
+    fn a_missing_kernel_feature_is_named_with_what_it_costs() {
+        for (op, errno, option, loses) in [
+            (
+                "create bridge ros2br0",
+                libc::EOPNOTSUPP,
+                "CONFIG_BRIDGE",
+                "routed mode",
+            ),
+            (
+                "create veth r2c1 (peer ros0)",
+                libc::EOPNOTSUPP,
+                "CONFIG_VETH",
+                "routed mode",
+            ),
+            (
+                "create macvlan ros2shim",
+                libc::EOPNOTSUPP,
+                "CONFIG_MACVLAN",
+                "macvlan mode",
+            ),
+            (
+                "attach BPF filter r2c_lan to link #2",
+                libc::ENOENT,
+                "CONFIG_NET_CLS_BPF",
+                "no fast path",
+            ),
+            (
+                "add clsact qdisc to link #2",
+                libc::EOPNOTSUPP,
+                "CONFIG_NET_SCH_INGRESS",
+                "no fast path",
+            ),
+            (
+                "nftables apply table ros2_cni",
+                libc::EAFNOSUPPORT,
+                "CONFIG_NF_TABLES_BRIDGE",
+                "anti-spoofing",
+            ),
+        ] {
+            let m = Error::kernel(op, errno, None).to_string();
+            assert!(m.contains(option) && m.contains(loses), "{m}");
+        }
+        // other answers are not blamed on the kernel's build
+        for (op, errno) in [
+            ("create bridge ros2br0", libc::EEXIST),
+            ("create bridge ros2br0", libc::EPERM),
+            ("delete route 10.0.0.5/32 dev #7", libc::ENOENT),
+        ] {
+            assert!(!Error::kernel(op, errno, None)
+                .to_string()
+                .contains("CONFIG_"));
+        }
     }
 }

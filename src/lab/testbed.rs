@@ -341,6 +341,10 @@ pub fn dir_for_prefix(prefix: &str) -> PathBuf {
 static UNIQUE: AtomicUsize = AtomicUsize::new(0);
 
 /// A unique prefix for namespaces of this process: `<family>-<pid>-<n>-`.
+/// Environment variable naming the multicast forwarder (`auto`, `kernel`,
+/// `nftables`) the test bed's agents run with when a test does not choose.
+pub const TEST_FORWARDER_ENV: &str = "ROS2_CNI_TEST_FORWARDER";
+
 pub fn unique_prefix(family: &str) -> String {
     format!(
         "{family}-{}-{}-",
@@ -1203,13 +1207,23 @@ impl Testbed {
         }
     }
 
-    /// The agent's config file for `node` (node form, same keys the plugin gets).
+    /// Writes the agent's config file for `node` (node form, the keys the
+    /// plugin gets with `extra` merged, plus `multicastForwarder` from
+    /// [`TEST_FORWARDER_ENV`] when set and `extra` does not say).
     pub fn agent_config(&self, node: &Node, extra: &Value) -> Result<PathBuf> {
         let mut c = self.ros2cni_conf(node, "1.1.0", extra);
         let m = c.as_object_mut().unwrap();
         // the agent logs to stderr (kept in <dir>/agent-nN.err)
         for k in ["cniVersion", "name", "type", "capabilities", "logFile"] {
             m.remove(k);
+        }
+        // the test suite runs the multicast tests once per forwarder the
+        // kernel offers: ROS2_CNI_TEST_FORWARDER names one for every agent
+        // whose test does not choose itself
+        if let Ok(f) = std::env::var(TEST_FORWARDER_ENV) {
+            if !f.is_empty() && !m.contains_key("multicastForwarder") {
+                m.insert("multicastForwarder".into(), Value::String(f));
+            }
         }
         let path = node.data_dir.join("agent.json");
         std::fs::write(&path, serde_json::to_vec_pretty(&c).unwrap())
