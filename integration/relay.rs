@@ -229,14 +229,36 @@ fn ttl1_datagrams_arrive_exactly_once_in_both_lan_multicast_settings() {
         assert_eq!(p["via"], "relay");
         assert_eq!(p["sent"].as_u64(), Some(n as u64), "{r1}");
     }
-    // the uplink is not a (*,G) oif any more: the kernel's table says so
-    let mroute = ns_sh(&tb.node(1).ns, &["ip", "mroute", "show"]).unwrap();
-    let line = mroute
-        .lines()
-        .find(|l| l.contains("239.255.0.1"))
-        .unwrap_or_else(|| panic!("no (*,G) entry: {mroute}"));
-    let oifs = line.split("Oifs:").nth(1).unwrap_or("");
-    assert!(oifs.contains("ros2br0") && !oifs.contains("eth0"), "{line}");
+    // the uplink is not an outgoing interface any more: the kernel's
+    // forwarding state says so
+    let st = tb.agent_status(tb.node(1)).unwrap();
+    match st["forwarder"]["kind"].as_str() {
+        Some("kernel") => {
+            let mroute = ns_sh(&tb.node(1).ns, &["ip", "mroute", "show"]).unwrap();
+            let line = mroute
+                .lines()
+                .find(|l| l.contains("239.255.0.1"))
+                .unwrap_or_else(|| panic!("no (*,G) entry: {mroute}"));
+            let oifs = line.split("Oifs:").nth(1).unwrap_or("");
+            assert!(oifs.contains("ros2br0") && !oifs.contains("eth0"), "{line}");
+        }
+        Some("nftables") => {
+            let table = ns_sh(
+                &tb.node(1).ns,
+                &["nft", "list", "table", "ip", "ros2_cni_fwd"],
+            )
+            .unwrap();
+            assert!(
+                table.contains("dup to 239.255.0.1 device \"ros2br0\""),
+                "{table}"
+            );
+            assert!(
+                !table.contains("device \"eth0\""),
+                "nothing is copied to the uplink: {table}"
+            );
+        }
+        other => panic!("unknown forwarder {other:?}: {st}"),
+    }
 }
 
 /// A relay datagram as a peer would send it, built by hand.

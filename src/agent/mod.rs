@@ -346,8 +346,15 @@ fn start_forwarder(
     let kernel = |e| AgentError::Forward(forward::Error::Kernel(e));
     fwd.set_lan_multicast(cfg.lan_multicast).map_err(kernel)?;
     fwd.set_interfaces(uplink, node_dev).map_err(kernel)?;
-    let seen = forward::sync_tables(&mut Nfnl::new()?, fwd.kind(), cfg, uplink, node_dev)
-        .map_err(|e| AgentError::Forward(forward::nft_unsupported(fwd.kind(), e)))?;
+    let seen = forward::sync_tables(
+        &mut Nfnl::new()?,
+        fwd.kind(),
+        &cfg.groups,
+        cfg.lan_multicast,
+        uplink,
+        node_dev,
+    )
+    .map_err(|e| AgentError::Forward(forward::nft_unsupported(fwd.kind(), e)))?;
     fwd.observe(&seen);
     tracing::info!(groups = ?cfg.groups, forwarder = fwd.kind().as_str(), "forwarding RTPS multicast between {} and {}: {why}", uplink.name, node_dev.name);
     Ok((fwd, why))
@@ -674,8 +681,15 @@ impl Pass {
             Some(mut nf) => {
                 let seen = match (&node, self.forwarder) {
                     (Ok((uplink, node_dev)), Some(kind)) => Some(
-                        forward::sync_tables(&mut nf, kind, &self.cfg, uplink, node_dev)
-                            .map_err(|e| forward::nft_unsupported(kind, e).to_string()),
+                        forward::sync_tables(
+                            &mut nf,
+                            kind,
+                            &self.cfg.groups,
+                            self.cfg.lan_multicast,
+                            uplink,
+                            node_dev,
+                        )
+                        .map_err(|e| forward::nft_unsupported(kind, e).to_string()),
                     ),
                     _ => None,
                 };

@@ -7,8 +7,8 @@
 //! Per RTPS group and direction one rule
 //!
 //! ```text
-//! iifname "ros2br0" ip daddr G ip ttl 2-255 counter dup to G device "eth0" accept
-//! iifname "eth0"    ip daddr G ip ttl 2-255 counter dup to G device "ros2br0" accept
+//! iifname "ros2br0" ip protocol udp ip daddr G ip ttl 2-255 counter dup to G device "eth0" accept
+//! iifname "eth0"    ip protocol udp ip daddr G ip ttl 2-255 counter dup to G device "ros2br0" accept
 //! ```
 //!
 //! `dup` (nft_dup_ipv4) routes a copy to the group out of the named device:
@@ -66,6 +66,9 @@ fn iif_is(name: &str) -> [Expr; 2] {
 
 fn dup_rule(g: Ipv4Addr, dir: &str, iif: &Dev, oif: &Dev) -> RuleSpec {
     let mut exprs = iif_is(iif.name).to_vec();
+    // UDP only: IGMP membership reports are addressed to the group too,
+    // and each network keeps its own
+    exprs.extend(super::expr::ip_protocol_is(17));
     exprs.extend([
         Expr::Payload {
             base: PayloadBase::Network,
@@ -244,6 +247,10 @@ mod tests {
             ]
         );
         assert!(r.contains(&Expr::Counter));
+        // UDP only: the agents' IGMP reports go to the group address too
+        assert!(r
+            .windows(2)
+            .any(|w| w == super::super::expr::ip_protocol_is(17)));
     }
 
     #[test]

@@ -435,14 +435,15 @@ pub fn open(
 pub fn sync_tables(
     nf: &mut Nfnl,
     kind: Kind,
-    cfg: &crate::config::Config,
+    groups: &[Ipv4Addr],
+    lan_multicast: bool,
     uplink: &Link,
     pods: &Link,
 ) -> Result<Seen, crate::kernel::Error> {
     match kind {
         Kind::Kernel => {
             nf.delete_table(NFPROTO_IPV4, dup::TABLE)?;
-            let count = firewall::count_spec(&cfg.groups, &uplink.name, &pods.name);
+            let count = firewall::count_spec(groups, &uplink.name, &pods.name);
             firewall::ensure_table(nf, &count)?;
             Ok(Seen {
                 forwarded: firewall::forwarded(nf)?,
@@ -452,7 +453,7 @@ pub fn sync_tables(
         Kind::Nftables => {
             nf.delete_table(NFPROTO_IPV4, firewall::COUNT_TABLE)?;
             let spec = dup::spec(
-                &cfg.groups,
+                groups,
                 &dup::Dev {
                     name: &uplink.name,
                     index: uplink.index,
@@ -461,12 +462,12 @@ pub fn sync_tables(
                     name: &pods.name,
                     index: pods.index,
                 },
-                cfg.lan_multicast,
+                lan_multicast,
             );
             if firewall::ensure_table(nf, &spec)? {
                 tracing::info!(
                     "nftables forwarder: RTPS groups {:?} between {} and {} (ip {})",
-                    cfg.groups,
+                    groups,
                     uplink.name,
                     pods.name,
                     dup::TABLE
