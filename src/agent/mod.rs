@@ -842,6 +842,12 @@ fn reload_config(st: &mut State) -> bool {
             false
         }
         Ok(cfg) => {
+            if cfg.multicast_forwarder != st.cfg.multicast_forwarder {
+                tracing::warn!(
+                    "multicastForwarder changed: it takes effect when the agent restarts (running: {})",
+                    st.forwarder_kind().map_or("none", |k| k.as_str())
+                );
+            }
             if let Some(r) = st.forwarder.as_mut() {
                 if let Err(e) = r.set_groups(&cfg.groups) {
                     tracing::error!("multicast routes for the new groups: {e}");
