@@ -436,6 +436,7 @@ impl Drop for Containerd {
 struct Expected {
     index: String,
     blobs: std::collections::BTreeMap<String, BTreeSet<String>>,
+    manifests: std::collections::BTreeMap<String, String>,
     diff_ids: std::collections::BTreeMap<String, String>,
 }
 
@@ -457,6 +458,7 @@ fn expected(archive: &Path, tmp: &Path) -> Expected {
     let mut e = Expected {
         index: entry["digest"].as_str().unwrap().to_string(),
         blobs: Default::default(),
+        manifests: Default::default(),
         diff_ids: Default::default(),
     };
     for m in index["manifests"].as_array().unwrap() {
@@ -472,6 +474,8 @@ fn expected(archive: &Path, tmp: &Path) -> Expected {
         .map(|d| d.as_str().unwrap().to_string())
         .collect();
         e.blobs.insert(arch.clone(), digests);
+        e.manifests
+            .insert(arch.clone(), m["digest"].as_str().unwrap().to_string());
         e.diff_ids.insert(
             arch,
             config["rootfs"]["diff_ids"][0]
@@ -502,10 +506,27 @@ fn containerd_imports_it_under_the_manifests_name() {
     };
     let other = if native == "amd64" { "arm64" } else { "amd64" };
     let ctd = Containerd::start();
-    let content = || -> BTreeSet<String> {
-        ctd.ctr_ok(&["content", "ls", "-q"])
+    // content -> its labels. The importer ingests every blob of the archive;
+    // what containerd keeps of it are the blobs its index's labels reference
+    // (containerd.io/gc.ref.content.m.N: the manifests), the rest goes at the
+    // next garbage collection, which runs in the background
+    let content = || -> std::collections::BTreeMap<String, String> {
+        ctd.ctr_ok(&["content", "ls"])
             .lines()
-            .map(str::to_owned)
+            .skip(1)
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                Some((f.next()?.to_string(), f.next_back()?.to_string()))
+            })
+            .collect()
+    };
+    let kept_manifests = || -> BTreeSet<String> {
+        let c = content();
+        let labels = c.get(&want.index).expect("the index in the content store");
+        labels
+            .split(',')
+            .filter(|l| l.starts_with("containerd.io/gc.ref.content.m."))
+            .filter_map(|l| l.split_once('=').map(|(_, d)| d.to_string()))
             .collect()
     };
     let snapshots = || -> BTreeSet<String> {
@@ -531,9 +552,18 @@ fn containerd_imports_it_under_the_manifests_name() {
         line.contains("linux/amd64") && line.contains("linux/arm64/v8"),
         "{line}"
     );
-    let mut native_blobs = want.blobs[native].clone();
-    native_blobs.insert(want.index.clone());
-    assert_eq!(content(), native_blobs, "content after a plain import");
+    assert_eq!(
+        kept_manifests(),
+        BTreeSet::from([want.manifests[native].clone()]),
+        "a plain import keeps the {native} manifest only"
+    );
+    let c = content();
+    for d in &want.blobs[native] {
+        assert!(
+            c.contains_key(d),
+            "{d} of {native} not in the content store"
+        );
+    }
     assert_eq!(
         snapshots(),
         BTreeSet::from([want.diff_ids[native].clone()]),
@@ -542,7 +572,7 @@ fn containerd_imports_it_under_the_manifests_name() {
 
     // --all-platforms keeps every platform's content; --platform unpacks the
     // other architecture's layer, as a node of that architecture would
-    ctd.ctr_ok(&["images", "rm", &name]);
+    ctd.ctr_ok(&["images", "rm", "--sync", &name]);
     let p = format!("linux/{other}");
     ctd.ctr_ok(&[
         "images",
@@ -557,7 +587,15 @@ fn containerd_imports_it_under_the_manifests_name() {
     let mut all: BTreeSet<String> = want.blobs.values().flatten().cloned().collect();
     all.insert(want.index.clone());
     assert_eq!(all.len(), 7);
-    assert_eq!(content(), all, "content after --all-platforms");
+    assert_eq!(
+        kept_manifests(),
+        want.manifests.values().cloned().collect(),
+        "--all-platforms keeps both manifests"
+    );
+    let c = content();
+    for d in &all {
+        assert!(c.contains_key(d), "{d} not in the content store");
+    }
     assert!(
         snapshots().contains(&want.diff_ids[other]),
         "the {other} layer unpacked: {:?}",
