@@ -10,6 +10,7 @@ mod dds;
 mod doctor;
 mod domains;
 mod hostile;
+mod image;
 mod install;
 mod kernel;
 mod lab;
