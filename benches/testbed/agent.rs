@@ -17,7 +17,7 @@ const PORT: u16 = 7400;
 /// The agents of this section forward 10000 SPDP datagrams/s from one
 /// sender, far above the default discovery limits (podDiscoveryRate 200/s):
 /// they run with the limits off, so that what is measured is forwarding.
-fn unlimited() -> serde_json::Value {
+pub(crate) fn unlimited() -> serde_json::Value {
     let mut v = production_extra();
     v["podDiscoveryRate"] = 0.into();
     v["uplinkDiscoveryRate"] = 0.into();
@@ -25,7 +25,7 @@ fn unlimited() -> serde_json::Value {
 }
 
 /// utime + stime of `pid` in seconds (all threads).
-fn cpu_seconds(pid: u32) -> f64 {
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // fields after the parenthesised comm: state is field 3, utime 14, stime 15
     let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
@@ -70,7 +70,7 @@ pub fn spdp_payload(ip: Ipv4Addr) -> Vec<u8> {
 }
 
 /// A receiver thread's socket: blocking with a short timeout, big buffer.
-fn receiver(ns: &str, local: Ipv4Addr) -> UdpSocket {
+pub(crate) fn receiver(ns: &str, local: Ipv4Addr) -> UdpSocket {
     let s = mcast_receiver(ns, SPDP, PORT, local).expect("receiver");
     s.set_nonblocking(false).ok();
     s.set_read_timeout(Some(Duration::from_millis(100))).ok();
@@ -90,7 +90,7 @@ fn receiver(ns: &str, local: Ipv4Addr) -> UdpSocket {
 
 /// Sends `rate` datagrams/s for `secs` from `ns` (at `local`, TTL 1) while
 /// the receivers count what arrives. Returns (sent, achieved rate, received per receiver).
-fn load(
+pub(crate) fn load(
     ns: &str,
     local: Ipv4Addr,
     payload: &[u8],

@@ -15,6 +15,7 @@ mod agent;
 mod cni;
 mod costs;
 mod datapath;
+mod forwarders;
 mod invoke;
 mod pods;
 mod report;
@@ -52,6 +53,8 @@ pub struct Plan {
     pub agent_reps: usize,
     pub agent_window: f64,
     pub agent_rate: u32,
+    /// Section 6b: the rate asked of the sender when measuring how much a forwarder carries.
+    pub forwarder_flood_rate: u32,
     /// Leave the test beds in place (debugging; `ip netns del` them by hand).
     pub keep: bool,
     /// Other builds of the plugin to time beside the first (section 1): (label, path).
@@ -83,6 +86,7 @@ impl Plan {
             agent_reps: 3,
             agent_window: 5.0,
             agent_rate: 10_000,
+            forwarder_flood_rate: 100_000,
             keep: false,
             alt_plugins: vec![],
         }
@@ -112,6 +116,7 @@ impl Plan {
             agent_reps: 1,
             agent_window: 0.5,
             agent_rate: 2_000,
+            forwarder_flood_rate: 4_000,
             keep: false,
             alt_plugins: vec![],
         }
@@ -493,6 +498,7 @@ fn main() {
     });
     run("4b", want("4b"), &|| vec![costs::costs(&plan)]);
     run("6", want("6"), &|| vec![agent::agent(&plan)]);
+    run("6b", want("6b"), &|| vec![forwarders::forwarders(&plan)]);
     sections.sort_by(|a, b| a.id.cmp(&b.id));
     let mut machine = machine;
     machine.push((
