@@ -2,7 +2,7 @@
 # Runs every test: unit tests, and the integration tests on real network
 # namespaces (root required; they only touch namespaces they create).
 # Installs what the tests need and is missing first: the Debian packages in
-# .ci/packages.txt (apt-get) and kubernetes-validate (pip).
+# .ci/packages.txt (apt-get), kubernetes-validate and eclipse-zenoh (pip).
 set -euo pipefail
 cd "$(dirname "$0")"
 if [ "$(id -u)" != 0 ]; then
@@ -30,6 +30,14 @@ if ! command -v kubernetes-validate >/dev/null; then
   echo "test.sh: installing missing pip package: $KUBERNETES_VALIDATE" >&2
   if ! ci_pip_install_kubernetes_validate >&2 || ! command -v kubernetes-validate >/dev/null; then
     echo "test.sh: the manifest tests need kubernetes-validate, which is still missing (or not on PATH): python3 -m pip install [--break-system-packages] $KUBERNETES_VALIDATE" >&2
+    exit 1
+  fi
+fi
+
+if ! ci_have_zenoh; then
+  echo "test.sh: installing missing pip package: $ZENOH_PY" >&2
+  if ! ci_pip_install_zenoh >&2 || ! ci_have_zenoh; then
+    echo "test.sh: the Zenoh tests need python3's zenoh module, which is still missing: python3 -m pip install [--break-system-packages] $ZENOH_PY" >&2
     exit 1
   fi
 fi

@@ -23,3 +23,17 @@ ci_pip_install_kubernetes_validate() {
   python3 -m pip install -q "$KUBERNETES_VALIDATE" 2>/dev/null \
     || python3 -m pip install -q --break-system-packages "$KUBERNETES_VALIDATE"
 }
+
+# Real Zenoh for integration/zenoh.rs (sessions in Python, default config).
+ZENOH_PY="eclipse-zenoh==1.10.2"
+
+# Whether python3 can import zenoh.
+ci_have_zenoh() {
+  python3 -c 'import zenoh' 2>/dev/null
+}
+
+# pip install eclipse-zenoh (PEP 668 systems need --break-system-packages).
+ci_pip_install_zenoh() {
+  python3 -m pip install -q "$ZENOH_PY" 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages "$ZENOH_PY"
+}

@@ -21,3 +21,4 @@ mod plugin;
 mod relay;
 mod reliability;
 mod rtps;
+mod zenoh;

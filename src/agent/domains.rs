@@ -216,7 +216,7 @@ pub struct DiscoveryCounts {
 }
 
 impl DiscoveryCounts {
-    pub fn reconcile(&mut self, records: &[Attachment], routed: bool) {
+    pub fn reconcile(&mut self, records: &[Attachment], routed: bool, extra_ports: &[u16]) {
         use crate::firewall::counts as fc;
         let (now, wall) = (Instant::now(), unix_now());
         let mut nf = match Nfnl::new() {
@@ -234,7 +234,7 @@ impl DiscoveryCounts {
         let live: Vec<&Attachment> = records.iter().filter(|a| !a.host_if.is_empty()).collect();
         let ports: Vec<String> = live.iter().map(|a| a.host_if.clone()).collect();
         self.problem = None;
-        let before = match fc::sync(&mut nf, &ports) {
+        let before = match fc::sync(&mut nf, &ports, extra_ports) {
             Ok(b) => b,
             Err(e) => {
                 self.problem = Some(format!("discovery counts: {e}"));

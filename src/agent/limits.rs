@@ -141,7 +141,13 @@ impl LimitState {
         }
         let ports: Vec<String> = pods.keys().cloned().collect();
         let l = cfg.limits;
-        match fw::sync_pod_limits(&mut nf, l.pod, &cfg.groups, &ports) {
+        let groups = cfg.discovery_groups();
+        let extra_ports = cfg.extra_ports();
+        let what = fw::Discovery {
+            groups: &groups,
+            extra_ports: &extra_ports,
+        };
+        match fw::sync_pod_limits(&mut nf, l.pod, what, &ports) {
             Ok(before) => {
                 for (port, p) in pods.iter_mut() {
                     let rule = rule_of(&before, |r| {
@@ -155,7 +161,7 @@ impl LimitState {
             Err(e) => problems.push(format!("discovery limits for pods: {e}")),
         }
         self.pods = pods;
-        match fw::sync_uplink_limit(&mut nf, &l, &cfg.groups, uplink) {
+        match fw::sync_uplink_limit(&mut nf, &l, what, uplink) {
             Ok(before) => {
                 self.uplink
                     .observe(rule_of(&before, fw::is_uplink), now, wall);

@@ -261,8 +261,12 @@ fn ensure_node(cfg: &Config) -> Result<(Link, Link), AgentError> {
         if firewall::remove_ttl_rule(&mut nf)? {
             tracing::info!("raiseTtl is false: removed the RTPS TTL rule");
         }
-    } else if firewall::ensure_ttl_rule(&mut nf, &[&uplink.name, &cfg.bridge], &cfg.groups)? {
-        tracing::info!(groups = ?cfg.groups, "applied the RTPS TTL rule (ip {})", firewall::TABLE);
+    } else if firewall::ensure_ttl_rule(
+        &mut nf,
+        &[&uplink.name, &cfg.bridge],
+        &cfg.discovery_groups(),
+    )? {
+        tracing::info!(groups = ?cfg.discovery_groups(), "applied the RTPS TTL rule (ip {})", firewall::TABLE);
     }
     Ok((uplink, bridge))
 }
@@ -334,6 +338,15 @@ fn lock_instance(data_dir: &Path) -> Result<std::fs::File, AgentError> {
     Ok(f)
 }
 
+/// What the forwarder carries, from the config.
+fn carry(cfg: &Config) -> forward::Carry {
+    forward::Carry {
+        groups: cfg.groups.clone(),
+        extra: cfg.extra_multicast.clone(),
+        lan_multicast: cfg.lan_multicast,
+    }
+}
+
 /// Starts the multicast forwarder `cfg` asks for (routed mode): the kernel's
 /// or nftables', with the reason; its nf_tables side is made at once.
 fn start_forwarder(
@@ -346,15 +359,8 @@ fn start_forwarder(
     let kernel = |e| AgentError::Forward(forward::Error::Kernel(e));
     fwd.set_lan_multicast(cfg.lan_multicast).map_err(kernel)?;
     fwd.set_interfaces(uplink, node_dev).map_err(kernel)?;
-    let seen = forward::sync_tables(
-        &mut Nfnl::new()?,
-        fwd.kind(),
-        &cfg.groups,
-        cfg.lan_multicast,
-        uplink,
-        node_dev,
-    )
-    .map_err(|e| AgentError::Forward(forward::nft_unsupported(fwd.kind(), e)))?;
+    let seen = forward::sync_tables(&mut Nfnl::new()?, fwd.kind(), &carry(cfg), uplink, node_dev)
+        .map_err(|e| AgentError::Forward(forward::nft_unsupported(fwd.kind(), e)))?;
     fwd.observe(&seen);
     tracing::info!(groups = ?cfg.groups, forwarder = fwd.kind().as_str(), "forwarding RTPS multicast between {} and {}: {why}", uplink.name, node_dev.name);
     Ok((fwd, why))
@@ -681,15 +687,8 @@ impl Pass {
             Some(mut nf) => {
                 let seen = match (&node, self.forwarder) {
                     (Ok((uplink, node_dev)), Some(kind)) => Some(
-                        forward::sync_tables(
-                            &mut nf,
-                            kind,
-                            &self.cfg.groups,
-                            self.cfg.lan_multicast,
-                            uplink,
-                            node_dev,
-                        )
-                        .map_err(|e| forward::nft_unsupported(kind, e).to_string()),
+                        forward::sync_tables(&mut nf, kind, &carry(&self.cfg), uplink, node_dev)
+                            .map_err(|e| forward::nft_unsupported(kind, e).to_string()),
                     ),
                     _ => None,
                 };
@@ -708,7 +707,8 @@ impl Pass {
             .reconcile(&self.cfg, &self.records, uplink, self.routed);
         self.domains
             .reconcile(&self.cfg, &self.records, self.routed);
-        self.counts.reconcile(&self.records, self.routed);
+        self.counts
+            .reconcile(&self.records, self.routed, &self.cfg.extra_ports());
         Done {
             node,
             repairs,

@@ -29,6 +29,9 @@ pub const DEFAULT_IFNAME: &str = "ros0";
 pub const DEFAULT_BRIDGE: &str = "ros2br0";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/ros2-cni";
 pub const DEFAULT_GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 0, 1);
+/// Zenoh's multicast scouting (eclipse-zenoh, zenoh-pico, zenohd): the
+/// default of `extraMulticast`.
+pub const ZENOH_SCOUTING: (Ipv4Addr, u16) = (Ipv4Addr::new(224, 0, 0, 224), 7446);
 pub const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:9741";
 /// The relay's UDP port: just below the first RTPS port (7400, domain 0's
 /// SPDP multicast), so never a port of any DDS domain or participant.
@@ -254,6 +257,10 @@ pub struct Config {
     /// Agent (routed mode): which multicast forwarder runs
     /// (`multicastForwarder`: auto, kernel or nftables).
     pub multicast_forwarder: crate::forward::Choice,
+    /// Agent (routed mode): multicast carried like RTPS discovery beyond
+    /// the RTPS groups, as (group, UDP port) (`extraMulticast`; default
+    /// Zenoh's scouting, 224.0.0.224:7446). Link-local groups allowed.
+    pub extra_multicast: Vec<(Ipv4Addr, u16)>,
     /// The other subnets of the cluster (nodes' own `subnet`s): the plugin
     /// routes them through the pod's LAN interface.
     pub other_subnets: Vec<Ipv4Net>,
@@ -302,6 +309,27 @@ pub fn default_node_name() -> Option<String> {
 }
 
 impl Config {
+    /// Every group carried between pods, nodes and LAN hosts: the RTPS
+    /// `groups`, then those of `extraMulticast`.
+    pub fn discovery_groups(&self) -> Vec<Ipv4Addr> {
+        let mut out = self.groups.clone();
+        for (g, _) in &self.extra_multicast {
+            if !out.contains(g) {
+                out.push(*g);
+            }
+        }
+        out
+    }
+
+    /// The UDP ports of `extraMulticast` (the RTPS groups are carried on
+    /// every port; their discovery limits and counts take the SPDP ports).
+    pub fn extra_ports(&self) -> Vec<u16> {
+        let mut out: Vec<u16> = self.extra_multicast.iter().map(|(_, p)| *p).collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Parses a config object. `plugin` accepts the keys the CNI runtime adds
     /// (cniVersion, prevResult, ...); `node_name` overrides `nodeName`.
     pub fn from_value(v: &Value, plugin: bool, node_name: Option<&str>) -> Result<Config, Error> {
@@ -390,6 +418,45 @@ mod tests {
         assert!(c.lan_multicast);
         assert_eq!(c.relay_port, 7399);
         assert_eq!(c.multicast_forwarder, crate::forward::Choice::Auto);
+    }
+
+    #[test]
+    fn extra_multicast_defaults_to_zenoh_scouting_and_names_bad_entries() {
+        let c = Config::from_value(&base(), true, None).unwrap();
+        assert_eq!(c.extra_multicast, vec![ZENOH_SCOUTING]);
+        let mut v = base();
+        v["extraMulticast"] = json!(["224.0.0.224:7446", "239.1.2.3:9000"]);
+        let c = Config::from_value(&v, true, None).unwrap();
+        assert_eq!(
+            c.extra_multicast,
+            vec![ZENOH_SCOUTING, (Ipv4Addr::new(239, 1, 2, 3), 9000)]
+        );
+        assert_eq!(
+            c.discovery_groups(),
+            vec![
+                DEFAULT_GROUP,
+                Ipv4Addr::new(224, 0, 0, 224),
+                Ipv4Addr::new(239, 1, 2, 3)
+            ]
+        );
+        v["extraMulticast"] = json!([]);
+        assert!(Config::from_value(&v, true, None)
+            .unwrap()
+            .extra_multicast
+            .is_empty());
+        for (bad, says) in [
+            (json!(["10.0.0.1:7446"]), "extraMulticast[0]"),
+            (json!(["224.0.0.224"]), "extraMulticast[0]"),
+            (json!(["224.0.0.224:0"]), "extraMulticast[0]"),
+            (json!(["224.0.0.224:7446", "x:1"]), "extraMulticast[1]"),
+            (json!(["239.255.0.1:7400"]), "extraMulticast[0]"),
+        ] {
+            let mut v = base();
+            v["extraMulticast"] = bad.clone();
+            let e = cni(Config::from_value(&v, true, None).unwrap_err());
+            assert_eq!(e.code, Code::InvalidConfig, "{bad}: {}", e.msg);
+            assert!(e.msg.contains(says), "{bad}: {}", e.msg);
+        }
     }
 
     #[test]

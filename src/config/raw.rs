@@ -62,6 +62,7 @@ pub struct Raw {
     pub(super) peers: Option<Vec<String>>,
     pub(super) lan_multicast: Option<bool>,
     pub(super) multicast_forwarder: Option<String>,
+    pub(super) extra_multicast: Option<Vec<String>>,
     pub(super) relay_port: Option<Whole>,
     pub(super) domains: Option<DomainMap>,
     pub(super) default_domains: Option<DomainList>,

@@ -113,6 +113,44 @@ fn parse_groups(list: Option<Vec<String>>) -> Result<Vec<Ipv4Addr>, Error> {
     Ok(out)
 }
 
+/// `extraMulticast`: "GROUP:PORT" entries (default Zenoh's scouting); any
+/// multicast group, link-local too, but not one of the RTPS `groups` (those
+/// are carried on every port already).
+fn parse_extra_multicast(
+    list: Option<Vec<String>>,
+    groups: &[Ipv4Addr],
+) -> Result<Vec<(Ipv4Addr, u16)>, Error> {
+    let Some(list) = list else {
+        return Ok(vec![super::ZENOH_SCOUTING]);
+    };
+    let mut out = vec![];
+    for (i, e) in list.iter().enumerate() {
+        let key = format!("extraMulticast[{i}]");
+        let bad = |why: &str| invalid(&key, format!("\"{e}\" {why}"));
+        let (g, p) = e
+            .rsplit_once(':')
+            .ok_or_else(|| bad("is not GROUP:PORT (e.g. \"224.0.0.224:7446\")"))?;
+        let g: Ipv4Addr = g.parse().map_err(|_| bad("has no IPv4 group"))?;
+        if !g.is_multicast() {
+            return Err(bad("is not a multicast group (224.0.0.0/4)"));
+        }
+        if groups.contains(&g) {
+            return Err(bad(
+                "is one of the RTPS groups, which are carried on every port",
+            ));
+        }
+        let p: u16 = p
+            .parse()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| bad("has no UDP port (1-65535)"))?;
+        if !out.contains(&(g, p)) {
+            out.push((g, p));
+        }
+    }
+    Ok(out)
+}
+
 fn parse_log_level(level: Option<String>) -> Result<String, Error> {
     let level = level.unwrap_or_else(|| "info".into());
     if !["error", "warn", "info", "debug", "trace"].contains(&level.as_str()) {
@@ -470,6 +508,7 @@ impl Raw {
         let (peers, node_address) = relay_peers(self.peers, &nodes, node_name.as_deref())?;
         let other_subnets = other_subnets(&nodes, top_subnet, subnet);
         let relay_port = parse_relay_port(self.relay_port)?;
+        let extra_multicast = parse_extra_multicast(self.extra_multicast, &groups)?;
         let multicast_forwarder = match self.multicast_forwarder.as_deref() {
             None => crate::forward::Choice::Auto,
             Some(s) => crate::forward::Choice::parse(s).ok_or_else(|| {
@@ -522,6 +561,7 @@ impl Raw {
             lan_multicast: self.lan_multicast.unwrap_or(true),
             relay_port,
             multicast_forwarder,
+            extra_multicast,
             other_subnets,
         })
     }

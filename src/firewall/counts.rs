@@ -142,7 +142,12 @@ pub fn spec(ports: &[String]) -> TableSpec {
 /// Brings the table to `ports` (per-pod rules added and deleted one by one,
 /// so the other pods' counters are untouched). Returns the rules as they
 /// were before, with their handles and counters.
-pub fn sync(nl: &mut Nfnl, ports: &[String]) -> Result<Vec<DumpedRule>> {
+pub fn sync(nl: &mut Nfnl, ports: &[String], extra_ports: &[u16]) -> Result<Vec<DumpedRule>> {
+    let port_keys = super::limits::Discovery {
+        groups: &[],
+        extra_ports,
+    }
+    .port_keys();
     let have = nl.rules(NFPROTO_BRIDGE, TABLE)?;
     let spec = spec(ports);
     let fixed_ok = spec
@@ -160,12 +165,33 @@ pub fn sync(nl: &mut Nfnl, ports: &[String]) -> Result<Vec<DumpedRule>> {
         nl.apply_table(&spec)?;
         edits.push(Edit::AddElements {
             set: PORTS_SET.into(),
-            keys: super::limits::spdp_ports()
-                .map(|p| p.to_be_bytes().to_vec())
-                .collect(),
+            keys: port_keys,
         });
         nl.edit(NFPROTO_BRIDGE, TABLE, &edits)?;
         return Ok(have);
+    }
+    // the ports follow extraMulticast
+    let have_keys = nl.elements(NFPROTO_BRIDGE, TABLE, PORTS_SET)?;
+    let stale: Vec<Vec<u8>> = have_keys
+        .iter()
+        .filter(|k| !port_keys.contains(k))
+        .cloned()
+        .collect();
+    let missing: Vec<Vec<u8>> = port_keys
+        .into_iter()
+        .filter(|k| !have_keys.contains(k))
+        .collect();
+    if !stale.is_empty() {
+        edits.push(Edit::DeleteElements {
+            set: PORTS_SET.into(),
+            keys: stale,
+        });
+    }
+    if !missing.is_empty() {
+        edits.push(Edit::AddElements {
+            set: PORTS_SET.into(),
+            keys: missing,
+        });
     }
     for r in have
         .iter()

@@ -64,11 +64,20 @@ fn iif_is(name: &str) -> [Expr; 2] {
     ]
 }
 
-fn dup_rule(g: Ipv4Addr, dir: &str, iif: &Dev, oif: &Dev) -> RuleSpec {
+fn dup_rule(g: Ipv4Addr, port: Option<u16>, dir: &str, iif: &Dev, oif: &Dev) -> RuleSpec {
     let mut exprs = iif_is(iif.name).to_vec();
     // UDP only: IGMP membership reports are addressed to the group too,
     // and each network keeps its own
     exprs.extend(super::expr::ip_protocol_is(17));
+    if let Some(p) = port {
+        exprs.extend([
+            super::expr::udp_dport(),
+            Expr::CmpEq {
+                sreg: R0,
+                data: p.to_be_bytes().to_vec(),
+            },
+        ]);
+    }
     exprs.extend([
         Expr::Payload {
             base: PayloadBase::Network,
@@ -111,9 +120,10 @@ fn dup_rule(g: Ipv4Addr, dir: &str, iif: &Dev, oif: &Dev) -> RuleSpec {
             chain: None,
         },
     ]);
+    let port = port.map(|p| format!(" port {p}")).unwrap_or_default();
     RuleSpec {
         comment: comment(&format!(
-            "fwd {g} {dir} {} {} #{}",
+            "fwd {g} {dir} {} {} #{}{port}",
             iif.name, oif.name, oif.index
         )),
         exprs,
@@ -143,22 +153,40 @@ fn other_multicast_rule(iif: &Dev) -> RuleSpec {
     }
 }
 
-/// The table for `groups` between `uplink` and `bridge`. With `lan` false
-/// (`lanMulticast: false`) the pods' RTPS is not copied to the uplink (the
-/// relay carries it); the LAN's still reaches the pods.
-pub fn spec(groups: &[Ipv4Addr], uplink: &Dev, bridge: &Dev, lan: bool) -> TableSpec {
+/// What the table carries: the RTPS `groups` (every port; None when the
+/// kernel's multicast routing carries them and this table only the extras)
+/// and the `extra` (group, UDP port) pairs (`extraMulticast`: Zenoh's
+/// scouting on a link-local group, which no kernel routes).
+#[derive(Debug, Clone, Copy)]
+pub struct Carry<'a> {
+    pub rtps: Option<&'a [Ipv4Addr]>,
+    pub extra: &'a [(Ipv4Addr, u16)],
+}
+
+/// The table between `uplink` and `bridge`. With `lan` false
+/// (`lanMulticast: false`) the pods' multicast is not copied to the uplink
+/// (the relay carries it); the LAN's still reaches the pods.
+pub fn spec(carry: Carry, uplink: &Dev, bridge: &Dev, lan: bool) -> TableSpec {
     let mut rules = vec![];
-    for g in groups {
+    let pairs = carry
+        .rtps
+        .unwrap_or_default()
+        .iter()
+        .map(|g| (*g, None))
+        .chain(carry.extra.iter().map(|(g, p)| (*g, Some(*p))));
+    for (g, port) in pairs {
         for (dir, from_lan) in DIRECTIONS {
             if from_lan {
-                rules.push(dup_rule(*g, dir, uplink, bridge));
+                rules.push(dup_rule(g, port, dir, uplink, bridge));
             } else if lan {
-                rules.push(dup_rule(*g, dir, bridge, uplink));
+                rules.push(dup_rule(g, port, dir, bridge, uplink));
             }
         }
     }
-    rules.push(other_multicast_rule(uplink));
-    rules.push(other_multicast_rule(bridge));
+    if carry.rtps.is_some() {
+        rules.push(other_multicast_rule(uplink));
+        rules.push(other_multicast_rule(bridge));
+    }
     TableSpec {
         family: NFPROTO_IPV4,
         name: TABLE.into(),
@@ -188,6 +216,58 @@ mod tests {
     use super::*;
 
     const G: Ipv4Addr = Ipv4Addr::new(239, 255, 0, 1);
+    const ZENOH: (Ipv4Addr, u16) = (Ipv4Addr::new(224, 0, 0, 224), 7446);
+
+    fn rtps(groups: &[Ipv4Addr]) -> Carry<'_> {
+        Carry {
+            rtps: Some(groups),
+            extra: &[],
+        }
+    }
+
+    #[test]
+    fn extra_pairs_match_their_port_and_alone_need_no_other_multicast_counters() {
+        let (up, br) = devs();
+        let extra = [ZENOH];
+        let s = spec(
+            Carry {
+                rtps: None,
+                extra: &extra,
+            },
+            &up,
+            &br,
+            true,
+        );
+        assert_eq!(
+            comments(&s),
+            [
+                "ros2-cni v1 fwd 224.0.0.224 pods_to_lan ros2br0 eth0 #2 port 7446",
+                "ros2-cni v1 fwd 224.0.0.224 lan_to_pods eth0 ros2br0 #7 port 7446",
+            ]
+        );
+        let r = &s.chains[0].rules[0].exprs;
+        assert!(r.windows(2).any(|w| w
+            == [
+                super::super::expr::udp_dport(),
+                Expr::CmpEq {
+                    sreg: R0,
+                    data: 7446u16.to_be_bytes().to_vec()
+                }
+            ]));
+        // with the RTPS groups: theirs first, on every port, then the extras
+        let g = [G];
+        let s = spec(
+            Carry {
+                rtps: Some(&g),
+                extra: &extra,
+            },
+            &up,
+            &br,
+            true,
+        );
+        assert_eq!(s.chains[0].rules.len(), 2 + 2 + 2);
+        assert!(!s.chains[0].rules[0].comment.contains("port"));
+    }
 
     fn devs() -> (Dev<'static>, Dev<'static>) {
         (
@@ -213,7 +293,7 @@ mod tests {
     #[test]
     fn one_rule_per_group_and_direction_then_the_other_multicast_counters() {
         let (up, br) = devs();
-        let s = spec(&[G, Ipv4Addr::new(239, 255, 0, 2)], &up, &br, true);
+        let s = spec(rtps(&[G, Ipv4Addr::new(239, 255, 0, 2)]), &up, &br, true);
         assert_eq!(
             comments(&s),
             [
@@ -256,7 +336,7 @@ mod tests {
     #[test]
     fn without_lan_multicast_only_the_lan_reaches_the_pods() {
         let (up, br) = devs();
-        let s = spec(&[G], &up, &br, false);
+        let s = spec(rtps(&[G]), &up, &br, false);
         assert_eq!(
             comments(&s)[0],
             "ros2-cni v1 fwd 239.255.0.1 lan_to_pods eth0 ros2br0 #7"
@@ -272,15 +352,15 @@ mod tests {
             index: 9,
         };
         assert_ne!(
-            comments(&spec(&[G], &up, &br, true)),
-            comments(&spec(&[G], &up, &moved, true))
+            comments(&spec(rtps(&[G]), &up, &br, true)),
+            comments(&spec(rtps(&[G]), &up, &moved, true))
         );
     }
 
     #[test]
     fn counters_are_read_per_group_and_direction() {
         let (up, br) = devs();
-        let s = spec(&[G], &up, &br, true);
+        let s = spec(rtps(&[G]), &up, &br, true);
         let rules: Vec<DumpedRule> = s.chains[0]
             .rules
             .iter()

@@ -61,6 +61,27 @@ pub fn spdp_ports() -> impl Iterator<Item = u16> {
     (0..=MAX_DOMAIN).map(|d| 7400 + 250 * d)
 }
 
+/// What the limits and counts police: UDP to `groups` (the RTPS groups and
+/// those of `extraMulticast`) on the SPDP ports and the `extra_ports`
+/// (`extraMulticast`'s, e.g. Zenoh's scouting port 7446).
+#[derive(Debug, Clone, Copy)]
+pub struct Discovery<'a> {
+    pub groups: &'a [Ipv4Addr],
+    pub extra_ports: &'a [u16],
+}
+
+impl Discovery<'_> {
+    /// The port set's keys: every SPDP port and the extra ports.
+    pub fn port_keys(&self) -> Vec<Vec<u8>> {
+        let mut p: Vec<u16> = spdp_ports()
+            .chain(self.extra_ports.iter().copied())
+            .collect();
+        p.sort();
+        p.dedup();
+        p.into_iter().map(|p| p.to_be_bytes().to_vec()).collect()
+    }
+}
+
 /// Packets per second and burst (packets); rate 0 turns the limit off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limit {
@@ -372,20 +393,15 @@ fn set_edits(nl: &mut Nfnl, family: u8, set: &str, want: Vec<Vec<u8>>) -> Result
     Ok(edits)
 }
 
-fn common_set_edits(nl: &mut Nfnl, family: u8, groups: &[Ipv4Addr]) -> Result<Vec<Edit>> {
+fn common_set_edits(nl: &mut Nfnl, family: u8, what: Discovery) -> Result<Vec<Edit>> {
     let mut e = set_edits(
         nl,
         family,
         GROUPS_SET,
-        groups.iter().map(|g| g.octets().to_vec()).collect(),
+        what.groups.iter().map(|g| g.octets().to_vec()).collect(),
     )?;
     // inet_service keys are in network byte order
-    e.extend(set_edits(
-        nl,
-        family,
-        PORTS_SET,
-        spdp_ports().map(|p| p.to_be_bytes().to_vec()).collect(),
-    )?);
+    e.extend(set_edits(nl, family, PORTS_SET, what.port_keys())?);
     Ok(e)
 }
 
@@ -410,7 +426,7 @@ fn sets_exist(nl: &mut Nfnl, family: u8, bridge: bool) -> Result<bool> {
 pub fn sync_pod_limits(
     nl: &mut Nfnl,
     l: Limit,
-    groups: &[Ipv4Addr],
+    what: Discovery,
     ports: &[String],
 ) -> Result<Vec<DumpedRule>> {
     let have = tables_rules(nl, NFPROTO_BRIDGE)?;
@@ -445,7 +461,7 @@ pub fn sync_pod_limits(
             }
         }
     }
-    edits.extend(common_set_edits(nl, NFPROTO_BRIDGE, groups)?);
+    edits.extend(common_set_edits(nl, NFPROTO_BRIDGE, what)?);
     edits.extend(set_edits(
         nl,
         NFPROTO_BRIDGE,
@@ -464,7 +480,7 @@ pub fn sync_pod_limits(
 pub fn sync_uplink_limit(
     nl: &mut Nfnl,
     limits: &Limits,
-    groups: &[Ipv4Addr],
+    what: Discovery,
     uplink: Option<&str>,
 ) -> Result<Vec<DumpedRule>> {
     let have = tables_rules(nl, NFPROTO_IPV4)?;
@@ -487,16 +503,16 @@ pub fn sync_uplink_limit(
         let elements = vec![
             Edit::AddElements {
                 set: GROUPS_SET.into(),
-                keys: groups.iter().map(|g| g.octets().to_vec()).collect(),
+                keys: what.groups.iter().map(|g| g.octets().to_vec()).collect(),
             },
             Edit::AddElements {
                 set: PORTS_SET.into(),
-                keys: spdp_ports().map(|p| p.to_be_bytes().to_vec()).collect(),
+                keys: what.port_keys(),
             },
         ];
         nl.replace_table(&spec, exists, &elements)?;
     } else {
-        let edits = common_set_edits(nl, NFPROTO_IPV4, groups)?;
+        let edits = common_set_edits(nl, NFPROTO_IPV4, what)?;
         nl.edit(NFPROTO_IPV4, TABLE, &edits)?;
     }
     Ok(have)

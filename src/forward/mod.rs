@@ -435,51 +435,81 @@ pub fn open(
 pub fn sync_tables(
     nf: &mut Nfnl,
     kind: Kind,
-    groups: &[Ipv4Addr],
-    lan_multicast: bool,
+    carry: &Carry,
     uplink: &Link,
     pods: &Link,
 ) -> Result<Seen, crate::kernel::Error> {
+    fn dev(l: &Link) -> dup::Dev<'_> {
+        dup::Dev {
+            name: &l.name,
+            index: l.index,
+        }
+    }
+    // the dup table: every group with the nftables forwarder; beside the
+    // kernel's routing only the extra pairs (link-local groups, which no
+    // kernel routes)
+    let rtps = match kind {
+        Kind::Kernel => None,
+        Kind::Nftables => Some(carry.groups.as_slice()),
+    };
+    let mut forwarded = Forwarded::new();
+    let mut not_rtps = None;
+    if rtps.is_none() && carry.extra.is_empty() {
+        nf.delete_table(NFPROTO_IPV4, dup::TABLE)?;
+    } else {
+        let spec = dup::spec(
+            dup::Carry {
+                rtps,
+                extra: &carry.extra,
+            },
+            &dev(uplink),
+            &dev(pods),
+            carry.lan_multicast,
+        );
+        if firewall::ensure_table(nf, &spec)? {
+            tracing::info!(
+                "{} forwarder: groups {:?} and {:?} between {} and {} (ip {})",
+                kind.as_str(),
+                rtps.unwrap_or_default(),
+                carry.extra,
+                uplink.name,
+                pods.name,
+                dup::TABLE
+            );
+        }
+        let (f, other) = dup::counted(&nf.rules(NFPROTO_IPV4, dup::TABLE)?);
+        forwarded = f;
+        not_rtps = rtps.map(|_| other);
+    }
     match kind {
         Kind::Kernel => {
-            nf.delete_table(NFPROTO_IPV4, dup::TABLE)?;
-            let count = firewall::count_spec(groups, &uplink.name, &pods.name);
+            let count = firewall::count_spec(&carry.groups, &uplink.name, &pods.name);
             firewall::ensure_table(nf, &count)?;
-            Ok(Seen {
-                forwarded: firewall::forwarded(nf)?,
-                not_rtps: None,
-            })
+            for (k, (p, b)) in firewall::forwarded(nf)? {
+                let t = forwarded.entry(k).or_insert((0, 0));
+                t.0 += p;
+                t.1 += b;
+            }
         }
         Kind::Nftables => {
             nf.delete_table(NFPROTO_IPV4, firewall::COUNT_TABLE)?;
-            let spec = dup::spec(
-                groups,
-                &dup::Dev {
-                    name: &uplink.name,
-                    index: uplink.index,
-                },
-                &dup::Dev {
-                    name: &pods.name,
-                    index: pods.index,
-                },
-                lan_multicast,
-            );
-            if firewall::ensure_table(nf, &spec)? {
-                tracing::info!(
-                    "nftables forwarder: RTPS groups {:?} between {} and {} (ip {})",
-                    groups,
-                    uplink.name,
-                    pods.name,
-                    dup::TABLE
-                );
-            }
-            let (forwarded, not_rtps) = dup::counted(&nf.rules(NFPROTO_IPV4, dup::TABLE)?);
-            Ok(Seen {
-                forwarded,
-                not_rtps: Some(not_rtps),
-            })
         }
     }
+    Ok(Seen {
+        forwarded,
+        not_rtps,
+    })
+}
+
+/// What the forwarders carry, from the config.
+#[derive(Debug, Clone, Default)]
+pub struct Carry {
+    /// The RTPS groups (every UDP port).
+    pub groups: Vec<Ipv4Addr>,
+    /// `extraMulticast`: (group, UDP port).
+    pub extra: Vec<(Ipv4Addr, u16)>,
+    /// `lanMulticast`.
+    pub lan_multicast: bool,
 }
 
 /// Removes both forwarders' tables (SIGTERM, macvlan mode).

@@ -70,7 +70,7 @@ impl Settings {
     pub fn new(cfg: &Config, uplink: &Link, bridge: &Link) -> Settings {
         Settings {
             peers: cfg.peers.clone(),
-            groups: cfg.groups.clone(),
+            groups: cfg.discovery_groups(),
             lan_multicast: cfg.lan_multicast,
             subnet: cfg.subnet,
             pool: cfg.pool,
