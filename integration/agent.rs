@@ -523,7 +523,10 @@ fn sighup_reloads_and_sigterm_keeps_pods_connected() {
         }
         out
     };
-    assert_eq!(groups(&n1.ns), vec!["239.255.0.1"]);
+    // the RTPS group and Zenoh's scouting group (extraMulticast's default)
+    let mut g = groups(&n1.ns);
+    g.sort();
+    assert_eq!(g, vec!["224.0.0.224", "239.255.0.1"]);
     // add a group and reload
     tb.agent_config(n1, &json!({"groups": ["239.255.0.1", "239.255.0.2"]}))
         .unwrap();
@@ -531,7 +534,7 @@ fn sighup_reloads_and_sigterm_keeps_pods_connected() {
     wait_for(3, "reload applied the new group to the TTL rule", || {
         let mut g = groups(&n1.ns);
         g.sort();
-        g == ["239.255.0.1", "239.255.0.2"]
+        g == ["224.0.0.224", "239.255.0.1", "239.255.0.2"]
     });
     let st = tb.agent_status(n1).unwrap();
     assert_eq!(st["reloads"], 1);
