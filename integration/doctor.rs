@@ -3,6 +3,7 @@
 use crate::common::*;
 use ros2_cni::lab::testbed::{ns_sh, Testbed};
 use serde_json::{json, Value};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn participants(tb: &Testbed, node: usize) -> Vec<Value> {
@@ -214,5 +215,120 @@ fn doctor_that_cannot_run_exits_2_not_1() {
         String::from_utf8_lossy(&out.stderr).contains("config.json"),
         "the message names the file: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Cyclone DDS pinned to the pod's primary interface, as users pin it.
+const PINNED_ETH0: &str = "CYCLONEDDS_URI=<CycloneDDS><Domain><General><NetworkInterfaceAddress>eth0</NetworkInterfaceAddress></General></Domain></CycloneDDS>";
+
+/// Runs `ddsperf pong` in `ns` for up to 30 s, with `env` set (e.g. the pin).
+fn ddsperf_pong(tb: &Testbed, ns: &str, env: Option<&str>, log: &str) {
+    let mut args = vec!["env"];
+    args.extend(env);
+    args.extend(["timeout", "-s", "KILL", "30", "ddsperf", "-D", "25", "pong"]);
+    tb.spawn(ns, &args, log).unwrap();
+}
+
+fn pod_names(ps: &[Value]) -> Vec<String> {
+    ps.iter()
+        .filter_map(|p| p["pod"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn findings_with<'a>(report: &'a Value, code: &str) -> Vec<&'a Value> {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["code"] == code)
+        .collect()
+}
+
+fn primary_ip(pod: &ros2_cni::lab::testbed::Pod) -> String {
+    pod.result["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn doctor_finds_a_participant_pinned_to_eth0_from_its_sockets_and_not_an_unpinned_one() {
+    assert!(
+        ros2_cni::lab::probe::have_ddsperf(),
+        "ddsperf missing: apt-get install cyclonedds-tools"
+    );
+    let tb = bed(1);
+    tb.start_agent(tb.node(1), &json!({})).unwrap();
+    let pinned = tb.add_pod(&spec("pinned", 1)).unwrap();
+    let plain = tb.add_pod(&spec("plain", 1)).unwrap();
+    // before any DDS runs: nothing to find
+    let (_, report) = doctor(&tb, 1);
+    assert!(
+        findings_with(&report, "SILENT_PARTICIPANT").is_empty(),
+        "{report:#}"
+    );
+    ddsperf_pong(&tb, &pinned.ns, Some(PINNED_ETH0), "dds-pinned");
+    ddsperf_pong(&tb, &plain.ns, None, "dds-plain");
+    // the unpinned pod announces on ros0 (the control runs DDS too), and
+    // doctor finds the pinned one, which never does
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let report = loop {
+        let (code, report) = doctor(&tb, 1);
+        let seen = pod_names(report["participants"].as_array().unwrap());
+        if seen.contains(&"robots/plain".to_owned())
+            && !findings_with(&report, "SILENT_PARTICIPANT").is_empty()
+        {
+            assert_eq!(code, 1, "SILENT_PARTICIPANT is an error: {report:#}");
+            break report;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no SILENT_PARTICIPANT for robots/pinned or no participant of robots/plain: {report:#}\n{}",
+            tb.log("dds-pinned")
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let silent = findings_with(&report, "SILENT_PARTICIPANT");
+    assert_eq!(silent.len(), 1, "only the pinned pod: {silent:#?}");
+    let msg = silent[0]["message"].as_str().unwrap();
+    for want in [
+        "Pod robots/pinned ",
+        "on eth0, not on ros0",
+        &format!("bound to {}:", primary_ip(&pinned)),
+        "unset the pin, or name ros0",
+    ] {
+        assert!(msg.contains(want), "{want}: {msg}");
+    }
+    assert!(!msg.contains("robots/plain"), "{msg}");
+    let seen = pod_names(report["participants"].as_array().unwrap());
+    assert!(
+        !seen.contains(&"robots/pinned".to_owned()),
+        "the pinned participant never announced itself where the agent sees: {seen:?}"
+    );
+    // the text form names it in the pods section and the findings
+    let n = tb.node(1);
+    let out = Command::new("ip")
+        .args(["netns", "exec", &n.ns, BIN, "doctor", "--config"])
+        .arg(n.data_dir.join("agent.json"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = |pod: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(pod))
+            .unwrap_or_else(|| panic!("no line for {pod}: {text}"))
+            .to_owned()
+    };
+    assert!(
+        line("robots/pinned").ends_with("SILENT: DDS on eth0, not ros0"),
+        "{text}"
+    );
+    assert!(line("robots/plain").ends_with(" ok"), "{text}");
+    assert!(
+        text.contains("SILENT_PARTICIPANT: Pod robots/pinned"),
+        "{text}"
     );
 }

@@ -6,13 +6,13 @@
 //! (see docs/troubleshooting.md).
 
 use crate::api::{self, DiscoveryLimits, Participant, Participants, Pressure, Relay, Status};
-use crate::config::{Config, Mode};
+use crate::config::{Config, Mode, Pool};
 use crate::ipam::Store;
 use ipnet::Ipv4Net;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -61,6 +61,22 @@ pub struct Inputs {
     pub pods: Vec<PodCheck>,
     /// What this node's kernel offers.
     pub kernel: KernelCheck,
+    /// This node's name (the config's, else the agent's), if known.
+    pub node: Option<String>,
+    /// The other nodes of the cluster form, to tell their pods' and their
+    /// own addresses among the LAN senders.
+    pub cluster: Vec<ClusterNode>,
+    /// The RTPS multicast groups (`groups`).
+    pub groups: Vec<Ipv4Addr>,
+}
+
+/// Another node of the cluster form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterNode {
+    pub name: String,
+    pub pool: Option<Pool>,
+    /// Its uplink address (`address`).
+    pub address: Option<Ipv4Addr>,
 }
 
 /// What the kernel offers ros2-cni, probed on this node.
@@ -123,7 +139,7 @@ fn kernel_lines(inp: &Inputs) -> Vec<String> {
 
 impl Inputs {
     /// The participants in the agent's table (none without one).
-    fn participants(&self) -> &[Participant] {
+    pub fn participants(&self) -> &[Participant] {
         self.participants
             .as_ref()
             .map_or(&[], |p| p.participants.as_slice())
@@ -146,6 +162,255 @@ pub struct PodCheck {
     pub netns: String,
     /// None when the pod's network namespace no longer exists.
     pub has_interface: Option<bool>,
+    /// Its UDP sockets and multicast memberships, read in its network
+    /// namespace (None: not read).
+    #[serde(skip)]
+    pub sockets: Option<PodSockets>,
+}
+
+/// What a pod's own sockets say about its DDS, read in its network
+/// namespace: the addresses of its interfaces, its bound UDP sockets and
+/// the multicast groups joined on each interface.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodSockets {
+    /// Interface name -> its IPv4 addresses.
+    pub addresses: BTreeMap<String, Vec<Ipv4Addr>>,
+    /// UDP sockets by local address and port (`/proc/net/udp`).
+    pub udp: Vec<SocketAddrV4>,
+    /// Interface name -> IPv4 multicast groups joined on it (`/proc/net/igmp`).
+    pub joined: BTreeMap<String, Vec<Ipv4Addr>>,
+    /// The first port of `net.ipv4.ip_local_port_range`: ports from it on
+    /// are ephemeral, not RTPS well-known ports.
+    pub ephemeral_from: u16,
+}
+
+/// An address as `/proc/net/udp` and `/proc/net/igmp` print it: the
+/// network-order word in hex, as the host reads it.
+fn proc_addr(hex: &str) -> Option<Ipv4Addr> {
+    let v = u32::from_str_radix(hex, 16).ok()?;
+    Some(Ipv4Addr::from(u32::from_be(v)))
+}
+
+/// The local addresses of the sockets in `/proc/net/udp`.
+pub fn parse_proc_udp(text: &str) -> Vec<SocketAddrV4> {
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let local = l.split_whitespace().nth(1)?;
+            let (a, p) = local.split_once(':')?;
+            Some(SocketAddrV4::new(
+                proc_addr(a)?,
+                u16::from_str_radix(p, 16).ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// The groups joined per interface in `/proc/net/igmp`.
+pub fn parse_proc_igmp(text: &str) -> BTreeMap<String, Vec<Ipv4Addr>> {
+    let mut out: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
+    let mut dev: Option<String> = None;
+    for l in text.lines().skip(1) {
+        if l.starts_with(char::is_whitespace) {
+            if let (Some(d), Some(g)) = (&dev, l.split_whitespace().next().and_then(proc_addr)) {
+                out.entry(d.clone()).or_default().push(g);
+            }
+        } else {
+            // "2\teth0      :     1      V3"
+            dev = l
+                .split_once(':')
+                .and_then(|(head, _)| head.split_whitespace().nth(1))
+                .map(str::to_owned);
+        }
+    }
+    out
+}
+
+impl PodSockets {
+    /// Reads them in the network namespace at `netns`: the addresses over
+    /// rtnetlink, the `/proc` files from a short-lived thread that entered
+    /// it (`/proc/thread-self`, since `/proc/self` is the process's).
+    pub fn read(netns: &str) -> Result<PodSockets, String> {
+        let ns = crate::kernel::netns::Netns::open(netns).map_err(|e| e.to_string())?;
+        let mut h = crate::kernel::rtnl::Handle::open_in(&ns).map_err(|e| e.to_string())?;
+        let mut addresses = BTreeMap::new();
+        for l in h.links().map_err(|e| e.to_string())? {
+            let a = h.addresses4(l.index).map_err(|e| e.to_string())?;
+            addresses.insert(l.name, a.into_iter().map(|(ip, _)| ip).collect());
+        }
+        let (udp, igmp, range) = ns
+            .run(|| {
+                let read = |f: &str| std::fs::read_to_string(format!("/proc/thread-self/{f}"));
+                (
+                    read("net/udp"),
+                    read("net/igmp"),
+                    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range"),
+                )
+            })
+            .map_err(|e| e.to_string())?;
+        let udp = udp.map_err(|e| format!("/proc/net/udp: {e}"))?;
+        Ok(PodSockets {
+            addresses,
+            udp: parse_proc_udp(&udp),
+            joined: igmp.map(|t| parse_proc_igmp(&t)).unwrap_or_default(),
+            ephemeral_from: range
+                .ok()
+                .and_then(|r| r.split_whitespace().next()?.parse().ok())
+                .unwrap_or(32768),
+        })
+    }
+
+    /// The interface holding `ip` (the loopback for 127/8).
+    fn interface_of(&self, ip: Ipv4Addr) -> Option<&str> {
+        self.addresses
+            .iter()
+            .find(|(_, a)| a.contains(&ip))
+            .map(|(n, _)| n.as_str())
+            .or_else(|| ip.is_loopback().then_some("lo"))
+    }
+
+    /// An RTPS well-known port (7400 + 250d, 7401 + 250d, 7410 + 250d + 2p,
+    /// ...) below the ephemeral range.
+    fn rtps_port(&self, port: u16) -> bool {
+        port < self.ephemeral_from && crate::rtps::ports::classify_port(port).is_some()
+    }
+}
+
+/// A pod whose DDS runs on another interface than its LAN one: its
+/// participant never announces itself on the LAN (SILENT_PARTICIPANT).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Silent {
+    pub pod: String,
+    /// Its LAN interface (ros0).
+    pub lan_interface: String,
+    /// The RTPS ports its sockets hold.
+    pub ports: Vec<u16>,
+    /// The interfaces its DDS uses instead, with what shows it.
+    pub elsewhere: BTreeMap<String, Vec<String>>,
+}
+
+impl Silent {
+    /// Why the pod is isolated, in a few words (the graph's note).
+    pub fn reason(&self) -> String {
+        format!(
+            "silent participant: DDS uses {}, not {}; it sends no discovery there",
+            self.elsewhere
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.lan_interface
+        )
+    }
+}
+
+/// Whether `p`'s DDS runs elsewhere than on its LAN interface: it has UDP
+/// sockets on RTPS ports, none of its sockets is bound to the LAN
+/// interface's address and no RTPS group is joined there, and a socket is
+/// bound to another interface's address or an RTPS group is joined on
+/// another interface (what DDS pinned to an interface does: Cyclone DDS
+/// binds its sending socket to the address and joins there).
+fn silent_of(p: &PodCheck, s: &PodSockets, groups: &[Ipv4Addr]) -> Option<Silent> {
+    let ports: BTreeSet<u16> = s
+        .udp
+        .iter()
+        .map(|a| a.port())
+        .filter(|port| s.rtps_port(*port))
+        .collect();
+    if ports.is_empty() {
+        return None;
+    }
+    let rtps_group =
+        |g: &Ipv4Addr| groups.contains(g) || *g == crate::rtps::ports::SPDP_MULTICAST_GROUP;
+    let lan = p.interface.as_str();
+    let on_lan = s.udp.iter().any(|a| s.interface_of(*a.ip()) == Some(lan))
+        || s.joined.get(lan).is_some_and(|g| g.iter().any(rtps_group));
+    if on_lan {
+        return None;
+    }
+    let mut elsewhere: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for a in &s.udp {
+        if a.ip().is_unspecified() || !(s.rtps_port(a.port()) || a.port() >= s.ephemeral_from) {
+            continue;
+        }
+        if let Some(i) = s.interface_of(*a.ip()) {
+            elsewhere
+                .entry(i.to_owned())
+                .or_default()
+                .push(format!("a UDP socket bound to {a}"));
+        }
+    }
+    for (i, gs) in &s.joined {
+        for g in gs.iter().filter(|g| rtps_group(g)) {
+            elsewhere
+                .entry(i.clone())
+                .or_default()
+                .push(format!("{g} joined there"));
+        }
+    }
+    (!elsewhere.is_empty()).then(|| Silent {
+        pod: p.pod.clone(),
+        lan_interface: lan.to_owned(),
+        ports: ports.into_iter().collect(),
+        elsewhere,
+    })
+}
+
+/// The pods whose DDS runs on another interface than their LAN one and of
+/// which the agent's table has no participant (one announcing on the wrong
+/// interface is seen there, and is UNREACHABLE_LOCATORS instead).
+pub fn silent_participants(inp: &Inputs) -> Vec<Silent> {
+    inp.pods
+        .iter()
+        .filter(|p| p.has_interface == Some(true))
+        .filter(|p| {
+            !inp.participants()
+                .iter()
+                .any(|x| x.pod.as_deref() == Some(p.pod.as_str()))
+        })
+        .filter_map(|p| silent_of(p, p.sockets.as_ref()?, &inp.groups))
+        .collect()
+}
+
+/// SILENT_PARTICIPANT.
+fn silent_findings(inp: &Inputs) -> Vec<Finding> {
+    silent_participants(inp)
+        .into_iter()
+        .map(|s| {
+            let ifs: Vec<&str> = s.elsewhere.keys().map(String::as_str).collect();
+            let shown: Vec<String> = s
+                .elsewhere
+                .iter()
+                .map(|(i, why)| format!("{i}: {}", why.join(", ")))
+                .collect();
+            let ports: Vec<String> = s.ports.iter().map(u16::to_string).collect();
+            Finding::new(
+                "SILENT_PARTICIPANT",
+                Severity::Error,
+                format!(
+                    "Pod {} runs a DDS participant (UDP sockets on RTPS ports {}) on {}, not on {}: \
+                     it sends no discovery on {}, so nothing on the robot LAN discovers it and it \
+                     discovers no one (the agent has seen no participant of it). Seen in the pod: {}. \
+                     Cause: DDS is pinned to {} (CYCLONEDDS_URI naming it, a Fast DDS interface \
+                     whitelist{}). Fix: unset the pin, or name {} in it.",
+                    s.pod,
+                    ports.join(", "),
+                    ifs.join(" and "),
+                    s.lan_interface,
+                    s.lan_interface,
+                    shown.join("; "),
+                    ifs.join(" and "),
+                    if ifs.contains(&"lo") {
+                        ", or ROS_LOCALHOST_ONLY=1 for the loopback"
+                    } else {
+                        ""
+                    },
+                    s.lan_interface,
+                ),
+            )
+        })
+        .collect()
 }
 
 fn pod_label(p: &Participant) -> String {
@@ -291,6 +556,9 @@ pub fn findings(inp: &Inputs) -> Vec<Finding> {
     let mut out = agent_findings(inp);
     out.extend(conflist_finding(inp));
     out.extend(pod_findings(inp));
+    let silent = silent_findings(inp);
+    let any_silent = !silent.is_empty();
+    out.extend(silent);
     out.extend(locator_findings(inp));
     out.extend(ttl1_findings(inp));
     if let Ok(st) = &inp.status {
@@ -301,7 +569,7 @@ pub fn findings(inp: &Inputs) -> Vec<Finding> {
         }
     }
     out.extend(domain_finding(inp.participants()));
-    if inp.status.is_ok() && inp.participants().is_empty() {
+    if inp.status.is_ok() && inp.participants().is_empty() && !any_silent {
         out.push(Finding::new(
             "NO_PARTICIPANTS",
             Severity::Info,
@@ -436,12 +704,12 @@ fn locator_findings(inp: &Inputs) -> Vec<Finding> {
     out
 }
 
-/// TTL1_NOT_FORWARDED: TTL-1 discovery that no multicast route carries,
-/// with its likely cause.
-fn ttl1_findings(inp: &Inputs) -> Vec<Finding> {
+/// TTL-1 RTPS multicast that no multicast route carries (and that should
+/// be carried), with whether it arrived on the robot LAN path (the uplink,
+/// the node device, a pod's port) rather than elsewhere.
+fn ttl1_unforwarded(inp: &Inputs) -> Vec<(&api::Source, bool)> {
     let st = inp.status.as_ref().ok();
     let routes = st.map_or(&[][..], |s| s.routes.as_slice());
-    let routing = st.is_some_and(|s| s.routing);
     let (uplink, node_dev) = st.map_or(("", ""), |s| (s.uplink.as_str(), s.node_device.as_str()));
     let mut out = vec![];
     for s in inp.sources().iter().filter(|s| s.ttl == 1) {
@@ -459,6 +727,27 @@ fn ttl1_findings(inp: &Inputs) -> Vec<Finding> {
         if forwarded || (inp.mode == Some(Mode::Macvlan) && on_ros_path) {
             continue;
         }
+        out.push((s, on_ros_path));
+    }
+    out
+}
+
+/// The sources of TTL-1 discovery nothing forwards, with the interface it
+/// arrives on (the graph's "no route" edges).
+pub fn unforwarded_ttl1(inp: &Inputs) -> Vec<(Ipv4Addr, String)> {
+    ttl1_unforwarded(inp)
+        .into_iter()
+        .map(|(s, _)| (s.source, s.interface.clone()))
+        .collect()
+}
+
+/// TTL1_NOT_FORWARDED: TTL-1 discovery that no multicast route carries,
+/// with its likely cause.
+fn ttl1_findings(inp: &Inputs) -> Vec<Finding> {
+    let routing = inp.status.as_ref().is_ok_and(|s| s.routing);
+    let mut out = vec![];
+    for (s, on_ros_path) in ttl1_unforwarded(inp) {
+        let (src, grp, ifname) = (s.source, s.group, s.interface.as_str());
         let cause = if !on_ros_path {
             format!("it arrives on {ifname}, which is not part of the robot LAN path (a pod's primary network?): DDS there uses the wrong interface")
         } else if !routing {
@@ -685,7 +974,24 @@ pub fn gather(cfg: &Config, conf_dir: Option<&Path>) -> Inputs {
                 interface: a.pod_if.clone(),
                 netns: a.netns.clone(),
                 has_interface,
+                sockets: (has_interface == Some(true))
+                    .then(|| PodSockets::read(&a.netns).ok())
+                    .flatten(),
             }
+        })
+        .collect();
+    let node = cfg
+        .node_name
+        .clone()
+        .or_else(|| status.as_ref().ok().and_then(|s| s.node.clone()));
+    let cluster = cfg
+        .nodes
+        .iter()
+        .filter(|(name, _)| Some(*name) != node.as_ref())
+        .map(|(name, e)| ClusterNode {
+            name: name.clone(),
+            pool: Some(e.pool),
+            address: e.address,
         })
         .collect();
     Inputs {
@@ -697,6 +1003,9 @@ pub fn gather(cfg: &Config, conf_dir: Option<&Path>) -> Inputs {
         conflist,
         pods,
         kernel: KernelCheck::probe(),
+        node,
+        cluster,
+        groups: cfg.groups.clone(),
     }
 }
 
@@ -757,9 +1066,21 @@ pub fn render(inp: &Inputs) -> String {
         ));
     }
     o.push_str(&format!("pods ({}):\n", inp.pods.len()));
+    let silent = silent_participants(inp);
     for p in &inp.pods {
+        let quiet;
         let state = match p.has_interface {
-            Some(true) => "ok",
+            Some(true) => match silent.iter().find(|s| s.pod == p.pod) {
+                Some(s) => {
+                    quiet = format!(
+                        "SILENT: DDS on {}, not {}",
+                        s.elsewhere.keys().cloned().collect::<Vec<_>>().join(", "),
+                        s.lan_interface
+                    );
+                    quiet.as_str()
+                }
+                None => "ok",
+            },
             Some(false) => "MISSING INTERFACE",
             None => "netns gone",
         };
@@ -829,6 +1150,9 @@ mod tests {
             conflist: None,
             pods: vec![],
             kernel: KernelCheck::default(),
+            node: Some("n1".into()),
+            cluster: vec![],
+            groups: vec!["239.255.0.1".parse().unwrap()],
         }
     }
 
@@ -980,6 +1304,7 @@ mod tests {
             interface: "ros0".into(),
             netns: "/x".into(),
             has_interface: Some(false),
+            sockets: None,
         }];
         let c = codes(&i);
         assert!(
@@ -1005,6 +1330,7 @@ mod tests {
             interface: "ros0".into(),
             netns: "/var/run/netns/cni-1234".into(),
             has_interface: None,
+            sockets: None,
         }];
         let f = findings(&i);
         let problem = f
@@ -1054,6 +1380,7 @@ mod tests {
             interface: "ros0".into(),
             netns: "/x".into(),
             has_interface: Some(true),
+            sockets: None,
         }];
         let f = findings(&i);
         let p = f
@@ -1121,6 +1448,198 @@ mod tests {
             message(&i).is_some(),
             "the wrong interface is still wrong on macvlan"
         );
+    }
+
+    /// `/proc/net/udp` and `/proc/net/igmp` in a pod whose ddsperf is
+    /// pinned to eth0 (10.1.1.5, no MULTICAST), and in one with default
+    /// settings (ros0 192.168.1.160), as read on this machine.
+    const PINNED_UDP: &str = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+ 7393: 0501010A:D5BF 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 520675 2 00000000ddbb9650 0
+ 9236: 00000000:1CF2 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 520673 2 000000006ef3e455 0
+ 9237: 00000000:1CF3 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 520674 2 0000000052e8bba9 0
+";
+    const PINNED_IGMP: &str = "Idx\tDevice    : Count Querier\tGroup    Users Timer\tReporter
+1\tlo        :     1      V3
+\t\t\t\t010000E0     1 0:00000000\t\t0
+2\teth0      :     1      V3
+\t\t\t\t010000E0     1 0:00000000\t\t0
+3\tros0      :     1      V3
+\t\t\t\t010000E0     1 0:00000000\t\t0
+";
+    const DEFAULT_UDP: &str = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+ 7187: 00000000:94F1 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 521324 2 00000000a7e811b1 0
+ 9226: 00000000:1CE8 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 521325 2 0000000083dc28a1 0
+ 9227: 00000000:1CE9 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 521326 2 000000002ab88974 0
+15237: A001A8C0:B463 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 521327 2 000000003c0d3774 0
+";
+    const DEFAULT_IGMP: &str = "Idx\tDevice    : Count Querier\tGroup    Users Timer\tReporter
+1\tlo        :     1      V3
+\t\t\t\t010000E0     1 0:00000000\t\t0
+2\teth0      :     1      V3
+\t\t\t\t010000E0     1 0:00000000\t\t0
+3\tros0      :     2      V3
+\t\t\t\t0100FFEF     2 0:00000000\t\t0
+\t\t\t\t010000E0     1 0:00000000\t\t0
+";
+
+    pub(crate) fn pod_sockets(udp: &str, igmp: &str) -> PodSockets {
+        PodSockets {
+            addresses: [
+                ("lo", "127.0.0.1"),
+                ("eth0", "10.1.1.5"),
+                ("ros0", "192.168.1.160"),
+            ]
+            .into_iter()
+            .map(|(i, a)| (i.to_owned(), vec![a.parse().unwrap()]))
+            .collect(),
+            udp: parse_proc_udp(udp),
+            joined: parse_proc_igmp(igmp),
+            ephemeral_from: 32768,
+        }
+    }
+
+    pub(crate) fn pod(name: &str, ip: &str, sockets: Option<PodSockets>) -> PodCheck {
+        PodCheck {
+            pod: name.into(),
+            ip: ip.parse().unwrap(),
+            interface: "ros0".into(),
+            netns: format!("/var/run/netns/{}", name.replace('/', "-")),
+            has_interface: Some(true),
+            sockets,
+        }
+    }
+
+    #[test]
+    fn proc_files_parse_to_addresses_ports_and_groups() {
+        let udp = parse_proc_udp(PINNED_UDP);
+        assert_eq!(
+            udp,
+            [
+                "10.1.1.5:54719".parse().unwrap(),
+                "0.0.0.0:7410".parse().unwrap(),
+                "0.0.0.0:7411".parse().unwrap()
+            ]
+        );
+        let joined = parse_proc_igmp(DEFAULT_IGMP);
+        assert_eq!(joined.len(), 3);
+        let ros0: Vec<String> = joined["ros0"].iter().map(|g| g.to_string()).collect();
+        assert_eq!(ros0, ["239.255.0.1", "224.0.0.1"]);
+        assert_eq!(joined["eth0"], [Ipv4Addr::new(224, 0, 0, 1)]);
+        assert!(parse_proc_udp("").is_empty() && parse_proc_igmp("").is_empty());
+    }
+
+    #[test]
+    fn a_participant_pinned_to_eth0_is_silent_and_a_default_one_is_not() {
+        let groups = [crate::rtps::ports::SPDP_MULTICAST_GROUP];
+        let pinned = pod("robots/pinned", "192.168.1.160", None);
+        let s = silent_of(&pinned, &pod_sockets(PINNED_UDP, PINNED_IGMP), &groups).expect("silent");
+        assert_eq!(s.ports, [7410, 7411]);
+        assert_eq!(s.elsewhere.keys().collect::<Vec<_>>(), ["eth0"]);
+        assert_eq!(
+            s.elsewhere["eth0"],
+            ["a UDP socket bound to 10.1.1.5:54719"]
+        );
+        assert_eq!(
+            s.reason(),
+            "silent participant: DDS uses eth0, not ros0; it sends no discovery there"
+        );
+        // default settings: joined on ros0, sending from its address
+        assert_eq!(
+            silent_of(&pinned, &pod_sockets(DEFAULT_UDP, DEFAULT_IGMP), &groups),
+            None
+        );
+        // only joined on ros0 (a socket bound to 0.0.0.0 only) is enough
+        let mut joined_only = pod_sockets(DEFAULT_UDP, DEFAULT_IGMP);
+        joined_only.udp.retain(|a| a.ip().is_unspecified());
+        assert_eq!(silent_of(&pinned, &joined_only, &groups), None);
+        // the loopback (ROS_LOCALHOST_ONLY=1): bound to 127.0.0.1
+        let mut lo = pod_sockets(PINNED_UDP, PINNED_IGMP);
+        lo.udp[0] = "127.0.0.1:40000".parse().unwrap();
+        let s = silent_of(&pinned, &lo, &groups).expect("silent on lo");
+        assert_eq!(s.elsewhere.keys().collect::<Vec<_>>(), ["lo"]);
+        // joined on eth0 (primaryMulticast), bound to nothing specific
+        let mut on_eth0 = pod_sockets(DEFAULT_UDP, DEFAULT_IGMP);
+        on_eth0.udp.retain(|a| a.ip().is_unspecified());
+        let g = on_eth0.joined.remove("ros0").unwrap();
+        on_eth0.joined.insert("eth0".into(), g);
+        let s = silent_of(&pinned, &on_eth0, &groups).expect("joined elsewhere");
+        assert_eq!(s.elsewhere["eth0"], ["239.255.0.1 joined there"]);
+        // no RTPS port: no DDS (a DNS client on an ephemeral port bound to eth0)
+        let mut no_dds = pod_sockets(PINNED_UDP, PINNED_IGMP);
+        no_dds.udp.retain(|a| !a.ip().is_unspecified());
+        assert_eq!(silent_of(&pinned, &no_dds, &groups), None);
+        // RTPS-looking ports in the ephemeral range are not RTPS ports
+        let mut eph = pod_sockets(PINNED_UDP, PINNED_IGMP);
+        eph.ephemeral_from = 7000;
+        assert_eq!(silent_of(&pinned, &eph, &groups), None);
+        // DDS with static unicast peers bound to 0.0.0.0 only: nothing says where
+        let mut peers = pod_sockets(PINNED_UDP, PINNED_IGMP);
+        peers.udp.retain(|a| a.ip().is_unspecified());
+        assert_eq!(silent_of(&pinned, &peers, &groups), None);
+    }
+
+    #[test]
+    fn doctor_names_the_silent_pod_and_the_interface_and_not_the_others() {
+        let mut i = base();
+        i.pods = vec![
+            pod(
+                "robots/pinned",
+                "192.168.1.161",
+                Some(pod_sockets(PINNED_UDP, PINNED_IGMP)),
+            ),
+            pod(
+                "robots/plain",
+                "192.168.1.160",
+                Some(pod_sockets(DEFAULT_UDP, DEFAULT_IGMP)),
+            ),
+            // no DDS at all
+            pod("robots/idle", "192.168.1.162", Some(PodSockets::default())),
+        ];
+        let f = findings(&i);
+        let silent: Vec<&Finding> = f
+            .iter()
+            .filter(|f| f.code == "SILENT_PARTICIPANT")
+            .collect();
+        assert_eq!(silent.len(), 1, "{f:#?}");
+        assert_eq!(silent[0].severity, Severity::Error);
+        for want in [
+            "Pod robots/pinned",
+            "RTPS ports 7410, 7411",
+            "on eth0, not on ros0",
+            "10.1.1.5:54719",
+            "CYCLONEDDS_URI",
+            "unset the pin, or name ros0",
+        ] {
+            assert!(
+                silent[0].message.contains(want),
+                "{want}: {}",
+                silent[0].message
+            );
+        }
+        assert!(
+            !codes(&i).contains(&"NO_PARTICIPANTS"),
+            "the participant exists; it is not on the LAN"
+        );
+        let text = render(&i);
+        assert!(
+            text.contains("SILENT: DDS on eth0, not ros0"),
+            "the pods section says it: {text}"
+        );
+        // a pod the agent sees announcing (here on the wrong interface) is
+        // UNREACHABLE_LOCATORS' business, not this finding's
+        let mut seen = participant("10.1.1.5", 0);
+        seen.pod = Some("robots/pinned".into());
+        seen.seen_on = "cali1234".into();
+        i.participants = table(vec![seen], vec![]);
+        assert!(
+            !codes(&i).contains(&"SILENT_PARTICIPANT"),
+            "{:?}",
+            codes(&i)
+        );
+        // without the agent the sockets still tell
+        i.status = Err("no agent answers".into());
+        i.participants = None;
+        assert!(codes(&i).contains(&"SILENT_PARTICIPANT"));
     }
 
     #[test]
