@@ -3,6 +3,7 @@
 use crate::common::*;
 use ros2_cni::lab::testbed::{ns_sh, Testbed};
 use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -330,5 +331,241 @@ fn doctor_finds_a_participant_pinned_to_eth0_from_its_sockets_and_not_an_unpinne
     assert!(
         text.contains("SILENT_PARTICIPANT: Pod robots/pinned"),
         "{text}"
+    );
+}
+
+/// The nodes and edges of a DOT file `ros2-cni` wrote: nodes as (id,
+/// kind, cluster, isolated), edges as (from, to, path, stop, both).
+pub type DotNode = (String, String, Option<String>, Option<String>);
+pub type DotEdge = (String, String, String, Option<String>, bool);
+
+/// Reads the DOT ros2-cni writes (one statement per line) back into its
+/// nodes and edges; fails on a line it does not understand.
+pub fn read_dot(text: &str) -> (Vec<DotNode>, BTreeSet<DotEdge>) {
+    // the quoted string at the start of `s`, and the rest
+    fn quoted(s: &str) -> (String, &str) {
+        assert!(s.starts_with('"'), "not a quoted string: {s}");
+        let mut out = String::new();
+        let mut chars = s[1..].char_indices();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some((_, 'n')) => out.push('\n'),
+                    Some((_, c)) => out.push(c),
+                    None => break,
+                },
+                '"' => return (out, &s[i + 2..]),
+                c => out.push(c),
+            }
+        }
+        panic!("unterminated string: {s}");
+    }
+    fn attrs(s: &str) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        let mut rest = s.trim().trim_start_matches('[');
+        while let Some((k, v)) = rest.split_once('=') {
+            let k = k.trim().trim_start_matches(',').trim().to_owned();
+            let v = v.trim_start();
+            let (val, after) = if v.starts_with('"') {
+                quoted(v)
+            } else {
+                let end = v.find([',', ']']).unwrap_or(v.len());
+                (v[..end].to_owned(), &v[end..])
+            };
+            out.insert(k, val);
+            rest = after;
+        }
+        out
+    }
+    let mut lines = text.lines().map(str::trim);
+    assert_eq!(lines.next(), Some("digraph discovery {"), "{text}");
+    let mut cluster = None;
+    let (mut nodes, mut edges) = (vec![], BTreeSet::new());
+    for l in lines {
+        if l.starts_with("graph [") || l.starts_with("node [") || l.starts_with("edge [") {
+            continue;
+        } else if let Some(rest) = l.strip_prefix("subgraph ") {
+            let (name, _) = quoted(rest);
+            cluster = Some(name.strip_prefix("cluster_").unwrap().to_owned());
+        } else if l.starts_with("label=") {
+            assert!(cluster.is_some(), "{l}");
+        } else if l == "}" {
+            cluster = None;
+        } else if l.starts_with('"') {
+            let (from, rest) = quoted(l);
+            if let Some(rest) = rest.trim_start().strip_prefix("->") {
+                let (to, rest) = quoted(rest.trim_start());
+                let a = attrs(rest.trim_end_matches(';'));
+                edges.insert((
+                    from,
+                    to,
+                    a["path"].clone(),
+                    a.get("stop").cloned(),
+                    a.get("dir").is_some_and(|d| d == "both"),
+                ));
+            } else {
+                let a = attrs(rest.trim_end_matches(';'));
+                nodes.push((
+                    from,
+                    a["kind"].clone(),
+                    cluster.clone(),
+                    a.get("isolated").cloned(),
+                ));
+            }
+        } else {
+            panic!("unexpected DOT line: {l}\n{text}");
+        }
+    }
+    (nodes, edges)
+}
+
+/// The `<title>`s of an SVG's nodes and edges (as Graphviz writes them).
+pub fn svg_titles(svg: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut nodes = BTreeSet::new();
+    let mut edges = BTreeSet::new();
+    for part in svg.split("<g id=\"").skip(1) {
+        let class = part
+            .split("class=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        let title = part
+            .split("<title>")
+            .nth(1)
+            .unwrap()
+            .split("</title>")
+            .next()
+            .unwrap()
+            .replace("&gt;", ">")
+            .replace("&lt;", "<")
+            .replace("&quot;", "\"")
+            .replace("&amp;", "&");
+        match class {
+            "node" => assert!(nodes.insert(title), "node title twice"),
+            "edge" => {
+                edges.insert(title);
+            }
+            other => panic!("unexpected group {other}"),
+        }
+    }
+    (nodes, edges)
+}
+
+#[test]
+fn doctor_graph_draws_the_nodes_view_of_a_two_node_bed() {
+    assert!(
+        ros2_cni::lab::probe::have_ddsperf(),
+        "ddsperf missing: apt-get install cyclonedds-tools"
+    );
+    let tb = bed(2);
+    // the cluster form: n1's doctor knows n2's pool, so n2's pod is drawn on n2
+    let nodes: serde_json::Map<String, Value> = tb
+        .nodes
+        .iter()
+        .map(|n| (format!("n{}", n.idx), json!({"podRange": n.pool})))
+        .collect();
+    for i in 1..=2 {
+        tb.set_node_config(
+            i,
+            json!({"podRange": null, "nodeName": format!("n{i}"), "nodes": nodes}),
+        );
+        tb.start_agent(tb.node(i), &json!({})).unwrap();
+    }
+    let good = tb.add_pod(&spec("good", 1)).unwrap();
+    let pinned = tb.add_pod(&spec("pinned", 1)).unwrap();
+    let remote = tb.add_pod(&spec("remote", 2)).unwrap();
+    ddsperf_pong(&tb, &good.ns, None, "dds-good");
+    ddsperf_pong(&tb, &pinned.ns, Some(PINNED_ETH0), "dds-pinned");
+    ddsperf_pong(&tb, &remote.ns, None, "dds-remote");
+    let remote_ip = ip_of(&remote).to_string();
+    // n1's agent sees its pod on the bridge and n2's on the uplink
+    wait_for(20, "n1 sees robots/good and n2's pod", || {
+        let ps = participants(&tb, 1);
+        ps.iter().any(|p| p["pod"] == "robots/good")
+            && ps.iter().any(|p| {
+                p["seenOn"] == "eth0"
+                    && p["source"]
+                        .as_str()
+                        .is_some_and(|s| s.starts_with(&format!("{remote_ip}:")))
+            })
+    });
+    let n = tb.node(1);
+    let svg_file = tb.dir.join("n1-graph.svg");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &n.ns, BIN, "doctor", "--config"])
+        .arg(n.data_dir.join("agent.json"))
+        .arg("--graph")
+        .arg(&svg_file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the pinned pod is an error: {text}"
+    );
+    let dot_file = svg_file.with_extension("dot");
+    assert!(
+        text.contains(&format!("graph: {}", svg_file.display()))
+            && text.contains(&format!("as DOT {}", dot_file.display()))
+            && text.contains("no Graphviz needed"),
+        "the output names both files: {text}"
+    );
+    let (nodes, edges) = read_dot(&std::fs::read_to_string(&dot_file).unwrap());
+    let s = |x: &str| x.to_owned();
+    let remote_id = format!("pod:{remote_ip}");
+    let isolated = nodes
+        .iter()
+        .find(|n| n.0 == "pod:robots/pinned")
+        .and_then(|n| n.3.clone())
+        .unwrap_or_else(|| panic!("the pinned pod is isolated: {nodes:#?}"));
+    assert!(isolated.contains("DDS uses eth0, not ros0"), "{isolated}");
+    let c1 = Some(s("computer:n1"));
+    let c2 = Some(s("computer:n2"));
+    assert_eq!(
+        nodes,
+        [
+            (s("computer:n1"), s("computer"), c1.clone(), None),
+            (s("pod:robots/good"), s("pod"), c1.clone(), None),
+            (s("pod:robots/pinned"), s("pod"), c1, Some(isolated)),
+            (s("computer:n2"), s("computer"), c2.clone(), None),
+            (remote_id.clone(), s("pod"), c2, None),
+        ],
+        "{text}"
+    );
+    assert_eq!(
+        edges,
+        BTreeSet::from([
+            (
+                s("pod:robots/good"),
+                s("computer:n1"),
+                s("bridge"),
+                None,
+                false
+            ),
+            (
+                remote_id.clone(),
+                s("computer:n1"),
+                s("lan-multicast"),
+                None,
+                false
+            ),
+        ]),
+        "{text}"
+    );
+    // the SVG draws the same graph
+    let (svg_nodes, svg_edges) = svg_titles(&std::fs::read_to_string(&svg_file).unwrap());
+    assert_eq!(
+        svg_nodes,
+        nodes.iter().map(|n| n.0.clone()).collect::<BTreeSet<_>>()
+    );
+    assert_eq!(
+        svg_edges,
+        edges
+            .iter()
+            .map(|e| format!("{}->{}", e.0, e.1))
+            .collect::<BTreeSet<_>>()
     );
 }

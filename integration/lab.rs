@@ -238,9 +238,115 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
     }
 }
 
+/// The id the lab's graphs give a host: `pod:nN-podM`, `host:laptop`.
+fn graph_id(host: &str) -> String {
+    if host.contains("-pod") {
+        format!("pod:{host}")
+    } else {
+        format!("host:{host}")
+    }
+}
+
+/// Checks `DIR/NAME.dot` and `DIR/NAME.svg` against the matrix's JSON
+/// pairs: every host in its computer's cluster (the laptop on its own), one
+/// edge per pair of hosts toward the one that discovered the other (two
+/// arrowheads when both did), `no-route` where one did not; `across` is the
+/// path between computers.
+fn check_graph(dir: &std::path::Path, name: &str, pairs: &[Value], across: &str) {
+    use crate::doctor::{read_dot, svg_titles};
+    let dot = std::fs::read_to_string(dir.join(format!("{name}.dot")))
+        .unwrap_or_else(|e| panic!("{name}.dot: {e}"));
+    let (nodes, edges) = read_dot(&dot);
+    let mut hosts: Vec<&str> = vec![];
+    for p in pairs {
+        let f = p["from"].as_str().unwrap();
+        if !hosts.contains(&f) {
+            hosts.push(f);
+        }
+    }
+    let computer = |h: &str| h.split_once("-pod").map(|(c, _)| c.to_owned());
+    let mut want_nodes = vec![];
+    for h in hosts.iter().filter(|h| computer(h).is_some()) {
+        let c = format!("computer:{}", computer(h).unwrap());
+        if !want_nodes
+            .iter()
+            .any(|n: &(String, String, Option<String>, Option<String>)| n.0 == c)
+        {
+            want_nodes.push((c.clone(), "computer".to_owned(), Some(c.clone()), None));
+        }
+        want_nodes.push((graph_id(h), "pod".to_owned(), Some(c), None));
+    }
+    for h in hosts.iter().filter(|h| computer(h).is_none()) {
+        want_nodes.push((graph_id(h), "lan-host".to_owned(), None, None));
+    }
+    let mut got_nodes = nodes.clone();
+    got_nodes.sort();
+    want_nodes.sort();
+    assert_eq!(got_nodes, want_nodes, "{name}.dot:\n{dot}");
+    let discovered = |a: &str, b: &str| {
+        pairs
+            .iter()
+            .find(|p| p["from"] == a && p["to"] == b)
+            .unwrap_or_else(|| panic!("no pair {a} -> {b}"))["discovered"]
+            == true
+    };
+    let mut want = BTreeSet::new();
+    for (i, a) in hosts.iter().enumerate() {
+        for b in &hosts[i + 1..] {
+            let path = match (computer(a), computer(b)) {
+                (Some(x), Some(y)) if x == y => "bridge",
+                (Some(_), Some(_)) => across,
+                _ => "lan-multicast",
+            };
+            let (ida, idb) = (graph_id(a), graph_id(b));
+            let stop = |ok: bool| (!ok).then(|| "no-route".to_owned());
+            match (discovered(a, b), discovered(b, a)) {
+                (x, y) if x == y => {
+                    want.insert((idb, ida, path.to_owned(), stop(x), true));
+                }
+                (x, y) => {
+                    want.insert((idb.clone(), ida.clone(), path.to_owned(), stop(x), false));
+                    want.insert((ida, idb, path.to_owned(), stop(y), false));
+                }
+            }
+        }
+    }
+    assert_eq!(edges, want, "{name}.dot:\n{dot}");
+    let (svg_nodes, svg_edges) = svg_titles(
+        &std::fs::read_to_string(dir.join(format!("{name}.svg")))
+            .unwrap_or_else(|e| panic!("{name}.svg: {e}")),
+    );
+    assert_eq!(
+        svg_nodes,
+        nodes.iter().map(|n| n.0.clone()).collect::<BTreeSet<_>>()
+    );
+    assert_eq!(
+        svg_edges,
+        edges
+            .iter()
+            .map(|e| format!("{}->{}", e.0, e.1))
+            .collect::<BTreeSet<_>>()
+    );
+}
+
+/// A directory for `--graph-dir` (outside the lab's own, which must go).
+fn graph_dir(test: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("r2t-graphs-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
 #[test]
 fn lab_json_on_two_nodes_with_wifi_discovers_every_pair_and_leaves_nothing() {
-    let (v, pid, watched) = lab_json(&["--nodes", "2", "--wifi", "--json"]);
+    let graphs = graph_dir("wifi");
+    let (v, pid, watched) = lab_json(&[
+        "--nodes",
+        "2",
+        "--wifi",
+        "--json",
+        "--graph-dir",
+        graphs.to_str().unwrap(),
+    ]);
     assert_eq!(v["nodes"], 2);
     assert_eq!(v["podsPerNode"], 1);
     assert_eq!(v["wifi"], true);
@@ -297,6 +403,17 @@ fn lab_json_on_two_nodes_with_wifi_discovers_every_pair_and_leaves_nothing() {
         .map(|a| a["address"].as_str().unwrap())
         .collect();
     assert_eq!(addrs, ["192.168.1.160", "192.168.1.160"]);
+    // the graphs of both matrices, named in the JSON
+    assert_eq!(
+        v["graphs"],
+        serde_json::json!({
+            "ros2-cni": graphs.join("ros2-cni.svg"),
+            "macvlan": graphs.join("macvlan.svg"),
+        })
+    );
+    check_graph(&graphs, "ros2-cni", pairs, "lan-multicast");
+    check_graph(&graphs, "macvlan", mv, "lan-multicast");
+    let _ = std::fs::remove_dir_all(&graphs);
     assert_nothing_left(pid, watched);
 }
 
@@ -535,7 +652,9 @@ fn lab_keep_leaves_the_lab_running_and_cleanup_removes_it() {
 
 #[test]
 fn lab_relay_scenario_fails_with_multicast_only_and_discovers_every_pod_pair_by_relay() {
-    let (v, pid, watched) = lab_json(&["--relay", "--json"]);
+    let graphs = graph_dir("relay");
+    let (v, pid, watched) =
+        lab_json(&["--relay", "--json", "--graph-dir", graphs.to_str().unwrap()]);
     assert_eq!(v["scenario"], "relay");
     assert_eq!(v["nodes"], 3, "--relay defaults to 3 nodes");
     assert_eq!(v["prober"], "ddsperf");
@@ -594,6 +713,16 @@ fn lab_relay_scenario_fails_with_multicast_only_and_discovers_every_pod_pair_by_
             .is_some_and(|n| n > 0),
         "the switch was offered (and dropped) the pods' multicast: {mc}"
     );
+    assert_eq!(
+        v["graphs"],
+        serde_json::json!({
+            "multicast-only": graphs.join("multicast-only.svg"),
+            "relay": graphs.join("relay.svg"),
+        })
+    );
+    check_graph(&graphs, "multicast-only", mc_pairs, "lan-multicast");
+    check_graph(&graphs, "relay", relay, "relay");
+    let _ = std::fs::remove_dir_all(&graphs);
     assert_nothing_left(pid, watched);
 }
 

@@ -11,6 +11,7 @@ pub mod fastpath;
 pub mod faults;
 pub mod firewall;
 pub mod forward;
+pub mod graph;
 pub mod ifname;
 pub mod install;
 pub mod ipam;

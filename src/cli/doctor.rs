@@ -17,6 +17,11 @@ pub struct Args {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Also draw the node's view of discovery into FILE (SVG, laid out by
+    /// ros2-cni itself: no Graphviz needed) and the same graph as Graphviz
+    /// DOT beside it (FILE with .dot instead of .svg).
+    #[arg(long, value_name = "FILE.svg")]
+    pub graph: Option<PathBuf>,
 }
 
 const CONF_DIRS: &[&str] = &[
@@ -48,6 +53,17 @@ fn entry_from_conf_dir(dir: &Path) -> anyhow::Result<serde_json::Value> {
     Ok(entry)
 }
 
+/// Where the DOT goes: FILE.svg -> FILE.dot, anything else -> FILE.dot appended.
+pub fn dot_path(svg: &Path) -> PathBuf {
+    if svg.extension().is_some_and(|e| e == "svg") {
+        svg.with_extension("dot")
+    } else {
+        let mut s = svg.as_os_str().to_owned();
+        s.push(".dot");
+        PathBuf::from(s)
+    }
+}
+
 /// Exit codes: 0 no error findings, 1 error findings, 2 doctor could not run.
 pub fn run(a: Args) -> anyhow::Result<i32> {
     let conf_dir = a
@@ -70,13 +86,35 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         }
     };
     let inputs = ros2_cni::doctor::gather(&cfg, conf_dir.as_deref());
+    let mut graph_note = None;
+    if let Some(svg) = &a.graph {
+        let g = ros2_cni::graph::node_view(&inputs);
+        let dot = dot_path(svg);
+        std::fs::write(svg, g.to_svg()).with_context(|| format!("writing {}", svg.display()))?;
+        std::fs::write(&dot, g.to_dot()).with_context(|| format!("writing {}", dot.display()))?;
+        graph_note = Some(format!(
+            "graph: {} ({} nodes, {} edges; drawn by ros2-cni, no Graphviz needed), and as DOT {} \
+             (Graphviz's layout: dot -Tsvg {} -o FILE.svg)",
+            svg.display(),
+            g.nodes.len(),
+            g.edges.len(),
+            dot.display(),
+            dot.display()
+        ));
+    }
     if a.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&ros2_cni::doctor::report(&inputs))?
         );
+        if let Some(n) = &graph_note {
+            eprintln!("{n}");
+        }
     } else {
         print!("{}", ros2_cni::doctor::render(&inputs));
+        if let Some(n) = &graph_note {
+            println!("{n}");
+        }
     }
     let errors = ros2_cni::doctor::findings(&inputs)
         .iter()

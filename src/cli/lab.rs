@@ -66,6 +66,11 @@ pub struct Args {
     /// lab's own SPDP announcer/listener (auto); or always the latter (spdp).
     #[arg(long, value_enum, default_value = "auto")]
     pub prober: ProberArg,
+    /// Write a graph of each matrix into DIR (created if missing):
+    /// ros2-cni.svg and macvlan.svg (with --relay multicast-only.svg and
+    /// relay.svg), each with the same graph as Graphviz DOT beside it.
+    #[arg(long, value_name = "DIR")]
+    pub graph_dir: Option<std::path::PathBuf>,
     /// Remove what earlier labs left behind (kept with --keep, or killed):
     /// namespaces whose lab is no longer running, the processes in them, their files.
     #[arg(long, exclusive = true)]
@@ -104,5 +109,6 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     };
     o.macvlan = !a.no_macvlan;
     o.spdp_prober = a.prober == ProberArg::Spdp;
+    o.graph_dir = a.graph_dir;
     Ok(run::main(o))
 }

@@ -1,6 +1,7 @@
 //! The lab's results: discovery matrices, their table and JSON forms, and
 //! the summary paragraph. Pure data and formatting: no namespaces, no probes.
 
+use crate::graph::{Graph, PathKind};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -192,6 +193,8 @@ pub struct Report {
     pub macvlan: Result<MacvlanRun, String>,
     /// `--relay`: `ros2cni` is the relay configuration, this the rest.
     pub relay: Option<RelayScenario>,
+    /// The graphs written (`--graph-dir`): which matrix, and the SVG file.
+    pub graph_files: Vec<(String, std::path::PathBuf)>,
 }
 
 fn plural(n: usize, one: &str, many: &str) -> String {
@@ -199,6 +202,59 @@ fn plural(n: usize, one: &str, many: &str) -> String {
 }
 
 impl Report {
+    /// A graph of each matrix, by name (the file stem `--graph-dir` uses):
+    /// `ros2-cni` and `macvlan`, or with `--relay` `multicast-only` and `relay`.
+    pub fn graphs(&self) -> Vec<(&'static str, Graph)> {
+        let t = self.timeout_seconds;
+        let view = |title: String, m: &Matrix, across| {
+            crate::graph::lab_view(&title, m, PathKind::Bridge, across, t)
+        };
+        if let Some(r) = &self.relay {
+            return vec![
+                (
+                    "multicast-only",
+                    view(
+                        format!("{MULTICAST_ONLY_CONFIGURATION}: who discovered whom"),
+                        &r.multicast_only,
+                        PathKind::LanMulticast,
+                    ),
+                ),
+                (
+                    "relay",
+                    view(
+                        format!("{RELAY_CONFIGURATION}: who discovered whom"),
+                        &self.ros2cni,
+                        PathKind::Relay,
+                    ),
+                ),
+            ];
+        }
+        let mut out = vec![(
+            "ros2-cni",
+            view(
+                "ros2-cni (ros0 on the LAN, agent on every node): who discovered whom".into(),
+                &self.ros2cni,
+                PathKind::LanMulticast,
+            ),
+        )];
+        if let Ok(mv) = &self.macvlan {
+            out.push((
+                "macvlan",
+                crate::graph::lab_view(
+                    &format!(
+                        "Multus-style macvlan (primary eth0 + macvlan, host-local {} on every node, no agent): who discovered whom",
+                        mv.range
+                    ),
+                    &mv.matrix,
+                    PathKind::LanMulticast,
+                    PathKind::LanMulticast,
+                    t,
+                ),
+            ));
+        }
+        out
+    }
+
     /// The `--json` document.
     pub fn json(&self) -> Value {
         let mut v = json!({
@@ -227,6 +283,14 @@ impl Report {
             Err(reason) => {
                 v["macvlanSkipped"] = json!(reason);
             }
+        }
+        if !self.graph_files.is_empty() {
+            v["graphs"] = self
+                .graph_files
+                .iter()
+                .map(|(name, f)| (name.clone(), json!(f)))
+                .collect::<serde_json::Map<_, _>>()
+                .into();
         }
         if let Some(r) = &self.relay {
             v["scenario"] = json!("relay");
@@ -444,6 +508,7 @@ impl Report {
             out.push('\n');
             out.push_str(&self.summary());
             out.push('\n');
+            out.push_str(&self.graphs_line());
             return out;
         }
         let mut out = format!(
@@ -475,7 +540,24 @@ impl Report {
         out.push('\n');
         out.push_str(&self.summary());
         out.push('\n');
+        out.push_str(&self.graphs_line());
         out
+    }
+
+    /// "Graphs: ..." naming the files written, or nothing.
+    fn graphs_line(&self) -> String {
+        if self.graph_files.is_empty() {
+            return String::new();
+        }
+        let files: Vec<String> = self
+            .graph_files
+            .iter()
+            .map(|(name, f)| format!("{} ({name})", f.display()))
+            .collect();
+        format!(
+            "Graphs (SVG, with the same graph as DOT beside each): {}\n",
+            files.join(", ")
+        )
     }
 }
 
@@ -528,6 +610,7 @@ mod tests {
             ros2cni_wifi_drops: Some(0),
             macvlan,
             relay: None,
+            graph_files: vec![],
         }
     }
 

@@ -64,6 +64,8 @@ pub struct LabOptions {
     /// node sits on a second subnet behind a router, no laptop; the
     /// multicast-only configuration, then the relay one (no macvlan).
     pub relay: bool,
+    /// Write a graph of each matrix (SVG and DOT) into this directory.
+    pub graph_dir: Option<PathBuf>,
     /// The ros2-cni binary (the running one).
     pub plugin: PathBuf,
     pub cni_bin_dir: PathBuf,
@@ -92,6 +94,7 @@ impl LabOptions {
             macvlan: true,
             spdp_prober: false,
             relay: false,
+            graph_dir: None,
             plugin: plugin.into(),
             cni_bin_dir: PathBuf::from("/usr/lib/cni"),
         }
@@ -779,6 +782,7 @@ fn relay_scenario(
             second_subnet: testbed::SUBNET2.into(),
             second_subnet_nodes: vec![format!("n{}", opts.nodes)],
         }),
+        graph_files: vec![],
     })
 }
 
@@ -911,7 +915,26 @@ pub fn run(
         ros2cni_wifi_drops: ros2cni.drops,
         macvlan,
         relay: None,
+        graph_files: vec![],
     })
+}
+
+/// Writes `<name>.svg` and `<name>.dot` for each of the report's graphs
+/// into `dir`; returns the names and SVG files.
+pub fn write_graphs(report: &Report, dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let mut out = vec![];
+    for (name, g) in report.graphs() {
+        let svg = dir.join(format!("{name}.svg"));
+        for (file, text) in [
+            (&svg, g.to_svg()),
+            (&dir.join(format!("{name}.dot")), g.to_dot()),
+        ] {
+            std::fs::write(file, text)
+                .map_err(|e| LabError(format!("writing {}: {e}", file.display())))?;
+        }
+        out.push((name.to_owned(), svg));
+    }
+    Ok(out)
 }
 
 /// `r2lab-<pid>-<n>-` for a lab namespace name.
@@ -1142,6 +1165,12 @@ pub fn main(opts: LabOptions) -> i32 {
             return 1;
         }
     };
+    if let Some(dir) = &opts.graph_dir {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            eprintln!("ros2-cni lab: --graph-dir {}: {e}", dir.display());
+            return 1;
+        }
+    }
     let swept = sweep_dead_labs(false);
     if !swept.is_empty() {
         progress(&format!(
@@ -1170,7 +1199,21 @@ pub fn main(opts: LabOptions) -> i32 {
         return exit_code(sig);
     }
     match r {
-        Ok(report) => {
+        Ok(mut report) => {
+            if let Some(dir) = &opts.graph_dir {
+                match write_graphs(&report, dir) {
+                    Ok(files) => {
+                        let names: Vec<String> =
+                            files.iter().map(|(_, f)| f.display().to_string()).collect();
+                        progress(&format!("graphs: {} (DOT beside each)", names.join(", ")));
+                        report.graph_files = files;
+                    }
+                    Err(e) => {
+                        eprintln!("ros2-cni lab: {e}");
+                        return 1;
+                    }
+                }
+            }
             // a closed stdout (`| head`) is not worth a panic
             let out = if opts.json {
                 format!(
