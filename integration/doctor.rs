@@ -569,3 +569,64 @@ fn doctor_graph_draws_the_nodes_view_of_a_two_node_bed() {
             .collect::<BTreeSet<_>>()
     );
 }
+
+#[test]
+fn doctor_reads_its_config_from_the_conflist_or_the_plugin_entry() {
+    let tb = bed(1);
+    let n = tb.node(1);
+    let agent = tb.start_agent(n, &json!({})).unwrap();
+    let entry = tb.ros2cni_conf(n, "1.0.0", &json!({}));
+    let conflist = json!({
+        "cniVersion": "1.0.0",
+        "name": "k8s-pod-network",
+        "plugins": [tb.primary_conf(n, "1.0.0"), entry.clone()],
+    });
+    let write = |name: &str, v: &Value| {
+        let f = n.data_dir.join(name);
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(&f, serde_json::to_vec_pretty(v).unwrap()).unwrap();
+        f
+    };
+    // the conf dir doctor checks for the entry: the conflist's own
+    let conf_dir = n.data_dir.join("net.d");
+    let run = |file: &std::path::Path| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &n.ns, BIN, "doctor", "--json", "--config"])
+            .arg(file)
+            .arg("--cni-conf-dir")
+            .arg(&conf_dir)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            serde_json::from_slice::<Value>(&out.stdout).unwrap_or(Value::Null),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for file in [
+        write("net.d/10-calico.conflist", &conflist),
+        write("ros2-cni-entry.json", &entry),
+    ] {
+        let (code, report, err) = run(&file);
+        assert_eq!(code, Some(0), "{}: {err} {report:#}", file.display());
+        // it found the agent where the entry's dataDir says
+        assert_eq!(report["agent"]["running"], true, "{report:#}");
+        assert_eq!(report["agent"]["pid"], agent, "{report:#}");
+        assert_eq!(report["conflist"]["entry"], true, "{report:#}");
+    }
+    // a conflist without the entry, and another plugin's entry: doctor
+    // cannot run (2), and says which file and why
+    let mut bare = conflist.clone();
+    bare["plugins"].as_array_mut().unwrap().pop();
+    let bare = write("20-bare.conflist", &bare);
+    let (code, report, err) = run(&bare);
+    assert_eq!(code, Some(2), "{report:#}");
+    assert!(
+        err.contains(&bare.display().to_string()) && err.contains("without a ros2-cni entry"),
+        "{err}"
+    );
+    let other = write("ptp.json", &tb.primary_conf(n, "1.0.0"));
+    let (code, _, err) = run(&other);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("not ros2-cni's"), "{err}");
+}

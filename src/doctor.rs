@@ -936,6 +936,62 @@ fn limit_findings(lim: &DiscoveryLimits, now: u64) -> Vec<Finding> {
     out
 }
 
+/// The ros2-cni entry of a conflist document, with the conflist's
+/// `cniVersion` and `name` (as the runtime passes them to the plugin).
+pub fn conflist_entry(conflist: &Value) -> Option<Value> {
+    let mut entry = conflist["plugins"]
+        .as_array()?
+        .iter()
+        .find(|p| p["type"] == crate::install::PLUGIN_TYPE)?
+        .clone();
+    for k in ["cniVersion", "name"] {
+        if !conflist[k].is_null() {
+            entry[k] = conflist[k].clone();
+        }
+    }
+    Some(entry)
+}
+
+/// Reads `--config FILE`: the agent's config (node or cluster form), a
+/// conflist (its ros2-cni entry), or one ros2-cni plugin entry (as in a
+/// conflist's `plugins`). Errors name the file.
+pub fn config_from_file(path: &Path, node: Option<&str>) -> Result<Config, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let v: Value =
+        serde_json::from_str(&text).map_err(|e| format!("parsing {}: {e}", path.display()))?;
+    config_from_value(&v, node).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// [`config_from_file`] on a parsed document.
+pub fn config_from_value(v: &Value, node: Option<&str>) -> Result<Config, String> {
+    if let Some(plugins) = v.get("plugins") {
+        let entry = conflist_entry(v).ok_or_else(|| {
+            let types: Vec<String> = plugins
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| p["type"].as_str().unwrap_or("?").to_owned())
+                .collect();
+            format!(
+                "a conflist without a ros2-cni entry (plugins: {}); run `ros2-cni install`, or pass the agent's config",
+                if types.is_empty() { "none".to_owned() } else { types.join(", ") }
+            )
+        })?;
+        return Config::from_value(&entry, true, node)
+            .map_err(|e| format!("its ros2-cni entry: {e}"));
+    }
+    match v.get("type") {
+        Some(t) if *t == crate::install::PLUGIN_TYPE => {
+            Config::from_value(v, true, node).map_err(|e| e.to_string())
+        }
+        Some(t) => Err(format!(
+            "the CNI entry of plugin {t}, not ros2-cni's; pass the conflist, the ros2-cni entry or the agent's config"
+        )),
+        None => Config::from_value(v, false, node).map_err(|e| e.to_string()),
+    }
+}
+
 /// Gathers the inputs on this node.
 pub fn gather(cfg: &Config, conf_dir: Option<&Path>) -> Inputs {
     let sock = cfg.agent_socket();
@@ -1640,6 +1696,49 @@ mod tests {
         i.status = Err("no agent answers".into());
         i.participants = None;
         assert!(codes(&i).contains(&"SILENT_PARTICIPANT"));
+    }
+
+    #[test]
+    fn config_accepts_the_agents_config_a_conflist_and_a_plugin_entry() {
+        let entry = json!({"type": "ros2-cni", "subnet": "192.168.0.0/20",
+            "podRange": "192.168.1.160/28", "uplink": "eth0", "dataDir": "/x/ros2-cni",
+            "capabilities": {"io.kubernetes.cri.pod-annotations": true}});
+        let conflist = json!({"cniVersion": "1.0.0", "name": "k8s-pod-network", "plugins": [
+            {"type": "calico", "ipam": {"type": "calico-ipam"}},
+            entry.clone(),
+            {"type": "portmap", "snat": true}]});
+        let c = config_from_value(&conflist, Some("n1")).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/x/ros2-cni"));
+        assert_eq!(c.cni_version.as_deref(), Some("1.0.0"));
+        assert_eq!(c.name.as_deref(), Some("k8s-pod-network"));
+        let c = config_from_value(&entry, Some("n1")).unwrap();
+        assert_eq!(c.subnet.to_string(), "192.168.0.0/20");
+        let mut agent = entry.clone();
+        for k in ["type", "capabilities"] {
+            agent.as_object_mut().unwrap().remove(k);
+        }
+        assert!(config_from_value(&agent, Some("n1")).is_ok());
+        // the agent's config keeps refusing the runtime's keys
+        let mut odd = agent.clone();
+        odd["prevResult"] = json!({});
+        assert!(config_from_value(&odd, Some("n1")).is_err());
+        let e = config_from_value(
+            &json!({"cniVersion": "1.0.0", "name": "x", "plugins": [{"type": "calico"}, {"type": "portmap"}]}),
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("without a ros2-cni entry (plugins: calico, portmap)"),
+            "{e}"
+        );
+        let e = config_from_value(&json!({"type": "calico"}), None).unwrap_err();
+        assert!(e.contains("plugin \"calico\", not ros2-cni's"), "{e}");
+        // a bad key in the entry is named
+        let mut bad = conflist.clone();
+        bad["plugins"][1]["podRange"] = json!("nonsense");
+        let e = config_from_value(&bad, Some("n1")).unwrap_err();
+        assert!(e.starts_with("its ros2-cni entry: "), "{e}");
+        assert!(e.contains("podRange"), "{e}");
     }
 
     #[test]

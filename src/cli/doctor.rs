@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Config file (node or cluster form). Default: the ros2-cni entry of the conflist in the CNI conf dir.
+    /// Config file: the agent's (node or cluster form), a conflist (its
+    /// ros2-cni entry is used) or a ros2-cni plugin entry. Default: the
+    /// ros2-cni entry of the conflist in the CNI conf dir.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// This node's name in the cluster form (default: $NODE_NAME, then the hostname).
@@ -35,22 +37,12 @@ fn entry_from_conf_dir(dir: &Path) -> anyhow::Result<serde_json::Value> {
         std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
     let v: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
-    let mut entry = v["plugins"]
-        .as_array()
-        .and_then(|ps| {
-            ps.iter()
-                .find(|p| p["type"] == ros2_cni::install::PLUGIN_TYPE)
-        })
-        .cloned()
-        .with_context(|| {
-            format!(
-                "{} has no ros2-cni entry; pass --config FILE",
-                file.display()
-            )
-        })?;
-    entry["cniVersion"] = v["cniVersion"].clone();
-    entry["name"] = v["name"].clone();
-    Ok(entry)
+    ros2_cni::doctor::conflist_entry(&v).with_context(|| {
+        format!(
+            "{} has no ros2-cni entry; pass --config FILE",
+            file.display()
+        )
+    })
 }
 
 /// Where the DOT goes: FILE.svg -> FILE.dot, anything else -> FILE.dot appended.
@@ -71,7 +63,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         .clone()
         .or_else(|| CONF_DIRS.iter().map(PathBuf::from).find(|d| d.is_dir()));
     let cfg = match &a.config {
-        Some(path) => ros2_cni::config::Config::from_file(path, a.node.as_deref())
+        Some(path) => ros2_cni::doctor::config_from_file(path, a.node.as_deref())
             .map_err(|e| anyhow::anyhow!("{e}"))?,
         None => {
             let Some(dir) = &conf_dir else {
