@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # The arm64 smoke test: the aarch64 binary on a real arm64 Linux kernel, in a
-# QEMU virtual machine (qemu-system-aarch64, emulated: no KVM needed), doing
-# ADD, CHECK and DEL of a network-namespace pod chained after the reference
-# ptp + host-local plugins, and leaving nothing behind (integration/arm64/guest.sh
-# runs inside).
+# QEMU virtual machine (qemu-system-aarch64, emulated: no KVM needed):
+# the plugin's ADD, CHECK and DEL of a network-namespace pod chained after the
+# reference ptp + host-local plugins, leaving nothing behind; then two robot
+# computers made of network namespaces on a LAN switch, one pod each, the
+# agent on each: TTL-1 discovery forwarded between them exactly once with the
+# kernel forwarder and again with the nftables one, the tc/BPF fast path
+# attached and forwarding, and its anti-spoofing dropping forged frames
+# (integration/arm64/guest.sh runs inside and lists what it checks).
 #
 #   integration/arm64/smoke.sh [--bin FILE] [--cache DIR] [--timeout SECS] [--rebuild]
 #
 #   --bin FILE     the aarch64 binary (default dist/ros2-cni-arm64, built with
 #                  deploy/build-release.sh --arch arm64 when missing)
 #   --cache DIR    where the arm64 userspace and kernel are kept between runs
-#                  (default /var/cache/ros2-cni-arm64; about 350 MB)
+#                  (default /var/cache/ros2-cni-arm64; about 400 MB)
 #   --timeout SECS the VM is killed after this long (default 900)
 #   --rebuild      make the userspace and kernel again
 #
@@ -18,15 +22,18 @@
 # (qemu-system-arm, qemu-user-static, debootstrap, cpio; the arm64 dpkg
 # architecture for the kernel package). Stages, each timed:
 #   1. userspace: `debootstrap --arch=arm64 --foreign --variant=minbase` with
-#      iproute2, nftables, containernetworking-plugins, kmod; its second stage
-#      runs in a chroot through qemu-aarch64-static (a binfmt_misc entry is
-#      registered for it if none is, and removed again)        [cached]
+#      the packages in $packages (iproute2, nftables, the CNI plugins, kmod,
+#      ping, python3-minimal and jq for the probes); its second stage runs in
+#      a chroot through qemu-aarch64-static (a binfmt_misc entry is registered
+#      for it if none is, and removed again)   [cached; the key is the suite
+#                                                and the package list]
 #   2. kernel: Debian's linux-image-*-arm64 (apt-get download), its network
 #      modules put into the userspace, depmod                  [cached]
 #   3. initramfs: the userspace as the VM's root file system (cpio), plus the
-#      binary and guest.sh                                      [base cached]
-#   4. boot and test: qemu-system-aarch64 -M virt, guest.sh as init; the VM
-#      powers itself off; its console is in DIR/console.log
+#      binary, guest.sh and probe.py                           [base cached]
+#   4. boot and test: qemu-system-aarch64 -M virt, guest.sh as init, its own
+#      stages timed ("SMOKE TIME"); the VM powers itself off; its console is
+#      in DIR/console.log
 # Exits 0 only when the guest printed "SMOKE RESULT: PASS".
 # Touches nothing of this machine's network: everything runs inside the VM,
 # which has no network device.
@@ -44,12 +51,14 @@ while [ $# -gt 0 ]; do
     --cache) cache="$2"; shift ;;
     --timeout) timeout_s="$2"; shift ;;
     --rebuild) rebuild=1 ;;
-    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,39p' "$0"; exit 0 ;;
     *) echo "smoke.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
 suite=bookworm
+# the userspace's packages; with the suite, the cache key of the userspace
+packages=iproute2,nftables,containernetworking-plugins,kmod,iputils-ping,python3-minimal,jq
 log() { echo "smoke.sh: $*" >&2; }
 timed() { # NAME COMMAND...: runs it and records its duration
   local name="$1" s=$SECONDS
@@ -127,7 +136,7 @@ make_rootfs() {
   log "1a. debootstrap --foreign ($suite, arm64, $mirror)"
   local s=$SECONDS
   debootstrap --arch=arm64 --foreign --variant=minbase \
-    --include=iproute2,nftables,containernetworking-plugins,kmod,iputils-ping \
+    --include="$packages" \
     "$suite" "$rootfs_tmp" "$mirror" > "$cache/debootstrap.log" 2>&1 \
     || { tail -20 "$cache/debootstrap.log" >&2; exit 1; }
   times+=("debootstrap-first-stage $((SECONDS - s)) s")
@@ -144,9 +153,10 @@ make_rootfs() {
   rm -rf "$cache/rootfs"
   mv "$rootfs_tmp" "$cache/rootfs"
   rootfs_tmp=
-  touch "$cache/rootfs.ok"
+  echo "$suite $packages" > "$cache/rootfs.ok"
 }
-if [ ! -f "$cache/rootfs.ok" ]; then
+if [ "$(cat "$cache/rootfs.ok" 2>/dev/null)" != "$suite $packages" ]; then
+  [ -f "$cache/rootfs.ok" ] && log "1. userspace: cached for another package list: making it again"
   rm -f "$cache/base.cpio.gz"
   make_rootfs
 else
@@ -208,6 +218,7 @@ trap 'cleanup; rm -rf "$overlay"' EXIT
 mkdir -p "$overlay/usr/local/bin" "$overlay/proc"
 install -m 0755 "$bin" "$overlay/usr/local/bin/ros2-cni"
 install -m 0755 "$here/guest.sh" "$overlay/smoke-init"
+install -m 0755 "$here/probe.py" "$overlay/usr/local/bin/smoke-probe"
 (cd "$overlay" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | gzip -1) > "$overlay.cpio.gz"
 cat "$cache/base.cpio.gz" "$overlay.cpio.gz" > "$cache/initrd.img"
 rm -f "$overlay.cpio.gz"
@@ -226,6 +237,10 @@ qrc=$?
 set -e
 times+=("boot+test $((SECONDS - s)) s")
 tr -d '\r' < "$cache/console.log" | grep -E '^(SMOKE|\[ *[0-9.]+\] (Run /|Freeing unused kernel))' >&2 || true
+# the guest's stages (seconds of VM uptime)
+while read -r _ _ name secs _; do
+  times+=("  guest:$name $secs s")
+done < <(tr -d '\r' < "$cache/console.log" | grep '^SMOKE TIME ' || true)
 log "timings: $(IFS=';'; echo "${times[*]}")"
 if [ "$qrc" = 124 ] || [ "$qrc" = 137 ]; then
   log "the VM did not finish within $timeout_s s (killed); console: $cache/console.log"
