@@ -2,6 +2,7 @@
 //! laptop, with the real `ros2-cni` binary run as a container runtime runs it.
 //! They need root (CI runs as root).
 
+mod addon;
 mod agent;
 mod agent_faults;
 mod antispoof;
@@ -18,6 +19,7 @@ mod libcni;
 mod limits;
 mod macvlan;
 mod plugin;
+mod prometheus;
 mod relay;
 mod reliability;
 mod rtps;
