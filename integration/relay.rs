@@ -338,6 +338,65 @@ fn relay_datagrams_from_a_non_peer_are_dropped_and_counted() {
 }
 
 #[test]
+fn a_flooding_peer_is_held_to_its_rate_and_counted() {
+    let tb = bed(2);
+    for i in 1..=2 {
+        let mut cfg = relay_cfg(&tb, i, false);
+        cfg["relayPeerRate"] = json!(50);
+        cfg["relayPeerBurst"] = json!(100);
+        tb.start_agent(tb.node(i), &cfg).unwrap();
+    }
+    let a1 = tb.add_pod(&spec("a1", 1)).unwrap();
+    let b1 = tb.add_pod(&spec("b1", 2)).unwrap();
+    let rx = mcast_receiver(&b1.ns, SPDP, 7400, ip_of(&b1)).unwrap();
+    // node 1, a peer, relays 2,000 datagrams in about a second (a broken or
+    // compromised peer), in bursts the receiving socket's buffer holds
+    let tx = udp_in(&tb.node(1).ns, "0.0.0.0:0").unwrap();
+    let to = (tb.node(2).ip, RELAY_PORT);
+    let t0 = std::time::Instant::now();
+    let n = 2000u64;
+    for i in 0..n {
+        tx.send_to(&forged(ip_of(&a1), 41000, format!("f{i}").as_bytes()), to)
+            .unwrap();
+        if i % 50 == 49 {
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+    // every datagram is either delivered or rejected for its rate
+    let mut got = 0u64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (received, limited) = loop {
+        got += drain(&rx).len() as u64;
+        let r2 = relay_status(&tb, 2);
+        let limited = r2["rejected"]["rate"].as_u64().unwrap_or(0);
+        let received = peer(&r2, tb.node(1).ip)["received"].as_u64().unwrap_or(0);
+        if received + limited >= n || std::time::Instant::now() > deadline {
+            break (received, limited);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let secs = t0.elapsed().as_secs_f64();
+    got += drain(&rx).len() as u64;
+    let allowed = 100.0 + 50.0 * secs;
+    assert_eq!(received + limited, n, "all accounted for");
+    assert!(
+        (received as f64) <= allowed + 1.0,
+        "{received} delivered in {secs:.2} s: at most the burst and the rate, {allowed:.0}"
+    );
+    assert!(received >= 100, "the burst passes: {received}");
+    assert!(
+        got <= received,
+        "the pod got {got}, the relay delivered {received}"
+    );
+    let metrics =
+        ros2_cni::lab::testbed::http_get(&tb.node(2).ns, "127.0.0.1:9741", "/metrics").unwrap();
+    assert!(
+        metrics.contains("ros2cni_relay_dropped_packets_total"),
+        "{metrics}"
+    );
+}
+
+#[test]
 fn a_sighup_peer_change_applies_within_2s_and_a_dead_peer_delays_no_one() {
     let tb = bed_with(3, |o| o.laptop = false);
     drop_multicast(&tb);

@@ -261,6 +261,9 @@ pub struct Config {
     /// the RTPS groups, as (group, UDP port) (`extraMulticast`; default
     /// Zenoh's scouting, 224.0.0.224:7446). Link-local groups allowed.
     pub extra_multicast: Vec<(Ipv4Addr, u16)>,
+    /// Agent: packets per second (and burst) one relay peer may deliver to
+    /// this node's pods (`relayPeerRate`, `relayPeerBurst`; rate 0: no limit).
+    pub relay_peer_limit: crate::firewall::limits::Limit,
     /// The other subnets of the cluster (nodes' own `subnet`s): the plugin
     /// routes them through the pod's LAN interface.
     pub other_subnets: Vec<Ipv4Net>,
@@ -418,6 +421,10 @@ mod tests {
         assert!(c.lan_multicast);
         assert_eq!(c.relay_port, 7399);
         assert_eq!(c.multicast_forwarder, crate::forward::Choice::Auto);
+        assert_eq!(
+            (c.relay_peer_limit.rate, c.relay_peer_limit.burst),
+            (2000, 10000)
+        );
     }
 
     #[test]

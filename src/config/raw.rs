@@ -63,6 +63,8 @@ pub struct Raw {
     pub(super) lan_multicast: Option<bool>,
     pub(super) multicast_forwarder: Option<String>,
     pub(super) extra_multicast: Option<Vec<String>>,
+    pub(super) relay_peer_rate: Option<Whole>,
+    pub(super) relay_peer_burst: Option<Whole>,
     pub(super) relay_port: Option<Whole>,
     pub(super) domains: Option<DomainMap>,
     pub(super) default_domains: Option<DomainList>,

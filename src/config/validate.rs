@@ -509,6 +509,11 @@ impl Raw {
         let other_subnets = other_subnets(&nodes, top_subnet, subnet);
         let relay_port = parse_relay_port(self.relay_port)?;
         let extra_multicast = parse_extra_multicast(self.extra_multicast, &groups)?;
+        let relay_peer_limit = parse_limit(
+            ("relayPeerRate", self.relay_peer_rate),
+            ("relayPeerBurst", self.relay_peer_burst),
+            DEFAULT_LIMITS.uplink,
+        )?;
         let multicast_forwarder = match self.multicast_forwarder.as_deref() {
             None => crate::forward::Choice::Auto,
             Some(s) => crate::forward::Choice::parse(s).ok_or_else(|| {
@@ -562,6 +567,7 @@ impl Raw {
             relay_port,
             multicast_forwarder,
             extra_multicast,
+            relay_peer_limit,
             other_subnets,
         })
     }

@@ -64,6 +64,8 @@ pub struct Settings {
     pub port: u16,
     pub bridge: u32,
     pub uplink: u32,
+    /// What one peer may deliver to the pods (`relayPeerRate`/`Burst`).
+    pub peer_limit: crate::firewall::limits::Limit,
 }
 
 impl Settings {
@@ -77,6 +79,7 @@ impl Settings {
             port: cfg.relay_port,
             bridge: bridge.index,
             uplink: uplink.index,
+            peer_limit: cfg.relay_peer_limit,
         }
     }
 
@@ -107,6 +110,45 @@ pub struct PeerStats {
     /// participants this node's pods know only through the relay.
     pub sources: std::collections::BTreeSet<Ipv4Addr>,
     last_seen_at: Option<Instant>,
+    /// The peer's token bucket for `relayPeerRate`.
+    bucket: Bucket,
+}
+
+/// A token bucket: `burst` packets, refilled at `rate` per second.
+#[derive(Debug, Clone)]
+pub struct Bucket {
+    tokens: f64,
+    at: Option<Instant>,
+}
+
+impl Bucket {
+    fn new() -> Bucket {
+        Bucket {
+            tokens: 0.0,
+            at: None,
+        }
+    }
+
+    /// Takes one token at `now` under `limit` (a full bucket to start
+    /// with); false when the peer is over its rate. Rate 0: no limit.
+    pub fn take(&mut self, limit: crate::firewall::limits::Limit, now: Instant) -> bool {
+        if limit.rate == 0 {
+            return true;
+        }
+        let burst = f64::from(limit.burst);
+        self.tokens = match self.at {
+            None => burst,
+            Some(t) => (self.tokens + now.duration_since(t).as_secs_f64() * f64::from(limit.rate))
+                .min(burst),
+        };
+        self.at = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// At most this many sources are remembered per peer.
@@ -143,6 +185,7 @@ impl PeerStats {
             last_error: None,
             sources: Default::default(),
             last_seen_at: None,
+            bucket: Bucket::new(),
         }
     }
 
@@ -553,6 +596,11 @@ fn deliver_in(shared: &Shared, view: &View, s: &Socks, b: &mut Buffers) {
         if let Some(p) = st.peers.get_mut(from.ip()) {
             p.last_seen_at = Some(Instant::now());
             p.last_seen = Some(unix_now());
+            let now = Instant::now();
+            let verdict = match verdict {
+                Ok(Some(_)) if !p.bucket.take(view.set.peer_limit, now) => Err(wire::Reject::Rate),
+                v => v,
+            };
             match verdict {
                 Ok(None) => {}
                 Ok(Some(i)) => to_pods(view, s, i, &mut b.pkt, p),
@@ -647,7 +695,29 @@ mod tests {
             port: 7399,
             bridge: 5,
             uplink: 2,
+            peer_limit: crate::firewall::limits::Limit {
+                rate: 2000,
+                burst: 10000,
+            },
         }
+    }
+
+    #[test]
+    fn a_peer_gets_its_burst_then_its_rate() {
+        use crate::firewall::limits::Limit;
+        let l = Limit { rate: 10, burst: 3 };
+        let mut b = Bucket::new();
+        let t0 = Instant::now();
+        let took: Vec<bool> = (0..5).map(|_| b.take(l, t0)).collect();
+        assert_eq!(took, [true, true, true, false, false]);
+        // 10/s: one token back after 100 ms, never more than the burst
+        assert!(b.take(l, t0 + Duration::from_millis(100)));
+        assert!(!b.take(l, t0 + Duration::from_millis(100)));
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!((0..5).filter(|_| b.take(l, later)).count(), 3);
+        // rate 0: no limit
+        let mut b = Bucket::new();
+        assert!((0..100_000).all(|_| b.take(Limit { rate: 0, burst: 0 }, t0)));
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub enum Reject {
     /// The inner source is not a unicast address, or is one of this node's
     /// own pods (a peer may not speak for them).
     Source,
+    /// The peer sent more than `relayPeerRate` allows.
+    Rate,
 }
 
 impl Reject {
@@ -38,6 +40,7 @@ impl Reject {
             Reject::Packet => "packet",
             Reject::Group => "group",
             Reject::Source => "source",
+            Reject::Rate => "rate",
         }
     }
 }
