@@ -83,6 +83,32 @@ pub fn three_nodes_with_agents(wifi: bool) -> (Testbed, Vec<Pod>) {
 }
 
 #[test]
+fn a_member_in_the_nodes_own_network_gets_each_datagram_once_and_nothing_echoes() {
+    // a ROS 2 process in node 1's own network (host network) joined the
+    // group on the uplink: the kernel loops the forwarder's copies back to
+    // the node; they must not be forwarded again
+    let (tb, p) = three_nodes_with_agents(false);
+    let lap = tb.laptop.clone().unwrap();
+    let (a1, a2, b1) = (&p[0], &p[1], &p[2]);
+    let n1 = tb.node(1);
+    for (from, from_ip, tag) in [(&a1.ns, ip_of(a1), "pod"), (&lap, LAPTOP_IP, "lan")] {
+        let rx = receivers(
+            &[
+                ("host-n1", &n1.ns, n1.ip),
+                ("a2", &a2.ns, ip_of(a2)),
+                ("b1", &b1.ns, ip_of(b1)),
+            ],
+            SPDP,
+            7400,
+        );
+        let got = send_and_count(Sender(from, from_ip, 1), (SPDP, 7400), 5, &rx, tag);
+        for (name, seen) in &got {
+            assert_eq!(seen, &exactly_once(5), "{tag} -> {name}: {got:?}");
+        }
+    }
+}
+
+#[test]
 fn ttl1_rtps_arrives_exactly_once_everywhere_and_other_groups_stay_local() {
     let (tb, p) = three_nodes_with_agents(true);
     let lap = tb.laptop.clone().unwrap();

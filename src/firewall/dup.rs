@@ -7,8 +7,8 @@
 //! Per RTPS group and direction one rule
 //!
 //! ```text
-//! iifname "ros2br0" ip protocol udp ip daddr G ip ttl 2-255 counter dup to G device "eth0" accept
-//! iifname "eth0"    ip protocol udp ip daddr G ip ttl 2-255 counter dup to G device "ros2br0" accept
+//! iifname "ros2br0" ether type ip ip protocol udp ip daddr G ip ttl 2-255 counter dup to G device "eth0" accept
+//! iifname "eth0"    ether type ip ip protocol udp ip daddr G ip ttl 2-255 counter dup to G device "ros2br0" accept
 //! ```
 //!
 //! `dup` (nft_dup_ipv4) routes a copy to the group out of the named device:
@@ -18,7 +18,9 @@
 //! router does: TTL-1 discovery raised to 2 arrives with TTL 1 and dies at
 //! the next hop. A copy is never copied again: it does not pass prerouting,
 //! the bridge does not hand a frame it sends back up to the node, and a
-//! copy sent out of the uplink does not come back in. So every packet is
+//! copy sent out of the uplink does not come back in, and the copy the
+//! kernel loops back to the node when one of its own processes joined the
+//! group carries no Ethernet header, which the rules require. So every packet is
 //! forwarded once, never back where it came from, however many nodes share
 //! the LAN. The rules are fixed by the config: no state per group or per
 //! source, whatever arrives. The last rules only count other multicast
@@ -64,8 +66,20 @@ fn iif_is(name: &str) -> [Expr; 2] {
     ]
 }
 
+/// A frame that came in with an Ethernet header: not the kernel's looped-back
+/// copy of a packet this node sent itself (a copy out of an interface on
+/// which a process of the node joined the group is looped back to the node
+/// as if it arrived there, with no link-layer header; nf_tables reads its
+/// `meta pkttype` as multicast, so only the missing header tells). Without
+/// this, a ROS 2 process in the node's own network that joined the group
+/// would have every copy sent back where it came from.
+fn received() -> [Expr; 2] {
+    super::expr::ether_type_is([0x08, 0x00])
+}
+
 fn dup_rule(g: Ipv4Addr, port: Option<u16>, dir: &str, iif: &Dev, oif: &Dev) -> RuleSpec {
     let mut exprs = iif_is(iif.name).to_vec();
+    exprs.extend(received());
     // UDP only: IGMP membership reports are addressed to the group too,
     // and each network keeps its own
     exprs.extend(super::expr::ip_protocol_is(17));
@@ -132,6 +146,7 @@ fn dup_rule(g: Ipv4Addr, port: Option<u16>, dir: &str, iif: &Dev, oif: &Dev) -> 
 
 fn other_multicast_rule(iif: &Dev) -> RuleSpec {
     let mut exprs = iif_is(iif.name).to_vec();
+    exprs.extend(received());
     exprs.extend([
         Expr::Payload {
             base: PayloadBase::Network,
@@ -331,6 +346,8 @@ mod tests {
         assert!(r
             .windows(2)
             .any(|w| w == super::super::expr::ip_protocol_is(17)));
+        // received frames only, never the node's own looped-back copies
+        assert!(r.windows(2).any(|w| w == received()));
     }
 
     #[test]
