@@ -312,20 +312,31 @@ fn check_graph(dir: &std::path::Path, name: &str, pairs: &[Value], across: &str)
         }
     }
     assert_eq!(edges, want, "{name}.dot:\n{dot}");
-    let (svg_nodes, svg_edges) = svg_titles(
-        &std::fs::read_to_string(dir.join(format!("{name}.svg")))
-            .unwrap_or_else(|e| panic!("{name}.svg: {e}")),
-    );
-    assert_eq!(
-        svg_nodes,
-        nodes.iter().map(|n| n.0.clone()).collect::<BTreeSet<_>>()
-    );
-    assert_eq!(
-        svg_edges,
+    // the SVG draws the same graph, and so does Graphviz from the DOT
+    let want = (
+        nodes.iter().map(|n| n.0.clone()).collect::<BTreeSet<_>>(),
         edges
             .iter()
             .map(|e| format!("{}->{}", e.0, e.1))
-            .collect::<BTreeSet<_>>()
+            .collect::<BTreeSet<_>>(),
+    );
+    let svg = std::fs::read_to_string(dir.join(format!("{name}.svg")))
+        .unwrap_or_else(|e| panic!("{name}.svg: {e}"));
+    assert_eq!(svg_titles(&svg), want, "{name}.svg");
+    let gv = Command::new("dot")
+        .arg("-Tsvg")
+        .arg(dir.join(format!("{name}.dot")))
+        .output()
+        .expect("Graphviz's dot (apt-get install graphviz, listed in .ci/packages.txt)");
+    assert!(
+        gv.status.success() && gv.stderr.is_empty(),
+        "Graphviz renders {name}.dot without a word: {}",
+        String::from_utf8_lossy(&gv.stderr)
+    );
+    assert_eq!(
+        svg_titles(&String::from_utf8_lossy(&gv.stdout)),
+        want,
+        "Graphviz's {name}.svg"
     );
 }
 

@@ -875,8 +875,16 @@ impl Graph {
             let (sa, sb) = (span(&arcs[*a]), span(&arcs[*b]));
             (sa.1 - sa.0).total_cmp(&(sb.1 - sb.0)).then(a.cmp(b))
         });
-        // label boxes drawn so far: (left, right, top, bottom)
+        // label boxes and arcs drawn so far: (left, right, top, bottom) in
+        // heights above the row; arcs as points along them (few edges only:
+        // the check is quadratic)
+        let careful = arcs.len() <= 200;
         let mut labels: Vec<(f64, f64, f64, f64)> = vec![];
+        let mut curves: Vec<Vec<(f64, f64)>> = vec![];
+        let hits = |(l, r, t, b): (f64, f64, f64, f64), pts: &[(f64, f64)]| {
+            pts.iter()
+                .any(|(x, y)| *x > l - 2.0 && *x < r + 2.0 && *y > b - 2.0 && *y < t + 2.0)
+        };
         for (n, &i) in order.iter().enumerate() {
             let (lo, hi) = span(&arcs[i]);
             let inner = order[..n]
@@ -885,7 +893,7 @@ impl Graph {
                     let (l, r) = span(&arcs[j]);
                     l >= lo && r <= hi
                 })
-                .map(|&j| arcs[j].h + 20.0)
+                .map(|&j| arcs[j].h + 30.0)
                 .fold(0.0, f64::max);
             let mut h = (30.0 + (hi - lo) * 0.25).max(inner);
             let half = text_w(&arcs[i].edge.label) / CHAR_W * LABEL_CHAR_W / 2.0 + 3.0;
@@ -894,17 +902,41 @@ impl Graph {
                 let base = h * 0.75 + 4.0;
                 (mid - half, mid + half, base + 11.0, base - 3.0)
             };
-            for _ in 0..200 {
-                let (l, r, t, b) = rect(h);
-                if !labels
+            let (x1, x2) = (arcs[i].x1, arcs[i].x2);
+            // the cubic from (x1, 0) over (x1, h), (x2, h) to (x2, 0)
+            let curve = |h: f64| -> Vec<(f64, f64)> {
+                (10..39)
+                    .map(|k| {
+                        let t = f64::from(k) / 48.0;
+                        let u = 1.0 - t;
+                        (
+                            x1 * (u * u * u + 3.0 * u * u * t) + x2 * (3.0 * u * t * t + t * t * t),
+                            3.0 * t * u * h,
+                        )
+                    })
+                    .collect()
+            };
+            // labels never overlap; an arc through a label is avoided by
+            // raising it a few steps (near its ends it may be unavoidable)
+            for step in 0..200 {
+                let r = rect(h);
+                let (l, rr, t, b) = r;
+                let clash = labels
                     .iter()
-                    .any(|(l2, r2, t2, b2)| l < *r2 && *l2 < r && b < *t2 && *b2 < t)
-                {
+                    .any(|(l2, r2, t2, b2)| l < *r2 && *l2 < rr && b < *t2 && *b2 < t)
+                    || (careful
+                        && step < 6
+                        && (curves.iter().any(|c| hits(r, c))
+                            || labels.iter().any(|lb| hits(*lb, &curve(h)))));
+                if !clash {
                     break;
                 }
                 h += 20.0;
             }
             labels.push(rect(h));
+            if careful {
+                curves.push(curve(h));
+            }
             arcs[i].h = h;
         }
         arcs
@@ -953,12 +985,12 @@ impl Graph {
                 .map(|(t, _, _)| legend_item_w(t))
                 .sum::<f64>()
                 .max(110.0 * LABEL_CHAR_W);
-        let width = (x - GAP + MARGIN)
-            .max(legend_w)
-            .max(MARGIN * 2.0 + text_w(&self.title) * 1.25);
+        let width = (x - GAP + MARGIN).max(legend_w);
+        // the title in lines that fit (15 px bold)
+        let title = wrap(&self.title, ((width - 2.0 * MARGIN) / 8.8) as usize);
         let arcs = self.arcs(&placed);
         let arc_top = arcs.iter().map(|a| a.h * 0.75 + 14.0).fold(0.0, f64::max);
-        let title_h = 34.0;
+        let title_h = 14.0 + 20.0 * title.len() as f64;
         let row_y = title_h + arc_top + 28.0 + GROUP_PAD;
         let reasons: Vec<(&Node, Vec<String>)> = row
             .iter()
@@ -997,12 +1029,15 @@ impl Graph {
             );
         }
         o.push_str("</defs>\n");
-        let _ = writeln!(
-            o,
-            "<rect width=\"100%\" height=\"100%\" fill=\"#ffffff\"/>\n\
-             <text x=\"{MARGIN}\" y=\"22\" font-size=\"15\" font-weight=\"bold\">{}</text>",
-            esc(&self.title)
-        );
+        o.push_str("<rect width=\"100%\" height=\"100%\" fill=\"#ffffff\"/>\n");
+        for (k, line) in title.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "<text x=\"{MARGIN}\" y=\"{}\" font-size=\"15\" font-weight=\"bold\">{}</text>",
+                22 + 20 * k,
+                esc(line)
+            );
+        }
         for (x0, x1) in &groups {
             let _ = writeln!(
                 o,
@@ -1472,7 +1507,12 @@ mod tests {
         let mut i = scenario();
         i.participants = Some(Participants::default());
         i.status = Err("no agent answers".into());
+        i.pods[0].has_interface = Some(false);
         let g = node_view(&i);
+        assert_eq!(
+            g.node("pod:robots/talker").unwrap().isolated.as_deref(),
+            Some("no ros0 in its network namespace")
+        );
         let ids: Vec<&str> = g.nodes.iter().map(|n| n.id.as_str()).collect();
         assert_eq!(
             ids,
@@ -1668,6 +1708,57 @@ mod tests {
             svg2.contains("a &lt;b&gt; &amp; c") && !svg2.contains("<x>"),
             "{svg2}"
         );
+    }
+
+    #[test]
+    fn arcs_stay_low_and_labels_apart() {
+        let g = node_view(&scenario());
+        let svg = g.to_svg();
+        let height: f64 = svg
+            .split("height=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(height < 700.0, "{height}");
+        // labels never overlap
+        let labels: Vec<(f64, f64, usize)> = svg
+            .split("<text x=\"")
+            .skip(1)
+            .filter(|t| t.contains("font-size=\"10\" fill=") && t.contains("paint-order"))
+            .map(|t| {
+                let x: f64 = t.split('"').next().unwrap().parse().unwrap();
+                let y: f64 = t
+                    .split("y=\"")
+                    .nth(1)
+                    .unwrap()
+                    .split('"')
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                let len = t
+                    .split('>')
+                    .nth(1)
+                    .unwrap()
+                    .split('<')
+                    .next()
+                    .unwrap()
+                    .chars()
+                    .count();
+                (x, y, len)
+            })
+            .collect();
+        assert_eq!(labels.len(), g.edges.len());
+        for (i, a) in labels.iter().enumerate() {
+            for b in &labels[i + 1..] {
+                let apart_x = (a.0 - b.0).abs() * 2.0 >= (a.2 + b.2) as f64 * LABEL_CHAR_W;
+                assert!(apart_x || (a.1 - b.1).abs() >= 14.0, "{a:?} {b:?}");
+            }
+        }
     }
 
     #[test]

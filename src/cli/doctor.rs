@@ -113,3 +113,19 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         .any(|f| f.severity == ros2_cni::doctor::Severity::Error);
     Ok(i32::from(errors))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::dot_path;
+    use std::path::Path;
+
+    #[test]
+    fn the_dot_goes_beside_the_svg() {
+        assert_eq!(dot_path(Path::new("/x/n1.svg")), Path::new("/x/n1.dot"));
+        assert_eq!(
+            dot_path(Path::new("n1.picture")),
+            Path::new("n1.picture.dot")
+        );
+        assert_eq!(dot_path(Path::new("n1")), Path::new("n1.dot"));
+    }
+}
