@@ -273,6 +273,10 @@ pub fn doctor(tb: &Testbed, node: usize) -> (i32, Value) {
     if !cfg.exists() {
         tb.agent_config(n, &serde_json::json!({})).unwrap();
     }
+    // a conf dir of the bed's own (empty): the machine's /etc/cni/net.d
+    // may hold other runtimes' conflists (podman's), which are not ours
+    let conf_dir = n.data_dir.join("cni-conf-empty");
+    std::fs::create_dir_all(&conf_dir).unwrap();
     let out = std::process::Command::new("ip")
         .args([
             "netns",
@@ -283,6 +287,8 @@ pub fn doctor(tb: &Testbed, node: usize) -> (i32, Value) {
             "--json",
             "--config",
             cfg.to_str().unwrap(),
+            "--cni-conf-dir",
+            conf_dir.to_str().unwrap(),
         ])
         .output()
         .unwrap();
