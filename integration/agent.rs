@@ -46,22 +46,34 @@ pub fn send_and_count(
             .unwrap();
         std::thread::sleep(Duration::from_millis(20));
     }
-    std::thread::sleep(Duration::from_millis(500));
-    rx.iter()
-        .map(|(name, s)| {
-            let mut seen: BTreeMap<u32, u32> = BTreeMap::new();
+    let mut seen: BTreeMap<String, BTreeMap<u32, u32>> =
+        rx.keys().map(|k| (k.clone(), BTreeMap::new())).collect();
+    let mut take = |seen: &mut BTreeMap<String, BTreeMap<u32, u32>>| {
+        for (name, s) in rx {
             for p in drain(s) {
                 let p = String::from_utf8_lossy(&p).to_string();
                 if let Some(i) = p
                     .strip_prefix(&format!("{tag}:"))
                     .and_then(|i| i.parse().ok())
                 {
-                    *seen.entry(i).or_default() += 1;
+                    *seen.get_mut(name).unwrap().entry(i).or_default() += 1;
                 }
             }
-            (name.clone(), seen)
-        })
-        .collect()
+        }
+    };
+    // until every receiver has all n (or 5 s: a receiver that should get
+    // nothing waits them out), then 300 ms more for duplicates
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        take(&mut seen);
+        if seen.values().all(|m| m.len() as u32 >= n) || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    take(&mut seen);
+    seen
 }
 
 pub fn exactly_once(n: u32) -> BTreeMap<u32, u32> {
