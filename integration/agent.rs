@@ -34,11 +34,24 @@ pub fn receivers(
 pub struct Sender<'a>(pub &'a str, pub Ipv4Addr, pub u32);
 
 pub fn send_and_count(
+    from: Sender,
+    to: (Ipv4Addr, u16),
+    n: u32,
+    rx: &BTreeMap<String, UdpSocket>,
+    tag: &str,
+) -> BTreeMap<String, BTreeMap<u32, u32>> {
+    send_and_count_within(from, to, n, rx, tag, Duration::from_secs(5))
+}
+
+/// [`send_and_count`] waiting at most `patience` for every receiver to
+/// have all `n` (for tests that retry in rounds).
+pub fn send_and_count_within(
     Sender(from_ns, local, ttl): Sender,
     (group, port): (Ipv4Addr, u16),
     n: u32,
     rx: &BTreeMap<String, UdpSocket>,
     tag: &str,
+    patience: Duration,
 ) -> BTreeMap<String, BTreeMap<u32, u32>> {
     let tx = mcast_sender(from_ns, local, ttl).unwrap();
     for i in 0..n {
@@ -61,9 +74,9 @@ pub fn send_and_count(
             }
         }
     };
-    // until every receiver has all n (or 5 s: a receiver that should get
-    // nothing waits them out), then 300 ms more for duplicates
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    // until every receiver has all n (or `patience`: a receiver that should
+    // get nothing waits it out), then 300 ms more for duplicates
+    let deadline = std::time::Instant::now() + patience;
     loop {
         take(&mut seen);
         if seen.values().all(|m| m.len() as u32 >= n) || std::time::Instant::now() > deadline {

@@ -2,7 +2,7 @@
 //! may use domain 0, team-b's domain 1; UDP to another domain's port block is
 //! dropped at the pod's node, both ways, and counted per pod.
 
-use crate::agent::{exactly_once, receivers, send_and_count, Sender};
+use crate::agent::{exactly_once, receivers, send_and_count, send_and_count_within, Sender};
 use crate::common::*;
 use crate::dds::fastdds_pair;
 use ros2_cni::lab::probe::ddsperf_probe;
@@ -208,12 +208,13 @@ fn datagrams_cross_only_within_a_domain_both_ways_and_sighup_applies_in_2s() {
     let mut round = 0;
     loop {
         round += 1;
-        let got = send_and_count(
+        let got = send_and_count_within(
             Sender(&lap, LAPTOP_IP, 1),
             (SPDP, 7400),
             3,
             &rx,
             &format!("hup{round}"),
+            Duration::from_millis(300),
         );
         if got["b1"] == exactly_once(3) && got["b2"] == exactly_once(3) {
             break;
