@@ -61,7 +61,7 @@ pub fn send_and_count_within(
     }
     let mut seen: BTreeMap<String, BTreeMap<u32, u32>> =
         rx.keys().map(|k| (k.clone(), BTreeMap::new())).collect();
-    let mut take = |seen: &mut BTreeMap<String, BTreeMap<u32, u32>>| {
+    let take = |seen: &mut BTreeMap<String, BTreeMap<u32, u32>>| {
         for (name, s) in rx {
             for p in drain(s) {
                 let p = String::from_utf8_lossy(&p).to_string();
@@ -541,9 +541,10 @@ fn kill_9_and_restart_keeps_unicast_and_restores_multicast_within_2s() {
     first_arrival(&a1, &b1, Duration::from_secs(5)).expect("multicast comes back");
     let total = t0.elapsed().as_secs_f64();
     eprintln!("agent answering {up:.2} s after restart; first forwarded datagram {total:.2} s after restart");
+    let bound = 2.0 * time_scale();
     assert!(
-        total <= 2.0,
-        "multicast must be back within 2 s of the restart (took {total:.2} s)"
+        total <= bound,
+        "multicast must be back within {bound} s of the restart (took {total:.2} s)"
     );
     assert!(plugin_status(&tb, 1).success, "STATUS healthy again");
     assert_eq!(tb.agent_status(tb.node(1)).unwrap()["restarts"], 1);

@@ -301,3 +301,17 @@ pub fn doctor(tb: &Testbed, node: usize) -> (i32, Value) {
     });
     (out.status.code().unwrap_or(-1), v)
 }
+
+/// How much slower than this machine the tests may run: the time bounds
+/// that are product claims (multicast back within 2 s of a restart,
+/// discovery within 2 s under a flood) are measured natively at 1; under
+/// the second kernel in an emulated VM (docs/kernels.md), where everything
+/// runs several times slower, `ROS2_CNI_TEST_TIME_SCALE` stretches them so
+/// that the VM run checks the behaviour, not the emulator's speed.
+pub fn time_scale() -> f64 {
+    std::env::var("ROS2_CNI_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| *v >= 1.0)
+        .unwrap_or(1.0)
+}

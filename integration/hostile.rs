@@ -88,7 +88,7 @@ fn routes_bounded(tb: &Testbed, what: &str) {
 /// A new ddsperf pair across the nodes, and a Fast DDS pair, discover
 /// within 2 s.
 fn discovery_still_works(tb: &Testbed, a: &str, b: &str, fa: &str, fb: &str, dom: u32, what: &str) {
-    let d = ddsperf_probe(a, b, dom, Duration::from_secs(6)).unwrap();
+    let d = ddsperf_probe(a, b, dom, Duration::from_secs_f64(6.0 * time_scale())).unwrap();
     assert!(
         d.discovered(),
         "{what}: ddsperf did not discover:\n{}",
@@ -96,7 +96,8 @@ fn discovery_still_works(tb: &Testbed, a: &str, b: &str, fa: &str, fb: &str, dom
     );
     let s = d.seconds.unwrap();
     eprintln!("{what}: ddsperf across nodes matched after {s:.3} s");
-    assert!(s < 2.0, "{what}: ddsperf matched only after {s:.2} s");
+    let bound = 2.0 * time_scale();
+    assert!(s < bound, "{what}: ddsperf matched only after {s:.2} s");
     // 10 samples at 10 Hz within a 3 s run: matched within about 2 s
     fastdds_pair(tb, fa, fb, &(dom + 1).to_string(), 3)
         .unwrap_or_else(|e| panic!("{what}: Fast DDS pair failed:\n{e}"));

@@ -198,6 +198,10 @@ fn accept() -> Expr {
     }
 }
 
+/// The TTL rule's name (its comment). "rtps-ttl" was the rule before it
+/// required an Ethernet header: a node that still has it gets the new one.
+const TTL_RULE: &str = "rtps-ttl-received";
+
 /// The TTL 1 → 2 rule for RTPS groups entering from the given interfaces.
 pub fn ttl_spec() -> TableSpec {
     TableSpec {
@@ -221,7 +225,7 @@ pub fn ttl_spec() -> TableSpec {
             name: "prerouting".into(),
             hook: Some((NF_INET_PRE_ROUTING, -300)),
             rules: vec![RuleSpec {
-                comment: comment("rtps-ttl"),
+                comment: comment(TTL_RULE),
                 exprs: vec![
                     Expr::Meta {
                         key: MetaKey::IifName,
@@ -230,6 +234,21 @@ pub fn ttl_spec() -> TableSpec {
                     Expr::Lookup {
                         sreg: R0,
                         set: IFACES_SET.into(),
+                    },
+                    // frames that came in with an Ethernet header: never the
+                    // copy the kernel loops back to the node when one of its
+                    // own processes joined the group (a forwarded copy with
+                    // TTL 1, which raised to 2 would be forwarded again,
+                    // back where it came from, by either forwarder)
+                    Expr::Payload {
+                        base: PayloadBase::Link,
+                        offset: 12,
+                        len: 2,
+                        dreg: R0,
+                    },
+                    Expr::CmpEq {
+                        sreg: R0,
+                        data: vec![0x08, 0x00],
                     },
                     Expr::Payload {
                         base: PayloadBase::Network,
@@ -406,7 +425,7 @@ pub fn spoofed_drops(nl: &mut Nfnl) -> Result<u64> {
 
 /// RTPS packets whose TTL was raised from 1 to 2.
 pub fn ttl_raised(nl: &mut Nfnl) -> Result<u64> {
-    rule_packets(nl, NFPROTO_IPV4, "rtps-ttl")
+    rule_packets(nl, NFPROTO_IPV4, TTL_RULE)
 }
 
 /// Removes the agent-only table.
