@@ -4,7 +4,7 @@
 //! domain policy, a rate limit, no route).
 //!
 //! The model is built from what `ros2-cni doctor` gathered on a node
-//! ([`node_view`]) or from a lab matrix ([`lab_view`]), and written two
+//! ([`node_view`]) or from a lab matrix (`lab::matrix::lab_view`), and written two
 //! ways: [`Graph::to_dot`] (Graphviz's language, for those who want its
 //! layouts) and [`Graph::to_svg`], laid out here with no Graphviz at all:
 //! robots and the agent's image have none, and the same input always gives
@@ -20,7 +20,6 @@
 
 use crate::api::Participant;
 use crate::doctor::{self, Inputs, RECENT};
-use crate::lab::matrix::Matrix;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::net::Ipv4Addr;
@@ -168,7 +167,7 @@ impl Graph {
         id
     }
 
-    fn computer(&mut self, name: &str, detail: Option<String>) -> String {
+    pub fn computer(&mut self, name: &str, detail: Option<String>) -> String {
         self.add_node(Node {
             id: format!("computer:{name}"),
             kind: NodeKind::Computer,
@@ -179,7 +178,13 @@ impl Graph {
         })
     }
 
-    fn pod(&mut self, id: String, label: &str, detail: Option<String>, computer: &str) -> String {
+    pub fn pod(
+        &mut self,
+        id: String,
+        label: &str,
+        detail: Option<String>,
+        computer: &str,
+    ) -> String {
         self.add_node(Node {
             id,
             kind: NodeKind::Pod,
@@ -190,7 +195,7 @@ impl Graph {
         })
     }
 
-    fn lan_host(&mut self, id: String, label: &str, detail: Option<String>) -> String {
+    pub fn lan_host(&mut self, id: String, label: &str, detail: Option<String>) -> String {
         self.add_node(Node {
             id,
             kind: NodeKind::LanHost,
@@ -631,77 +636,6 @@ fn drop_edges(g: &mut Graph, me: &str, st: &crate::api::Status) {
             ),
         });
     }
-}
-
-// ---------------------------------------------------------------------------
-// A lab matrix
-
-/// The graph of one lab matrix: the lab's computers (`nN` of a host label
-/// `nN-podM`) with their pods, the other hosts (the laptop) as LAN hosts,
-/// and for every pair of hosts an edge the way discovery went (toward the
-/// host that discovered the other): one edge with two arrowheads when both
-/// did, and a `no route` edge where a host did not discover the other
-/// within `timeout` seconds. `local` is the path between pods on one
-/// computer, `across` between computers (the laptop is on the LAN).
-pub fn lab_view(title: &str, m: &Matrix, local: PathKind, across: PathKind, timeout: u64) -> Graph {
-    let mut g = Graph::new(title);
-    let computer_of = |h: &str| h.split_once("-pod").map(|(c, _)| c.to_owned());
-    let id_of = |h: &str| match computer_of(h) {
-        Some(_) => format!("pod:{h}"),
-        None => format!("host:{h}"),
-    };
-    for h in &m.hosts {
-        match computer_of(h) {
-            Some(c) => {
-                let cid = g.computer(&c, None);
-                g.pod(id_of(h), h, None, &cid);
-            }
-            None => {
-                g.lan_host(id_of(h), h, None);
-            }
-        }
-    }
-    let secs = |p: Option<&crate::lab::matrix::Pair>| {
-        p.filter(|p| p.discovered)
-            .map(|p| p.seconds.map_or("yes".to_owned(), |s| format!("{s:.2} s")))
-    };
-    for (i, a) in m.hosts.iter().enumerate() {
-        for b in &m.hosts[i + 1..] {
-            let path = match (computer_of(a), computer_of(b)) {
-                (Some(x), Some(y)) if x == y => local,
-                (Some(_), Some(_)) => across,
-                _ => PathKind::LanMulticast,
-            };
-            // `a` discovered `b`: b's discovery reached a
-            let ab = secs(m.get(a, b));
-            let ba = secs(m.get(b, a));
-            let (ida, idb) = (id_of(a), id_of(b));
-            let failed = format!("no route: not within {timeout} s");
-            let edge = |from: &str, to: &str, stop: Option<Stop>, both: bool, label: String| Edge {
-                from: from.to_owned(),
-                to: to.to_owned(),
-                path,
-                stop,
-                both,
-                label,
-            };
-            match (ab, ba) {
-                (Some(x), Some(y)) => {
-                    g.add_edge(edge(&idb, &ida, None, true, format!("{a}: {x}, {b}: {y}")))
-                }
-                (None, None) => g.add_edge(edge(&idb, &ida, Some(Stop::NoRoute), true, failed)),
-                (x, y) => {
-                    for (from, to, who, t) in [(&idb, &ida, a, x), (&ida, &idb, b, y)] {
-                        g.add_edge(match t {
-                            Some(t) => edge(from, to, None, false, format!("{who}: {t}")),
-                            None => edge(from, to, Some(Stop::NoRoute), false, failed.clone()),
-                        });
-                    }
-                }
-            }
-        }
-    }
-    g
 }
 
 // ---------------------------------------------------------------------------
@@ -1204,7 +1138,6 @@ mod tests {
     };
     use crate::config::{Mode, Pool};
     use crate::doctor::{ClusterNode, KernelCheck, PodCheck, PodSockets};
-    use crate::lab::matrix::Pair;
 
     fn seen(pod: Option<&str>, source: &str, seen_on: &str, domain: u32) -> Participant {
         Participant {
@@ -1525,85 +1458,6 @@ mod tests {
             ]
         );
         assert!(g.edges.is_empty(), "{:#?}", g.edges);
-    }
-
-    fn lab_matrix() -> Matrix {
-        let hosts = ["n1-pod1", "n1-pod2", "n2-pod1", "laptop"];
-        let ok = |f: &str, t: &str| {
-            !matches!(
-                (f, t),
-                ("n2-pod1", "n1-pod2") | ("laptop", "n2-pod1") | ("n2-pod1", "laptop")
-            )
-        };
-        let mut pairs = vec![];
-        for f in hosts {
-            for t in hosts.iter().filter(|t| **t != f) {
-                let d = ok(f, t);
-                pairs.push(Pair {
-                    from: f.into(),
-                    to: (*t).into(),
-                    discovered: d,
-                    seconds: d.then_some(0.25),
-                    note: None,
-                });
-            }
-        }
-        Matrix {
-            hosts: hosts.iter().map(|h| h.to_string()).collect(),
-            pairs,
-        }
-    }
-
-    #[test]
-    fn lab_view_has_an_edge_per_pair_the_way_discovery_went() {
-        let g = lab_view("t", &lab_matrix(), PathKind::Bridge, PathKind::Relay, 5);
-        let nodes: Vec<(&str, NodeKind, Option<&str>)> = g
-            .nodes
-            .iter()
-            .map(|n| (n.id.as_str(), n.kind, n.computer.as_deref()))
-            .collect();
-        use NodeKind::*;
-        assert_eq!(
-            nodes,
-            [
-                ("computer:n1", Computer, None),
-                ("pod:n1-pod1", Pod, Some("computer:n1")),
-                ("pod:n1-pod2", Pod, Some("computer:n1")),
-                ("computer:n2", Computer, None),
-                ("pod:n2-pod1", Pod, Some("computer:n2")),
-                ("host:laptop", LanHost, None),
-            ]
-        );
-        use PathKind::*;
-        let edges: Vec<Key> = g.edges.iter().map(Edge::key).collect();
-        assert_eq!(
-            edges,
-            [
-                key("pod:n1-pod2", "pod:n1-pod1", Bridge, None, true),
-                key("pod:n2-pod1", "pod:n1-pod1", Relay, None, true),
-                key("host:laptop", "pod:n1-pod1", LanMulticast, None, true),
-                // n1-pod2 discovered n2-pod1, not the other way round
-                key("pod:n2-pod1", "pod:n1-pod2", Relay, None, false),
-                key(
-                    "pod:n1-pod2",
-                    "pod:n2-pod1",
-                    Relay,
-                    Some(Stop::NoRoute),
-                    false
-                ),
-                key("host:laptop", "pod:n1-pod2", LanMulticast, None, true),
-                key(
-                    "host:laptop",
-                    "pod:n2-pod1",
-                    LanMulticast,
-                    Some(Stop::NoRoute),
-                    true
-                ),
-            ]
-        );
-        assert_eq!(g.edges[0].label, "n1-pod1: 0.25 s, n1-pod2: 0.25 s");
-        assert_eq!(g.edges[3].label, "n1-pod2: 0.25 s");
-        assert_eq!(g.edges[6].label, "no route: not within 5 s");
     }
 
     /// The DOT, read back line by line: nodes with their cluster and kind,
