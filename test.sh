@@ -3,8 +3,15 @@
 # namespaces (root required; they only touch namespaces they create).
 # Installs what the tests need and is missing first: the Debian packages in
 # .ci/packages.txt (apt-get), kubernetes-validate and eclipse-zenoh (pip).
+# ./test.sh --kernel debian [ARGS...]: the integration tests (ARGS: filter and
+# test-binary options) in a VM on Debian 12's kernel instead: integration/vm/run.sh.
 set -euo pipefail
 cd "$(dirname "$0")"
+kernel=
+if [ "${1:-}" = --kernel ]; then
+  kernel="${2:?test.sh: --kernel needs a name (debian)}"
+  shift 2
+fi
 if [ "$(id -u)" != 0 ]; then
   echo "test.sh: the namespace tests need root (and install missing packages); run it as root: ./test.sh" >&2
   exit 1
@@ -42,4 +49,7 @@ if ! ci_have_zenoh; then
   fi
 fi
 
+if [ -n "$kernel" ]; then
+  exec integration/vm/run.sh --kernel "$kernel" -- "$@"
+fi
 cargo test --all-targets -- --test-threads="${TEST_THREADS:-4}" "$@"
