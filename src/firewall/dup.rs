@@ -30,7 +30,7 @@
 //! The devices are named by index (as `nft` does): a rule's comment carries
 //! the index, so a re-created bridge or uplink gets new rules.
 
-use super::{comment, ifname_key, Forwarded, DIRECTIONS};
+use super::{comment, expr, ifname_key, Forwarded, DIRECTIONS};
 use crate::kernel::nft::{
     ChainSpec, DumpedRule, Expr, MetaKey, PayloadBase, RuleSpec, TableSpec, NFPROTO_IPV4,
     NF_ACCEPT, NF_INET_PRE_ROUTING, REG32_00,
@@ -74,7 +74,7 @@ fn iif_is(name: &str) -> [Expr; 2] {
 /// this, a ROS 2 process in the node's own network that joined the group
 /// would have every copy sent back where it came from.
 fn received() -> [Expr; 2] {
-    super::expr::ether_type_is([0x08, 0x00])
+    expr::ether_type_is([0x08, 0x00])
 }
 
 fn dup_rule(g: Ipv4Addr, port: Option<u16>, dir: &str, iif: &Dev, oif: &Dev) -> RuleSpec {
@@ -82,34 +82,20 @@ fn dup_rule(g: Ipv4Addr, port: Option<u16>, dir: &str, iif: &Dev, oif: &Dev) -> 
     exprs.extend(received());
     // UDP only: IGMP membership reports are addressed to the group too,
     // and each network keeps its own
-    exprs.extend(super::expr::ip_protocol_is(17));
+    exprs.extend(expr::ip_protocol_is(17));
     if let Some(p) = port {
         exprs.extend([
-            super::expr::udp_dport(),
+            expr::udp_dport(),
             Expr::CmpEq {
                 sreg: R0,
                 data: p.to_be_bytes().to_vec(),
             },
         ]);
     }
+    exprs.extend(expr::field_is(PayloadBase::Network, 16, &g.octets()));
     exprs.extend([
-        Expr::Payload {
-            base: PayloadBase::Network,
-            offset: 16,
-            len: 4,
-            dreg: R0,
-        },
-        Expr::CmpEq {
-            sreg: R0,
-            data: g.octets().to_vec(),
-        },
         // the kernel router's rule: a TTL above the threshold (1)
-        Expr::Payload {
-            base: PayloadBase::Network,
-            offset: 8,
-            len: 1,
-            dreg: R0,
-        },
+        expr::load(PayloadBase::Network, 8, 1),
         Expr::Range {
             sreg: R0,
             from: vec![2],
@@ -148,12 +134,7 @@ fn other_multicast_rule(iif: &Dev) -> RuleSpec {
     let mut exprs = iif_is(iif.name).to_vec();
     exprs.extend(received());
     exprs.extend([
-        Expr::Payload {
-            base: PayloadBase::Network,
-            offset: 16,
-            len: 4,
-            dreg: R0,
-        },
+        expr::ip_daddr(),
         Expr::Range {
             sreg: R0,
             from: vec![224, 0, 1, 0],
@@ -263,7 +244,7 @@ mod tests {
         let r = &s.chains[0].rules[0].exprs;
         assert!(r.windows(2).any(|w| w
             == [
-                super::super::expr::udp_dport(),
+                super::expr::udp_dport(),
                 Expr::CmpEq {
                     sreg: R0,
                     data: 7446u16.to_be_bytes().to_vec()
@@ -345,7 +326,7 @@ mod tests {
         // UDP only: the agents' IGMP reports go to the group address too
         assert!(r
             .windows(2)
-            .any(|w| w == super::super::expr::ip_protocol_is(17)));
+            .any(|w| w == super::expr::ip_protocol_is(17)));
         // received frames only, never the node's own looped-back copies
         assert!(r.windows(2).any(|w| w == received()));
     }
