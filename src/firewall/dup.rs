@@ -324,9 +324,7 @@ mod tests {
         );
         assert!(r.contains(&Expr::Counter));
         // UDP only: the agents' IGMP reports go to the group address too
-        assert!(r
-            .windows(2)
-            .any(|w| w == super::expr::ip_protocol_is(17)));
+        assert!(r.windows(2).any(|w| w == super::expr::ip_protocol_is(17)));
         // received frames only, never the node's own looped-back copies
         assert!(r.windows(2).any(|w| w == received()));
     }
