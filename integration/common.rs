@@ -306,7 +306,8 @@ pub fn doctor(tb: &Testbed, node: usize) -> (i32, Value) {
 /// that are product claims (multicast back within 2 s of a restart,
 /// discovery within 2 s under a flood) are measured natively at 1; under
 /// the second kernel in an emulated VM (docs/kernels.md), where everything
-/// runs several times slower, `ROS2_CNI_TEST_TIME_SCALE` stretches them so
+/// runs several times slower, `ROS2_CNI_TEST_TIME_SCALE` stretches them (and
+/// lowers by as much the rates a flood test requires of its own flooder) so
 /// that the VM run checks the behaviour, not the emulator's speed.
 pub fn time_scale() -> f64 {
     std::env::var("ROS2_CNI_TEST_TIME_SCALE")

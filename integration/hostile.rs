@@ -221,5 +221,10 @@ fn floods_of_other_groups_and_spoofed_sources_cannot_freeze_discovery() {
         tb.log("spoof-lan")
     );
     let spoofed: u64 = tb.log("spoof-lan").trim().parse().unwrap_or(0);
-    assert!(spoofed >= 10_000, "1,000 sources, many times: {spoofed}");
+    // the flood was a flood (an emulated VM sends fewer per second)
+    let least = 10_000.0 / time_scale();
+    assert!(
+        spoofed as f64 >= least,
+        "1,000 sources, many times: {spoofed}"
+    );
 }
