@@ -25,6 +25,8 @@
 #                         target/vm/kvm-probe), else QEMU's TCG; yes; no
 #   ROS2_CNI_VM_TIMEOUT   kill the VM after this many seconds (default: none)
 #   ROS2_CNI_VM_LSMOD=1   list the kernel modules loaded at the end
+#   ROS2_CNI_VM_BIN       run this test binary of the package instead (e.g. the
+#                         benchmark harness: target/<tuple>/release/deps/testbed-*)
 #   TEST_THREADS          --test-threads, unless the arguments give one
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -139,6 +141,12 @@ mapfile -t bins < <(jq -r 'select(.reason == "compiler-artifact" and .executable
                                   and (.target.kind | index("bin"))) | .executable' "$build_json" | sort -u)
 if [ -z "$bin" ] || [ ! -x "$bin" ]; then
   die "could not find the integration test executable in cargo's output"
+fi
+# another test binary of the package instead (the benchmark harness, for
+# section 6b's two forwarders in one run): ROS2_CNI_VM_BIN=PATH
+if [ -n "${ROS2_CNI_VM_BIN:-}" ]; then
+  [ -x "$ROS2_CNI_VM_BIN" ] || die "ROS2_CNI_VM_BIN=$ROS2_CNI_VM_BIN is not an executable"
+  bin="$(realpath "$ROS2_CNI_VM_BIN")"
 fi
 target_dir="$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)"
 # CARGO_TARGET_TMPDIR: <target dir>[/<target tuple>]/tmp, beside the profile
