@@ -184,3 +184,42 @@ fn a_zenoh_scout_arrives_exactly_once_in_each_other_pod_and_on_the_laptop() {
     );
     assert!(got["b1"].is_empty(), "only the configured port: {got:?}");
 }
+
+#[test]
+fn zenoh_scouting_is_held_to_the_pod_discovery_limit_and_counted_per_pod() {
+    let limit = json!({"podDiscoveryRate": 5, "podDiscoveryBurst": 5});
+    let (tb, a1, b1) = two_nodes(limit);
+    // a pod's limit rule and counters come with its agent's next pass
+    let pod_listed = |st: &serde_json::Value, key: &str| {
+        st[key]
+            .as_array()
+            .is_some_and(|v| v.iter().any(|p| p["pod"] == "za1"))
+    };
+    wait_for(8, "za1's limit and count rules", || {
+        let st = tb.agent_status(tb.node(1)).unwrap();
+        pod_listed(&st["discoveryLimits"], "pods") && pod_listed(&st, "discoveryDatagrams")
+    });
+    let rx = receivers(&[("b1", &b1.ns, ip_of(&b1))], SCOUT.0, SCOUT.1);
+    let n = 40;
+    let got = send_and_count(Sender(&a1.ns, ip_of(&a1), 1), SCOUT, n, &rx, "burst");
+    let through = got["b1"].len() as u32;
+    assert!(
+        (1..n / 2).contains(&through),
+        "the pod's limit (5/s, burst 5) holds Zenoh scouting too: {through} of {n} crossed"
+    );
+    let pod = |st: &serde_json::Value, key: &str| -> serde_json::Value {
+        let list = if key == "limits" {
+            &st["discoveryLimits"]["pods"]
+        } else {
+            &st["discoveryDatagrams"]
+        };
+        list.as_array()
+            .and_then(|v| v.iter().find(|p| p["pod"] == "za1").cloned())
+            .unwrap_or_default()
+    };
+    wait_for(6, "the limit's drops and the pod's sent count", || {
+        let st = tb.agent_status(tb.node(1)).unwrap();
+        pod(&st, "limits")["limitedPackets"].as_u64() >= Some(u64::from(n / 2))
+            && pod(&st, "counts")["sent"].as_u64() >= Some(u64::from(n))
+    });
+}
