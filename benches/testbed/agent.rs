@@ -3,7 +3,7 @@
 use crate::pods::{production_extra, ros0_ip};
 use crate::report::Section;
 use crate::Plan;
-use ros2_cni::lab::testbed::{mcast_receiver, mcast_sender, PodSpec, LAPTOP_IP};
+use ros2_cni::lab::testbed::{mcast_receiver, mcast_sender, Pod, PodSpec, Testbed, LAPTOP_IP};
 use ros2_cni::rtps::spdp::{announce, ParticipantData};
 use ros2_cni::rtps::{GuidPrefix, Locator, VendorId};
 use std::net::{Ipv4Addr, UdpSocket};
@@ -167,6 +167,20 @@ pub(crate) fn load(
     })
 }
 
+/// Pod A on node 1 and pod B on node 2, attached as in production, with
+/// their `ros0` addresses.
+pub(crate) fn pod_pair(tb: &Testbed) -> (Pod, Ipv4Addr, Pod, Ipv4Addr) {
+    let a = tb
+        .add_pod(&PodSpec::new("a", 1).extra(production_extra()))
+        .expect("pod a");
+    let b = tb
+        .add_pod(&PodSpec::new("b", 2).extra(production_extra()))
+        .expect("pod b");
+    let a_ip = ros0_ip(&a.result, &a.netns_path()).expect("a ip");
+    let b_ip = ros0_ip(&b.result, &b.netns_path()).expect("b ip");
+    (a, a_ip, b, b_ip)
+}
+
 pub fn agent(plan: &Plan) -> Section {
     let rate = plan.agent_rate;
     let w = plan.agent_window;
@@ -195,16 +209,7 @@ pub fn agent(plan: &Plan) -> Section {
     tb.start_agent(tb.node(2), &unlimited()).expect("agent 2");
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
     assert_eq!(comm.trim(), "ros2-cni", "pid {pid} is the agent");
-    let a = tb
-        .add_pod(&PodSpec::new("a", 1).extra(production_extra()))
-        .expect("pod a");
-    let b = tb
-        .add_pod(&PodSpec::new("b", 2).extra(production_extra()))
-        .expect("pod b");
-    let (a_ip, b_ip) = (
-        ros0_ip(&a.result, &a.netns_path()).expect("a ip"),
-        ros0_ip(&b.result, &b.netns_path()).expect("b ip"),
-    );
+    let (a, a_ip, b, b_ip) = pod_pair(&tb);
     let lap = tb.laptop.clone().expect("laptop");
     // let start-up work (IGMP reports, first reconciles) pass
     std::thread::sleep(Duration::from_millis(if plan.smoke { 300 } else { 2000 }));

@@ -3,11 +3,10 @@
 //! kernel offers it (a kernel without `CONFIG_IP_MROUTE` has only the
 //! second; Debian's 6.1 kernel in the VM of docs/kernels.md has both).
 
-use crate::agent::{cpu_seconds, load, receiver, spdp_payload, unlimited};
-use crate::pods::{production_extra, ros0_ip};
+use crate::agent::{cpu_seconds, load, pod_pair, receiver, spdp_payload, unlimited};
 use crate::report::Section;
 use crate::Plan;
-use ros2_cni::lab::testbed::{PodSpec, LAPTOP_IP};
+use ros2_cni::lab::testbed::LAPTOP_IP;
 use std::time::{Duration, Instant};
 
 /// Softirq time of the whole machine so far, in seconds (all CPUs).
@@ -62,16 +61,7 @@ pub fn forwarders(plan: &Plan) -> Section {
             }
         };
         tb.start_agent(tb.node(2), &extra).expect("agent 2");
-        let a = tb
-            .add_pod(&PodSpec::new("a", 1).extra(production_extra()))
-            .expect("pod a");
-        let b = tb
-            .add_pod(&PodSpec::new("b", 2).extra(production_extra()))
-            .expect("pod b");
-        let (a_ip, b_ip) = (
-            ros0_ip(&a.result, &a.netns_path()).expect("a ip"),
-            ros0_ip(&b.result, &b.netns_path()).expect("b ip"),
-        );
+        let (a, a_ip, b, b_ip) = pod_pair(&tb);
         let running = tb
             .agent_status(tb.node(1))
             .ok()

@@ -32,8 +32,8 @@
 
 use super::{comment, expr, ifname_key, Forwarded, DIRECTIONS};
 use crate::kernel::nft::{
-    ChainSpec, DumpedRule, Expr, MetaKey, PayloadBase, RuleSpec, TableSpec, NFPROTO_IPV4,
-    NF_ACCEPT, NF_INET_PRE_ROUTING, REG32_00,
+    ChainSpec, DumpedRule, Expr, PayloadBase, RuleSpec, TableSpec, NFPROTO_IPV4, NF_ACCEPT,
+    NF_INET_PRE_ROUTING, REG32_00,
 };
 use std::net::Ipv4Addr;
 
@@ -53,19 +53,6 @@ pub struct Dev<'a> {
 const R0: u32 = REG32_00;
 const R1: u32 = REG32_00 + 1;
 
-fn iif_is(name: &str) -> [Expr; 2] {
-    [
-        Expr::Meta {
-            key: MetaKey::IifName,
-            dreg: R0,
-        },
-        Expr::CmpEq {
-            sreg: R0,
-            data: ifname_key(name),
-        },
-    ]
-}
-
 /// A frame that came in with an Ethernet header: not the kernel's looped-back
 /// copy of a packet this node sent itself (a copy out of an interface on
 /// which a process of the node joined the group is looped back to the node
@@ -78,7 +65,7 @@ fn received() -> [Expr; 2] {
 }
 
 fn dup_rule(g: Ipv4Addr, port: Option<u16>, dir: &str, iif: &Dev, oif: &Dev) -> RuleSpec {
-    let mut exprs = iif_is(iif.name).to_vec();
+    let mut exprs = expr::iifname_is(&ifname_key(iif.name)).to_vec();
     exprs.extend(received());
     // UDP only: IGMP membership reports are addressed to the group too,
     // and each network keeps its own
@@ -131,7 +118,7 @@ fn dup_rule(g: Ipv4Addr, port: Option<u16>, dir: &str, iif: &Dev, oif: &Dev) -> 
 }
 
 fn other_multicast_rule(iif: &Dev) -> RuleSpec {
-    let mut exprs = iif_is(iif.name).to_vec();
+    let mut exprs = expr::iifname_is(&ifname_key(iif.name)).to_vec();
     exprs.extend(received());
     exprs.extend([
         expr::ip_daddr(),

@@ -2,7 +2,7 @@
 //! loads a field into register R0 and compares it there, so they can be
 //! chained in any order.
 
-use crate::kernel::nft::{Expr, PayloadBase, REG32_00};
+use crate::kernel::nft::{Expr, MetaKey, PayloadBase, REG32_00};
 
 /// The register every shared match loads into.
 pub const R0: u32 = REG32_00;
@@ -24,6 +24,21 @@ pub fn field_is(base: PayloadBase, offset: u32, data: &[u8]) -> [Expr; 2] {
         Expr::CmpEq {
             sreg: R0,
             data: data.to_vec(),
+        },
+    ]
+}
+
+/// The input interface's name is `name` (an `ifname` key, or a prefix of
+/// one: the comparison is over `name`'s bytes).
+pub fn iifname_is(name: &[u8]) -> [Expr; 2] {
+    [
+        Expr::Meta {
+            key: MetaKey::IifName,
+            dreg: R0,
+        },
+        Expr::CmpEq {
+            sreg: R0,
+            data: name.to_vec(),
         },
     ]
 }

@@ -203,19 +203,6 @@ fn discovery_match(bridge: bool) -> Vec<Expr> {
     v
 }
 
-fn iifname_is(name: &[u8]) -> [Expr; 2] {
-    [
-        Expr::Meta {
-            key: MetaKey::IifName,
-            dreg: R0,
-        },
-        Expr::CmpEq {
-            sreg: R0,
-            data: name.to_vec(),
-        },
-    ]
-}
-
 fn limit_drop(l: Limit) -> [Expr; 3] {
     [
         l.expr(),
@@ -229,7 +216,7 @@ fn limit_drop(l: Limit) -> [Expr; 3] {
 
 /// A pod's rule: over the limit from its port, counted and dropped.
 fn pod_rule(port: &str, l: Limit) -> RuleSpec {
-    let mut exprs = iifname_is(&ifname_key(port)).to_vec();
+    let mut exprs = expr::iifname_is(&ifname_key(port)).to_vec();
     exprs.extend(limit_drop(l));
     RuleSpec {
         comment: pod_comment(port, l),
@@ -289,7 +276,7 @@ pub fn pod_limits_spec(l: Limit, ports: &[String]) -> TableSpec {
         },
     ]);
     let mut unlisted = discovery_match(true);
-    unlisted.extend(iifname_is(HOST_VETH_PREFIX.as_bytes()));
+    unlisted.extend(expr::iifname_is(HOST_VETH_PREFIX.as_bytes()));
     unlisted.extend(limit_drop(l));
     TableSpec {
         family: NFPROTO_BRIDGE,
@@ -324,7 +311,7 @@ pub fn pod_limits_spec(l: Limit, ports: &[String]) -> TableSpec {
 pub fn uplink_limit_spec(uplink: &str, total: Limit, per_sender: Limit) -> TableSpec {
     let mut rules = vec![];
     if per_sender.is_on() {
-        let mut exprs = iifname_is(&ifname_key(uplink)).to_vec();
+        let mut exprs = expr::iifname_is(&ifname_key(uplink)).to_vec();
         exprs.extend(discovery_match(false));
         exprs.extend([
             Expr::Payload {
@@ -350,7 +337,7 @@ pub fn uplink_limit_spec(uplink: &str, total: Limit, per_sender: Limit) -> Table
         });
     }
     if total.is_on() {
-        let mut exprs = iifname_is(&ifname_key(uplink)).to_vec();
+        let mut exprs = expr::iifname_is(&ifname_key(uplink)).to_vec();
         exprs.extend(discovery_match(false));
         exprs.extend(limit_drop(total));
         rules.push(RuleSpec {

@@ -204,6 +204,55 @@ const TTL_RULE: &str = "rtps-ttl-received";
 
 /// The TTL 1 → 2 rule for RTPS groups entering from the given interfaces.
 pub fn ttl_spec() -> TableSpec {
+    let mut exprs = vec![
+        Expr::Meta {
+            key: MetaKey::IifName,
+            dreg: R0,
+        },
+        Expr::Lookup {
+            sreg: R0,
+            set: IFACES_SET.into(),
+        },
+    ];
+    // frames that came in with an Ethernet header: never the copy the
+    // kernel loops back to the node when one of its own processes joined
+    // the group (a forwarded copy with TTL 1, which raised to 2 would be
+    // forwarded again, back where it came from, by either forwarder)
+    exprs.extend(ether_type_is([0x08, 0x00]));
+    exprs.extend([
+        Expr::Payload {
+            base: PayloadBase::Network,
+            offset: 16,
+            len: 4,
+            dreg: R0,
+        },
+        Expr::Lookup {
+            sreg: R0,
+            set: GROUPS_SET.into(),
+        },
+        Expr::Payload {
+            base: PayloadBase::Network,
+            offset: 8,
+            len: 1,
+            dreg: R0,
+        },
+        Expr::CmpEq {
+            sreg: R0,
+            data: vec![1],
+        },
+        Expr::Counter,
+        Expr::Immediate {
+            dreg: R0,
+            data: vec![2],
+        },
+        Expr::PayloadWrite {
+            base: PayloadBase::Network,
+            offset: 8,
+            len: 1,
+            sreg: R0,
+            csum_offset: 10,
+        },
+    ]);
     TableSpec {
         family: NFPROTO_IPV4,
         name: TABLE.into(),
@@ -226,63 +275,7 @@ pub fn ttl_spec() -> TableSpec {
             hook: Some((NF_INET_PRE_ROUTING, -300)),
             rules: vec![RuleSpec {
                 comment: comment(TTL_RULE),
-                exprs: vec![
-                    Expr::Meta {
-                        key: MetaKey::IifName,
-                        dreg: R0,
-                    },
-                    Expr::Lookup {
-                        sreg: R0,
-                        set: IFACES_SET.into(),
-                    },
-                    // frames that came in with an Ethernet header: never the
-                    // copy the kernel loops back to the node when one of its
-                    // own processes joined the group (a forwarded copy with
-                    // TTL 1, which raised to 2 would be forwarded again,
-                    // back where it came from, by either forwarder)
-                    Expr::Payload {
-                        base: PayloadBase::Link,
-                        offset: 12,
-                        len: 2,
-                        dreg: R0,
-                    },
-                    Expr::CmpEq {
-                        sreg: R0,
-                        data: vec![0x08, 0x00],
-                    },
-                    Expr::Payload {
-                        base: PayloadBase::Network,
-                        offset: 16,
-                        len: 4,
-                        dreg: R0,
-                    },
-                    Expr::Lookup {
-                        sreg: R0,
-                        set: GROUPS_SET.into(),
-                    },
-                    Expr::Payload {
-                        base: PayloadBase::Network,
-                        offset: 8,
-                        len: 1,
-                        dreg: R0,
-                    },
-                    Expr::CmpEq {
-                        sreg: R0,
-                        data: vec![1],
-                    },
-                    Expr::Counter,
-                    Expr::Immediate {
-                        dreg: R0,
-                        data: vec![2],
-                    },
-                    Expr::PayloadWrite {
-                        base: PayloadBase::Network,
-                        offset: 8,
-                        len: 1,
-                        sreg: R0,
-                        csum_offset: 10,
-                    },
-                ],
+                exprs,
             }],
         }],
     }
