@@ -323,7 +323,7 @@ impl Forwarder for NftForwarder {
         let want = vifs_for(uplink, pods);
         let changed = want != self.vifs;
         self.vifs = want;
-        Ok(changed && !self.vifs.is_empty())
+        Ok(changed)
     }
     fn set_groups(&mut self, groups: &[Ipv4Addr]) -> io::Result<()> {
         self.groups = groups.to_vec();
