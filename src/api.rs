@@ -167,6 +167,9 @@ pub struct Status {
     #[serde(default)]
     pub fast_path: FastPath,
     pub relay: Option<Relay>,
+    /// The pods' Zenoh routers, when `zenohRouter` is set.
+    #[serde(default)]
+    pub zenoh: Option<ZenohRouters>,
     /// The conflist watcher's counters, when the agent keeps the entry installed.
     pub install: Option<Install>,
     pub healthy: bool,
@@ -365,6 +368,33 @@ pub struct Relay {
     pub rejected: BTreeMap<String, u64>,
     pub problem: Option<String>,
     pub peers: Vec<Peer>,
+}
+
+/// The pods' Zenoh routers (`zenohRouter`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ZenohRouters {
+    /// The node's router they connect to (address:port).
+    pub node_router: Option<String>,
+    /// `zenohPodRouter`.
+    pub command: Vec<String>,
+    pub problem: Option<String>,
+    pub pods: Vec<PodRouter>,
+}
+
+/// One pod's Zenoh router.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodRouter {
+    /// The attachment key (`dataDir/zenoh/KEY.log` is its log).
+    pub key: String,
+    /// namespace/name.
+    pub pod: String,
+    /// None while it is not running.
+    pub pid: Option<u32>,
+    pub restarts: u32,
+    pub last_exit: Option<String>,
+    pub last_error: Option<String>,
 }
 
 /// A relay peer and its counters.

@@ -23,3 +23,4 @@ pub mod plugin;
 pub mod relay;
 pub mod rtps;
 pub mod sdnotify;
+pub mod zenoh;

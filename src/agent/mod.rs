@@ -188,6 +188,8 @@ pub struct State {
     pub counts: domains::DiscoveryCounts,
     /// The RTPS relay to the peers (routed mode).
     pub relay: Option<crate::relay::Relay>,
+    /// The pods' Zenoh routers (`zenohRouter`).
+    pub zenoh: Option<crate::zenoh::routers::Routers>,
     /// `dataDir/agent.lock`, held while this agent runs: one agent per node.
     _instance: Option<std::fs::File>,
 }
@@ -393,6 +395,7 @@ pub fn start(opts: &Options) -> Result<State, AgentError> {
     let relay = forwarder
         .as_ref()
         .map(|_| crate::relay::Relay::start(crate::relay::Settings::new(&cfg, &uplink, &node_dev)));
+    let zenoh = zenoh_settings(&cfg, &uplink).map(crate::zenoh::routers::Routers::start);
     let restarts = count_start(&cfg.data_dir);
     tracing::info!(uplink = %uplink.name, node_dev = %node_dev.name, restarts, "agent started");
     Ok(State {
@@ -428,6 +431,7 @@ pub fn start(opts: &Options) -> Result<State, AgentError> {
         domains: Default::default(),
         counts: Default::default(),
         relay,
+        zenoh,
         _instance: Some(instance),
     })
     .map(|mut st| {
@@ -607,6 +611,15 @@ fn reload_config(st: &mut State) -> bool {
             if let Some(r) = &st.relay {
                 r.update(crate::relay::Settings::new(&cfg, &st.uplink, &st.node_dev));
             }
+            match (zenoh_settings(&cfg, &st.uplink), st.zenoh.as_mut()) {
+                (Some(z), Some(r)) => r.update(z),
+                (Some(z), None) => st.zenoh = Some(crate::zenoh::routers::Routers::start(z)),
+                (None, Some(r)) => {
+                    r.stop();
+                    st.zenoh = None;
+                }
+                (None, None) => {}
+            }
             if !cfg.fast_path && st.cfg.fast_path {
                 st.fastpath.remove(&st.uplink);
             }
@@ -629,11 +642,33 @@ fn reload_config(st: &mut State) -> bool {
     }
 }
 
+/// What the pods' Zenoh routers run with; None when `zenohRouter` is not
+/// set. They connect to the node's router at the node entry's `address`,
+/// else at the uplink's first IPv4 address.
+fn zenoh_settings(cfg: &Config, uplink: &Link) -> Option<crate::zenoh::routers::Settings> {
+    let port = cfg.zenoh_router?;
+    let address = cfg.node_address.or_else(|| {
+        Handle::new()
+            .and_then(|mut h| h.addresses4(uplink.index))
+            .ok()?
+            .first()
+            .map(|(a, _)| *a)
+    });
+    Some(crate::zenoh::routers::Settings {
+        argv: cfg.zenoh_pod_router.clone(),
+        node_router: address.map(|a| std::net::SocketAddrV4::new(a, port)),
+        data_dir: cfg.data_dir.clone(),
+    })
+}
+
 /// SIGTERM: remove what only the agent needs; keep pod-facing state.
 pub fn shutdown(st: &mut State) {
     st.fastpath.remove(&st.uplink);
     if let Some(r) = st.relay.as_mut() {
         r.stop();
+    }
+    if let Some(z) = st.zenoh.as_mut() {
+        z.stop();
     }
     if let Some(fwd) = st.forwarder.as_mut() {
         fwd.stop();
@@ -708,6 +743,7 @@ pub fn status_reply(st: &State) -> api::Status {
             unavailable: st.fastpath.unavailable.clone(),
         },
         relay: st.relay.as_ref().map(|r| r.to_api()),
+        zenoh: st.zenoh.as_ref().map(|z| z.to_api()),
         install: st.install.as_ref().map(|w| {
             use std::sync::atomic::Ordering::Relaxed;
             api::Install {

@@ -6,6 +6,7 @@ mod doctor;
 mod health;
 mod install;
 mod lab;
+mod zenoh;
 
 use clap::{Parser, Subcommand};
 
@@ -37,6 +38,9 @@ enum Cmd {
     Uninstall(install::UninstallArgs),
     /// Build a lab of robot computers in network namespaces and show who discovers whom.
     Lab(lab::Args),
+    /// Print this node's Zenoh router configuration (zenohRouter): it listens
+    /// on the port and connects to the other nodes' and the peers' routers.
+    ZenohRouterConfig(zenoh::Args),
 }
 
 pub fn main() -> i32 {
@@ -67,6 +71,7 @@ pub fn main() -> i32 {
             }
         },
         Cmd::Lab(a) => lab::run(a),
+        Cmd::ZenohRouterConfig(a) => zenoh::run(a),
     };
     match r {
         Ok(code) => code,

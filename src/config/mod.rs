@@ -36,6 +36,8 @@ pub const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:9741";
 /// The relay's UDP port: just below the first RTPS port (7400, domain 0's
 /// SPDP multicast), so never a port of any DDS domain or participant.
 pub const DEFAULT_RELAY_PORT: u16 = 7399;
+/// Default of `zenohPodRouter`: zenohd reads the generated configuration.
+pub const DEFAULT_ZENOH_POD_ROUTER: [&str; 3] = ["zenohd", "--config", "{config}"];
 pub const DEFAULT_MFC_IDLE_SECONDS: u64 = 300;
 /// The pod annotation that opts a pod in.
 pub const OPT_IN_ANNOTATION: &str = "ros2-cni.io/enabled";
@@ -267,6 +269,13 @@ pub struct Config {
     /// The other subnets of the cluster (nodes' own `subnet`s): the plugin
     /// routes them through the pod's LAN interface.
     pub other_subnets: Vec<Ipv4Net>,
+    /// Agent: TCP port of the node's Zenoh router (`zenohRouter`); when
+    /// set, every opted-in pod gets a Zenoh router at its own
+    /// `localhost:7447` that connects to it (docs/zenoh.md).
+    pub zenoh_router: Option<u16>,
+    /// Agent: the command line of a pod's Zenoh router (`zenohPodRouter`);
+    /// `{config}` is replaced by the path of its generated configuration.
+    pub zenoh_pod_router: Vec<String>,
 }
 
 /// `domains` and `defaultDomains`: the ROS domains (0–232) each namespace's

@@ -66,6 +66,8 @@ pub struct Raw {
     pub(super) relay_peer_rate: Option<Whole>,
     pub(super) relay_peer_burst: Option<Whole>,
     pub(super) relay_port: Option<Whole>,
+    pub(super) zenoh_router: Option<Whole>,
+    pub(super) zenoh_pod_router: Option<Vec<String>>,
     pub(super) domains: Option<DomainMap>,
     pub(super) default_domains: Option<DomainList>,
 }

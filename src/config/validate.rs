@@ -6,6 +6,7 @@ use super::{
     default_node_name, invalid, is_dns1123_label, Config, Domains, Error, LogFormat, Mode,
     NodeEntry, Pool, Raw, DEFAULT_BRIDGE, DEFAULT_DATA_DIR, DEFAULT_GROUP, DEFAULT_IFNAME,
     DEFAULT_METRICS_ADDRESS, DEFAULT_MFC_IDLE_SECONDS, DEFAULT_RELAY_PORT,
+    DEFAULT_ZENOH_POD_ROUTER,
 };
 use ipnet::Ipv4Net;
 use std::collections::BTreeMap;
@@ -196,14 +197,34 @@ fn parse_mfc_idle(n: Option<Whole>) -> Result<u64, Error> {
     }
 }
 
-fn parse_relay_port(n: Option<Whole>) -> Result<u16, Error> {
+fn parse_port(key: &str, n: Whole) -> Result<u16, Error> {
     match n {
-        None => Ok(DEFAULT_RELAY_PORT),
-        Some(Whole(n)) if (1..=65535).contains(&n) => Ok(n as u16),
-        Some(Whole(n)) => Err(invalid(
-            "relayPort",
-            format!("expected a port 1-65535, got {n}"),
+        Whole(n) if (1..=65535).contains(&n) => Ok(n as u16),
+        Whole(n) => Err(invalid(key, format!("expected a port 1-65535, got {n}"))),
+    }
+}
+
+fn parse_relay_port(n: Option<Whole>) -> Result<u16, Error> {
+    n.map_or(Ok(DEFAULT_RELAY_PORT), |n| parse_port("relayPort", n))
+}
+
+/// `zenohPodRouter`: the command line of the router run in each pod; the
+/// program must be named and `{config}` passed somewhere (the router has
+/// no other way to learn its configuration but the environment).
+fn parse_pod_router(argv: Option<Vec<String>>) -> Result<Vec<String>, Error> {
+    let Some(argv) = argv else {
+        return Ok(DEFAULT_ZENOH_POD_ROUTER
+            .iter()
+            .map(|s| s.to_string())
+            .collect());
+    };
+    match argv.first() {
+        None => Err(invalid(
+            "zenohPodRouter",
+            "expected a program and its arguments, got []",
         )),
+        Some(p) if p.trim().is_empty() => Err(invalid("zenohPodRouter[0]", "the program is empty")),
+        Some(_) => Ok(argv),
     }
 }
 
@@ -508,6 +529,11 @@ impl Raw {
         let (peers, node_address) = relay_peers(self.peers, &nodes, node_name.as_deref())?;
         let other_subnets = other_subnets(&nodes, top_subnet, subnet);
         let relay_port = parse_relay_port(self.relay_port)?;
+        let zenoh_router = self
+            .zenoh_router
+            .map(|n| parse_port("zenohRouter", n))
+            .transpose()?;
+        let zenoh_pod_router = parse_pod_router(self.zenoh_pod_router)?;
         let extra_multicast = parse_extra_multicast(self.extra_multicast, &groups)?;
         let relay_peer_limit = parse_limit(
             ("relayPeerRate", self.relay_peer_rate),
@@ -569,6 +595,8 @@ impl Raw {
             extra_multicast,
             relay_peer_limit,
             other_subnets,
+            zenoh_router,
+            zenoh_pod_router,
         })
     }
 }
