@@ -24,7 +24,16 @@ except ImportError as e:
     print("no zenoh module: python3 -m pip install eclipse-zenoh (see .ci/deps.sh):", e, flush=True)
     sys.exit(3)
 role, key, secs = sys.argv[1], sys.argv[2], float(sys.argv[3])
-s = zenoh.open(zenoh.Config())
+c = zenoh.Config()
+if len(sys.argv) > 4 and sys.argv[4] == "rmw":
+    # rmw_zenoh's stock session (DEFAULT_RMW_ZENOH_SESSION_CONFIG.json5)
+    c.insert_json5("mode", '"peer"')
+    c.insert_json5("connect/endpoints", '["tcp/localhost:7447"]')
+    c.insert_json5("listen/endpoints", '["tcp/localhost:0"]')
+    c.insert_json5("scouting/multicast/enabled", "false")
+    c.insert_json5("scouting/gossip/enabled", "true")
+    c.insert_json5("scouting/gossip/target", '{"router": ["router", "peer"], "peer": ["router"]}')
+s = zenoh.open(c)
 deadline = time.time() + secs
 if role == "sub":
     got = set()
@@ -53,6 +62,18 @@ fn script(tb: &Testbed) -> String {
 /// Starts subscribers in `subs` (netns, log name) and a publisher in `from`,
 /// and returns how many samples each subscriber got within `secs`.
 fn samples(tb: &Testbed, from: &str, subs: &[(&str, &str)], secs: u32) -> Vec<(String, u32)> {
+    samples_of(tb, "default", from, subs, secs)
+}
+
+/// `samples` with sessions of `flavour`: "default" (`zenoh.Config()`) or
+/// "rmw" (rmw_zenoh's stock session keys).
+fn samples_of(
+    tb: &Testbed,
+    flavour: &str,
+    from: &str,
+    subs: &[(&str, &str)],
+    secs: u32,
+) -> Vec<(String, u32)> {
     let py = script(tb);
     let secs_s = secs.to_string();
     let key = format!("r2c/{}", std::process::id());
@@ -60,13 +81,17 @@ fn samples(tb: &Testbed, from: &str, subs: &[(&str, &str)], secs: u32) -> Vec<(S
         .iter()
         .map(|(ns, name)| {
             let pid = tb
-                .spawn(ns, &["python3", &py, "sub", &key, &secs_s], name)
+                .spawn(ns, &["python3", &py, "sub", &key, &secs_s, flavour], name)
                 .unwrap();
             (name.to_string(), pid)
         })
         .collect();
     let publisher = tb
-        .spawn(from, &["python3", &py, "pub", &key, &secs_s], "zenoh-pub")
+        .spawn(
+            from,
+            &["python3", &py, "pub", &key, &secs_s, flavour],
+            "zenoh-pub",
+        )
         .unwrap();
     let limit = Duration::from_secs(u64::from(secs) + 10);
     let out = pids
@@ -222,4 +247,224 @@ fn zenoh_scouting_is_held_to_the_pod_discovery_limit_and_counted_per_pod() {
         pod(&st, "limits")["limitedPackets"].as_u64() >= Some(u64::from(n / 2))
             && pod(&st, "counts")["sent"].as_u64() >= Some(u64::from(n))
     });
+}
+
+/// A Zenoh router run from a configuration file: it stands in for zenohd
+/// (the pods' routers, through `zenohPodRouter`), for the nodes' routers
+/// (configured by `ros2-cni zenoh-router-config`) and for the laptop's.
+const ROUTER: &str = r#"
+import sys, time
+import zenoh
+s = zenoh.open(zenoh.Config.from_file(sys.argv[1]))
+print("router", s.zid(), flush=True)
+while True:
+    time.sleep(3600)
+"#;
+
+fn router_script(tb: &Testbed) -> String {
+    let p = tb.dir.join("zenoh_router.py");
+    std::fs::write(&p, ROUTER).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+/// The pids of the pods' routers the agent of `node` reports running.
+fn pod_routers(tb: &Testbed, node: usize) -> Vec<u32> {
+    let st = tb.agent_status(tb.node(node)).unwrap();
+    st["zenoh"]["pods"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p["pid"].as_u64().map(|p| p as u32))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Agents with `zenohRouter` on two nodes, each node's router configured
+/// by `ros2-cni zenoh-router-config` (the other node and the laptop listed
+/// as `peers`), and the laptop's own router.
+fn zenoh_routed_bed() -> (Testbed, String) {
+    let tb = bed(2);
+    let router = router_script(&tb);
+    for i in 1..=2 {
+        let n = tb.node(i);
+        let other = tb.node(3 - i).ip.to_string();
+        let extra = json!({
+            "zenohRouter": 7447,
+            "zenohPodRouter": ["python3", router, "{config}"],
+            "peers": [other, LAPTOP_IP.to_string()],
+        });
+        tb.start_agent(n, &extra).unwrap();
+        let out = std::process::Command::new(BIN)
+            .args(["zenoh-router-config", "--config"])
+            .arg(n.data_dir.join("agent.json"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let conf = n.data_dir.join("zenoh-router.json5");
+        std::fs::write(&conf, &out.stdout).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            v["connect"]["endpoints"],
+            json!([format!("tcp/{other}:7447"), format!("tcp/{LAPTOP_IP}:7447")])
+        );
+        tb.spawn(
+            &n.ns,
+            &["python3", &router, conf.to_str().unwrap()],
+            &format!("zenoh-router-n{i}"),
+        )
+        .unwrap();
+    }
+    let lap = tb.laptop.clone().unwrap();
+    let conf = tb.dir.join("laptop-router.json5");
+    let v = json!({
+        "mode": "router",
+        "listen": {"endpoints": ["tcp/0.0.0.0:7447"]},
+        "scouting": {"multicast": {"enabled": false}},
+    });
+    std::fs::write(&conf, v.to_string()).unwrap();
+    tb.spawn(
+        &lap,
+        &["python3", &router, conf.to_str().unwrap()],
+        "zenoh-router-laptop",
+    )
+    .unwrap();
+    (tb, router)
+}
+
+#[test]
+fn rmw_zenoh_sessions_reach_each_other_through_the_pods_and_the_nodes_routers() {
+    let (tb, _) = zenoh_routed_bed();
+    let a1 = tb.add_pod(&spec("ra1", 1)).unwrap();
+    let a2_spec = spec("ra2", 1);
+    let a2 = tb.add_pod(&a2_spec).unwrap();
+    let b1 = tb.add_pod(&spec("rb1", 2)).unwrap();
+    wait_for(10, "a router in each pod", || {
+        pod_routers(&tb, 1).len() == 2 && pod_routers(&tb, 2).len() == 1
+    });
+    let lap = tb.laptop.clone().unwrap();
+    let t0 = Instant::now();
+    // rmw_zenoh's stock sessions: a pod's neighbour on the same node, a pod
+    // on the other node, a session on the laptop (its router a peer)
+    let got = samples_of(
+        &tb,
+        "rmw",
+        &a1.ns,
+        &[
+            (&a2.ns, "rmw-same-node"),
+            (&b1.ns, "rmw-other-node"),
+            (&lap, "rmw-laptop"),
+        ],
+        25,
+    );
+    for (name, n) in &got {
+        assert_eq!(*n, 3, "{name} got {n} of 3 samples: {got:?}");
+    }
+    eprintln!(
+        "rmw_zenoh: same node, other node and laptop got samples within {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    // the pod is deleted: its router stops with it
+    let before = pod_routers(&tb, 1);
+    tb.del_pod(&a2, &a2_spec).unwrap();
+    wait_for(10, "the deleted pod's router stops", || {
+        pod_routers(&tb, 1).len() == 1
+    });
+    let gone: Vec<u32> = before
+        .into_iter()
+        .filter(|p| !pod_routers(&tb, 1).contains(p))
+        .collect();
+    assert_eq!(gone.len(), 1);
+    wait_for(5, "its process is gone", || !alive(gone[0]));
+}
+
+#[test]
+fn without_a_router_at_its_localhost_an_rmw_zenoh_session_in_a_pod_finds_nothing() {
+    // the control: the same nodes' routers, agents without zenohRouter
+    let tb = bed(2);
+    for i in 1..=2 {
+        tb.start_agent(tb.node(i), &json!({})).unwrap();
+    }
+    let a1 = tb.add_pod(&spec("rc1", 1)).unwrap();
+    let a2 = tb.add_pod(&spec("rc2", 1)).unwrap();
+    let got = samples_of(&tb, "rmw", &a1.ns, &[(&a2.ns, "rmw-no-router")], 8);
+    assert_eq!(got[0].1, 0, "{got:?}");
+}
+
+#[test]
+fn a_zenoh_router_port_nothing_listens_on_is_a_doctor_finding_add_succeeds_and_kill_9_takes_the_routers(
+) {
+    let tb = bed(1);
+    let router = router_script(&tb);
+    let agent = tb
+        .start_agent(
+            tb.node(1),
+            &json!({"zenohRouter": 7999, "zenohPodRouter": ["python3", router, "{config}"]}),
+        )
+        .unwrap();
+    let p = tb.add_pod(&spec("rz1", 1)).unwrap();
+    assert!(pod_has_link(&p.ns, "ros0"));
+    wait_for(10, "the pod's router runs", || {
+        pod_routers(&tb, 1).len() == 1
+    });
+    let (code, report) = doctor(&tb, 1);
+    let f = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["code"] == "ZENOH_ROUTER_DOWN")
+        .unwrap_or_else(|| panic!("no ZENOH_ROUTER_DOWN: {report}"))
+        .clone();
+    assert_eq!(code, 1, "an error finding: {report}");
+    let msg = f["message"].as_str().unwrap();
+    let node_ip = tb.node(1).ip;
+    assert!(
+        msg.contains(&format!("{node_ip}:7999")) && msg.contains("refused"),
+        "{msg}"
+    );
+    let pid = pod_routers(&tb, 1)[0];
+    // kill -9 the agent: the kernel takes its pods' routers with it
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_for(5, "the pod's router dies with its agent", || !alive(pid));
+}
+
+#[test]
+fn a_zenoh_pod_router_that_cannot_start_is_named_by_doctor_and_add_succeeds() {
+    let tb = bed(1);
+    tb.start_agent(
+        tb.node(1),
+        &json!({"zenohRouter": 7447, "zenohPodRouter": ["/nonexistent/zenohd", "-c", "{config}"]}),
+    )
+    .unwrap();
+    let p = tb.add_pod(&spec("rz2", 1)).unwrap();
+    assert!(pod_has_link(&p.ns, "ros0"));
+    wait_for(10, "the agent reports the failed start", || {
+        tb.agent_status(tb.node(1)).unwrap()["zenoh"]["pods"][0]["lastError"]
+            .as_str()
+            .is_some()
+    });
+    let (_, report) = doctor(&tb, 1);
+    let f = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["code"] == "ZENOH_POD_ROUTER_DOWN")
+        .unwrap_or_else(|| panic!("no ZENOH_POD_ROUTER_DOWN: {report}"))
+        .clone();
+    let msg = f["message"].as_str().unwrap();
+    assert!(
+        msg.contains("/nonexistent/zenohd") && msg.contains("No such file"),
+        "{msg}"
+    );
 }

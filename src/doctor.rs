@@ -68,6 +68,9 @@ pub struct Inputs {
     pub cluster: Vec<ClusterNode>,
     /// The RTPS multicast groups (`groups`).
     pub groups: Vec<Ipv4Addr>,
+    /// The node's Zenoh router (`zenohRouter`): its address and whether it
+    /// accepted a TCP connection (Err: why not); None when not configured.
+    pub zenoh_router: Option<(String, Result<(), String>)>,
 }
 
 /// Another node of the cluster form.
@@ -569,6 +572,7 @@ pub fn findings(inp: &Inputs) -> Vec<Finding> {
         }
     }
     out.extend(domain_finding(inp.participants()));
+    out.extend(zenoh_findings(inp));
     if inp.status.is_ok() && inp.participants().is_empty() && !any_silent {
         out.push(Finding::new(
             "NO_PARTICIPANTS",
@@ -1050,6 +1054,7 @@ pub fn gather(cfg: &Config, conf_dir: Option<&Path>) -> Inputs {
             address: e.address,
         })
         .collect();
+    let zenoh_router = zenoh_router_check(cfg, &status);
     Inputs {
         subnet: Some(cfg.subnet),
         mode: Some(cfg.mode),
@@ -1062,7 +1067,89 @@ pub fn gather(cfg: &Config, conf_dir: Option<&Path>) -> Inputs {
         node,
         cluster,
         groups: cfg.groups.clone(),
+        zenoh_router,
     }
+}
+
+/// Tries the node's Zenoh router: at the address the agent gives its pods'
+/// routers, else at the node entry's `address`.
+fn zenoh_router_check(
+    cfg: &Config,
+    status: &Result<Status, String>,
+) -> Option<(String, Result<(), String>)> {
+    let port = cfg.zenoh_router?;
+    let addr = status
+        .as_ref()
+        .ok()
+        .and_then(|s| s.zenoh.as_ref()?.node_router.clone())
+        .or_else(|| cfg.node_address.map(|a| format!("{a}:{port}")))?;
+    let r = match addr.parse::<std::net::SocketAddr>() {
+        Ok(sa) => std::net::TcpStream::connect_timeout(&sa, std::time::Duration::from_secs(1))
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(format!("not an address: {e}")),
+    };
+    Some((addr, r))
+}
+
+/// What doctor says about the Zenoh routers: the node's router must accept
+/// connections, every pod must have its router running.
+fn zenoh_findings(inp: &Inputs) -> Vec<Finding> {
+    let mut out = vec![];
+    if let Some((addr, Err(e))) = &inp.zenoh_router {
+        out.push(Finding::new(
+            "ZENOH_ROUTER_DOWN",
+            Severity::Error,
+            format!(
+                "zenohRouter: nothing accepts TCP on {addr} ({e}). The pods' Zenoh routers cannot reach the \
+                 node's router, so rmw_zenoh sessions in a pod reach only the sessions of the same pod. Fix: \
+                 run the node's router (ros2-cni zenoh-router-config --config FILE > router.json5; zenohd -c \
+                 router.json5; or deploy/zenoh-router.yaml), or set zenohRouter to the port it listens on."
+            ),
+        ));
+    }
+    let Some(z) = inp.status.as_ref().ok().and_then(|s| s.zenoh.as_ref()) else {
+        return out;
+    };
+    if let Some(p) = &z.problem {
+        out.push(Finding::new(
+            "ZENOH_PROBLEM",
+            Severity::Warning,
+            format!("The pods' Zenoh routers: {p}"),
+        ));
+    }
+    for r in z.pods.iter().filter(|r| r.pid.is_none()) {
+        let why = r
+            .last_error
+            .as_deref()
+            .or(r.last_exit.as_deref().map(|e| e.trim()))
+            .unwrap_or("not started yet");
+        out.push(Finding::new(
+            "ZENOH_POD_ROUTER_DOWN",
+            Severity::Warning,
+            format!(
+                "Pod {} has no Zenoh router running ({why}; {} restart(s)): its rmw_zenoh sessions find no \
+                 router at localhost:7447. Its log: dataDir/zenoh/{}.log; the command is zenohPodRouter ({}).",
+                r.pod,
+                r.restarts,
+                r.key,
+                z.command.join(" ")
+            ),
+        ));
+    }
+    let running = z.pods.iter().filter(|r| r.pid.is_some()).count();
+    if let (Some(addr), Some((_, Ok(())))) = (&z.node_router, &inp.zenoh_router) {
+        out.push(Finding::new(
+            "ZENOH_ROUTERS",
+            Severity::Info,
+            format!(
+                "Zenoh: {running} of {} pod(s) have their router at localhost:7447, connecting to the node's \
+                 router at {addr}, which accepts connections.",
+                z.pods.len()
+            ),
+        ));
+    }
+    out
 }
 
 /// The JSON report.
@@ -1209,7 +1296,69 @@ mod tests {
             node: Some("n1".into()),
             cluster: vec![],
             groups: vec!["239.255.0.1".parse().unwrap()],
+            zenoh_router: None,
         }
+    }
+
+    #[test]
+    fn doctor_says_when_the_node_zenoh_router_is_down_and_names_pods_without_their_router() {
+        let mut i = base();
+        i.zenoh_router = Some((
+            "192.168.1.11:7999".into(),
+            Err("Connection refused (os error 111)".into()),
+        ));
+        if let Ok(st) = i.status.as_mut() {
+            st.zenoh = Some(api::ZenohRouters {
+                node_router: Some("192.168.1.11:7999".into()),
+                command: vec!["zenohd".into(), "--config".into(), "{config}".into()],
+                problem: None,
+                pods: vec![
+                    api::PodRouter {
+                        key: "c1-eth0".into(),
+                        pod: "default/talker".into(),
+                        pid: Some(42),
+                        restarts: 0,
+                        last_exit: None,
+                        last_error: None,
+                    },
+                    api::PodRouter {
+                        key: "c2-eth0".into(),
+                        pod: "default/listener".into(),
+                        pid: None,
+                        restarts: 3,
+                        last_exit: None,
+                        last_error: Some(
+                            "starting zenohd: No such file or directory (os error 2)".into(),
+                        ),
+                    },
+                ],
+            });
+        }
+        let f = findings(&i);
+        let down = f.iter().find(|f| f.code == "ZENOH_ROUTER_DOWN").unwrap();
+        assert_eq!(down.severity, Severity::Error);
+        assert!(
+            down.message.contains("192.168.1.11:7999") && down.message.contains("refused"),
+            "{}",
+            down.message
+        );
+        let pod = f
+            .iter()
+            .find(|f| f.code == "ZENOH_POD_ROUTER_DOWN")
+            .unwrap();
+        assert!(
+            pod.message.contains("default/listener") && pod.message.contains("No such file"),
+            "{}",
+            pod.message
+        );
+        assert!(!f.iter().any(|f| f.message.contains("default/talker")));
+        assert!(!f.iter().any(|f| f.code == "ZENOH_ROUTERS"));
+        // the router answers: one info line, no error
+        i.zenoh_router = Some(("192.168.1.11:7999".into(), Ok(())));
+        let f = findings(&i);
+        assert!(!f.iter().any(|f| f.code == "ZENOH_ROUTER_DOWN"));
+        let info = f.iter().find(|f| f.code == "ZENOH_ROUTERS").unwrap();
+        assert!(info.message.contains("1 of 2 pod(s)"), "{}", info.message);
     }
 
     #[test]

@@ -1317,6 +1317,7 @@ mod tests {
                 },
             ],
             groups: vec!["239.255.0.1".parse().unwrap()],
+            zenoh_router: None,
         }
     }
 
