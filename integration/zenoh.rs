@@ -287,6 +287,39 @@ fn pod_routers(tb: &Testbed, node: usize) -> Vec<u32> {
         .unwrap_or_default()
 }
 
+/// Where deploy/zenoh/zenoh-router.yaml's init container writes the node
+/// router's configuration and its zenohd reads it.
+const MANIFEST_ROUTER_CONFIG: &str = "/run/zenoh/router.json5";
+
+/// The command line of the manifest's "config" init container; checks on
+/// the way that the router container reads what it writes.
+fn manifest_config_command() -> Vec<String> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/zenoh/zenoh-router.yaml"
+    );
+    let y: serde_json::Value =
+        serde_norway::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let spec = &y["spec"]["template"]["spec"];
+    let cmd = |list: &str, name: &str| -> Vec<String> {
+        let c = spec[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no {list} {name} in {path}"));
+        serde_json::from_value(c["command"].clone()).unwrap()
+    };
+    let zenohd = cmd("containers", "zenohd");
+    assert_eq!(zenohd[1..], ["--config", MANIFEST_ROUTER_CONFIG]);
+    let config = cmd("initContainers", "config");
+    assert!(
+        config.contains(&MANIFEST_ROUTER_CONFIG.to_string()),
+        "{config:?}"
+    );
+    config
+}
+
 /// Agents with `zenohRouter` on two nodes, each node's router configured
 /// by `ros2-cni zenoh-router-config` (the other node and the laptop listed
 /// as `peers`), and the laptop's own router.
@@ -302,15 +335,27 @@ fn zenoh_routed_bed() -> (Testbed, String) {
             "peers": [other, LAPTOP_IP.to_string()],
         });
         tb.start_agent(n, &extra).unwrap();
-        let out = std::process::Command::new(BIN)
-            .args(["zenoh-router-config", "--config"])
-            .arg(n.data_dir.join("agent.json"))
+        // the node router's configuration, made by the command line of
+        // deploy/zenoh/zenoh-router.yaml's "config" init container
+        let conf = n.data_dir.join("zenoh-router.json5");
+        let argv: Vec<String> = manifest_config_command()
+            .into_iter()
+            .map(|a| match a.as_str() {
+                "/ros2-cni" => BIN.to_string(),
+                "/etc/ros2-cni/config.json" => {
+                    n.data_dir.join("agent.json").to_string_lossy().into()
+                }
+                "$(NODE_NAME)" => format!("n{i}"),
+                MANIFEST_ROUTER_CONFIG => conf.to_string_lossy().into(),
+                _ => a,
+            })
+            .collect();
+        let out = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        let conf = n.data_dir.join("zenoh-router.json5");
-        std::fs::write(&conf, &out.stdout).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(out.status.success(), "{argv:?}: {out:?}");
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&conf).unwrap()).unwrap();
         assert_eq!(
             v["connect"]["endpoints"],
             json!([format!("tcp/{other}:7447"), format!("tcp/{LAPTOP_IP}:7447")])

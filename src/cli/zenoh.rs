@@ -1,7 +1,7 @@
 //! `ros2-cni zenoh-router-config`: the configuration of this node's Zenoh
 //! router (`zenohRouter`), for zenohd or rmw_zenohd (docs/zenoh.md).
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -13,9 +13,13 @@ pub struct Args {
     /// This node's name in the cluster form (default: $NODE_NAME, then the hostname).
     #[arg(long, value_name = "NAME")]
     pub node: Option<String>,
+    /// Write it to FILE (replaced whole, never half-written) instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
-/// Prints the node router's configuration (JSON, which is JSON5) on stdout.
+/// Prints the node router's configuration (JSON, which is JSON5) on stdout
+/// or writes it to `--output`.
 pub fn run(a: Args) -> anyhow::Result<i32> {
     let cfg = ros2_cni::doctor::config_from_file(&a.config, a.node.as_deref())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -26,6 +30,21 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         );
     };
     let v = ros2_cni::zenoh::node_router_config(port, &cfg.peers);
-    println!("{}", serde_json::to_string_pretty(&v)?);
+    let text = serde_json::to_string_pretty(&v)? + "\n";
+    match &a.output {
+        None => print!("{text}"),
+        Some(path) => {
+            let mut tmp = path.as_os_str().to_owned();
+            tmp.push(".tmp");
+            std::fs::write(&tmp, &text)
+                .and_then(|_| std::fs::rename(&tmp, path))
+                .with_context(|| format!("writing {}", path.display()))?;
+            eprintln!(
+                "ros2-cni: wrote {} (router on port {port}, connecting to {} peer router(s))",
+                path.display(),
+                cfg.peers.len()
+            );
+        }
+    }
     Ok(0)
 }
