@@ -394,6 +394,35 @@ fn rmw_zenoh_sessions_reach_each_other_through_the_pods_and_the_nodes_routers() 
     wait_for(10, "a router in each pod", || {
         pod_routers(&tb, 1).len() == 2 && pod_routers(&tb, 2).len() == 1
     });
+    // the pod's router listens on its loopback, [::1] too where lo has IPv6
+    let dir = tb.node(1).data_dir.join("ros2-cni/zenoh");
+    let v6 = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &a1.ns,
+            "cat",
+            "/proc/sys/net/ipv6/conf/lo/disable_ipv6",
+        ])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap();
+    let confs: Vec<serde_json::Value> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json5"))
+        .map(|e| serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap())
+        .collect();
+    assert_eq!(confs.len(), 2, "{dir:?}");
+    let mut listen = vec![json!("tcp/127.0.0.1:7447")];
+    if v6 {
+        listen.push(json!("tcp/[::1]:7447"));
+    }
+    for c in &confs {
+        assert_eq!(c["listen"]["endpoints"], json!(listen), "{c}");
+        let node = format!("tcp/{}:7447", tb.node(1).ip);
+        assert_eq!(c["connect"]["endpoints"], json!([node]), "{c}");
+    }
     let lap = tb.laptop.clone().unwrap();
     let t0 = Instant::now();
     // rmw_zenoh's stock sessions: a pod's neighbour on the same node, a pod
@@ -407,7 +436,7 @@ fn rmw_zenoh_sessions_reach_each_other_through_the_pods_and_the_nodes_routers() 
             (&b1.ns, "rmw-other-node"),
             (&lap, "rmw-laptop"),
         ],
-        25,
+        15,
     );
     for (name, n) in &got {
         assert_eq!(*n, 3, "{name} got {n} of 3 samples: {got:?}");
