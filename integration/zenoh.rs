@@ -542,3 +542,29 @@ fn a_zenoh_pod_router_that_cannot_start_is_named_by_doctor_and_add_succeeds() {
         "{msg}"
     );
 }
+
+#[test]
+fn zenoh_peers_discover_through_the_relay_across_a_switch_that_drops_multicast() {
+    // lanMulticast false behind a switch that drops multicast: the relay
+    // alone carries the pods' scouting (extraMulticast), TCP follows
+    let tb = bed_with(2, |o| o.laptop = false);
+    crate::relay::drop_multicast(&tb);
+    for i in 1..=2 {
+        let cfg = crate::relay::relay_cfg(&tb, i, false);
+        tb.start_agent(tb.node(i), &cfg).unwrap();
+    }
+    let a1 = tb.add_pod(&spec("zr1", 1)).unwrap();
+    let b1 = tb.add_pod(&spec("zr2", 2)).unwrap();
+    let got = samples(&tb, &a1.ns, &[(&b1.ns, "zenoh-relay-b1")], 20);
+    assert_eq!(got[0].1, 3, "{got:?}");
+    // the pods ran Zenoh only: what node 1 relayed to node 2 was scouting
+    let st = tb.agent_status(tb.node(1)).unwrap();
+    let to_n2 = st["relay"]["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["address"] == tb.node(2).ip.to_string())
+        .unwrap_or_else(|| panic!("node 2 is no peer: {st}"))
+        .clone();
+    assert!(to_n2["sent"].as_u64().unwrap() > 0, "{to_n2}");
+}
