@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Runs the benchmarks on the namespace test bed and writes docs/benchmarks.md
 # and docs/benchmarks.json (about 15 minutes on 2 cores).
-#   sudo -E ./bench/run.sh                 # everything
-#   sudo -E ./bench/run.sh --only 1,4      # some sections (1, 2, 3, 4, 4b, 5, 6)
-#   sudo -E ./bench/run.sh --smoke         # every section, tiny (seconds)
-#   sudo -E ./bench/run.sh --out DIR       # write elsewhere
-#   sudo -E ./bench/run.sh --keep          # leave the test beds (debugging)
-#   sudo -E ./bench/run.sh --alt-plugin "LABEL=PATH"   # time another build beside (section 1)
+#   ./bench/run.sh                 # everything (as root)
+#   ./bench/run.sh --only 1,4      # some sections (1, 2, 3, 4, 4b, 5, 6, 6b, 7)
+#   ./bench/run.sh --smoke         # every section, tiny (seconds)
+#   ./bench/run.sh --out DIR       # write elsewhere
+#   ./bench/run.sh --keep          # leave the test beds (debugging)
+#   ./bench/run.sh --alt-plugin "LABEL=PATH"   # time another build beside (section 1)
 #   ./bench/run.sh --notes-only            # re-append bench/notes.md to docs/benchmarks.md
 # The plugin measured is the binary users get: the static musl build of
 # deploy/Containerfile, when the musl target is installed (else the

@@ -20,6 +20,7 @@ mod invoke;
 mod pods;
 mod report;
 mod stats;
+mod zenoh;
 
 use report::{Report, Section};
 use ros2_cni::lab::testbed::{sh, sweep_stale, unique_prefix, Options, Testbed};
@@ -499,6 +500,7 @@ fn main() {
     run("4b", want("4b"), &|| vec![costs::costs(&plan)]);
     run("6", want("6"), &|| vec![agent::agent(&plan)]);
     run("6b", want("6b"), &|| vec![forwarders::forwarders(&plan)]);
+    run("7", want("7"), &|| vec![zenoh::zenoh(&plan)]);
     sections.sort_by(|a, b| a.id.cmp(&b.id));
     let mut machine = machine;
     machine.push((
