@@ -149,6 +149,25 @@ fn zenoh_peers_with_the_default_config_discover_across_nodes_and_the_laptop() {
         .filter_map(|f| f["packets"].as_u64())
         .sum::<u64>();
     assert!(carried > 0, "no Zenoh scouting counted: {st}");
+    // doctor lists the pods' scouting sessions (the agents read their
+    // SCOUTs) and has nothing to say against them
+    for (node, pod) in [(1, &a1), (2, &b1)] {
+        let (_, rep) = doctor(&tb, node);
+        let scouts = rep["zenohScouts"].as_array().unwrap();
+        assert!(
+            scouts.iter().any(|z| {
+                z["pod"].as_str().is_some_and(|p| p.contains(&pod.name))
+                    && z["group"] == "224.0.0.224:7446"
+                    && z["looksFor"].as_array().is_some_and(|l| !l.is_empty())
+            }),
+            "node {node}: no scout of pod {}: {scouts:?}",
+            pod.name
+        );
+        // nor are the TTL-1 scouts taken for RTPS nothing forwards
+        for code in ["ZENOH_SCOUTING_NOT_CARRIED", "TTL1_NOT_FORWARDED"] {
+            assert!(!rep["findings"].to_string().contains(code), "{rep}");
+        }
+    }
 }
 
 #[test]
@@ -157,6 +176,19 @@ fn without_extra_multicast_zenoh_pods_on_two_nodes_find_nothing() {
     let (tb, a1, b1) = two_nodes(json!({"extraMulticast": []}));
     let got = samples(&tb, &a1.ns, &[(&b1.ns, "zenoh-b1")], 8);
     assert_eq!(got[0].1, 0, "scouting is not carried: {got:?}");
+    // and doctor says so, naming the pod
+    let (_, rep) = doctor(&tb, 1);
+    let f = rep["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["code"] == "ZENOH_SCOUTING_NOT_CARRIED")
+        .unwrap_or_else(|| panic!("no ZENOH_SCOUTING_NOT_CARRIED: {rep}"));
+    let msg = f["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&a1.name) && msg.contains("224.0.0.224:7446"),
+        "{msg}"
+    );
 }
 
 #[test]

@@ -433,8 +433,35 @@ pub struct Participants {
     pub subnet: String,
     pub participants: Vec<Participant>,
     pub sources: Vec<Source>,
-    /// RTPS datagrams that did not parse.
+    /// Datagrams to the watched groups that are neither RTPS nor a Zenoh SCOUT.
     pub malformed: u64,
+    /// Zenoh sessions scouting by multicast on this node.
+    #[serde(default, rename = "zenohScouts")]
+    pub zenoh_scouts: Vec<ZenohScout>,
+}
+
+/// A Zenoh session seen scouting (a SCOUT to a watched group), by source.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ZenohScout {
+    /// Where its scouts come from (address:port: one per session).
+    pub source: String,
+    /// The group and port it scouts on.
+    pub group: String,
+    /// The interface it was seen on.
+    pub seen_on: String,
+    /// The pod it belongs to (namespace/name), when it is one of this node's.
+    pub pod: Option<String>,
+    /// The Zenoh protocol version (9 for zenoh 1.x).
+    pub version: u8,
+    /// What it looks for: router, peer, client.
+    pub looks_for: Vec<String>,
+    /// Its Zenoh ID in hex, when its scouts carry one (zenoh 1.x's do not).
+    pub zid: Option<String>,
+    /// IP TTL of its last scout on arrival.
+    pub ttl: u8,
+    pub first_seen: u64,
+    pub last_seen: u64,
 }
 
 /// A DDS participant seen on the node.
@@ -752,9 +779,24 @@ mod tests {
                 last_seen: 5,
             }],
             malformed: 1,
+            zenoh_scouts: vec![ZenohScout {
+                source: "192.168.1.161:40123".into(),
+                group: "224.0.0.224:7446".into(),
+                looks_for: vec!["router".into(), "peer".into()],
+                version: 9,
+                ..Default::default()
+            }],
         };
         let v = serde_json::to_value(&p).unwrap();
         assert_eq!(v["participants"][0]["guidPrefix"], "0110aabb");
+        assert_eq!(v["zenohScouts"][0]["looksFor"][1], "peer");
+        // an older agent's document, without Zenoh scouts, still reads
+        let mut old = v.clone();
+        old.as_object_mut().unwrap().remove("zenohScouts");
+        assert!(serde_json::from_value::<Participants>(old)
+            .unwrap()
+            .zenoh_scouts
+            .is_empty());
         assert_eq!(v["participants"][0]["seenOn"], "");
         assert_eq!(v["sources"][0]["lastSeen"], 5);
         assert!(p.participants[0].locators[0].is_unicast());

@@ -71,6 +71,8 @@ pub struct Inputs {
     /// The node's Zenoh router (`zenohRouter`): its address and whether it
     /// accepted a TCP connection (Err: why not); None when not configured.
     pub zenoh_router: Option<(String, Result<(), String>)>,
+    /// The multicast carried beyond RTPS (`extraMulticast`).
+    pub extra_multicast: Vec<(Ipv4Addr, u16)>,
 }
 
 /// Another node of the cluster form.
@@ -146,6 +148,13 @@ impl Inputs {
         self.participants
             .as_ref()
             .map_or(&[], |p| p.participants.as_slice())
+    }
+
+    /// The Zenoh sessions the agent saw scouting.
+    pub fn zenoh_scouts(&self) -> &[api::ZenohScout] {
+        self.participants
+            .as_ref()
+            .map_or(&[], |p| p.zenoh_scouts.as_slice())
     }
 
     /// The multicast senders in the agent's table.
@@ -573,12 +582,17 @@ pub fn findings(inp: &Inputs) -> Vec<Finding> {
     }
     out.extend(domain_finding(inp.participants()));
     out.extend(zenoh_findings(inp));
-    if inp.status.is_ok() && inp.participants().is_empty() && !any_silent {
+    out.extend(zenoh_scouting_finding(inp));
+    if inp.status.is_ok()
+        && inp.participants().is_empty()
+        && inp.zenoh_scouts().is_empty()
+        && !any_silent
+    {
         out.push(Finding::new(
             "NO_PARTICIPANTS",
             Severity::Info,
-            "The agent has seen no DDS participant announce itself on this node yet (SPDP to the RTPS groups). \
-             Start a ROS 2 node in an opted-in pod, or check `groups`."
+            "The agent has seen no DDS participant announce itself on this node yet (SPDP to the RTPS groups), \
+             and no Zenoh session scout. Start a ROS 2 node in an opted-in pod, or check `groups`."
                 .into(),
         ));
     }
@@ -716,7 +730,10 @@ fn ttl1_unforwarded(inp: &Inputs) -> Vec<(&api::Source, bool)> {
     let routes = st.map_or(&[][..], |s| s.routes.as_slice());
     let (uplink, node_dev) = st.map_or(("", ""), |s| (s.uplink.as_str(), s.node_device.as_str()));
     let mut out = vec![];
-    for s in inp.sources().iter().filter(|s| s.ttl == 1) {
+    // the RTPS groups only: the capture also watches Zenoh's scouting
+    // group, whose TTL-1 scouts are carried by the copy rules, not by routes
+    let rtps = |s: &&api::Source| inp.groups.is_empty() || inp.groups.contains(&s.group);
+    for s in inp.sources().iter().filter(|s| s.ttl == 1).filter(rtps) {
         let (src, grp, ifname) = (s.source, s.group, s.interface.as_str());
         let forwarded = routes.iter().any(|r| {
             (r.source == src || r.source.is_unspecified())
@@ -1068,6 +1085,7 @@ pub fn gather(cfg: &Config, conf_dir: Option<&Path>) -> Inputs {
         cluster,
         groups: cfg.groups.clone(),
         zenoh_router,
+        extra_multicast: cfg.extra_multicast.clone(),
     }
 }
 
@@ -1090,6 +1108,48 @@ fn zenoh_router_check(
         Err(e) => Err(format!("not an address: {e}")),
     };
     Some((addr, r))
+}
+
+/// ZENOH_SCOUTING_NOT_CARRIED: Zenoh sessions scout to a group and port
+/// that `extraMulticast` does not carry, so they find only what shares
+/// their network (in a pod: the pod itself).
+fn zenoh_scouting_finding(inp: &Inputs) -> Option<Finding> {
+    let carried = |group: &str| {
+        group
+            .parse::<SocketAddrV4>()
+            .is_ok_and(|g| inp.extra_multicast.contains(&(*g.ip(), g.port())))
+    };
+    let lost: Vec<&api::ZenohScout> = inp
+        .zenoh_scouts()
+        .iter()
+        .filter(|z| !carried(&z.group))
+        .collect();
+    if lost.is_empty() {
+        return None;
+    }
+    let groups: BTreeSet<&str> = lost.iter().map(|z| z.group.as_str()).collect();
+    let who: BTreeSet<String> = lost
+        .iter()
+        .map(|z| {
+            format!(
+                "{} ({})",
+                z.pod.as_deref().unwrap_or("a LAN host"),
+                z.source
+            )
+        })
+        .collect();
+    Some(Finding::new(
+        "ZENOH_SCOUTING_NOT_CARRIED",
+        Severity::Warning,
+        format!(
+            "Zenoh sessions scout by multicast to {}, which extraMulticast does not carry: {}. They find only \
+             the sessions on their own network (a pod's: the pod itself). Fix: add it to extraMulticast (the \
+             default carries Zenoh's 224.0.0.224:7446), or give the sessions a router to connect to \
+             (zenohRouter, docs/zenoh.md).",
+            groups.into_iter().collect::<Vec<_>>().join(", "),
+            who.into_iter().collect::<Vec<_>>().join(", ")
+        ),
+    ))
 }
 
 /// What doctor says about the Zenoh routers: the node's router must accept
@@ -1175,6 +1235,7 @@ pub fn report(inp: &Inputs) -> Value {
             "fastPath": st.map(|s| &s.fast_path),
         },
         "participants": inp.participants(),
+        "zenohScouts": inp.zenoh_scouts(),
         "findings": findings(inp),
     })
 }
@@ -1248,6 +1309,25 @@ pub fn render(inp: &Inputs) -> String {
             locs.into_iter().collect::<Vec<_>>().join(" ")
         ));
     }
+    let scouts = inp.zenoh_scouts();
+    if !scouts.is_empty() {
+        o.push_str(&format!("zenoh sessions scouting ({}):\n", scouts.len()));
+        for z in scouts {
+            o.push_str(&format!(
+                "  {:<21} {:<28} seen on {:<14} to {:<17} looks for {} (protocol {}{})\n",
+                z.source,
+                z.pod.as_deref().unwrap_or("-"),
+                z.seen_on,
+                z.group,
+                z.looks_for.join(","),
+                z.version,
+                z.zid
+                    .as_deref()
+                    .map(|i| format!(", id {i}"))
+                    .unwrap_or_default(),
+            ));
+        }
+    }
     let f = findings(inp);
     if f.is_empty() {
         o.push_str("findings: none — discovery should work\n");
@@ -1297,7 +1377,70 @@ mod tests {
             cluster: vec![],
             groups: vec!["239.255.0.1".parse().unwrap()],
             zenoh_router: None,
+            extra_multicast: vec![crate::config::ZENOH_SCOUTING],
         }
+    }
+
+    #[test]
+    fn doctor_lists_zenoh_scouts_and_says_when_their_group_is_not_carried() {
+        let scout = |source: &str, pod: Option<&str>| api::ZenohScout {
+            source: source.into(),
+            group: "224.0.0.224:7446".into(),
+            seen_on: "ros2br0".into(),
+            pod: pod.map(str::to_owned),
+            version: 9,
+            looks_for: vec!["router".into(), "peer".into(), "client".into()],
+            ..Default::default()
+        };
+        let mut i = base();
+        i.participants.as_mut().unwrap().zenoh_scouts = vec![
+            scout("192.168.1.160:40001", Some("robots/talker")),
+            scout("192.168.1.20:40002", None),
+        ];
+        // carried (the default): listed, no warning, and not "no participants"
+        let f = findings(&i);
+        let codes: Vec<_> = f.iter().map(|f| f.code).collect();
+        assert!(!codes.contains(&"ZENOH_SCOUTING_NOT_CARRIED"), "{codes:?}");
+        assert!(!codes.contains(&"NO_PARTICIPANTS"), "{codes:?}");
+        let text = render(&i);
+        assert!(text.contains("zenoh sessions scouting (2):"), "{text}");
+        assert!(text.contains("192.168.1.160:40001"), "{text}");
+        assert!(text.contains("robots/talker"), "{text}");
+        assert!(
+            text.contains("looks for router,peer,client (protocol 9)"),
+            "{text}"
+        );
+        assert_eq!(report(&i)["zenohScouts"][1]["source"], "192.168.1.20:40002");
+        // their TTL-1 scouts, in the senders' table, are not RTPS left unforwarded
+        i.participants.as_mut().unwrap().sources = vec![api::Source {
+            source: "192.168.1.20".parse().unwrap(),
+            group: "224.0.0.224".parse().unwrap(),
+            interface: "eth0".into(),
+            ttl: 1,
+            packets: 3,
+            last_seen: 0,
+        }];
+        let codes: Vec<_> = findings(&i).iter().map(|f| f.code).collect();
+        assert!(!codes.contains(&"TTL1_NOT_FORWARDED"), "{codes:?}");
+        // not carried: a warning naming the group, the pod and the LAN host
+        i.extra_multicast.clear();
+        let f = findings(&i);
+        let w = f
+            .iter()
+            .find(|f| f.code == "ZENOH_SCOUTING_NOT_CARRIED")
+            .expect("finding");
+        assert_eq!(w.severity, Severity::Warning);
+        assert!(w.message.contains("224.0.0.224:7446"), "{}", w.message);
+        assert!(
+            w.message.contains("robots/talker (192.168.1.160:40001)"),
+            "{}",
+            w.message
+        );
+        assert!(
+            w.message.contains("a LAN host (192.168.1.20:40002)"),
+            "{}",
+            w.message
+        );
     }
 
     #[test]

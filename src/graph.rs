@@ -1318,6 +1318,7 @@ mod tests {
             ],
             groups: vec!["239.255.0.1".parse().unwrap()],
             zenoh_router: None,
+            extra_multicast: vec![],
         }
     }
 

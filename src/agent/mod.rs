@@ -435,7 +435,7 @@ pub fn start(opts: &Options) -> Result<State, AgentError> {
         _instance: Some(instance),
     })
     .map(|mut st| {
-        match observe::Capture::open(&st.cfg.groups) {
+        match observe::Capture::open(&observe::watched_groups(&st.cfg)) {
             Ok(c) => st.discovery.capture = Some(c),
             Err(e) => st
                 .problems
@@ -625,7 +625,7 @@ fn reload_config(st: &mut State) -> bool {
             }
             st.fastpath.reset();
             if let Some(c) = &st.discovery.capture {
-                if let Err(e) = c.set_filter(&cfg.groups) {
+                if let Err(e) = c.set_filter(&observe::watched_groups(&cfg)) {
                     tracing::warn!("capture filter for the new groups: {e}");
                 }
             }
@@ -782,5 +782,6 @@ pub fn participants_reply(st: &State) -> api::Participants {
             .collect(),
         sources: st.discovery.table.sources().into_iter().cloned().collect(),
         malformed: st.discovery.table.malformed,
+        zenoh_scouts: st.discovery.table.zenoh_scouts(),
     }
 }

@@ -1,10 +1,14 @@
 //! Watching discovery: the agent reads SPDP announcements on every interface
 //! of the node and keeps a table of DDS participants — who, which vendor and
 //! domain, which locators they advertise, and where they were seen (a pod's
-//! port, the uplink, a primary-network veth). `doctor` reasons over it.
+//! port, the uplink, a primary-network veth) — and of the Zenoh sessions
+//! that scout by multicast (by source: zenoh 1.x sends no ID in a SCOUT).
+//! `doctor` reasons over both.
 //!
 //! A packet socket (AF_PACKET for IPv4, all interfaces) with a classic BPF
-//! filter takes only UDP to the RTPS groups; frames the node sends out are
+//! filter takes only UDP to the watched groups ([`watched_groups`]: the RTPS
+//! groups, `extraMulticast`'s and Zenoh's scouting group, carried or not, so
+//! that doctor can say when Zenoh scouts are not carried); frames the node sends out are
 //! skipped (each forwarded packet would otherwise be counted where it leaves
 //! too). Bound to IPv4 rather than all protocols, it sees a pod's frames once,
 //! on the node bridge (bridge ports hand frames to the bridge before IPv4
@@ -12,8 +16,10 @@
 //! most twice a second; the table and the per-source records are bounded.
 
 use crate::api::unix_now;
+use crate::config::{Config, ZENOH_SCOUTING};
 use crate::kernel::packet::{attach_filter, packet_socket};
 use crate::rtps::{self, spdp, GuidPrefix};
+use crate::zenoh::scout;
 use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -22,6 +28,10 @@ use std::time::{Duration, Instant};
 
 const MAX_PARTICIPANTS: usize = 4096;
 const MAX_SOURCES: usize = 8192;
+const MAX_ZENOH_SCOUTS: usize = 1024;
+/// A Zenoh session scouts at least every 8 s (zenoh 1.x backs off from 1 s
+/// to 8 s); one silent for a minute is gone.
+const ZENOH_SCOUT_GONE: Duration = Duration::from_secs(60);
 const PARSE_EVERY: Duration = Duration::from_millis(500);
 /// The agent reads captured frames at most this often: one wake-up per batch
 /// instead of one per packet (what is missed between batches waits in the
@@ -34,6 +44,18 @@ pub use crate::api::Locator as LocatorInfo;
 pub use crate::api::Participant;
 /// A sender of RTPS multicast, by source address and group, as reported.
 pub use crate::api::Source;
+/// A Zenoh session seen scouting, as reported.
+pub use crate::api::ZenohScout;
+
+/// The groups the capture takes: the RTPS `groups`, those of
+/// `extraMulticast`, and Zenoh's scouting group.
+pub fn watched_groups(cfg: &Config) -> Vec<Ipv4Addr> {
+    let mut g = cfg.discovery_groups();
+    if !g.contains(&ZENOH_SCOUTING.0) {
+        g.push(ZENOH_SCOUTING.0);
+    }
+    g
+}
 
 /// A participant and when it was last heard.
 #[derive(Debug, Clone)]
@@ -55,6 +77,8 @@ struct Sender {
 pub struct Table {
     participants: HashMap<GuidPrefix, Heard>,
     sources: HashMap<(Ipv4Addr, u16, Ipv4Addr), Sender>,
+    /// Zenoh sessions scouting, by source address and port.
+    zenoh: HashMap<SocketAddrV4, (ZenohScout, Instant)>,
     /// Pod of an address (ros0 or primary), refreshed by the agent.
     pub pods_by_ip: HashMap<Ipv4Addr, String>,
     /// Pod of a host-side port name (routed mode).
@@ -82,7 +106,8 @@ pub struct Seen<'a> {
 }
 
 impl Table {
-    /// Records one captured RTPS datagram (`payload` is the UDP payload).
+    /// Records one captured datagram to a watched group (`payload` is the
+    /// UDP payload): RTPS, or a Zenoh SCOUT.
     pub fn record(&mut self, seen: &Seen, payload: &[u8], now: Instant) {
         let key = (*seen.src.ip(), seen.src.port(), *seen.dst.ip());
         if !self.sources.contains_key(&key) && self.sources.len() >= MAX_SOURCES {
@@ -114,6 +139,18 @@ impl Table {
         s.last_parsed = Some(now);
         // wall-clock time only when parsing (at most twice a second per sender)
         s.s.last_seen = unix_now();
+        let pod = self
+            .pods_by_port
+            .get(seen.ifname)
+            .or_else(|| self.pods_by_ip.get(seen.src.ip()))
+            .cloned();
+        if !payload.starts_with(b"RTPS") {
+            match scout::parse_scout(payload) {
+                Ok(sc) => self.record_scout(seen, &sc, pod, now),
+                Err(_) => self.malformed += 1,
+            }
+            return;
+        }
         let msg = match rtps::parse_message(payload) {
             Ok(m) => m,
             Err(_) => {
@@ -124,11 +161,6 @@ impl Table {
         for gone in spdp::departed(&msg) {
             self.participants.remove(&gone);
         }
-        let pod = self
-            .pods_by_port
-            .get(seen.ifname)
-            .or_else(|| self.pods_by_ip.get(seen.src.ip()))
-            .cloned();
         for p in spdp::participants(&msg) {
             let Ok(p) = p else {
                 self.malformed += 1;
@@ -183,9 +215,36 @@ impl Table {
         }
     }
 
+    fn record_scout(&mut self, seen: &Seen, sc: &scout::Scout, pod: Option<String>, now: Instant) {
+        if !self.zenoh.contains_key(&seen.src) && self.zenoh.len() >= MAX_ZENOH_SCOUTS {
+            return;
+        }
+        let wall = unix_now();
+        let first = self
+            .zenoh
+            .get(&seen.src)
+            .map_or(wall, |(z, _)| z.first_seen);
+        let z = ZenohScout {
+            source: seen.src.to_string(),
+            group: seen.dst.to_string(),
+            seen_on: seen.ifname.to_owned(),
+            pod,
+            version: sc.version,
+            looks_for: sc.looks_for().into_iter().map(str::to_owned).collect(),
+            zid: sc.zid_hex(),
+            ttl: seen.ttl,
+            first_seen: first,
+            last_seen: wall,
+        };
+        self.zenoh.insert(seen.src, (z, now));
+    }
+
     /// Forgets participants not heard from for twice their lease (at least a
-    /// minute), and senders silent for five minutes.
+    /// minute), Zenoh sessions silent for a minute, and senders silent for
+    /// five minutes.
     pub fn expire(&mut self, now: Instant) {
+        self.zenoh
+            .retain(|_, (_, at)| now.duration_since(*at) < ZENOH_SCOUT_GONE);
         self.participants.retain(|_, p| {
             let lease = p.p.lease_seconds.unwrap_or(30.0).clamp(1.0, 3600.0);
             let keep = Duration::from_secs_f64((2.0 * lease).max(60.0));
@@ -204,6 +263,29 @@ impl Table {
     pub fn sources(&self) -> Vec<&Source> {
         let mut v: Vec<_> = self.sources.values().map(|s| &s.s).collect();
         v.sort_by_key(|s| (s.group, s.source));
+        v
+    }
+
+    /// The Zenoh sessions seen scouting, by source. The pod is looked up
+    /// again here: a session that scouts once as it starts (and finds its
+    /// peer) may do so before the agent has read the pod's record.
+    pub fn zenoh_scouts(&self) -> Vec<ZenohScout> {
+        let mut v: Vec<ZenohScout> = self
+            .zenoh
+            .iter()
+            .map(|(src, (z, _))| {
+                let mut z = z.clone();
+                if z.pod.is_none() {
+                    z.pod = self
+                        .pods_by_port
+                        .get(&z.seen_on)
+                        .or_else(|| self.pods_by_ip.get(src.ip()))
+                        .cloned();
+                }
+                z
+            })
+            .collect();
+        v.sort_by(|a, b| (&a.pod, &a.source).cmp(&(&b.pod, &b.source)));
         v
     }
 
@@ -387,6 +469,98 @@ mod tests {
         assert_eq!(t.malformed, 1);
         assert_eq!(t.sources()[0].packets, 2);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn zenoh_scouts_land_in_their_own_table_by_source_and_expire() {
+        let mut t = Table::default();
+        t.pods_by_ip
+            .insert(Ipv4Addr::new(10, 1, 1, 5), "robots/zenoh".into());
+        let scout = [0x01, 0x09, 0x07];
+        let f = frame(
+            Ipv4Addr::new(10, 1, 1, 5),
+            Ipv4Addr::new(224, 0, 0, 224),
+            1,
+            &scout,
+        );
+        let (s, mut d, ttl, payload) = udp_of(&f).unwrap();
+        d.set_port(7446);
+        let now = Instant::now();
+        let seen = Seen {
+            ifname: "ros2br0",
+            src: s,
+            dst: d,
+            ttl,
+        };
+        t.record(&seen, payload, now);
+        // not a participant, not malformed
+        assert!(t.is_empty());
+        assert_eq!(t.malformed, 0);
+        let z = t.zenoh_scouts();
+        assert_eq!(z.len(), 1);
+        assert_eq!(z[0].pod.as_deref(), Some("robots/zenoh"));
+        assert_eq!(z[0].source, "10.1.1.5:7400");
+        assert_eq!(z[0].group, "224.0.0.224:7446");
+        assert_eq!(z[0].looks_for, ["router", "peer", "client"]);
+        assert_eq!((z[0].version, z[0].ttl), (9, 1));
+        // a pod the agent learns of after its scout is named all the same
+        t.pods_by_ip.clear();
+        t.record(
+            &Seen {
+                src: SocketAddrV4::new(Ipv4Addr::new(10, 1, 1, 6), 41000),
+                ..seen.clone()
+            },
+            payload,
+            now,
+        );
+        t.pods_by_ip
+            .insert(Ipv4Addr::new(10, 1, 1, 6), "robots/late".into());
+        assert!(t
+            .zenoh_scouts()
+            .iter()
+            .any(|z| z.pod.as_deref() == Some("robots/late")));
+        t.pods_by_ip
+            .insert(Ipv4Addr::new(10, 1, 1, 5), "robots/zenoh".into());
+        // a second session of the same pod (another port) is another entry
+        let other = Seen {
+            src: SocketAddrV4::new(*s.ip(), 40000),
+            ..seen.clone()
+        };
+        t.record(&other, payload, now);
+        assert_eq!(t.zenoh_scouts().len(), 3);
+        // neither RTPS nor a SCOUT: malformed
+        let third = Seen {
+            src: SocketAddrV4::new(*s.ip(), 40001),
+            ..seen.clone()
+        };
+        t.record(&third, b"\x02\x09\x01", now);
+        assert_eq!(t.malformed, 1);
+        t.expire(now + Duration::from_secs(59));
+        assert_eq!(t.zenoh_scouts().len(), 3);
+        t.expire(now + Duration::from_secs(61));
+        assert!(t.zenoh_scouts().is_empty(), "silent for a minute: gone");
+    }
+
+    #[test]
+    fn the_capture_watches_zenoh_scouting_even_when_not_carried() {
+        let mut cfg = crate::config::Config::from_value(
+            &serde_json::json!({"cniVersion": "0.3.1", "name": "k8s-pod-network", "type": "ros2-cni",
+                                "subnet": "192.168.1.0/24", "podRange": "192.168.1.160/28"}),
+            true,
+            None,
+        )
+        .unwrap();
+        let g = watched_groups(&cfg);
+        assert!(g.contains(&Ipv4Addr::new(239, 255, 0, 1)));
+        assert!(g.contains(&ZENOH_SCOUTING.0));
+        cfg.extra_multicast.clear();
+        assert_eq!(
+            watched_groups(&cfg)
+                .iter()
+                .filter(|x| **x == ZENOH_SCOUTING.0)
+                .count(),
+            1
+        );
     }
 
     #[test]

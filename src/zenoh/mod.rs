@@ -20,6 +20,7 @@
 //! router to router.
 
 pub mod routers;
+pub mod scout;
 
 use serde_json::{json, Value};
 use std::net::{Ipv4Addr, SocketAddrV4};
