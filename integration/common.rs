@@ -316,3 +316,21 @@ pub fn time_scale() -> f64 {
         .filter(|v| *v >= 1.0)
         .unwrap_or(1.0)
 }
+
+/// The findings of a doctor `--json` report with `code`.
+pub fn findings_with<'a>(report: &'a Value, code: &str) -> Vec<&'a Value> {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["code"] == code)
+        .collect()
+}
+
+/// The first finding with `code`; panics, showing the report, without one.
+pub fn finding<'a>(report: &'a Value, code: &str) -> &'a Value {
+    findings_with(report, code)
+        .first()
+        .copied()
+        .unwrap_or_else(|| panic!("no {code} finding in doctor's report: {report:#}"))
+}

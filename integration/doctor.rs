@@ -236,15 +236,6 @@ fn pod_names(ps: &[Value]) -> Vec<String> {
         .collect()
 }
 
-fn findings_with<'a>(report: &'a Value, code: &str) -> Vec<&'a Value> {
-    report["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["code"] == code)
-        .collect()
-}
-
 fn primary_ip(pod: &ros2_cni::lab::testbed::Pod) -> String {
     pod.result["ips"][0]["address"]
         .as_str()

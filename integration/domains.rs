@@ -262,12 +262,7 @@ fn dds_discovers_within_a_team_and_a_stray_domain_is_blocked_and_named() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(2500));
     let (_, report) = doctor(&tb, 1);
-    let f = report["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["code"] == "DOMAIN_BLOCKED")
-        .unwrap_or_else(|| panic!("DOMAIN_BLOCKED: {report:#}"));
+    let f = finding(&report, "DOMAIN_BLOCKED");
     let msg = f["message"].as_str().unwrap_or_default().to_owned()
         + f["detail"].as_str().unwrap_or_default();
     assert!(msg.contains("team-b/b1"), "{f}");

@@ -46,10 +46,9 @@ fn flood(
 }
 
 fn pressure_finding(tb: &Testbed, node: usize) -> Option<String> {
-    doctor(tb, node).1["findings"]
-        .as_array()?
-        .iter()
-        .find(|f| f["code"] == "MULTICAST_PRESSURE")
+    let (_, report) = doctor(tb, node);
+    findings_with(&report, "MULTICAST_PRESSURE")
+        .first()
         .and_then(|f| f["message"].as_str().map(str::to_owned))
 }
 

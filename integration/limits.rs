@@ -291,13 +291,9 @@ fn a_pod_flooding_discovery_is_limited_at_its_node_and_discovery_goes_on() {
         Some(0.0)
     );
     let (_, report) = doctor(&tb, 1);
-    let finding = report["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["code"] == "POD_RATE_LIMITED")
-        .unwrap_or_else(|| panic!("no POD_RATE_LIMITED finding: {report:#}"));
-    let msg = finding["message"].as_str().unwrap();
+    let msg = finding(&report, "POD_RATE_LIMITED")["message"]
+        .as_str()
+        .unwrap();
     assert!(
         msg.contains("robots/flooder") && msg.contains("podDiscoveryRate") && !msg.contains("a1"),
         "{msg}"

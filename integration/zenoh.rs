@@ -178,13 +178,9 @@ fn without_extra_multicast_zenoh_pods_on_two_nodes_find_nothing() {
     assert_eq!(got[0].1, 0, "scouting is not carried: {got:?}");
     // and doctor says so, naming the pod
     let (_, rep) = doctor(&tb, 1);
-    let f = rep["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["code"] == "ZENOH_SCOUTING_NOT_CARRIED")
-        .unwrap_or_else(|| panic!("no ZENOH_SCOUTING_NOT_CARRIED: {rep}"));
-    let msg = f["message"].as_str().unwrap();
+    let msg = finding(&rep, "ZENOH_SCOUTING_NOT_CARRIED")["message"]
+        .as_str()
+        .unwrap();
     assert!(
         msg.contains(&a1.name) && msg.contains("224.0.0.224:7446"),
         "{msg}"
@@ -521,13 +517,7 @@ fn a_zenoh_router_port_nothing_listens_on_is_a_doctor_finding_add_succeeds_and_k
         pod_routers(&tb, 1).len() == 1
     });
     let (code, report) = doctor(&tb, 1);
-    let f = report["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["code"] == "ZENOH_ROUTER_DOWN")
-        .unwrap_or_else(|| panic!("no ZENOH_ROUTER_DOWN: {report}"))
-        .clone();
+    let f = finding(&report, "ZENOH_ROUTER_DOWN");
     assert_eq!(code, 1, "an error finding: {report}");
     let msg = f["message"].as_str().unwrap();
     let node_ip = tb.node(1).ip;
@@ -561,13 +551,7 @@ fn a_zenoh_pod_router_that_cannot_start_is_named_by_doctor_and_add_succeeds() {
             .is_some()
     });
     let (_, report) = doctor(&tb, 1);
-    let f = report["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["code"] == "ZENOH_POD_ROUTER_DOWN")
-        .unwrap_or_else(|| panic!("no ZENOH_POD_ROUTER_DOWN: {report}"))
-        .clone();
+    let f = finding(&report, "ZENOH_POD_ROUTER_DOWN");
     let msg = f["message"].as_str().unwrap();
     assert!(
         msg.contains("/nonexistent/zenohd") && msg.contains("No such file"),

@@ -139,11 +139,7 @@ impl Table {
         s.last_parsed = Some(now);
         // wall-clock time only when parsing (at most twice a second per sender)
         s.s.last_seen = unix_now();
-        let pod = self
-            .pods_by_port
-            .get(seen.ifname)
-            .or_else(|| self.pods_by_ip.get(seen.src.ip()))
-            .cloned();
+        let pod = self.pod_of(seen.ifname, *seen.src.ip());
         if !payload.starts_with(b"RTPS") {
             match scout::parse_scout(payload) {
                 Ok(sc) => self.record_scout(seen, &sc, pod, now),
@@ -215,6 +211,15 @@ impl Table {
         }
     }
 
+    /// The pod of a datagram: by the host-side port it came in on, else by
+    /// its source address.
+    fn pod_of(&self, ifname: &str, src: Ipv4Addr) -> Option<String> {
+        self.pods_by_port
+            .get(ifname)
+            .or_else(|| self.pods_by_ip.get(&src))
+            .cloned()
+    }
+
     fn record_scout(&mut self, seen: &Seen, sc: &scout::Scout, pod: Option<String>, now: Instant) {
         if !self.zenoh.contains_key(&seen.src) && self.zenoh.len() >= MAX_ZENOH_SCOUTS {
             return;
@@ -276,11 +281,7 @@ impl Table {
             .map(|(src, (z, _))| {
                 let mut z = z.clone();
                 if z.pod.is_none() {
-                    z.pod = self
-                        .pods_by_port
-                        .get(&z.seen_on)
-                        .or_else(|| self.pods_by_ip.get(src.ip()))
-                        .cloned();
+                    z.pod = self.pod_of(&z.seen_on, *src.ip());
                 }
                 z
             })
