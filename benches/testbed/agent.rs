@@ -24,20 +24,35 @@ pub(crate) fn unlimited() -> serde_json::Value {
     v
 }
 
-/// utime + stime of `pid` in seconds (all threads).
+/// CPU time of process `pid` so far in seconds (all threads): the
+/// scheduler's exact runtime (its CPU-time clock), not utime + stime, which
+/// are sampled at timer ticks and miss work that is paced in step with the
+/// tick (a sender at a fixed rate, the forwarding it causes).
 pub(crate) fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // fields after the parenthesised comm: state is field 3, utime 14, stime 15
-    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        f.get(i - 3)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(f64::NAN)
+    let mut clk: libc::clockid_t = 0;
+    // SAFETY: clock_getcpuclockid writes one clockid_t.
+    if unsafe { libc::clock_getcpuclockid(pid as libc::pid_t, &mut clk) } != 0 {
+        return f64::NAN;
+    }
+    clock_seconds(clk)
+}
+
+/// CPU time of thread `tid` of this process so far, in seconds (exact).
+pub(crate) fn thread_cpu_seconds(tid: libc::pid_t) -> f64 {
+    // linux/posix-timers.h: MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED)
+    clock_seconds(((!tid) << 3) | 6)
+}
+
+fn clock_seconds(clk: libc::clockid_t) -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
     };
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks(14) + ticks(15)) / hz
+    // SAFETY: clock_gettime writes one timespec.
+    if unsafe { libc::clock_gettime(clk, &mut ts) } != 0 {
+        return f64::NAN;
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
 /// A `Vm...:` line of /proc/<pid>/status in MiB.

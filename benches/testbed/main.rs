@@ -12,6 +12,7 @@
 //! the next run.
 
 mod agent;
+mod candidates;
 mod cni;
 mod costs;
 mod datapath;

@@ -38,6 +38,7 @@ pub const R5: Reg = Reg(5);
 pub const R6: Reg = Reg(6);
 pub const R7: Reg = Reg(7);
 pub const R8: Reg = Reg(8);
+pub const R9: Reg = Reg(9);
 pub const R10: Reg = Reg(10);
 
 /// Load/store sizes.
@@ -85,6 +86,7 @@ pub enum Alu {
 pub mod helper {
     pub const SKB_STORE_BYTES: i32 = 9;
     pub const L3_CSUM_REPLACE: i32 = 10;
+    pub const CLONE_REDIRECT: i32 = 13;
     pub const REDIRECT: i32 = 23;
     pub const FIB_LOOKUP: i32 = 69;
 }
