@@ -19,6 +19,7 @@ mod datapath;
 mod forwarders;
 mod invoke;
 mod pods;
+mod relay;
 mod report;
 mod stats;
 mod zenoh;
@@ -445,11 +446,11 @@ fn main() {
             root.join("docs")
         }
     });
-    // `--only 4` also selects 4b
+    // `--only 4` also selects 4b, `--only 6` 6b and 6c
     let want = |id: &str| {
         args.only.as_ref().is_none_or(|o| {
             o.iter()
-                .any(|x| x == id || id.strip_suffix('b') == Some(x.as_str()))
+                .any(|x| x == id || id.trim_end_matches(char::is_alphabetic) == x.as_str())
         })
     };
     let started = Instant::now();
@@ -501,6 +502,7 @@ fn main() {
     run("4b", want("4b"), &|| vec![costs::costs(&plan)]);
     run("6", want("6"), &|| vec![agent::agent(&plan)]);
     run("6b", want("6b"), &|| vec![forwarders::forwarders(&plan)]);
+    run("6c", want("6c"), &|| vec![relay::relay(&plan)]);
     run("7", want("7"), &|| vec![zenoh::zenoh(&plan)]);
     sections.sort_by(|a, b| a.id.cmp(&b.id));
     let mut machine = machine;
