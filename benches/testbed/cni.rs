@@ -267,19 +267,19 @@ pub fn per_pod(plan: &Plan) -> Section {
     s.value("reference macvlan + host-local ADD", "ms", &ma);
     s.value("ros2-cni DEL", "ms", &rd);
     s.value("reference macvlan + host-local DEL", "ms", &md);
-    let add_ratio = s.ratio("ADD ros2-cni / reference", &ra, &ma);
-    let del_ratio = s.ratio("DEL ros2-cni / reference", &rd, &md);
+    s.ratio("ADD ros2-cni / reference", &ra, &ma);
+    s.ratio("DEL ros2-cni / reference", &rd, &md);
     let (ran, rdn, man, mdn) = (diff(&ra, &t), diff(&rd, &t), diff(&ma, &t), diff(&md, &t));
     s.value("ros2-cni ADD, net of `ip netns exec`", "ms", &ran);
     s.value("reference ADD, net of `ip netns exec`", "ms", &man);
     s.value("ros2-cni DEL, net of `ip netns exec`", "ms", &rdn);
     s.value("reference DEL, net of `ip netns exec`", "ms", &mdn);
-    s.ratio("ADD ros2-cni / reference, net", &ran, &man);
+    let add_net = s.ratio("ADD ros2-cni / reference, net", &ran, &man);
     let (pa, na) = (ms(&pol_add), ms(&plain_add));
     s.value("ros2-cni ADD, pod held to a domain policy", "ms", &pa);
     s.value("ros2-cni ADD, same iterations, no policy", "ms", &na);
     let pol_ratio = s.ratio("ADD with a domain policy / without", &pa, &na);
-    s.ratio("DEL ros2-cni / reference, net", &rdn, &mdn);
+    let del_net = s.ratio("DEL ros2-cni / reference, net", &rdn, &mdn);
     let rdg = ms(&r_del_nolink);
     s.value(
         "ros2-cni DEL with the veth already deleted (no RTM_DELLINK)",
@@ -324,6 +324,7 @@ pub fn per_pod(plan: &Plan) -> Section {
         &diff(&cpu_ms(&p_set), &cpu_ms(&t_set)),
     );
 
+    let mut alt_own = vec![];
     for (j, (label, alt)) in alts.iter().enumerate() {
         let (aa, ad, ap) = (ms(&a_add[j]), ms(&a_del[j]), ms(&a_pass[j]));
         s.value(&format!("{label}: ros2-cni ADD"), "ms", &aa);
@@ -334,11 +335,12 @@ pub fn per_pod(plan: &Plan) -> Section {
             "ms",
             &ap,
         );
-        s.value(
+        let o = s.value(
             &format!("{label}: passthrough own work (− `/bin/true`)"),
             "ms",
             &diff(&ap, &t),
         );
+        alt_own.push((label.clone(), o.map(|o| o.median)));
         s.value(
             &format!("{label}: passthrough own work: wall − `/bin/true`, both via setns"),
             "ms",
@@ -356,21 +358,24 @@ pub fn per_pod(plan: &Plan) -> Section {
         s.ratio(&format!("ADD CPU measured build / {label}"), &rac, &aac);
         s.ratio(&format!("DEL measured build / {label}"), &rd, &ad);
     }
+    // issue 20's goals: each plugin's own work, net of starting a process
+    // (`ip netns exec … /bin/true`, which varies by 2-6 ms on this machine
+    // and would hide it); the gross ratios stay as rows above
     s.goal(
-        "ros2-cni ADD ≤ 0.5× reference ADD",
-        add_ratio,
+        "ros2-cni ADD ≤ 0.3× reference ADD, own work",
+        add_net,
         "×",
         Cmp::AtMost,
-        0.5,
-        "ratio of median wall times, both incl. `ip netns exec`",
+        0.3,
+        "ratio of median wall times net of `ip netns exec /bin/true`",
     );
     s.goal(
-        "ros2-cni DEL ≤ 0.25× reference DEL",
-        del_ratio,
+        "ros2-cni DEL ≤ 0.1× reference DEL, own work",
+        del_net,
         "×",
         Cmp::AtMost,
-        0.25,
-        "ratio of median wall times, both incl. `ip netns exec`",
+        0.1,
+        "ratio of median wall times net of `ip netns exec /bin/true`",
     );
     s.goal(
         "ADD with a domain policy in force ≤ 1.05× without",
@@ -381,13 +386,23 @@ pub fn per_pod(plan: &Plan) -> Section {
         "ratio of median wall times, interleaved in the same iterations",
     );
     s.goal(
-        "passthrough: ≤ 1 ms of its own work",
+        "passthrough: ≤ 0.3 ms of its own work (measured build)",
         own.map(|o| o.median),
         "ms",
         Cmp::AtMost,
-        1.0,
+        0.3,
         "median of wall − `/bin/true`, both via `ip netns exec`",
     );
+    for (label, own) in &alt_own {
+        s.goal(
+            &format!("passthrough: ≤ 0.3 ms of its own work ({label})"),
+            *own,
+            "ms",
+            Cmp::AtMost,
+            0.3,
+            "median of wall − `/bin/true`, both via `ip netns exec`",
+        );
+    }
     if plan.callgrind {
         callgrind_rows(&mut s, &lab, &node_file);
     }
@@ -690,6 +705,7 @@ pub fn scale(plan: &Plan) -> Section {
     // the primary's (ptp + host-local) ADD of the same pods
     let (mut pfirst, mut plast, mut pratios, mut pnet_ratios) = (vec![], vec![], vec![], vec![]);
     let mut growth = vec![];
+    let mut growth_median = None;
     let mut primary_timed = true;
     let (mut kern_full, mut kern_empty) = (vec![], vec![]);
     for round in 0..plan.scale_rounds {
@@ -748,7 +764,7 @@ pub fn scale(plan: &Plan) -> Section {
     s.value(&format!("ADD, first {k} pods"), "ms", &first);
     s.value(&format!("ADD, last {k} pods"), "ms", &last);
     s.value(&format!("ADD, all {n} pods"), "ms", &all_add);
-    let r = s.value(
+    s.value(
         &format!("ADD last {k} / first {k}, per round"),
         "×",
         &ratios,
@@ -782,11 +798,13 @@ pub fn scale(plan: &Plan) -> Section {
             "×",
             &pnet_ratios,
         );
-        s.value(
-            "ADD growth: ros2-cni's ratio / the primary's ratio, per round",
-            "×",
-            &growth,
-        );
+        growth_median = s
+            .value(
+                "ADD growth: ros2-cni's ratio / the primary's ratio, per round",
+                "×",
+                &growth,
+            )
+            .map(|g| g.median);
         s.note_last("above 1: ros2-cni grows more than ptp on the same node");
     } else {
         s.note("the primary is the built-in stand-in (no `ptp` in /usr/lib/cni): its growth is not timed");
@@ -825,13 +843,15 @@ pub fn scale(plan: &Plan) -> Section {
         &kern_full,
         &kern_empty,
     );
+    // issue 20: ros2-cni's ADD may grow with the node's pods no more than
+    // the primary plugin's own ADD grows in the same rounds
     s.goal(
-        &format!("ADD of the last {k} ≤ 1.2× the first {k}"),
-        r.map(|r| r.median),
+        &format!("ADD growth (last {k} / first {k}) ≤ ptp's growth in the same rounds"),
+        growth_median,
         "×",
         Cmp::AtMost,
-        1.2,
-        "median over rounds of the ratio of medians",
+        1.0,
+        "median over rounds of ros2-cni's ratio / ptp's ratio",
     );
     s
 }
