@@ -4,7 +4,60 @@
 use crate::agent::{cpu_seconds, load, pod_pair, receiver, spdp_payload, unlimited};
 use crate::report::{Cmp, Section};
 use crate::Plan;
-use std::time::Duration;
+use ros2_cni::config::{DEFAULT_BRIDGE, DEFAULT_GROUP};
+use ros2_cni::kernel::netns::Netns;
+use ros2_cni::kernel::packet;
+use ros2_cni::relay::wire;
+use std::net::{Ipv4Addr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+/// The calling thread's exact CPU time so far, in seconds.
+fn thread_cpu() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+/// Calls `send` `rate` times a second for `secs`, in batches every
+/// millisecond as the load sender does; returns the CPU this thread spent
+/// (the sends and all the kernel does inline for them), as % of a core.
+fn paced_cpu(rate: u32, secs: f64, mut send: impl FnMut()) -> f64 {
+    let per_ms = (rate as f64 / 1000.0).max(1.0);
+    let total = (rate as f64 * secs) as u64;
+    let (c0, t0) = (thread_cpu(), Instant::now());
+    let (mut sent, mut k) = (0u64, 0u64);
+    while sent < total {
+        let due = (((k + 1) as f64 * per_ms) as u64).min(total);
+        while sent < due {
+            send();
+            sent += 1;
+        }
+        k += 1;
+        let next = t0 + Duration::from_micros(k * 1000);
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        }
+    }
+    (thread_cpu() - c0) / t0.elapsed().as_secs_f64() * 100.0
+}
+
+/// A UDP socket opened in namespace `ns`, bound to `local`.
+fn udp_in(ns: &str, local: (Ipv4Addr, u16)) -> UdpSocket {
+    Netns::open(format!("/var/run/netns/{ns}"))
+        .expect("netns")
+        .run(|| UdpSocket::bind(local))
+        .expect("enter netns")
+        .expect("bind")
+}
+
+/// A port nothing else on the test bed uses (the relay's is 7401 by default).
+const FLOOR_PORT: u16 = 7390;
 
 pub fn relay(plan: &Plan) -> Section {
     let rate = plan.agent_rate;
@@ -28,6 +81,7 @@ pub fn relay(plan: &Plan) -> Section {
     let mut discovery: Vec<Vec<f64>> = vec![];
     let mut failures = 0;
     let (mut cpu1, mut cpu2, mut arrived) = (vec![], vec![], vec![]);
+    let (mut floor1, mut floor2, mut floor2_arrived) = (vec![], vec![], vec![]);
     for relayed in [false, true] {
         let tb = plan.bed(2, false);
         if relayed {
@@ -84,6 +138,68 @@ pub fn relay(plan: &Plan) -> Section {
             cpu2.push(used[1]);
             arrived.push(got[0] as f64 / sent as f64 * 100.0);
         }
+        // the floor: what the same datagrams cost the kernel alone on this
+        // test bed, where a veth's transmit runs the receiving side's stack
+        // inline, in the sender's system call (the switch, the other node's
+        // receive path up to its socket; the bridge and the pod's stack)
+        let n1 = tb.node(1).clone();
+        let n2 = tb.node(2).clone();
+        let ip = wire::udp_packet(a_ip, DEFAULT_GROUP, 7400, 7400, 1, &payload);
+        let mut datagram = vec![0u8; wire::HEADER_LEN];
+        datagram.extend_from_slice(&ip);
+        for _ in 0..plan.agent_reps {
+            let tx = udp_in(&n1.ns, (n1.ip, 0));
+            let sink = udp_in(&n2.ns, (n2.ip, FLOOR_PORT));
+            sink.set_read_timeout(Some(Duration::from_millis(100))).ok();
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            std::thread::scope(|sc| {
+                sc.spawn(|| {
+                    let mut buf = [0u8; 2048];
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let _ = sink.recv_from(&mut buf);
+                    }
+                });
+                floor1.push(paced_cpu(rate, w, || {
+                    let _ = tx.send_to(&datagram, (n2.ip, FLOOR_PORT));
+                }));
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            });
+            let netns = Netns::open(format!("/var/run/netns/{}", n2.ns)).expect("netns");
+            let inject = netns
+                .run(|| packet::packet_socket(libc::SOCK_DGRAM))
+                .expect("enter netns")
+                .expect("packet socket");
+            let bridge = ros2_cni::kernel::rtnl::Handle::open_in(&netns)
+                .and_then(|mut h| h.link_by_name(DEFAULT_BRIDGE))
+                .ok()
+                .flatten()
+                .expect("the bridge on node 2")
+                .index;
+            let rx = [receiver(&b.ns, b_ip)];
+            let got = std::thread::scope(|sc| {
+                let counter = sc.spawn(|| {
+                    let mut buf = [0u8; 2048];
+                    let mut n = 0u64;
+                    let t_end = Instant::now() + Duration::from_secs_f64(w + 1.0);
+                    while Instant::now() < t_end {
+                        if rx[0].recv_from(&mut buf).is_ok() {
+                            n += 1;
+                        }
+                    }
+                    n
+                });
+                floor2.push(paced_cpu(rate, w, || {
+                    let _ = packet::send(
+                        inject.as_raw_fd(),
+                        bridge,
+                        wire::group_mac(DEFAULT_GROUP),
+                        &ip,
+                    );
+                }));
+                counter.join().unwrap()
+            });
+            floor2_arrived.push(got as f64 / (rate as f64 * w) * 100.0);
+        }
     }
     let r = s.ratio(
         "discovery: relay / LAN multicast",
@@ -109,6 +225,33 @@ pub fn relay(plan: &Plan) -> Section {
         "% of sent",
         &arrived,
     );
+    s.value(
+        &format!("floor, node 1: a plain UDP socket sending the same datagrams to node 2 at {rate}/s (its thread)"),
+        "% of a core",
+        &floor1,
+    );
+    s.value(
+        &format!("floor, node 2: a packet socket putting the same packets on the bridge at {rate}/s (its thread)"),
+        "% of a core",
+        &floor2,
+    );
+    s.value(
+        "floor, node 2: arrived at pod B",
+        "% of sent",
+        &floor2_arrived,
+    );
+    let own = |a: &[f64], f: &[f64]| -> Vec<f64> { a.iter().zip(f).map(|(a, f)| a - f).collect() };
+    s.value(
+        "relay's own work, sending node: agent − floor",
+        "% of a core",
+        &own(&cpu1, &floor1),
+    );
+    s.value(
+        "relay's own work, receiving node: agent − floor",
+        "% of a core",
+        &own(&cpu2, &floor2),
+    );
+    s.note_last("the agent's figures hold its discovery capture and everything else it does too");
     s.goal(
         &format!("relay at {rate}/s: < 5 % of a core on each side"),
         c1.zip(c2).map(|(a, b)| a.max(b)),
