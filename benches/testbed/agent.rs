@@ -43,7 +43,8 @@ pub(crate) fn thread_cpu_seconds(tid: libc::pid_t) -> f64 {
     clock_seconds(((!tid) << 3) | 6)
 }
 
-fn clock_seconds(clk: libc::clockid_t) -> f64 {
+/// A clock's reading in seconds (NaN if it cannot be read).
+pub(crate) fn clock_seconds(clk: libc::clockid_t) -> f64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -64,6 +65,29 @@ fn vm_mib(pid: u32, key: &str) -> f64 {
         .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
         .map(|kib| kib / 1024.0)
         .unwrap_or(f64::NAN)
+}
+
+/// `plan.discovery_runs` ddsperf probes from pod namespace `a` to `b`, each
+/// in a fresh domain counted from `first_domain`: (times to discover in ms,
+/// probes that did not discover). Nothing when ddsperf is not installed.
+pub(crate) fn discovery_probes(
+    plan: &crate::Plan,
+    a: &str,
+    b: &str,
+    first_domain: u32,
+) -> (Vec<f64>, usize) {
+    let (mut t, mut failures) = (vec![], 0);
+    if !ros2_cni::lab::probe::have_ddsperf() {
+        return (t, failures);
+    }
+    for rep in 0..plan.discovery_runs {
+        let dom = first_domain + rep as u32 % 60;
+        match ros2_cni::lab::probe::ddsperf_probe(a, b, dom, Duration::from_secs(10)) {
+            Ok(d) if d.discovered() => t.push(d.seconds.unwrap_or(f64::NAN) * 1e3),
+            _ => failures += 1,
+        }
+    }
+    (t, failures)
 }
 
 /// An SPDP announcement of a Cyclone-like participant at `ip`, about 300 bytes.

@@ -7,7 +7,8 @@
 //! and packet sockets).
 
 use crate::agent::{
-    cpu_seconds, load, pod_pair, receiver, spdp_payload, thread_cpu_seconds, unlimited,
+    cpu_seconds, discovery_probes, load, pod_pair, receiver, spdp_payload, thread_cpu_seconds,
+    unlimited,
 };
 use crate::candidates::{Candidate, Installed};
 use crate::report::{Cmp, Section};
@@ -17,7 +18,7 @@ use ros2_cni::lab::testbed::LAPTOP_IP;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Softirq time of the whole machine so far, in seconds (all CPUs), as
 /// /proc/stat has it: sampled at timer ticks (this kernel has no
@@ -264,21 +265,8 @@ pub fn forwarders(plan: &Plan) -> Section {
             "% of sent",
             &arrived,
         );
-        let mut t = vec![];
-        let mut failures = 0;
         if ros2_cni::lab::probe::have_ddsperf() {
-            for rep in 0..plan.discovery_runs {
-                let dom = 140 + rep as u32 % 60;
-                match ros2_cni::lab::probe::ddsperf_probe(
-                    &a.ns,
-                    &b.ns,
-                    dom,
-                    Duration::from_secs(10),
-                ) {
-                    Ok(d) if d.discovered() => t.push(d.seconds.unwrap_or(f64::NAN) * 1e3),
-                    _ => failures += 1,
-                }
-            }
+            let (t, failures) = discovery_probes(plan, &a.ns, &b.ns, 140);
             s.value(&format!("{label}: time to discover pod → pod"), "ms", &t);
             s.single(
                 &format!("{label}: probes without discovery"),

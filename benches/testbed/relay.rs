@@ -1,7 +1,9 @@
 //! Section 6c: the relay (issue 20): what relaying RTPS costs each node's
 //! agent, and discovery through it against LAN multicast, in one run.
 
-use crate::agent::{cpu_seconds, load, pod_pair, receiver, spdp_payload, unlimited};
+use crate::agent::{
+    clock_seconds, cpu_seconds, discovery_probes, load, pod_pair, receiver, spdp_payload, unlimited,
+};
 use crate::report::{Cmp, Section};
 use crate::Plan;
 use ros2_cni::config::{DEFAULT_BRIDGE, DEFAULT_GROUP};
@@ -14,13 +16,7 @@ use std::time::{Duration, Instant};
 
 /// The calling thread's exact CPU time so far, in seconds.
 fn thread_cpu() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+    clock_seconds(libc::CLOCK_THREAD_CPUTIME_ID)
 }
 
 /// Calls `send` `rate` times a second for `secs`, in batches every
@@ -101,21 +97,8 @@ pub fn relay(plan: &Plan) -> Section {
             })
             .collect();
         let (a, a_ip, b, b_ip) = pod_pair(&tb);
-        let mut t = vec![];
-        if ros2_cni::lab::probe::have_ddsperf() {
-            for rep in 0..plan.discovery_runs {
-                let dom = 160 + rep as u32 % 60;
-                match ros2_cni::lab::probe::ddsperf_probe(
-                    &a.ns,
-                    &b.ns,
-                    dom,
-                    Duration::from_secs(10),
-                ) {
-                    Ok(d) if d.discovered() => t.push(d.seconds.unwrap_or(f64::NAN) * 1e3),
-                    _ => failures += 1,
-                }
-            }
-        }
+        let (t, failed) = discovery_probes(plan, &a.ns, &b.ns, 160);
+        failures += failed;
         let label = if relayed { "relay" } else { "LAN multicast" };
         s.value(&format!("{label}: time to discover pod → pod"), "ms", &t);
         discovery.push(t);
