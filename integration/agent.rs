@@ -1067,6 +1067,71 @@ fn the_fast_path_forwards_pod_unicast_past_the_node_and_still_enforces_anti_spoo
 }
 
 #[test]
+fn the_fast_path_delivers_lan_unicast_straight_into_each_pod_as_pods_come_and_go() {
+    let tb = bed(1);
+    tb.start_agent(tb.node(1), &json!({})).unwrap();
+    let n1 = tb.node(1).ns.clone();
+    let lap = tb.laptop.clone().unwrap();
+    let a1_spec = spec("a1", 1);
+    let a1 = tb.add_pod(&a1_spec).unwrap();
+    wait_for(6, "the LAN program delivers into a1", || {
+        let st = tb.agent_status(tb.node(1)).unwrap();
+        st["fastPath"]["pods"] == 1 && st["fastPath"]["intoPods"] == 1
+    });
+    let a1_if = node_state(&tb, 1)
+        .links
+        .into_iter()
+        .find(|l| l.starts_with("r2c"))
+        .unwrap();
+    let names = bpf_filters(&n1, "eth0");
+    assert!(
+        names
+            .iter()
+            .any(|n| n.starts_with("r2c_lan_") && n.contains("_p1_")),
+        "{names:?}"
+    );
+    // the node learns a1's MAC, the laptop the node's (the fast path waits for neighbours)
+    assert!(ros2_cni::lab::testbed::ping(&lap, ip_of(&a1)));
+    let n = 200;
+    let (got, via_veth) = laptop_to_pod(&tb, 1, &a1, &a1_if, 17700, n);
+    assert_eq!(got, n, "laptop -> a1: every datagram arrives");
+    assert!(
+        via_veth < 20,
+        "{n} datagrams into a1, {via_veth} packets transmitted by its host veth {a1_if}: \
+         they should enter ros0 from the uplink, past the bridge"
+    );
+    // still a router's hop, and no NAT the other way
+    assert_eq!(ping_ttl(&lap, ip_of(&a1)), Some(63));
+
+    // a second pod: the program is rebuilt for both
+    let a2 = tb.add_pod(&spec("a2", 1)).unwrap();
+    wait_for(6, "the LAN program delivers into a1 and a2", || {
+        tb.agent_status(tb.node(1)).unwrap()["fastPath"]["intoPods"] == 2
+    });
+    let a2_if = node_state(&tb, 1)
+        .links
+        .into_iter()
+        .find(|l| l.starts_with("r2c") && *l != a1_if)
+        .unwrap();
+    assert!(ros2_cni::lab::testbed::ping(&lap, ip_of(&a2)));
+    for (pod, port_if) in [(&a1, &a1_if), (&a2, &a2_if)] {
+        let (got, via_veth) = laptop_to_pod(&tb, 1, pod, port_if, 17701, n);
+        assert_eq!(got, n, "laptop -> {}", pod.ns);
+        assert!(via_veth < 20, "{} via its host veth: {via_veth}", pod.ns);
+    }
+
+    // a1 leaves: the program forgets it, a2 keeps its delivery
+    tb.del_pod(&a1, &a1_spec).unwrap();
+    wait_for(6, "the LAN program delivers into a2 only", || {
+        tb.agent_status(tb.node(1)).unwrap()["fastPath"]["intoPods"] == 1
+    });
+    assert!(bpf_filters(&n1, "eth0").iter().any(|n| n.contains("_p1_")));
+    let (got, via_veth) = laptop_to_pod(&tb, 1, &a2, &a2_if, 17702, n);
+    assert_eq!(got, n, "laptop -> a2 after a1 left");
+    assert!(via_veth < 20, "a2 via its host veth: {via_veth}");
+}
+
+#[test]
 fn a_damaged_attachment_record_costs_nothing_but_its_own_pod() {
     // a power cut can leave a record empty; the agent must not take every
     // pod for a leftover, and DEL/GC must not fail forever or leak addresses

@@ -10,6 +10,7 @@ use serde_json::Value;
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::sync::Once;
+use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ros2-cni");
 
@@ -333,4 +334,42 @@ pub fn finding<'a>(report: &'a Value, code: &str) -> &'a Value {
         .first()
         .copied()
         .unwrap_or_else(|| panic!("no {code} finding in doctor's report: {report:#}"))
+}
+
+/// `tx_packets` of `dev` in `ns`.
+pub fn tx_packets(ns: &str, dev: &str) -> u64 {
+    let j = ros2_cni::lab::testbed::ip_json(ns, &["-s", "link", "show", "dev", dev]).unwrap();
+    j[0]["stats64"]["tx"]["packets"].as_u64().unwrap()
+}
+
+/// How many of `n` datagrams from the laptop to `pod` arrive, and how many
+/// packets the pod's host veth (`host_if`, on node `node`) transmitted
+/// meanwhile.
+pub fn laptop_to_pod(
+    tb: &Testbed,
+    node: usize,
+    pod: &Pod,
+    host_if: &str,
+    port: u16,
+    n: usize,
+) -> (usize, u64) {
+    let lap = tb.laptop.clone().unwrap();
+    let rx = ros2_cni::lab::testbed::udp_in(&pod.ns, &format!("0.0.0.0:{port}")).unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    let tx = ros2_cni::lab::testbed::udp_in(&lap, "0.0.0.0:0").unwrap();
+    let before = tx_packets(&tb.node(node).ns, host_if);
+    for i in 0..n {
+        tx.send_to(format!("{i}").as_bytes(), (ip_of(pod), port))
+            .unwrap();
+        if i % 20 == 19 {
+            std::thread::sleep(Duration::from_millis(2)); // no queue overflows
+        }
+    }
+    let mut buf = [0u8; 64];
+    let mut got = 0;
+    while got < n && rx.recv_from(&mut buf).is_ok() {
+        got += 1;
+    }
+    (got, tx_packets(&tb.node(node).ns, host_if) - before)
 }

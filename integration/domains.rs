@@ -414,6 +414,38 @@ fn the_fast_path_is_unchanged_without_a_policy_and_cannot_bypass_one() {
 }
 
 #[test]
+fn lan_unicast_enters_a_policed_pod_straight_only_where_its_policy_has_nothing_to_say() {
+    let tb = bed(1);
+    tb.start_agent(tb.node(1), &policy()).unwrap();
+    let a1 = pod_in(&tb, "a1", 1, "team-a", &json!({}));
+    let lap = tb.laptop.clone().unwrap();
+    wait_for(6, "the LAN program delivers into a1", || {
+        let st = tb.agent_status(tb.node(1)).unwrap();
+        st["fastPath"]["intoPods"] == 1 && host_port(&tb, 1, "a1").is_some()
+    });
+    let port = host_port(&tb, 1, "a1").unwrap();
+    // the node learns a1's MAC (the fast path waits for a neighbour)
+    assert!(ros2_cni::lab::testbed::ping(&lap, ip_of(&a1)));
+    let n = 100;
+    // another domain's port: through the bridge, where the policy drops it
+    let (got, _) = laptop_to_pod(&tb, 1, &a1, &port, 7660, n);
+    assert_eq!(got, 0, "laptop -> a1:7660 (domain 1) must be dropped");
+    // its own domain's port: a policed port, so through the bridge too
+    let (got, via_veth) = laptop_to_pod(&tb, 1, &a1, &port, 7410, n);
+    assert_eq!(got, n, "laptop -> a1:7410 (domain 0)");
+    assert!(
+        via_veth >= n as u64,
+        "a policed port goes through the bridge to {port}: {via_veth} transmitted"
+    );
+    // ports the policy does not police: straight into ros0
+    for p in [5000, 45000] {
+        let (got, via_veth) = laptop_to_pod(&tb, 1, &a1, &port, p, n);
+        assert_eq!(got, n, "laptop -> a1:{p}");
+        assert!(via_veth < 20, "a1:{p} via {port}: {via_veth} transmitted");
+    }
+}
+
+#[test]
 fn a_teams_ddsperf_pair_discovers_as_fast_under_the_policy_as_without() {
     let tb = bed(2);
     let agents: Vec<u32> = (1..=2)

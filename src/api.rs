@@ -350,6 +350,14 @@ pub struct FastPath {
     pub lan: bool,
     /// Pods' ports attached.
     pub pods: u64,
+    /// Pods the uplink's program delivers LAN unicast straight into
+    /// (`bpf_redirect_peer`, past the bridge).
+    #[serde(rename = "intoPods")]
+    pub into_pods: u64,
+    /// Why it does not deliver straight into pods (a kernel before 5.10),
+    /// if it does not: their LAN unicast goes through the bridge.
+    #[serde(rename = "intoPodsRefused")]
+    pub into_pods_refused: Option<String>,
     /// Why it cannot run, if it cannot.
     pub unavailable: Option<String>,
 }

@@ -740,6 +740,8 @@ pub fn status_reply(st: &State) -> api::Status {
             enabled: st.cfg.fast_path && st.forwarder.is_some(),
             lan: st.fastpath.lan_attached(),
             pods: st.fastpath.attached_pods() as u64,
+            into_pods: st.fastpath.into_pods() as u64,
+            into_pods_refused: st.fastpath.into_pods_refused.clone(),
             unavailable: st.fastpath.unavailable.clone(),
         },
         relay: st.relay.as_ref().map(|r| r.to_api()),

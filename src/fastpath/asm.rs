@@ -89,14 +89,33 @@ pub mod helper {
     pub const CLONE_REDIRECT: i32 = 13;
     pub const REDIRECT: i32 = 23;
     pub const FIB_LOOKUP: i32 = 69;
+    /// Kernel 5.10 and later, tc ingress only, a veth's peer in another netns.
+    pub const REDIRECT_PEER: i32 = 155;
+}
+
+/// A jump target: a name, or a name and a number for generated blocks
+/// (`("pod", 3)`); `&'static str` converts to the name with number 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Label(pub &'static str, pub u32);
+
+impl From<&'static str> for Label {
+    fn from(name: &'static str) -> Label {
+        Label(name, 0)
+    }
+}
+
+impl From<(&'static str, u32)> for Label {
+    fn from((name, n): (&'static str, u32)) -> Label {
+        Label(name, n)
+    }
 }
 
 /// A program being written.
 #[derive(Debug, Default)]
 pub struct Asm {
     insns: Vec<Insn>,
-    labels: HashMap<&'static str, usize>,
-    fixups: Vec<(usize, &'static str)>,
+    labels: HashMap<Label, usize>,
+    fixups: Vec<(usize, Label)>,
 }
 
 fn regs(dst: Reg, src: Reg) -> u8 {
@@ -119,11 +138,12 @@ impl Asm {
     }
 
     /// Marks the next instruction with `name`.
-    pub fn label(&mut self, name: &'static str) -> &mut Self {
+    pub fn label(&mut self, name: impl Into<Label>) -> &mut Self {
         let at = self.insns.len();
+        let name = name.into();
         assert!(
             self.labels.insert(name, at).is_none(),
-            "label {name} defined twice"
+            "label {name:?} defined twice"
         );
         self
     }
@@ -162,27 +182,33 @@ impl Asm {
     }
 
     /// `if dst cond imm goto label`
-    pub fn jmp_k(&mut self, cond: Cond, dst: Reg, imm: i32, label: &'static str) -> &mut Self {
-        self.fixups.push((self.insns.len(), label));
+    pub fn jmp_k(&mut self, cond: Cond, dst: Reg, imm: i32, label: impl Into<Label>) -> &mut Self {
+        self.fixups.push((self.insns.len(), label.into()));
         self.push(JMP | K | cond as u8, dst, Reg(0), 0, imm)
     }
 
     /// `if (u32)dst cond (u32)imm goto label`: for 32-bit values whose top bit
     /// may be set (a 64-bit compare would sign-extend the immediate)
-    pub fn jmp32_k(&mut self, cond: Cond, dst: Reg, imm: u32, label: &'static str) -> &mut Self {
-        self.fixups.push((self.insns.len(), label));
+    pub fn jmp32_k(
+        &mut self,
+        cond: Cond,
+        dst: Reg,
+        imm: u32,
+        label: impl Into<Label>,
+    ) -> &mut Self {
+        self.fixups.push((self.insns.len(), label.into()));
         self.push(JMP32 | K | cond as u8, dst, Reg(0), 0, imm as i32)
     }
 
     /// `if dst cond src goto label`
-    pub fn jmp_x(&mut self, cond: Cond, dst: Reg, src: Reg, label: &'static str) -> &mut Self {
-        self.fixups.push((self.insns.len(), label));
+    pub fn jmp_x(&mut self, cond: Cond, dst: Reg, src: Reg, label: impl Into<Label>) -> &mut Self {
+        self.fixups.push((self.insns.len(), label.into()));
         self.push(JMP | X | cond as u8, dst, src, 0, 0)
     }
 
     /// `goto label`
-    pub fn ja(&mut self, label: &'static str) -> &mut Self {
-        self.fixups.push((self.insns.len(), label));
+    pub fn ja(&mut self, label: impl Into<Label>) -> &mut Self {
+        self.fixups.push((self.insns.len(), label.into()));
         self.push(JMP, Reg(0), Reg(0), 0, 0)
     }
 
@@ -201,7 +227,7 @@ impl Asm {
             let to = *self
                 .labels
                 .get(label)
-                .unwrap_or_else(|| panic!("label {label} not defined"));
+                .unwrap_or_else(|| panic!("label {label:?} not defined"));
             out[*at].off = (to as isize - *at as isize - 1) as i16;
         }
         out

@@ -24,9 +24,16 @@
 //!   on the node, the node itself, unresolved neighbours) continues to the
 //!   bridge as before.
 //! - `r2c_lan` on the uplink (tc ingress): unicast to one of this node's pods
-//!   (its route leads to the bridge) gets TTL − 1, the pod's and the bridge's
-//!   MACs and is handed to the bridge's transmit path, skipping the node's
-//!   routing and netfilter; everything else continues normally.
+//!   (its route leads to the bridge) gets TTL − 1 and the pod's and the
+//!   bridge's MACs, skipping the node's routing and netfilter. For the pods
+//!   the program lists (`LanPod`, the node's attached pods at the last
+//!   reconcile) it goes with `bpf_redirect_peer` straight into the pod's
+//!   `ros0` (no backlog pass through the host veth, no bridge) — except, for
+//!   a pod held to a domain policy, UDP to a policed port, which is handed to
+//!   the bridge's transmit path so that the policy's `postrouting` chain sees
+//!   it. A pod not (yet) listed takes the bridge's transmit path too; a kernel
+//!   that refuses `bpf_redirect_peer` (before 5.10) gets the program without
+//!   the list (`into_pods_refused`). Everything else continues normally.
 //!
 //! The agent attaches them (routed mode, `fastPath`, needs CAP_BPF) and removes
 //! them on SIGTERM; without them every packet takes the normal path, which is
@@ -37,7 +44,7 @@ pub mod asm;
 
 use crate::ipam::Attachment;
 use crate::kernel::rtnl::{parse_mac, Handle, Link};
-use asm::{helper, Alu, Asm, Cond, Insn, Size, R0, R1, R10, R2, R3, R4, R5, R6, R7, R8};
+use asm::{helper, Alu, Asm, Cond, Insn, Size, R0, R1, R10, R2, R3, R4, R5, R6, R7, R8, R9};
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
@@ -59,6 +66,8 @@ const FIB_DST: i16 = FIB + 32;
 const FIB_SMAC: i16 = FIB + 52;
 const FIB_DMAC: i16 = FIB + 58;
 const SCRATCH: i16 = -72;
+/// 1 when the packet is UDP to a policed port (LAN program, policed pods).
+const POLICED: i16 = -80;
 
 const TC_ACT_OK: i32 = 0;
 const TC_ACT_SHOT: i32 = 2;
@@ -70,10 +79,26 @@ pub struct PodId {
     pub ip: Ipv4Addr,
 }
 
+/// A pod the LAN program delivers straight into (`bpf_redirect_peer`): its
+/// address, its host veth (whose peer is the pod's `ros0`) and whether a
+/// domain policy holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LanPod {
+    pub ip: Ipv4Addr,
+    pub veth: u32,
+    pub police: bool,
+}
+
 /// Both programs: forward eligible unicast arriving here (FIB lookup as if
 /// it arrived on `fib_in`) to `out` when the FIB agrees; `pod` adds the
 /// anti-spoofing check.
-fn forwarder(fib_in: u32, out: u32, pod: Option<PodId>, police: bool) -> Vec<Insn> {
+fn forwarder(
+    fib_in: u32,
+    out: u32,
+    pod: Option<PodId>,
+    police: bool,
+    into: &[LanPod],
+) -> Vec<Insn> {
     let mut a = Asm::new();
     // Only plain, untagged IPv4 is ours; every other frame goes to the normal
     // path unchanged and is never redirected, because a redirect keeps what
@@ -118,7 +143,22 @@ fn forwarder(fib_in: u32, out: u32, pod: Option<PodId>, police: bool) -> Vec<Ins
         .jmp_k(Cond::Le, R7, 1, "pass")
         .ldx(Size::H, R8, R2, 22);
     if police {
-        leave_policed_ports_to_the_normal_path(&mut a);
+        jump_if_policed_port(&mut a, "pass");
+    }
+    if !into.is_empty() {
+        // the destination, kept across the helper calls (R9 is callee-saved)
+        a.ldx(Size::W, R9, R2, 30);
+    }
+    if into.iter().any(|p| p.police) {
+        // whether this is UDP to a policed port, on the stack: a policed
+        // pod gets such a packet through the bridge, where its domain
+        // policy's postrouting chain sees it
+        jump_if_policed_port(&mut a, "policed");
+        a.st(Size::DW, R10, POLICED, 0)
+            .ja("flagged")
+            .label("policed")
+            .st(Size::DW, R10, POLICED, 1)
+            .label("flagged");
     }
     for off in (0..8).map(|i| FIB + 8 * i) {
         a.st(Size::DW, R10, off, 0);
@@ -166,7 +206,28 @@ fn forwarder(fib_in: u32, out: u32, pod: Option<PodId>, police: bool) -> Vec<Ins
             .call(helper::SKB_STORE_BYTES)
             .jmp_k(Cond::Ne, R0, 0, "drop");
     }
-    a.mov_k(R1, out as i32)
+    // straight into a pod's ros0: ingress to ingress, past the bridge and
+    // the host veth's backlog pass (a pod not listed, or a policed pod's
+    // packet to a policed port, goes on to the bridge)
+    for (i, p) in (0u32..).zip(into) {
+        a.label(("pod", i)).jmp32_k(
+            Cond::Ne,
+            R9,
+            u32::from_le_bytes(p.ip.octets()),
+            ("pod", i + 1),
+        );
+        if p.police {
+            a.ldx(Size::DW, R5, R10, POLICED)
+                .jmp_k(Cond::Ne, R5, 0, "out");
+        }
+        a.mov_k(R1, p.veth as i32)
+            .mov_k(R2, 0)
+            .call(helper::REDIRECT_PEER)
+            .exit();
+    }
+    a.label(("pod", into.len() as u32))
+        .label("out")
+        .mov_k(R1, out as i32)
         .mov_k(R2, 0)
         .call(helper::REDIRECT)
         .exit()
@@ -200,16 +261,17 @@ fn drop_unless_from(a: &mut Asm, p: &PodId) {
         .jmp32_k(Cond::Ne, R5, u32::from_le_bytes(p.ip.octets()), "drop");
 }
 
-/// For a pod held to a domain policy: UDP to a policed port (the RTPS range
-/// 7400 and up, less the kernel's ephemeral range, see
-/// src/firewall/domains.rs) takes the normal path, where the bridge's domain
-/// policy sees it; a redirect would skip it. Pods under no policy (and every
-/// pod when `domains` is unset) get no such check. Everything else goes on
-/// at the label "fib".
-fn leave_policed_ports_to_the_normal_path(a: &mut Asm) {
+/// Jumps to `policed` for UDP to a policed port (the RTPS range 7400 and
+/// up, less the kernel's ephemeral range, see src/firewall/domains.rs); a
+/// packet too short to hold the ports goes to "pass". Everything else falls
+/// through. A policed pod's program leaves such packets to the normal path
+/// ("pass"), where the bridge's domain policy sees them; a redirect would
+/// skip it. Pods under no policy (and every pod when `domains` is unset) get
+/// no such check. R2, R3: the packet data and its end.
+fn jump_if_policed_port(a: &mut Asm, policed: &'static str) {
     let (eph_lo, eph_hi) = crate::firewall::domains::EPHEMERAL;
     a.ldx(Size::B, R5, R2, 23)
-        .jmp_k(Cond::Ne, R5, 17, "fib")
+        .jmp_k(Cond::Ne, R5, 17, ("unpoliced", 0))
         .mov_x(R4, R2)
         .alu_k(Alu::Add, R4, 38)
         .jmp_x(Cond::Gt, R4, R3, "pass")
@@ -222,22 +284,23 @@ fn leave_policed_ports_to_the_normal_path(a: &mut Asm) {
             Cond::Lt,
             R5,
             i32::from(crate::firewall::domains::RTPS_FIRST_PORT),
-            "fib",
+            ("unpoliced", 0),
         )
-        .jmp_k(Cond::Lt, R5, i32::from(eph_lo), "pass")
-        .jmp_k(Cond::Gt, R5, i32::from(eph_hi), "pass")
-        .label("fib");
+        .jmp_k(Cond::Lt, R5, i32::from(eph_lo), policed)
+        .jmp_k(Cond::Gt, R5, i32::from(eph_hi), policed)
+        .label(("unpoliced", 0));
 }
 
 /// The program for a pod's host veth; `police`: the pod is held to a domain
 /// policy, so its UDP to policed ports is left to the normal path.
 pub fn pod_program(pod: PodId, bridge: u32, uplink: u32, police: bool) -> Vec<Insn> {
-    forwarder(bridge, uplink, Some(pod), police)
+    forwarder(bridge, uplink, Some(pod), police, &[])
 }
 
-/// The program for the uplink.
-pub fn lan_program(uplink: u32, bridge: u32) -> Vec<Insn> {
-    forwarder(uplink, bridge, None, false)
+/// The program for the uplink: unicast for this node's pods goes to the
+/// bridge, or, for a pod in `into`, straight into its `ros0`.
+pub fn lan_program(uplink: u32, bridge: u32, into: &[LanPod]) -> Vec<Insn> {
+    forwarder(uplink, bridge, None, false, into)
 }
 
 /// Filter names carry the interface indexes the program was built for, so
@@ -249,19 +312,36 @@ pub fn pod_filter_name(bridge: u32, uplink: u32, police: bool) -> String {
     format!("r2c_pod_{bridge}_{uplink}{p}")
 }
 
-pub fn lan_filter_name(uplink: u32, bridge: u32) -> String {
-    format!("r2c_lan_{uplink}_{bridge}")
+/// The LAN program's name also carries a digest of the pods it delivers
+/// into, so a pod added or removed gets the program rebuilt.
+pub fn lan_filter_name(uplink: u32, bridge: u32, into: &[LanPod]) -> String {
+    if into.is_empty() {
+        return format!("r2c_lan_{uplink}_{bridge}");
+    }
+    // FNV-1a: stable across builds, so a restarted agent adopts the program
+    let mut h: u32 = 0x811c_9dc5;
+    for p in into {
+        let bytes = p.ip.octets().into_iter().chain(p.veth.to_le_bytes());
+        for b in bytes.chain([u8::from(p.police)]) {
+            h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+        }
+    }
+    format!("r2c_lan_{uplink}_{bridge}_p{}_{h:08x}", into.len())
 }
 
 /// The fast path on one node: which programs are attached where.
 #[derive(Debug, Default, Clone)]
 pub struct FastPath {
-    /// (uplink, bridge) the LAN program was attached for.
-    lan: Option<(u32, u32)>,
+    /// The LAN program's filter name and how many pods it delivers straight into.
+    lan: Option<(String, usize)>,
     /// Pod host veths (by index) with their program's filter name.
     pods: HashMap<u32, String>,
     /// Why it is off, once it failed (not retried until the next reload).
     pub unavailable: Option<String>,
+    /// Why the LAN program does not deliver straight into pods (a kernel
+    /// before 5.10 has no `bpf_redirect_peer`): it hands their unicast to
+    /// the bridge instead. Not retried until the next reload.
+    pub into_pods_refused: Option<String>,
 }
 
 /// Why a program could not be put on a device; keeps the kernel's errno.
@@ -327,31 +407,36 @@ impl FastPath {
         let Ok(mut node) = Handle::new() else {
             return done;
         };
-        let lan_name = lan_filter_name(uplink.index, bridge.index);
-        if self.lan != Some((uplink.index, bridge.index)) {
-            if !carries(&mut node, uplink, &lan_name) {
-                let insns = lan_program(uplink.index, bridge.index);
-                if let Err(e) = load_and_attach(&mut node, uplink, &insns, "r2c_lan", &lan_name) {
-                    self.unavailable = Some(e.to_string());
-                    return done;
-                }
-                done.push(format!("fast path for the LAN on {}", uplink.name));
-            }
-            self.lan = Some((uplink.index, bridge.index));
-        }
         let Ok(links) = node.links() else { return done };
         let by_name: HashMap<&str, &Link> = links.iter().map(|l| (l.name.as_str(), l)).collect();
-        let mut live = std::collections::HashSet::new();
-        for a in records
+        // this node's pods on the bridge whose host veth exists
+        let pods: Vec<(&Attachment, &Link, [u8; 6], bool)> = records
             .iter()
             .filter(|a| !a.host_if.is_empty() && a.node_dev == bridge.name)
-        {
-            let (Some(dev), Some(mac)) = (by_name.get(a.host_if.as_str()), parse_mac(&a.mac))
-            else {
-                continue;
-            };
+            .filter_map(|a| {
+                let dev = by_name.get(a.host_if.as_str())?;
+                Some((a, *dev, parse_mac(&a.mac)?, police(a)))
+            })
+            .collect();
+        let mut into: Vec<LanPod> = match self.into_pods_refused {
+            Some(_) => vec![],
+            None => pods
+                .iter()
+                .map(|(a, dev, _, police)| LanPod {
+                    ip: a.ip,
+                    veth: dev.index,
+                    police: *police,
+                })
+                .collect(),
+        };
+        into.sort();
+        into.dedup_by_key(|p| p.ip);
+        if !self.attach_lan(&mut node, uplink, bridge, into, &mut done) {
+            return done;
+        }
+        let mut live = std::collections::HashSet::new();
+        for (a, dev, mac, policed) in pods {
             live.insert(dev.index);
-            let policed = police(a);
             let pod_name = pod_filter_name(bridge.index, uplink.index, policed);
             if self.pods.get(&dev.index) == Some(&pod_name) {
                 continue;
@@ -373,6 +458,48 @@ impl FastPath {
         }
         self.pods.retain(|i, _| live.contains(i));
         done
+    }
+
+    /// Puts the LAN program for `into` on the uplink unless it is there;
+    /// when the kernel refuses delivery straight into pods, the program
+    /// without it. False when the fast path is unavailable.
+    fn attach_lan(
+        &mut self,
+        node: &mut Handle,
+        uplink: &Link,
+        bridge: &Link,
+        mut into: Vec<LanPod>,
+        done: &mut Vec<String>,
+    ) -> bool {
+        loop {
+            let name = lan_filter_name(uplink.index, bridge.index, &into);
+            if self.lan.as_ref().is_some_and(|(n, _)| *n == name) {
+                return true;
+            }
+            if !carries(node, uplink, &name) {
+                let insns = lan_program(uplink.index, bridge.index, &into);
+                if let Err(e) = load_and_attach(node, uplink, &insns, "r2c_lan", &name) {
+                    if into.is_empty() {
+                        self.unavailable = Some(e.to_string());
+                        return false;
+                    }
+                    tracing::info!(
+                        "fast path: LAN unicast for pods goes through the bridge, \
+                         not straight into them (bpf_redirect_peer: {e})"
+                    );
+                    self.into_pods_refused = Some(e.to_string());
+                    into.clear();
+                    continue;
+                }
+                done.push(format!(
+                    "fast path for the LAN on {} ({} pods straight in)",
+                    uplink.name,
+                    into.len()
+                ));
+            }
+            self.lan = Some((name, into.len()));
+            return true;
+        }
     }
 
     /// Removes every program this node's agent attached.
@@ -402,9 +529,15 @@ impl FastPath {
         self.lan.is_some()
     }
 
+    /// Pods the LAN program delivers straight into.
+    pub fn into_pods(&self) -> usize {
+        self.lan.as_ref().map_or(0, |(_, n)| *n)
+    }
+
     /// Forgets the failure (config reload): try again.
     pub fn reset(&mut self) {
         self.unavailable = None;
+        self.into_pods_refused = None;
     }
 }
 
@@ -423,7 +556,8 @@ mod tests {
         for p in [
             pod_program(pod, 5, 2, false),
             pod_program(pod, 5, 2, true),
-            lan_program(2, 5),
+            lan_program(2, 5, &[]),
+            lan_program(2, 5, &INTO),
         ] {
             assert!(p.len() < 200);
             for (i, ins) in p.iter().enumerate() {
@@ -441,6 +575,86 @@ mod tests {
         }
     }
 
+    const INTO: [LanPod; 2] = [
+        LanPod {
+            ip: Ipv4Addr::new(192, 168, 1, 10),
+            veth: 7,
+            police: false,
+        },
+        LanPod {
+            ip: Ipv4Addr::new(192, 168, 1, 11),
+            veth: 9,
+            police: true,
+        },
+    ];
+
+    #[test]
+    fn the_lan_program_delivers_listed_pods_straight_in_and_the_rest_to_the_bridge() {
+        let p = lan_program(2, 5, &INTO);
+        let calls = |id: i32| {
+            p.iter()
+                .enumerate()
+                .filter(|(_, i)| i.code == 0x85 && i.imm == id)
+                .map(|(n, _)| n)
+                .collect::<Vec<_>>()
+        };
+        let peers = calls(helper::REDIRECT_PEER);
+        assert_eq!(peers.len(), 2, "one redirect_peer per pod");
+        for (at, pod) in peers.iter().zip(INTO) {
+            // mov r1, veth; mov r2, 0; call; exit
+            assert_eq!((p[at - 2].code, p[at - 2].imm), (0xb7, pod.veth as i32));
+            assert_eq!(p[at + 1].code, 0x95);
+        }
+        // each pod's block is entered only for its own address (jne32 on
+        // the destination kept in r9)
+        for pod in INTO {
+            let ip = u32::from_le_bytes(pod.ip.octets());
+            assert!(p
+                .iter()
+                .any(|i| i.code == 0x56 && i.regs & 0x0f == 9 && i.imm as u32 == ip));
+        }
+        // anything else: bpf_redirect to the bridge, as without pods
+        let plain = calls(helper::REDIRECT);
+        assert_eq!(plain.len(), 1);
+        assert_eq!((p[plain[0] - 2].code, p[plain[0] - 2].imm), (0xb7, 5));
+        assert!(plain[0] > peers[1]);
+        // the policed pod's block first asks whether the port is policed:
+        // only it, and only because of it, reads the UDP destination port
+        let reads_dport = |p: &[Insn]| p.iter().any(|i| i.code == 0x71 && i.off == 36);
+        assert!(reads_dport(&p));
+        assert!(!reads_dport(&lan_program(2, 5, &INTO[..1])));
+        let checks_flag = |from: usize, to: usize| {
+            p[from..to]
+                .iter()
+                .any(|i| i.code == 0x79 && i.off == POLICED)
+        };
+        assert!(checks_flag(peers[0] + 1, peers[1]), "policed pod checks");
+        assert!(!checks_flag(0, peers[0]), "unpoliced pod does not");
+        // the program sets the flag on both ways before it is read
+        assert_eq!(
+            p.iter()
+                .filter(|i| i.code == 0x7a && i.off == POLICED)
+                .count(),
+            2
+        );
+    }
+
+    #[test]
+    fn the_lan_filter_name_follows_the_pods_it_delivers_into() {
+        let none = lan_filter_name(2, 5, &[]);
+        assert_eq!(none, "r2c_lan_2_5");
+        let both = lan_filter_name(2, 5, &INTO);
+        assert!(both.starts_with("r2c_lan_2_5_p2_"), "{both}");
+        assert_eq!(both, lan_filter_name(2, 5, &INTO), "stable");
+        assert_ne!(both, lan_filter_name(2, 5, &INTO[..1]));
+        let mut moved = INTO;
+        moved[0].veth = 8;
+        assert_ne!(both, lan_filter_name(2, 5, &moved), "a re-created veth");
+        moved = INTO;
+        moved[1].police = false;
+        assert_ne!(both, lan_filter_name(2, 5, &moved), "a policy change");
+    }
+
     #[test]
     fn only_a_policed_pods_program_leaves_rtps_range_udp_to_the_normal_path() {
         let pod = POD;
@@ -450,7 +664,7 @@ mod tests {
             !reads_dport(&pod_program(pod, 5, 2, false)),
             "no policy: UDP to any port may take the fast path"
         );
-        assert!(!reads_dport(&lan_program(2, 5)));
+        assert!(!reads_dport(&lan_program(2, 5, &[])));
         let p = pod_program(pod, 5, 2, true);
         assert!(reads_dport(&p));
         let (lo, hi) = crate::firewall::domains::EPHEMERAL;
@@ -470,7 +684,7 @@ mod tests {
         for p in [
             pod_program(pod, 5, 2, false),
             pod_program(pod, 5, 2, true),
-            lan_program(2, 5),
+            lan_program(2, 5, &[]),
         ] {
             let target = |i: usize| (i as isize + 1 + p[i].off as isize) as usize;
             let passes = |i: usize| {
@@ -513,7 +727,7 @@ mod tests {
         assert!(p
             .iter()
             .any(|i| i.code == 0x56 && i.imm as u32 == u32::from_le_bytes([192, 168, 1, 10])));
-        assert!(!lan_program(2, 5)
+        assert!(!lan_program(2, 5, &[])
             .iter()
             .any(|i| i.code == 0x56 && i.imm as u32 == mac_lo));
     }

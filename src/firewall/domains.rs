@@ -23,7 +23,10 @@
 //!   the bridge to a pod port (`oifname`): bridged from pods on this node,
 //!   routed in from the LAN or other nodes, multicast routing's copies, and
 //!   what the relay puts on the bridge — every frame that reaches a pod
-//!   through the bridge passes here.
+//!   through the bridge passes here. The fast path's LAN program delivers
+//!   unicast from the LAN straight into a pod (`bpf_redirect_peer`, past the
+//!   bridge) only where this chain has nothing to say: for a restricted pod
+//!   it hands UDP to policed ports to the bridge, so it comes through here.
 //! - `from_pod` and `to_pod`: one rule per restricted pod:
 //!   `iifname "r2c…" udp dport != { allowed blocks } counter drop` (as range
 //!   comparisons, adjacent blocks merged). Pods whose namespace may use every
@@ -31,7 +34,7 @@
 //!
 //! The tc/BPF fast path hands a restricted pod's UDP to policed ports (the
 //! RTPS range less the ephemeral one) to this normal path (`src/fastpath`),
-//! so it cannot bypass these rules; pods under no policy, and every pod when
+//! both from the pod and from the LAN to it, so it cannot bypass these rules; pods under no policy, and every pod when
 //! `domains` is unset, keep the fast path for all their traffic.
 
 use super::{expr, ifname_key, same_rules, Error, HOST_VETH_PREFIX};
