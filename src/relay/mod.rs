@@ -589,7 +589,9 @@ fn relay_out(shared: &Shared, view: &View, s: &Socks, b: &mut Buffers) {
                 break;
             }
         };
-        left = left.saturating_sub(n);
+        // a short read emptied the queue: another would only say EAGAIN
+        // (what arrives meanwhile wakes the next poll)
+        left = if n < SLOTS { 0 } else { left.saturating_sub(n) };
         b.out.clear();
         for i in 0..n {
             let Some(ip) = socket::Capture::packet(&mut b.cap, i) else {
@@ -666,7 +668,9 @@ fn deliver_in(shared: &Shared, view: &View, s: &Socks, b: &mut Buffers) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        left = left.saturating_sub(n);
+        // a short read emptied the queue: another would only say EAGAIN
+        // (what arrives meanwhile wakes the next poll)
+        left = if n < SLOTS { 0 } else { left.saturating_sub(n) };
         b.pods.clear();
         let mut st = shared.stats.lock().unwrap();
         for i in 0..n {
