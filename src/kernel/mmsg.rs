@@ -126,6 +126,11 @@ pub struct RecvBatch<A: SockAddr> {
     count: usize,
 }
 
+// SAFETY: the raw pointers a batch holds (its iovecs and headers) point
+// only into its own heap buffers, are rebuilt before every call and never
+// used outside `recv`: moving the batch to another thread moves all of it.
+unsafe impl<A: SockAddr + Send> Send for RecvBatch<A> {}
+
 impl<A: SockAddr> RecvBatch<A> {
     pub fn new(slots: usize, cap: usize) -> RecvBatch<A> {
         RecvBatch {
