@@ -447,7 +447,7 @@ pub fn start(opts: &Options) -> Result<State, AgentError> {
 
 /// Reads captured discovery traffic into the participant table.
 pub fn handle_capture(st: &mut State) {
-    let Some(cap) = st.discovery.capture.take() else {
+    let Some(mut cap) = st.discovery.capture.take() else {
         return;
     };
     let names = &mut st.discovery.ifnames;

@@ -17,6 +17,7 @@
 
 use crate::api::unix_now;
 use crate::config::{Config, ZENOH_SCOUTING};
+use crate::kernel::mmsg::RecvBatch;
 use crate::kernel::packet::{attach_filter, packet_socket};
 use crate::rtps::{self, spdp, GuidPrefix};
 use crate::zenoh::scout;
@@ -299,16 +300,21 @@ impl Table {
     }
 }
 
-/// The capture socket.
+/// The capture socket, and the slots it is drained into.
 pub struct Capture {
     fd: OwnedFd,
+    frames: RecvBatch<libc::sockaddr_ll>,
 }
+
+/// Frames read per system call (recvmmsg).
+const SLOTS: usize = 32;
 
 impl Capture {
     /// A packet socket on every interface of this namespace, filtered to the RTPS groups.
     pub fn open(groups: &[Ipv4Addr]) -> io::Result<Capture> {
         let c = Capture {
             fd: packet_socket(libc::SOCK_RAW)?,
+            frames: RecvBatch::new(SLOTS, 9216),
         };
         c.set_filter(groups)?;
         Ok(c)
@@ -323,26 +329,34 @@ impl Capture {
         self.fd.as_raw_fd()
     }
 
-    /// Reads every pending frame into `table`; `ifname` names interface indexes.
-    pub fn drain(&self, table: &mut Table, ifname: &mut dyn FnMut(u32) -> Option<String>) {
-        let mut buf = [0u8; 9216];
+    /// Reads every pending frame into `table`, up to 32 a system call;
+    /// `ifname` names interface indexes. A frame longer than 9216 bytes is
+    /// parsed from what fit (its UDP header, if any, says more).
+    pub fn drain(&mut self, table: &mut Table, ifname: &mut dyn FnMut(u32) -> Option<String>) {
         let now = Instant::now();
+        let b = &mut self.frames;
         // an error ends the batch like an empty queue: the next one retries
-        while let Ok(Some(r)) = crate::kernel::packet::recv(self.fd.as_raw_fd(), &mut buf) {
-            if r.outgoing {
-                continue;
-            }
-            let Some(name) = ifname(r.ifindex) else {
-                continue;
-            };
-            if let Some((seen_src, seen_dst, ttl, payload)) = udp_of(r.data(&buf)) {
-                let seen = Seen {
-                    ifname: &name,
-                    src: seen_src,
-                    dst: seen_dst,
-                    ttl,
+        while let Ok(n @ 1..) = b.recv(self.fd.as_raw_fd()) {
+            for i in 0..n {
+                let from = b.name(i);
+                if from.sll_pkttype == libc::PACKET_OUTGOING {
+                    continue;
+                }
+                let Some(name) = ifname(from.sll_ifindex as u32) else {
+                    continue;
                 };
-                table.record(&seen, payload, now);
+                if let Some((seen_src, seen_dst, ttl, payload)) = udp_of(b.data(i)) {
+                    let seen = Seen {
+                        ifname: &name,
+                        src: seen_src,
+                        dst: seen_dst,
+                        ttl,
+                    };
+                    table.record(&seen, payload, now);
+                }
+            }
+            if n < SLOTS {
+                break; // the queue is empty: what arrives now wakes us again
             }
         }
     }

@@ -15,7 +15,9 @@
 //!   the `Mroute` trait, whose fake lives with the routing logic in
 //!   `crate::mroute`.
 //! - [`bpf`]: loading BPF programs (bpf(BPF_PROG_LOAD)).
-//! - [`packet`]: packet sockets (open, bind, the RTPS BPF filter).
+//! - [`packet`]: packet sockets (open, bind, the RTPS BPF filter);
+//!   [`mmsg`]: batched datagram calls (recvmmsg, sendmmsg) and the
+//!   accounting of a partial sendmmsg.
 //! - [`netns`]: network namespaces by path, and running code inside one on a
 //!   thread of its own; [`sysctl`]: /proc/sys reads.
 //! - [`Error`]: the one error of a kernel operation. It keeps what was asked
@@ -25,6 +27,7 @@
 //!   [`Error::is_exists`] / [`Error::errno`], never on message text.
 
 pub mod bpf;
+pub mod mmsg;
 pub mod mroute;
 pub mod netlink;
 pub mod netns;

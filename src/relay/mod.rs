@@ -32,6 +32,7 @@ pub mod wire;
 
 use crate::api::unix_now;
 use crate::config::{Config, Pool};
+use crate::kernel::mmsg;
 use crate::kernel::rtnl::Link;
 use ipnet::Ipv4Net;
 use std::collections::BTreeMap;
@@ -50,6 +51,9 @@ const FLAG_HELLO: u8 = 1;
 /// At most this many packets per socket per wake-up (fairness between
 /// the two directions).
 const BATCH: usize = 256;
+/// At most this many packets per system call (recvmmsg, sendmmsg): a
+/// wake-up reads [`BATCH`] in calls of this many.
+const SLOTS: usize = 32;
 
 /// What the relay runs with: from the config and the node's interfaces.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -357,6 +361,11 @@ struct Socks {
 }
 
 impl Socks {
+    /// Reads the pending relay datagrams (one system call).
+    fn udp_recv_batch(&self, b: &mut mmsg::RecvBatch<libc::sockaddr_in>) -> std::io::Result<usize> {
+        b.recv(self.udp.as_raw_fd())
+    }
+
     fn open(s: &Settings) -> std::io::Result<Socks> {
         Ok(Socks {
             capture: socket::Capture::open(s.bridge, &s.groups)?,
@@ -414,25 +423,43 @@ struct Loop {
     bufs: Buffers,
 }
 
-/// Buffers reused for every packet, so the loop does not allocate.
+/// Buffers reused for every batch, so the loop does not allocate: the
+/// slots packets are read into (and changed in place, then sent from), and
+/// the message headers of one sendmmsg, rebuilt for each.
 struct Buffers {
-    /// A captured Ethernet frame (largest IPv4 packet + Ethernet header).
-    cap: Vec<u8>,
-    /// A received relay datagram.
-    udp: Vec<u8>,
-    /// A datagram to send to the peers.
-    out: Vec<u8>,
-    /// A packet to put on the bridge.
-    pkt: Vec<u8>,
+    /// Captured Ethernet frames (largest IPv4 packet + Ethernet header).
+    cap: socket::Frames,
+    /// Received relay datagrams.
+    udp: mmsg::RecvBatch<libc::sockaddr_in>,
+    /// Captured packets to relay: (slot, IPv4 packet length).
+    out: Vec<(usize, usize)>,
+    /// Peers' packets to put on the bridge.
+    pods: Vec<ToPods>,
+    /// One sendmmsg's iovecs, addresses and headers (raw pointers into
+    /// the above, valid only while they are built and sent).
+    iovs: Vec<libc::iovec>,
+    lls: Vec<libc::sockaddr_ll>,
+    msgs: Vec<libc::mmsghdr>,
+}
+
+/// A peer's packet accepted for the pods: where it is, whose it is.
+struct ToPods {
+    slot: usize,
+    peer: Ipv4Addr,
+    src: Ipv4Addr,
+    group: Ipv4Addr,
 }
 
 impl Buffers {
     fn new() -> Buffers {
         Buffers {
-            cap: vec![0u8; 65_536 + 14],
-            udp: vec![0u8; 65_536],
-            out: Vec::with_capacity(65_536),
-            pkt: Vec::with_capacity(65_536),
+            cap: socket::Frames::new(SLOTS, 65_536 + 14),
+            udp: mmsg::RecvBatch::new(SLOTS, 65_536),
+            out: Vec::with_capacity(SLOTS),
+            pods: Vec::with_capacity(SLOTS),
+            iovs: Vec::with_capacity(2 * SLOTS),
+            lls: Vec::with_capacity(SLOTS),
+            msgs: Vec::with_capacity(SLOTS),
         }
     }
 }
@@ -463,9 +490,13 @@ fn run(shared: &Shared) {
             std::thread::sleep(Duration::from_millis(200));
             continue;
         };
-        wait_readable(s, 200);
-        relay_out(shared, &lp.view, s, &mut lp.bufs);
-        deliver_in(shared, &lp.view, s, &mut lp.bufs);
+        let (capture, udp) = wait_readable(s, 200);
+        if capture {
+            relay_out(shared, &lp.view, s, &mut lp.bufs);
+        }
+        if udp {
+            deliver_in(shared, &lp.view, s, &mut lp.bufs);
+        }
         if Instant::now() >= lp.next_hello {
             send_hellos(&lp.view, s);
             lp.next_hello = Instant::now() + HELLO_EVERY;
@@ -521,8 +552,9 @@ fn open_sockets(shared: &Shared, lp: &mut Loop) {
     }
 }
 
-/// Waits up to `timeout_ms` for the capture or the UDP socket to be readable.
-fn wait_readable(s: &Socks, timeout_ms: i32) {
+/// Waits up to `timeout_ms` for the capture or the UDP socket to be
+/// readable: which one has something (a packet or an error to read).
+fn wait_readable(s: &Socks, timeout_ms: i32) -> (bool, bool) {
     let mut fds = [
         libc::pollfd {
             fd: s.capture.as_raw_fd(),
@@ -536,83 +568,156 @@ fn wait_readable(s: &Socks, timeout_ms: i32) {
         },
     ];
     // SAFETY: poll(2) on two valid descriptors.
-    unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
+    if n < 0 {
+        return (true, true); // interrupted: look at both
+    }
+    (fds[0].revents != 0, fds[1].revents != 0)
 }
 
-/// Out: the pods' captured packets to every relayed peer.
+/// Out: the pods' captured packets to every relayed peer: read in
+/// batches, each packet's UDP checksum fixed in its slot, then one
+/// sendmmsg per peer of the whole batch (our header, then the packet).
 fn relay_out(shared: &Shared, view: &View, s: &Socks, b: &mut Buffers) {
-    for _ in 0..BATCH {
-        let ip = match s.capture.recv(&mut b.cap) {
-            Ok(Some(ip)) => ip,
-            Ok(None) => break,
+    let mut left = BATCH;
+    while left > 0 {
+        let n = match s.capture.recv_batch(&mut b.cap) {
+            Ok(0) => break,
+            Ok(n) => n,
             Err(e) => {
                 tracing::debug!("relay capture: {e}");
                 break;
             }
         };
-        if wire::check_ip(ip, &view.set.groups).is_err() {
+        // a short read emptied the queue: another would only say EAGAIN
+        // (what arrives meanwhile wakes the next poll)
+        left = if n < SLOTS { 0 } else { left.saturating_sub(n) };
+        b.out.clear();
+        for i in 0..n {
+            let Some(ip) = socket::Capture::packet(&mut b.cap, i) else {
+                continue; // ours, or truncated
+            };
+            if wire::check_ip(ip, &view.set.groups).is_err() {
+                continue;
+            }
+            wire::fix_udp_checksum(ip);
+            b.out.push((i, ip.len()));
+        }
+        if b.out.is_empty() {
             continue;
         }
-        wire::encode(ip, &mut b.out);
-        wire::fix_udp_checksum(&mut b.out[wire::HEADER_LEN..]);
+        // two iovecs a datagram: the header, the packet in its slot
+        b.iovs.clear();
+        for &(i, _) in &b.out {
+            let ip = socket::Capture::packet(&mut b.cap, i).expect("checked above");
+            b.iovs.push(mmsg::iovec(&wire::HEADER));
+            b.iovs.push(mmsg::iovec(ip));
+        }
         let mut st = shared.stats.lock().unwrap();
-        st.captured += 1;
+        st.captured += b.out.len() as u64;
         for to in &view.relayed {
-            let r = s.udp.send_to(&b.out, to);
-            let SocketAddr::V4(a) = to else { continue };
-            if let Some(p) = st.peers.get_mut(a.ip()) {
-                match r {
-                    Ok(_) => {
-                        p.sent += 1;
-                        p.sent_bytes += ip.len() as u64;
+            let SocketAddr::V4(to) = to else { continue };
+            let name = sockaddr_in(*to);
+            b.msgs.clear();
+            let iovs = b.iovs.as_ptr();
+            b.msgs.extend(
+                (0..b.out.len()).map(|k| mmsg::message(&name, iovs.wrapping_add(2 * k), 2)),
+            );
+            let mut p = st.peers.get_mut(to.ip());
+            let out = &b.out;
+            let msgs = &mut b.msgs;
+            mmsg::send_all(
+                out.len(),
+                |from| mmsg::send(s.udp.as_raw_fd(), &mut msgs[from..]),
+                |k, r| {
+                    let Some(p) = p.as_deref_mut() else { return };
+                    match r {
+                        Ok(()) => {
+                            p.sent += 1;
+                            p.sent_bytes += out[k].1 as u64;
+                        }
+                        Err(e) => {
+                            p.dropped += 1;
+                            p.last_error = Some(e.to_string());
+                        }
                     }
-                    Err(e) => {
-                        p.dropped += 1;
-                        p.last_error = Some(e.to_string());
-                    }
-                }
-            }
+                },
+            );
         }
     }
 }
 
-/// In: the peers' datagrams to the pods. Only configured peers are heard;
-/// any datagram from one (hello or packet, good or bad) counts as a sign
-/// of life.
+/// The C address of a peer, for sendmmsg.
+fn sockaddr_in(a: SocketAddrV4) -> libc::sockaddr_in {
+    let mut n: libc::sockaddr_in = mmsg::SockAddr::zeroed();
+    n.sin_family = libc::AF_INET as libc::sa_family_t;
+    n.sin_port = a.port().to_be();
+    n.sin_addr.s_addr = u32::from(*a.ip()).to_be();
+    n
+}
+
+/// In: the peers' datagrams to the pods, read in batches. Only
+/// configured peers are heard; any datagram from one (hello or packet,
+/// good or bad) counts as a sign of life. The packets that pass the checks
+/// and the peer's rate are made ready for the pods in their slots and put
+/// on the bridge with one sendmmsg ([`to_pods`]).
 fn deliver_in(shared: &Shared, view: &View, s: &Socks, b: &mut Buffers) {
-    for _ in 0..BATCH {
-        let Ok((n, from)) = s.udp.recv_from(&mut b.udp) else {
-            break;
+    let mut left = BATCH;
+    while left > 0 {
+        let n = match s.udp_recv_batch(&mut b.udp) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
         };
-        let SocketAddr::V4(from) = from else { continue };
+        // a short read emptied the queue: another would only say EAGAIN
+        // (what arrives meanwhile wakes the next poll)
+        left = if n < SLOTS { 0 } else { left.saturating_sub(n) };
+        b.pods.clear();
         let mut st = shared.stats.lock().unwrap();
-        if !view.peers.contains(from.ip()) {
-            st.not_peer += 1;
-            st.last_not_peer = Some(*from.ip());
-            continue;
-        }
-        let verdict = classify(&b.udp[..n], &view.set);
-        let mut rejected = None;
-        if let Some(p) = st.peers.get_mut(from.ip()) {
-            p.last_seen_at = Some(Instant::now());
-            p.last_seen = Some(unix_now());
-            let now = Instant::now();
-            let verdict = match verdict {
-                Ok(Some(_)) if !p.bucket.take(view.set.peer_limit, now) => Err(wire::Reject::Rate),
-                v => v,
-            };
-            match verdict {
-                Ok(None) => {}
-                Ok(Some(i)) => to_pods(view, s, i, &mut b.pkt, p),
-                Err(r) => {
-                    p.dropped += 1;
-                    rejected = Some(r);
+        for i in 0..n {
+            let name = b.udp.name(i);
+            if i32::from(name.sin_family) != libc::AF_INET {
+                continue;
+            }
+            let from = Ipv4Addr::from(u32::from_be(name.sin_addr.s_addr));
+            if !view.peers.contains(&from) {
+                st.not_peer += 1;
+                st.last_not_peer = Some(from);
+                continue;
+            }
+            let verdict = classify(b.udp.data(i), &view.set).map(|v| v.map(|x| (x.src, x.group)));
+            let mut rejected = None;
+            if let Some(p) = st.peers.get_mut(&from) {
+                p.last_seen_at = Some(Instant::now());
+                p.last_seen = Some(unix_now());
+                let now = Instant::now();
+                let verdict = match verdict {
+                    Ok(Some(_)) if !p.bucket.take(view.set.peer_limit, now) => {
+                        Err(wire::Reject::Rate)
+                    }
+                    v => v,
+                };
+                match verdict {
+                    Ok(None) => {}
+                    Ok(Some((src, group))) => {
+                        wire::make_for_pods(&mut b.udp.data_mut(i)[wire::HEADER_LEN..]);
+                        b.pods.push(ToPods {
+                            slot: i,
+                            peer: from,
+                            src,
+                            group,
+                        });
+                    }
+                    Err(r) => {
+                        p.dropped += 1;
+                        rejected = Some(r);
+                    }
                 }
             }
+            if let Some(r) = rejected {
+                *st.rejected.entry(r.as_str()).or_default() += 1;
+            }
         }
-        if let Some(r) = rejected {
-            *st.rejected.entry(r.as_str()).or_default() += 1;
-        }
+        to_pods(view, s, b, &mut st);
     }
 }
 
@@ -648,26 +753,53 @@ fn is_hello(d: &[u8]) -> bool {
         && d[5] & FLAG_HELLO != 0
 }
 
-/// Puts a peer's packet on the bridge as TTL-1 Ethernet multicast (see the
-/// module doc: the pods get it, the node's IP stack does not) and counts it.
-fn to_pods(view: &View, s: &Socks, i: wire::Inner, pkt: &mut Vec<u8>, p: &mut PeerStats) {
-    wire::for_pods(i.ip, pkt);
-    match s
-        .inject
-        .send(view.set.bridge, wire::group_mac(i.group), pkt)
-    {
-        Ok(()) => {
-            if p.sources.len() < MAX_SOURCES {
-                p.sources.insert(i.src);
-            }
-            p.received += 1;
-            p.received_bytes += pkt.len() as u64;
-        }
-        Err(e) => {
-            p.dropped += 1;
-            p.last_error = Some(format!("delivering to the pods: {e}"));
-        }
+/// Puts the peers' packets of a batch (already TTL 1, checksum fixed) on
+/// the bridge as Ethernet multicast with one sendmmsg (see the module doc:
+/// the pods get them, the node's IP stack does not) and counts each.
+fn to_pods(view: &View, s: &Socks, b: &mut Buffers, st: &mut Stats) {
+    if b.pods.is_empty() {
+        return;
     }
+    b.iovs.clear();
+    b.lls.clear();
+    for t in &b.pods {
+        b.iovs
+            .push(mmsg::iovec(&b.udp.data(t.slot)[wire::HEADER_LEN..]));
+        let mac = wire::group_mac(t.group);
+        b.lls.push(crate::kernel::packet::sockaddr_ll(
+            view.set.bridge,
+            Some(mac),
+        ));
+    }
+    let (iovs, lls) = (b.iovs.as_ptr(), b.lls.as_ptr());
+    b.msgs.clear();
+    b.msgs.extend(
+        (0..b.pods.len()).map(|k| mmsg::message(lls.wrapping_add(k), iovs.wrapping_add(k), 1)),
+    );
+    let (pods, udp, msgs) = (&b.pods, &b.udp, &mut b.msgs);
+    mmsg::send_all(
+        pods.len(),
+        |from| s.inject.send_batch(&mut msgs[from..]),
+        |k, r| {
+            let t = &pods[k];
+            let Some(p) = st.peers.get_mut(&t.peer) else {
+                return;
+            };
+            match r {
+                Ok(()) => {
+                    if p.sources.len() < MAX_SOURCES {
+                        p.sources.insert(t.src);
+                    }
+                    p.received += 1;
+                    p.received_bytes += (udp.data(t.slot).len() - wire::HEADER_LEN) as u64;
+                }
+                Err(e) => {
+                    p.dropped += 1;
+                    p.last_error = Some(format!("delivering to the pods: {e}"));
+                }
+            }
+        },
+    );
 }
 
 /// Greets every peer, relayed or reached by LAN, so each can tell this

@@ -6,7 +6,11 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
+use crate::kernel::mmsg::{self, RecvBatch};
 use crate::kernel::packet::{self, attach_filter, bind_packet, packet_socket};
+
+/// Captured frames read at once, each with its link-layer address.
+pub type Frames = RecvBatch<libc::sockaddr_ll>;
 
 /// Captures IPv4 frames arriving on one interface (the bridge: what pods
 /// send), filtered to UDP to the relayed groups, outgoing frames excluded
@@ -57,6 +61,26 @@ impl Capture {
             return Ok(Some(&buf[14..r.len]));
         }
     }
+
+    /// Reads the pending frames into `frames` (one system call, as many as
+    /// it has slots): how many (0: nothing pending). See [`Capture::packet`].
+    pub fn recv_batch(&self, frames: &mut Frames) -> io::Result<usize> {
+        frames.recv(self.fd.as_raw_fd())
+    }
+
+    /// Frame `i` of the last [`Capture::recv_batch`] as its IPv4 packet
+    /// (Ethernet header stripped), to change in place; None for what
+    /// [`Capture::recv`] skips (outgoing, truncated, short).
+    pub fn packet(frames: &mut Frames, i: usize) -> Option<&mut [u8]> {
+        let (len, outgoing) = (
+            frames.len(i),
+            frames.name(i).sll_pkttype == libc::PACKET_OUTGOING,
+        );
+        if outgoing || len > frames.cap() || len < 14 {
+            return None;
+        }
+        Some(&mut frames.data_mut(i)[14..])
+    }
 }
 
 impl AsRawFd for Capture {
@@ -82,6 +106,13 @@ impl Inject {
 
     pub fn send(&self, ifindex: u32, mac: [u8; 6], ip: &[u8]) -> io::Result<()> {
         packet::send(self.fd.as_raw_fd(), ifindex, mac, ip)
+    }
+
+    /// Sends several packets in one system call: see [`mmsg::send`] (each
+    /// message's name a [`packet::sockaddr_ll`] with the interface and the
+    /// destination MAC).
+    pub fn send_batch(&self, msgs: &mut [libc::mmsghdr]) -> io::Result<usize> {
+        mmsg::send(self.fd.as_raw_fd(), msgs)
     }
 }
 

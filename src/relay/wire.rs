@@ -45,11 +45,13 @@ impl Reject {
     }
 }
 
+/// The header of a datagram carrying a packet (the packet follows).
+pub const HEADER: [u8; HEADER_LEN] = [MAGIC[0], MAGIC[1], MAGIC[2], MAGIC[3], VERSION, 0, 0, 0];
+
 /// Wraps an original IPv4 packet into `out` (cleared first).
 pub fn encode(ip: &[u8], out: &mut Vec<u8>) {
     out.clear();
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&[VERSION, 0, 0, 0]);
+    out.extend_from_slice(&HEADER);
     out.extend_from_slice(ip);
 }
 
@@ -123,10 +125,15 @@ pub fn header_checksum(hdr: &[u8]) -> u16 {
 pub fn for_pods(ip: &[u8], out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(ip);
-    out[8] = 1;
-    let ihl = usize::from(out[0] & 0x0f) * 4;
-    let c = header_checksum(&out[..ihl]);
-    out[10..12].copy_from_slice(&c.to_be_bytes());
+    make_for_pods(out);
+}
+
+/// [`for_pods`] in place, on a packet [`check_ip`] accepted.
+pub fn make_for_pods(ip: &mut [u8]) {
+    ip[8] = 1;
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let c = header_checksum(&ip[..ihl]);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
 }
 
 fn sum16(data: &[u8], mut sum: u32) -> u32 {
