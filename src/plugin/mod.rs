@@ -26,10 +26,15 @@ pub enum Output {
 
 /// Entry point when CNI_COMMAND is set. Returns the exit code.
 pub fn main() -> i32 {
-    let mut stdin = Vec::new();
+    // room for a config with its prevResult in one read (an empty Vec
+    // starts with 32-byte reads and doubles)
+    let mut stdin = Vec::with_capacity(64 * 1024);
     let read = std::io::stdin().read_to_end(&mut stdin);
+    // parsed once: for the version errors are reported in, and for the command
+    let parsed = serde_json::from_slice::<Value>(&stdin);
     // errors are reported in the request's version when we can tell it
-    let req_version = serde_json::from_slice::<Value>(&stdin)
+    let req_version = parsed
+        .as_ref()
         .ok()
         .and_then(|v| {
             v.get("cniVersion")
@@ -45,13 +50,15 @@ pub fn main() -> i32 {
         eprintln!("ros2-cni: internal error: {info}");
     }));
     let read = read.map_err(|e| e.to_string());
-    let outcome = std::panic::catch_unwind(|| {
+    // AssertUnwindSafe: `parsed` (its error may hold a `dyn Error`) moves
+    // in, and nothing captured is used after a panic
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
         if let Err(e) = read {
             return Err(CniError::new(Code::Io, format!("reading stdin: {e}")));
         }
         let cmd = std::env::var("CNI_COMMAND").unwrap_or_default();
-        run(&cmd, &stdin, |k| std::env::var(k).ok())
-    });
+        run_parsed(&cmd, parsed, |k| std::env::var(k).ok())
+    }));
     let result = match outcome {
         Ok(r) => r,
         Err(p) => {
@@ -83,6 +90,16 @@ pub fn main() -> i32 {
 
 /// Runs one command on `stdin` with the environment given by `getenv`.
 pub fn run(cmd: &str, stdin: &[u8], getenv: impl Fn(&str) -> Option<String>) -> Result<Output> {
+    run_parsed(cmd, serde_json::from_slice(stdin), getenv)
+}
+
+/// [`run`] with stdin already parsed as JSON (`main` parses it once, for the
+/// version of its errors too).
+fn run_parsed(
+    cmd: &str,
+    stdin: serde_json::Result<Value>,
+    getenv: impl Fn(&str) -> Option<String>,
+) -> Result<Output> {
     let cmd = Command::parse(cmd)?;
     if getenv("ROS2_CNI_TEST_PANIC").is_some_and(|v| v == "1") {
         // lets the tests prove that a panic still yields an error JSON
@@ -162,11 +179,11 @@ struct Request {
 impl Request {
     fn read(
         cmd: Command,
-        stdin: &[u8],
+        stdin: serde_json::Result<Value>,
         getenv: impl Fn(&str) -> Option<String>,
     ) -> Result<Request> {
         let env = Env::from_lookup(cmd, &getenv)?;
-        let raw: Value = serde_json::from_slice(stdin).map_err(|e| {
+        let raw: Value = stdin.map_err(|e| {
             CniError::new(
                 Code::Decode,
                 format!("config on stdin is not valid JSON: {e}"),
