@@ -48,20 +48,6 @@ impl Capture {
         attach_filter(self.fd.as_raw_fd(), groups)
     }
 
-    /// One captured frame's IPv4 packet (Ethernet header stripped), or None
-    /// when nothing is pending. Outgoing frames are skipped.
-    pub fn recv<'a>(&self, buf: &'a mut [u8]) -> io::Result<Option<&'a [u8]>> {
-        loop {
-            let Some(r) = packet::recv(self.fd.as_raw_fd(), buf)? else {
-                return Ok(None);
-            };
-            if r.outgoing || r.truncated(buf.len()) || r.len < 14 {
-                continue; // ours, or truncated
-            }
-            return Ok(Some(&buf[14..r.len]));
-        }
-    }
-
     /// Reads the pending frames into `frames` (one system call, as many as
     /// it has slots): how many (0: nothing pending). See [`Capture::packet`].
     pub fn recv_batch(&self, frames: &mut Frames) -> io::Result<usize> {
@@ -69,8 +55,8 @@ impl Capture {
     }
 
     /// Frame `i` of the last [`Capture::recv_batch`] as its IPv4 packet
-    /// (Ethernet header stripped), to change in place; None for what
-    /// [`Capture::recv`] skips (outgoing, truncated, short).
+    /// (Ethernet header stripped), to change in place; None for what is
+    /// skipped (outgoing, truncated, short).
     pub fn packet(frames: &mut Frames, i: usize) -> Option<&mut [u8]> {
         let (len, outgoing) = (
             frames.len(i),
@@ -102,10 +88,6 @@ impl Inject {
         Ok(Inject {
             fd: packet_socket(libc::SOCK_DGRAM)?,
         })
-    }
-
-    pub fn send(&self, ifindex: u32, mac: [u8; 6], ip: &[u8]) -> io::Result<()> {
-        packet::send(self.fd.as_raw_fd(), ifindex, mac, ip)
     }
 
     /// Sends several packets in one system call: see [`mmsg::send`] (each
