@@ -769,6 +769,22 @@ fn two_hundred_fifty_pods_on_one_node_all_receive_discovery() {
         chunks.into_iter().flat_map(|h| h.join().unwrap()).collect()
     });
     assert_eq!(pods.len(), 250);
+    // ADD returns before the kernel's link watcher has run for the newest
+    // veths: until it does, their bridge port is not forwarding and a frame
+    // flooded to it is lost. Wait for all 250 ports, not for a while.
+    let node_ns = tb.node(1).ns.clone();
+    wait_for(30, "250 bridge ports forwarding", || {
+        let ports =
+            ros2_cni::lab::testbed::ip_json(&node_ns, &["-d", "link", "show", "master", "ros2br0"])
+                .unwrap_or_default();
+        ports
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|l| l["linkinfo"]["info_slave_data"]["state"] == "forwarding")
+            .count()
+            >= 250
+    });
     let rx: Vec<UdpSocket> = pods
         .iter()
         .map(|p| mcast_receiver(&p.ns, SPDP, 7400, ip_of(p)).unwrap())
