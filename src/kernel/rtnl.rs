@@ -17,11 +17,16 @@ use crate::kernel::netns::Netns;
 use crate::kernel::netlink::{Conn, Wire};
 use crate::kernel::{Error, Result};
 
-use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE};
+use netlink_packet_core::{
+    parse_string, parse_u32, DecodeError, NetlinkDeserializable, NetlinkHeader,
+    NetlinkSerializable, NlasIterator, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REPLACE,
+};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
     AfSpecInet, AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InetDevConf, InfoBridge, InfoData,
-    InfoKind, InfoMacVlan, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMode,
+    InfoKind, InfoMacVlan, InfoVeth, LinkAttribute, LinkFlags, LinkHeader, LinkInfo, LinkMessage,
+    MacVlanMode,
 };
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -69,39 +74,118 @@ impl Link {
         self.flags.contains(LinkFlags::Multicast)
     }
 
-    fn from_message(m: LinkMessage) -> Link {
+    /// A link from an RTM_NEWLINK payload, reading only the attributes a
+    /// [`Link`] keeps (see [`LinkQuery`] for why not a whole `LinkMessage`).
+    fn from_payload(payload: &[u8]) -> std::result::Result<Link, DecodeError> {
+        let header = LinkHeader::parse(payload)?;
         let mut l = Link {
-            index: m.header.index,
+            index: header.index,
             name: String::new(),
-            flags: m.header.flags,
+            flags: header.flags,
             mac: None,
             controller: None,
             parent: None,
             kind: None,
             mtu: None,
         };
-        for a in m.attributes {
-            match a {
-                LinkAttribute::IfName(n) => l.name = n,
-                LinkAttribute::Address(a) if a.len() == 6 => {
-                    let mut mac = [0u8; 6];
-                    mac.copy_from_slice(&a);
-                    l.mac = Some(mac);
-                }
-                LinkAttribute::Controller(c) => l.controller = Some(c),
-                LinkAttribute::Link(p) => l.parent = Some(p),
-                LinkAttribute::Mtu(v) => l.mtu = Some(v),
-                LinkAttribute::LinkInfo(infos) => {
-                    for i in infos {
-                        if let LinkInfo::Kind(k) = i {
-                            l.kind = Some(k.to_string());
+        for nla in NlasIterator::new(&payload[LINK_HEADER_LEN..]) {
+            let nla = nla?;
+            let v = nla.value();
+            match nla.kind() {
+                IFLA_IFNAME => l.name = parse_string(v)?,
+                IFLA_ADDRESS if v.len() == 6 => l.mac = v.try_into().ok(),
+                IFLA_MASTER => l.controller = Some(parse_u32(v)?),
+                IFLA_LINK => l.parent = Some(parse_u32(v)?),
+                IFLA_MTU => l.mtu = Some(parse_u32(v)?),
+                IFLA_LINKINFO => {
+                    for info in NlasIterator::new(v) {
+                        let info = info?;
+                        if info.kind() == IFLA_INFO_KIND {
+                            l.kind = Some(parse_string(info.value())?);
                         }
                     }
                 }
                 _ => {}
             }
         }
-        l
+        Ok(l)
+    }
+}
+
+// Kernel ABI (include/uapi/linux/if_link.h, rtnetlink.h); netlink-packet-route
+// keeps its copies private.
+const RTM_NEWLINK: u16 = 16;
+const RTM_GETLINK: u16 = 18;
+const LINK_HEADER_LEN: usize = 16;
+const IFLA_ADDRESS: u16 = 1;
+const IFLA_IFNAME: u16 = 3;
+const IFLA_MTU: u16 = 4;
+const IFLA_LINK: u16 = 5;
+const IFLA_MASTER: u16 = 10;
+const IFLA_LINKINFO: u16 = 18;
+const IFLA_INFO_KIND: u16 = 1;
+
+/// An RTM_GETLINK request, and its answers read into a [`Link`] straight
+/// from the kernel's bytes. Parsing a whole `LinkMessage` builds every
+/// attribute the kernel sends (about 40: statistics, the inet and inet6
+/// devconf arrays, ...) for [`Link`] to keep six; under musl's allocator
+/// (the image's build) that churn mapped and unmapped pages about ten
+/// times per answer, some 150 mmap/munmap calls per ADD (issue 20).
+enum LinkQuery {
+    Get(RouteNetlinkMessage),
+    Got(Link),
+}
+
+impl LinkQuery {
+    fn get(m: LinkMessage) -> LinkQuery {
+        LinkQuery::Get(RouteNetlinkMessage::GetLink(m))
+    }
+
+    fn into_link(self) -> Option<Link> {
+        match self {
+            LinkQuery::Got(l) => Some(l),
+            LinkQuery::Get(_) => None,
+        }
+    }
+}
+
+impl NetlinkSerializable for LinkQuery {
+    fn message_type(&self) -> u16 {
+        match self {
+            LinkQuery::Get(m) => m.message_type(),
+            LinkQuery::Got(_) => RTM_NEWLINK,
+        }
+    }
+
+    fn buffer_len(&self) -> usize {
+        match self {
+            LinkQuery::Get(m) => m.buffer_len(),
+            LinkQuery::Got(_) => 0,
+        }
+    }
+
+    fn serialize(&self, buffer: &mut [u8]) {
+        if let LinkQuery::Get(m) = self {
+            m.serialize(buffer)
+        }
+    }
+}
+
+impl NetlinkDeserializable for LinkQuery {
+    type Error = DecodeError;
+
+    fn deserialize(
+        header: &NetlinkHeader,
+        payload: &[u8],
+    ) -> std::result::Result<LinkQuery, DecodeError> {
+        if header.message_type != RTM_NEWLINK {
+            return Err(format!(
+                "message type {} in answer to RTM_GETLINK ({RTM_GETLINK})",
+                header.message_type
+            )
+            .into());
+        }
+        Link::from_payload(payload).map(LinkQuery::Got)
     }
 }
 
@@ -174,12 +258,12 @@ impl<W: Wire> Handle<W> {
     /// Sends a request and collects its answers (see [`crate::kernel::netlink`]).
     /// A failed request that names a link by index ("link #7") names it by
     /// name too ("link r2c1a2b3c4 (#7)"), looked up only then.
-    fn exchange(
+    fn exchange<M: NetlinkSerializable + NetlinkDeserializable>(
         &mut self,
         op: &str,
-        msg: RouteNetlinkMessage,
+        msg: M,
         flags: u16,
-    ) -> Result<Vec<RouteNetlinkMessage>> {
+    ) -> Result<Vec<M>> {
         match self.conn.request(op, msg, flags) {
             // only when the kernel answered (a socket that failed or timed
             // out would only fail or time out again), and not for "not
@@ -201,14 +285,10 @@ impl<W: Wire> Handle<W> {
         m.header.index = index;
         let name = self
             .conn
-            .request("get link name", RouteNetlinkMessage::GetLink(m), 0)
+            .request("get link name", LinkQuery::get(m), 0)
             .ok()
-            .and_then(|v| {
-                v.into_iter().find_map(|m| match m {
-                    RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l).name),
-                    _ => None,
-                })
-            })
+            .and_then(|v| v.into_iter().find_map(LinkQuery::into_link))
+            .map(|l| l.name)
             .filter(|n| !n.is_empty());
         match name {
             Some(name) => {
@@ -247,11 +327,8 @@ impl<W: Wire> Handle<W> {
 
     /// One RTM_GETLINK; a link that is not there is `None`.
     fn get_link(&mut self, op: &str, m: LinkMessage) -> Result<Option<Link>> {
-        match self.exchange(op, RouteNetlinkMessage::GetLink(m), 0) {
-            Ok(v) => Ok(v.into_iter().find_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
-                _ => None,
-            })),
+        match self.exchange(op, LinkQuery::get(m), 0) {
+            Ok(v) => Ok(v.into_iter().find_map(LinkQuery::into_link)),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
         }
@@ -259,15 +336,13 @@ impl<W: Wire> Handle<W> {
 
     pub fn links(&mut self) -> Result<Vec<Link>> {
         Ok(self
-            .dump(
+            .exchange(
                 "dump links",
-                RouteNetlinkMessage::GetLink(LinkMessage::default()),
+                LinkQuery::get(LinkMessage::default()),
+                NLM_F_DUMP,
             )?
             .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
-                _ => None,
-            })
+            .filter_map(LinkQuery::into_link)
             .collect())
     }
 
@@ -754,6 +829,63 @@ mod tests {
         h.ensure_clsact(7).unwrap();
         let sent = h.conn.wire().sent.len();
         assert_eq!(sent, 8, "no lookup after the not-found and exists answers");
+    }
+
+    #[test]
+    fn a_link_is_read_from_the_kernels_bytes_keeping_what_link_needs() {
+        use netlink_packet_core::Emitable;
+        use netlink_packet_route::link::{Inet6DevConf, Stats64};
+        let mut m = LinkMessage::default();
+        m.header.index = 42;
+        m.header.flags = LinkFlags::Up | LinkFlags::Multicast;
+        m.attributes = vec![
+            LinkAttribute::IfName("r2c0a1b2c3".into()),
+            LinkAttribute::Mtu(1450),
+            // attributes Link does not keep, as the kernel sends them
+            LinkAttribute::Stats64(Stats64::default()),
+            LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::DevConf(
+                Inet6DevConf::default(),
+            )])]),
+            LinkAttribute::Address(vec![0x0e, 0x2c, 0xc0, 0xa8, 0x01, 0xa0]),
+            LinkAttribute::Controller(7),
+            LinkAttribute::Link(9),
+            LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Veth)]),
+        ];
+        let mut b = vec![0; m.buffer_len()];
+        m.emit(&mut b);
+        let l = Link::from_payload(&b).unwrap();
+        assert_eq!(
+            l,
+            Link {
+                index: 42,
+                name: "r2c0a1b2c3".into(),
+                flags: LinkFlags::Up | LinkFlags::Multicast,
+                mac: Some([0x0e, 0x2c, 0xc0, 0xa8, 0x01, 0xa0]),
+                controller: Some(7),
+                parent: Some(9),
+                kind: Some("veth".into()),
+                mtu: Some(1450),
+            }
+        );
+        // a link without the optional attributes, and an address that is not a MAC
+        let mut m = LinkMessage::default();
+        m.header.index = 1;
+        m.attributes = vec![
+            LinkAttribute::IfName("lo".into()),
+            LinkAttribute::Address(vec![0; 4]),
+        ];
+        let mut b = vec![0; m.buffer_len()];
+        m.emit(&mut b);
+        let l = Link::from_payload(&b).unwrap();
+        assert_eq!(
+            (l.index, l.name.as_str(), l.mac, l.kind),
+            (1, "lo", None, None)
+        );
+        // truncated: an error, not a guess
+        assert!(Link::from_payload(&b[..8]).is_err());
+        let mut hdr = NetlinkHeader::default();
+        hdr.message_type = RTM_NEWLINK + 4; // RTM_NEWADDR
+        assert!(LinkQuery::deserialize(&hdr, &b).is_err());
     }
 
     #[test]
