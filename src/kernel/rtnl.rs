@@ -6,6 +6,9 @@
 //! the operation and the errno). The plugin path needs a handful of requests per pod, so a
 //! blocking socket and the message types of `netlink-packet-route` (the crate
 //! under `rtnetlink`) are all it takes: no async runtime on the pod's start path.
+//! Link lookups read only what [`Link`] keeps from the kernel's bytes
+//! (`LinkQuery`): a whole `LinkMessage` per answer cost the musl build
+//! about ten page mappings each.
 //!
 //! Namespaces: `setns` changes the calling *thread*. [`Handle::open_in`] enters
 //! the target namespace on a short-lived thread of its own, opens the socket
