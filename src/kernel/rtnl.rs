@@ -306,11 +306,11 @@ impl<W: Wire> Handle<W> {
         self.exchange(op, msg, flags | NLM_F_ACK).map(|_| ())
     }
 
-    pub(super) fn dump(
+    pub(super) fn dump<M: NetlinkSerializable + NetlinkDeserializable>(
         &mut self,
         op: &str,
-        msg: RouteNetlinkMessage,
-    ) -> Result<Vec<RouteNetlinkMessage>> {
+        msg: M,
+    ) -> Result<Vec<M>> {
         self.exchange(op, msg, NLM_F_DUMP)
     }
 
@@ -339,11 +339,7 @@ impl<W: Wire> Handle<W> {
 
     pub fn links(&mut self) -> Result<Vec<Link>> {
         Ok(self
-            .exchange(
-                "dump links",
-                LinkQuery::get(LinkMessage::default()),
-                NLM_F_DUMP,
-            )?
+            .dump("dump links", LinkQuery::get(LinkMessage::default()))?
             .into_iter()
             .filter_map(LinkQuery::into_link)
             .collect())
