@@ -13,7 +13,7 @@
 # `cargo build --release` binary, static glibc by .cargo/config.toml, which is
 # also timed beside it in section 1 as "glibc build").
 # Needs root and: iproute2 nftables iptables containernetworking-plugins
-# iperf3 cyclonedds-tools (and valgrind for instruction counts).
+# iperf3 cyclonedds-tools ethtool (and valgrind for instruction counts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then

@@ -10,7 +10,7 @@ use crate::report::{Cmp, Section};
 use crate::stats::Summary;
 use crate::Plan;
 use ros2_cni::lab::probe::ddsperf_probe;
-use ros2_cni::lab::testbed::{udp_in, PodSpec, Testbed};
+use ros2_cni::lab::testbed::{udp_in, PodSpec, Testbed, LAPTOP_IP};
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
@@ -27,6 +27,13 @@ pub struct Paths {
     /// The same pods' primary interfaces (ptp, the Calico stand-in): context
     /// for throughput and UDP round trips (DDS never uses them: no MULTICAST).
     pub primary: Path,
+    /// A second pair of ros2-cni pods whose veth pairs have GRO on (veth's
+    /// NAPI mode): throughput only, beside the first pair.
+    pub gro: Path,
+    /// Throughput between a pod and the laptop (a LAN host off the
+    /// cluster), each way, for the ros2-cni pod and the macvlan pod:
+    /// `LAN_PATHS` in that order.
+    pub lan: Vec<Path>,
     /// The agents' pids (node 1, node 2), for SIGHUP.
     pub agents: Vec<u32>,
 }
@@ -34,10 +41,19 @@ pub struct Paths {
 pub const ROS2: &str = "ros2-cni pod ↔ pod (ros0)";
 pub const MACVLAN: &str = "reference macvlan pod ↔ pod";
 pub const NODE: &str = "node ↔ node (host network, the limit)";
+pub const GRO: &str = "ros2-cni pod ↔ pod, GRO on the veth pairs (NAPI)";
 pub const PRIMARY: &str = "primary eth0 pod ↔ pod (ptp, the Calico stand-in)";
+/// Pod ↔ LAN host, each way: only one node's data path (its egress, the
+/// pod's veth and `r2c_pod`; or its ingress, `r2c_lan`) on each.
+pub const LAN_PATHS: [&str; 4] = [
+    "ros2-cni pod → LAN host",
+    "reference macvlan pod → LAN host",
+    "LAN host → ros2-cni pod",
+    "LAN host → reference macvlan pod",
+];
 
 pub fn build(plan: &Plan) -> Paths {
-    let tb = plan.bed(2, false);
+    let tb = plan.bed(2, true);
     let agents = (1..=2)
         .map(|i| {
             tb.start_agent(tb.node(i), &production_extra())
@@ -51,13 +67,35 @@ pub fn build(plan: &Plan) -> Paths {
         .add_pod(&PodSpec::new("b", 2).extra(production_extra()))
         .expect("pod b");
     let b_ip = ros0_ip(&b.result, &b.netns_path()).expect("b has ros0");
+    let c = tb
+        .add_pod(&PodSpec::new("c", 1).extra(production_extra()))
+        .expect("pod c");
+    let d = tb
+        .add_pod(&PodSpec::new("d", 2).extra(production_extra()))
+        .expect("pod d");
+    let d_ip = ros0_ip(&d.result, &d.netns_path()).expect("d has ros0");
+    assert!(
+        crate::cni::which("ethtool").is_some(),
+        "section 4 needs ethtool for its GRO row (apt-get install ethtool)"
+    );
+    for (pod, node) in [(&c.ns, 1), (&d.ns, 2)] {
+        gro_on_veth_pair(pod, &tb.node(node).ns);
+    }
     let b_primary = crate::pods::first_ip(&b.result).expect("b has a primary address");
-    let (mv1, mv2, mv2_ip) = {
+    let a_ip = ros0_ip(&a.result, &a.netns_path()).expect("a has ros0");
+    let (mv1, mv1_ip, mv2, mv2_ip) = {
         let lab = Lab::new(&tb);
-        let (m1, _) = lab.macvlan_only_pod("a", 1);
+        let (m1, ip1) = lab.macvlan_only_pod("a", 1);
         let (m2, ip2) = lab.macvlan_only_pod("b", 2);
-        (m1, m2, ip2)
+        (m1, ip1, m2, ip2)
     };
+    let lap = tb.laptop.clone().expect("the test bed has a laptop");
+    let lan = vec![
+        (LAN_PATHS[0], a.ns.clone(), lap.clone(), LAPTOP_IP),
+        (LAN_PATHS[1], mv1.clone(), lap.clone(), LAPTOP_IP),
+        (LAN_PATHS[2], lap.clone(), a.ns.clone(), a_ip),
+        (LAN_PATHS[3], lap, mv1.clone(), mv1_ip),
+    ];
     let (n1, n2) = (tb.node(1).clone(), tb.node(2).clone());
     let paths = vec![
         (ROS2, a.ns.clone(), b.ns.clone(), b_ip),
@@ -65,12 +103,37 @@ pub fn build(plan: &Plan) -> Paths {
         (NODE, n1.ns.clone(), n2.ns.clone(), n2.ip),
     ];
     let primary = (PRIMARY, a.ns.clone(), b.ns.clone(), b_primary);
+    let gro = (GRO, c.ns.clone(), d.ns.clone(), d_ip);
     Paths {
         tb,
         paths,
         primary,
+        gro,
+        lan,
         agents,
     }
+}
+
+/// Turns GRO on at both ends of a pod's `ros0` veth pair (`ethtool -K`),
+/// which puts veth in NAPI mode: a transmit goes to the peer's ring and a
+/// NAPI poll, instead of the per-CPU backlog, and GRO may coalesce.
+fn gro_on_veth_pair(pod: &str, node: &str) {
+    use ros2_cni::lab::testbed::ns_sh;
+    let peer: serde_json::Value =
+        serde_json::from_str(&ns_sh(pod, &["ip", "-j", "link", "show", "ros0"]).expect("ros0"))
+            .expect("ip -j");
+    let index = peer[0]["link_index"].as_u64().expect("ros0's peer index");
+    let links: serde_json::Value =
+        serde_json::from_str(&ns_sh(node, &["ip", "-j", "link", "show"]).expect("links"))
+            .expect("ip -j");
+    let host = links
+        .as_array()
+        .and_then(|l| l.iter().find(|x| x["ifindex"].as_u64() == Some(index)))
+        .and_then(|x| x["ifname"].as_str())
+        .expect("the host veth")
+        .to_string();
+    ns_sh(pod, &["ethtool", "-K", "ros0", "gro", "on"]).expect("ethtool -K ros0 gro on");
+    ns_sh(node, &["ethtool", "-K", &host, "gro", "on"]).expect("ethtool -K host veth gro on");
 }
 
 /// Puts both agents under `domains` holding the ros2-cni pods' namespace to
@@ -301,8 +364,12 @@ pub fn datapath(plan: &Plan, p: &Paths) -> Section {
              the anti-spoofing table, routing, proxy ARP, the switch, and back up); reference \
              macvlan pods (macvlan on each node's eth0, no primary interface); the nodes \
              themselves (eth0 ↔ eth0, the limit); and, for throughput and UDP only, the same \
-             pods' primary interfaces (ptp, the Calico stand-in: veth and routing, no bridge). \
-             Per repetition the paths run one after another, \
+             pods' primary interfaces (ptp, the Calico stand-in: veth and routing, no bridge) \
+             and a second pair of ros2-cni pods whose veth pairs have GRO on at both ends \
+             (`ethtool -K … gro on`, veth's NAPI mode). For throughput only, pod ↔ LAN host each \
+             way: ros2-cni pod `a` and macvlan pod `a` (node 1) to and from an off-cluster host \
+             on the switch (the test bed's laptop; `iperf3` runs the client on the sending \
+             side). Per repetition the paths run one after another, \
              the order rotating. **Throughput**: `iperf3 -c <B> -t {}` TCP (one stream), \
              received bits/s, {} repetitions. **Round trip**: `ddsperf ping`/`pong` (Cyclone DDS, \
              12-byte samples) for {} s per repetition, the first one-second report dropped; a \
@@ -316,7 +383,7 @@ pub fn datapath(plan: &Plan, p: &Paths) -> Section {
             plan.iperf_secs, plan.iperf_runs, plan.rtt_secs, plan.rtt_runs, plan.udp_rtts
         ),
     );
-    let all: Vec<&Path> = p.paths.iter().chain(std::iter::once(&p.primary)).collect();
+    let all: Vec<&Path> = p.paths.iter().chain([&p.primary, &p.gro]).collect();
     let names: Vec<&str> = all.iter().map(|x| x.0).collect();
     let have_iperf = crate::cni::which("iperf3").is_some();
     if !have_iperf {
@@ -328,24 +395,27 @@ pub fn datapath(plan: &Plan, p: &Paths) -> Section {
     }
     let np = p.paths.len();
     let na = all.len();
-    let mut gbps = vec![vec![f64::NAN; plan.iperf_runs]; na];
-    let mut retr = vec![vec![]; na];
+    // throughput also between a pod and the LAN host, each way
+    let thr: Vec<&Path> = all.iter().copied().chain(&p.lan).collect();
+    let nt = thr.len();
+    let mut gbps = vec![vec![f64::NAN; plan.iperf_runs]; nt];
+    let mut retr = vec![vec![]; nt];
     for rep in 0..plan.iperf_runs * usize::from(have_iperf) {
-        for k in 0..na {
-            let i = (k + rep) % na;
-            let (_, a, b, ip) = all[i];
+        for k in 0..nt {
+            let i = (k + rep) % nt;
+            let (_, a, b, ip) = thr[i];
             if let Some((g, r)) = iperf(&p.tb, a, b, *ip, plan.iperf_secs) {
                 gbps[i][rep] = g;
                 retr[i].push(r);
             }
         }
     }
-    for i in 0..np {
-        s.value(&format!("iperf3 TCP: {}", names[i]), "Gbit/s", &gbps[i]);
+    for i in 0..nt {
+        s.value(&format!("iperf3 TCP: {}", thr[i].0), "Gbit/s", &gbps[i]);
     }
-    for i in 0..np {
+    for i in 0..nt {
         s.value(
-            &format!("iperf3 TCP retransmits: {}", names[i]),
+            &format!("iperf3 TCP retransmits: {}", thr[i].0),
             "count",
             &retr[i],
         );
@@ -385,6 +455,27 @@ pub fn datapath(plan: &Plan, p: &Paths) -> Section {
     s.ratio("throughput ros2-cni / node ↔ node", &gbps[0], &gbps[2]);
     s.ratio("throughput macvlan / node ↔ node", &gbps[1], &gbps[2]);
     s.ratio("throughput ros2-cni / primary (ptp)", &gbps[0], &gbps[3]);
+    s.ratio(
+        "throughput GRO on the veth pairs / ros2-cni",
+        &gbps[4],
+        &gbps[0],
+    );
+    s.ratio(
+        "throughput GRO on the veth pairs / macvlan",
+        &gbps[4],
+        &gbps[1],
+    );
+    let (l, l_mv) = (na, na + 1);
+    let thr_lan_out = s.ratio(
+        "throughput pod → LAN host, ros2-cni / macvlan",
+        &gbps[l],
+        &gbps[l_mv],
+    );
+    let thr_lan_in = s.ratio(
+        "throughput LAN host → pod, ros2-cni / macvlan",
+        &gbps[l + 2],
+        &gbps[l_mv + 2],
+    );
 
     let mut rtt = vec![vec![f64::NAN; plan.rtt_runs]; np];
     let mut rtt_mean = vec![vec![f64::NAN; plan.rtt_runs]; np];
@@ -432,6 +523,15 @@ pub fn datapath(plan: &Plan, p: &Paths) -> Section {
         "µs",
         &added_mv,
     );
+    // the issue-20 goal "added round trip ≤ macvlan's": both paths' added
+    // round trips share the node ↔ node term, so it is ros2-cni − macvlan
+    let over_mv: Vec<f64> = rtt[0].iter().zip(&rtt[1]).map(|(a, b)| a - b).collect();
+    let over_mv_s = s.value(
+        "round trip ros2-cni − macvlan (ddsperf median)",
+        "µs",
+        &over_mv,
+    );
+    s.note_last("per-repetition difference");
     s.ratio(
         "round trip ros2-cni / node ↔ node (ddsperf)",
         &rtt[0],
@@ -453,14 +553,14 @@ pub fn datapath(plan: &Plan, p: &Paths) -> Section {
             }
         }
     }
-    for i in 0..np {
+    for i in 0..na {
         s.value(
             &format!("UDP echo round trip (median): {}", names[i]),
             "µs",
             &udp[i],
         );
     }
-    for i in 0..np {
+    for i in 0..na {
         s.value(
             &format!("UDP echo round trip (p99): {}", names[i]),
             "µs",
@@ -483,6 +583,22 @@ pub fn datapath(plan: &Plan, p: &Paths) -> Section {
         "ratio of median iperf3 throughputs",
     );
     s.goal(
+        "throughput pod → LAN host ≥ 0.97× reference macvlan",
+        thr_lan_out,
+        "×",
+        Cmp::AtLeast,
+        0.97,
+        "ratio of median iperf3 throughputs",
+    );
+    s.goal(
+        "throughput LAN host → pod ≥ 0.97× reference macvlan",
+        thr_lan_in,
+        "×",
+        Cmp::AtLeast,
+        0.97,
+        "ratio of median iperf3 throughputs",
+    );
+    s.goal(
         "throughput with a domain policy in force ≥ 0.95× without",
         pol_ratio,
         "×",
@@ -496,6 +612,14 @@ pub fn datapath(plan: &Plan, p: &Paths) -> Section {
         "µs",
         Cmp::AtMost,
         15.0,
+        "median of per-repetition ddsperf differences",
+    );
+    s.goal(
+        "added round trip ≤ reference macvlan's (ros2-cni − macvlan ≤ 0)",
+        over_mv_s.map(|a| a.median),
+        "µs",
+        Cmp::AtMost,
+        0.0,
         "median of per-repetition ddsperf differences",
     );
     s

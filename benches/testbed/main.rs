@@ -77,7 +77,7 @@ impl Plan {
             scale_window: 10,
             scale_rounds: 3,
             scale_kernel_pairs: 40,
-            iperf_runs: 7,
+            iperf_runs: 9,
             iperf_secs: 3,
             rtt_runs: 5,
             rtt_secs: 4,
