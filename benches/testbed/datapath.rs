@@ -177,6 +177,71 @@ fn set_domain_policy(p: &Paths, on: bool) {
     }
 }
 
+/// cpu-clock profiles of every CPU during pod → LAN host iperf3 runs,
+/// ros2-cni's pod and the macvlan pod alternating: CPU per gigabyte carried,
+/// how much of it is the kernel's receive softirq, the BPF programs and the
+/// veth's transmit, and how idle the CPUs stayed (a single stream on few
+/// cores waits on wake-ups as much as it computes).
+fn profile_egress(plan: &Plan, p: &Paths, s: &mut Section, have_iperf: bool) {
+    use crate::profile;
+    if !have_iperf || plan.profile_runs == 0 {
+        return;
+    }
+    if !profile::have_perf() {
+        s.note("perf is not installed (apt-get install linux-perf): no profiles");
+        return;
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    // per path: CPU ms per GB, and per GB the ms under net_rx_action, in
+    // BPF programs, under veth_xmit; the idle %
+    let mut per: [[Vec<f64>; 5]; 2] = Default::default();
+    for rep in 0..plan.profile_runs {
+        for k in 0..2 {
+            let i = (k + rep) % 2;
+            let (_, a, b, ip) = &p.lan[i];
+            let t0 = Instant::now();
+            let Some(rec) = profile::start(None, "egress") else {
+                s.note("perf record did not start: no profiles");
+                return;
+            };
+            let g = iperf(&p.tb, a, b, *ip, plan.iperf_secs);
+            let window = t0.elapsed().as_secs_f64();
+            let (Some(prof), Some((gbit, _))) = (rec.finish(), g) else {
+                s.note(format!(
+                    "profile {}: no profile or no iperf3 figure (repetition {rep})",
+                    p.lan[i].0
+                ));
+                continue;
+            };
+            let gb = gbit * plan.iperf_secs as f64 / 8.0;
+            // ms of one CPU per GB for a % of all samples
+            let ms = |pct: f64| pct / 100.0 * cpus * window * 1000.0 / gb;
+            per[i][0].push(ms(prof.busy()));
+            per[i][1].push(ms(prof.under("net_rx_action")));
+            per[i][2].push(ms(prof.under_prefix("bpf_prog_")));
+            per[i][3].push(ms(prof.under("veth_xmit")));
+            per[i][4].push(100.0 - prof.busy());
+        }
+    }
+    let rows = [
+        ("CPU per GB (busy, all cores)", "ms/GB"),
+        ("of it in the receive softirq (net_rx_action)", "ms/GB"),
+        ("of it in BPF programs", "ms/GB"),
+        ("of it under veth_xmit", "ms/GB"),
+        ("idle, of all cores", "%"),
+    ];
+    for (j, (what, unit)) in rows.iter().enumerate() {
+        for i in 0..2 {
+            s.value(&format!("profile {}: {what}", p.lan[i].0), unit, &per[i][j]);
+        }
+    }
+    s.ratio(
+        "profile pod → LAN host: CPU per GB, ros2-cni / macvlan",
+        &per[0][0],
+        &per[1][0],
+    );
+}
+
 /// One iperf3 TCP run from `a` to `b_ip` (server in `b`): (Gbit/s, retransmits).
 pub fn iperf(tb: &Testbed, a: &str, b: &str, b_ip: Ipv4Addr, secs: u64) -> Option<(f64, f64)> {
     let port = "5201";
@@ -369,7 +434,11 @@ pub fn datapath(plan: &Plan, p: &Paths) -> Section {
              (`ethtool -K … gro on`, veth's NAPI mode). For throughput only, pod ↔ LAN host each \
              way: ros2-cni pod `a` and macvlan pod `a` (node 1) to and from an off-cluster host \
              on the switch (the test bed's laptop; `iperf3` runs the client on the sending \
-             side). Per repetition the paths run one after another, \
+             side). **Profiles**: {} more pod → LAN host runs per path, ros2-cni's and \
+             macvlan's alternating, under `perf record -a -g -e cpu-clock -F 2999`: the busy \
+             (non-idle) CPU of all cores per GB carried, the share under the receive softirq, \
+             the BPF programs and the veth transmit, and how idle the cores stayed. \
+             Per repetition the paths run one after another, \
              the order rotating. **Throughput**: `iperf3 -c <B> -t {}` TCP (one stream), \
              received bits/s, {} repetitions. **Round trip**: `ddsperf ping`/`pong` (Cyclone DDS, \
              12-byte samples) for {} s per repetition, the first one-second report dropped; a \
@@ -380,7 +449,12 @@ pub fn datapath(plan: &Plan, p: &Paths) -> Section {
              `domains` (the pods' namespace held to domain 0: their programs check UDP ports, \
              the bridge runs the policy's chains) and without (SIGHUP between, applied before \
              timing), alternating which goes first.",
-            plan.iperf_secs, plan.iperf_runs, plan.rtt_secs, plan.rtt_runs, plan.udp_rtts
+            plan.profile_runs,
+            plan.iperf_secs,
+            plan.iperf_runs,
+            plan.rtt_secs,
+            plan.rtt_runs,
+            plan.udp_rtts
         ),
     );
     let all: Vec<&Path> = p.paths.iter().chain([&p.primary, &p.gro]).collect();
@@ -420,6 +494,8 @@ pub fn datapath(plan: &Plan, p: &Paths) -> Section {
             &retr[i],
         );
     }
+    profile_egress(plan, p, &mut s, have_iperf);
+
     // the same ros2-cni pods with a domain policy in force (their namespace
     // held to domain 0) vs without, interleaved, alternating which goes first
     let (mut with_pol, mut without_pol) = (vec![], vec![]);

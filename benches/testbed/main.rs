@@ -19,6 +19,7 @@ mod datapath;
 mod forwarders;
 mod invoke;
 mod pods;
+mod profile;
 mod relay;
 mod report;
 mod stats;
@@ -45,6 +46,9 @@ pub struct Plan {
     pub scale_kernel_pairs: usize,
     pub iperf_runs: usize,
     pub iperf_secs: u64,
+    /// Profiled iperf3 runs per path (section 4: pod → LAN host, ros2-cni
+    /// and macvlan, alternating), besides the timed ones.
+    pub profile_runs: usize,
     pub rtt_runs: usize,
     pub rtt_secs: u64,
     pub udp_runs: usize,
@@ -79,6 +83,7 @@ impl Plan {
             scale_kernel_pairs: 40,
             iperf_runs: 9,
             iperf_secs: 3,
+            profile_runs: 3,
             rtt_runs: 5,
             rtt_secs: 4,
             udp_runs: 7,
@@ -109,6 +114,7 @@ impl Plan {
             scale_kernel_pairs: 3,
             iperf_runs: 1,
             iperf_secs: 1,
+            profile_runs: 1,
             rtt_runs: 1,
             rtt_secs: 1,
             udp_runs: 1,
@@ -421,6 +427,7 @@ fn main() {
     }
     handle_signals();
     sweep_stale("r2b");
+    profile::self_check();
     let built = PathBuf::from(env!("CARGO_BIN_EXE_ros2-cni"));
     let plugin = args
         .plugin

@@ -55,6 +55,61 @@ fn udp_in(ns: &str, local: (Ipv4Addr, u16)) -> UdpSocket {
 /// A port nothing else on the test bed uses (the relay's is 7401 by default).
 const FLOOR_PORT: u16 = 7390;
 
+/// One more load window with the sending node's agent under `perf record
+/// -p` (cpu-clock, call graphs): where its CPU goes, as % of its samples.
+#[allow(clippy::too_many_arguments)]
+fn relay_profile(
+    s: &mut Section,
+    agent: u32,
+    a_ns: &str,
+    a_ip: Ipv4Addr,
+    payload: &[u8],
+    (b_ns, b_ip): (&str, Ipv4Addr),
+    rate: u32,
+    w: f64,
+) {
+    use crate::profile;
+    if !profile::have_perf() {
+        s.note("perf is not installed (apt-get install linux-perf): no profile of the relay");
+        return;
+    }
+    let rx = [receiver(b_ns, b_ip)];
+    let Some(rec) = profile::start(Some(agent), "relay") else {
+        s.note("perf record did not start: no profile of the relay");
+        return;
+    };
+    load(a_ns, a_ip, payload, rate, w, &rx);
+    let Some(p) = rec.finish() else {
+        s.note("perf record of the sending agent gave no samples: no profile of the relay");
+        return;
+    };
+    for (what, pct) in [
+        (
+            "sending (under udp_sendmsg: sendmmsg or sendmsg)",
+            p.under_any(&["udp_sendmsg"]),
+        ),
+        (
+            "of all, under net_rx_action (the switch's and the other node's receive, run inline)",
+            p.under_any(&["net_rx_action"]),
+        ),
+        (
+            "reading its capture and relay sockets (under recvmmsg)",
+            p.under_any(&["__x64_sys_recvmmsg", "__sys_recvmmsg"]),
+        ),
+        (
+            "waiting (under poll and epoll_pwait)",
+            p.under_any(&["__x64_sys_poll"]) + p.under_any(&["__x64_sys_epoll_pwait"]),
+        ),
+        ("in its own code (user space)", p.user),
+    ] {
+        s.value(
+            &format!("profile, sending node's agent at {rate}/s: {what}"),
+            "% of its CPU",
+            &[pct],
+        );
+    }
+}
+
 pub fn relay(plan: &Plan) -> Section {
     let rate = plan.agent_rate;
     let w = plan.agent_window;
@@ -121,6 +176,16 @@ pub fn relay(plan: &Plan) -> Section {
             cpu2.push(used[1]);
             arrived.push(got[0] as f64 / sent as f64 * 100.0);
         }
+        relay_profile(
+            &mut s,
+            pids[0],
+            &a.ns,
+            a_ip,
+            &payload,
+            (&b.ns, b_ip),
+            rate,
+            w,
+        );
         // the floor: what the same datagrams cost the kernel alone on this
         // test bed, where a veth's transmit runs the receiving side's stack
         // inline, in the sender's system call (the switch, the other node's
