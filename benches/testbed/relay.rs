@@ -86,11 +86,11 @@ fn relay_profile(
     for (what, pct) in [
         (
             "sending (under udp_sendmsg: sendmmsg or sendmsg)",
-            p.under_any(&["udp_sendmsg"]),
+            p.under("udp_sendmsg"),
         ),
         (
             "of all, under net_rx_action (the switch's and the other node's receive, run inline)",
-            p.under_any(&["net_rx_action"]),
+            p.under("net_rx_action"),
         ),
         (
             "reading its capture and relay sockets (under recvmmsg)",
@@ -98,7 +98,7 @@ fn relay_profile(
         ),
         (
             "waiting (under poll and epoll_pwait)",
-            p.under_any(&["__x64_sys_poll"]) + p.under_any(&["__x64_sys_epoll_pwait"]),
+            p.under("__x64_sys_poll") + p.under("__x64_sys_epoll_pwait"),
         ),
         ("in its own code (user space)", p.user),
     ] {
@@ -125,7 +125,11 @@ pub fn relay(plan: &Plan) -> Section {
              repetitions each way of carrying it, a fresh domain each. **CPU**: pod A sends \
              ~300-byte SPDP datagrams (TTL 1) at {rate}/s for {w} s ({} repetitions); CPU of \
              each node's agent from the scheduler's exact CPU-time clock (relay thread, \
-             discovery capture and everything else the agent does), as % of one core.",
+             discovery capture and everything else the agent does), as % of one core. \
+             **Profile**: one more load window with the sending node's agent under \
+             `perf record -p <agent> -g -e cpu-clock -F 2999`: % of the agent's samples \
+             under each kernel function named (inclusive of what it calls), and in user \
+             space.",
             plan.discovery_runs, plan.agent_reps
         ),
     );
