@@ -60,7 +60,8 @@ fn script(tb: &Testbed) -> String {
 }
 
 /// Starts subscribers in `subs` (netns, log name) and a publisher in `from`,
-/// and returns how many samples each subscriber got within `secs`.
+/// and returns how many samples each subscriber got within `secs` (times
+/// `time_scale()`).
 fn samples(tb: &Testbed, from: &str, subs: &[(&str, &str)], secs: u32) -> Vec<(String, u32)> {
     samples_of(tb, "default", from, subs, secs)
 }
@@ -75,6 +76,10 @@ fn samples_of(
     secs: u32,
 ) -> Vec<(String, u32)> {
     let py = script(tb);
+    // the sessions' window, stretched where everything runs slower (in the
+    // VM, starting Python and importing zenoh alone takes 5-6.5 s); a
+    // subscriber that has its samples ends early, so natively nothing waits
+    let secs = (f64::from(secs) * time_scale()).ceil() as u32;
     let secs_s = secs.to_string();
     let key = format!("r2c/{}", std::process::id());
     let pids: Vec<(String, u32)> = subs
@@ -150,23 +155,45 @@ fn zenoh_peers_with_the_default_config_discover_across_nodes_and_the_laptop() {
         .sum::<u64>();
     assert!(carried > 0, "no Zenoh scouting counted: {st}");
     // doctor lists the pods' scouting sessions (the agents read their
-    // SCOUTs) and has nothing to say against them
+    // SCOUTs, and forget a source a minute after its last one) and has
+    // nothing to say against them. The sessions above have ended (in the
+    // VM, more than a minute before doctor gets to node 2): a session in
+    // each pod scouts while doctor looks.
+    let py = script(&tb);
+    let live: Vec<u32> = [&a1, &b1]
+        .iter()
+        .map(|p| {
+            let name = format!("zenoh-live-{}", p.name);
+            tb.spawn(&p.ns, &["python3", &py, "sub", "r2c/live", "600"], &name)
+                .unwrap()
+        })
+        .collect();
     for (node, pod) in [(1, &a1), (2, &b1)] {
-        let (_, rep) = doctor(&tb, node);
-        let scouts = rep["zenohScouts"].as_array().unwrap();
-        assert!(
-            scouts.iter().any(|z| {
+        let deadline = Instant::now() + Duration::from_secs_f64(30.0 * time_scale());
+        let rep = loop {
+            let (_, rep) = doctor(&tb, node);
+            let scouts = rep["zenohScouts"].as_array().unwrap();
+            if scouts.iter().any(|z| {
                 z["pod"].as_str().is_some_and(|p| p.contains(&pod.name))
                     && z["group"] == "224.0.0.224:7446"
                     && z["looksFor"].as_array().is_some_and(|l| !l.is_empty())
-            }),
-            "node {node}: no scout of pod {}: {scouts:?}",
-            pod.name
-        );
+            }) {
+                break rep;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {node}: no scout of pod {}: {scouts:?}",
+                pod.name
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
         // nor are the TTL-1 scouts taken for RTPS nothing forwards
         for code in ["ZENOH_SCOUTING_NOT_CARRIED", "TTL1_NOT_FORWARDED"] {
             assert!(!rep["findings"].to_string().contains(code), "{rep}");
         }
+    }
+    for pid in live {
+        tb.kill(pid);
     }
 }
 
