@@ -209,12 +209,17 @@ pub(crate) fn load(
 /// Pod A on node 1 and pod B on node 2, attached as in production, with
 /// their `ros0` addresses.
 pub(crate) fn pod_pair(tb: &Testbed) -> (Pod, Ipv4Addr, Pod, Ipv4Addr) {
+    named_pod_pair(tb, "a", "b")
+}
+
+/// [`pod_pair`] with the pods named `a` (node 1) and `b` (node 2).
+pub(crate) fn named_pod_pair(tb: &Testbed, a: &str, b: &str) -> (Pod, Ipv4Addr, Pod, Ipv4Addr) {
     let a = tb
-        .add_pod(&PodSpec::new("a", 1).extra(production_extra()))
-        .expect("pod a");
+        .add_pod(&PodSpec::new(a, 1).extra(production_extra()))
+        .unwrap_or_else(|e| panic!("pod {a}: {e}"));
     let b = tb
-        .add_pod(&PodSpec::new("b", 2).extra(production_extra()))
-        .expect("pod b");
+        .add_pod(&PodSpec::new(b, 2).extra(production_extra()))
+        .unwrap_or_else(|e| panic!("pod {b}: {e}"));
     let a_ip = ros0_ip(&a.result, &a.netns_path()).expect("a ip");
     let b_ip = ros0_ip(&b.result, &b.netns_path()).expect("b ip");
     (a, a_ip, b, b_ip)

@@ -5,12 +5,13 @@
 // interleaved, in an order that rotates with the repetition
 #![allow(clippy::needless_range_loop)]
 
-use crate::pods::{production_extra, ros0_ip, Lab};
+use crate::agent::{named_pod_pair, pod_pair};
+use crate::pods::{production_extra, Lab};
 use crate::report::{Cmp, Section};
 use crate::stats::Summary;
 use crate::Plan;
 use ros2_cni::lab::probe::ddsperf_probe;
-use ros2_cni::lab::testbed::{udp_in, PodSpec, Testbed, LAPTOP_IP};
+use ros2_cni::lab::testbed::{udp_in, Testbed, LAPTOP_IP};
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
@@ -53,6 +54,10 @@ pub const LAN_PATHS: [&str; 4] = [
 ];
 
 pub fn build(plan: &Plan) -> Paths {
+    assert!(
+        crate::cni::which("ethtool").is_some(),
+        "section 4 needs ethtool for its GRO row (apt-get install ethtool)"
+    );
     let tb = plan.bed(2, true);
     let agents = (1..=2)
         .map(|i| {
@@ -60,29 +65,12 @@ pub fn build(plan: &Plan) -> Paths {
                 .expect("agent")
         })
         .collect();
-    let a = tb
-        .add_pod(&PodSpec::new("a", 1).extra(production_extra()))
-        .expect("pod a");
-    let b = tb
-        .add_pod(&PodSpec::new("b", 2).extra(production_extra()))
-        .expect("pod b");
-    let b_ip = ros0_ip(&b.result, &b.netns_path()).expect("b has ros0");
-    let c = tb
-        .add_pod(&PodSpec::new("c", 1).extra(production_extra()))
-        .expect("pod c");
-    let d = tb
-        .add_pod(&PodSpec::new("d", 2).extra(production_extra()))
-        .expect("pod d");
-    let d_ip = ros0_ip(&d.result, &d.netns_path()).expect("d has ros0");
-    assert!(
-        crate::cni::which("ethtool").is_some(),
-        "section 4 needs ethtool for its GRO row (apt-get install ethtool)"
-    );
+    let (a, a_ip, b, b_ip) = pod_pair(&tb);
+    let (c, _, d, d_ip) = named_pod_pair(&tb, "c", "d");
     for (pod, node) in [(&c.ns, 1), (&d.ns, 2)] {
         gro_on_veth_pair(pod, &tb.node(node).ns);
     }
     let b_primary = crate::pods::first_ip(&b.result).expect("b has a primary address");
-    let a_ip = ros0_ip(&a.result, &a.netns_path()).expect("a has ros0");
     let (mv1, mv1_ip, mv2, mv2_ip) = {
         let lab = Lab::new(&tb);
         let (m1, ip1) = lab.macvlan_only_pod("a", 1);
